@@ -1,0 +1,13 @@
+"""orthodiff: diffusion-feature research on musculoskeletal MRI.
+
+Tier 1 (once per backbone): ingest series, pretrain per-plane 3D diffusion U-Nets, extract
+middle-block activations into a Zarr feature store. Tier 2 (many times): pooling, probes,
+fusion and reports read that store lazily and never run the backbone.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("orthodiff")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"

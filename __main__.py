@@ -1,0 +1,3 @@
+from orthodiff.cli import main
+
+main()
