@@ -1,0 +1,214 @@
+"""Cohort catalogs: one Parquet row per series (one scan of one plane of one exam).
+
+Columns: `series_id`, `case_id` (exam), `patient_id`, `task`, `joint`, `plane`, `scan`,
+`path`, `mask_path`, `center`, `vendor`, `field_strength`, `slice_thickness`, `split`, one
+0/1 column per label of the task, the EHR columns of `ehr.toml`, and optionally nested
+label-efficiency subsets `subset_<N>` (booleans). Relative paths are relative to the
+catalog file's directory, so a cohort folder can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from orthodiff.catalogs.tasks import PLANES, ehr_schema, get_task, joints, tasks
+from orthodiff.errors import OrthodiffError
+
+SPLITS = ("train", "val", "test")
+ID_COLUMNS = ["series_id", "case_id", "patient_id"]
+REQUIRED_COLUMNS = [
+    *ID_COLUMNS,
+    "task",
+    "joint",
+    "plane",
+    "scan",
+    "path",
+    "mask_path",
+    "center",
+    "vendor",
+    "field_strength",
+    "slice_thickness",
+    "split",
+]
+SUBSET_PREFIX = "subset_"
+
+
+def read_catalog(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise OrthodiffError(f"{path}: catalog file not found")
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for non-Parquet input
+        raise OrthodiffError(f"{path}: not a readable Parquet catalog ({err})") from err
+
+
+def write_catalog(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write atomically (temp file + rename) so a crash never leaves half a catalog."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def resolve_path(catalog_path: str | Path, value: str) -> Path:
+    """A catalog `path`/`mask_path` value as a filesystem path."""
+    p = Path(value)
+    return p if p.is_absolute() else Path(catalog_path).resolve().parent / p
+
+
+def label_columns(df: pd.DataFrame) -> list[str]:
+    """The label columns of the catalog's (single) task."""
+    names = df["task"].dropna().unique()
+    if len(names) != 1:
+        raise OrthodiffError(f"catalog must hold exactly one task, found {sorted(names)}")
+    return get_task(str(names[0])).label_columns
+
+
+def subset_sizes(df: pd.DataFrame) -> list[int]:
+    return sorted(int(c[len(SUBSET_PREFIX) :]) for c in df.columns if c.startswith(SUBSET_PREFIX))
+
+
+def _fail(row: int, column: str, value, reason: str) -> OrthodiffError:
+    if isinstance(value, np.generic):
+        value = value.item()
+    return OrthodiffError(f"row {row}, column {column!r}, value {value!r}: {reason}")
+
+
+def validate_catalog(df: pd.DataFrame, catalog_path: str | Path, check_files: bool = True) -> None:
+    """Raise OrthodiffError naming row, column and value of the first problem found.
+
+    Row numbers are 0-based positions in the Parquet table.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise OrthodiffError(f"{catalog_path}: missing columns {missing}")
+    df = df.reset_index(drop=True)
+
+    known_tasks, known_joints = tasks(), joints()
+    for column, allowed in (("joint", known_joints), ("task", list(known_tasks)), ("plane", PLANES)):
+        bad = ~df[column].isin(allowed)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise _fail(i, column, df.at[i, column], f"unknown {column}; expected one of {list(allowed)}")
+    mismatch = df["joint"] != df["task"].map(lambda t: known_tasks[t].joint)
+    if mismatch.any():
+        i = int(np.flatnonzero(mismatch)[0])
+        raise _fail(i, "joint", df.at[i, "joint"], f"task {df.at[i, 'task']!r} belongs to another joint")
+
+    for column in ID_COLUMNS + ["path"]:
+        blank = df[column].isna() | (df[column].astype(str).str.strip() == "")
+        if blank.any():
+            i = int(np.flatnonzero(blank)[0])
+            raise _fail(i, column, df.at[i, column], "empty value")
+    dup = df.duplicated("series_id", keep="first")
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise _fail(i, "series_id", df.at[i, "series_id"], "duplicate series_id")
+    dup = df.duplicated(["case_id", "plane", "scan"], keep="first")
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        key = (df.at[i, "case_id"], df.at[i, "plane"], int(df.at[i, "scan"]))
+        raise _fail(i, "scan", int(df.at[i, "scan"]), f"duplicate (case, plane, scan) {key}")
+    owners = df.groupby("case_id")["patient_id"].nunique()
+    if (owners > 1).any():
+        case = owners[owners > 1].index[0]
+        i = int(np.flatnonzero(df["case_id"] == case)[1])
+        raise _fail(i, "patient_id", df.at[i, "patient_id"], f"case {case!r} belongs to two patients")
+
+    bad = ~df["split"].isin(SPLITS)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise _fail(i, "split", df.at[i, "split"], f"unknown split; expected one of {list(SPLITS)}")
+    splits_per_patient = df.groupby("patient_id")["split"].nunique()
+    if (splits_per_patient > 1).any():
+        patient = splits_per_patient[splits_per_patient > 1].index[0]
+        rows = np.flatnonzero(df["patient_id"] == patient)
+        first = df.at[int(rows[0]), "split"]
+        i = int(next(r for r in rows if df.at[int(r), "split"] != first))
+        raise _fail(i, "split", df.at[i, "split"], f"patient {patient!r} is also in split {first!r} (leakage)")
+
+    for name in df["task"].unique():
+        rows = np.flatnonzero(df["task"] == name)
+        for column in get_task(name).label_columns:
+            if column not in df.columns:
+                raise OrthodiffError(f"{catalog_path}: missing label column {column!r} of task {name!r}")
+            values = df[column].iloc[rows]
+            bad = ~values.isin([0, 1]) | values.isna()
+            if bad.any():
+                i = int(rows[np.flatnonzero(bad.to_numpy())[0]])
+                raise _fail(i, column, df.at[i, column], "label must be 0 or 1")
+
+    _validate_ehr(df)
+
+    if check_files:
+        for column in ("path", "mask_path"):
+            for i, value in df[column].items():
+                if isinstance(value, str) and value and not resolve_path(catalog_path, value).exists():
+                    raise _fail(int(i), column, value, "file not found")
+
+
+def _validate_ehr(df: pd.DataFrame) -> None:
+    schema = ehr_schema()
+    for column, spec in schema.numeric.items():
+        if column not in df.columns:
+            continue
+        values = pd.to_numeric(df[column], errors="coerce")
+        garbage = values.isna() & df[column].notna()
+        out = values.notna() & ~values.between(spec["min"], spec["max"])
+        for mask, reason in ((garbage, "not a number"), (out, f"outside [{spec['min']}, {spec['max']}] {spec['unit']}")):
+            if mask.any():
+                i = int(np.flatnonzero(mask)[0])
+                raise _fail(i, column, df.at[i, column], reason)
+
+
+def split_catalog(
+    df: pd.DataFrame, seed: int = 0, val: float = 0.06, test: float = 0.12
+) -> pd.DataFrame:
+    """Assign train/val/test by patient, so no patient's exams straddle two splits."""
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise OrthodiffError(f"--val {val} and --test {test} must be fractions summing below 1")
+    patients = np.sort(df["patient_id"].unique())
+    order = np.random.default_rng(seed).permutation(len(patients))
+    n_val, n_test = round(val * len(patients)), round(test * len(patients))
+    split = np.full(len(patients), "train", dtype=object)
+    split[order[:n_test]] = "test"
+    split[order[n_test : n_test + n_val]] = "val"
+    out = df.copy()
+    out["split"] = out["patient_id"].map(dict(zip(patients, split))).astype(str)
+    return out
+
+
+def add_subsets(df: pd.DataFrame, sizes: Iterable[int], seed: int = 0) -> pd.DataFrame:
+    """Add nested patient-level label-efficiency subsets of the training split.
+
+    One random order of training patients is drawn; `subset_<N>` marks the first N patients
+    of it, so every subset contains the smaller ones.
+    """
+    sizes = sorted(set(int(n) for n in sizes))
+    if not sizes or sizes[0] <= 0:
+        raise OrthodiffError(f"subset sizes must be positive integers, got {sizes}")
+    patients = np.sort(df.loc[df["split"] == "train", "patient_id"].unique())
+    if sizes[-1] > len(patients):
+        raise OrthodiffError(
+            f"subset size {sizes[-1]} exceeds the {len(patients)} training patients of the catalog"
+        )
+    rank = dict(zip(patients[np.random.default_rng(seed).permutation(len(patients))], range(len(patients))))
+    patient_rank = df["patient_id"].map(rank)
+    out = df.drop(columns=[c for c in df.columns if c.startswith(SUBSET_PREFIX)])
+    for n in sizes:
+        out[f"{SUBSET_PREFIX}{n}"] = (patient_rank < n).fillna(False).astype(bool)
+    return out
