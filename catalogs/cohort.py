@@ -212,3 +212,32 @@ def add_subsets(df: pd.DataFrame, sizes: Iterable[int], seed: int = 0) -> pd.Dat
     for n in sizes:
         out[f"{SUBSET_PREFIX}{n}"] = (patient_rank < n).fillna(False).astype(bool)
     return out
+
+
+def cohort_summary(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Tables describing a cohort, counted per exam (labels and acquisition are per exam).
+
+    `labels`: prevalence of each label overall and per split; `sites`: exams per center and
+    field strength; `planes`: series per plane and scan (repeat scans, missing planes).
+    """
+    exams = df.drop_duplicates("case_id")
+    labels = label_columns(df)
+    prevalence = pd.DataFrame(
+        {"exams": exams[labels].notna().sum(), "positive": exams[labels].sum(), "prevalence": exams[labels].mean()}
+    )
+    for split in SPLITS:
+        part = exams[exams["split"] == split]
+        if len(part):
+            prevalence[f"prevalence_{split}"] = part[labels].mean()
+    prevalence.index.name = "label"
+    sites = (
+        exams.groupby(["center", "field_strength"], observed=True).size().unstack("field_strength", fill_value=0)
+    )
+    sites.columns = [f"{fs:g}T" for fs in sites.columns]
+    sites["exams"] = sites.sum(axis=1)
+    planes = df.groupby(["plane", "scan"], observed=True).size().unstack("scan", fill_value=0)
+    planes.columns = [f"scan_{s}" for s in planes.columns]
+    planes["exams_missing"] = [
+        exams["case_id"].nunique() - df.loc[df["plane"] == p, "case_id"].nunique() for p in planes.index
+    ]
+    return {"labels": prevalence.reset_index(), "sites": sites.reset_index(), "planes": planes.reset_index()}

@@ -12,6 +12,7 @@ import pytest
 from orthodiff.catalogs import ehr_schema, get_task, structures, tasks
 from orthodiff.catalogs.cohort import (
     add_subsets,
+    cohort_summary,
     read_catalog,
     split_catalog,
     validate_catalog,
@@ -197,3 +198,21 @@ def test_cli_from_mrnet(tmp_path):
     result = run_cli("catalog", "from-mrnet", str(tmp_path / "MRNet"), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert read_catalog(out)["task"].unique().tolist() == ["mrnet"]
+
+
+def test_cohort_summary_counts_exams_not_series(tmp_path):
+    df = make_catalog(tmp_path, n_patients=10)
+    df.loc[df["patient_id"].isin(["P000", "P001"]), "center"] = "B"
+    df.loc[df["patient_id"] == "P000", "field_strength"] = 1.5
+    repeat = df[(df["case_id"] == "P002-1") & (df["plane"] == "axial")].assign(scan=1, series_id="P002-1-axial-1")
+    df = pd.concat([df[~((df["case_id"] == "P003-1") & (df["plane"] == "coronal"))], repeat])
+
+    summary = cohort_summary(df)
+
+    labels = summary["labels"].set_index("label")
+    assert labels.loc["ACL", "exams"] == 10 and labels.loc["ACL", "positive"] == 5
+    assert labels.loc["ACL", "prevalence"] == pytest.approx(0.5)
+    sites = summary["sites"].set_index("center")
+    assert sites.loc["B", "1.5T"] == 1 and sites.loc["B", "3T"] == 1 and sites.loc["A", "exams"] == 8
+    planes = summary["planes"].set_index("plane")
+    assert planes.loc["axial", "scan_1"] == 1 and planes.loc["coronal", "exams_missing"] == 1
