@@ -1,0 +1,68 @@
+"""Metrics: hand-checkable values, undefined AUROC for one-class labels, CIs, permutation test."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from orthodiff.errors import OrthodiffError
+from orthodiff.heads.metrics import evaluate, per_label, permutation_test, subgroup_table, summary
+
+
+def test_summary_matches_hand_counts():
+    y = np.array([[1, 0], [1, 1], [0, 1], [0, 0]])
+    p = np.array([[0.9, 0.6], [0.4, 0.7], [0.6, 0.2], [0.1, 0.1]])
+    s = summary(y, p)
+    # label 0: predicted {0,2}, tp 1 -> P 1/2, R 1/2; label 1: predicted {0,1}, tp 1 -> P 1/2, R 1/2
+    assert s["CP"] == pytest.approx(0.5) and s["CR"] == pytest.approx(0.5) and s["CF1"] == pytest.approx(0.5)
+    assert s["OP"] == pytest.approx(2 / 4) and s["OR"] == pytest.approx(2 / 4)
+    # label 0: positives {0.9, 0.4} vs negatives {0.6, 0.1} -> 3/4; label 1: {0.7, 0.2} vs {0.6, 0.1} -> 3/4
+    assert s["macro_auroc"] == pytest.approx(0.75)
+
+
+def test_one_class_label_is_undefined_with_a_note_not_a_crash():
+    y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    p = np.array([[0.8, 0.3], [0.2, 0.1], [0.7, 0.5], [0.4, 0.2]])
+    table = per_label(y, p, ["ACL", "PCL"])
+    assert np.isnan(table.loc[1, "auroc"]) and "only class [0]" in table.loc[1, "note"]
+    assert table.loc[0, "auroc"] == 1.0
+    assert summary(y, p)["macro_auroc"] == 1.0  # the defined label only
+    tidy = evaluate(y, p, ["ACL", "PCL"], groups=["a", "b", "c", "d"], n_boot=20)
+    row = tidy[(tidy.metric == "auroc") & (tidy.label == "PCL")].iloc[0]
+    assert np.isnan(row.value) and row.note
+
+
+def test_bootstrap_resamples_patients_and_brackets_the_estimate():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, (300, 2))
+    p = np.clip(y * 0.3 + rng.random((300, 2)) * 0.7, 0, 1)
+    patients = np.repeat(np.arange(100), 3)
+    tidy = evaluate(y, p, ["A", "B"], groups=patients, n_boot=100, seed=1).set_index(["metric", "label"])
+    for key in [("auroc", "A"), ("macro_auroc", "all"), ("OF1", "all")]:
+        row = tidy.loc[key]
+        assert row.ci_low < row.value < row.ci_high
+        assert row.ci_high - row.ci_low < 0.3
+
+
+def test_permutation_test_separates_a_better_model_from_a_copy():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, (200, 2))
+    good = np.clip(y * 0.5 + rng.random((200, 2)) * 0.5, 0, 1)
+    noise = rng.random((200, 2))
+    groups = np.arange(200) // 2
+    res = permutation_test(y, good, noise, ["A", "B"], groups, n_perm=200).set_index("label")
+    assert res.loc["macro", "delta"] > 0.2 and res.loc["macro", "p_value"] < 0.01
+    same = permutation_test(y, good, good, ["A", "B"], groups, n_perm=50).set_index("label")
+    assert same.loc["macro", "delta"] == 0 and same.loc["macro", "p_value"] == 1.0
+
+
+def test_subgroups_by_center_field_strength_vendor():
+    y = np.array([[1], [0], [1], [1], [1], [1]])
+    p = np.array([[0.9], [0.1], [0.2], [0.8], [0.6], [0.7]])
+    meta = pd.DataFrame({"center": list("AAABBB"), "field_strength": [1.5, 3.0] * 3, "vendor": ["GE"] * 6})
+    table = subgroup_table(y, p, ["ACL"], meta)
+    a = table[(table.by == "center") & (table.group == "A") & (table.label == "ACL")].iloc[0]
+    b = table[(table.by == "center") & (table.group == "B") & (table.label == "ACL")].iloc[0]
+    assert a.auroc == 1.0 and np.isnan(b.auroc)  # centre B has positives only
+    assert set(table.by) == {"center", "field_strength", "vendor"}
+    with pytest.raises(OrthodiffError, match="subgroup columns"):
+        subgroup_table(y, p, ["ACL"], meta.drop(columns="vendor"))
