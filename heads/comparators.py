@@ -1,0 +1,76 @@
+"""Classical comparators on pooled vectors: one LightGBM / logistic regression per label.
+
+``X`` is an (N, D) array or a fusion input dict (plane vectors, and "ehr", concatenated).
+A label with one class only in training predicts its training prevalence.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from lightgbm import LGBMClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from orthodiff.catalogs.tasks import PLANES
+
+
+def as_matrix(X) -> np.ndarray:
+    if isinstance(X, dict):
+        keys = [p for p in PLANES if p in X] + (["ehr"] if "ehr" in X else [])
+        return np.concatenate([np.asarray(X[k], dtype=np.float32) for k in keys], axis=1)
+    return np.asarray(X, dtype=np.float32)
+
+
+class _PerLabel:
+    def _make(self):
+        raise NotImplementedError
+
+    def fit(self, X, y, sample_weight=None):
+        X, y = as_matrix(X), np.asarray(y)
+        self.estimators_ = []
+        for j in range(y.shape[1]):
+            if len(np.unique(y[:, j])) < 2:
+                self.estimators_.append(float(y[:, j].mean()))
+            else:
+                self.estimators_.append(self._make().fit(X, y[:, j], **self._weight_kw(sample_weight)))
+        return self
+
+    def _weight_kw(self, sample_weight) -> dict:
+        return {} if sample_weight is None else {"sample_weight": np.asarray(sample_weight)}
+
+    def predict_proba(self, X) -> np.ndarray:
+        X = as_matrix(X)
+        return np.stack(
+            [np.full(len(X), e) if isinstance(e, float) else e.predict_proba(X)[:, 1] for e in self.estimators_], axis=1
+        )
+
+
+class LightGBMComparator(_PerLabel):
+    def __init__(self, n_estimators: int = 200, learning_rate: float = 0.05, num_leaves: int = 15,
+                 min_child_samples: int = 10, n_jobs: int = 2, random_state: int = 0):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def _make(self):
+        return LGBMClassifier(
+            n_estimators=self.n_estimators, learning_rate=self.learning_rate, num_leaves=self.num_leaves,
+            min_child_samples=self.min_child_samples, n_jobs=self.n_jobs, random_state=self.random_state, verbose=-1,
+        )
+
+
+class LogisticComparator(_PerLabel):
+    def __init__(self, C: float = 1.0, max_iter: int = 2000, random_state: int = 0):
+        self.C = C
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def _make(self):
+        return make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state))
+
+    def _weight_kw(self, sample_weight) -> dict:
+        return {} if sample_weight is None else {"logisticregression__sample_weight": np.asarray(sample_weight)}

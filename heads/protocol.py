@@ -1,0 +1,137 @@
+"""The two-stage protocol over a catalog, with multi-scan exams.
+
+Features per plane are xarray DataArrays with a leading ``series`` dimension labelled by
+series_id (a store variable, or numpy wrapped in a DataArray). The labelled unit is the
+exam (``case_id``): every cross-plane combination of an exam's series is one fusion
+sample weighted 1/(its exam's combinations) in training, and the exam's probability is the
+mean over its combinations at inference. Exams missing a plane are left out of fusion and
+listed in ``missing_``. Bootstrap CIs resample patients (``patient_id``).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from orthodiff.catalogs.tasks import PLANES
+from orthodiff.errors import OrthodiffError
+from orthodiff.heads.comparators import LightGBMComparator, LogisticComparator
+from orthodiff.heads.ehr import EHREncoder
+from orthodiff.heads.fusion import METHODS, FusionHead
+from orthodiff.heads.probe import PlaneProbe
+
+COMPARATORS = {"lightgbm": LightGBMComparator, "logistic": LogisticComparator}
+
+
+def fusion_samples(series: pd.DataFrame, planes=PLANES) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(combinations, missing): one row per cross-plane combination of an exam's series
+    (columns case_id, one series_id column per plane, weight), and the exams left out."""
+    rows, missing = [], []
+    for case, group in series.groupby("case_id", sort=True):
+        per_plane = [sorted(group.loc[group["plane"] == p, "series_id"]) for p in planes]
+        absent = [p for p, ids in zip(planes, per_plane) if not ids]
+        if absent:
+            missing.append({"case_id": case, "missing_planes": ",".join(absent)})
+            continue
+        combos = list(itertools.product(*per_plane))
+        rows += [{"case_id": case, **dict(zip(planes, c)), "weight": 1.0 / len(combos)} for c in combos]
+    columns = ["case_id", *planes, "weight"]
+    return pd.DataFrame(rows, columns=columns), pd.DataFrame(missing, columns=["case_id", "missing_planes"])
+
+
+def select_series(features: xr.DataArray, ids, plane: str) -> xr.DataArray:
+    """Rows of ``features`` for ``ids`` (store order kept, so lazy reads stay contiguous)."""
+    index = pd.Index(features["series"].to_numpy())
+    positions = index.get_indexer(list(ids))
+    if (positions < 0).any():
+        absent = [i for i, p in zip(ids, positions) if p < 0]
+        raise OrthodiffError(f"the store has no {plane} features for {len(absent)} catalog series, e.g. {absent[0]!r}")
+    return features.isel(series=np.sort(positions))
+
+
+def exam_table(catalog: pd.DataFrame) -> pd.DataFrame:
+    """One row per exam (labels and EHR are per exam), indexed by case_id."""
+    return catalog.drop_duplicates("case_id").set_index("case_id")
+
+
+def check_labels(catalog: pd.DataFrame, labels: list[str]) -> None:
+    missing = [c for c in labels if c not in catalog.columns]
+    if missing:
+        raise OrthodiffError(f"catalog lacks label columns {missing}")
+
+
+class TwoStageFusion:
+    """Stage I: a pooling probe per plane on that plane's training series (for GAP, whose
+    pooling has no parameters, only the standardisation statistics). Stage II: the pooling
+    is frozen and only the fusion head (``method``: a fusion method, or ``lightgbm`` /
+    ``logistic`` on the concatenated pooled vectors) is trained on fusion samples."""
+
+    def __init__(self, pooling: str = "gap", method: str = "concat", ehr: bool = False,
+                 probe_params: dict | None = None, fusion_params: dict | None = None, random_state: int = 0):
+        self.pooling = pooling
+        self.method = method
+        self.ehr = ehr
+        self.probe_params = probe_params
+        self.fusion_params = fusion_params
+        self.random_state = random_state
+
+    def _pooled(self, features: dict, catalog: pd.DataFrame) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+        combos, missing = fusion_samples(catalog, self.planes_)
+        pooled = {}
+        for plane in self.planes_:
+            ids = catalog.loc[catalog["plane"] == plane, "series_id"]
+            ids = ids[ids.isin(combos[plane])]
+            selected = select_series(features[plane], ids, plane)
+            vectors = self.probes_[plane].transform(selected.data)
+            row = pd.Series(np.arange(len(selected)), index=selected["series"].to_numpy())
+            pooled[plane] = vectors[row[combos[plane]].to_numpy()]
+        if self.ehr:
+            pooled["ehr"] = self.ehr_encoder_.transform(exam_table(catalog).loc[combos["case_id"]])
+        return pooled, combos, missing
+
+    def fit(self, features: dict, catalog: pd.DataFrame, labels: list[str]) -> "TwoStageFusion":
+        if self.method not in (*METHODS, *COMPARATORS):
+            raise OrthodiffError(f"unknown fusion method {self.method!r}; expected one of {[*METHODS, *COMPARATORS]}")
+        check_labels(catalog, labels)
+        self.labels_ = list(labels)
+        self.planes_ = [p for p in PLANES if p in features]
+        probe = {"random_state": self.random_state, **(self.probe_params or {})}
+        if self.pooling == "gap":
+            probe["epochs"] = 0
+        self.probes_ = {}
+        for plane in self.planes_:
+            rows = catalog[catalog["plane"] == plane]
+            X = select_series(features[plane], rows["series_id"], plane)
+            y = rows.set_index("series_id").loc[X["series"].to_numpy(), labels].to_numpy()
+            self.probes_[plane] = PlaneProbe(self.pooling, **probe).fit(X.data, y)
+        if self.ehr:
+            self.ehr_encoder_ = EHREncoder().fit(exam_table(catalog))
+        X, combos, self.train_missing_ = self._pooled(features, catalog)
+        y = exam_table(catalog).loc[combos["case_id"], labels].to_numpy()
+        params = {"random_state": self.random_state, **(self.fusion_params or {})}
+        if self.method in COMPARATORS:
+            self.head_ = COMPARATORS[self.method](random_state=self.random_state).fit(X, y, combos["weight"].to_numpy())
+        else:
+            self.head_ = FusionHead(self.method, **params).fit(X, y, combos["weight"].to_numpy())
+        return self
+
+    def predict(self, features: dict, catalog: pd.DataFrame) -> pd.DataFrame:
+        """One row per exam with all planes: case_id, patient_id, the labels, ``p_<label>``
+        (mean over the exam's combinations) and, for MPAE, ``gate_<label>_<plane>``.
+        Exams missing a plane are in ``self.missing_``."""
+        X, combos, self.missing_ = self._pooled(features, catalog)
+        if combos.empty:
+            raise OrthodiffError("no exam has series in every plane: nothing to fuse")
+        prob = pd.DataFrame(self.head_.predict_proba(X), columns=[f"p_{c}" for c in self.labels_])
+        if self.method == "mpae":
+            gates = self.head_.gating_weights(X)
+            for j, label in enumerate(self.labels_):
+                for k, plane in enumerate(self.planes_):
+                    prob[f"gate_{label}_{plane}"] = gates[:, j, k]
+        prob["case_id"] = combos["case_id"].to_numpy()
+        per_exam = prob.groupby("case_id", sort=True).mean()
+        exams = exam_table(catalog).loc[per_exam.index]
+        return pd.concat([exams[["patient_id", *self.labels_]], per_exam], axis=1).reset_index()

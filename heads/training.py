@@ -1,0 +1,124 @@
+"""The one training loop every torch head uses, and row-block reading of (lazy) arrays.
+
+Inputs are lists of arrays sharing the first (row) dimension: numpy arrays, or lazy
+arrays (xarray DataArray / Dask) that are read in contiguous blocks of ``block_rows`` rows,
+so a head streams from the feature store with memory bounded by one block. Each epoch
+visits the blocks in a random order and the rows of a block in a random order; for
+in-memory arrays the block is the whole array (a plain shuffle).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from orthodiff.errors import OrthodiffError
+
+
+def is_lazy(x) -> bool:
+    return not isinstance(x, (np.ndarray, torch.Tensor))
+
+
+def read_rows(x, start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) as a tensor; integer arrays stay integer, floats become float32
+    unless float16 (pooling casts to float32 itself, which halves block memory)."""
+    block = np.asarray(x[start:stop])
+    if block.dtype.kind == "f" and block.dtype != np.float16:
+        block = block.astype(np.float32, copy=False)
+    return torch.from_numpy(np.ascontiguousarray(block))
+
+
+def n_rows(inputs: Sequence) -> int:
+    sizes = {len(x) for x in inputs}
+    if len(sizes) != 1:
+        raise OrthodiffError(f"inputs disagree on the number of rows: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _block_size(inputs: Sequence, block_rows: int | None, n: int, stream: bool = False) -> int:
+    if stream or any(is_lazy(x) for x in inputs):
+        return max(1, min(block_rows or 256, n))
+    return max(n, 1)
+
+
+def blocks(inputs: Sequence, size: int, order: np.ndarray | None = None) -> Iterator[tuple[int, list]]:
+    """(start, [tensor per input]) per contiguous block of ``size`` rows, blocks in ``order``."""
+    n = n_rows(inputs)
+    count = math.ceil(n / size)
+    for b in order if order is not None else range(count):
+        start = int(b) * size
+        yield start, [read_rows(x, start, min(start + size, n)) for x in inputs]
+
+
+def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a module under ``seed`` without touching the global torch RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def weighted_bce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """BCE with logits, mean over labels, weighted mean over rows; extra middle dims of
+    ``logits`` (e.g. a batch of configurations) are independent models and are summed."""
+    shape = (y.shape[0],) + (1,) * (logits.dim() - 2) + (y.shape[1],)
+    per_row = F.binary_cross_entropy_with_logits(logits, y.view(shape).expand_as(logits), reduction="none").mean(-1)
+    weights = w.view((-1,) + (1,) * (per_row.dim() - 1))
+    return ((per_row * weights).sum(0) / w.sum()).sum()
+
+
+def train(
+    model: nn.Module,
+    inputs: Sequence,
+    y: np.ndarray,
+    sample_weight: np.ndarray | None,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    random_state: int,
+    weight_decay: float = 0.0,
+    block_rows: int | None = None,
+    forward: Callable[..., torch.Tensor] | None = None,
+) -> nn.Module:
+    """Adam + cosine schedule over all steps, weighted BCE with logits; returns ``model``."""
+    n = n_rows(inputs)
+    y = torch.as_tensor(np.asarray(y, dtype=np.float32))
+    w = torch.ones(n) if sample_weight is None else torch.as_tensor(np.asarray(sample_weight, dtype=np.float32))
+    if len(y) != n or len(w) != n:
+        raise OrthodiffError(f"{n} input rows but {len(y)} label rows and {len(w)} weights")
+    forward = forward or model
+    size = _block_size(inputs, block_rows, n)
+    n_blocks = math.ceil(n / size)
+    steps = epochs * sum(math.ceil(min(size, n - b * size) / batch_size) for b in range(n_blocks))
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    rng = np.random.default_rng(random_state)
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(random_state)
+        for _ in range(epochs):
+            for start, tensors in blocks(inputs, size, rng.permutation(n_blocks)):
+                rows = len(tensors[0])
+                perm = torch.from_numpy(rng.permutation(rows))
+                for i in range(0, rows, batch_size):
+                    idx = perm[i : i + batch_size]
+                    logits = forward(*(t[idx] for t in tensors))
+                    loss = weighted_bce(logits, y[start + idx], w[start + idx])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    schedule.step()
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def apply(fn: Callable[..., torch.Tensor], inputs: Sequence, block_rows: int | None = None) -> np.ndarray:
+    """``fn`` over all rows block by block (no gradients), concatenated as numpy."""
+    size = _block_size(inputs, block_rows, n_rows(inputs), stream=True)
+    return np.concatenate([fn(*tensors).numpy() for _, tensors in blocks(inputs, size)])
