@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from orthodiff.errors import OrthodiffError
@@ -34,9 +35,16 @@ def _one_class(column: np.ndarray) -> str | None:
 
 
 def _label_auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    return np.array(
-        [np.nan if _one_class(y[:, j]) else roc_auc_score(y[:, j], p[:, j]) for j in range(y.shape[1])]
-    )
+    """AUROC of every column at once via the Mann-Whitney rank sum (ties count one half,
+    as in ``roc_auc_score``); NaN for a column with one class. Used wherever AUROC is
+    computed thousands of times (bootstrap, permutations, sweeps)."""
+    y = np.asarray(y, dtype=float)
+    ranks = rankdata(p, axis=0)
+    pos = y.sum(0)
+    neg = len(y) - pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * y).sum(0) - pos * (pos + 1) / 2) / (pos * neg)
+    return np.where((pos > 0) & (neg > 0), auc, np.nan)
 
 
 def macro_auroc(y, p) -> float:

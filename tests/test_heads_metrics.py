@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 
 from orthodiff.errors import OrthodiffError
-from orthodiff.heads.metrics import evaluate, per_label, permutation_test, subgroup_table, summary
+from sklearn.metrics import roc_auc_score
+
+from orthodiff.heads.metrics import _label_auc, evaluate, per_label, permutation_test, subgroup_table, summary
 
 
 def test_summary_matches_hand_counts():
@@ -66,3 +68,12 @@ def test_subgroups_by_center_field_strength_vendor():
     assert set(table.by) == {"center", "field_strength", "vendor"}
     with pytest.raises(OrthodiffError, match="subgroup columns"):
         subgroup_table(y, p, ["ACL"], meta.drop(columns="vendor"))
+
+
+def test_vectorised_auroc_equals_scikit_learn_with_ties():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, (150, 4))
+    p = np.round(rng.random((150, 4)), 1)  # many ties
+    expected = [roc_auc_score(y[:, j], p[:, j]) for j in range(4)]
+    np.testing.assert_allclose(_label_auc(y, p), expected, rtol=1e-12)
+    assert np.isnan(_label_auc(np.zeros((5, 1)), rng.random((5, 1)))[0])

@@ -1,0 +1,177 @@
+"""Timestep x block sweeps: one probe per (plane, timestep, block), trained on the training
+split and scored (macro AUROC, exam level) on validation; top-k per plane; heatmaps.
+
+GAP sweeps train every configuration of a plane inside ONE batched linear model: the
+GAP vectors of all (timestep, block) pairs are read once per epoch, and because the loss
+is a sum of independent per-configuration losses and Adam is element-wise, each slice
+follows exactly the trajectory it would follow alone (``PlaneProbe("gap")``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from torch import nn
+
+from orthodiff.catalogs.tasks import PLANES
+from orthodiff.errors import OrthodiffError
+from orthodiff.heads.metrics import _label_auc
+from orthodiff.heads.probe import PlaneProbe
+from orthodiff.heads.protocol import check_labels, select_series
+from orthodiff.heads.training import apply, train
+
+
+class BatchedGAPNet(nn.Module):
+    """K independent linear GAP probes: (N, K, C) -> (N, K, labels)."""
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, n_labels: int):
+        super().__init__()
+        k, c = mean.shape
+        self.register_buffer("mean", torch.from_numpy(mean))
+        self.register_buffer("scale", torch.from_numpy(scale))
+        self.weight = nn.Parameter(torch.zeros(k, c, n_labels))
+        self.bias = nn.Parameter(torch.zeros(k, n_labels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nkc,kcl->nkl", (x - self.mean) / self.scale, self.weight) + self.bias
+
+
+class BatchedGAPProbes:
+    """``PlaneProbe("gap")`` for K configurations at once; ``X`` is (N, K, C) GAP vectors."""
+
+    def __init__(self, epochs: int = 10, lr: float = 5e-4, batch_size: int = 32, weight_decay: float = 0.0, random_state: int = 0):
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.weight_decay = weight_decay
+        self.random_state = random_state
+
+    def fit(self, X, y, sample_weight=None) -> "BatchedGAPProbes":
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y, dtype=np.float32)
+        stats = X.astype(np.float64)
+        mean, scale = stats.mean(0).astype(np.float32), np.maximum(stats.std(0), 1e-6).astype(np.float32)
+        self.net_ = train(
+            BatchedGAPNet(mean, scale, y.shape[1]), [X], y, sample_weight, epochs=self.epochs, lr=self.lr,
+            batch_size=self.batch_size, random_state=self.random_state, weight_decay=self.weight_decay,
+        )
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        """(N, K, labels)."""
+        return 1 / (1 + np.exp(-apply(self.net_, [np.asarray(X, dtype=np.float32)])))
+
+
+def _exam_auroc(prob: np.ndarray, rows: pd.DataFrame, labels: list[str]) -> np.ndarray:
+    """Per-label AUROC after averaging each exam's series; ``prob`` (N, ..., labels)."""
+    codes, cases = pd.factorize(rows["case_id"].to_numpy())
+    counts = np.bincount(codes)
+    flat = prob.reshape(len(prob), -1)
+    mean = np.zeros((len(cases), flat.shape[1]))
+    np.add.at(mean, codes, flat)
+    mean = (mean / counts[:, None]).reshape((len(cases),) + prob.shape[1:])
+    y = rows.drop_duplicates("case_id").set_index("case_id").loc[cases, labels].to_numpy()
+    configs = mean.reshape(len(cases), -1, len(labels))
+    return np.stack([_label_auc(y, configs[:, k]) for k in range(configs.shape[1])])  # (K, labels)
+
+
+def _plane_rows(catalog: pd.DataFrame, plane: str, split: str, labels: list[str]) -> pd.DataFrame:
+    rows = catalog[(catalog["plane"] == plane) & (catalog["split"] == split)]
+    if rows.empty:
+        raise OrthodiffError(f"the catalog has no {split} series of plane {plane}")
+    return rows
+
+
+def sweep(
+    features: dict[str, xr.Dataset],
+    catalog: pd.DataFrame,
+    labels: list[str],
+    pooling: str = "gap",
+    batched: bool = True,
+    probe_params: dict | None = None,
+    progress=None,
+) -> pd.DataFrame:
+    """Tidy validation AUROC: columns plane, timestep, block, label (and "macro"), auroc.
+
+    ``features[plane]`` holds ``gap(series, timestep, block, channel)`` (and
+    ``activation`` for GLP/SAP). ``batched=False`` trains GAP probes one by one.
+    """
+    check_labels(catalog, labels)
+    params = probe_params or {}
+    out = []
+    for plane in [p for p in PLANES if p in features]:
+        ds = features[plane]
+        timesteps, blocks = ds["timestep"].to_numpy().tolist(), ds["block"].to_numpy().tolist()
+        configs = [(t, b) for t in timesteps for b in blocks]
+        parts = {}
+        for split in ("train", "val"):
+            rows = _plane_rows(catalog, plane, split, labels)
+            var = ds["gap" if pooling == "gap" else "activation"]
+            selected = select_series(var, rows["series_id"], plane)
+            parts[split] = (rows.set_index("series_id").loc[selected["series"].to_numpy()].reset_index(), selected)
+        (train_rows, train_x), (val_rows, val_x) = parts["train"], parts["val"]
+        y = train_rows[labels].to_numpy()
+        if pooling == "gap" and batched:
+            def flat(x):
+                return x.transpose("series", "timestep", "block", "channel").to_numpy().reshape(len(x), len(configs), -1)
+            model = BatchedGAPProbes(**params).fit(flat(train_x), y)
+            aucs = _exam_auroc(model.predict_proba(flat(val_x)), val_rows, labels)
+        else:
+            aucs = []
+            for t, b in configs:
+                probe = PlaneProbe(pooling, **params).fit(train_x.sel(timestep=t, block=b).data, y)
+                aucs.append(_exam_auroc(probe.predict_proba(val_x.sel(timestep=t, block=b).data), val_rows, labels)[0])
+                if progress:
+                    progress()
+            aucs = np.stack(aucs)
+        for (t, b), row in zip(configs, aucs):
+            macro = np.nanmean(row) if np.isfinite(row).any() else np.nan
+            for label, value in [*zip(labels, row), ("macro", macro)]:
+                out.append({"plane": plane, "timestep": int(t), "block": str(b), "label": label, "auroc": float(value)})
+        if progress and pooling == "gap" and batched:
+            progress()
+    return pd.DataFrame(out)
+
+
+def top_configs(results: pd.DataFrame, k: int = 4) -> pd.DataFrame:
+    """The ``k`` best (timestep, block) per plane by validation macro AUROC, ranked."""
+    macro = results[results["label"] == "macro"].sort_values(["plane", "auroc", "timestep", "block"], ascending=[True, False, True, True])
+    top = macro.groupby("plane", sort=False).head(k).copy()
+    top["rank"] = top.groupby("plane").cumcount() + 1
+    order = {p: i for i, p in enumerate(PLANES)}
+    return top.sort_values(["plane", "rank"], key=lambda s: s.map(order) if s.name == "plane" else s)[
+        ["plane", "rank", "timestep", "block", "auroc"]
+    ].reset_index(drop=True)
+
+
+def plot_heatmaps(results: pd.DataFrame, out_dir) -> list:
+    """One PNG per plane: validation macro AUROC over timestep (rows) x block (columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    from orthodiff.heads.report import atomic_savefig
+
+    paths = []
+    macro = results[results["label"] == "macro"]
+    for plane, part in macro.groupby("plane", sort=False):
+        grid = part.pivot(index="timestep", columns="block", values="auroc").sort_index()
+        fig, ax = plt.subplots(figsize=(1.6 + 1.1 * grid.shape[1], 1.2 + 0.45 * grid.shape[0]))
+        image = ax.imshow(grid.to_numpy(), cmap="viridis", aspect="auto")
+        ax.set_xticks(range(grid.shape[1]), grid.columns)
+        ax.set_yticks(range(grid.shape[0]), grid.index)
+        ax.set_xlabel("block")
+        ax.set_ylabel("timestep")
+        for (i, j), value in np.ndenumerate(grid.to_numpy()):
+            ax.text(j, i, "—" if np.isnan(value) else f"{value:.3f}", ha="center", va="center", fontsize=8, color="w")
+        fig.colorbar(image, ax=ax, label="val macro AUROC")
+        ax.set_title(f"{plane}: validation macro AUROC")
+        fig.tight_layout()
+        paths.append(atomic_savefig(fig, Path(out_dir) / f"heatmap_{plane}.png"))
+        plt.close(fig)
+    return paths
