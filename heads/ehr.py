@@ -103,6 +103,9 @@ class EHRNet(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(width, hidden), nn.ReLU(), nn.LayerNorm(hidden), nn.Dropout(0.2), nn.Linear(hidden, n_labels)
         )
+        # zero start, like the MRI classifiers: EHR logits begin at 0 and grow only as they help
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, ehr: torch.Tensor) -> torch.Tensor:
         codes = ehr[:, self.n_dense :].long()

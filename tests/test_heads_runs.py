@@ -1,0 +1,89 @@
+"""sweep -> select -> fuse (concat, MPAE, EHR) -> compare -> efficiency -> report, on
+synthetic features shaped like the store; and the configuration errors of item 8."""
+
+import json
+
+import numpy as np
+import pytest
+
+from orthodiff.errors import OrthodiffError
+from orthodiff.heads.report import build_report, read_table
+from orthodiff.heads.runs import compare_runs, config_features, read_config, run_efficiency, run_fuse, run_select, run_sweep
+from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
+
+LABELS = ["ACL", "PCL", "MM", "LM"]
+FAST_FUSION = dict(epochs=20, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    catalog = synthetic_catalog(180, LABELS, seed=1, repeat=0.1, missing=0.05)
+    train_patients = sorted(catalog.loc[catalog.split == "train", "patient_id"].unique())
+    catalog["subset_40"] = catalog["patient_id"].isin(train_patients[:40])
+    features = synthetic_features(catalog, LABELS, channels=16, timesteps=(10, 100), blocks=("mid_0", "mid_2"), seed=1)
+    run_sweep(features, catalog, LABELS, "gap", out / "sweep", probe_params=dict(lr=5e-3), provenance={"store": "synthetic"})
+    scored, config = run_select(out / "sweep", features, catalog, LABELS, out / "config.json", fusion_params=FAST_FUSION, top_k=2)
+    return out, catalog, features, scored, config
+
+
+def test_select_scores_every_cross_plane_combination_and_freezes_the_best(run):
+    out, _, _, scored, config = run
+    assert len(scored) == 2**3 and scored["val_macro_auroc"].is_monotonic_decreasing
+    frozen = read_config(out / "config.json")
+    assert frozen == json.loads(json.dumps(config)) and frozen["store"] == "synthetic"
+    assert all(choice["timestep"] == 100 for choice in frozen["planes"].values())
+    assert (out / "config_selection.parquet").is_file()
+
+
+@pytest.mark.parametrize("method,ehr", [("concat", False), ("mpae", False), ("mpae", True)])
+def test_fuse_writes_metrics_predictions_and_plots(run, method, ehr):
+    out, catalog, features, _, config = run
+    target = out / f"fuse_{method}_{ehr}"
+    metrics, model = run_fuse(config, features, catalog, LABELS, method, target, ehr=ehr, n_boot=50)
+    macro = metrics[(metrics.metric == "macro_auroc")].iloc[0]
+    assert macro.ci_low <= macro.value <= macro.ci_high and macro.value > 0.6  # well above chance
+    pred = read_table(target / "predictions.parquet")
+    test_exams = set(catalog.loc[catalog.split == "test", "case_id"])
+    assert set(pred["case_id"]) | set(read_table(target / "missing_planes.parquet")["case_id"]) == test_exams
+    assert set(read_table(target / "subgroups.parquet")["by"]) == {"center", "field_strength", "vendor"}
+    assert (target / "gating.png").is_file() == (method == "mpae")
+    if method == "mpae":
+        gating = read_table(target / "gating.parquet")
+        np.testing.assert_allclose(gating.groupby("label")["weight"].sum(), 1.0, rtol=1e-5)
+    assert (target / "ehr_weight.parquet").is_file() == ehr
+
+
+def test_compare_efficiency_and_report(run):
+    out, catalog, features, _, config = run
+    for method in ("concat", "linear_add"):
+        run_fuse(config, features, catalog, LABELS, method, out / f"cmp_{method}", n_boot=0, fusion_params=FAST_FUSION)
+    table = compare_runs(out / "cmp_concat", out / "cmp_linear_add", n_perm=100).set_index("label")
+    assert list(table.index) == [*LABELS, "macro"] and table["p_value"].between(0, 1).all()
+    assert table.loc["macro", "delta"] == pytest.approx(table.loc["macro", "auroc_a"] - table.loc["macro", "auroc_b"])
+    curves = run_efficiency(config, features, catalog, LABELS, [40, "all"], out / "efficiency")
+    assert set(curves["head"]) == {"concat", "lightgbm"} and list(curves["patients"].unique())[0] == 40
+    assert (out / "efficiency" / "efficiency.png").is_file()
+    html = build_report(out).read_text()
+    assert html.count("<img") >= 5 and "macro_auroc" in html
+    with pytest.raises(OrthodiffError, match="not a fuse run directory"):
+        compare_runs(out / "sweep", out / "cmp_concat")
+    with pytest.raises(OrthodiffError, match="no subset column 'subset_500'"):
+        run_efficiency(config, features, catalog, LABELS, [500], out / "efficiency2")
+
+
+def test_configuration_naming_what_the_store_lacks(run, tmp_path):
+    _, _, features, _, config = run
+    for plane, key, value, message in [
+        ("axial", "timestep", 75, "axial timestep 75 is not in the store"),
+        ("coronal", "block", "mid_9", "coronal block 'mid_9' is not in the store"),
+    ]:
+        bad = json.loads(json.dumps(config))
+        bad["planes"][plane][key] = value
+        with pytest.raises(OrthodiffError, match=message):
+            config_features(features, bad)
+    with pytest.raises(OrthodiffError, match="plane 'axial' is not in the store"):
+        config_features({k: v for k, v in features.items() if k != "axial"}, config)
+    (tmp_path / "c.json").write_text("{not json")
+    with pytest.raises(OrthodiffError, match="not a JSON configuration"):
+        read_config(tmp_path / "c.json")
