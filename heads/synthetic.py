@@ -70,7 +70,8 @@ def synthetic_features(
         for j in range(len(labels)):
             gain = t_peak[:, None] * b_gain[None, :] * strength[0, j]
             signal[..., j % channels] += y[:, j, None, None] * gain[None]
-        coords = {"series": rows["series_id"].to_numpy(), "timestep": list(timesteps), "block": list(blocks)}
+        coords = {"series": rows["series_id"].to_numpy(dtype=object), "timestep": list(timesteps),
+                  "block": np.array(blocks, dtype=object)}
         if activation:
             act = rng.normal(0, 1, shape + spatial).astype(np.float32) + signal[..., None, None, None]
             ds = xr.Dataset(

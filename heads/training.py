@@ -95,7 +95,8 @@ def train(
     size = _block_size(inputs, block_rows, n)
     n_blocks = math.ceil(n / size)
     steps = epochs * sum(math.ceil(min(size, n - b * size) / batch_size) for b in range(n_blocks))
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=bool(params))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     rng = np.random.default_rng(random_state)
     model.train()
