@@ -96,6 +96,142 @@ def catalog_from_mrnet(
     console.print(f"wrote {out}: {len(df)} series of {df['case_id'].nunique()} MRNet exams")
 
 
+@app.command()
+def sweep(
+    store: Annotated[str, typer.Option(help="Feature store (path or fsspec URL).")],
+    catalog: Annotated[Path, typer.Option(help="Cohort catalog (Parquet) of the stored series.")],
+    out: Annotated[Path, typer.Option(help="Directory for sweep tables, heatmaps and run.json.")],
+    pooling: Annotated[str, typer.Option(help="gap | glp | sap")] = "gap",
+    planes: Annotated[str, typer.Option(help="Comma-separated planes.")] = "sagittal,coronal,axial",
+    backbone: Annotated[str | None, typer.Option(help="Backbone id in the store (default: the only one).")] = None,
+    epochs: Annotated[int, typer.Option(help="Probe epochs.")] = 10,
+    lr: Annotated[float, typer.Option(help="Probe learning rate (Adam, cosine schedule).")] = 5e-4,
+) -> None:
+    """One probe per (plane, timestep, block) on train, scored on validation; top 4 per plane."""
+    from orthodiff.heads.commands import load_inputs, progress_bar
+    from orthodiff.heads.runs import run_sweep
+    from orthodiff.tables import frame_table
+
+    features, df, labels, provenance = load_inputs(store, catalog, backbone, [p.strip() for p in planes.split(",")])
+    steps = len(features) if pooling == "gap" else sum(ds.sizes["timestep"] * ds.sizes["block"] for ds in features.values())
+    with progress_bar(console, f"{pooling} sweep", steps) as advance:
+        _, top = run_sweep(features, df, labels, pooling, out, {"epochs": epochs, "lr": lr}, provenance, advance)
+    console.print(frame_table(top, f"Top 4 (timestep, block) per plane, validation macro AUROC — {out}"))
+
+
+@app.command()
+def select(
+    sweep_dir: Annotated[Path, typer.Option("--sweep", help="Directory written by `orthodiff sweep`.")],
+    out: Annotated[Path, typer.Option(help="Configuration file (JSON) to freeze the choice in.")],
+    method: Annotated[str, typer.Option(help="Fusion head used to score the combinations.")] = "concat",
+    epochs: Annotated[int, typer.Option(help="Fusion epochs.")] = 10,
+    lr: Annotated[float, typer.Option(help="Fusion learning rate.")] = 5e-5,
+) -> None:
+    """Score every cross-plane combination of the per-plane top 4 on validation; freeze the best."""
+    import json
+
+    from orthodiff.heads.commands import load_inputs, progress_bar
+    from orthodiff.heads.runs import run_select
+    from orthodiff.tables import frame_table
+
+    run_file = sweep_dir / "run.json"
+    if not run_file.is_file():
+        raise OrthodiffError(f"{sweep_dir}: not a sweep directory (no run.json)")
+    run = json.loads(run_file.read_text())
+    features, df, labels, _ = load_inputs(run.get("store"), run.get("catalog"), run.get("backbone"))
+    combos = 4 ** len(features)
+    with progress_bar(console, "cross-plane combinations", combos) as advance:
+        scored, config = run_select(sweep_dir, features, df, labels, out, method, {"epochs": epochs, "lr": lr}, progress=advance)
+    console.print(frame_table(scored.head(10), f"Best of {len(scored)} combinations (validation) — frozen in {out}"))
+
+
+@app.command()
+def fuse(
+    config: Annotated[Path, typer.Option(help="Configuration frozen by `orthodiff select`.")],
+    out: Annotated[Path, typer.Option(help="Directory for metrics, predictions and plots.")],
+    method: Annotated[str, typer.Option(help="concat | linear_concat | linear_add | cross_attention | mpae | lightgbm | logistic")] = "concat",
+    ehr: Annotated[bool, typer.Option("--ehr", help="Late-fuse an EHR head per label.")] = False,
+    store: Annotated[str | None, typer.Option(help="Feature store (default: the configuration's).")] = None,
+    catalog: Annotated[Path | None, typer.Option(help="Catalog (default: the configuration's).")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (by patient) for 95% CIs.")] = 500,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train the two-stage fusion head on train, report test metrics with 95% CIs."""
+    from orthodiff.heads.commands import load_inputs
+    from orthodiff.heads.runs import read_config, run_fuse
+    from orthodiff.tables import frame_table
+
+    cfg = read_config(config)
+    features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), cfg.get("backbone"), list(cfg["planes"]))
+    with console.status(f"fusing ({method}{' + EHR' if ehr else ''})"):
+        metrics, model = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed)
+    console.print(frame_table(metrics.drop(columns="note"), f"Test metrics, {method}{' + EHR' if ehr else ''} — {out}"))
+    if len(model.missing_):
+        console.print(f"{len(model.missing_)} test exams miss a plane and were left out of fusion (missing_planes.csv)")
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="First `orthodiff fuse` output directory.")],
+    b: Annotated[Path, typer.Argument(help="Second `orthodiff fuse` output directory.")],
+    permutations: Annotated[int, typer.Option(help="Paired permutations.")] = 1000,
+    out: Annotated[Path | None, typer.Option(help="Also write the table here (Parquet + CSV).")] = None,
+) -> None:
+    """Paired permutation test (patients swapped between A and B) and per-label AUROC deltas."""
+    from orthodiff.heads.report import write_table
+    from orthodiff.heads.runs import compare_runs
+    from orthodiff.tables import frame_table
+
+    table = compare_runs(a, b, n_perm=permutations)
+    if out:
+        write_table(table, out)
+    console.print(frame_table(table, f"AUROC A = {a} vs B = {b} (delta = A - B)", "{:.4f}"))
+
+
+@app.command()
+def efficiency(
+    config: Annotated[Path, typer.Option(help="Configuration frozen by `orthodiff select`.")],
+    out: Annotated[Path, typer.Option(help="Directory for the curves table and PNG.")],
+    subsets: Annotated[str, typer.Option(help="Nested training subsets (catalog subset_<N> columns) and/or 'all'.")] = "100,500,1000,2000,all",
+    method: Annotated[str, typer.Option(help="Fusion head.")] = "concat",
+    store: Annotated[str | None, typer.Option(help="Feature store (default: the configuration's).")] = None,
+    catalog: Annotated[Path | None, typer.Option(help="Catalog (default: the configuration's).")] = None,
+) -> None:
+    """Label-efficiency curves: the fusion head vs the LightGBM comparator on nested subsets."""
+    from orthodiff.heads.commands import load_inputs, progress_bar
+    from orthodiff.heads.runs import read_config, run_efficiency
+    from orthodiff.tables import frame_table
+
+    sizes = []
+    for item in subsets.split(","):
+        item = item.strip()
+        if item != "all" and not item.isdigit():
+            raise OrthodiffError(f"--subsets {subsets!r}: {item!r} is neither an integer nor 'all'")
+        sizes.append(item if item == "all" else int(item))
+    cfg = read_config(config)
+    features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), cfg.get("backbone"), list(cfg["planes"]))
+    with progress_bar(console, "subsets x heads", 2 * len(sizes)) as advance:
+        curves = run_efficiency(cfg, features, df, labels, sizes, out, method=method, progress=advance)
+    console.print(frame_table(curves, f"Test macro AUROC by training patients — {out}"))
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (sweep/select/fuse/efficiency outputs inside).")],
+    out: Annotated[Path | None, typer.Option(help="HTML file (default: RUN_DIR/report.html).")] = None,
+) -> None:
+    """One self-contained HTML report (tables and plots) of a run directory."""
+    import pandas as pd
+
+    from orthodiff.heads.report import build_report
+    from orthodiff.tables import frame_table
+
+    path = build_report(run_dir, out)
+    files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.suffix in {".csv", ".png", ".json"})
+    kinds = pd.DataFrame({"file": files, "kind": [f.rsplit(".", 1)[-1] for f in files]})
+    console.print(frame_table(kinds, f"Included in {path} ({path.stat().st_size / 1024:.0f} KiB)"))
+
+
 def main() -> None:
     try:
         app()

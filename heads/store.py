@@ -1,0 +1,56 @@
+"""Per-plane features from the feature store, for the heads tier (reads only, lazily).
+
+``plane_features`` turns what ``orthodiff.open_store`` returns into one Dataset per plane
+with ``gap(series, timestep, block, channel)`` and ``activation(series, timestep, block,
+channel, z, y, x)``, and checks that every catalog series of that plane has features.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from orthodiff.catalogs.tasks import PLANES
+from orthodiff.errors import OrthodiffError
+
+
+def _split_planes(ds) -> dict[str, xr.Dataset]:
+    if isinstance(ds, dict):
+        return dict(ds)
+    if "plane" in ds.coords and "series" in ds["plane"].dims:
+        planes = ds["plane"].to_numpy()
+        return {p: ds.isel(series=np.flatnonzero(planes == p)) for p in PLANES if (planes == p).any()}
+    raise OrthodiffError("the store's features carry no 'plane' coordinate on 'series'")
+
+
+def plane_features(store: str | Path, catalog: pd.DataFrame, backbone: str | None = None, planes=None) -> dict[str, xr.Dataset]:
+    """Lazy per-plane feature Datasets of ``store`` for the catalog's series."""
+    from orthodiff import open_store
+
+    planes = list(planes or PLANES)
+    unknown = [p for p in planes if p not in PLANES]
+    if unknown:
+        raise OrthodiffError(f"unknown plane(s) {unknown}; expected {list(PLANES)}")
+    per_plane = _split_planes(open_store(str(store), backbone=backbone))
+    out = {}
+    for plane in planes:
+        wanted = catalog.loc[catalog["plane"] == plane, "series_id"]
+        if wanted.empty:
+            continue
+        if plane not in per_plane:
+            raise OrthodiffError(f"{store}: no {plane} features in the store, but the catalog has {len(wanted)} {plane} series")
+        ds = per_plane[plane]
+        have = pd.Index(ds["series"].to_numpy())
+        absent = wanted[~wanted.isin(have)]
+        if len(absent):
+            raise OrthodiffError(
+                f"{store}: no {plane} features for {len(absent)} of the catalog's {len(wanted)} {plane} series, "
+                f"e.g. {absent.iloc[0]!r} (run `orthodiff extract --plane {plane}`)"
+            )
+        out[plane] = ds
+    if not out:
+        raise OrthodiffError(f"the catalog has no series of the planes {planes}")
+    return out
