@@ -166,6 +166,8 @@ def fuse(
     with console.status(f"fusing ({method}{' + EHR' if ehr else ''})"):
         metrics, model = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed)
     console.print(frame_table(metrics.drop(columns="note"), f"Test metrics, {method}{' + EHR' if ehr else ''} — {out}"))
+    for label, note in metrics.loc[metrics["note"] != "", ["label", "note"]].drop_duplicates().itertuples(index=False):
+        console.print(f"[yellow]{label}[/]: {note} in the test split")
     if len(model.missing_):
         console.print(f"{len(model.missing_)} test exams miss a plane and were left out of fusion (missing_planes.csv)")
 

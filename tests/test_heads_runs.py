@@ -87,3 +87,14 @@ def test_configuration_naming_what_the_store_lacks(run, tmp_path):
     (tmp_path / "c.json").write_text("{not json")
     with pytest.raises(OrthodiffError, match="not a JSON configuration"):
         read_config(tmp_path / "c.json")
+
+
+def test_a_label_with_one_class_in_the_test_split_is_undefined_not_a_crash(run, tmp_path):
+    _, catalog, features, _, config = run
+    one_class = catalog.copy()
+    one_class.loc[one_class.split == "test", "LM"] = 0
+    metrics, _ = run_fuse(config, features, one_class, LABELS, "concat", tmp_path / "fuse", n_boot=20)
+    lm = metrics[(metrics.metric == "auroc") & (metrics.label == "LM")].iloc[0]
+    assert np.isnan(lm.value) and "only class [0]" in lm.note
+    macro = metrics[metrics.metric == "macro_auroc"].iloc[0]
+    assert np.isfinite(macro.value)
