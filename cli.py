@@ -155,6 +155,8 @@ def fuse(
     catalog: Annotated[Path | None, typer.Option(help="Catalog (default: the configuration's).")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (by patient) for 95% CIs.")] = 500,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    epochs: Annotated[int | None, typer.Option(help="Fusion epochs (default: the configuration's).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Fusion learning rate (default: the configuration's).")] = None,
 ) -> None:
     """Train the two-stage fusion head on train, report test metrics with 95% CIs."""
     from orthodiff.heads.commands import load_inputs
@@ -164,7 +166,9 @@ def fuse(
     cfg = read_config(config)
     features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), cfg.get("backbone"), list(cfg["planes"]))
     with console.status(f"fusing ({method}{' + EHR' if ehr else ''})"):
-        metrics, model = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed)
+        overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
+        metrics, model = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed,
+                                  fusion_params=overrides)
     console.print(frame_table(metrics.drop(columns="note"), f"Test metrics, {method}{' + EHR' if ehr else ''} — {out}"))
     for label, note in metrics.loc[metrics["note"] != "", ["label", "note"]].drop_duplicates().itertuples(index=False):
         console.print(f"[yellow]{label}[/]: {note} in the test split")

@@ -34,7 +34,7 @@ def _one_class(column: np.ndarray) -> str | None:
     return None if len(classes) == 2 else f"only class {classes.astype(int).tolist()} present: undefined"
 
 
-def _label_auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+def auroc_per_label(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     """AUROC of every column at once via the Mann-Whitney rank sum (ties count one half,
     as in ``roc_auc_score``); NaN for a column with one class. Used wherever AUROC is
     computed thousands of times (bootstrap, permutations, sweeps)."""
@@ -48,7 +48,7 @@ def _label_auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def macro_auroc(y, p) -> float:
-    aucs = _label_auc(*_check(y, p))
+    aucs = auroc_per_label(*_check(y, p))
     return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
 
 
@@ -143,7 +143,7 @@ def permutation_test(y, p_a, p_b, labels: list[str], groups, n_perm: int = 1000,
     _, p_b = _check(y, p_b)
 
     def stats(a, b):
-        da, db = _label_auc(y, a), _label_auc(y, b)
+        da, db = auroc_per_label(y, a), auroc_per_label(y, b)
         macro = np.nanmean(da) - np.nanmean(db) if np.isfinite(da).any() else np.nan
         return np.append(da - db, macro), np.append(da, np.nanmean(da)), np.append(db, np.nanmean(db))
 
@@ -173,7 +173,7 @@ def subgroup_table(y, p, labels: list[str], meta: pd.DataFrame, by=SUBGROUP_COLU
         values = meta[column].to_numpy()
         for value in pd.unique(values):
             rows = values == value
-            aucs = _label_auc(y[rows], p[rows])
+            aucs = auroc_per_label(y[rows], p[rows])
             for label, auc in [*zip(labels, aucs), ("macro", np.nanmean(aucs) if np.isfinite(aucs).any() else np.nan)]:
                 out.append({"by": column, "group": str(value), "n": int(rows.sum()), "label": label, "auroc": auc})
     return pd.DataFrame(out)

@@ -12,7 +12,7 @@ from orthodiff.heads.training import apply, seeded, train
 
 def channel_stats(x, block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std over series of the per-channel spatial means (GAP vectors) of ``x``."""
-    gap = apply(GAP(0), [x], block_rows).astype(np.float64)
+    gap = apply(GAP(x.shape[1]), [x], block_rows).astype(np.float64)
     return gap.mean(0).astype(np.float32), np.maximum(gap.std(0), 1e-6).astype(np.float32)
 
 

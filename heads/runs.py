@@ -16,7 +16,7 @@ from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.metrics import evaluate, macro_auroc, permutation_test, subgroup_table
 from orthodiff.heads.protocol import TwoStageFusion
-from orthodiff.heads.report import atomic_savefig, read_table, write_json, write_table
+from orthodiff.heads.report import atomic_savefig, pyplot, read_table, write_json, write_table
 from orthodiff.heads.sweep import plot_heatmaps, sweep, top_configs
 
 DEFAULT_PROBE = {"epochs": 10, "lr": 5e-4, "batch_size": 32}
@@ -25,15 +25,6 @@ DEFAULT_FUSION = {"epochs": 10, "lr": 5e-5, "batch_size": 32}
 
 def _prob_columns(labels):
     return [f"p_{c}" for c in labels]
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def read_config(path: str | Path) -> dict:
@@ -128,7 +119,7 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method="concat
 
 
 def plot_gating(gating: pd.DataFrame, path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     grid = gating.pivot(index="label", columns="plane", values="weight")
     grid = grid[[p for p in PLANES if p in grid.columns]].loc[gating["label"].unique()]
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(grid), 3.2))
@@ -228,7 +219,7 @@ def run_efficiency(config, features, catalog, labels, subsets, out, method="conc
                 progress()
     curves = pd.DataFrame(rows)
     write_table(curves, out / "efficiency")
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for head, part in curves.groupby("head", sort=False):
         ax.plot(part["patients"], part["test_macro_auroc"], marker="o", label=head)

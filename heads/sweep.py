@@ -9,6 +9,8 @@ follows exactly the trajectory it would follow alone (``PlaneProbe("gap")``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -17,9 +19,10 @@ from torch import nn
 
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
-from orthodiff.heads.metrics import _label_auc
+from orthodiff.heads.metrics import auroc_per_label
 from orthodiff.heads.probe import PlaneProbe
 from orthodiff.heads.protocol import check_labels, select_series
+from orthodiff.heads.report import atomic_savefig, pyplot
 from orthodiff.heads.training import apply, train
 
 
@@ -80,7 +83,7 @@ def _exam_auroc(prob: np.ndarray, rows: pd.DataFrame, labels: list[str]) -> np.n
     mean = (mean / counts[:, None]).reshape((len(cases),) + prob.shape[1:])
     y = rows.drop_duplicates("case_id").set_index("case_id").loc[cases, labels].to_numpy()
     configs = mean.reshape(len(cases), -1, len(labels))
-    return np.stack([_label_auc(y, configs[:, k]) for k in range(configs.shape[1])])  # (K, labels)
+    return np.stack([auroc_per_label(y, configs[:, k]) for k in range(configs.shape[1])])  # (K, labels)
 
 
 def _plane_rows(catalog: pd.DataFrame, plane: str, split: str, labels: list[str]) -> pd.DataFrame:
@@ -162,15 +165,7 @@ def top_configs(results: pd.DataFrame, k: int = 4) -> pd.DataFrame:
 
 def plot_heatmaps(results: pd.DataFrame, out_dir) -> list:
     """One PNG per plane: validation macro AUROC over timestep (rows) x block (columns)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from pathlib import Path
-
-    import matplotlib.pyplot as plt
-
-    from orthodiff.heads.report import atomic_savefig
-
+    plt = pyplot()
     paths = []
     macro = results[results["label"] == "macro"]
     for plane, part in macro.groupby("plane", sort=False):
