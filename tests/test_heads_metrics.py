@@ -7,7 +7,7 @@ import pytest
 from orthodiff.errors import OrthodiffError
 from sklearn.metrics import roc_auc_score
 
-from orthodiff.heads.metrics import _label_auc, evaluate, per_label, permutation_test, subgroup_table, summary
+from orthodiff.heads.metrics import auroc_per_label, evaluate, per_label, permutation_test, subgroup_table, summary
 
 
 def test_summary_matches_hand_counts():
@@ -75,5 +75,5 @@ def test_vectorised_auroc_equals_scikit_learn_with_ties():
     y = rng.integers(0, 2, (150, 4))
     p = np.round(rng.random((150, 4)), 1)  # many ties
     expected = [roc_auc_score(y[:, j], p[:, j]) for j in range(4)]
-    np.testing.assert_allclose(_label_auc(y, p), expected, rtol=1e-12)
-    assert np.isnan(_label_auc(np.zeros((5, 1)), rng.random((5, 1)))[0])
+    np.testing.assert_allclose(auroc_per_label(y, p), expected, rtol=1e-12)
+    assert np.isnan(auroc_per_label(np.zeros((5, 1)), rng.random((5, 1)))[0])
