@@ -92,7 +92,9 @@ class TwoStageFusion:
             pooled["ehr"] = self.ehr_encoder_.transform(exam_table(catalog).loc[combos["case_id"]])
         return pooled, combos, missing
 
-    def fit(self, features: dict, catalog: pd.DataFrame, labels: list[str]) -> "TwoStageFusion":
+    def fit(self, features: dict, catalog: pd.DataFrame, labels: list[str], probes: dict | None = None) -> "TwoStageFusion":
+        """``probes``: already fitted Stage I probes by plane (reused frozen, e.g. when many
+        cross-plane combinations share a plane's configuration)."""
         if self.method not in (*METHODS, *COMPARATORS):
             raise OrthodiffError(f"unknown fusion method {self.method!r}; expected one of {[*METHODS, *COMPARATORS]}")
         check_labels(catalog, labels)
@@ -101,8 +103,8 @@ class TwoStageFusion:
         probe = {"random_state": self.random_state, **(self.probe_params or {})}
         if self.pooling == "gap":
             probe["epochs"] = 0
-        self.probes_ = {}
-        for plane in self.planes_:
+        self.probes_ = dict(probes or {})
+        for plane in [p for p in self.planes_ if p not in self.probes_]:
             rows = catalog[catalog["plane"] == plane]
             X = select_series(features[plane], rows["series_id"], plane)
             y = rows.set_index("series_id").loc[X["series"].to_numpy(), labels].to_numpy()

@@ -89,13 +89,15 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method="concat
     top = top[top["rank"] <= top_k]
     planes = [p for p in PLANES if p in set(top["plane"])]
     fusion = {**DEFAULT_FUSION, **(fusion_params or {})}
-    rows = []
+    rows, stage_one = [], {}
     per_plane = [top[top["plane"] == p][["timestep", "block"]].to_dict("records") for p in planes]
     for combo in itertools.product(*per_plane):
         config = {"pooling": run["pooling"], "planes": dict(zip(planes, combo))}
         slabs = config_features(features, config, str(sweep_dir))
         model = TwoStageFusion(run["pooling"], method, probe_params=run["probe_params"], fusion_params=fusion)
-        model.fit(slabs, _split(catalog, "train"), labels)
+        keys = {p: (p, c["timestep"], c["block"]) for p, c in zip(planes, combo)}
+        model.fit(slabs, _split(catalog, "train"), labels, probes={p: stage_one[k] for p, k in keys.items() if k in stage_one})
+        stage_one.update({k: model.probes_[p] for p, k in keys.items()})  # Stage I is frozen: reuse it
         pred = model.predict(slabs, _split(catalog, "val"))
         row = {f"{p}_{k}": c[k] for p, c in zip(planes, combo) for k in ("timestep", "block")}
         rows.append({**row, "val_macro_auroc": macro_auroc(pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy())})

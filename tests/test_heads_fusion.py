@@ -140,3 +140,13 @@ def test_bad_input_is_named(cohort):
         TwoStageFusion().fit(short, catalog, LABELS)
     with pytest.raises(OrthodiffError, match="unknown fusion method"):
         TwoStageFusion(method="stack").fit(features, train, LABELS)
+
+
+def test_prefitted_stage_one_probes_are_reused_frozen(cohort):
+    catalog, features = cohort
+    train = catalog[catalog.split == "train"]
+    first = TwoStageFusion("glp", "concat", random_state=2, **FAST).fit(features, train, LABELS)
+    reused = TwoStageFusion("glp", "concat", random_state=2, **FAST).fit(features, train, LABELS, probes=first.probes_)
+    assert all(reused.probes_[p] is first.probes_[p] for p in first.probes_)
+    test = catalog[catalog.split == "test"]
+    np.testing.assert_allclose(reused.predict(features, test)["p_ACL"], first.predict(features, test)["p_ACL"], rtol=1e-6)
