@@ -57,6 +57,13 @@ def exam_table(catalog: pd.DataFrame) -> pd.DataFrame:
     return catalog.drop_duplicates("case_id").set_index("case_id")
 
 
+def exam_rows(catalog: pd.DataFrame, case_ids) -> pd.DataFrame:
+    """The first catalog row of each exam in ``case_ids`` order, keeping the catalog's row
+    labels (so an EHR error names the Parquet row) and the ``case_id`` column."""
+    exams = catalog.drop_duplicates("case_id")
+    return exams.iloc[pd.Index(exams["case_id"]).get_indexer(list(case_ids))]
+
+
 def check_labels(catalog: pd.DataFrame, labels: list[str]) -> None:
     missing = [c for c in labels if c not in catalog.columns]
     if missing:
@@ -89,7 +96,7 @@ class TwoStageFusion:
             row = pd.Series(np.arange(len(selected)), index=selected["series"].to_numpy())
             pooled[plane] = vectors[row[combos[plane]].to_numpy()]
         if self.ehr:
-            pooled["ehr"] = self.ehr_encoder_.transform(exam_table(catalog).loc[combos["case_id"]])
+            pooled["ehr"] = self.ehr_encoder_.transform(exam_rows(catalog, combos["case_id"]))
         return pooled, combos, missing
 
     def fit(self, features: dict, catalog: pd.DataFrame, labels: list[str], probes: dict | None = None) -> "TwoStageFusion":
@@ -110,7 +117,7 @@ class TwoStageFusion:
             y = rows.set_index("series_id").loc[X["series"].to_numpy(), labels].to_numpy()
             self.probes_[plane] = PlaneProbe(self.pooling, **probe).fit(X.data, y)
         if self.ehr:
-            self.ehr_encoder_ = EHREncoder().fit(exam_table(catalog))
+            self.ehr_encoder_ = EHREncoder().fit(catalog.drop_duplicates("case_id"))
         X, combos, self.train_missing_ = self._pooled(features, catalog)
         y = exam_table(catalog).loc[combos["case_id"], labels].to_numpy()
         params = {"random_state": self.random_state, **(self.fusion_params or {})}

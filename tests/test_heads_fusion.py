@@ -150,3 +150,13 @@ def test_prefitted_stage_one_probes_are_reused_frozen(cohort):
     assert all(reused.probes_[p] is first.probes_[p] for p in first.probes_)
     test = catalog[catalog.split == "test"]
     np.testing.assert_allclose(reused.predict(features, test)["p_ACL"], first.predict(features, test)["p_ACL"], rtol=1e-6)
+
+
+def test_ehr_garbage_in_the_catalog_names_the_catalog_row_and_case(cohort):
+    catalog, features = cohort
+    bad = catalog.assign(height=catalog["height"].astype(object))
+    row = int(np.flatnonzero(bad.split == "train")[5])
+    bad.loc[bad.case_id == bad.at[row, "case_id"], "height"] = "tall"
+    first = int(bad.index[bad.case_id == bad.at[row, "case_id"]][0])
+    with pytest.raises(OrthodiffError, match=rf"column 'height', row {first} \(case {bad.at[row, 'case_id']}\): value 'tall'"):
+        TwoStageFusion("gap", "concat", ehr=True, **FAST).fit(features, bad[bad.split == "train"], LABELS)
