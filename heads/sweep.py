@@ -20,6 +20,7 @@ from torch import nn
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.metrics import auroc_per_label
+from orthodiff.heads.pooling import POOLINGS
 from orthodiff.heads.probe import PlaneProbe
 from orthodiff.heads.protocol import check_labels, select_series
 from orthodiff.heads.report import atomic_savefig, pyplot
@@ -108,6 +109,8 @@ def sweep(
     ``activation`` for GLP/SAP). ``batched=False`` trains GAP probes one by one.
     """
     check_labels(catalog, labels)
+    if pooling not in POOLINGS:
+        raise OrthodiffError(f"unknown pooling {pooling!r}; expected one of {list(POOLINGS)}")
     params = probe_params or {}
     out = []
     for plane in [p for p in PLANES if p in features]:

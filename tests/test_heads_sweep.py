@@ -54,3 +54,5 @@ def test_sweep_bad_input(cohort):
         sweep(features, catalog.assign(split=catalog.split.replace("val", "test")), LABELS)
     with pytest.raises(OrthodiffError, match="lacks label columns"):
         sweep(features, catalog.drop(columns="PCL"), LABELS)
+    with pytest.raises(OrthodiffError, match="unknown pooling 'max'"):
+        sweep(features, catalog, LABELS, pooling="max")
