@@ -18,8 +18,12 @@ from orthodiff.errors import OrthodiffError
 
 
 def _split_planes(ds) -> dict[str, xr.Dataset]:
+    """One Dataset per plane from a dict or DataTree keyed by plane, or from one Dataset
+    whose ``series`` carry a ``plane`` coordinate."""
     if isinstance(ds, dict):
         return dict(ds)
+    if isinstance(ds, xr.DataTree):
+        return {p: ds[p].to_dataset() for p in PLANES if p in ds.children}
     if "plane" in ds.coords and "series" in ds["plane"].dims:
         planes = ds["plane"].to_numpy()
         return {p: ds.isel(series=np.flatnonzero(planes == p)) for p in PLANES if (planes == p).any()}
