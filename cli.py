@@ -97,6 +97,24 @@ def catalog_from_mrnet(
 
 
 @app.command()
+def ingest(
+    catalog: Annotated[Path, typer.Argument(help="Cohort catalog (Parquet).")],
+    store: Annotated[str, typer.Option(help="Store to write (a path or fsspec URL); created if missing.")],
+    size: Annotated[int, typer.Option(help="In-plane size of the preprocessed volumes.")] = 256,
+    on_error: Annotated[str, typer.Option(help="fail: stop at the first bad series; skip: go on and list rejects.")] = "fail",
+) -> None:
+    """Read, check and preprocess every catalog series into the store's volumes (reruns skip what is there)."""
+    from orthodiff.featurestore.ingest import REJECTS, ingest as run_ingest
+    from orthodiff.tables import frame_table
+
+    result = run_ingest(catalog, store, size=size, on_error=on_error)
+    counts = result.groupby("status").size().rename("series").reset_index()
+    console.print(frame_table(counts, f"ingest {catalog} -> {store}"))
+    if (result["status"] == "rejected").any():
+        console.print(f"[yellow]rejects listed in {store}/{REJECTS}[/]")
+
+
+@app.command()
 def sweep(
     store: Annotated[str, typer.Option(help="Feature store (path or fsspec URL).")],
     catalog: Annotated[Path, typer.Option(help="Cohort catalog (Parquet) of the stored series.")],
