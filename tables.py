@@ -16,7 +16,7 @@ def _cell(value, float_format: str) -> str:
 
 def frame_table(df: pd.DataFrame, title: str | None = None, float_format: str = "{:.3f}") -> Table:
     """A `rich.table.Table` of `df` (index dropped; NaN shown as a dash)."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", min_width=len(title or ""))
     for name in df.columns:
         numeric = pd.api.types.is_numeric_dtype(df[name])
         table.add_column(str(name), justify="right" if numeric else "left")

@@ -217,7 +217,7 @@ def add_subsets(df: pd.DataFrame, sizes: Iterable[int], seed: int = 0) -> pd.Dat
 def cohort_summary(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Tables describing a cohort, counted per exam (labels and acquisition are per exam).
 
-    `labels`: prevalence of each label overall and per split; `sites`: exams per center and
+    `labels`: prevalence of each label overall and in each split (columns named by split); `sites`: exams per center and
     field strength; `planes`: series per plane and scan (repeat scans, missing planes).
     """
     exams = df.drop_duplicates("case_id")
@@ -228,7 +228,7 @@ def cohort_summary(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     for split in SPLITS:
         part = exams[exams["split"] == split]
         if len(part):
-            prevalence[f"prevalence_{split}"] = part[labels].mean()
+            prevalence[split] = part[labels].mean()
     prevalence.index.name = "label"
     sites = (
         exams.groupby(["center", "field_strength"], observed=True).size().unstack("field_strength", fill_value=0)
