@@ -9,8 +9,6 @@ catalog file's directory, so a cohort folder can be moved as a whole.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pandas as pd
 
 from orthodiff.catalogs.tasks import PLANES, ehr_schema, get_task, joints, tasks
 from orthodiff.errors import OrthodiffError
+from orthodiff.files import atomic_write
 
 SPLITS = ("train", "val", "test")
 ID_COLUMNS = ["series_id", "case_id", "patient_id"]
@@ -50,18 +49,8 @@ def read_catalog(path: str | Path) -> pd.DataFrame:
 
 
 def write_catalog(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write atomically (temp file + rename) so a crash never leaves half a catalog."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """Write atomically so a crash never leaves half a catalog."""
+    return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def resolve_path(catalog_path: str | Path, value: str) -> Path:

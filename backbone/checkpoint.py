@@ -1,0 +1,122 @@
+"""Checkpoints in the reference layout: reading, writing, identity.
+
+A checkpoint is a `torch.save` dict whose `ema` (and `model`) entries hold the U-Net's
+parameters under the prefix `denoise_fn.` (`denoise_fn.module.` when trained under DDP)
+beside the diffusion buffers. Ours add `step`, `config`, `optimizer` and RNG states, which
+published checkpoints lack and loading never requires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import torch
+
+from orthodiff.backbone.unet import PRESETS, DiffusionUNet, UNetConfig
+from orthodiff.errors import OrthodiffError
+from orthodiff.files import atomic_write
+
+PREFIXES = ("denoise_fn.module.", "denoise_fn.")
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise OrthodiffError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise OrthodiffError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or not any(isinstance(ckpt.get(k), dict) for k in ("ema", "model")):
+        raise OrthodiffError(f"{path}: not an OrthoDiffusion checkpoint (no 'ema' or 'model' state dict)")
+    return ckpt
+
+
+def unet_state(ckpt: dict) -> dict[str, torch.Tensor]:
+    """The U-Net weights (EMA preferred) with the `denoise_fn.` prefixes removed."""
+    state = ckpt["ema"] if isinstance(ckpt.get("ema"), dict) else ckpt["model"]
+    out = {}
+    for key, value in state.items():
+        for prefix in PREFIXES:
+            if key.startswith(prefix):
+                out[key[len(prefix):]] = value
+                break
+    return out
+
+
+def infer_config(state: dict[str, torch.Tensor]) -> UNetConfig | None:
+    """The architecture that produced `state`, read off the shapes (None if it is not ours)."""
+    try:
+        width = state["input_blocks.0.0.weight"].shape[0]
+    except KeyError:
+        return None
+    blocks = sorted({int(m.group(1)) for k in state if (m := re.match(r"input_blocks\.(\d+)\.", k))})
+    mult, per_level, levels, attention_level = [], 0, [], None
+    for i in blocks[1:]:
+        if f"input_blocks.{i}.0.op.weight" in state:
+            levels.append(per_level)
+            per_level = 0
+            continue
+        out_channels = state[f"input_blocks.{i}.0.in_layers.2.weight"].shape[0]
+        if not per_level:
+            mult.append(out_channels // width)
+        per_level += 1
+        if f"input_blocks.{i}.1.qkv.weight" in state:
+            attention_level = len(mult) - 1
+    levels.append(per_level)
+    if attention_level is None or len(set(levels)) != 1:
+        return None
+    return UNetConfig(16 * 2**attention_level, 16, width, tuple(mult), num_res_blocks=levels[0])
+
+
+def _mismatch(state: dict[str, torch.Tensor], model: torch.nn.Module) -> str:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)}!={tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    parts = [f"{name} ({len(keys)}): {', '.join(keys[:10])}" for name, keys in
+             (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if keys]
+    return "; ".join(parts)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_backbone(path: str | Path, device: str | torch.device | None = None) -> DiffusionUNet:
+    """The denoiser of a checkpoint in the reference layout, in eval mode on `device`
+    (CUDA when available). Fails naming missing, unexpected and mis-shaped keys."""
+    ckpt = read_checkpoint(path)
+    state = unet_state(ckpt)
+    if not state:
+        raise OrthodiffError(f"{path}: no 'denoise_fn.' weights in the checkpoint")
+    config = infer_config(state)
+    model = DiffusionUNet(config or PRESETS["paper"])
+    problems = _mismatch(state, model)
+    if config is None or problems:
+        raise OrthodiffError(f"{path}: weights do not fit the orthodiff U-Net: {problems}")
+    model.load_state_dict(state)
+    return model.to(device or default_device()).eval()
+
+
+def backbone_id(path: str | Path) -> str:
+    """A stable content hash of the U-Net weights (prefix and container independent)."""
+    state = unet_state(read_checkpoint(path))
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def reference_state(model: torch.nn.Module, buffers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`model`'s weights under `denoise_fn.`, with the diffusion buffers beside them."""
+    return {**{f"denoise_fn.{k}": v.detach().cpu() for k, v in model.state_dict().items()}, **buffers}
+
+
+def save_atomic(obj: dict, path: str | Path) -> Path:
+    """torch.save through a temporary file renamed over `path`."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))

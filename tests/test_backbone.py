@@ -1,0 +1,85 @@
+"""The denoiser loads published checkpoints unchanged and reproduces their outputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from orthodiff.backbone import PRESETS, DiffusionUNet, backbone_id, load_backbone
+from orthodiff.backbone.checkpoint import infer_config
+from orthodiff.backbone.diffusion import GaussianDiffusion
+from orthodiff.errors import OrthodiffError
+
+FIXTURES = Path(os.environ.get("ORTHODIFF_FIXTURES", "/work/shared/fixtures"))
+FIXTURE = FIXTURES / "orthodiffusion_format_tiny.pt"
+
+
+@pytest.fixture(scope="module")
+def io():
+    return {k: torch.from_numpy(v) for k, v in np.load(FIXTURES / "orthodiffusion_format_tiny_io.npz").items()}
+
+
+def test_fixture_checkpoint_reproduces_middle_blocks_and_eps(io):
+    model = load_backbone(FIXTURE, device="cpu")
+    assert model.config == PRESETS["tiny"]
+    with torch.no_grad():
+        mids = model.middle_features(io["x_t"], io["t"])
+        eps = model(io["x_t"], io["t"])
+    for block in ("mid_0", "mid_1", "mid_2"):
+        torch.testing.assert_close(mids[block], io[block], atol=1e-4, rtol=0)
+    torch.testing.assert_close(eps, io["eps"], atol=1e-4, rtol=0)
+
+
+def test_schedule_and_noising_match_the_reference_buffers(io):
+    ckpt = torch.load(FIXTURE, weights_only=True)["ema"]
+    diffusion = GaussianDiffusion()
+    for name in ("betas", "alphas_cumprod", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"):
+        torch.testing.assert_close(getattr(diffusion, name), ckpt[name].float())
+    torch.testing.assert_close(diffusion.q_sample(io["x0"], io["t"], io["noise"]), io["x_t"], atol=1e-5, rtol=0)
+
+
+def test_selected_blocks_only_and_unknown_block():
+    model = DiffusionUNet(PRESETS["demo"]).eval()
+    x, t = torch.randn(1, 1, 16, 32, 32), torch.tensor([10])
+    out = model.middle_features(x, t, blocks=("mid_1",))
+    assert list(out) == ["mid_1"] and out["mid_1"].shape == (1, *PRESETS["demo"].middle_shape)
+    with pytest.raises(ValueError, match="unknown block"):
+        model.middle_features(x, t, blocks=("mid_3",))
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_are_recognised_from_their_weights(name):
+    assert infer_config(DiffusionUNet(PRESETS[name]).state_dict()) == PRESETS[name]
+
+
+def test_ddp_prefix_and_model_only_checkpoints_load_with_the_same_id(tmp_path):
+    ckpt = torch.load(FIXTURE, weights_only=True)
+    ddp = {"model": {k.replace("denoise_fn.", "denoise_fn.module.", 1): v for k, v in ckpt["ema"].items()}}
+    torch.save(ddp, tmp_path / "ddp.pt")
+    assert backbone_id(tmp_path / "ddp.pt") == backbone_id(FIXTURE)
+    assert isinstance(load_backbone(tmp_path / "ddp.pt", device="cpu"), DiffusionUNet)
+    ckpt["ema"]["denoise_fn.out.2.bias"] = ckpt["ema"]["denoise_fn.out.2.bias"] + 1
+    torch.save(ckpt, tmp_path / "changed.pt")
+    assert backbone_id(tmp_path / "changed.pt") != backbone_id(FIXTURE)
+
+
+def test_bad_checkpoints_are_named(tmp_path):
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(OrthodiffError, match="garbage.pt: not a readable checkpoint"):
+        load_backbone(tmp_path / "garbage.pt")
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(OrthodiffError, match="no 'ema' or 'model'"):
+        load_backbone(tmp_path / "other.pt")
+    state = {f"denoise_fn.{k}": v for k, v in DiffusionUNet(PRESETS["demo"]).state_dict().items()}
+    state["denoise_fn.out.2.weight"] = torch.zeros(2, 32, 3, 3, 3)
+    del state["denoise_fn.out.0.bias"]
+    state["denoise_fn.extra.weight"] = torch.zeros(1)
+    torch.save({"ema": state}, tmp_path / "foreign.pt")
+    with pytest.raises(OrthodiffError, match=r"missing \(1\): out.0.bias; unexpected \(1\): extra.weight; mis-shaped \(1\): out.2.weight"):
+        load_backbone(tmp_path / "foreign.pt")
+    with pytest.raises(OrthodiffError, match="checkpoint file not found"):
+        load_backbone(tmp_path / "absent.pt")
