@@ -138,6 +138,41 @@ def ingest(
 
 
 @app.command()
+def pretrain(
+    plane: Annotated[str, typer.Option(help="sagittal, coronal or axial: one backbone per plane.")],
+    store: Annotated[str, typer.Option(help="Store holding the ingested volumes.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint to write (reference layout).")],
+    preset: Annotated[str, typer.Option(help="paper (16x256x256), small (16x128x128), tiny (16x64x64) or demo (16x32x32).")] = "tiny",
+    steps: Annotated[int, typer.Option(help="Optimisation steps in total (the paper: 21,500).")] = 1000,
+    batch: Annotated[int, typer.Option(help="Volumes per step and process.")] = 4,
+    every: Annotated[int, typer.Option(help="Write a checkpoint every this many steps.")] = 500,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: 1e-5 x batch x processes).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the checkpoint at --out exactly where it stopped.")] = False,
+) -> None:
+    """Pretrain one plane's 3D diffusion U-Net on the store's training volumes (torchrun for several GPUs)."""
+    from orthodiff.backbone import backbone_id
+    from orthodiff.backbone.pretrain import pretrain as run_pretrain
+
+    path = run_pretrain(store, plane, preset, steps, batch, out, every=every, lr=lr, seed=seed, resume=resume)
+    console.print(f"wrote {path} (backbone id {backbone_id(path)})")
+
+
+@app.command()
+def sample(
+    backbone: Annotated[Path, typer.Option(help="Backbone checkpoint.")],
+    png: Annotated[Path, typer.Option(help="PNG montage to write.")],
+    n: Annotated[int, typer.Option(help="Number of volumes to generate.")] = 4,
+    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the starting noise.")] = 0,
+) -> None:
+    """Generate volumes with DDIM and save their central slices: did pretraining learn anatomy?"""
+    from orthodiff.backbone.preview import sample_preview
+
+    console.print(f"wrote {sample_preview(backbone, png, n=n, steps=steps, seed=seed)}")
+
+
+@app.command()
 def sweep(
     store: Annotated[str, typer.Option(help="Feature store (path or fsspec URL).")],
     catalog: Annotated[Path, typer.Option(help="Cohort catalog (Parquet) of the stored series.")],

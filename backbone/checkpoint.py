@@ -34,9 +34,8 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def unet_state(ckpt: dict) -> dict[str, torch.Tensor]:
-    """The U-Net weights (EMA preferred) with the `denoise_fn.` prefixes removed."""
-    state = ckpt["ema"] if isinstance(ckpt.get("ema"), dict) else ckpt["model"]
+def strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The U-Net entries of a reference-layout state dict, without `denoise_fn.` prefixes."""
     out = {}
     for key, value in state.items():
         for prefix in PREFIXES:
@@ -44,6 +43,11 @@ def unet_state(ckpt: dict) -> dict[str, torch.Tensor]:
                 out[key[len(prefix):]] = value
                 break
     return out
+
+
+def unet_state(ckpt: dict) -> dict[str, torch.Tensor]:
+    """The U-Net weights of a checkpoint, EMA preferred."""
+    return strip_prefix(ckpt["ema"] if isinstance(ckpt.get("ema"), dict) else ckpt["model"])
 
 
 def infer_config(state: dict[str, torch.Tensor]) -> UNetConfig | None:

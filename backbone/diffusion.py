@@ -51,9 +51,13 @@ class GaussianDiffusion(nn.Module):
         return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
     def loss(self, model: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Epsilon-prediction L2 loss at uniformly drawn timesteps."""
-        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        """Epsilon-prediction L2 loss at uniformly drawn timesteps.
+
+        Timesteps and noise are drawn on the CPU from `generator`, so a run is reproducible
+        (and resumable) whatever the device.
+        """
+        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
         return F.mse_loss(model(self.q_sample(x0, t, noise), t), noise)
 
     @torch.no_grad()

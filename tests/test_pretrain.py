@@ -1,0 +1,102 @@
+"""Pretraining: exact resume, DDP agreement across ranks, named bad input, DDIM preview."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from orthodiff.backbone import load_backbone
+from orthodiff.backbone.pretrain import Pretrainer, pretrain
+from orthodiff.backbone.preview import sample_preview
+from orthodiff.errors import OrthodiffError
+from orthodiff.featurestore.volumes import append_volumes
+
+
+def make_store(path, n: int = 8, size: int = 32, planes=("axial",)) -> str:
+    rng = np.random.default_rng(0)
+    rows = [(f"s{i}-{p}", f"c{i}", f"p{i}", p, 0, "val" if i >= n - 2 else "train") for p in planes for i in range(n)]
+    meta = pd.DataFrame(rows, columns=["series_id", "case_id", "patient_id", "plane", "scan", "split"])
+    append_volumes(str(path), rng.uniform(-1, 1, (len(meta), 16, size, size)), meta)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("store") / "s.zarr")
+
+
+def test_resume_continues_exactly_as_an_uninterrupted_run(store, tmp_path):
+    pretrain(store, "axial", "demo", steps=4, batch=2, out=tmp_path / "full.pt", every=2, progress=False)
+    pretrain(store, "axial", "demo", steps=2, batch=2, out=tmp_path / "half.pt", every=2, progress=False)
+    pretrain(store, "axial", "demo", steps=4, batch=2, out=tmp_path / "half.pt", every=2, resume=True, progress=False)
+    full, resumed = (torch.load(tmp_path / f, weights_only=True) for f in ("full.pt", "half.pt"))
+    assert full["history"]["loss"] == resumed["history"]["loss"] and len(full["history"]["loss"]) == 4
+    assert [s for s, _ in full["history"]["val_loss"]] == [2, 4]
+    for key, value in full["ema"].items():
+        torch.testing.assert_close(resumed["ema"][key], value, rtol=0, atol=0)
+    assert full["step"] == 4 and "optimizer" in full and full["preset"] == "demo"
+    model = load_backbone(tmp_path / "full.pt", device="cpu")  # the reference layout loads back
+    assert model.config.image_size == 32
+
+
+def _ddp_worker(rank: int, world: int, port: int, store: str, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    ema = Pretrainer(store, "axial", "demo", steps=2, batch=1, out=f"{out_dir}/ddp.pt", every=2, progress=False).run()
+    torch.save(ema.state_dict(), f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_ranks_end_with_identical_weights(store, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, store, str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert (tmp_path / "ddp.pt").exists()  # written by rank 0 only
+    start = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    assert start["lr"] == pytest.approx(1e-5 * 1 * 2)  # the reference rule scales with processes
+
+
+def test_bad_input_is_named_and_nothing_is_overwritten(store, tmp_path):
+    with pytest.raises(OrthodiffError, match="--steps, --batch and --every must be at least 1"):
+        Pretrainer(store, "axial", "demo", steps=0)
+    with pytest.raises(OrthodiffError, match="no sagittal training volumes"):
+        Pretrainer(store, "sagittal", "demo", steps=1)
+    with pytest.raises(OrthodiffError, match="volumes are 32 px in-plane but preset 'tiny' expects 64"):
+        Pretrainer(store, "axial", "tiny", steps=1)
+    with pytest.raises(OrthodiffError, match="no volumes in this store"):
+        from orthodiff.featurestore.store import open_root
+
+        open_root(str(tmp_path / "empty.zarr"), create=True)
+        Pretrainer(str(tmp_path / "empty.zarr"), "axial", "demo", steps=1)
+    (tmp_path / "keep.pt").write_bytes(b"precious")
+    with pytest.raises(OrthodiffError, match="keep.pt exists: pass --resume"):
+        Pretrainer(store, "axial", "demo", steps=1, out=tmp_path / "keep.pt")
+    assert (tmp_path / "keep.pt").read_bytes() == b"precious"
+    result = subprocess.run(
+        [sys.executable, "-m", "orthodiff", "pretrain", "--plane", "axial", "--store", store,
+         "--out", str(tmp_path / "x.pt"), "--steps", "0"], capture_output=True, text=True,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "--steps" in result.stderr
+
+
+def test_sample_preview_writes_a_png(store, tmp_path):
+    ckpt = pretrain(store, "axial", "demo", steps=1, batch=1, out=tmp_path / "a.pt", every=1, progress=False)
+    png = sample_preview(ckpt, tmp_path / "s.png", n=2, steps=2)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(OrthodiffError, match="--n and --steps must be at least 1"):
+        sample_preview(ckpt, tmp_path / "t.png", n=0)
