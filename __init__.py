@@ -11,3 +11,10 @@ try:
     __version__ = version("orthodiff")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
+
+
+def open_store(path, backbone=None, catalog=None, series_per_chunk: int = 64):
+    """The store's features as a lazy xarray Dataset (see `orthodiff.featurestore.features`)."""
+    from orthodiff.featurestore.features import open_store as _open_store
+
+    return _open_store(path, backbone=backbone, catalog=catalog, series_per_chunk=series_per_chunk)

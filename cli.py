@@ -20,6 +20,8 @@ app = typer.Typer(
 )
 catalog_app = typer.Typer(help="Cohort catalogs: validate, split, import.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
+store_app = typer.Typer(help="Inspect and check a store.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
 
 console = Console()
 
@@ -170,6 +172,60 @@ def sample(
     from orthodiff.backbone.preview import sample_preview
 
     console.print(f"wrote {sample_preview(backbone, png, n=n, steps=steps, seed=seed)}")
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise OrthodiffError(f"{option} {text!r}: expected comma-separated integers") from None
+
+
+@app.command()
+def extract(
+    plane: Annotated[str, typer.Option(help="sagittal, coronal or axial.")],
+    store: Annotated[str, typer.Option(help="Store holding the volumes (path or fsspec URL).")],
+    backbone: Annotated[Path, typer.Option(help="Backbone checkpoint of that plane.")],
+    timesteps: Annotated[str, typer.Option(help="Diffusion timesteps, comma-separated.")] = "10,30,50,100,150,200,300,500",
+    blocks: Annotated[str, typer.Option(help="Middle-block outputs, comma-separated.")] = "mid_0,mid_1,mid_2",
+    dtype: Annotated[str, typer.Option(help="float16 or float32.")] = "float16",
+    workers: Annotated[int | None, typer.Option(help="Start a local Dask cluster of this many processes.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Use an existing Dask cluster (tcp://host:port).")] = None,
+    series_batch: Annotated[int, typer.Option(help="Series per forward pass (times the timesteps).")] = 1,
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+) -> None:
+    """Persist every timestep x block middle-block activation of a plane into the store (reruns finish what is missing)."""
+    from orthodiff.featurestore.extract import extract as run_extract
+    from orthodiff.featurestore.verify import store_info
+    from orthodiff.tables import frame_table
+
+    summary = run_extract(store, backbone, plane, _ints(timesteps, "--timesteps"), [b.strip() for b in blocks.split(",")],
+                          dtype=dtype, seed=seed, series_batch=series_batch, workers=workers, scheduler=scheduler)
+    console.print(f"extracted {summary['series']} {plane} series ({summary['tasks']} tasks) in {summary['seconds']} s "
+                  f"into features/{summary['backbone']}")
+    console.print(frame_table(store_info(store), f"{store}"))
+
+
+@store_app.command("info")
+def store_info_command(store: Annotated[str, typer.Argument(help="Store path or URL.")]) -> None:
+    """Backbones, planes, series complete/total, size on disk, compression ratio."""
+    from orthodiff.featurestore.verify import store_info
+    from orthodiff.tables import frame_table
+
+    console.print(frame_table(store_info(store), f"{store}", float_format="{:.2f}"))
+
+
+@store_app.command("verify")
+def store_verify(store: Annotated[str, typer.Argument(help="Store path or URL.")]) -> None:
+    """Check shapes, completion against content, NaN/Inf and provenance; exit 1 naming what is wrong."""
+    from orthodiff.featurestore.verify import verify_store
+
+    problems = verify_store(store)
+    for problem in problems[:50]:
+        console.print(f"[red]problem:[/] {problem}", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/] {store}")
 
 
 @app.command()

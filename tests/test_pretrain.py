@@ -7,8 +7,6 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -18,20 +16,12 @@ from orthodiff.backbone import load_backbone
 from orthodiff.backbone.pretrain import Pretrainer, pretrain
 from orthodiff.backbone.preview import sample_preview
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.volumes import append_volumes
-
-
-def make_store(path, n: int = 8, size: int = 32, planes=("axial",)) -> str:
-    rng = np.random.default_rng(0)
-    rows = [(f"s{i}-{p}", f"c{i}", f"p{i}", p, 0, "val" if i >= n - 2 else "train") for p in planes for i in range(n)]
-    meta = pd.DataFrame(rows, columns=["series_id", "case_id", "patient_id", "plane", "scan", "split"])
-    append_volumes(str(path), rng.uniform(-1, 1, (len(meta), 16, size, size)), meta)
-    return str(path)
+from helpers import make_volume_store
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("store") / "s.zarr")
+    return make_volume_store(tmp_path_factory.mktemp("store") / "s.zarr")
 
 
 def test_resume_continues_exactly_as_an_uninterrupted_run(store, tmp_path):

@@ -1,0 +1,17 @@
+"""Small stores and backbones shared by the backbone and feature-store tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from orthodiff.featurestore.volumes import append_volumes
+
+
+def make_volume_store(path, n: int = 8, size: int = 32, planes=("axial",), seed: int = 0) -> str:
+    """A store of random volumes: `n` series per plane, the last two of each in `val`."""
+    rng = np.random.default_rng(seed)
+    rows = [(f"s{i}-{p}", f"c{i}", f"p{i}", p, 0, "val" if i >= n - 2 else "train") for p in planes for i in range(n)]
+    meta = pd.DataFrame(rows, columns=["series_id", "case_id", "patient_id", "plane", "scan", "split"])
+    append_volumes(str(path), rng.uniform(-1, 1, (len(meta), 16, size, size)), meta)
+    return str(path)

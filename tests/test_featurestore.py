@@ -1,0 +1,170 @@
+"""The feature store: schema and queries, growth, durability under kill -9, concurrent jobs,
+Dask workers, verification, and named bad input."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+
+import orthodiff
+from orthodiff.backbone.pretrain import pretrain
+from orthodiff.errors import OrthodiffError
+from orthodiff.featurestore.extract import extract
+from orthodiff.featurestore.verify import store_info, verify_store
+from helpers import make_volume_store
+
+TS = (10, 50)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A store with 40 axial and 40 sagittal series (3 shards each) and an axial backbone."""
+    root = tmp_path_factory.mktemp("fs")
+    store = make_volume_store(root / "base.zarr", n=40, planes=("axial", "sagittal"))
+    ckpt = pretrain(store, "axial", "demo", steps=1, batch=1, out=root / "axial.pt", every=1, progress=False)
+    return root, store, str(ckpt)
+
+
+def fresh(base, tmp_path, name="s.zarr") -> str:
+    root, store, _ = base
+    shutil.copytree(store, tmp_path / name)
+    return str(tmp_path / name)
+
+
+def chunks(store: str) -> dict[str, bytes]:
+    """Data chunk files and completion records (metadata carries a creation time)."""
+    root = Path(store)
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and (("/c/" in str(p)) and "features" in str(p) or "_records" in str(p))}
+
+
+def run_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "orthodiff", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_schema_queries_and_catalog_join(base, tmp_path):
+    _, _, ckpt = base
+    store = fresh(base, tmp_path)
+    summary = extract(store, ckpt, "axial", TS, progress=False)
+    assert summary["series"] == 40 and summary["tasks"] == 3
+    group = f"features/{summary['backbone']}/axial"
+    plain = xr.open_zarr(store, group=group)  # no orthodiff needed
+    assert plain.activation.dims == ("series", "timestep", "block", "channel", "z", "y", "x")
+    assert plain.activation.dtype == np.float16 and list(plain.timestep.values) == [10, 50]
+    slab = plain.activation.sel(timestep=50, block="mid_0").values.astype(np.float32)
+    np.testing.assert_allclose(plain.gap.sel(timestep=50, block="mid_0").values, slab.mean((2, 3, 4)), atol=2e-3)
+    prov = zarr.open_group(store, path=f"features/{summary['backbone']}", mode="r").attrs
+    assert prov["backbone_id"] == summary["backbone"] and prov["preset"] == "demo" and prov["noise_seed"] == 0
+
+    catalog = pd.DataFrame({"series_id": [f"s{i}-axial" for i in range(40)], "split": ["train"] * 30 + ["test"] * 10,
+                            "ACL": np.arange(40) % 2, "path": "x"})
+    ds = orthodiff.open_store(store, catalog=catalog)
+    assert ds.activation.chunks is not None  # lazy
+    test = ds.gap.where(ds.split == "test", drop=True).sel(timestep=10, block="mid_2")
+    assert test.sizes["series"] == 10 and "ACL" in ds.coords and "path" not in ds.coords
+    one_case = ds.activation.sel(series="s3-axial")
+    assert one_case.shape[:2] == (2, 3)
+
+
+def test_rerun_skips_and_growth_leaves_existing_shards_untouched(base, tmp_path):
+    _, _, ckpt = base
+    store = fresh(base, tmp_path)
+    extract(store, ckpt, "axial", TS, progress=False)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in Path(store, "features").rglob("c/*/*/*/*/*/*/*") if p.is_file()}
+    assert extract(store, ckpt, "axial", TS, progress=False)["series"] == 0
+    grown = extract(store, ckpt, "axial", (75,), progress=False)
+    assert grown["series"] == 40
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before}
+    assert before == after
+    ds = orthodiff.open_store(store)
+    assert sorted(ds.timestep.values) == [10, 50, 75] and verify_store(store) == []
+
+
+def test_kill_minus_9_then_rerun_is_byte_identical(base, tmp_path):
+    _, _, ckpt = base
+    reference = fresh(base, tmp_path, "reference.zarr")
+    extract(reference, ckpt, "axial", TS, progress=False)
+    store = fresh(base, tmp_path, "killed.zarr")
+    proc = run_cli("extract", "--plane", "axial", "--store", store, "--backbone", ckpt, "--timesteps", "10,50")
+    records = Path(store, "_records")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (records.exists() and any(records.rglob("*.json"))):
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert len(list(records.rglob("*.json"))) < 6  # interrupted midway
+    extract(store, ckpt, "axial", TS, progress=False)
+    assert chunks(store) == chunks(reference) and verify_store(store) == []
+
+
+def test_simultaneous_jobs_same_and_different_planes(base, tmp_path):
+    root, _, ckpt = base
+    store = fresh(base, tmp_path)
+    sag = pretrain(store, "sagittal", "demo", steps=1, batch=1, out=tmp_path / "sag.pt", every=1, progress=False)
+    jobs = [run_cli("extract", "--plane", "axial", "--store", store, "--backbone", ckpt, "--timesteps", "10"),
+            run_cli("extract", "--plane", "axial", "--store", store, "--backbone", ckpt, "--timesteps", "10"),
+            run_cli("extract", "--plane", "sagittal", "--store", store, "--backbone", str(sag), "--timesteps", "10")]
+    for job in jobs:
+        _, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err
+    assert verify_store(store) == []
+    info = store_info(store)
+    assert set(info["series"]) == {"40/40", "80/80"} and set(info["plane"]) == {"all", "axial", "sagittal"}
+    assert orthodiff.open_store(store).sizes["series"] == 80
+
+
+def test_dask_workers_match_in_process_extraction(base, tmp_path):
+    _, _, ckpt = base
+    local = fresh(base, tmp_path, "local.zarr")
+    bid = extract(local, ckpt, "axial", (10,), progress=False)["backbone"]
+    cluster = fresh(base, tmp_path, "cluster.zarr")
+    summary = extract(cluster, ckpt, "axial", (10,), workers=2, series_batch=3, progress=False)
+    assert summary["tasks"] == 3 and verify_store(cluster) == []
+    # Same noise and weights; other batch sizes and thread counts only move float16 rounding.
+    a, b = (xr.open_zarr(s, group=f"features/{bid}/axial").activation.values.astype(np.float32) for s in (local, cluster))
+    np.testing.assert_allclose(a, b, atol=2e-3, rtol=0)
+
+
+def test_verify_names_missing_records_damaged_shards_and_nan(base, tmp_path):
+    _, _, ckpt = base
+    store = fresh(base, tmp_path)
+    bid = extract(store, ckpt, "axial", (10,), progress=False)["backbone"]
+    next(Path(store, "_records").rglob("000001-*.json")).unlink()
+    zarr.open_group(store, path=f"features/{bid}/axial", mode="r+")["gap"][0, 0, 0, 0] = np.nan
+    problems = verify_store(store)
+    assert any(re.search(r"series 16-31 at t=10 mid_\d not complete", p) for p in problems)
+    assert any("NaN or Inf" in p for p in problems)
+    shard = sorted(Path(store, f"features/{bid}/axial/activation/c").rglob("*"))[-1]
+    shard.write_bytes(shard.read_bytes()[:50])
+    assert any("unreadable data" in p for p in verify_store(store))
+    assert subprocess.run([sys.executable, "-m", "orthodiff", "store", "verify", store]).returncode == 1
+
+
+def test_bad_input_is_named_and_writes_nothing(base, tmp_path):
+    _, _, ckpt = base
+    store = fresh(base, tmp_path)
+    cases = [
+        (dict(plane="axial", timesteps=(1000,)), r"--timesteps: 1000 is outside \[0, 1000\)"),
+        (dict(plane="axial", blocks=("mid_9",)), "unknown block 'mid_9'"),
+        (dict(plane="sagittal"), "a axial backbone cannot extract sagittal features"),
+        (dict(plane="coronal"), "a axial backbone cannot extract coronal features"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(OrthodiffError, match=message):
+            extract(store, ckpt, timesteps=kwargs.pop("timesteps", TS), progress=False, **kwargs)
+    assert not Path(store, "features").exists()
+    with pytest.raises(OrthodiffError, match="not an orthodiff store"):
+        extract(str(tmp_path / "nowhere"), ckpt, "axial", TS, progress=False)
+    zarr.open_group(store, mode="r+").attrs["orthodiff_schema"] = 99
+    with pytest.raises(OrthodiffError, match="store schema version 99"):
+        extract(store, ckpt, "axial", TS, progress=False)
