@@ -14,6 +14,10 @@ from rich.console import Console
 from orthodiff.tables import frame_table
 
 JOINT, CASES, SIZE, SEED = "knee", 120, 64, 0
+# The demo's backbones: the `demo` preset (16 x 32 x 32) briefly trained, so the whole
+# pipeline runs in minutes on two CPU cores. The real thing: README, "Real sizes".
+PRESET, INGEST_SIZE, STEPS, BATCH, LR = "demo", 32, 30, 4, 2e-4
+TIMESTEPS = (10, 50, 150, 300)
 
 
 def _disk_bytes(path: Path) -> int:
@@ -32,9 +36,16 @@ def volumes_table(store: Path) -> pd.DataFrame:
 
 
 def run_demo(out: Path, console: Console) -> None:
+    from orthodiff.backbone import backbone_id
+    from orthodiff.backbone.pretrain import pretrain
+    from orthodiff.backbone.preview import sample_preview
     from orthodiff.catalogs.cohort import cohort_summary, read_catalog, validate_catalog
     from orthodiff.catalogs.synth import preview, synthesize
+    from orthodiff.catalogs.tasks import PLANES
+    from orthodiff.featurestore.extract import extract
     from orthodiff.featurestore.ingest import ingest
+    from orthodiff.featurestore.verify import store_info
+    from orthodiff.heads.pipeline import run_heads
 
     out = Path(out)
     cohort, store = out / "cohort", out / "store.zarr"
@@ -58,7 +69,30 @@ def run_demo(out: Path, console: Console) -> None:
     console.print(frame_table(summary["planes"], "Series per plane and scan"))
 
     console.rule(f"2. ingest into {store}")
-    result = ingest(catalog, str(store), size=SIZE)
+    result = ingest(catalog, str(store), size=INGEST_SIZE)
     counts = result.groupby("status").size().to_dict()
     console.print(f"series {counts}; {_disk_bytes(store) / 2**20:.1f} MiB on disk")
-    console.print(frame_table(volumes_table(store), f"{store}: volumes (16 x {SIZE} x {SIZE}, float16)"))
+    console.print(frame_table(volumes_table(store), f"{store}: volumes (16 x {INGEST_SIZE} x {INGEST_SIZE}, float16)"))
+
+    console.rule(f"3. pretrain one {PRESET}-preset backbone per plane ({STEPS} steps of {BATCH})")
+    checkpoints = {}
+    for plane in PLANES:
+        checkpoints[plane] = out / "backbones" / f"{plane}.pt"
+        if checkpoints[plane].exists():
+            console.print(f"reusing {checkpoints[plane]}")
+        else:
+            pretrain(str(store), plane, PRESET, STEPS, BATCH, checkpoints[plane], every=STEPS, lr=LR, seed=SEED)
+        console.print(f"{plane}: {checkpoints[plane]} (backbone id {backbone_id(checkpoints[plane])})")
+    samples = out / "backbones" / "samples_sagittal.png"
+    if not samples.exists():
+        sample_preview(checkpoints["sagittal"], samples, n=4, steps=25)
+    console.print(f"DDIM samples: {samples}")
+
+    console.rule(f"4. extract timesteps {', '.join(map(str, TIMESTEPS))} x blocks mid_0-2 for every plane")
+    for plane in PLANES:
+        done = extract(str(store), checkpoints[plane], plane, TIMESTEPS)
+        console.print(f"{plane}: {done['series']} series extracted in {done['seconds']} s")
+    console.print(frame_table(store_info(str(store)), f"orthodiff store info {store}", float_format="{:.2f}"))
+
+    console.rule("5. heads on the stored features: sweep, select, fusion, EHR, LightGBM, report")
+    run_heads(str(store), catalog, out / "heads", console)
