@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import warnings
 
 import fsspec
 import numpy as np
@@ -195,8 +196,10 @@ def backbones(store: str) -> list[str]:
 
 
 def _open_plane(store: str, backbone: str, plane: str, series_per_chunk: int) -> xr.Dataset:
-    ds = xr.open_zarr(str(store), group=plane_path(backbone, plane), consolidated=False, chunks={})
-    ds = ds.chunk(series=series_per_chunk)
+    with warnings.catch_warnings():  # coordinates are stored in larger chunks; they are loaded below
+        warnings.filterwarnings("ignore", message="The specified chunks separate", category=UserWarning)
+        ds = xr.open_zarr(str(store), group=plane_path(backbone, plane), consolidated=True,
+                          chunks={"series": series_per_chunk})
     ds = ds.assign_coords(plane=("series", np.full(ds.sizes["series"], plane, dtype=object)))
     ds.attrs = {"backbone_id": backbone}
     return ds.assign_coords({c: ds[c].load() for c in ("case_id", "patient_id", "scan")})
