@@ -168,3 +168,20 @@ def test_bad_input_is_named_and_writes_nothing(base, tmp_path):
     zarr.open_group(store, mode="r+").attrs["orthodiff_schema"] = 99
     with pytest.raises(OrthodiffError, match="store schema version 99"):
         extract(store, ckpt, "axial", TS, progress=False)
+
+
+def test_new_series_are_extracted_by_the_same_command(base, tmp_path):
+    _, _, ckpt = base
+    store = fresh(base, tmp_path)
+    bid = extract(store, ckpt, "axial", (10,), progress=False)["backbone"]
+    first_run = sorted(Path(store, f"features/{bid}/axial/activation/c/0").rglob("*"))
+    before = {p: p.read_bytes() for p in first_run if p.is_file()}
+    from orthodiff.featurestore.volumes import append_volumes
+
+    meta = pd.DataFrame({"series_id": [f"n{i}" for i in range(5)], "case_id": "cn", "patient_id": "pn",
+                         "plane": "axial", "scan": 0, "split": "train"})
+    append_volumes(store, np.random.default_rng(1).uniform(-1, 1, (5, 16, 32, 32)), meta)
+    summary = extract(store, ckpt, "axial", (10,), progress=False)
+    assert summary["tasks"] == 1 and summary["series"] == 13  # the partly filled last run, redone whole
+    assert {p: p.read_bytes() for p in before} == before  # the first full shard is untouched
+    assert verify_store(store) == [] and orthodiff.open_store(store).sizes["series"] == 45
