@@ -59,8 +59,8 @@ class BatchedGAPProbes:
     def fit(self, X, y, sample_weight=None) -> "BatchedGAPProbes":
         X = np.asarray(X, dtype=np.float32)
         y = np.asarray(y, dtype=np.float32)
-        stats = X.astype(np.float64)
-        mean, scale = stats.mean(0).astype(np.float32), np.maximum(stats.std(0), 1e-6).astype(np.float32)
+        mean = X.mean(0, dtype=np.float64).astype(np.float32)
+        scale = np.maximum(X.std(0, dtype=np.float64), 1e-6).astype(np.float32)
         net = BatchedGAPNet(mean, scale, y.shape[1])
         # standardise once up front instead of in every step (same values as ``net.forward``)
         self.net_ = train(
@@ -83,8 +83,9 @@ def _exam_auroc(prob: np.ndarray, rows: pd.DataFrame, labels: list[str]) -> np.n
     np.add.at(mean, codes, flat)
     mean = (mean / counts[:, None]).reshape((len(cases),) + prob.shape[1:])
     y = rows.drop_duplicates("case_id").set_index("case_id").loc[cases, labels].to_numpy()
-    configs = mean.reshape(len(cases), -1, len(labels))
-    return np.stack([auroc_per_label(y, configs[:, k]) for k in range(configs.shape[1])])  # (K, labels)
+    configs = mean.reshape(len(cases), -1)  # (cases, K * labels), configuration-major
+    k = configs.shape[1] // len(labels)
+    return auroc_per_label(np.tile(y, (1, k)), configs).reshape(k, len(labels))
 
 
 def _plane_rows(catalog: pd.DataFrame, plane: str, split: str, labels: list[str]) -> pd.DataFrame:

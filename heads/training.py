@@ -66,9 +66,8 @@ def weighted_bce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torc
     """BCE with logits, mean over labels, weighted mean over rows; extra middle dims of
     ``logits`` (e.g. a batch of configurations) are independent models and are summed."""
     shape = (y.shape[0],) + (1,) * (logits.dim() - 2) + (y.shape[1],)
-    per_row = F.binary_cross_entropy_with_logits(logits, y.view(shape).expand_as(logits), reduction="none").mean(-1)
-    weights = w.view((-1,) + (1,) * (per_row.dim() - 1))
-    return ((per_row * weights).sum(0) / w.sum()).sum()
+    row_weight = (w / (w.sum() * y.shape[1])).view((-1,) + (1,) * (logits.dim() - 1))
+    return F.binary_cross_entropy_with_logits(logits, y.view(shape).expand_as(logits), weight=row_weight, reduction="sum")
 
 
 def train(
@@ -104,12 +103,14 @@ def train(
         torch.manual_seed(random_state)
         for _ in range(epochs):
             for start, tensors in blocks(inputs, size, rng.permutation(n_blocks)):
-                rows = len(tensors[0])
-                perm = torch.from_numpy(rng.permutation(rows))
-                for i in range(0, rows, batch_size):
-                    idx = perm[i : i + batch_size]
-                    logits = forward(*(t[idx] for t in tensors))
-                    loss = weighted_bce(logits, y[start + idx], w[start + idx])
+                # one gather per block, then contiguous batches (cheaper than a gather per batch)
+                perm = torch.from_numpy(rng.permutation(len(tensors[0])))
+                tensors = [t[perm] for t in tensors]
+                y_block, w_block = y[start + perm], w[start + perm]
+                for i in range(0, len(perm), batch_size):
+                    batch = slice(i, i + batch_size)
+                    logits = forward(*(t[batch] for t in tensors))
+                    loss = weighted_bce(logits, y_block[batch], w_block[batch])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
