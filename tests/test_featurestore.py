@@ -135,6 +135,22 @@ def test_dask_workers_match_in_process_extraction(base, tmp_path):
     np.testing.assert_allclose(a, b, atol=2e-3, rtol=0)
 
 
+def test_existing_scheduler_runs_the_tasks_and_stays_up(base, tmp_path):
+    from dask.distributed import Client, LocalCluster, get_task_stream
+    from dask.utils import key_split
+
+    _, _, ckpt = base
+    store = fresh(base, tmp_path)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        with get_task_stream(client) as stream:
+            summary = extract(store, ckpt, "axial", (10,), scheduler=cluster.scheduler_address, progress=False)
+        assert summary["tasks"] == 3
+        assert sum(key_split(record["key"]) == "run_task" for record in stream.data) == 3
+        assert client.submit(sum, [1, 2]).result() == 3  # the user's cluster is left running
+    assert verify_store(store) == []
+
+
 def test_verify_names_missing_records_damaged_shards_and_nan(base, tmp_path):
     _, _, ckpt = base
     store = fresh(base, tmp_path)
