@@ -89,11 +89,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_backbone(path: str | Path, device: str | torch.device | None = None) -> DiffusionUNet:
+def load_backbone(path: str | Path, device: str | torch.device | None = None, ckpt: dict | None = None) -> DiffusionUNet:
     """The denoiser of a checkpoint in the reference layout, in eval mode on `device`
-    (CUDA when available). Fails naming missing, unexpected and mis-shaped keys."""
-    ckpt = read_checkpoint(path)
-    state = unet_state(ckpt)
+    (CUDA when available). Fails naming missing, unexpected and mis-shaped keys. Pass the
+    already read `ckpt` to avoid reading the file again."""
+    state = unet_state(ckpt if ckpt is not None else read_checkpoint(path))
     if not state:
         raise OrthodiffError(f"{path}: no 'denoise_fn.' weights in the checkpoint")
     config = infer_config(state)
@@ -105,9 +105,9 @@ def load_backbone(path: str | Path, device: str | torch.device | None = None) ->
     return model.to(device or default_device()).eval()
 
 
-def backbone_id(path: str | Path) -> str:
+def backbone_id(path: str | Path, ckpt: dict | None = None) -> str:
     """A stable content hash of the U-Net weights (prefix and container independent)."""
-    state = unet_state(read_checkpoint(path))
+    state = unet_state(ckpt if ckpt is not None else read_checkpoint(path))
     digest = hashlib.sha256()
     for key in sorted(state):
         tensor = state[key].detach().cpu().contiguous()

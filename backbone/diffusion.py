@@ -5,6 +5,7 @@ Kept apart from the network so schedules, samplers and models can be swapped.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -12,6 +13,17 @@ import torch.nn.functional as F
 from torch import nn
 
 T = 1000
+
+
+def noise_key(seed: int, series_id: str, timestep: int) -> int:
+    """The generator seed of a series' noise at `timestep`: one value per (seed, series, t)."""
+    digest = hashlib.sha256(f"{seed}|{series_id}|{timestep}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def keyed_noise(keys, shape: tuple[int, ...]) -> torch.Tensor:
+    """Standard normal noise of `shape` per key, stacked: independent of batching and device."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(k))) for k in keys])
 
 
 def cosine_betas(steps: int = T, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:

@@ -11,7 +11,6 @@ existing one (`scheduler`).
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from dataclasses import dataclass
 
@@ -21,22 +20,16 @@ import torch
 
 from orthodiff.backbone import MIDDLE_BLOCKS, backbone_id, load_backbone
 from orthodiff.backbone.checkpoint import read_checkpoint
-from orthodiff.backbone.diffusion import T, GaussianDiffusion
+from orthodiff.backbone.diffusion import T, GaussianDiffusion, keyed_noise, noise_key
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.features import (
     SHARD_SERIES, Records, done_name, fingerprint, plane_path, prepare_plane, provenance,
 )
 from orthodiff.featurestore.store import consolidate, open_root
-from orthodiff.featurestore.volumes import open_volumes
+from orthodiff.featurestore.volumes import GROUP as VOLUMES, open_volumes
 
 TIMESTEPS = (10, 30, 50, 100, 150, 200, 300, 500)
-
-
-def series_noise(seed: int, series_id: str, timestep: int, shape: tuple[int, ...]) -> torch.Tensor:
-    digest = hashlib.sha256(f"{seed}|{series_id}|{timestep}".encode()).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-    return torch.randn(shape, generator=generator)
 
 
 @functools.lru_cache(maxsize=2)
@@ -47,12 +40,14 @@ def _model(checkpoint: str, device: str | None):
 
 @dataclass(frozen=True)
 class Task:
-    """One run of series (one shard index) and the (timestep, block) units it still lacks."""
+    """One run of series (one shard index), their rows in the volumes, and the (timestep,
+    block) units it still lacks."""
 
     shard: int
     start: int
     series: tuple[str, ...]
     units: tuple[tuple[int, str], ...]
+    volume_rows: tuple[int, ...]
 
 
 def run_task(task: Task, store: str, checkpoint: str, plane: str, backbone: str, prov: dict,
@@ -65,7 +60,9 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, backbone: str,
     group = zarr.open_group(str(store), path=plane_path(backbone, plane), mode="r+", use_consolidated=False)
     timesteps_have = group["timestep"][:].tolist()
     blocks_have = group["block"][:].tolist()
-    volumes = open_volumes(store).volume.sel(series=list(task.series)).values.astype(np.float32)
+    # rows located at planning time: a task reads only its own volume chunks, not the index
+    volumes = zarr.open_array(str(store), path=f"{VOLUMES}/volume", mode="r").get_orthogonal_selection(
+        (list(task.volume_rows),)).astype(np.float32)
     timesteps = sorted({t for t, _ in task.units})
     blocks = tuple(b for b in MIDDLE_BLOCKS if any(b == u for _, u in task.units))
     out = {unit: [] for unit in task.units}
@@ -73,7 +70,7 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, backbone: str,
         ids = task.series[i : i + series_batch]
         x0 = torch.from_numpy(volumes[i : i + series_batch])[:, None].repeat_interleave(len(timesteps), 0)
         t = torch.tensor(timesteps * len(ids))
-        noise = torch.cat([series_noise(prov["noise_seed"], s, ts, (1, *x0.shape[1:])) for s in ids for ts in timesteps])
+        noise = keyed_noise([noise_key(prov["noise_seed"], s, ts) for s in ids for ts in timesteps], x0.shape[1:])
         with torch.no_grad():
             x_t = diffusion.q_sample(x0, t, noise).to(model.device)
             feats = model.middle_features(x_t, t.to(model.device), blocks)
@@ -115,9 +112,10 @@ def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MI
     ckpt = read_checkpoint(checkpoint)
     trained_on = ckpt.get("plane")
     if trained_on and trained_on != plane:
-        raise OrthodiffError(f"{checkpoint}: a {trained_on} backbone cannot extract {plane} features")
-    model = load_backbone(checkpoint, "cpu")
+        raise OrthodiffError(f"{checkpoint}: backbone trained on {trained_on} series cannot extract {plane} features")
+    model = load_backbone(checkpoint, "cpu", ckpt)
     ds = open_volumes(store)
+    row_of = {s: i for i, s in enumerate(ds.series.values.tolist())}
     ds = ds.isel(series=np.flatnonzero(ds.plane.values == plane))
     if not ds.sizes["series"]:
         raise OrthodiffError(f"{store}: no {plane} volumes (ingest them first)")
@@ -125,7 +123,7 @@ def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MI
         raise OrthodiffError(
             f"{checkpoint}: backbone expects {model.config.image_size} px volumes, the store holds {ds.sizes['x']} px"
         )
-    bid = backbone_id(checkpoint)
+    bid = backbone_id(checkpoint, ckpt)
     prov = provenance(bid, ckpt.get("preset") or "custom", model.config.to_dict(), checkpoint, seed, ds.sizes["x"])
     series = pd.DataFrame({"series_id": ds.series.values, "case_id": ds.case_id.values,
                            "patient_id": ds.patient_id.values, "scan": ds.scan.values}).to_dict("records")
@@ -140,7 +138,7 @@ def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MI
         units = tuple((int(t), b) for t in timesteps for b in blocks
                       if done.get(done_name(shard, int(t), b)) != fingerprint(prov, list(run), int(t), b, dtype))
         if units:
-            tasks.append(Task(shard, start, run, units))
+            tasks.append(Task(shard, start, run, units, tuple(row_of[s] for s in run)))
     return prov, tasks
 
 

@@ -172,8 +172,8 @@ def test_bad_input_is_named_and_writes_nothing(base, tmp_path):
     cases = [
         (dict(plane="axial", timesteps=(1000,)), r"--timesteps: 1000 is outside \[0, 1000\)"),
         (dict(plane="axial", blocks=("mid_9",)), "unknown block 'mid_9'"),
-        (dict(plane="sagittal"), "a axial backbone cannot extract sagittal features"),
-        (dict(plane="coronal"), "a axial backbone cannot extract coronal features"),
+        (dict(plane="sagittal"), "backbone trained on axial series cannot extract sagittal features"),
+        (dict(plane="coronal"), "backbone trained on axial series cannot extract coronal features"),
     ]
     for kwargs, message in cases:
         with pytest.raises(OrthodiffError, match=message):

@@ -1,0 +1,186 @@
+"""CLI commands of the supervised tier: `finetune`, `segment train|predict`,
+`baseline classify|segment`, `table`. Registered on the main app by `orthodiff.cli`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from orthodiff.errors import OrthodiffError
+
+console = Console()
+segment_app = typer.Typer(help="Segmentation of joint structures: train a head, predict masks.", no_args_is_help=True)
+baseline_app = typer.Typer(help="Supervised baselines from scratch on the same splits and metrics.", no_args_is_help=True)
+
+Store = Annotated[str, typer.Option(help="Store holding the volumes (path or fsspec URL).")]
+Catalog = Annotated[Path, typer.Option(help="Cohort catalog (Parquet) of the stored series.")]
+Epochs = Annotated[int, typer.Option(help="Training epochs.")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+Device = Annotated[str | None, typer.Option(help="torch device (default: CUDA when available, else CPU).")]
+
+
+def _subsets(text: str) -> list:
+    sizes = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        if item != "all" and not item.isdigit():
+            raise OrthodiffError(f"--subsets {text!r}: {item!r} is neither an integer nor 'all'")
+        sizes.append(item if item == "all" else int(item))
+    return sizes
+
+
+def _dice_table(dice, title):
+    from orthodiff.tables import frame_table
+
+    console.print(frame_table(dice.drop(columns="name"), title))
+
+
+def finetune(
+    plane: Annotated[str, typer.Option(help="sagittal, coronal or axial: the backbone's plane.")],
+    store: Store,
+    catalog: Catalog,
+    backbone: Annotated[Path, typer.Option(help="Pretrained backbone checkpoint of that plane.")],
+    out: Annotated[Path, typer.Option(help="Fine-tuned checkpoint to write (a new backbone id).")],
+    timestep: Annotated[int, typer.Option(help="Diffusion timestep of the inputs.")] = 10,
+    block: Annotated[str, typer.Option(help="Middle-block output the head pools.")] = "mid_2",
+    pooling: Annotated[str, typer.Option(help="gap | glp | sap")] = "sap",
+    epochs: Epochs = 3,
+    lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block.")] = 1e-5,
+    head_lr: Annotated[float, typer.Option(help="Learning rate of the pooling head.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Series per step.")] = 4,
+    seed: Seed = 0,
+    device: Device = None,
+) -> None:
+    """Stage I fine-tuning: encoder + middle block with a pooling head on the training split; writes a new backbone."""
+    from orthodiff.supervised.runs import run_finetune
+
+    with console.status(f"fine-tuning the {plane} backbone"):
+        summary = run_finetune(store, catalog, plane, backbone, timestep, block, out, pooling, epochs, lr, head_lr,
+                               batch_size, seed, device)
+    console.print(f"wrote {out}: backbone {summary['backbone']} (from {summary['finetuned_from']}), "
+                  f"{summary['train_series']} training series, {summary['seconds']} s, "
+                  f"validation macro AUROC {summary['val_macro_auroc']:.3f}")
+    console.print(f"next: orthodiff extract --plane {plane} --store {store} --backbone {out}")
+
+
+def _segment(store, catalog, plane, model, out, backbone, timestep, block, epochs, lr, batch_size, subsets, seed, device):
+    from orthodiff.heads.commands import progress_bar
+    from orthodiff.supervised.runs import run_segment
+
+    sizes = _subsets(subsets)
+    with progress_bar(console, f"{model} segmentation models", 1 + sum(s != "all" for s in sizes)) as advance:
+        dice = run_segment(store, catalog, plane, model, out, backbone, timestep, block, epochs, lr,
+                           batch_size=batch_size, subsets=sizes, seed=seed, device=device, progress=advance)
+    _dice_table(dice, f"Test Dice per structure, {model}, {plane} — {out}")
+
+
+@segment_app.command("train")
+def segment_train(
+    plane: Annotated[str, typer.Option(help="A plane with masks (knee: sagittal or coronal).")],
+    store: Store,
+    catalog: Catalog,
+    backbone: Annotated[Path, typer.Option(help="Pretrained (or fine-tuned) backbone checkpoint of that plane.")],
+    out: Annotated[Path, typer.Option(help="Run directory: model, Dice table, overlay PNG.")],
+    timestep: Annotated[int, typer.Option(help="Diffusion timestep of the inputs.")] = 10,
+    block: Annotated[str, typer.Option(help="Middle-block output the decoder starts from.")] = "mid_2",
+    epochs: Epochs = 5,
+    lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block.")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(help="Series per step.")] = 2,
+    subsets: Annotated[str, typer.Option(help="Label-efficiency subsets (catalog subset_<N> columns) and/or 'all', e.g. 50,100,200,500,all.")] = "",
+    seed: Seed = 0,
+    device: Device = None,
+) -> None:
+    """Fine-tune encoder + middle block with a light decoder (cross-entropy + Dice); test Dice per structure."""
+    _segment(store, catalog, plane, "diffusion", out, backbone, timestep, block, epochs, lr, batch_size, subsets, seed, device)
+
+
+@segment_app.command("predict")
+def segment_predict(
+    model: Annotated[Path, typer.Option(help="Directory written by `segment train` or `baseline segment`.")],
+    store: Store,
+    catalog: Catalog,
+    out: Annotated[Path, typer.Option(help="Directory for masks/<series>.nii.gz, biomarkers and agreement.")],
+    split: Annotated[str, typer.Option(help="Catalog split to predict.")] = "test",
+    device: Device = None,
+) -> None:
+    """Predict masks as NIfTI on each input series' grid; biomarkers with Bland-Altman agreement."""
+    from orthodiff.heads.commands import progress_bar
+    from orthodiff.supervised.runs import run_segment_predict
+    from orthodiff.tables import frame_table
+
+    with progress_bar(console, "masks", None) as advance:
+        table = run_segment_predict(model, store, catalog, out, split, device, progress=advance)
+    if table.empty:
+        console.print(f"wrote masks to {out / 'masks'}; no reference masks to compare biomarkers with")
+    else:
+        console.print(frame_table(table, f"Biomarker agreement, predicted vs reference masks ({split}) — {out}", "{:.2f}"))
+
+
+@baseline_app.command("classify")
+def baseline_classify(
+    model: Annotated[str, typer.Option(help="resnet18 | unet_encoder")],
+    store: Store,
+    catalog: Catalog,
+    out: Annotated[Path, typer.Option(help="Run directory: predictions, metrics, run.json.")],
+    planes: Annotated[str, typer.Option(help="Comma-separated planes; exam probabilities are averaged over them.")] = "sagittal,coronal,axial",
+    epochs: Epochs = 5,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Series per step.")] = 4,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (by patient) for 95% CIs.")] = 500,
+    seed: Seed = 0,
+    device: Device = None,
+) -> None:
+    """Diagnosis from scratch: one network per plane, test metrics per exam."""
+    from orthodiff.heads.commands import progress_bar
+    from orthodiff.supervised.runs import run_baseline_classify
+    from orthodiff.tables import frame_table
+
+    plane_list = [p.strip() for p in planes.split(",") if p.strip()]
+    with progress_bar(console, f"{model} per plane", len(plane_list)) as advance:
+        metrics = run_baseline_classify(store, catalog, model, plane_list, out, epochs, lr, batch_size, seed=seed,
+                                        n_boot=bootstrap, device=device, progress=advance)
+    console.print(frame_table(metrics.drop(columns="note"), f"Test metrics, {model} from scratch — {out}"))
+
+
+@baseline_app.command("segment")
+def baseline_segment(
+    model: Annotated[str, typer.Option(help="unet | unetr (MONAI, 3D)")],
+    plane: Annotated[str, typer.Option(help="A plane with masks (knee: sagittal or coronal).")],
+    store: Store,
+    catalog: Catalog,
+    out: Annotated[Path, typer.Option(help="Run directory: model, Dice table, overlay PNG.")],
+    epochs: Epochs = 5,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Series per step.")] = 2,
+    subsets: Annotated[str, typer.Option(help="Label-efficiency subsets and/or 'all'.")] = "",
+    seed: Seed = 0,
+    device: Device = None,
+) -> None:
+    """Segmentation from scratch with the same splits and Dice."""
+    if model not in ("unet", "unetr"):
+        raise OrthodiffError(f"--model {model!r}: expected unet or unetr")
+    _segment(store, catalog, plane, model, out, None, 0, "mid_2", epochs, lr, batch_size, subsets, seed, device)
+
+
+def table(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories of one task (fuse/baseline classify, or segment).")],
+    out: Annotated[Path | None, typer.Option(help="Also write the table here (Parquet + CSV).")] = None,
+) -> None:
+    """One comparison table of runs of one task: probe, fine-tuned and baselines side by side."""
+    from orthodiff.heads.report import write_table
+    from orthodiff.supervised.runs import comparison
+    from orthodiff.tables import frame_table
+
+    frame = comparison(runs)
+    if out:
+        write_table(frame, out)
+    console.print(frame_table(frame, "Test results side by side"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(finetune)
+    app.command()(table)
+    app.add_typer(segment_app, name="segment")
+    app.add_typer(baseline_app, name="baseline")

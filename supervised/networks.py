@@ -1,0 +1,149 @@
+"""Networks trained on whole volumes: diffusion-encoder heads and supervised baselines.
+
+Every network takes `(x0, keys)`: a batch of volumes (B, z, y, x) in [-1, 1] and each
+series' noise key (`backbone.diffusion.noise_key`), and returns logits. Diffusion networks
+noise `x0` to their timestep exactly as `orthodiff extract` does, so a fine-tuned encoder
+sees the inputs its features will later be extracted from; baselines ignore the keys.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from orthodiff.backbone import MIDDLE_BLOCKS, PRESETS, DiffusionUNet
+from orthodiff.backbone.diffusion import GaussianDiffusion, keyed_noise
+from orthodiff.errors import OrthodiffError
+from orthodiff.heads.probe import ProbeNet
+
+CLASSIFIERS = ("finetune", "resnet18", "unet_encoder")
+SEGMENTERS = ("diffusion", "unet", "unetr")
+
+
+class NoisedEncoder(nn.Module):
+    """A diffusion U-Net's encoder and middle block applied to x_t at a fixed timestep.
+
+    Only `unet.encoder_parameters()` train; the decoder and the timestep embedding stay frozen.
+    """
+
+    def __init__(self, unet: DiffusionUNet, timestep: int, block: str):
+        super().__init__()
+        if block not in MIDDLE_BLOCKS:
+            raise OrthodiffError(f"--block {block!r}: expected one of {list(MIDDLE_BLOCKS)}")
+        self.unet, self.timestep, self.block = unet, int(timestep), block
+        self.diffusion = GaussianDiffusion()
+        trainable = {id(p) for p in unet.encoder_parameters()}
+        for p in unet.parameters():
+            p.requires_grad_(id(p) in trainable)
+
+    def noised(self, x0: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        x0 = x0.float()[:, None]
+        noise = keyed_noise(keys.tolist(), x0.shape[1:]).to(x0.device)
+        t = torch.full((len(x0),), self.timestep, device=x0.device)
+        return self.diffusion.q_sample(x0, t, noise)
+
+    def forward(self, x0: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The middle block's output at `block`."""
+        t = torch.full((len(x0),), self.timestep, device=x0.device)
+        return self.unet.middle_features(self.noised(x0, keys), t, (self.block,))[self.block]
+
+    def with_skips(self, x0: torch.Tensor, keys: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        t = torch.full((len(x0),), self.timestep, device=x0.device)
+        return self.unet.encoder_features(self.noised(x0, keys), t, self.block)
+
+
+class EncoderClassifier(nn.Module):
+    """Noised encoder -> pooling probe head (channel standardisation, pooling, linear)."""
+
+    def __init__(self, encoder: NoisedEncoder, pooling: str, n_labels: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = ProbeNet(pooling, encoder.unet.config.middle_channels, n_labels)
+
+    def forward(self, x0: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x0, keys))
+
+
+class CleanInput(nn.Module):
+    """A baseline network fed the clean volume as one channel; noise keys are ignored."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x0: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x0.float()[:, None])
+
+
+def _block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(in_channels, out_channels, 3, padding=1), nn.GroupNorm(8, out_channels), nn.SiLU())
+
+
+class EncoderSegmenter(nn.Module):
+    """Noised encoder + a light decoder: at each encoder resolution, deepest first, upsample,
+    concatenate that resolution's last encoder activation, one conv; then 1x1 to classes."""
+
+    def __init__(self, encoder: NoisedEncoder, n_classes: int, width: int = 16):
+        super().__init__()
+        self.encoder = encoder
+        config = encoder.unet.config
+        level_channels = [config.width * m for m in config.channel_mult]
+        in_channels = [config.middle_channels + level_channels[-1]] + [width + c for c in reversed(level_channels[:-1])]
+        self.decoder = nn.ModuleList(_block(c, width) for c in in_channels)
+        self.out = nn.Conv3d(width, n_classes, 1)
+
+    def forward(self, x0: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        skips, h = self.encoder.with_skips(x0, keys)
+        last_per_size = {tuple(s.shape[2:]): s for s in skips}  # the last activation at each resolution
+        for skip, conv in zip(reversed(list(last_per_size.values())), self.decoder):
+            h = F.interpolate(h, size=skip.shape[2:], mode="trilinear", align_corners=False)
+            h = conv(torch.cat([h, skip], dim=1))
+        return self.out(h)
+
+
+def classifier(name: str, n_labels: int, unet: DiffusionUNet | None = None, timestep: int = 0,
+               block: str = "mid_2", pooling: str = "sap", image_size: int | None = None) -> nn.Module:
+    """`finetune` (a pretrained `unet`), `unet_encoder` (the same architecture, random init,
+    clean input) or `resnet18` (MONAI, 3D, random init)."""
+    if name == "finetune":
+        if unet is None:
+            raise OrthodiffError("fine-tuning needs a pretrained backbone")
+        return EncoderClassifier(NoisedEncoder(unet, timestep, block), pooling, n_labels)
+    if name == "unet_encoder":
+        return EncoderClassifier(NoisedEncoder(DiffusionUNet(_config(image_size)), 0, block), pooling, n_labels)
+    if name == "resnet18":
+        from monai.networks.nets import resnet18
+
+        return CleanInput(resnet18(spatial_dims=3, n_input_channels=1, num_classes=n_labels))
+    raise OrthodiffError(f"--model {name!r}: expected one of {list(CLASSIFIERS)}")
+
+
+def segmenter(name: str, n_classes: int, image_size: int, unet: DiffusionUNet | None = None,
+              timestep: int = 10, block: str = "mid_2") -> nn.Module:
+    """`diffusion` (pretrained encoder + light decoder), or MONAI's 3D `unet` / `unetr`."""
+    if name == "diffusion":
+        if unet is None:
+            raise OrthodiffError("diffusion segmentation needs a pretrained backbone (--backbone)")
+        return EncoderSegmenter(NoisedEncoder(unet, timestep, block), n_classes)
+    if name == "unet":
+        from monai.networks.nets import UNet
+
+        return CleanInput(UNet(3, 1, n_classes, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1))
+    if name == "unetr":
+        from monai.networks.nets import UNETR
+
+        if image_size % 16:
+            raise OrthodiffError(f"UNETR needs volumes whose in-plane size is a multiple of 16, not {image_size}")
+        return CleanInput(UNETR(1, n_classes, (16, image_size, image_size), feature_size=16, hidden_size=192,
+                                mlp_dim=384, num_heads=4))
+    raise OrthodiffError(f"--model {name!r}: expected one of {list(SEGMENTERS)}")
+
+
+def _config(image_size: int | None):
+    """The preset architecture for volumes of `image_size` px (the denoiser a store would pretrain)."""
+    match = [c for c in PRESETS.values() if c.image_size == image_size]
+    if not match:
+        raise OrthodiffError(f"no backbone preset for {image_size} px volumes; presets: "
+                             f"{ {n: c.image_size for n, c in PRESETS.items()} }")
+    return match[0]

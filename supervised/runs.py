@@ -1,0 +1,283 @@
+"""Whole runs behind `finetune`, `segment train|predict` and `baseline classify|segment`.
+
+Classification runs write exam predictions and metrics in the fuse runs' format (so
+`orthodiff compare` and `orthodiff table` take them side by side); segmentation runs write
+per-structure Dice, an overlay PNG, the model, and on request label-efficiency curves.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from orthodiff.backbone import backbone_id
+from orthodiff.backbone.checkpoint import read_checkpoint, reference_state, save_atomic
+from orthodiff.backbone.diffusion import GaussianDiffusion
+from orthodiff.catalogs.cohort import SUBSET_PREFIX, label_columns, read_catalog
+from orthodiff.catalogs.tasks import structures
+from orthodiff.errors import OrthodiffError
+from orthodiff.heads.metrics import evaluate, macro_auroc
+from orthodiff.heads.report import atomic_savefig, pyplot, write_json, write_table
+from orthodiff.supervised.data import exam_predictions, plane_volumes, split_rows
+from orthodiff.supervised.estimators import VolumeClassifier, VolumeSegmenter
+
+MODEL_FILE = "model.pt"
+
+
+def _catalog(catalog_path) -> tuple[pd.DataFrame, list[str]]:
+    catalog = read_catalog(catalog_path)
+    return catalog, label_columns(catalog)
+
+
+def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, pooling="sap", epochs=3, lr=1e-5,
+                 head_lr=1e-3, batch_size=4, seed=0, device=None) -> dict:
+    """Stage I fine-tuning on the plane's training series; writes a new backbone checkpoint
+    (same layout, new id) and returns a summary with the validation macro AUROC."""
+    ckpt = read_checkpoint(backbone)
+    if ckpt.get("plane") and ckpt["plane"] != plane:
+        raise OrthodiffError(f"{backbone}: backbone trained on {ckpt['plane']} series cannot be fine-tuned on {plane}")
+    catalog, labels = _catalog(catalog_path)
+    ds, rows = plane_volumes(store, catalog, plane)
+    train_ds, train_rows = split_rows(ds, rows, "train")
+    start = time.perf_counter()
+    model = VolumeClassifier("finetune", str(backbone), timestep, block, pooling, epochs=epochs, lr=lr, head_lr=head_lr,
+                             batch_size=batch_size, random_state=seed, device=device)
+    model.fit(train_ds.volume, train_rows[labels].to_numpy())
+    seconds = time.perf_counter() - start
+    val_ds, val_rows = split_rows(ds, rows, "val")
+    pred = exam_predictions(val_rows, model.predict_proba(val_ds.volume), labels)
+    parent = backbone_id(backbone)
+    state = reference_state(model.backbone_, dict(GaussianDiffusion().state_dict()))
+    tuned = {"ema": state, "model": state, **{k: ckpt[k] for k in ("step", "preset", "config", "plane") if k in ckpt},
+             "finetuned_from": parent,
+             "finetune": {"timestep": int(timestep), "block": block, "pooling": pooling, "epochs": epochs, "lr": lr,
+                          "head_lr": head_lr, "seed": seed, "train_series": len(train_rows)}}
+    save_atomic(tuned, out)
+    return {"backbone": backbone_id(out), "finetuned_from": parent, "train_series": len(train_rows),
+            "val_macro_auroc": macro_auroc(pred[labels].to_numpy(), pred[[f"p_{c}" for c in labels]].to_numpy()),
+            "seconds": round(seconds, 1)}
+
+
+def run_baseline_classify(store, catalog_path, model, planes, out, epochs=5, lr=1e-3, batch_size=4, pooling="sap",
+                          seed=0, n_boot=500, device=None, progress=None) -> pd.DataFrame:
+    """A classifier from scratch per plane (training split), series probabilities averaged
+    per test exam over its planes; test metrics with patient bootstrap CIs."""
+    out = Path(out)
+    catalog, labels = _catalog(catalog_path)
+    parts = []
+    for plane in planes:
+        ds, rows = plane_volumes(store, catalog, plane)
+        train_ds, train_rows = split_rows(ds, rows, "train")
+        test_ds, test_rows = split_rows(ds, rows, "test")
+        est = VolumeClassifier(model, pooling=pooling, epochs=epochs, lr=lr, head_lr=lr, batch_size=batch_size,
+                               random_state=seed, device=device)
+        est.fit(train_ds.volume, train_rows[labels].to_numpy())
+        proba = est.predict_proba(test_ds.volume)
+        parts.append((test_rows, proba))
+        if progress:
+            progress()
+    rows = pd.concat([r for r, _ in parts], ignore_index=True)
+    pred = exam_predictions(rows, np.concatenate([p for _, p in parts]), labels)
+    y, p = pred[labels].to_numpy(), pred[[f"p_{c}" for c in labels]].to_numpy()
+    metrics = evaluate(y, p, labels, groups=pred["patient_id"].to_numpy(), n_boot=n_boot, seed=seed)
+    write_table(pred, out / "predictions")
+    write_table(metrics, out / "metrics")
+    write_json({"kind": "baseline", "task": "classify", "model": model, "planes": list(planes), "labels": labels,
+                "epochs": epochs, "lr": lr, "test_exams": len(pred), "store": str(store),
+                "catalog": str(Path(catalog_path).resolve())}, out / "run.json")
+    return metrics
+
+
+def dice_table(pred: np.ndarray, true: np.ndarray, structure_set) -> pd.DataFrame:
+    """Per-structure Dice (MONAI) over series: mean, SD and the number of series where the
+    structure is in the reference (others are undefined and left out)."""
+    from monai.metrics import DiceMetric
+
+    n_classes = max(structure_set.values) + 1
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True, num_classes=n_classes)
+    scores = metric(torch.from_numpy(pred.astype(np.int64))[:, None], torch.from_numpy(true.astype(np.int64))[:, None]).numpy()
+    rows = []
+    for s in structure_set.structures:
+        column = scores[:, s.value - 1]
+        ok = np.isfinite(column)
+        rows.append({"structure": s.abbr, "name": s.name, "dice": float(column[ok].mean()) if ok.any() else float("nan"),
+                     "sd": float(column[ok].std()) if ok.any() else float("nan"), "series": int(ok.sum())})
+    return pd.DataFrame(rows)
+
+
+def plot_overlay(volumes: np.ndarray, true: np.ndarray, pred: np.ndarray, ids, path, n: int = 3) -> None:
+    """Central slices of up to `n` series: the image, the reference mask, the prediction."""
+    plt = pyplot()
+    n = min(n, len(volumes))
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    mid = volumes.shape[1] // 2
+    for i in range(n):
+        for j, (title, mask) in enumerate((("image", None), ("reference", true[i]), ("predicted", pred[i]))):
+            ax = axes[i, j]
+            ax.imshow(volumes[i, mid], cmap="gray", interpolation="nearest")
+            if mask is not None:
+                ax.imshow(np.ma.masked_equal(mask[mid], 0), cmap="tab20", alpha=0.5, vmin=0, vmax=20, interpolation="nearest")
+            ax.set_title(f"{ids[i]} {title}", fontsize=7)
+            ax.axis("off")
+    fig.tight_layout()
+    atomic_savefig(fig, path)
+    plt.close(fig)
+
+
+def _joint(rows: pd.DataFrame) -> str:
+    return str(rows["joint"].iloc[0]) if "joint" in rows.columns else "knee"
+
+
+def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=10, block="mid_2", epochs=5,
+                lr=None, head_lr=1e-3, batch_size=2, subsets=(), seed=0, device=None, progress=None) -> pd.DataFrame:
+    """Train a segmenter on the plane's training masks, score per-structure Dice on the test
+    split, save the model, an overlay PNG, and label-efficiency curves over `subsets`."""
+    out = Path(out)
+    catalog, _ = _catalog(catalog_path)
+    ds, rows = plane_volumes(store, catalog, plane, masks=True)
+    structure_set = structures(_joint(rows))
+    test_ds, test_rows = split_rows(ds, rows, "test")
+    true = test_ds.mask.to_numpy()
+    lr = lr if lr is not None else (1e-4 if model == "diffusion" else 1e-3)
+
+    def fit(column=None):
+        train_ds, train_rows = split_rows(ds, rows, "train", column)
+        est = VolumeSegmenter(model, str(backbone) if backbone else None, timestep, block, max(structure_set.values) + 1,
+                              epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, random_state=seed, device=device)
+        est.fit(train_ds.volume, train_ds.mask)
+        if progress:
+            progress()
+        return est, len(train_rows)
+
+    start = time.perf_counter()
+    est, n_train = fit()
+    seconds = time.perf_counter() - start
+    pred = est.predict(test_ds.volume)
+    dice = dice_table(pred, true, structure_set)
+    out.mkdir(parents=True, exist_ok=True)
+    save_atomic({**est.state(), "plane": plane, "joint": structure_set.joint}, out / MODEL_FILE)
+    write_table(dice, out / "dice")
+    plot_overlay(test_ds.volume.to_numpy().astype(np.float32), true, pred, test_rows["series_id"].tolist(), out / "overlay.png")
+    curve = []
+    for size in subsets:
+        if size == "all":
+            n, macro = n_train, float(dice["dice"].mean())
+        else:
+            sub, n = fit(f"{SUBSET_PREFIX}{size}")
+            macro = float(dice_table(sub.predict(test_ds.volume), true, structure_set)["dice"].mean())
+        curve.append({"subset": str(size), "series": n, "macro_dice": macro})
+    if curve:
+        _plot_efficiency(pd.DataFrame(curve), out)
+    write_json({"kind": "segment", "model": model, "plane": plane, "backbone": str(backbone) if backbone else None,
+                "timestep": timestep, "block": block, "epochs": epochs, "lr": lr, "train_series": n_train,
+                "test_series": len(test_rows), "train_seconds": round(seconds, 1), "store": str(store),
+                "catalog": str(Path(catalog_path).resolve())}, out / "run.json")
+    return dice
+
+
+def _plot_efficiency(curve: pd.DataFrame, out: Path) -> None:
+    write_table(curve, out / "efficiency")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(curve["series"], curve["macro_dice"], marker="o")
+    ax.set_xscale("log")
+    ax.set_xlabel("training series")
+    ax.set_ylabel("test macro Dice")
+    fig.tight_layout()
+    atomic_savefig(fig, out / "efficiency.png")
+    plt.close(fig)
+
+
+def load_segmenter(model_dir, device=None) -> tuple[VolumeSegmenter, dict]:
+    path = Path(model_dir) / MODEL_FILE
+    if not path.is_file():
+        raise OrthodiffError(f"{model_dir}: not a segmentation run (no {MODEL_FILE}); run `orthodiff segment train`")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return VolumeSegmenter.from_state(saved, device), saved
+
+
+def run_segment_predict(model_dir, store, catalog_path, out, split="test", device=None, progress=None) -> pd.DataFrame:
+    """Predict masks for a split's series, write them as NIfTI on each input series' grid
+    (`out/masks/<series_id>.nii.gz`), and compare biomarkers with the reference masks."""
+    import nibabel as nib
+    from monai.transforms import Resize
+
+    from orthodiff.catalogs.cohort import resolve_path
+    from orthodiff.catalogs.readers import series_geometry
+    from orthodiff.featurestore.ingest import central_slices
+    from orthodiff.supervised.biomarkers import agreement, biomarkers, plot_bland_altman, spacing_of
+
+    out = Path(out)
+    est, saved = load_segmenter(model_dir, device)
+    catalog, _ = _catalog(catalog_path)
+    ds, rows = plane_volumes(store, catalog, saved["plane"])
+    ds, rows = split_rows(ds, rows, split)
+    structure_set = structures(saved["joint"])
+    pred = est.predict(ds.volume)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    measured, reference = {}, {}
+    for row, mask in zip(rows.itertuples(index=False), pred):
+        shape, affine = series_geometry(resolve_path(catalog_path, row.path))
+        full = np.zeros(shape, np.uint8)
+        start = (shape[0] - mask.shape[0]) // 2
+        full[start : start + mask.shape[0]] = np.asarray(Resize(shape[1:], mode="nearest")(mask), dtype=np.uint8)
+        image = nib.Nifti1Image(np.ascontiguousarray(full.transpose(2, 1, 0)), affine)
+        image.header.set_xyzt_units("mm")
+        target = out / "masks" / f"{row.series_id}.nii.gz"
+        tmp = target.with_name(f".{target.name}.tmp.nii.gz")
+        nib.save(image, str(tmp))
+        tmp.replace(target)
+        spacing = spacing_of(affine)
+        measured[row.series_id] = biomarkers(central_slices(full), spacing, structure_set)
+        if isinstance(row.mask_path, str) and row.mask_path:
+            true = np.asarray(nib.load(resolve_path(catalog_path, row.mask_path)).dataobj).transpose(2, 1, 0)
+            reference[row.series_id] = biomarkers(central_slices(true), spacing, structure_set)
+        if progress:
+            progress()
+    measured = pd.DataFrame.from_dict(measured, orient="index")
+    write_table(measured.rename_axis("series_id").reset_index(), out / "biomarkers")
+    table = pd.DataFrame()
+    if reference:
+        reference = pd.DataFrame.from_dict(reference, orient="index")
+        table = agreement(measured, reference)
+        write_table(table, out / "agreement")
+        plot_bland_altman(measured, reference, table, out / "bland_altman.png")
+    write_json({"kind": "segment_predict", "model": str(model_dir), "split": split, "series": len(rows),
+                "with_reference": len(reference)}, out / "run.json")
+    return table
+
+
+def comparison(run_dirs) -> pd.DataFrame:
+    """One row per run, side by side: classification runs (fuse, baseline) with test macro
+    AUROC, its 95% CI, CF1 and OF1; segmentation runs with Dice per structure and the mean.
+    Mixing the two kinds is an error."""
+    import json
+
+    from orthodiff.heads.report import read_table
+
+    rows, kinds = [], set()
+    for run_dir in map(Path, run_dirs):
+        run_file = run_dir / "run.json"
+        run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        kind = run.get("kind")
+        if kind in ("fuse", "baseline"):
+            kinds.add("classification")
+            m = read_table(run_dir / "metrics.parquet").set_index(["metric", "label"])
+            name = run.get("model") or run["method"] + (" + EHR" if run.get("ehr") else "")
+            rows.append({"run": str(run_dir), "model": name, "macro_auroc": m.loc[("macro_auroc", "all"), "value"],
+                         "ci_low": m.loc[("macro_auroc", "all"), "ci_low"], "ci_high": m.loc[("macro_auroc", "all"), "ci_high"],
+                         "CF1": m.loc[("CF1", "all"), "value"], "OF1": m.loc[("OF1", "all"), "value"]})
+        elif kind == "segment":
+            kinds.add("segmentation")
+            dice = read_table(run_dir / "dice.parquet")
+            rows.append({"run": str(run_dir), "model": run["model"], **dict(zip(dice["structure"], dice["dice"])),
+                         "mean": float(dice["dice"].mean())})
+        else:
+            raise OrthodiffError(f"{run_dir}: not a fuse, baseline or segment run directory (no such run.json)")
+    if len(kinds) > 1:
+        raise OrthodiffError("classification and segmentation runs cannot share one table")
+    return pd.DataFrame(rows)

@@ -1,0 +1,173 @@
+"""Stage I fine-tuning, segmentation, baselines and biomarkers on a tiny synthetic knee cohort."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from orthodiff import open_store
+from orthodiff.backbone import PRESETS, DiffusionUNet, backbone_id, load_backbone
+from orthodiff.backbone.checkpoint import reference_state, save_atomic
+from orthodiff.backbone.diffusion import GaussianDiffusion
+from orthodiff.catalogs.readers import series_geometry
+from orthodiff.catalogs.synth import synthesize
+from orthodiff.catalogs.tasks import structures
+from orthodiff.catalogs.writers import write_dicom_series, write_nifti
+from orthodiff.errors import OrthodiffError
+from orthodiff.featurestore.extract import extract
+from orthodiff.featurestore.ingest import ingest
+from orthodiff.heads.runs import compare_runs
+from orthodiff.supervised.biomarkers import agreement, biomarkers, thickness_map
+from orthodiff.supervised.runs import (
+    comparison, load_segmenter, run_baseline_classify, run_finetune, run_segment, run_segment_predict,
+)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """16 knee exams at 32 px, ingested, and an untrained `demo` backbone per masked plane."""
+    root = tmp_path_factory.mktemp("supervised")
+    catalog = synthesize("knee", 16, 32, 0, root / "cohort", progress=False)
+    store = str(root / "store.zarr")
+    ingest(catalog, store, size=32, progress=False)
+    torch.manual_seed(0)
+    unet = DiffusionUNet(PRESETS["demo"])
+    buffers = dict(GaussianDiffusion().state_dict())
+    ckpt = root / "sagittal.pt"
+    save_atomic({"ema": reference_state(unet, buffers), "model": reference_state(unet, buffers), "plane": "sagittal",
+                 "preset": "demo", "config": PRESETS["demo"].to_dict()}, ckpt)
+    return {"root": root, "catalog": catalog, "store": store, "backbone": ckpt}
+
+
+def test_finetune_writes_a_new_backbone_whose_features_extract_into_their_own_group(cohort, tmp_path):
+    out = tmp_path / "sagittal_ft.pt"
+    summary = run_finetune(cohort["store"], cohort["catalog"], "sagittal", cohort["backbone"], 10, "mid_1", out,
+                           pooling="gap", epochs=1, lr=1e-3, batch_size=4)
+    parent = backbone_id(cohort["backbone"])
+    assert summary["finetuned_from"] == parent and summary["backbone"] == backbone_id(out) != parent
+    before, after = load_backbone(cohort["backbone"], "cpu").state_dict(), load_backbone(out, "cpu").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("input_blocks.") for k in changed)
+    assert any(k.startswith("middle_block.0.") for k in changed) and any(k.startswith("middle_block.1.") for k in changed)
+    assert not any(k.startswith(("output_blocks.", "out.", "time_embed.", "middle_block.2.")) for k in changed)
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["plane"] == "sagittal" and ckpt["finetune"]["block"] == "mid_1"
+
+    extract(cohort["store"], out, "sagittal", (10,), ("mid_1",), progress=False)
+    ds = open_store(cohort["store"], backbone=summary["backbone"])
+    catalog = pd.read_parquet(cohort["catalog"])
+    assert set(ds.series.values) == set(catalog.loc[catalog.plane == "sagittal", "series_id"])
+    assert np.isfinite(ds.gap.sel(timestep=10, block="mid_1").values).all()
+
+
+def test_finetune_and_segmentation_refuse_bad_planes(cohort, tmp_path):
+    with pytest.raises(OrthodiffError, match="trained on sagittal series cannot be fine-tuned on coronal"):
+        run_finetune(cohort["store"], cohort["catalog"], "coronal", cohort["backbone"], 10, "mid_2", tmp_path / "x.pt")
+    with pytest.raises(OrthodiffError, match="no axial series has a mask .*sagittal, coronal"):
+        run_segment(cohort["store"], cohort["catalog"], "axial", "unet", tmp_path / "seg")
+    with pytest.raises(OrthodiffError, match="expected one of"):
+        run_segment(cohort["store"], cohort["catalog"], "sagittal", "vnet", tmp_path / "seg")
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "seg").exists()
+
+
+def test_bad_masks_are_named_at_ingestion(cohort, tmp_path):
+    catalog = pd.read_parquet(cohort["catalog"])
+    row = catalog[catalog.mask_path.notna()].iloc[0]
+    src = cohort["catalog"].parent
+    mask_file = src / row.mask_path
+    saved = mask_file.read_bytes()
+    original = nib.load(mask_file)
+    data, affine = np.asarray(original.dataobj).copy(), original.affine
+    for bad, message in ((np.where(data > 0, 99, 0), r"mask labels \[99\] are not structures"),
+                         (data[:-2], "mask shape .* differs from its series")):
+        nib.save(nib.Nifti1Image(bad.astype(np.uint8), affine), mask_file)
+        try:
+            with pytest.raises(OrthodiffError, match=message):
+                ingest(cohort["catalog"], str(tmp_path / f"s{len(message)}.zarr"), size=32, progress=False)
+        finally:
+            mask_file.write_bytes(saved)
+
+
+def test_segmentation_trains_scores_dice_and_writes_aligned_masks(cohort, tmp_path):
+    run = tmp_path / "diffusion"
+    dice = run_segment(cohort["store"], cohort["catalog"], "sagittal", "diffusion", run, backbone=cohort["backbone"],
+                       epochs=1, batch_size=4)
+    knee = structures("knee")
+    assert dice["structure"].tolist() == [s.abbr for s in knee.structures]
+    assert dice["dice"].between(0, 1).all() and (dice["series"] > 0).all()
+    assert (run / "overlay.png").stat().st_size > 0
+    model, saved = load_segmenter(run)
+    assert saved["plane"] == "sagittal" and saved["params"]["model"] == "diffusion"
+
+    pred_dir = tmp_path / "pred"
+    table = run_segment_predict(run, cohort["store"], cohort["catalog"], pred_dir)
+    catalog = pd.read_parquet(cohort["catalog"])
+    test = catalog[(catalog.plane == "sagittal") & (catalog.split == "test")]
+    for row in test.itertuples():
+        written = nib.load(pred_dir / "masks" / f"{row.series_id}.nii.gz")
+        image = nib.load(cohort["catalog"].parent / row.path)
+        assert written.shape == image.shape and np.allclose(written.affine, image.affine)
+        assert set(np.unique(np.asarray(written.dataobj))) <= {0, *knee.values}
+    assert {"volume_Femur", "thickness_FC"} <= set(table["biomarker"])
+    assert (table["n"] == len(test)).any()
+
+
+def test_segmentation_baseline_learns_the_large_bones(cohort, tmp_path):
+    dice = run_segment(cohort["store"], cohort["catalog"], "sagittal", "unet", tmp_path / "unet", epochs=8, batch_size=2)
+    bones = dice.set_index("structure").loc[["Femur", "Tibia"], "dice"]
+    assert (bones > 0.5).all(), bones
+
+
+def test_baseline_classification_runs_compare_and_tabulate(cohort, tmp_path):
+    runs = []
+    for model, planes in (("resnet18", ["sagittal", "coronal"]), ("unet_encoder", ["sagittal"])):
+        metrics = run_baseline_classify(cohort["store"], cohort["catalog"], model, planes, tmp_path / model,
+                                        epochs=1, batch_size=4, n_boot=10)
+        assert "macro_auroc" in set(metrics["metric"])
+        runs.append(tmp_path / model)
+    pred = pd.read_parquet(tmp_path / "resnet18" / "predictions.parquet")
+    catalog = pd.read_parquet(cohort["catalog"])
+    test_cases = catalog.loc[(catalog.split == "test") & catalog.plane.isin(["sagittal", "coronal"]), "case_id"]
+    assert sorted(pred["case_id"]) == sorted(test_cases.unique())
+    assert pred.filter(like="p_").stack().between(0, 1).all()
+    assert "macro" in set(compare_runs(*runs, n_perm=20)["label"])
+    table = comparison(runs)
+    assert table["model"].tolist() == ["resnet18", "unet_encoder"] and table["macro_auroc"].notna().all()
+    with pytest.raises(OrthodiffError, match="not a fuse, baseline or segment run"):
+        comparison([tmp_path])
+    assert json.loads((tmp_path / "resnet18" / "run.json").read_text())["kind"] == "baseline"
+
+
+def test_biomarkers_measure_known_plates_and_agreement():
+    knee = structures("knee")
+    mask = np.zeros((16, 20, 10), np.uint8)
+    mask[4:12, 5:8, :] = 4  # femoral cartilage: 3 voxels thick along rows
+    mask[4:12, 12:16, 2:6] = 1  # femur block
+    spacing = (3.0, 0.5, 0.5)
+    values = biomarkers(mask, spacing, knee)
+    assert values["thickness_FC"] == pytest.approx(1.5)
+    assert values["volume_FC"] == pytest.approx(8 * 3 * 10 * 0.75)
+    assert values["volume_Femur"] == pytest.approx(8 * 4 * 4 * 0.75)
+    assert np.isnan(values["thickness_MTC"]) and values["volume_MTC"] == 0
+    assert thickness_map(mask, 4, spacing).shape == (16, 10)
+
+    ref = pd.DataFrame({"volume_FC": [100.0, 200.0, 300.0, 400.0]}, index=list("abcd"))
+    pred = ref + np.array([[10.0], [10.0], [10.0], [30.0]])
+    row = agreement(pred, ref).iloc[0]
+    assert row["bias"] == pytest.approx(15.0) and row["sd"] == pytest.approx(10.0)
+    assert row["loa_low"] == pytest.approx(15 - 19.6) and row["loa_high"] == pytest.approx(15 + 19.6)
+
+
+def test_series_geometry_agrees_between_nifti_and_dicom(tmp_path):
+    data = np.random.default_rng(0).uniform(0, 100, (18, 24, 20)).astype(np.float32)
+    for plane in ("sagittal", "coronal", "axial"):
+        nifti = write_nifti(tmp_path / f"{plane}.nii.gz", data, plane, 0.7, 3.5)
+        dicom = write_dicom_series(tmp_path / plane, data, plane, 0.7, 3.5, "ANON", f"0-{plane}-x")
+        (shape_n, affine_n), (shape_d, affine_d) = series_geometry(nifti), series_geometry(dicom)
+        assert shape_n == shape_d == data.shape
+        np.testing.assert_allclose(affine_d, affine_n, atol=1e-3)
