@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from orthodiff.errors import OrthodiffError
+from orthodiff.supervised.commands import register as register_supervised
 
 app = typer.Typer(
     name="orthodiff",
@@ -289,6 +290,7 @@ def fuse(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     epochs: Annotated[int | None, typer.Option(help="Fusion epochs (default: the configuration's).")] = None,
     lr: Annotated[float | None, typer.Option(help="Fusion learning rate (default: the configuration's).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Backbone id(s) in the store, comma-separated, e.g. one fine-tuned backbone per plane (default: the configuration's).")] = None,
 ) -> None:
     """Train the two-stage fusion head on train, report test metrics with 95% CIs."""
     from orthodiff.heads.commands import load_inputs
@@ -296,7 +298,8 @@ def fuse(
     from orthodiff.tables import frame_table
 
     cfg = read_config(config)
-    features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), cfg.get("backbone"), list(cfg["planes"]))
+    backbones = [b.strip() for b in backbone.split(",")] if backbone else cfg.get("backbone")
+    features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), backbones, list(cfg["planes"]))
     with console.status(f"fusing ({method}{' + EHR' if ehr else ''})"):
         overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
         metrics, model = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed,
@@ -310,8 +313,8 @@ def fuse(
 
 @app.command()
 def compare(
-    a: Annotated[Path, typer.Argument(help="First `orthodiff fuse` output directory.")],
-    b: Annotated[Path, typer.Argument(help="Second `orthodiff fuse` output directory.")],
+    a: Annotated[Path, typer.Argument(help="First `orthodiff fuse` or `baseline classify` output directory.")],
+    b: Annotated[Path, typer.Argument(help="Second `orthodiff fuse` or `baseline classify` output directory.")],
     permutations: Annotated[int, typer.Option(help="Paired permutations.")] = 1000,
     out: Annotated[Path | None, typer.Option(help="Also write the table here (Parquet + CSV).")] = None,
 ) -> None:
@@ -368,6 +371,9 @@ def report(
     files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.suffix in {".csv", ".png", ".json"})
     kinds = pd.DataFrame({"file": files, "kind": [f.rsplit(".", 1)[-1] for f in files]})
     console.print(frame_table(kinds, f"Included in {path} ({path.stat().st_size / 1024:.0f} KiB)"))
+
+
+register_supervised(app)
 
 
 def main() -> None:

@@ -225,3 +225,15 @@ class DiffusionUNet(nn.Module):
             if MIDDLE_BLOCKS[i] in blocks:
                 out[MIDDLE_BLOCKS[i]] = h
         return out
+
+    def encoder_features(self, x_t: torch.Tensor, t: torch.Tensor, block: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(every encoder activation, the middle block's output at `block`): what a
+        segmentation decoder needs. Runs the encoder and middle block only."""
+        emb, h, skips = self._encode(x_t, t)
+        for layer in self.middle_block[: MIDDLE_BLOCKS.index(block) + 1]:
+            h = layer(h, emb)
+        return skips, h
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters Stage I fine-tuning trains: encoder and middle block."""
+        return [*self.input_blocks.parameters(), *self.middle_block.parameters()]

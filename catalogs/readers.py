@@ -132,7 +132,40 @@ def read_mask(path: str | Path, shape: tuple[int, ...], allowed: list[int]) -> n
     if data.shape != tuple(shape):
         raise OrthodiffError(f"{path}: mask shape {data.shape} differs from its series {tuple(shape)}")
     values = np.unique(data)
-    bad = sorted(set(values.tolist()) - {0, *allowed})
+    if not np.array_equal(values, np.round(values)):
+        raise OrthodiffError(f"{path}: mask values must be integer structure labels, found {values[values != np.round(values)][:3].tolist()}")
+    bad = sorted(set(values.astype(int).tolist()) - {0, *allowed})
     if bad:
         raise OrthodiffError(f"{path}: mask labels {bad[:5]} are not structures of this joint {allowed}")
     return data.astype(np.uint8)
+
+
+def series_geometry(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    """((slices, rows, columns), NIfTI affine) of a series, for writing results on its grid.
+
+    The affine maps (column, row, slice) indices to RAS millimetres, as in NIfTI; for DICOM
+    it is built from the orientation, positions and pixel spacing; `.npy` series carry no
+    geometry and get the identity.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        image = nib.load(path)
+        cols, rows, slices = image.shape[:3]
+        return (slices, rows, cols), np.asarray(image.affine)
+    if name.endswith(".npy"):
+        return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape), np.eye(4)
+    import pydicom
+
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in _dicom_files(path)]
+    orientation = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = sorted((np.asarray(h.ImagePositionPatient, dtype=float) for h in headers), key=lambda p: float(p @ normal))
+    row_spacing, col_spacing = (float(v) for v in headers[0].PixelSpacing)
+    step = (positions[-1] - positions[0]) / max(len(positions) - 1, 1)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = orientation[:3] * col_spacing, orientation[3:] * row_spacing, step, positions[0]
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    return (len(headers), int(headers[0].Rows), int(headers[0].Columns)), ras

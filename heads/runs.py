@@ -173,12 +173,12 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
 
 
 def compare_runs(a, b, n_perm=1000, seed=0) -> pd.DataFrame:
-    """Paired permutation test of two fuse runs on their common test exams."""
+    """Paired permutation test of two classification runs (fuse or baseline) on their common test exams."""
     runs = []
     for path in (Path(a), Path(b)):
         run_file = path / "run.json"
-        if not run_file.is_file() or json.loads(run_file.read_text()).get("kind") != "fuse":
-            raise OrthodiffError(f"{path}: not a fuse run directory (no fuse run.json)")
+        if not run_file.is_file() or json.loads(run_file.read_text()).get("kind") not in ("fuse", "baseline"):
+            raise OrthodiffError(f"{path}: not a fuse or baseline classification run (no such run.json)")
         runs.append((json.loads(run_file.read_text()), read_table(path / "predictions.parquet")))
     (run_a, pa), (run_b, pb) = runs
     if run_a["labels"] != run_b["labels"]:

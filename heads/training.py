@@ -73,7 +73,7 @@ def weighted_bce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torc
 def train(
     model: nn.Module,
     inputs: Sequence,
-    y: np.ndarray,
+    y,
     sample_weight: np.ndarray | None,
     *,
     epochs: int,
@@ -83,36 +83,43 @@ def train(
     weight_decay: float = 0.0,
     block_rows: int | None = None,
     forward: Callable[..., torch.Tensor] | None = None,
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = weighted_bce,
+    param_groups: list[dict] | None = None,
 ) -> nn.Module:
-    """Adam + cosine schedule over all steps, weighted BCE with logits; returns ``model``."""
+    """Adam + cosine schedule over all steps; returns ``model``.
+
+    ``loss(output, y, weights)`` defaults to weighted BCE with logits. ``y`` is read in the
+    same blocks as the inputs, so it may be lazy too (segmentation masks). ``param_groups``
+    (torch optimizer groups) overrides the trainable parameters, e.g. a smaller learning
+    rate for a pretrained encoder than for its new head. Batches move to the model's device.
+    """
     n = n_rows(inputs)
-    y = torch.as_tensor(np.asarray(y, dtype=np.float32))
-    w = torch.ones(n) if sample_weight is None else torch.as_tensor(np.asarray(sample_weight, dtype=np.float32))
+    y = y if is_lazy(y) else np.asarray(y, dtype=np.float32)
+    w = np.ones(n, np.float32) if sample_weight is None else np.asarray(sample_weight, dtype=np.float32)
     if len(y) != n or len(w) != n:
         raise OrthodiffError(f"{n} input rows but {len(y)} label rows and {len(w)} weights")
     forward = forward or model
-    size = _block_size(inputs, block_rows, n)
+    size = _block_size([*inputs, y], block_rows, n)
     n_blocks = math.ceil(n / size)
     steps = epochs * sum(math.ceil(min(size, n - b * size) / batch_size) for b in range(n_blocks))
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = param_groups or [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=bool(params))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    device = next(model.parameters()).device
     rng = np.random.default_rng(random_state)
     model.train()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_state)
         for _ in range(epochs):
-            for start, tensors in blocks(inputs, size, rng.permutation(n_blocks)):
+            for _, tensors in blocks([*inputs, y, w], size, rng.permutation(n_blocks)):
                 # one gather per block, then contiguous batches (cheaper than a gather per batch)
                 perm = torch.from_numpy(rng.permutation(len(tensors[0])))
-                tensors = [t[perm] for t in tensors]
-                y_block, w_block = y[start + perm], w[start + perm]
+                tensors = [t[perm].to(device) for t in tensors]
                 for i in range(0, len(perm), batch_size):
-                    batch = slice(i, i + batch_size)
-                    logits = forward(*(t[batch] for t in tensors))
-                    loss = weighted_bce(logits, y_block[batch], w_block[batch])
+                    *xs, y_batch, w_batch = (t[i : i + batch_size] for t in tensors)
+                    value = loss(forward(*xs), y_batch, w_batch)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    value.backward()
                     optimizer.step()
                     schedule.step()
     model.eval()
@@ -123,4 +130,4 @@ def train(
 def apply(fn: Callable[..., torch.Tensor], inputs: Sequence, block_rows: int | None = None) -> np.ndarray:
     """``fn`` over all rows block by block (no gradients), concatenated as numpy."""
     size = _block_size(inputs, block_rows, n_rows(inputs), stream=True)
-    return np.concatenate([fn(*tensors).numpy() for _, tensors in blocks(inputs, size)])
+    return np.concatenate([fn(*tensors).cpu().numpy() for _, tensors in blocks(inputs, size)])

@@ -24,7 +24,7 @@ def _device(device: str | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _groups(net: torch.nn.Module, lr: float, head_lr: float) -> list[dict]:
+def encoder_head_groups(net: torch.nn.Module, lr: float, head_lr: float) -> list[dict]:
     """The pretrained encoder at ``lr``; every other trainable parameter (new heads) at ``head_lr``."""
     encoder = getattr(net, "encoder", None)
     pretrained = {id(p) for p in encoder.unet.encoder_parameters()} if encoder is not None else set()
@@ -51,7 +51,7 @@ class _VolumeEstimator:
     def _fit(self, net, X, y, loss=None, sample_weight=None):
         self.net_ = net.to(_device(self.device))
         kwargs = {"loss": loss} if loss else {}
-        groups = _groups(self.net_, self.lr, self.head_lr) if self.model in ("finetune", "diffusion") else None
+        groups = encoder_head_groups(self.net_, self.lr, self.head_lr) if self.model in ("finetune", "diffusion") else None
         train(self.net_, self._inputs(X), y, sample_weight, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
               random_state=self.random_state, block_rows=self.block_rows, param_groups=groups, **kwargs)
         return self

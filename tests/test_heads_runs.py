@@ -66,7 +66,7 @@ def test_compare_efficiency_and_report(run):
     assert (out / "efficiency" / "efficiency.png").is_file()
     html = build_report(out).read_text()
     assert html.count("<img") >= 5 and "macro_auroc" in html
-    with pytest.raises(OrthodiffError, match="not a fuse run directory"):
+    with pytest.raises(OrthodiffError, match="not a fuse or baseline classification run"):
         compare_runs(out / "sweep", out / "cmp_concat")
     with pytest.raises(OrthodiffError, match="no subset column 'subset_500'"):
         run_efficiency(config, features, catalog, LABELS, [500], out / "efficiency2")
