@@ -12,6 +12,7 @@ import torch
 
 from orthodiff.backbone import DiffusionUNet, UNetConfig, load_backbone
 from orthodiff.backbone.diffusion import noise_key
+from orthodiff.errors import OrthodiffError
 from orthodiff.heads.training import apply, seeded, train
 from orthodiff.supervised.networks import EncoderClassifier, classifier, segmenter
 
@@ -43,7 +44,14 @@ class _VolumeEstimator:
     device: str | None
 
     def _unet(self, image_size: int) -> DiffusionUNet | None:
-        return load_backbone(self.backbone, "cpu") if self.backbone and self.model in ("finetune", "diffusion") else None
+        """The pretrained backbone (diffusion models only), checked against the volumes' size."""
+        if not self.backbone or self.model not in ("finetune", "diffusion"):
+            return None
+        unet = load_backbone(self.backbone, "cpu")
+        if unet.config.image_size != image_size:
+            raise OrthodiffError(f"{self.backbone}: backbone expects {unet.config.image_size} px volumes, "
+                                 f"the store holds {image_size} px")
+        return unet
 
     def _inputs(self, X) -> list:
         return [X.data if hasattr(X, "data") else X, _keys(X, self.noise_seed, self.timestep)]

@@ -37,9 +37,7 @@ def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, poo
                  head_lr=1e-3, batch_size=4, seed=0, device=None) -> dict:
     """Stage I fine-tuning on the plane's training series; writes a new backbone checkpoint
     (same layout, new id) and returns a summary with the validation macro AUROC."""
-    ckpt = read_checkpoint(backbone)
-    if ckpt.get("plane") and ckpt["plane"] != plane:
-        raise OrthodiffError(f"{backbone}: backbone trained on {ckpt['plane']} series cannot be fine-tuned on {plane}")
+    ckpt = _plane_checkpoint(backbone, plane)
     catalog, labels = _catalog(catalog_path)
     ds, rows = plane_volumes(store, catalog, plane)
     train_ds, train_rows = split_rows(ds, rows, "train")
@@ -60,6 +58,14 @@ def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, poo
     return {"backbone": backbone_id(out), "finetuned_from": parent, "train_series": len(train_rows),
             "val_macro_auroc": macro_auroc(pred[labels].to_numpy(), pred[[f"p_{c}" for c in labels]].to_numpy()),
             "seconds": round(seconds, 1)}
+
+
+def _plane_checkpoint(backbone, plane: str) -> dict:
+    """The checkpoint, refused when it was trained on another plane."""
+    ckpt = read_checkpoint(backbone)
+    if ckpt.get("plane") and ckpt["plane"] != plane:
+        raise OrthodiffError(f"{backbone}: backbone trained on {ckpt['plane']} series cannot be used for {plane} series")
+    return ckpt
 
 
 def run_baseline_classify(store, catalog_path, model, planes, out, epochs=5, lr=1e-3, batch_size=4, pooling="sap",
@@ -137,6 +143,8 @@ def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=
     """Train a segmenter on the plane's training masks, score per-structure Dice on the test
     split, save the model, an overlay PNG, and label-efficiency curves over `subsets`."""
     out = Path(out)
+    if backbone is not None:
+        _plane_checkpoint(backbone, plane)
     catalog, _ = _catalog(catalog_path)
     ds, rows = plane_volumes(store, catalog, plane, masks=True)
     structure_set = structures(_joint(rows))

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import xarray as xr
 
 from orthodiff import open_store
 from orthodiff.backbone import PRESETS, DiffusionUNet, backbone_id, load_backbone
@@ -23,6 +24,7 @@ from orthodiff.featurestore.extract import extract
 from orthodiff.featurestore.ingest import ingest
 from orthodiff.heads.runs import compare_runs
 from orthodiff.supervised.biomarkers import agreement, biomarkers, thickness_map
+from orthodiff.supervised.estimators import VolumeClassifier
 from orthodiff.supervised.runs import (
     comparison, load_segmenter, run_baseline_classify, run_finetune, run_segment, run_segment_predict,
 )
@@ -66,12 +68,18 @@ def test_finetune_writes_a_new_backbone_whose_features_extract_into_their_own_gr
 
 
 def test_finetune_and_segmentation_refuse_bad_planes(cohort, tmp_path):
-    with pytest.raises(OrthodiffError, match="trained on sagittal series cannot be fine-tuned on coronal"):
+    with pytest.raises(OrthodiffError, match="trained on sagittal series cannot be used for coronal series"):
         run_finetune(cohort["store"], cohort["catalog"], "coronal", cohort["backbone"], 10, "mid_2", tmp_path / "x.pt")
+    with pytest.raises(OrthodiffError, match="trained on sagittal series cannot be used for coronal series"):
+        run_segment(cohort["store"], cohort["catalog"], "coronal", "diffusion", tmp_path / "seg", cohort["backbone"])
     with pytest.raises(OrthodiffError, match="no axial series has a mask .*sagittal, coronal"):
         run_segment(cohort["store"], cohort["catalog"], "axial", "unet", tmp_path / "seg")
     with pytest.raises(OrthodiffError, match="expected one of"):
         run_segment(cohort["store"], cohort["catalog"], "sagittal", "vnet", tmp_path / "seg")
+    volumes = xr.DataArray(np.zeros((2, 16, 64, 64), np.float16), dims=("series", "z", "y", "x"),
+                           coords={"series": ["a", "b"]})
+    with pytest.raises(OrthodiffError, match="backbone expects 32 px volumes, the store holds 64 px"):
+        VolumeClassifier("finetune", str(cohort["backbone"])).fit(volumes, np.zeros((2, 3)))
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "seg").exists()
 
 
@@ -171,3 +179,23 @@ def test_series_geometry_agrees_between_nifti_and_dicom(tmp_path):
         (shape_n, affine_n), (shape_d, affine_d) = series_geometry(nifti), series_geometry(dicom)
         assert shape_n == shape_d == data.shape
         np.testing.assert_allclose(affine_d, affine_n, atol=1e-3)
+
+
+def test_cli_segment_train_predict_and_table(cohort, tmp_path):
+    from typer.testing import CliRunner
+
+    from orthodiff.cli import app
+
+    common = ["--store", cohort["store"], "--catalog", str(cohort["catalog"])]
+    runner = CliRunner()
+    result = runner.invoke(app, ["baseline", "segment", "--model", "unet", "--plane", "sagittal", *common,
+                                 "--out", str(tmp_path / "unet"), "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "Test Dice per structure" in result.output and "Femur" in result.output
+    result = runner.invoke(app, ["segment", "predict", "--model", str(tmp_path / "unet"), *common, "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert "Biomarker agreement" in result.output and (tmp_path / "p" / "agreement.csv").is_file()
+    result = runner.invoke(app, ["table", str(tmp_path / "unet"), "--out", str(tmp_path / "table")])
+    assert result.exit_code == 0 and (tmp_path / "table.csv").is_file()
+    result = runner.invoke(app, ["baseline", "segment", "--model", "vnet", "--plane", "sagittal", *common, "--out", str(tmp_path / "v")])
+    assert isinstance(result.exception, OrthodiffError) and "expected unet or unetr" in str(result.exception)
