@@ -11,6 +11,7 @@ from rich.console import Console
 
 from orthodiff.errors import OrthodiffError
 from orthodiff.supervised.commands import register as register_supervised
+from orthodiff.tables import make_console
 
 app = typer.Typer(
     name="orthodiff",
@@ -24,7 +25,7 @@ app.add_typer(catalog_app, name="catalog")
 store_app = typer.Typer(help="Inspect and check a store.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 
-console = Console()
+console = make_console()
 
 
 @app.command()

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pandas as pd
+from rich.console import Console
 from rich.table import Table
+
+
+def make_console() -> Console:
+    """A console as wide as the terminal, or 140 columns when output goes to a file or pipe
+    (rich would use 80 there and squeeze the wider tables into ellipses)."""
+    return Console(width=shutil.get_terminal_size((140, 24)).columns)
 
 
 def _cell(value, float_format: str) -> str:

@@ -19,9 +19,8 @@ import json
 import time
 from pathlib import Path
 
-from rich.console import Console
 
-from orthodiff.tables import frame_table
+from orthodiff.tables import frame_table, make_console
 
 
 def main() -> None:
@@ -41,7 +40,7 @@ def main() -> None:
         comparison, run_baseline_classify, run_finetune, run_segment, run_segment_predict,
     )
 
-    console = Console()
+    console = make_console()
     demo = args.demo
     store, catalog = str(demo / "store.zarr"), demo / "cohort" / "catalog.parquet"
     config = json.loads((demo / "heads" / "config.json").read_text())

@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from rich.console import Console
 
-from orthodiff.tables import frame_table
+from orthodiff.tables import frame_table, make_console
 
 
 def main() -> None:
@@ -38,7 +37,7 @@ def main() -> None:
     from orthodiff.heads.pipeline import run_heads
     from orthodiff.supervised.runs import comparison, run_baseline_classify
 
-    console = Console()
+    console = make_console()
     rows = []
     for joint in args.joints.split(","):
         root = args.demo / "transfer" / joint

@@ -91,7 +91,8 @@ def train(
     ``loss(output, y, weights)`` defaults to weighted BCE with logits. ``y`` is read in the
     same blocks as the inputs, so it may be lazy too (segmentation masks). ``param_groups``
     (torch optimizer groups) overrides the trainable parameters, e.g. a smaller learning
-    rate for a pretrained encoder than for its new head. Batches move to the model's device.
+    rate for a pretrained encoder than for its new head. Batches move to the model's device;
+    on CUDA the forward pass and loss run under bfloat16 autocast.
     """
     n = n_rows(inputs)
     y = y if is_lazy(y) else np.asarray(y, dtype=np.float32)
@@ -117,7 +118,8 @@ def train(
                 tensors = [t[perm].to(device) for t in tensors]
                 for i in range(0, len(perm), batch_size):
                     *xs, y_batch, w_batch = (t[i : i + batch_size] for t in tensors)
-                    value = loss(forward(*xs), y_batch, w_batch)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                        value = loss(forward(*xs), y_batch, w_batch)
                     optimizer.zero_grad(set_to_none=True)
                     value.backward()
                     optimizer.step()

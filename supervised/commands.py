@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from orthodiff.errors import OrthodiffError
+from orthodiff.tables import make_console
 
-console = Console()
+console = make_console()
 segment_app = typer.Typer(help="Segmentation of joint structures: train a head, predict masks.", no_args_is_help=True)
 baseline_app = typer.Typer(help="Supervised baselines from scratch on the same splits and metrics.", no_args_is_help=True)
 
