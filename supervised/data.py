@@ -41,11 +41,12 @@ def plane_volumes(store: str, catalog: pd.DataFrame, plane: str, masks: bool = F
 
 def split_rows(ds: xr.Dataset, rows: pd.DataFrame, split: str, column: str | None = None) -> tuple[xr.Dataset, pd.DataFrame]:
     """The series of one split (and, with `column`, only rows where that boolean column is set)."""
-    keep = (rows["split"] == split).to_numpy()
+    keep = rows["split"] == split
     if column is not None:
         if column not in rows.columns:
             raise OrthodiffError(f"catalog has no column {column!r}; run `orthodiff catalog split --subsets`")
-        keep &= rows[column].fillna(False).astype(bool).to_numpy()
+        keep &= rows[column].fillna(False).astype(bool)
+    keep = keep.to_numpy()
     if not keep.any():
         raise OrthodiffError(f"no {split} series" + (f" in {column}" if column else "") + f" of plane {rows['plane'].iloc[0]}")
     idx = np.flatnonzero(keep)

@@ -15,6 +15,7 @@ from orthodiff import open_store
 from orthodiff.backbone import PRESETS, DiffusionUNet, backbone_id, load_backbone
 from orthodiff.backbone.checkpoint import reference_state, save_atomic
 from orthodiff.backbone.diffusion import GaussianDiffusion
+from orthodiff.catalogs.cohort import add_subsets, read_catalog
 from orthodiff.catalogs.readers import series_geometry
 from orthodiff.catalogs.synth import synthesize
 from orthodiff.catalogs.tasks import structures
@@ -187,11 +188,17 @@ def test_cli_segment_train_predict_and_table(cohort, tmp_path):
     from orthodiff.cli import app
 
     common = ["--store", cohort["store"], "--catalog", str(cohort["catalog"])]
+    with_subsets = tmp_path / "catalog.parquet"  # nested training subsets for the efficiency curve
+    add_subsets(read_catalog(cohort["catalog"]), [4]).to_parquet(with_subsets, index=False)
     runner = CliRunner()
-    result = runner.invoke(app, ["baseline", "segment", "--model", "unet", "--plane", "sagittal", *common,
-                                 "--out", str(tmp_path / "unet"), "--epochs", "1"])
+    result = runner.invoke(app, ["baseline", "segment", "--model", "unet", "--plane", "sagittal", "--store", cohort["store"],
+                                 "--catalog", str(with_subsets), "--out", str(tmp_path / "unet"), "--epochs", "1",
+                                 "--subsets", "4,all"])
     assert result.exit_code == 0, result.output
     assert "Test Dice per structure" in result.output and "Femur" in result.output
+    curve = pd.read_csv(tmp_path / "unet" / "efficiency.csv")
+    assert curve["subset"].astype(str).tolist() == ["4", "all"] and curve["series"].iloc[0] < curve["series"].iloc[1]
+    assert (tmp_path / "unet" / "efficiency.png").is_file()
     result = runner.invoke(app, ["segment", "predict", "--model", str(tmp_path / "unet"), *common, "--out", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output
     assert "Biomarker agreement" in result.output and (tmp_path / "p" / "agreement.csv").is_file()
