@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--segment-epochs", type=int, default=10)
     args = parser.parse_args()
 
+    from orthodiff.backbone import backbone_id
     from orthodiff.featurestore.extract import extract
     from orthodiff.heads.commands import load_inputs
     from orthodiff.heads.pipeline import SMALL_COHORT_FUSION
@@ -51,12 +52,13 @@ def main() -> None:
     for plane, choice in config["planes"].items():
         ckpt = out / "backbones" / f"{plane}_ft.pt"
         start = time.perf_counter()
-        summary = run_finetune(store, catalog, plane, demo / "backbones" / f"{plane}.pt", choice["timestep"],
-                               choice["block"], ckpt, pooling=config["pooling"], epochs=args.finetune_epochs,
-                               lr=args.finetune_lr)
+        if not ckpt.exists():  # a rerun reuses the fine-tuned backbones
+            run_finetune(store, catalog, plane, demo / "backbones" / f"{plane}.pt", choice["timestep"],
+                         choice["block"], ckpt, pooling=config["pooling"], epochs=args.finetune_epochs,
+                         lr=args.finetune_lr)
         extract(store, ckpt, plane, (choice["timestep"],), (choice["block"],), progress=False)
         timings[f"finetune + extract {plane}"] = time.perf_counter() - start
-        tuned.append(summary["backbone"])
+        tuned.append(backbone_id(ckpt))
     features, df, labels, _ = load_inputs(store, catalog, tuned, list(config["planes"]))
     run_fuse(config, features, df, labels, "concat", out / "finetuned_concat", fusion_params=SMALL_COHORT_FUSION)
 

@@ -212,6 +212,8 @@ def open_store(path: str, backbone: str | list[str] | None = None, catalog=None,
     channel)`, with `plane`, `case_id`, `patient_id`, `scan` on `series`, and with a catalog
     (path or DataFrame) its split, labels, acquisition and EHR columns too. Each plane's
     features come from the one backbone holding them (pass `backbone` when several do).
+    Timesteps and blocks are the union over planes; a configuration a plane lacks is NaN for
+    its series, and the `configurations` attribute (JSON) lists what each plane holds.
     """
     import pandas as pd
 
@@ -231,8 +233,12 @@ def open_store(path: str, backbone: str | list[str] | None = None, catalog=None,
                 )
             per_plane[plane] = b
     parts = [_open_plane(path, b, plane, series_per_chunk) for plane, b in sorted(per_plane.items())]
-    ds = xr.concat(parts, dim="series", join="inner", combine_attrs="drop") if len(parts) > 1 else parts[0]
-    ds.attrs = {"backbones": json.dumps(per_plane)}
+    # planes may hold different timesteps or blocks (e.g. fine-tuned backbones extracted at
+    # their own configuration): the union is kept, NaN where a plane lacks a configuration
+    ds = xr.concat(parts, dim="series", join="outer", combine_attrs="drop") if len(parts) > 1 else parts[0]
+    configurations = {p.plane.values[0]: {"timestep": p.timestep.values.tolist(), "block": p.block.values.tolist()}
+                      for p in parts if p.sizes["series"]}
+    ds.attrs = {"backbones": json.dumps(per_plane), "configurations": json.dumps(configurations)}
     if catalog is not None:
         from orthodiff.catalogs.cohort import read_catalog
 

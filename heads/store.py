@@ -7,6 +7,7 @@ channel, z, y, x)``, and checks that every catalog series of that plane has feat
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,9 @@ def _split_planes(ds) -> dict[str, xr.Dataset]:
         return {p: ds[p].to_dataset() for p in PLANES if p in ds.children}
     if "plane" in ds.coords and "series" in ds["plane"].dims:
         planes = ds["plane"].to_numpy()
-        return {p: ds.isel(series=np.flatnonzero(planes == p)) for p in PLANES if (planes == p).any()}
+        held = json.loads(ds.attrs.get("configurations", "{}"))  # what each plane really holds
+        return {p: ds.isel(series=np.flatnonzero(planes == p)).sel(held.get(p, {}))
+                for p in PLANES if (planes == p).any()}
     raise OrthodiffError("the store's features carry no 'plane' coordinate on 'series'")
 
 

@@ -15,3 +15,17 @@ def make_volume_store(path, n: int = 8, size: int = 32, planes=("axial",), seed:
     meta = pd.DataFrame(rows, columns=["series_id", "case_id", "patient_id", "plane", "scan", "split"])
     append_volumes(str(path), rng.uniform(-1, 1, (len(meta), 16, size, size)), meta)
     return str(path)
+
+
+def random_checkpoint(path, plane: str, preset: str = "demo", seed: int = 0) -> str:
+    """An untrained backbone checkpoint of `plane` in the reference layout (no pretraining)."""
+    import torch
+
+    from orthodiff.backbone import PRESETS, DiffusionUNet
+    from orthodiff.backbone.checkpoint import reference_state, save_atomic
+    from orthodiff.backbone.diffusion import GaussianDiffusion
+
+    torch.manual_seed(seed)
+    state = reference_state(DiffusionUNet(PRESETS[preset]), dict(GaussianDiffusion().state_dict()))
+    save_atomic({"ema": state, "model": state, "plane": plane, "preset": preset, "config": PRESETS[preset].to_dict()}, path)
+    return str(path)

@@ -21,7 +21,8 @@ from orthodiff.backbone.pretrain import pretrain
 from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.extract import extract
 from orthodiff.featurestore.verify import store_info, verify_store
-from helpers import make_volume_store
+from orthodiff.heads.store import plane_features
+from helpers import make_volume_store, random_checkpoint
 
 TS = (10, 50)
 
@@ -121,6 +122,21 @@ def test_simultaneous_jobs_same_and_different_planes(base, tmp_path):
     info = store_info(store)
     assert set(info["series"]) == {"40/40", "80/80"} and set(info["plane"]) == {"all", "axial", "sagittal"}
     assert orthodiff.open_store(store).sizes["series"] == 80
+
+
+def test_planes_with_different_configurations_open_side_by_side(base, tmp_path):
+    _, _, ckpt = base
+    store = fresh(base, tmp_path)
+    extract(store, ckpt, "axial", (10,), ("mid_0",), progress=False)
+    extract(store, random_checkpoint(tmp_path / "sag.pt", "sagittal"), "sagittal", (50,), ("mid_2",), progress=False)
+    ds = orthodiff.open_store(store)
+    assert ds.timestep.values.tolist() == [10, 50] and ds.block.values.tolist() == ["mid_0", "mid_2"]
+    axial = ds.gap.sel(series=ds.plane == "axial")
+    assert np.isfinite(axial.sel(timestep=10, block="mid_0").values).all()
+    assert np.isnan(axial.sel(timestep=50, block="mid_2").values).all()
+    catalog = pd.DataFrame({"series_id": ds.series.values, "plane": ds.plane.values})
+    per_plane = plane_features(store, catalog)
+    assert per_plane["sagittal"].timestep.values.tolist() == [50] and per_plane["axial"].block.values.tolist() == ["mid_0"]
 
 
 def test_dask_workers_match_in_process_extraction(base, tmp_path):

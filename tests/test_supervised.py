@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -12,9 +13,7 @@ import torch
 import xarray as xr
 
 from orthodiff import open_store
-from orthodiff.backbone import PRESETS, DiffusionUNet, backbone_id, load_backbone
-from orthodiff.backbone.checkpoint import reference_state, save_atomic
-from orthodiff.backbone.diffusion import GaussianDiffusion
+from orthodiff.backbone import backbone_id, load_backbone
 from orthodiff.catalogs.cohort import add_subsets, read_catalog
 from orthodiff.catalogs.readers import series_geometry
 from orthodiff.catalogs.synth import synthesize
@@ -29,6 +28,7 @@ from orthodiff.supervised.estimators import VolumeClassifier
 from orthodiff.supervised.runs import (
     comparison, load_segmenter, run_baseline_classify, run_finetune, run_segment, run_segment_predict,
 )
+from helpers import random_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +38,7 @@ def cohort(tmp_path_factory):
     catalog = synthesize("knee", 16, 32, 0, root / "cohort", progress=False)
     store = str(root / "store.zarr")
     ingest(catalog, store, size=32, progress=False)
-    torch.manual_seed(0)
-    unet = DiffusionUNet(PRESETS["demo"])
-    buffers = dict(GaussianDiffusion().state_dict())
-    ckpt = root / "sagittal.pt"
-    save_atomic({"ema": reference_state(unet, buffers), "model": reference_state(unet, buffers), "plane": "sagittal",
-                 "preset": "demo", "config": PRESETS["demo"].to_dict()}, ckpt)
+    ckpt = Path(random_checkpoint(root / "sagittal.pt", "sagittal"))
     return {"root": root, "catalog": catalog, "store": store, "backbone": ckpt}
 
 
