@@ -12,11 +12,11 @@ per timestep and keeps all three.
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import torch
 
+from memory import peak_rss_mib
 from orthodiff.backbone import MIDDLE_BLOCKS, PRESETS, DiffusionUNet
 from orthodiff.backbone.diffusion import GaussianDiffusion
 
@@ -28,7 +28,6 @@ def reference_style(model: DiffusionUNet, x: torch.Tensor, t: torch.Tensor) -> d
         model(x, t)
         hook.remove()
     return out
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,8 +68,7 @@ def main() -> None:
             loss.backward()
             opt.step()
         print(f"pretraining, batch 4: {args.train_steps / (time.perf_counter() - start):.3f} steps/s")
-    print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
-
+    print(f"peak resident memory: {peak_rss_mib() / 1024:.2f} GiB")
 
 if __name__ == "__main__":
     main()

@@ -12,8 +12,8 @@ store: planning, completion records, volume reads and shard writes.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+from memory import peak_rss_mib, rss_mib
 
 PRESET = "tiny"
 TIMESTEPS = (10, 50)
@@ -61,21 +63,17 @@ def build(root: Path, n: int) -> tuple[str, str]:
     return store, str(ckpt)
 
 
-def rss_mib() -> float:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
-
-
 def child(store: str, ckpt: str, real: bool) -> None:
     """Runs in its own process: extract, then print baseline and peak RSS as JSON."""
     from orthodiff.backbone import load_backbone
     from orthodiff.featurestore import extract as module
 
     if not real:
-        module._model = lambda checkpoint, device: CheapBackbone(load_backbone(checkpoint, "cpu"))
+        module._model = functools.lru_cache(maxsize=2)(lambda checkpoint, device: CheapBackbone(load_backbone(checkpoint, "cpu")))
     before = rss_mib()
     start = time.perf_counter()
     summary = module.extract(store, ckpt, "axial", TIMESTEPS, progress=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     print(json.dumps({"before": before, "peak": peak, "seconds": time.perf_counter() - start, **summary}))
 
 

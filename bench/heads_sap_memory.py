@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-CHANNELS, SPATIAL, LABELS = 256, (1, 16, 16), 8
+from memory import peak_rss_mib
 
+CHANNELS, SPATIAL, LABELS = 256, (1, 16, 16), 8
 
 def labels_for(n: int) -> np.ndarray:
     return (np.random.default_rng(1).random((n, LABELS)) < 0.3).astype(np.float32)
-
 
 def write_slab(path: Path, n: int) -> None:
     import dask.array as da
@@ -40,7 +39,6 @@ def write_slab(path: Path, n: int) -> None:
                     coords={"series": np.array([f"S{i:06d}" for i in range(n)], dtype=object)})
     ds.to_zarr(path, mode="w", consolidated=False)
 
-
 def child(path: str, n: int) -> None:
     import torch
     import xarray as xr
@@ -49,14 +47,13 @@ def child(path: str, n: int) -> None:
 
     torch.set_num_threads(2)
     X = xr.open_zarr(path, consolidated=False)["activation"]
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_mib()
     start = time.perf_counter()
     probe = PlaneProbe("sap", epochs=1, lr=5e-4, batch_size=32, block_rows=256).fit(X.data, labels_for(n))
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_mib()
     assert np.isfinite(probe.net_.classifier.weight.detach().numpy()).all()
-    print(json.dumps({"series": n, "peak_mib": peak / 1024, "before_fit_mib": base / 1024, "fit_s": seconds}))
-
+    print(json.dumps({"series": n, "peak_mib": peak, "before_fit_mib": base, "fit_s": seconds}))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,7 +79,6 @@ def main() -> None:
     print(f"peak RSS ratio {last['series']} / {first['series']} series: {last['peak_mib'] / first['peak_mib']:.2f} "
           f"(growth above the pre-fit baseline: {(last['peak_mib'] - last['before_fit_mib']):.0f} vs "
           f"{(first['peak_mib'] - first['before_fit_mib']):.0f} MiB)")
-
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -20,8 +19,9 @@ import time
 import numpy as np
 import torch
 
-TASKS = ("finetune", "segment")
+from memory import peak_rss_mib
 
+TASKS = ("finetune", "segment")
 
 def child(preset: str, task: str, steps: int, batch: int) -> dict:
     from orthodiff.backbone import PRESETS, DiffusionUNet
@@ -57,9 +57,8 @@ def child(preset: str, task: str, steps: int, batch: int) -> dict:
     run(steps * batch)
     seconds = time.perf_counter() - start
     return {"preset": preset, "task": task, "steps_per_s": steps / seconds, "s_per_step": seconds / steps,
-            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_mib": peak_rss_mib(),
             "trainable_m": sum(p.numel() for p in net.parameters() if p.requires_grad) / 1e6}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -77,7 +76,6 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", preset, task, "--steps", str(args.steps), "--batch", str(args.batch)]
             r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
             print(f"{preset:<7} {task:<9} {r['steps_per_s']:>8.3f} {r['s_per_step']:>7.2f} {r['peak_mib']:>9.0f} {r['trainable_m']:>12.2f}")
-
 
 if __name__ == "__main__":
     main()
