@@ -39,8 +39,10 @@ class BatchedGAPNet(nn.Module):
         self.bias = nn.Parameter(torch.zeros(k, n_labels))
 
     def linear(self, standardized: torch.Tensor) -> torch.Tensor:
-        # (K, N, C) @ (K, C, L): one batched matmul for every configuration
-        return torch.baddbmm(self.bias[:, None], standardized.transpose(0, 1), self.weight).transpose(0, 1)
+        # (K, N, C) @ (K, C, L): one batched matmul for every configuration. The input is made
+        # contiguous per configuration first: the weight gradient's bmm then runs ~3x faster
+        # than on the strided view, for a copy that costs a few percent of that.
+        return torch.baddbmm(self.bias[:, None], standardized.transpose(0, 1).contiguous(), self.weight).transpose(0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear((x - self.mean) / self.scale)

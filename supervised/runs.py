@@ -36,7 +36,8 @@ def _catalog(catalog_path) -> tuple[pd.DataFrame, list[str]]:
 def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, pooling="sap", epochs=3, lr=1e-5,
                  head_lr=1e-3, batch_size=4, seed=0, device=None) -> dict:
     """Stage I fine-tuning on the plane's training series; writes a new backbone checkpoint
-    (same layout, new id) and returns a summary with the validation macro AUROC."""
+    (same layout, new id) and returns a summary with the validation macro AUROC (NaN
+    without a validation split)."""
     ckpt = _plane_checkpoint(backbone, plane)
     catalog, labels = _catalog(catalog_path)
     ds, rows = plane_volumes(store, catalog, plane)
@@ -46,8 +47,11 @@ def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, poo
                              batch_size=batch_size, random_state=seed, device=device)
     model.fit(train_ds.volume, train_rows[labels].to_numpy())
     seconds = time.perf_counter() - start
-    val_ds, val_rows = split_rows(ds, rows, "val")
-    pred = exam_predictions(val_rows, model.predict_proba(val_ds.volume), labels)
+    val_auroc = float("nan")
+    if (rows["split"] == "val").any():
+        val_ds, val_rows = split_rows(ds, rows, "val")
+        pred = exam_predictions(val_rows, model.predict_proba(val_ds.volume), labels)
+        val_auroc = macro_auroc(pred[labels].to_numpy(), pred[[f"p_{c}" for c in labels]].to_numpy())
     parent = backbone_id(backbone)
     state = reference_state(model.backbone_, dict(GaussianDiffusion().state_dict()))
     tuned = {"ema": state, "model": state, **{k: ckpt[k] for k in ("step", "preset", "config", "plane") if k in ckpt},
@@ -56,8 +60,7 @@ def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, poo
                           "head_lr": head_lr, "seed": seed, "train_series": len(train_rows)}}
     save_atomic(tuned, out)
     return {"backbone": backbone_id(out), "finetuned_from": parent, "train_series": len(train_rows),
-            "val_macro_auroc": macro_auroc(pred[labels].to_numpy(), pred[[f"p_{c}" for c in labels]].to_numpy()),
-            "seconds": round(seconds, 1)}
+            "val_macro_auroc": val_auroc, "seconds": round(seconds, 1)}
 
 
 def _plane_checkpoint(backbone, plane: str) -> dict:
