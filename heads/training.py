@@ -85,6 +85,7 @@ def train(
     forward: Callable[..., torch.Tensor] | None = None,
     loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = weighted_bce,
     param_groups: list[dict] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> nn.Module:
     """Adam + cosine schedule over all steps; returns ``model``.
 
@@ -92,7 +93,8 @@ def train(
     same blocks as the inputs, so it may be lazy too (segmentation masks). ``param_groups``
     (torch optimizer groups) overrides the trainable parameters, e.g. a smaller learning
     rate for a pretrained encoder than for its new head. Batches move to the model's device;
-    on CUDA the forward pass and loss run under bfloat16 autocast.
+    on CUDA the forward pass and loss run under bfloat16 autocast. ``on_step()`` is called
+    after every optimizer step (progress bars).
     """
     n = n_rows(inputs)
     y = y if is_lazy(y) else np.asarray(y, dtype=np.float32)
@@ -125,6 +127,8 @@ def train(
                     value.backward()
                     optimizer.step()
                     schedule.step()
+                    if on_step:
+                        on_step()
     model.eval()
     return model
 

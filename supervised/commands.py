@@ -54,11 +54,12 @@ def finetune(
     device: Device = None,
 ) -> None:
     """Stage I fine-tuning: encoder + middle block with a pooling head on the training split; writes a new backbone."""
+    from orthodiff.heads.commands import progress_bar
     from orthodiff.supervised.runs import run_finetune
 
-    with console.status(f"fine-tuning the {plane} backbone"):
+    with progress_bar(console, f"fine-tuning the {plane} backbone: steps", None) as advance:
         summary = run_finetune(store, catalog, plane, backbone, timestep, block, out, pooling, epochs, lr, head_lr,
-                               batch_size, seed, device)
+                               batch_size, seed, device, progress=advance)
     console.print(f"wrote {out}: backbone {summary['backbone']} (from {summary['finetuned_from']}), "
                   f"{summary['train_series']} training series, {summary['seconds']} s, "
                   f"validation macro AUROC {summary['val_macro_auroc']:.3f}")
@@ -70,7 +71,7 @@ def _segment(store, catalog, plane, model, out, backbone, timestep, block, epoch
     from orthodiff.supervised.runs import run_segment
 
     sizes = _subsets(subsets)
-    with progress_bar(console, f"{model} segmentation models", 1 + sum(s != "all" for s in sizes)) as advance:
+    with progress_bar(console, f"{model} segmentation: training steps", None) as advance:
         dice = run_segment(store, catalog, plane, model, out, backbone, timestep, block, epochs, lr,
                            batch_size=batch_size, subsets=sizes, seed=seed, device=device, progress=advance)
     _dice_table(dice, f"Test Dice per structure, {model}, {plane} — {out}")
@@ -138,7 +139,7 @@ def baseline_classify(
     from orthodiff.tables import frame_table
 
     plane_list = [p.strip() for p in planes.split(",") if p.strip()]
-    with progress_bar(console, f"{model} per plane", len(plane_list)) as advance:
+    with progress_bar(console, f"{model}, one network per plane: training steps", None) as advance:
         metrics = run_baseline_classify(store, catalog, model, plane_list, out, epochs, lr, batch_size, seed=seed,
                                         n_boot=bootstrap, device=device, progress=advance)
     console.print(frame_table(metrics.drop(columns="note"), f"Test metrics, {model} from scratch — {out}"))

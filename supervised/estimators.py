@@ -56,12 +56,13 @@ class _VolumeEstimator:
     def _inputs(self, X) -> list:
         return [X.data if hasattr(X, "data") else X, _keys(X, self.noise_seed, self.timestep)]
 
-    def _fit(self, net, X, y, loss=None, sample_weight=None):
+    def _fit(self, net, X, y, loss=None, sample_weight=None, on_step=None):
         self.net_ = net.to(_device(self.device))
         kwargs = {"loss": loss} if loss else {}
         groups = encoder_head_groups(self.net_, self.lr, self.head_lr) if self.model in ("finetune", "diffusion") else None
         train(self.net_, self._inputs(X), y, sample_weight, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-              random_state=self.random_state, block_rows=self.block_rows, param_groups=groups, **kwargs)
+              random_state=self.random_state, block_rows=self.block_rows, param_groups=groups, on_step=on_step,
+              **kwargs)
         return self
 
 
@@ -82,7 +83,8 @@ class VolumeClassifier(_VolumeEstimator):
         self.epochs, self.lr, self.head_lr, self.batch_size = epochs, lr, head_lr, batch_size
         self.block_rows, self.noise_seed, self.random_state, self.device = block_rows, noise_seed, random_state, device
 
-    def fit(self, X, y, sample_weight=None) -> "VolumeClassifier":
+    def fit(self, X, y, sample_weight=None, on_step=None) -> "VolumeClassifier":
+        """``on_step()`` is called after every optimizer step (progress bars)."""
         y = np.asarray(y, dtype=np.float32)
         size = X.shape[-1]
         net = seeded(self.random_state, lambda: classifier(
@@ -91,7 +93,7 @@ class VolumeClassifier(_VolumeEstimator):
             gap = apply(lambda x, k: net.encoder(x, k).float().mean(dim=(2, 3, 4)), self._inputs(X), self.block_rows)
             net.head.mean.copy_(torch.from_numpy(gap.mean(0)))
             net.head.scale.copy_(torch.from_numpy(np.maximum(gap.std(0), 1e-6)))
-        return self._fit(net, X, y, sample_weight=sample_weight)
+        return self._fit(net, X, y, sample_weight=sample_weight, on_step=on_step)
 
     @property
     def backbone_(self) -> DiffusionUNet:
@@ -128,9 +130,11 @@ class VolumeSegmenter(_VolumeEstimator):
         return seeded(self.random_state, lambda: segmenter(
             self.model, self.n_classes, image_size, unet, self.timestep, self.block))
 
-    def fit(self, X, masks) -> "VolumeSegmenter":
+    def fit(self, X, masks, on_step=None) -> "VolumeSegmenter":
+        """``masks`` (N, z, y, x) structure labels; ``on_step()`` after every optimizer step."""
         self.image_size_ = int(X.shape[-1])
-        return self._fit(self._build(self.image_size_, self._unet(self.image_size_)), X, masks, loss=dice_ce())
+        net = self._build(self.image_size_, self._unet(self.image_size_))
+        return self._fit(net, X, masks, loss=dice_ce(), on_step=on_step)
 
     def predict(self, X) -> np.ndarray:
         """Structure labels (N, z, y, x) uint8: the argmax over classes."""

@@ -34,7 +34,7 @@ def _catalog(catalog_path) -> tuple[pd.DataFrame, list[str]]:
 
 
 def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, pooling="sap", epochs=3, lr=1e-5,
-                 head_lr=1e-3, batch_size=4, seed=0, device=None) -> dict:
+                 head_lr=1e-3, batch_size=4, seed=0, device=None, progress=None) -> dict:
     """Stage I fine-tuning on the plane's training series; writes a new backbone checkpoint
     (same layout, new id) and returns a summary with the validation macro AUROC (NaN
     without a validation split)."""
@@ -45,7 +45,7 @@ def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, poo
     start = time.perf_counter()
     model = VolumeClassifier("finetune", str(backbone), timestep, block, pooling, epochs=epochs, lr=lr, head_lr=head_lr,
                              batch_size=batch_size, random_state=seed, device=device)
-    model.fit(train_ds.volume, train_rows[labels].to_numpy())
+    model.fit(train_ds.volume, train_rows[labels].to_numpy(), on_step=progress)
     seconds = time.perf_counter() - start
     val_auroc = float("nan")
     if (rows["split"] == "val").any():
@@ -74,7 +74,8 @@ def _plane_checkpoint(backbone, plane: str) -> dict:
 def run_baseline_classify(store, catalog_path, model, planes, out, epochs=5, lr=1e-3, batch_size=4, pooling="sap",
                           seed=0, n_boot=500, device=None, progress=None) -> pd.DataFrame:
     """A classifier from scratch per plane (training split), series probabilities averaged
-    per test exam over its planes; test metrics with patient bootstrap CIs."""
+    per test exam over its planes; test metrics with patient bootstrap CIs. ``progress()``
+    is called after every optimizer step."""
     out = Path(out)
     catalog, labels = _catalog(catalog_path)
     parts = []
@@ -84,11 +85,8 @@ def run_baseline_classify(store, catalog_path, model, planes, out, epochs=5, lr=
         test_ds, test_rows = split_rows(ds, rows, "test")
         est = VolumeClassifier(model, pooling=pooling, epochs=epochs, lr=lr, head_lr=lr, batch_size=batch_size,
                                random_state=seed, device=device)
-        est.fit(train_ds.volume, train_rows[labels].to_numpy())
-        proba = est.predict_proba(test_ds.volume)
-        parts.append((test_rows, proba))
-        if progress:
-            progress()
+        est.fit(train_ds.volume, train_rows[labels].to_numpy(), on_step=progress)
+        parts.append((test_rows, est.predict_proba(test_ds.volume)))
     rows = pd.concat([r for r, _ in parts], ignore_index=True)
     pred = exam_predictions(rows, np.concatenate([p for _, p in parts]), labels)
     y, p = pred[labels].to_numpy(), pred[[f"p_{c}" for c in labels]].to_numpy()
@@ -144,7 +142,8 @@ def _joint(rows: pd.DataFrame) -> str:
 def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=10, block="mid_2", epochs=5,
                 lr=None, head_lr=1e-3, batch_size=2, subsets=(), seed=0, device=None, progress=None) -> pd.DataFrame:
     """Train a segmenter on the plane's training masks, score per-structure Dice on the test
-    split, save the model, an overlay PNG, and label-efficiency curves over `subsets`."""
+    split, save the model, an overlay PNG, and label-efficiency curves over `subsets`.
+    ``progress()`` is called after every optimizer step."""
     out = Path(out)
     if backbone is not None:
         _plane_checkpoint(backbone, plane)
@@ -159,9 +158,7 @@ def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=
         train_ds, train_rows = split_rows(ds, rows, "train", column)
         est = VolumeSegmenter(model, str(backbone) if backbone else None, timestep, block, max(structure_set.values) + 1,
                               epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, random_state=seed, device=device)
-        est.fit(train_ds.volume, train_ds.mask)
-        if progress:
-            progress()
+        est.fit(train_ds.volume, train_ds.mask, on_step=progress)
         return est, len(train_rows)
 
     start = time.perf_counter()
