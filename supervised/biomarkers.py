@@ -86,3 +86,29 @@ def plot_bland_altman(predicted: pd.DataFrame, reference: pd.DataFrame, table: p
     fig.tight_layout()
     atomic_savefig(fig, path)
     plt.close(fig)
+
+
+def plot_thickness_maps(masks: dict[str, np.ndarray], spacing: tuple[float, float, float],
+                        structure_set: StructureSet, path, title: str = "") -> None:
+    """Thickness maps (mm, slices x columns) of every cartilage compartment, one row per
+    mask in `masks` (e.g. predicted and reference), on a shared colour scale per compartment."""
+    from orthodiff.heads.report import atomic_savefig, pyplot
+
+    plt = pyplot()
+    compartments = cartilage(structure_set)
+    maps = {name: [thickness_map(m, s.value, spacing) for s in compartments] for name, m in masks.items()}
+    fig, axes = plt.subplots(len(masks), len(compartments), figsize=(2.6 * len(compartments), 2.2 * len(masks)),
+                             squeeze=False)
+    for j, s in enumerate(compartments):
+        top = max(float(maps[name][j].max()) for name in masks) or 1.0
+        for i, name in enumerate(masks):
+            image = axes[i, j].imshow(np.ma.masked_equal(maps[name][j], 0), vmin=0, vmax=top, cmap="viridis",
+                                      aspect="auto", interpolation="nearest")
+            axes[i, j].set_title(f"{s.abbr} {name}", fontsize=8)
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+        fig.colorbar(image, ax=axes[:, j], shrink=0.8, label="mm")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    atomic_savefig(fig, path)
+    plt.close(fig)

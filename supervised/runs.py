@@ -210,14 +210,17 @@ def load_segmenter(model_dir, device=None) -> tuple[VolumeSegmenter, dict]:
 
 def run_segment_predict(model_dir, store, catalog_path, out, split="test", device=None, progress=None) -> pd.DataFrame:
     """Predict masks for a split's series, write them as NIfTI on each input series' grid
-    (`out/masks/<series_id>.nii.gz`), and compare biomarkers with the reference masks."""
+    (`out/masks/<series_id>.nii.gz`), and compare biomarkers with the reference masks
+    (`biomarkers`, `agreement`, `bland_altman.png`, `thickness_maps.png`)."""
     import nibabel as nib
     from monai.transforms import Resize
 
     from orthodiff.catalogs.cohort import resolve_path
     from orthodiff.catalogs.readers import series_geometry
     from orthodiff.featurestore.ingest import central_slices
-    from orthodiff.supervised.biomarkers import agreement, biomarkers, plot_bland_altman, spacing_of
+    from orthodiff.supervised.biomarkers import (
+        agreement, biomarkers, cartilage, plot_bland_altman, plot_thickness_maps, spacing_of,
+    )
 
     out = Path(out)
     est, saved = load_segmenter(model_dir, device)
@@ -244,6 +247,9 @@ def run_segment_predict(model_dir, store, catalog_path, out, split="test", devic
         if isinstance(row.mask_path, str) and row.mask_path:
             true = np.asarray(nib.load(resolve_path(catalog_path, row.mask_path)).dataobj).transpose(2, 1, 0)
             reference[row.series_id] = biomarkers(central_slices(true), spacing, structure_set)
+            if len(reference) == 1 and cartilage(structure_set):  # maps of the first series with a reference
+                plot_thickness_maps({"predicted": central_slices(full), "reference": central_slices(true)}, spacing,
+                                    structure_set, out / "thickness_maps.png", f"cartilage thickness, {row.series_id}")
         if progress:
             progress()
     measured = pd.DataFrame.from_dict(measured, orient="index")

@@ -118,6 +118,7 @@ def test_segmentation_trains_scores_dice_and_writes_aligned_masks(cohort, tmp_pa
         assert written.shape == image.shape and np.allclose(written.affine, image.affine)
         assert set(np.unique(np.asarray(written.dataobj))) <= {0, *knee.values}
     assert {"volume_Femur", "thickness_FC"} <= set(table["biomarker"])
+    assert (pred_dir / "thickness_maps.png").stat().st_size > 0 and (pred_dir / "bland_altman.png").stat().st_size > 0
     assert (table["n"] == len(test)).any()
 
 
