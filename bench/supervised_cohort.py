@@ -64,15 +64,17 @@ def main() -> None:
 
     for model in ("resnet18", "unet_encoder"):
         start = time.perf_counter()
-        run_baseline_classify(store, catalog, model, list(config["planes"]), out / model, epochs=args.baseline_epochs)
+        if not (out / model / "run.json").exists():  # a rerun keeps finished runs
+            run_baseline_classify(store, catalog, model, list(config["planes"]), out / model, epochs=args.baseline_epochs)
         timings[f"baseline {model}"] = time.perf_counter() - start
     runs = [demo / "heads" / "concat", out / "finetuned_concat", out / "resnet18", out / "unet_encoder"]
     console.print(frame_table(comparison(runs), "Diagnosis, test split: probe vs fine-tuned vs from scratch"))
 
     for model in ("diffusion", "unet", "unetr"):
         start = time.perf_counter()
-        run_segment(store, catalog, "sagittal", model, out / f"segment_{model}",
-                    backbone=demo / "backbones" / "sagittal.pt", epochs=args.segment_epochs)
+        if not (out / f"segment_{model}" / "run.json").exists():
+            run_segment(store, catalog, "sagittal", model, out / f"segment_{model}",
+                        backbone=demo / "backbones" / "sagittal.pt", epochs=args.segment_epochs)
         timings[f"segment {model}"] = time.perf_counter() - start
     seg_runs = [out / f"segment_{m}" for m in ("diffusion", "unet", "unetr")]
     console.print(frame_table(comparison(seg_runs), "Sagittal segmentation, test Dice per structure", "{:.2f}"))
