@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--demo", type=Path, default=Path("orthodiff-demo"))
     parser.add_argument("--joints", default="ankle,shoulder")
     parser.add_argument("--cases", type=int, default=120)
-    parser.add_argument("--baseline-epochs", type=int, default=10)
+    parser.add_argument("--baseline-epochs", type=int, default=5)
     args = parser.parse_args()
 
     from orthodiff.catalogs.synth import synthesize
@@ -49,11 +49,13 @@ def main() -> None:
         ingest(catalog, store, size=INGEST_SIZE, progress=False)
         for plane in PLANES:
             extract(store, args.demo / "backbones" / f"{plane}.pt", plane, TIMESTEPS, progress=False)
-        run_heads(store, catalog, root / "heads", console)
-        run_baseline_classify(store, catalog, "resnet18", list(PLANES), root / "resnet18", epochs=args.baseline_epochs)
+        if not (root / "heads" / "summary.csv").exists():  # a rerun keeps finished runs
+            run_heads(store, catalog, root / "heads", console)
+        if not (root / "resnet18" / "run.json").exists():
+            run_baseline_classify(store, catalog, "resnet18", list(PLANES), root / "resnet18", epochs=args.baseline_epochs)
         table = comparison([root / "heads" / "concat", root / "heads" / "lightgbm", root / "resnet18"])
         table.insert(0, "joint", joint)
-        table["model"] = ["knee backbone, concat", "knee backbone, LightGBM", "ResNet-18 from scratch"]
+        table["model"] = ["knee backbone, concat", "knee backbone, LightGBM", f"ResNet-18 from scratch ({args.baseline_epochs} epochs)"]
         rows.append(table)
         console.print(f"{joint}: {time.perf_counter() - start:.0f} s")
     console.print(frame_table(pd.concat(rows).drop(columns="run"), "Cross-joint transfer (test split, per joint)"))

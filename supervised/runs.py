@@ -52,14 +52,14 @@ def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, poo
         val_ds, val_rows = split_rows(ds, rows, "val")
         pred = exam_predictions(val_rows, model.predict_proba(val_ds.volume), labels)
         val_auroc = macro_auroc(pred[labels].to_numpy(), pred[[f"p_{c}" for c in labels]].to_numpy())
-    parent = backbone_id(backbone)
+    parent = backbone_id(backbone, ckpt)
     state = reference_state(model.backbone_, dict(GaussianDiffusion().state_dict()))
     tuned = {"ema": state, "model": state, **{k: ckpt[k] for k in ("step", "preset", "config", "plane") if k in ckpt},
              "finetuned_from": parent,
              "finetune": {"timestep": int(timestep), "block": block, "pooling": pooling, "epochs": epochs, "lr": lr,
                           "head_lr": head_lr, "seed": seed, "train_series": len(train_rows)}}
     save_atomic(tuned, out)
-    return {"backbone": backbone_id(out), "finetuned_from": parent, "train_series": len(train_rows),
+    return {"backbone": backbone_id(out, tuned), "finetuned_from": parent, "train_series": len(train_rows),
             "val_macro_auroc": val_auroc, "seconds": round(seconds, 1)}
 
 
