@@ -1,13 +1,18 @@
 """Reading one series (NIfTI, DICOM folder or file, MRNet `.npy`) as a checked 3D array.
 
-Every reader returns `(array, plane)`: a float32 array (slices, rows, columns) and the
-plane inferred from the image orientation (None for `.npy`, which carries none). Every
-problem is an `OrthodiffError` naming the file and the reason; messages never carry
-patient names or DICOM identifiers.
+Every reader returns `(array, affine)`: a float32 array (slices, rows, columns) and the
+NIfTI-style affine mapping (column, row, slice) indices to RAS millimetres (None for `.npy`,
+which carries no geometry). The plane is read off the affine with nibabel's `io_orientation`.
+DICOM headers are interpreted by nibabel's DICOM wrappers (orientation, position along the
+slice normal, rescale slope/intercept, series signature); MONAI's `PydicomReader` is not used
+because it stacks slices by InstanceNumber and measures spacing along z only, which is wrong
+for sagittal and coronal series. Every problem is an `OrthodiffError` naming the file and the
+reason; messages never carry patient names or DICOM identifiers.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +24,17 @@ MIN_SLICES = 16
 SPACING_TOLERANCE = 0.05  # relative spread of slice gaps still called "consistent"
 
 
-def plane_of(normal) -> str:
-    """The plane whose normal is closest to the slice direction `normal` (patient axes)."""
-    return PLANES[int(np.argmax(np.abs(np.asarray(normal, dtype=float)[:3])))]
+def plane_of(affine: np.ndarray) -> str:
+    """The plane whose normal is the world axis closest to the slice axis of `affine`.
+
+    `affine` maps (column, row, slice) indices to RAS (or LPS: only the axis matters).
+    """
+    import nibabel as nib
+
+    return PLANES[int(nib.io_orientation(np.asarray(affine))[2, 0])]
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, str]:
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
     try:
@@ -36,8 +46,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, str]:
         data = data[..., 0]
     if data.ndim != 3:
         raise OrthodiffError(f"{path}: not a 3D image (shape {data.shape})")
-    # The third array axis is the slice axis; its world direction gives the plane.
-    return data.transpose(2, 1, 0), plane_of(image.affine[:3, 2])
+    return data.transpose(2, 1, 0), np.asarray(image.affine)
 
 
 def _dicom_files(path: Path) -> list[Path]:
@@ -49,40 +58,75 @@ def _dicom_files(path: Path) -> list[Path]:
     return files
 
 
-def _read_dicom(path: Path) -> tuple[np.ndarray, str]:
+def _dicom_slices(path: Path, pixels: bool = True) -> list[tuple[Path, object]]:
+    """(file, nibabel DICOM wrapper) of each slice of one series, in slice order, checked.
+
+    nibabel's slice normal is the column cosine x the row cosine (right-handed in its
+    (row, column, slice) order); ours, as ITK's and dcm2niix's, is row x column, so the
+    slices are sorted by decreasing `slice_indicator`.
+    """
     import pydicom
+
+    with warnings.catch_warnings():
+        # nibabel.nicom warns on import that its *readers* (Siemens mosaics) are experimental;
+        # the plain `Wrapper` used here only reads standard single-frame header fields.
+        warnings.simplefilter("ignore", UserWarning)
+        from nibabel.nicom.dicomwrappers import Wrapper
 
     slices = []
     for file in _dicom_files(path):
         try:
-            ds = pydicom.dcmread(file)
-            pixels = ds.pixel_array.astype(np.float32)
+            ds = pydicom.dcmread(file, stop_before_pixels=not pixels)
         except Exception as err:
             raise OrthodiffError(f"{file}: unreadable or truncated DICOM ({type(err).__name__})") from None
-        if pixels.ndim != 2:
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise OrthodiffError(f"{file}: multi-frame DICOM is not supported (one slice per file expected)")
-        try:
-            orientation = np.asarray(ds.ImageOrientationPatient, dtype=float)
-            position = np.asarray(ds.ImagePositionPatient, dtype=float)
-        except AttributeError:
-            raise OrthodiffError(f"{file}: DICOM without ImageOrientationPatient/ImagePositionPatient") from None
-        scaled = pixels * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
-        slices.append((str(ds.get("SeriesInstanceUID", "")), orientation, position, scaled))
-    uids = {s[0] for s in slices}
+        wrapper = Wrapper(ds)
+        if wrapper.slice_indicator is None:
+            raise OrthodiffError(f"{file}: DICOM without ImageOrientationPatient/ImagePositionPatient")
+        slices.append((file, wrapper))
+    uids = {w.get("SeriesInstanceUID", "") for _, w in slices}
     if len(uids) > 1:
         raise OrthodiffError(f"{path}: {len(uids)} DICOM series in one folder (one series per catalog row)")
-    normal = np.cross(slices[0][1][:3], slices[0][1][3:])
-    slices.sort(key=lambda s: float(s[2] @ normal))
+    first = slices[0]
+    odd = next((file for file, w in slices[1:] if not w.is_same_series(first[1])), None)
+    if odd is not None:
+        raise OrthodiffError(f"{odd}: image size, orientation or pixel spacing differ from {first[0].name}")
+    slices.sort(key=lambda s: -s[1].slice_indicator)
     if len(slices) >= 3:
-        gaps = np.diff([float(s[2] @ normal) for s in slices])
+        gaps = -np.diff([w.slice_indicator for _, w in slices])
         if gaps.min() <= 0 or (gaps.max() - gaps.min()) > SPACING_TOLERANCE * gaps.mean():
-            raise OrthodiffError(
-                f"{path}: inconsistent slice spacing ({gaps.min():.2f} to {gaps.max():.2f} mm)"
-            )
-    shapes = {s[3].shape for s in slices}
-    if len(shapes) > 1:
-        raise OrthodiffError(f"{path}: slices of different sizes {sorted(shapes)}")
-    return np.stack([s[3] for s in slices]), plane_of(normal)
+            raise OrthodiffError(f"{path}: inconsistent slice spacing ({gaps.min():.2f} to {gaps.max():.2f} mm)")
+    return slices
+
+
+def _dicom_affine(slices: list[tuple[Path, object]]) -> np.ndarray:
+    """RAS affine of (column, row, slice) indices: nibabel's LPS affine of the first slice
+    with its row and column axes swapped, the slice step measured between the first and
+    last positions, and MONAI's LPS -> RAS flip."""
+    from monai.data.utils import orientation_ras_lps
+
+    (file, first), (_, last) = slices[0], slices[-1]
+    try:
+        lps = first.affine[:, [1, 0, 2, 3]]
+    except Exception as err:  # no PixelSpacing, or an orientation that is not orthonormal
+        raise OrthodiffError(f"{file}: no usable DICOM geometry ({err})") from None
+    if len(slices) > 1:
+        lps[:3, 2] = (last.image_position - first.image_position) / (len(slices) - 1)
+    else:  # one slice: nibabel's slice step, whose normal points the other way
+        lps[:3, 2] = -lps[:3, 2]
+    return orientation_ras_lps(lps)
+
+
+def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    slices = _dicom_slices(path)
+    arrays = []
+    for file, wrapper in slices:
+        try:
+            arrays.append(np.asarray(wrapper.get_data(), dtype=np.float32))  # rescale slope/intercept applied
+        except Exception as err:
+            raise OrthodiffError(f"{file}: unreadable or truncated DICOM ({type(err).__name__})") from None
+    return np.stack(arrays), _dicom_affine(slices)
 
 
 def _read_npy(path: Path) -> tuple[np.ndarray, None]:
@@ -107,19 +151,25 @@ def read_series(path: str | Path, expected_plane: str | None = None) -> np.ndarr
         raise OrthodiffError(f"{path}: file not found")
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        data, plane = _read_nifti(path)
+        data, affine = _read_nifti(path)
     elif name.endswith(".npy"):
-        data, plane = _read_npy(path)
+        data, affine = _read_npy(path)
     else:
-        data, plane = _read_dicom(path)
+        data, affine = _read_dicom(path)
     if data.shape[0] < MIN_SLICES:
         raise OrthodiffError(f"{path}: {data.shape[0]} slices, at least {MIN_SLICES} needed")
     if not np.isfinite(data).all():
         raise OrthodiffError(f"{path}: NaN or Inf voxels")
     if data.min() == data.max():
         raise OrthodiffError(f"{path}: constant image (every voxel {data.flat[0]:g})")
-    if expected_plane is not None and plane is not None and plane != expected_plane:
-        raise OrthodiffError(f"{path}: the image is {plane} but the catalog says {expected_plane}")
+    if expected_plane is not None and affine is not None and plane_of(affine) != expected_plane:
+        import nibabel as nib
+
+        axes = "".join(nib.aff2axcodes(affine))
+        raise OrthodiffError(
+            f"{path}: the image is {plane_of(affine)} but the catalog says {expected_plane} "
+            f"(voxel axes point {axes}; the slice axis decides)"
+        )
     return data
 
 
@@ -144,7 +194,7 @@ def series_geometry(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]
     """((slices, rows, columns), NIfTI affine) of a series, for writing results on its grid.
 
     The affine maps (column, row, slice) indices to RAS millimetres, as in NIfTI; for DICOM
-    it is built from the orientation, positions and pixel spacing; `.npy` series carry no
+    it is built from the orientation, positions and pixel spacing (`_dicom_affine`); `.npy` series carry no
     geometry and get the identity.
     """
     path = Path(path)
@@ -157,15 +207,5 @@ def series_geometry(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]
         return (slices, rows, cols), np.asarray(image.affine)
     if name.endswith(".npy"):
         return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape), np.eye(4)
-    import pydicom
-
-    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in _dicom_files(path)]
-    orientation = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
-    normal = np.cross(orientation[:3], orientation[3:])
-    positions = sorted((np.asarray(h.ImagePositionPatient, dtype=float) for h in headers), key=lambda p: float(p @ normal))
-    row_spacing, col_spacing = (float(v) for v in headers[0].PixelSpacing)
-    step = (positions[-1] - positions[0]) / max(len(positions) - 1, 1)
-    lps = np.eye(4)
-    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = orientation[:3] * col_spacing, orientation[3:] * row_spacing, step, positions[0]
-    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-    return (len(headers), int(headers[0].Rows), int(headers[0].Columns)), ras
+    slices = _dicom_slices(path, pixels=False)
+    return (len(slices), int(slices[0][1].get("Rows")), int(slices[0][1].get("Columns"))), _dicom_affine(slices)

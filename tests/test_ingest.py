@@ -12,7 +12,7 @@ import xarray as xr
 from pydicom.data import get_testdata_file
 
 from orthodiff.catalogs.cohort import write_catalog
-from orthodiff.catalogs.readers import read_series
+from orthodiff.catalogs.readers import read_series, series_geometry
 from orthodiff.catalogs.tasks import get_task
 from orthodiff.catalogs.writers import write_dicom_series, write_nifti
 from orthodiff.errors import OrthodiffError
@@ -44,13 +44,68 @@ def test_pydicom_truncated_mr_is_rejected_as_truncated():
 def test_nibabel_anatomical_is_an_axial_3d_series():
     data = read_series(NIBABEL_DATA / "anatomical.nii", expected_plane="axial")
     assert data.shape == (25, 41, 33) and data.dtype == np.float32
-    with pytest.raises(OrthodiffError, match="anatomical.nii: the image is axial but the catalog says coronal"):
+    with pytest.raises(OrthodiffError, match=r"anatomical.nii: the image is axial but the catalog says coronal \(voxel axes point LAS"):
         read_series(NIBABEL_DATA / "anatomical.nii", expected_plane="coronal")
 
 
 def test_nibabel_4d_example_is_rejected_as_not_3d():
     with pytest.raises(OrthodiffError, match=r"example4d.nii.gz: not a 3D image \(shape \(128, 96, 24, 2\)\)"):
         read_series(NIBABEL_DATA / "example4d.nii.gz")
+
+
+def ct_series(folder: Path, n: int = 16, step: float = 5.0) -> list[float]:
+    """pydicom's CT_small.dcm copied into an `n`-slice axial series, `step` mm apart, with
+    file names in reverse slice order and a different RescaleIntercept per slice (so the
+    read order can be checked); returns the intercepts in slice order."""
+    import pydicom
+
+    folder.mkdir()
+    intercepts = []
+    for k in range(n):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+        ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + step * k]
+        ds.RescaleIntercept = -1024 + 10 * k
+        intercepts.append(-1024.0 + 10 * k)
+        ds.save_as(folder / f"{n - k:03d}.dcm")
+    return intercepts
+
+
+def test_pydicom_ct_copies_stack_by_position_with_rescale_and_geometry(tmp_path):
+    import pydicom
+
+    intercepts = ct_series(tmp_path / "ct")
+    raw = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False)).pixel_array.astype(np.float32)
+    data = read_series(tmp_path / "ct", expected_plane="axial")
+    assert data.shape == (16, 128, 128)
+    for k, intercept in enumerate(intercepts):
+        np.testing.assert_array_equal(data[k], raw + intercept)
+    shape, affine = series_geometry(tmp_path / "ct")
+    assert shape == (16, 128, 128)
+    pixel = 0.661468  # PixelSpacing; LPS -> RAS flips x and y, IOP is the identity
+    expected = np.array([[-pixel, 0, 0, 158.135803], [0, -pixel, 0, 179.035797], [0, 0, 5.0, -75.699997], [0, 0, 0, 1]])
+    np.testing.assert_allclose(affine, expected, atol=1e-5)
+    with pytest.raises(OrthodiffError, match=r"the image is axial but the catalog says sagittal \(voxel axes point LPS"):
+        read_series(tmp_path / "ct", expected_plane="sagittal")
+
+
+def test_pydicom_single_slice_geometry_uses_its_slice_thickness():
+    shape, affine = series_geometry(get_testdata_file("MR_small.dcm", download=False))
+    assert shape == (1, 64, 64)
+    np.testing.assert_allclose(affine[:3, :3], np.diag([-0.3125, -0.3125, 0.8]), atol=1e-6)
+    np.testing.assert_allclose(affine[:3, 3], [83.9063, 91.2, 6.6406], atol=1e-4)
+
+
+def test_pydicom_multiframe_dose_and_mixed_slices_are_named(tmp_path):
+    with pytest.raises(OrthodiffError, match="rtdose.dcm: multi-frame DICOM is not supported"):
+        read_series(get_testdata_file("rtdose.dcm", download=False))
+    import pydicom
+
+    ct_series(tmp_path / "ct")
+    mr = pydicom.dcmread(get_testdata_file("MR_small.dcm", download=False))
+    mr.SeriesInstanceUID = pydicom.dcmread(tmp_path / "ct" / "001.dcm").SeriesInstanceUID
+    mr.save_as(tmp_path / "ct" / "mr.dcm")
+    with pytest.raises(OrthodiffError, match="mr.dcm: image size, orientation or pixel spacing differ from 001.dcm"):
+        read_series(tmp_path / "ct")
 
 
 # --- series written here -----------------------------------------------------------------
