@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from orthodiff.backbone.unet import PRESETS, DiffusionUNet, UNetConfig
+from orthodiff.devices import resolve_device
 from orthodiff.errors import OrthodiffError
 from orthodiff.files import atomic_write
 
@@ -85,24 +86,37 @@ def _mismatch(state: dict[str, torch.Tensor], model: torch.nn.Module) -> str:
     return "; ".join(parts)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def checkpoint_config(path: str | Path, ckpt: dict, state: dict[str, torch.Tensor]) -> UNetConfig:
+    """The architecture of a checkpoint: its saved `config` (ours carry one) or, for
+    published checkpoints, the one read off the weight shapes. Shapes cannot show the number
+    of attention heads; without a saved config it is 1, as in the published checkpoints."""
+    saved = ckpt.get("config")
+    if saved is not None:
+        try:
+            return UNetConfig.from_dict(saved)
+        except (TypeError, KeyError, AttributeError) as err:
+            raise OrthodiffError(f"{path}: unusable saved 'config' {saved!r} ({err})") from None
+    config = infer_config(state)
+    if config is None:
+        raise OrthodiffError(f"{path}: weights do not fit the orthodiff U-Net: {_mismatch(state, DiffusionUNet(PRESETS['paper']))}")
+    return config
 
 
 def load_backbone(path: str | Path, device: str | torch.device | None = None, ckpt: dict | None = None) -> DiffusionUNet:
-    """The denoiser of a checkpoint in the reference layout, in eval mode on `device`
-    (CUDA when available). Fails naming missing, unexpected and mis-shaped keys. Pass the
-    already read `ckpt` to avoid reading the file again."""
-    state = unet_state(ckpt if ckpt is not None else read_checkpoint(path))
+    """The denoiser of a checkpoint in the reference layout (architecture from
+    `checkpoint_config`), in eval mode on `device` (CUDA when available). Fails naming
+    missing, unexpected and mis-shaped keys. Pass the already read `ckpt` to avoid reading
+    the file again."""
+    ckpt = ckpt if ckpt is not None else read_checkpoint(path)
+    state = unet_state(ckpt)
     if not state:
         raise OrthodiffError(f"{path}: no 'denoise_fn.' weights in the checkpoint")
-    config = infer_config(state)
-    model = DiffusionUNet(config or PRESETS["paper"])
+    model = DiffusionUNet(checkpoint_config(path, ckpt, state))
     problems = _mismatch(state, model)
-    if config is None or problems:
+    if problems:
         raise OrthodiffError(f"{path}: weights do not fit the orthodiff U-Net: {problems}")
     model.load_state_dict(state)
-    return model.to(device or default_device()).eval()
+    return model.to(resolve_device(device)).eval()
 
 
 def backbone_id(path: str | Path, ckpt: dict | None = None) -> str:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-T = 1000
+NUM_TIMESTEPS = 1000  # diffusion steps of the published checkpoints (their buffers have this length)
 
 
 def noise_key(seed: int, series_id: str, timestep: int) -> int:
@@ -26,7 +26,7 @@ def keyed_noise(keys, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(k))) for k in keys])
 
 
-def cosine_betas(steps: int = T, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+def cosine_betas(steps: int = NUM_TIMESTEPS, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Betas whose cumulative product follows cos^2 of the normalised time (float64)."""
 
     def alpha_bar(u: float) -> float:
@@ -41,7 +41,7 @@ def cosine_betas(steps: int = T, s: float = 0.008, max_beta: float = 0.999) -> t
 class GaussianDiffusion(nn.Module):
     """The schedule as buffers (`betas`, `alphas_cumprod`, ...), as checkpoints store them."""
 
-    def __init__(self, steps: int = T):
+    def __init__(self, steps: int = NUM_TIMESTEPS):
         super().__init__()
         betas = cosine_betas(steps)
         alphas_cumprod = torch.cumprod(1 - betas, 0)

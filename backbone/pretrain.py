@@ -21,11 +21,12 @@ import torch
 import torch.distributed as dist
 
 from orthodiff.backbone.checkpoint import (
-    default_device, read_checkpoint, reference_state, save_atomic, strip_prefix, unet_state,
+    read_checkpoint, reference_state, save_atomic, strip_prefix, unet_state,
 )
 from orthodiff.backbone.diffusion import GaussianDiffusion
 from orthodiff.backbone.unet import PRESETS, DiffusionUNet, preset_name
 from orthodiff.catalogs.tasks import PLANES
+from orthodiff.devices import resolve_device
 from orthodiff.errors import OrthodiffError
 
 EMA_DECAY = 0.995
@@ -89,7 +90,7 @@ class Pretrainer:
                 f"(ingest with --size {self.config.image_size} or pick another preset)"
             )
         self.rank, self.world = _world()
-        self.device = torch.device(device) if device else default_device()
+        self.device = resolve_device(device)
         self.lr = lr if lr is not None else 1e-5 * batch * self.world
         self.diffusion = GaussianDiffusion()
 

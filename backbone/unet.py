@@ -48,6 +48,11 @@ class UNetConfig:
     def to_dict(self) -> dict:
         return {**asdict(self), "channel_mult": list(self.channel_mult)}
 
+    @classmethod
+    def from_dict(cls, values: dict) -> UNetConfig:
+        """The inverse of `to_dict` (raises TypeError on unknown fields)."""
+        return cls(**{**values, "channel_mult": tuple(values["channel_mult"])})
+
 
 PRESETS = {
     "paper": UNetConfig(256, 16, 64, (1, 1, 2, 2, 4)),
@@ -64,7 +69,7 @@ def preset_name(config: UNetConfig) -> str:
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 1000.0) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps: [cos, sin] at geometric frequencies.
 
-    The reference weights were trained with a longest period of 1000 (= T), not the 10000
+    The reference weights were trained with a longest period of 1000 (= NUM_TIMESTEPS), not the 10000
     common elsewhere; the fixture checkpoint only reproduces with 1000.
     """
     half = dim // 2

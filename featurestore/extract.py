@@ -20,7 +20,7 @@ import torch
 
 from orthodiff.backbone import MIDDLE_BLOCKS, backbone_id, load_backbone
 from orthodiff.backbone.checkpoint import read_checkpoint
-from orthodiff.backbone.diffusion import T, GaussianDiffusion, keyed_noise, noise_key
+from orthodiff.backbone.diffusion import NUM_TIMESTEPS, GaussianDiffusion, keyed_noise, noise_key
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.features import (
@@ -94,9 +94,9 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, backbone: str,
 def _check_request(plane: str, timesteps, blocks, dtype: str) -> None:
     if plane not in PLANES:
         raise OrthodiffError(f"--plane {plane!r}: expected one of {list(PLANES)}")
-    bad = [t for t in timesteps if not 0 <= int(t) < T]
+    bad = [t for t in timesteps if not 0 <= int(t) < NUM_TIMESTEPS]
     if bad:
-        raise OrthodiffError(f"--timesteps: {bad[0]} is outside [0, {T})")
+        raise OrthodiffError(f"--timesteps: {bad[0]} is outside [0, {NUM_TIMESTEPS})")
     unknown = [b for b in blocks if b not in MIDDLE_BLOCKS]
     if unknown:
         raise OrthodiffError(f"--blocks: unknown block {unknown[0]!r}; expected {list(MIDDLE_BLOCKS)}")

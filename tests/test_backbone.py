@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from orthodiff.backbone import PRESETS, DiffusionUNet, backbone_id, load_backbone
+from orthodiff.backbone import PRESETS, DiffusionUNet, UNetConfig, backbone_id, load_backbone
 from orthodiff.backbone.checkpoint import infer_config
 from orthodiff.backbone.diffusion import GaussianDiffusion
 from orthodiff.errors import OrthodiffError
@@ -30,8 +31,8 @@ def test_fixture_checkpoint_reproduces_middle_blocks_and_eps(io):
         mids = model.middle_features(io["x_t"], io["t"])
         eps = model(io["x_t"], io["t"])
     for block in ("mid_0", "mid_1", "mid_2"):
-        torch.testing.assert_close(mids[block], io[block], atol=1e-4, rtol=0)
-    torch.testing.assert_close(eps, io["eps"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(mids[block], io[block], atol=1e-5, rtol=0)  # README: "to 1e-5"
+    torch.testing.assert_close(eps, io["eps"], atol=1e-5, rtol=0)
 
 
 def test_schedule_and_noising_match_the_reference_buffers(io):
@@ -83,3 +84,24 @@ def test_bad_checkpoints_are_named(tmp_path):
         load_backbone(tmp_path / "foreign.pt")
     with pytest.raises(OrthodiffError, match="checkpoint file not found"):
         load_backbone(tmp_path / "absent.pt")
+
+
+def test_a_saved_config_decides_the_architecture_shapes_cannot_show(tmp_path):
+    """Two attention heads give the same weight shapes as one: only the saved config tells."""
+    config = UNetConfig(32, 16, 32, (1, 2, 2), num_heads=2)
+    torch.manual_seed(0)
+    model = DiffusionUNet(config).eval()
+    state = {f"denoise_fn.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"ema": state, "config": config.to_dict()}, tmp_path / "ours.pt")
+    torch.save({"ema": state}, tmp_path / "published.pt")
+    x, t = torch.randn(1, 1, 16, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([300])
+    with torch.no_grad():
+        expected = model.middle_features(x, t)["mid_1"]
+        ours = load_backbone(tmp_path / "ours.pt", device="cpu")
+        published = load_backbone(tmp_path / "published.pt", device="cpu")
+        assert ours.config == config and published.config == replace(config, num_heads=1)
+        torch.testing.assert_close(ours.middle_features(x, t)["mid_1"], expected, atol=0, rtol=0)
+        assert (published.middle_features(x, t)["mid_1"] - expected).abs().max() > 1e-3
+    torch.save({"ema": state, "config": {"image_size": 32, "heads": 2}}, tmp_path / "bad.pt")
+    with pytest.raises(OrthodiffError, match=r"bad.pt: unusable saved 'config'"):
+        load_backbone(tmp_path / "bad.pt", device="cpu")
