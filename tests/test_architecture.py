@@ -1,0 +1,126 @@
+"""Imports between subpackages point the way ARCHITECTURE.md draws them.
+
+Every `import` statement is read from the source (module level and inside functions, since
+lazy imports are still dependencies) and mapped to the part of the package it names.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBPACKAGES = ("catalogs", "featurestore", "backbone", "heads", "supervised")
+SHARED = ("errors", "files", "tables", "devices")  # leaf modules anyone may use
+
+# Which parts each part may import (besides itself and SHARED). "orthodiff" is the package
+# root (`orthodiff.open_store`, `orthodiff.__version__`).
+ALLOWED = {
+    "shared": set(),
+    "catalogs": set(),
+    "featurestore": {"catalogs", "backbone", "orthodiff"},  # extraction (tier 1) runs the backbone
+    "backbone": {"catalogs", "featurestore"},  # only pretrain -> featurestore.volumes, see below
+    "heads": {"catalogs", "featurestore", "orthodiff"},  # never a network of tier 1
+    "supervised": {"catalogs", "featurestore", "backbone", "heads", "orthodiff"},
+    "orthodiff": {"featurestore"},
+    "cli": {"catalogs", "featurestore", "backbone", "heads", "supervised", "demo"},
+    "demo": {"catalogs", "featurestore", "backbone", "heads", "supervised"},
+    "__main__": {"cli"},
+}
+# The one edge against tier order (backbone is below featurestore): pretraining reads the
+# store's volumes. Module-level there is no cycle; ARCHITECTURE.md says how to remove it.
+BACKBONE_TO_FEATURESTORE = {("backbone/pretrain.py", "orthodiff.featurestore.volumes")}
+
+
+def part_of(rel: Path) -> str:
+    """The part a source file (path relative to the package root) belongs to."""
+    if len(rel.parts) > 1:
+        return rel.parts[0]
+    if rel.stem == "__init__":
+        return "orthodiff"
+    return "shared" if rel.stem in SHARED else rel.stem
+
+
+def target_of(module: str) -> str | None:
+    """The part that an absolute module name `orthodiff....` belongs to (None: not ours)."""
+    parts = module.split(".")
+    if parts[0] != "orthodiff":
+        return None
+    if len(parts) == 1:
+        return "orthodiff"
+    return "shared" if parts[1] in SHARED else parts[1]
+
+
+def imports(path: Path, root: Path) -> list[str]:
+    """Absolute names of the orthodiff modules `path` imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = ["orthodiff", *path.relative_to(root).parent.parts]
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            if base == "orthodiff":  # `from orthodiff import cli` names a module, `open_store` the root
+                names += [f"orthodiff.{a.name}" if (root / f"{a.name}.py").exists() or (root / a.name).is_dir()
+                          else "orthodiff" for a in node.names]
+            else:
+                names.append(base)
+    return [n for n in names if n == "orthodiff" or n.startswith("orthodiff.")]
+
+
+def sources(root: Path = ROOT) -> list[Path]:
+    return sorted([*root.glob("*.py"), *(p for sub in SUBPACKAGES for p in (root / sub).rglob("*.py"))])
+
+
+def edges(root: Path = ROOT) -> set[tuple[str, str, str, str]]:
+    """(from part, to part, file, module) for every import that crosses parts."""
+    out = set()
+    for path in sources(root):
+        rel = path.relative_to(root)
+        source = part_of(rel)
+        for module in imports(path, root):
+            target = target_of(module)
+            if target is not None and target != source and not (target == "shared" and source != "shared"):
+                out.add((source, target, rel.as_posix(), module))
+    return out
+
+
+def forbidden(root: Path = ROOT) -> list[str]:
+    return sorted(
+        f"{file}: imports {module} ({source} -> {target})"
+        for source, target, file, module in edges(root) if target not in ALLOWED.get(source, set())
+    )
+
+
+def test_every_import_between_parts_is_allowed():
+    assert forbidden() == [], "forbidden imports (see ARCHITECTURE.md)"
+
+
+def test_backbone_reaches_the_store_only_for_pretraining_volumes():
+    found = {(file, module) for source, target, file, module in edges() if (source, target) == ("backbone", "featurestore")}
+    assert found == BACKBONE_TO_FEATURESTORE
+
+
+def test_the_graph_is_the_one_documented():
+    """ARCHITECTURE.md lists the edges between parts as they are; it is kept in step."""
+    drawn = (ROOT / "ARCHITECTURE.md").read_text()
+    for source, target in {(s, t) for s, t, _, _ in edges() if s in SUBPACKAGES and t in SUBPACKAGES}:
+        assert f"{source} -> {target}" in drawn
+
+
+@pytest.mark.parametrize("source, target", [("heads", "backbone"), ("featurestore", "heads"), ("catalogs", "featurestore"),
+                                            ("heads", "supervised"), ("errors", "catalogs")])
+def test_a_forbidden_import_is_caught(tmp_path, source, target):
+    """The rules bite: a (lazy) import across a forbidden edge is reported with its file."""
+    path = tmp_path / f"{source}.py" if source in SHARED else tmp_path / source / "probe.py"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"def f():\n    from orthodiff.{target}.x import y\n")
+    (tmp_path / "heads").mkdir(exist_ok=True)
+    rel = path.relative_to(tmp_path).as_posix()
+    part = "shared" if source in SHARED else source
+    assert forbidden(tmp_path) == [f"{rel}: imports orthodiff.{target}.x ({part} -> {target})"]
