@@ -1,8 +1,10 @@
 """The heads commands end to end through the CLI, on a synthetic store-shaped Dataset."""
 
+import base64
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from typer.testing import CliRunner
@@ -47,7 +49,12 @@ def test_sweep_select_fuse_compare_efficiency_report(fake_store):
     runner = CliRunner()
     out = _ok(runner.invoke(app, ["sweep", "--store", "S", "--catalog", str(root / "catalog.parquet"),
                                   "--out", str(root / "run/sweep"), "--lr", "5e-3"]))
-    assert "Top 4" in out and (root / "run/sweep/heatmap_axial.png").is_file()
+    assert "Top 4" in out
+    sweep, top = (pd.read_parquet(root / f"run/sweep/{name}.parquet") for name in ("sweep", "top4"))
+    best = sweep[sweep["label"] == "macro"].groupby("plane")["auroc"].max()
+    first = top[top["rank"] == 1].set_index("plane")
+    np.testing.assert_allclose(first["auroc"], best[first.index])  # rank 1 is each plane's best
+    assert (first["timestep"] == 100).all()  # where the synthetic signal peaks
     out = _ok(runner.invoke(app, ["select", "--sweep", str(root / "run/sweep"), "--out", str(root / "run/config.json"),
                                   "--epochs", "15", "--lr", "3e-3"]))
     config = json.loads((root / "run/config.json").read_text())
@@ -56,14 +63,18 @@ def test_sweep_select_fuse_compare_efficiency_report(fake_store):
         out = _ok(runner.invoke(app, ["fuse", "--config", str(root / "run/config.json"), "--method", method, *extra,
                                       "--out", str(root / f"run/{method}"), "--bootstrap", "30"]))
         assert "macro_auroc" in out
-    assert (root / "run/mpae/gating.png").is_file()
+    gating = pd.read_parquet(root / "run/mpae/gating.parquet")  # what gating.png draws
+    np.testing.assert_allclose(gating.groupby("label")["weight"].sum(), 1.0, rtol=1e-5)
     out = _ok(runner.invoke(app, ["compare", str(root / "run/concat"), str(root / "run/mpae"), "--permutations", "50"]))
     assert "macro" in out and "p_value" in out
     out = _ok(runner.invoke(app, ["efficiency", "--config", str(root / "run/config.json"), "--subsets", "30,all",
                                   "--out", str(root / "run/efficiency")]))
     assert "lightgbm" in out
     out = _ok(runner.invoke(app, ["report", str(root / "run")]))
-    assert (root / "run/report.html").stat().st_size > 10_000 and "heatmap_sagittal.png" in out
+    html = (root / "run/report.html").read_text()
+    pngs = sorted((root / "run").rglob("*.png"))
+    assert "heatmap_sagittal.png" in out and html.count("<img") == len(pngs) >= 4
+    assert all(base64.b64encode(png.read_bytes()).decode() in html for png in pngs)  # every figure, embedded whole
 
 
 def test_bad_input_is_one_named_error(fake_store, cohort, monkeypatch):
