@@ -1,9 +1,10 @@
 """Stores at fsspec URLs: `memory://` and `s3://` (moto's S3 server on the loopback address).
 
-The README promises that `--store` may be any fsspec URL. Each URL store goes through the
-same steps as a local one (ingest, extract, open_store, sweep) and must hold the same values.
-`memory://` lives inside one process, so its extraction runs in-process; the S3 store is
-extracted by a local Dask cluster of two worker processes, which reach it over HTTP.
+The README promises that `--store` may be any fsspec URL. Each URL store goes through
+ingest, extract, open_store and sweep: the `memory://` volumes equal a local ingest's, and the
+S3 store holds the same values as the `memory://` one. `memory://` lives inside one process,
+so its extraction runs in-process; the S3 store is extracted by a local Dask cluster of two
+worker processes, which reach it over HTTP.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from orthodiff.featurestore.volumes import open_volumes
 from helpers import random_checkpoint
 
 SIZE = PRESETS["demo"].image_size
-
 LABELS = get_task("knee").label_columns
 TIMESTEP, BLOCK = 50, "mid_2"
 
