@@ -9,13 +9,14 @@ import torch
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.pooling import GAP, GLP, SAP, make_pooling
 
-FIXTURES = Path("/work/shared/fixtures")
+# data written by the paper's public code (reference parameter names, inputs, expected outputs)
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
 def reference():
-    state = torch.load(FIXTURES / "pooling_format_tiny.pt", weights_only=True)
-    return state, dict(np.load(FIXTURES / "pooling_format_tiny_io.npz"))
+    state = torch.load(DATA / "pooling_format_tiny.pt", weights_only=True)
+    return state, dict(np.load(DATA / "pooling_format_tiny_io.npz"))
 
 
 def test_reference_weights_reproduce_pooled_outputs(reference):
