@@ -119,12 +119,13 @@ class TwoStageFusion:
         if self.ehr:
             self.ehr_encoder_ = EHREncoder().fit(catalog.drop_duplicates("case_id"))
         X, combos, self.train_missing_ = self._pooled(features, catalog)
-        y = exam_table(catalog).loc[combos["case_id"], labels].to_numpy()
+        exams = exam_table(catalog).loc[combos["case_id"]]
+        y = exams[labels].to_numpy()
         params = {"random_state": self.random_state, **(self.fusion_params or {})}
         if self.method in COMPARATORS:
             self.head_ = COMPARATORS[self.method](random_state=self.random_state).fit(X, y, combos["weight"].to_numpy())
         else:
-            self.head_ = FusionHead(self.method, **params).fit(X, y, combos["weight"].to_numpy())
+            self.head_ = FusionHead(self.method, **params).fit(X, y, combos["weight"].to_numpy(), groups=exams["patient_id"].to_numpy())
         return self
 
     def predict(self, features: dict, catalog: pd.DataFrame) -> pd.DataFrame:

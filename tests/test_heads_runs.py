@@ -12,7 +12,7 @@ from orthodiff.heads.runs import compare_runs, config_features, read_config, run
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
 
 LABELS = ["ACL", "PCL", "MM", "LM"]
-FAST_FUSION = dict(epochs=20, lr=3e-3)
+FAST_FUSION = dict(epochs=20, lr=3e-3, batch_size=32, plane_epochs=20, plane_lr=3e-3, gate_epochs=200)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def run(tmp_path_factory):
     train_patients = sorted(catalog.loc[catalog.split == "train", "patient_id"].unique())
     catalog["subset_40"] = catalog["patient_id"].isin(train_patients[:40])
     features = synthetic_features(catalog, LABELS, channels=16, timesteps=(10, 100), blocks=("mid_0", "mid_2"), seed=1)
-    run_sweep(features, catalog, LABELS, "gap", out / "sweep", probe_params=dict(lr=5e-3), provenance={"store": "synthetic"})
+    run_sweep(features, catalog, LABELS, "gap", out / "sweep", probe_params=dict(lr=5e-3, batch_size=32), provenance={"store": "synthetic"})
     scored, config = run_select(out / "sweep", features, catalog, LABELS, out / "config.json", fusion_params=FAST_FUSION, top_k=2)
     return out, catalog, features, scored, config
 
