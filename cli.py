@@ -292,6 +292,7 @@ def fuse(
     epochs: Annotated[int | None, typer.Option(help="Fusion epochs (default: the configuration's).")] = None,
     lr: Annotated[float | None, typer.Option(help="Fusion learning rate (default: the configuration's).")] = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone id(s) in the store, comma-separated, e.g. one fine-tuned backbone per plane (default: the configuration's).")] = None,
+    threshold: Annotated[str, typer.Option(help="Decision threshold for CP/CR/CF1, sensitivity, specificity: a number (paper: 0.5) or 'youden' (per label, Youden's J on validation, frozen for test).")] = "0.5",
 ) -> None:
     """Train the two-stage fusion head on train, report test metrics with 95% CIs."""
     from orthodiff.heads.commands import load_inputs
@@ -304,7 +305,7 @@ def fuse(
     with console.status(f"fusing ({method}{' + EHR' if ehr else ''})"):
         overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
         metrics, model = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed,
-                                  fusion_params=overrides)
+                                  fusion_params=overrides, threshold=threshold)
     console.print(frame_table(metrics.drop(columns="note"), f"Test metrics, {method}{' + EHR' if ehr else ''} — {out}"))
     for label, note in metrics.loc[metrics["note"] != "", ["label", "note"]].drop_duplicates().itertuples(index=False):
         console.print(f"[yellow]{label}[/]: {note} in the test split")

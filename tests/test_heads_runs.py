@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from orthodiff.errors import OrthodiffError
+from orthodiff.heads.metrics import summary, youden_thresholds
 from orthodiff.heads.report import build_report, read_table
 from orthodiff.heads.runs import compare_runs, config_features, read_config, run_efficiency, run_fuse, run_select, run_sweep
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
@@ -98,3 +99,19 @@ def test_a_label_with_one_class_in_the_test_split_is_undefined_not_a_crash(run, 
     assert np.isnan(lm.value) and "only class [0]" in lm.note
     macro = metrics[metrics.metric == "macro_auroc"].iloc[0]
     assert np.isfinite(macro.value)
+
+
+def test_youden_thresholds_come_from_validation_and_are_frozen_for_test(run):
+    out, catalog, features, _, config = run
+    target = out / "fuse_youden"
+    metrics, model = run_fuse(config, features, catalog, LABELS, "concat", target, n_boot=0, fusion_params=FAST_FUSION,
+                              threshold="youden")
+    val = model.predict(config_features(features, config), catalog[catalog.split == "val"])
+    expected = youden_thresholds(val[LABELS].to_numpy(), val[[f"p_{c}" for c in LABELS]].to_numpy())
+    frozen = json.loads((target / "run.json").read_text())["thresholds"]
+    np.testing.assert_allclose([frozen[c] for c in LABELS], expected)
+    pred = read_table(target / "predictions.parquet")
+    cf1 = metrics.set_index(["metric", "label"]).loc[("CF1", "all"), "value"]
+    assert cf1 == pytest.approx(summary(pred[LABELS].to_numpy(), pred[[f"p_{c}" for c in LABELS]].to_numpy(), expected)["CF1"])
+    with pytest.raises(OrthodiffError, match="expected a number in \\(0, 1\\) or 'youden'"):
+        run_fuse(config, features, catalog, LABELS, "concat", out / "bad", threshold="otsu")
