@@ -66,14 +66,15 @@ def finetune(
     console.print(f"next: orthodiff extract --plane {plane} --store {store} --backbone {out}")
 
 
-def _segment(store, catalog, plane, model, out, backbone, timestep, block, epochs, lr, batch_size, subsets, seed, device):
+def _segment(store, catalog, plane, model, out, backbone, timestep, block, epochs, lr, batch_size, subsets, seed, device,
+             **options):
     from orthodiff.heads.commands import progress_bar
     from orthodiff.supervised.runs import run_segment
 
     sizes = _subsets(subsets)
     with progress_bar(console, f"{model} segmentation: training steps", None) as advance:
         dice = run_segment(store, catalog, plane, model, out, backbone, timestep, block, epochs, lr,
-                           batch_size=batch_size, subsets=sizes, seed=seed, device=device, progress=advance)
+                           batch_size=batch_size, subsets=sizes, seed=seed, device=device, progress=advance, **options)
     _dice_table(dice, f"Test Dice per structure, {model}, {plane} — {out}")
 
 
@@ -90,11 +91,16 @@ def segment_train(
     lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block.")] = 1e-4,
     batch_size: Annotated[int, typer.Option(help="Series per step.")] = 2,
     subsets: Annotated[str, typer.Option(help="Label-efficiency subsets (catalog subset_<N> columns) and/or 'all', e.g. 50,100,200,500,all.")] = "",
+    decoder: Annotated[str, typer.Option(help="light: the paper's head on the middle block alone; skip: orthodiff's decoder with encoder skip connections.")] = "light",
+    timesteps: Annotated[str, typer.Option(help="Candidate timesteps, e.g. 10,50,100: each is trained, the best validation Dice is kept (default: --timestep).")] = "",
+    blocks: Annotated[str, typer.Option(help="Candidate blocks, e.g. mid_0,mid_2 (default: --block).")] = "",
     seed: Seed = 0,
     device: Device = None,
 ) -> None:
-    """Fine-tune encoder + middle block with a light decoder (cross-entropy + Dice); test Dice per structure."""
-    _segment(store, catalog, plane, "diffusion", out, backbone, timestep, block, epochs, lr, batch_size, subsets, seed, device)
+    """Fine-tune encoder + middle block with the paper's light head (0.2 x cross-entropy + soft Dice); test Dice per structure."""
+    _segment(store, catalog, plane, "diffusion", out, backbone, timestep, block, epochs, lr, batch_size, subsets, seed, device,
+             decoder=decoder, timesteps=[int(t) for t in timesteps.split(",") if t.strip()] or None,
+             blocks=[b.strip() for b in blocks.split(",") if b.strip()] or None)
 
 
 @segment_app.command("predict")

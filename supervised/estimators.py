@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from orthodiff.backbone import DiffusionUNet, UNetConfig, load_backbone
 from orthodiff.backbone.diffusion import noise_key
@@ -106,35 +107,54 @@ class VolumeClassifier(_VolumeEstimator):
         return 1 / (1 + np.exp(-self.decision_function(X)))
 
 
-def dice_ce():
-    from monai.losses import DiceCELoss
+IGNORE = -1  # unannotated voxels of partially annotated masks (255 in uint8 masks)
 
-    loss = DiceCELoss(to_onehot_y=True, softmax=True)
-    return lambda logits, y, w: loss(logits, y[:, None])
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The paper's soft Dice: softmax probabilities and one-hot targets, ignored voxels
+    zeroed, Dice per class over the whole batch (eps 1e-6), 1 - the mean over foreground
+    classes. ``logits`` (B, C, *spatial), ``target`` (B, *spatial) class ids or IGNORE."""
+    from monai.losses import DiceLoss
+
+    valid = (target != IGNORE).unsqueeze(1)
+    onehot = F.one_hot(target.clamp(min=0), logits.shape[1]).movedim(-1, 1)
+    dice = DiceLoss(include_background=False, batch=True, smooth_nr=1e-6, smooth_dr=1e-6)
+    return dice(logits.softmax(1) * valid, onehot * valid)
+
+
+def segmentation_loss(logits: torch.Tensor, y: torch.Tensor, w=None) -> torch.Tensor:
+    """0.2 x cross-entropy + soft Dice over foreground classes, label IGNORE left out of both."""
+    target = y.long()
+    target = target.masked_fill(target == 255, IGNORE)
+    return 0.2 * F.cross_entropy(logits, target, ignore_index=IGNORE) + soft_dice_loss(logits, target)
 
 
 class VolumeSegmenter(_VolumeEstimator):
     """Structure segmentation (``n_classes`` including background 0) with cross-entropy +
-    soft Dice. ``model="diffusion"``: a pretrained ``backbone``'s encoder and middle block
-    (at ``lr``) with a light decoder (at ``head_lr``), on inputs noised to ``timestep``;
-    ``"unet"`` and ``"unetr"``: MONAI baselines from scratch (all at ``lr``)."""
+    soft Dice (``segmentation_loss``). ``model="diffusion"``: a pretrained ``backbone``'s
+    encoder and middle block (at ``lr``) with the paper's light head on the middle block
+    (``decoder="light"``) or orthodiff's skip-connection decoder (``"skip"``) (at
+    ``head_lr``), on inputs noised to ``timestep``; ``"unet"`` and ``"unetr"``: MONAI
+    baselines from scratch (all at ``lr``)."""
 
     def __init__(self, model: str = "diffusion", backbone: str | None = None, timestep: int = 10, block: str = "mid_2",
                  n_classes: int = 12, epochs: int = 5, lr: float = 1e-4, head_lr: float = 1e-3, batch_size: int = 2,
-                 block_rows: int = 32, noise_seed: int = 0, random_state: int = 0, device: str | None = None):
+                 block_rows: int = 32, noise_seed: int = 0, random_state: int = 0, device: str | None = None,
+                 decoder: str = "light"):
         self.model, self.backbone, self.timestep, self.block, self.n_classes = model, backbone, timestep, block, n_classes
+        self.decoder = decoder
         self.epochs, self.lr, self.head_lr, self.batch_size = epochs, lr, head_lr, batch_size
         self.block_rows, self.noise_seed, self.random_state, self.device = block_rows, noise_seed, random_state, device
 
     def _build(self, image_size: int, unet: DiffusionUNet | None):
         return seeded(self.random_state, lambda: segmenter(
-            self.model, self.n_classes, image_size, unet, self.timestep, self.block))
+            self.model, self.n_classes, image_size, unet, self.timestep, self.block, self.decoder))
 
     def fit(self, X, masks, on_step=None) -> "VolumeSegmenter":
         """``masks`` (N, z, y, x) structure labels; ``on_step()`` after every optimizer step."""
         self.image_size_ = int(X.shape[-1])
         net = self._build(self.image_size_, self._unet(self.image_size_))
-        return self._fit(net, X, masks, loss=dice_ce(), on_step=on_step)
+        return self._fit(net, X, masks, loss=segmentation_loss, on_step=on_step)
 
     def predict(self, X) -> np.ndarray:
         """Structure labels (N, z, y, x) uint8: the argmax over classes."""
@@ -142,14 +162,15 @@ class VolumeSegmenter(_VolumeEstimator):
 
     def state(self) -> dict:
         """Everything `from_state` needs (tensors and plain values: loads with weights_only)."""
-        params = {k: getattr(self, k) for k in ("model", "timestep", "block", "n_classes", "noise_seed")}
+        params = {k: getattr(self, k) for k in ("model", "timestep", "block", "n_classes", "noise_seed", "decoder")}
         unet = self.net_.encoder.unet.config.to_dict() if hasattr(self.net_, "encoder") else None
         return {"params": params, "image_size": self.image_size_, "unet": unet,
                 "state": {k: v.cpu() for k, v in self.net_.state_dict().items()}}
 
     @classmethod
     def from_state(cls, saved: dict, device: str | None = None) -> "VolumeSegmenter":
-        est = cls(**saved["params"], device=device)
+        # models saved before the light head existed used the skip decoder
+        est = cls(**{"decoder": "skip", **saved["params"]}, device=device)
         unet = None
         if saved["unet"]:
             unet = DiffusionUNet(UNetConfig(**{**saved["unet"], "channel_mult": tuple(saved["unet"]["channel_mult"])}))

@@ -19,6 +19,7 @@ from orthodiff.heads.probe import ProbeNet
 
 CLASSIFIERS = ("finetune", "resnet18", "unet_encoder")
 SEGMENTERS = ("diffusion", "unet", "unetr")
+DECODERS = ("light", "skip")
 
 
 class NoisedEncoder(nn.Module):
@@ -80,9 +81,65 @@ def _block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(in_channels, out_channels, 3, padding=1), nn.GroupNorm(8, out_channels), nn.SiLU())
 
 
+class ResBlock3D(nn.Module):
+    """relu(x + [conv3 -> GroupNorm(8) -> ReLU -> conv3 -> GroupNorm(8)](x)); reference names."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv3d(channels, channels, 3, padding=1), nn.GroupNorm(8, channels), nn.ReLU(),
+            nn.Conv3d(channels, channels, 3, padding=1), nn.GroupNorm(8, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.block(x))
+
+
+class SegHead(nn.Module):
+    """The paper's light segmentation head on the middle block alone (no encoder skips):
+    ``upsamplings`` transposed convs (kernel 4, stride 2, padding 1), each halving the
+    channels and followed by ReLU, a residual block after the first two, then a 1x1x1 conv
+    to classes. Parameter names as in the reference (``net.0``, ``net.2.block.0``, ...)."""
+
+    def __init__(self, in_channels: int, n_classes: int, upsamplings: int):
+        super().__init__()
+        if in_channels % 2**upsamplings or (in_channels >> min(upsamplings, 2)) % 8:
+            raise OrthodiffError(f"segmentation head: {in_channels} channels cannot be halved {upsamplings} times "
+                                 "into GroupNorm(8) residual blocks")
+        layers, channels = [], in_channels
+        for k in range(upsamplings):
+            layers += [nn.ConvTranspose3d(channels, channels // 2, 4, 2, 1), nn.ReLU()]
+            channels //= 2
+            if k < 2:
+                layers.append(ResBlock3D(channels))
+        self.net = nn.Sequential(*layers, nn.Conv3d(channels, n_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 class EncoderSegmenter(nn.Module):
-    """Noised encoder + a light decoder: at each encoder resolution, deepest first, upsample,
-    concatenate that resolution's last encoder activation, one conv; then 1x1 to classes."""
+    """Noised encoder + middle block + the paper's light head (``SegHead``), with as many
+    upsamplings as the encoder downsamples, so the output is back at the input size."""
+
+    def __init__(self, encoder: NoisedEncoder, n_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        config = encoder.unet.config
+        self.head = SegHead(config.middle_channels, n_classes, len(config.channel_mult) - 1)
+
+    def forward(self, x0: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x0, keys))
+
+
+def _block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(in_channels, out_channels, 3, padding=1), nn.GroupNorm(8, out_channels), nn.SiLU())
+
+
+class SkipSegmenter(nn.Module):
+    """orthodiff's variant (``--decoder skip``, not the paper's): noised encoder + a decoder
+    that, at each encoder resolution, deepest first, upsamples, concatenates that
+    resolution's last encoder activation and applies one conv; then 1x1 to classes."""
 
     def __init__(self, encoder: NoisedEncoder, n_classes: int, width: int = 16):
         super().__init__()
@@ -120,12 +177,16 @@ def classifier(name: str, n_labels: int, unet: DiffusionUNet | None = None, time
 
 
 def segmenter(name: str, n_classes: int, image_size: int, unet: DiffusionUNet | None = None,
-              timestep: int = 10, block: str = "mid_2") -> nn.Module:
-    """`diffusion` (pretrained encoder + light decoder), or MONAI's 3D `unet` / `unetr`."""
+              timestep: int = 10, block: str = "mid_2", decoder: str = "light") -> nn.Module:
+    """`diffusion` (pretrained encoder + the paper's light head, or with ``decoder="skip"``
+    orthodiff's skip-connection decoder), or MONAI's 3D `unet` / `unetr`."""
     if name == "diffusion":
         if unet is None:
             raise OrthodiffError("diffusion segmentation needs a pretrained backbone (--backbone)")
-        return EncoderSegmenter(NoisedEncoder(unet, timestep, block), n_classes)
+        if decoder not in DECODERS:
+            raise OrthodiffError(f"--decoder {decoder!r}: expected one of {list(DECODERS)}")
+        encoder = NoisedEncoder(unet, timestep, block)
+        return EncoderSegmenter(encoder, n_classes) if decoder == "light" else SkipSegmenter(encoder, n_classes)
     if name == "unet":
         from monai.networks.nets import UNet
 

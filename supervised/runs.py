@@ -140,9 +140,12 @@ def _joint(rows: pd.DataFrame) -> str:
 
 
 def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=10, block="mid_2", epochs=5,
-                lr=None, head_lr=1e-3, batch_size=2, subsets=(), seed=0, device=None, progress=None) -> pd.DataFrame:
+                lr=None, head_lr=1e-3, batch_size=2, subsets=(), seed=0, device=None, progress=None,
+                decoder="light", timesteps=None, blocks=None) -> pd.DataFrame:
     """Train a segmenter on the plane's training masks, score per-structure Dice on the test
     split, save the model, an overlay PNG, and label-efficiency curves over `subsets`.
+    With several ``timesteps`` / ``blocks`` (diffusion models), each pair is trained and the
+    one with the best validation mean Dice is kept (as in the paper; table ``selection``).
     ``progress()`` is called after every optimizer step."""
     out = Path(out)
     if backbone is not None:
@@ -157,13 +160,28 @@ def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=
     def fit(column=None):
         train_ds, train_rows = split_rows(ds, rows, "train", column)
         est = VolumeSegmenter(model, str(backbone) if backbone else None, timestep, block, max(structure_set.values) + 1,
-                              epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, random_state=seed, device=device)
+                              epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, random_state=seed, device=device,
+                              decoder=decoder)
         est.fit(train_ds.volume, train_ds.mask, on_step=progress)
         return est, len(train_rows)
 
-    start = time.perf_counter()
-    est, n_train = fit()
-    seconds = time.perf_counter() - start
+    candidates = [(int(t), str(b)) for t in (timesteps or [timestep]) for b in (blocks or [block])]
+    if len(candidates) > 1 and model == "diffusion":
+        val_ds, _ = split_rows(ds, rows, "val")
+        selection, fitted = [], []
+        for timestep, block in candidates:
+            start = time.perf_counter()
+            fitted.append((*fit(), time.perf_counter() - start))
+            val_dice = dice_table(fitted[-1][0].predict(val_ds.volume), val_ds.mask.to_numpy(), structure_set)
+            selection.append({"timestep": timestep, "block": block, "val_mean_dice": float(val_dice["dice"].mean())})
+        best = int(np.argmax([r["val_mean_dice"] for r in selection]))
+        (timestep, block), (est, n_train, seconds) = candidates[best], fitted[best]
+        out.mkdir(parents=True, exist_ok=True)
+        write_table(pd.DataFrame(selection), out / "selection")
+    else:
+        (timestep, block), start = candidates[0], time.perf_counter()
+        est, n_train = fit()
+        seconds = time.perf_counter() - start
     pred = est.predict(test_ds.volume)
     dice = dice_table(pred, true, structure_set)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +199,7 @@ def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=
     if curve:
         _plot_efficiency(pd.DataFrame(curve), out)
     write_json({"kind": "segment", "model": model, "plane": plane, "backbone": str(backbone) if backbone else None,
-                "timestep": timestep, "block": block, "epochs": epochs, "lr": lr, "train_series": n_train,
+                "decoder": decoder if model == "diffusion" else None, "timestep": timestep, "block": block, "epochs": epochs, "lr": lr, "train_series": n_train,
                 "test_series": len(test_rows), "train_seconds": round(seconds, 1), "store": str(store),
                 "catalog": str(Path(catalog_path).resolve())}, out / "run.json")
     return dice

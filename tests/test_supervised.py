@@ -24,7 +24,8 @@ from orthodiff.featurestore.extract import extract
 from orthodiff.featurestore.ingest import ingest
 from orthodiff.heads.runs import compare_runs
 from orthodiff.supervised.biomarkers import agreement, biomarkers, thickness_map
-from orthodiff.supervised.estimators import VolumeClassifier
+from orthodiff.supervised.estimators import VolumeClassifier, segmentation_loss, soft_dice_loss
+from orthodiff.supervised.networks import SegHead
 from orthodiff.supervised.runs import (
     comparison, load_segmenter, run_baseline_classify, run_finetune, run_segment, run_segment_predict,
 )
@@ -107,6 +108,7 @@ def test_segmentation_trains_scores_dice_and_writes_aligned_masks(cohort, tmp_pa
     assert (run / "overlay.png").stat().st_size > 0
     model, saved = load_segmenter(run)
     assert saved["plane"] == "sagittal" and saved["params"]["model"] == "diffusion"
+    assert saved["params"]["decoder"] == "light" and any(k.startswith("head.net.2.block.") for k in saved["state"])
 
     pred_dir = tmp_path / "pred"
     table = run_segment_predict(run, cohort["store"], cohort["catalog"], pred_dir)
@@ -120,6 +122,35 @@ def test_segmentation_trains_scores_dice_and_writes_aligned_masks(cohort, tmp_pa
     assert {"volume_Femur", "thickness_FC"} <= set(table["biomarker"])
     assert (pred_dir / "thickness_maps.png").stat().st_size > 0 and (pred_dir / "bland_altman.png").stat().st_size > 0
     assert (table["n"] == len(test)).any()
+
+
+def test_light_head_and_soft_dice_reproduce_the_reference():
+    data = Path(__file__).parent / "data"
+    io = {k: torch.from_numpy(v) for k, v in np.load(data / "seghead_format_tiny_io.npz").items()}
+    head = SegHead(64, 12, upsamplings=4).eval()
+    head.load_state_dict(torch.load(data / "seghead_format_tiny.pt", weights_only=True)["seg_head"], strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(head(io["x"]), io["y"], atol=1e-5, rtol=0)
+    assert (io["target"] == -1).any()  # partially annotated: label -1 is ignored
+    dice = soft_dice_loss(io["logits"], io["target"])
+    assert dice.item() == pytest.approx(io["soft_dice_loss"].item(), abs=1e-6)
+    ce = torch.nn.functional.cross_entropy(io["logits"], io["target"], ignore_index=-1)
+    assert segmentation_loss(io["logits"], io["target"]).item() == pytest.approx(0.2 * ce.item() + dice.item(), abs=1e-6)
+    with pytest.raises(OrthodiffError, match="cannot be halved"):
+        SegHead(20, 3, upsamplings=2)
+
+
+def test_skip_decoder_and_timestep_block_selection_on_validation(cohort, tmp_path):
+    run = tmp_path / "skip"
+    run_segment(cohort["store"], cohort["catalog"], "sagittal", "diffusion", run, backbone=cohort["backbone"],
+                epochs=1, batch_size=4, decoder="skip", timesteps=[10, 100], blocks=["mid_2"])
+    selection = pd.read_parquet(run / "selection.parquet")
+    assert selection[["timestep", "block"]].values.tolist() == [[10, "mid_2"], [100, "mid_2"]]
+    chosen = json.loads((run / "run.json").read_text())
+    best = selection.loc[selection["val_mean_dice"].idxmax()]
+    assert chosen["decoder"] == "skip" and chosen["timestep"] == best["timestep"]
+    model, saved = load_segmenter(run)
+    assert saved["params"]["decoder"] == "skip" and saved["params"]["timestep"] == best["timestep"]
 
 
 def test_segmentation_baseline_learns_the_large_bones(cohort, tmp_path):
