@@ -235,7 +235,7 @@ def sweep(
     store: Annotated[str, typer.Option(help="Feature store (path or fsspec URL).")],
     catalog: Annotated[Path, typer.Option(help="Cohort catalog (Parquet) of the stored series.")],
     out: Annotated[Path, typer.Option(help="Directory for sweep tables, heatmaps and run.json.")],
-    pooling: Annotated[str, typer.Option(help="gap | glp | sap")] = "gap",
+    pooling: Annotated[str, typer.Option(help="sap (the paper's default) | glp | gap (fastest: one batched sweep over the stored GAP summaries).")] = "sap",
     planes: Annotated[str, typer.Option(help="Comma-separated planes.")] = "sagittal,coronal,axial",
     backbone: Annotated[str | None, typer.Option(help="Backbone id in the store (default: the only one).")] = None,
     epochs: Annotated[int, typer.Option(help="Probe epochs.")] = 10,
@@ -258,7 +258,7 @@ def select(
     sweep_dir: Annotated[Path, typer.Option("--sweep", help="Directory written by `orthodiff sweep`.")],
     out: Annotated[Path, typer.Option(help="Configuration file (JSON) to freeze the choice in.")],
     method: Annotated[str, typer.Option(help="Fusion head used to score the combinations.")] = "concat",
-    epochs: Annotated[int, typer.Option(help="Fusion epochs.")] = 10,
+    epochs: Annotated[int, typer.Option(help="Fusion epochs.")] = 5,
     lr: Annotated[float, typer.Option(help="Fusion learning rate.")] = 5e-5,
 ) -> None:
     """Score every cross-plane combination of the per-plane top 4 on validation; freeze the best."""
@@ -283,7 +283,7 @@ def select(
 def fuse(
     config: Annotated[Path, typer.Option(help="Configuration frozen by `orthodiff select`.")],
     out: Annotated[Path, typer.Option(help="Directory for metrics, predictions and plots.")],
-    method: Annotated[str, typer.Option(help="concat | linear_concat | linear_add | cross_attention | mpae | lightgbm | logistic")] = "concat",
+    method: Annotated[str, typer.Option(help="concat | linear_concat | linear_add | cross_attention | mpae | lightgbm | logistic | ehr_only (the paper's EHR-only baseline)")] = "concat",
     ehr: Annotated[bool, typer.Option("--ehr", help="Late-fuse an EHR head per label.")] = False,
     store: Annotated[str | None, typer.Option(help="Feature store (default: the configuration's).")] = None,
     catalog: Annotated[Path | None, typer.Option(help="Catalog (default: the configuration's).")] = None,

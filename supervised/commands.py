@@ -46,10 +46,10 @@ def finetune(
     timestep: Annotated[int, typer.Option(help="Diffusion timestep of the inputs.")] = 10,
     block: Annotated[str, typer.Option(help="Middle-block output the head pools.")] = "mid_2",
     pooling: Annotated[str, typer.Option(help="gap | glp | sap")] = "sap",
-    epochs: Epochs = 3,
-    lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block.")] = 1e-5,
-    head_lr: Annotated[float, typer.Option(help="Learning rate of the pooling head.")] = 1e-3,
-    batch_size: Annotated[int, typer.Option(help="Series per step.")] = 4,
+    epochs: Epochs = 5,
+    lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block (paper: 0.05 x the head's).")] = 2.5e-5,
+    head_lr: Annotated[float, typer.Option(help="Learning rate of the pooling head.")] = 5e-4,
+    batch_size: Annotated[int, typer.Option(help="Series per step.")] = 10,
     seed: Seed = 0,
     device: Device = None,
 ) -> None:
@@ -87,9 +87,9 @@ def segment_train(
     out: Annotated[Path, typer.Option(help="Run directory: model, Dice table, overlay PNG.")],
     timestep: Annotated[int, typer.Option(help="Diffusion timestep of the inputs.")] = 10,
     block: Annotated[str, typer.Option(help="Middle-block output the decoder starts from.")] = "mid_2",
-    epochs: Epochs = 5,
-    lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block.")] = 1e-4,
-    batch_size: Annotated[int, typer.Option(help="Series per step.")] = 2,
+    epochs: Epochs = 30,
+    lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block (the head's is 1e-3, as the paper).")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="Series per step.")] = 10,
     subsets: Annotated[str, typer.Option(help="Label-efficiency subsets (catalog subset_<N> columns) and/or 'all', e.g. 50,100,200,500,all.")] = "",
     decoder: Annotated[str, typer.Option(help="light: the paper's head on the middle block alone; skip: orthodiff's decoder with encoder skip connections.")] = "light",
     timesteps: Annotated[str, typer.Option(help="Candidate timesteps, e.g. 10,50,100: each is trained, the best validation Dice is kept (default: --timestep).")] = "",
@@ -162,13 +162,15 @@ def baseline_segment(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="Series per step.")] = 2,
     subsets: Annotated[str, typer.Option(help="Label-efficiency subsets and/or 'all'.")] = "",
+    unetr_size: Annotated[str, typer.Option(help="UNETR size: paper (hidden 768, 12 heads, MLP 3072) or small (192, 4, 384).")] = "paper",
     seed: Seed = 0,
     device: Device = None,
 ) -> None:
     """Segmentation from scratch with the same splits and Dice."""
     if model not in ("unet", "unetr"):
         raise OrthodiffError(f"--model {model!r}: expected unet or unetr")
-    _segment(store, catalog, plane, model, out, None, 0, "mid_2", epochs, lr, batch_size, subsets, seed, device)
+    _segment(store, catalog, plane, model, out, None, 0, "mid_2", epochs, lr, batch_size, subsets, seed, device,
+             unetr_size=unetr_size)
 
 
 def table(

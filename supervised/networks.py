@@ -39,8 +39,14 @@ class NoisedEncoder(nn.Module):
             p.requires_grad_(id(p) in trainable)
 
     def noised(self, x0: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """x_t: fresh noise per step while training (as the paper; the training loop seeds the
+        CPU generator, so a run is reproducible), each series' keyed noise otherwise (the
+        noise `orthodiff extract` uses)."""
         x0 = x0.float()[:, None]
-        noise = keyed_noise(keys.tolist(), x0.shape[1:]).to(x0.device)
+        if self.training:
+            noise = torch.randn(x0.shape).to(x0.device)
+        else:
+            noise = keyed_noise(keys.tolist(), x0.shape[1:]).to(x0.device)
         t = torch.full((len(x0),), self.timestep, device=x0.device)
         return self.diffusion.q_sample(x0, t, noise)
 
@@ -167,8 +173,8 @@ def classifier(name: str, n_labels: int, unet: DiffusionUNet | None = None, time
         if unet is None:
             raise OrthodiffError("fine-tuning needs a pretrained backbone")
         return EncoderClassifier(NoisedEncoder(unet, timestep, block), pooling, n_labels)
-    if name == "unet_encoder":
-        return EncoderClassifier(NoisedEncoder(DiffusionUNet(_config(image_size)), 0, block), pooling, n_labels)
+    if name == "unet_encoder":  # the paper's baseline: mid_0, globally average-pooled
+        return EncoderClassifier(NoisedEncoder(DiffusionUNet(_config(image_size)), 0, "mid_0"), "gap", n_labels)
     if name == "resnet18":
         from monai.networks.nets import resnet18
 
@@ -176,8 +182,11 @@ def classifier(name: str, n_labels: int, unet: DiffusionUNet | None = None, time
     raise OrthodiffError(f"--model {name!r}: expected one of {list(CLASSIFIERS)}")
 
 
+UNETR_SIZES = {"paper": dict(hidden_size=768, num_heads=12, mlp_dim=3072), "small": dict(hidden_size=192, num_heads=4, mlp_dim=384)}
+
+
 def segmenter(name: str, n_classes: int, image_size: int, unet: DiffusionUNet | None = None,
-              timestep: int = 10, block: str = "mid_2", decoder: str = "light") -> nn.Module:
+              timestep: int = 10, block: str = "mid_2", decoder: str = "light", unetr_size: str = "paper") -> nn.Module:
     """`diffusion` (pretrained encoder + the paper's light head, or with ``decoder="skip"``
     orthodiff's skip-connection decoder), or MONAI's 3D `unet` / `unetr`."""
     if name == "diffusion":
@@ -196,8 +205,9 @@ def segmenter(name: str, n_classes: int, image_size: int, unet: DiffusionUNet | 
 
         if image_size % 16:
             raise OrthodiffError(f"UNETR needs volumes whose in-plane size is a multiple of 16, not {image_size}")
-        return CleanInput(UNETR(1, n_classes, (16, image_size, image_size), feature_size=16, hidden_size=192,
-                                mlp_dim=384, num_heads=4))
+        if unetr_size not in UNETR_SIZES:
+            raise OrthodiffError(f"UNETR size {unetr_size!r}: expected one of {list(UNETR_SIZES)}")
+        return CleanInput(UNETR(1, n_classes, (16, image_size, image_size), feature_size=16, **UNETR_SIZES[unetr_size]))
     raise OrthodiffError(f"--model {name!r}: expected one of {list(SEGMENTERS)}")
 
 

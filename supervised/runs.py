@@ -33,11 +33,12 @@ def _catalog(catalog_path) -> tuple[pd.DataFrame, list[str]]:
     return catalog, label_columns(catalog)
 
 
-def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, pooling="sap", epochs=3, lr=1e-5,
-                 head_lr=1e-3, batch_size=4, seed=0, device=None, progress=None) -> dict:
-    """Stage I fine-tuning on the plane's training series; writes a new backbone checkpoint
-    (same layout, new id) and returns a summary with the validation macro AUROC (NaN
-    without a validation split)."""
+def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, pooling="sap", epochs=5, lr=2.5e-5,
+                 head_lr=5e-4, batch_size=10, seed=0, device=None, progress=None) -> dict:
+    """Stage I fine-tuning on the plane's training series (paper: head 5e-4, backbone
+    0.05 x that, 5 epochs, batch 10); writes a new backbone checkpoint (same layout, new id,
+    the fine-tuned pooling head under ``finetune_head``) and returns a summary with the
+    validation macro AUROC (NaN without a validation split)."""
     ckpt = _plane_checkpoint(backbone, plane)
     catalog, labels = _catalog(catalog_path)
     ds, rows = plane_volumes(store, catalog, plane)
@@ -57,7 +58,8 @@ def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, poo
     tuned = {"ema": state, "model": state, **{k: ckpt[k] for k in ("step", "preset", "config", "plane") if k in ckpt},
              "finetuned_from": parent,
              "finetune": {"timestep": int(timestep), "block": block, "pooling": pooling, "epochs": epochs, "lr": lr,
-                          "head_lr": head_lr, "seed": seed, "train_series": len(train_rows)}}
+                          "head_lr": head_lr, "seed": seed, "train_series": len(train_rows)},
+             "finetune_head": {k: v.detach().cpu() for k, v in model.net_.head.state_dict().items()}}
     save_atomic(tuned, out)
     return {"backbone": backbone_id(out, tuned), "finetuned_from": parent, "train_series": len(train_rows),
             "val_macro_auroc": val_auroc, "seconds": round(seconds, 1)}
@@ -139,9 +141,9 @@ def _joint(rows: pd.DataFrame) -> str:
     return str(rows["joint"].iloc[0]) if "joint" in rows.columns else "knee"
 
 
-def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=10, block="mid_2", epochs=5,
-                lr=None, head_lr=1e-3, batch_size=2, subsets=(), seed=0, device=None, progress=None,
-                decoder="light", timesteps=None, blocks=None) -> pd.DataFrame:
+def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=10, block="mid_2", epochs=30,
+                lr=None, head_lr=1e-3, batch_size=10, subsets=(), seed=0, device=None, progress=None,
+                decoder="light", timesteps=None, blocks=None, unetr_size="paper") -> pd.DataFrame:
     """Train a segmenter on the plane's training masks, score per-structure Dice on the test
     split, save the model, an overlay PNG, and label-efficiency curves over `subsets`.
     With several ``timesteps`` / ``blocks`` (diffusion models), each pair is trained and the
@@ -155,13 +157,13 @@ def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=
     structure_set = structures(_joint(rows))
     test_ds, test_rows = split_rows(ds, rows, "test")
     true = test_ds.mask.to_numpy()
-    lr = lr if lr is not None else (1e-4 if model == "diffusion" else 1e-3)
+    lr = lr if lr is not None else (0.05 * head_lr if model == "diffusion" else 1e-3)  # the paper's encoder rate
 
     def fit(column=None):
         train_ds, train_rows = split_rows(ds, rows, "train", column)
         est = VolumeSegmenter(model, str(backbone) if backbone else None, timestep, block, max(structure_set.values) + 1,
                               epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, random_state=seed, device=device,
-                              decoder=decoder)
+                              decoder=decoder, unetr_size=unetr_size)
         est.fit(train_ds.volume, train_ds.mask, on_step=progress)
         return est, len(train_rows)
 

@@ -46,7 +46,7 @@ def test_sweep_select_fuse_compare_efficiency_report(fake_store):
     root = fake_store
     runner = CliRunner()
     out = _ok(runner.invoke(app, ["sweep", "--store", "S", "--catalog", str(root / "catalog.parquet"),
-                                  "--out", str(root / "run/sweep"), "--lr", "5e-3"]))
+                                  "--out", str(root / "run/sweep"), "--lr", "5e-3", "--pooling", "gap"]))
     assert "Top 4" in out and (root / "run/sweep/heatmap_axial.png").is_file()
     out = _ok(runner.invoke(app, ["select", "--sweep", str(root / "run/sweep"), "--out", str(root / "run/config.json"),
                                   "--epochs", "15", "--lr", "3e-3"]))

@@ -221,3 +221,15 @@ def test_mpae_is_one_gate_over_out_of_fold_plane_logits_with_patient_folds(monke
     assert macro_auroc(y, head.predict_proba(X)) > 0.85
     with pytest.raises(OrthodiffError, match="at least 5 patients"):
         FusionHead("mpae").fit(X, y, groups=patients % 3)
+
+
+def test_ehr_only_baseline_sees_the_ehr_alone_on_the_fusion_exams(cohort):
+    catalog, features = cohort
+    train, test = catalog[catalog.split == "train"], catalog[catalog.split == "test"]
+    model = TwoStageFusion("gap", "ehr_only", random_state=0, **FAST).fit(features, train, LABELS)
+    pred = model.predict(features, test)
+    shuffled = {p: f.copy(data=np.random.default_rng(1).permutation(f.values)) for p, f in features.items()}
+    np.testing.assert_allclose(model.predict(shuffled, test)["p_ACL"], pred["p_ACL"], rtol=1e-6)
+    fusion = TwoStageFusion("gap", "concat", random_state=0, **FAST).fit(features, train, LABELS)
+    assert set(pred["case_id"]) == set(fusion.predict(features, test)["case_id"])
+    assert model.head_.epochs == 3 and pred[[f"p_{c}" for c in LABELS]].std().min() > 0
