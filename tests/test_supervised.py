@@ -56,6 +56,7 @@ def test_finetune_writes_a_new_backbone_whose_features_extract_into_their_own_gr
     assert not any(k.startswith(("output_blocks.", "out.", "time_embed.", "middle_block.2.")) for k in changed)
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["plane"] == "sagittal" and ckpt["finetune"]["block"] == "mid_1"
+    assert {"classifier.weight", "mean", "scale"} <= set(ckpt["finetune_head"])
 
     extract(cohort["store"], out, "sagittal", (10,), ("mid_1",), progress=False)
     ds = open_store(cohort["store"], backbone=summary["backbone"])
@@ -122,6 +123,26 @@ def test_segmentation_trains_scores_dice_and_writes_aligned_masks(cohort, tmp_pa
     assert {"volume_Femur", "thickness_FC"} <= set(table["biomarker"])
     assert (pred_dir / "thickness_maps.png").stat().st_size > 0 and (pred_dir / "bland_altman.png").stat().st_size > 0
     assert (table["n"] == len(test)).any()
+
+
+def test_training_draws_fresh_noise_per_step_and_evaluation_the_keyed_noise():
+    from orthodiff.backbone import PRESETS, DiffusionUNet
+    from orthodiff.supervised.networks import NoisedEncoder, classifier, segmenter
+
+    encoder = NoisedEncoder(DiffusionUNet(PRESETS["demo"]), 100, "mid_2")
+    x0, keys = torch.zeros(2, 16, 32, 32), torch.tensor([3, 4])
+    encoder.eval()
+    assert torch.equal(encoder.noised(x0, keys), encoder.noised(x0, keys))
+    encoder.train()
+    torch.manual_seed(0)
+    first, second = encoder.noised(x0, keys), encoder.noised(x0, keys)
+    assert not torch.equal(first, second)
+    torch.manual_seed(0)
+    assert torch.equal(encoder.noised(x0, keys), first)  # reproducible from the seed
+    baseline = classifier("unet_encoder", 3, image_size=32, block="mid_2", pooling="sap")
+    assert baseline.encoder.block == "mid_0" and baseline.head.pool.__class__.__name__ == "GAP"
+    with pytest.raises(OrthodiffError, match="UNETR size 'huge'"):
+        segmenter("unetr", 3, 32, unetr_size="huge")
 
 
 def test_light_head_and_soft_dice_reproduce_the_reference():
