@@ -293,19 +293,36 @@ def fuse(
     lr: Annotated[float | None, typer.Option(help="Fusion learning rate (default: the configuration's).")] = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone id(s) in the store, comma-separated, e.g. one fine-tuned backbone per plane (default: the configuration's).")] = None,
     threshold: Annotated[str, typer.Option(help="Decision threshold for CP/CR/CF1, sensitivity, specificity: a number (paper: 0.5) or 'youden' (per label, Youden's J on validation, frozen for test).")] = "0.5",
+    finetuned: Annotated[str | None, typer.Option(help="Fine-tuned checkpoints, plane=path comma-separated: their pooling heads are Stage I and their features (extracted into the store) are fused; default --backbone becomes their ids.")] = None,
 ) -> None:
     """Train the two-stage fusion head on train, report test metrics with 95% CIs."""
+    from orthodiff.backbone import backbone_id
     from orthodiff.heads.commands import load_inputs
     from orthodiff.heads.runs import read_config, run_fuse
+    from orthodiff.supervised.runs import finetuned_probes
     from orthodiff.tables import frame_table
 
     cfg = read_config(config)
+    probes, checkpoints = None, {}
+    for item in (finetuned or "").split(","):
+        if item.strip():
+            plane, sep, path = item.partition("=")
+            if not sep:
+                raise OrthodiffError(f"--finetuned {item!r}: expected plane=path")
+            checkpoints[plane.strip()] = Path(path.strip())
+    if checkpoints:
+        probes = finetuned_probes(checkpoints, cfg)
+        if not backbone:
+            if set(cfg["planes"]) - set(checkpoints):
+                raise OrthodiffError(f"--finetuned covers {sorted(checkpoints)} of the planes {list(cfg['planes'])}: "
+                                     "give --backbone with one id per plane")
+            backbone = ",".join(backbone_id(checkpoints[p]) for p in cfg["planes"])
     backbones = [b.strip() for b in backbone.split(",")] if backbone else cfg.get("backbone")
     features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), backbones, list(cfg["planes"]))
     with console.status(f"fusing ({method}{' + EHR' if ehr else ''})"):
         overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
         metrics, model = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed,
-                                  fusion_params=overrides, threshold=threshold)
+                                  fusion_params=overrides, threshold=threshold, probes=probes)
     console.print(frame_table(metrics.drop(columns="note"), f"Test metrics, {method}{' + EHR' if ehr else ''} — {out}"))
     for label, note in metrics.loc[metrics["note"] != "", ["label", "note"]].drop_duplicates().itertuples(index=False):
         console.print(f"[yellow]{label}[/]: {note} in the test split")

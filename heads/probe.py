@@ -86,6 +86,17 @@ class PlaneProbe:
         )
         return self
 
+    @classmethod
+    def from_head(cls, pooling: str, state: dict, **params) -> "PlaneProbe":
+        """A fitted probe from a trained ``ProbeNet`` state (e.g. the pooling head a
+        fine-tuning run saved with its checkpoint)."""
+        n_labels, width = state["classifier.weight"].shape
+        probe = cls(pooling, **params)
+        net = ProbeNet(pooling, width if pooling == "gap" else width // 2, n_labels)
+        net.load_state_dict(state)
+        probe.net_ = net.eval()
+        return probe
+
     def decision_function(self, X) -> np.ndarray:
         return apply(self.net_, [X], self.block_rows)
 

@@ -158,16 +158,17 @@ def decision_thresholds(threshold, model, slabs, catalog, labels) -> np.ndarray:
 
 
 def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=500, seed=0, fusion_params=None,
-             threshold="0.5"):
+             threshold="0.5", probes=None):
     """Train on train (two stages), evaluate on test: metrics with patient bootstrap CIs
     (thresholded metrics at ``threshold``, see ``decision_thresholds``), subgroups, exam
-    predictions, exams left out, MPAE gating and EHR weights."""
+    predictions, exams left out, MPAE gating and EHR weights. ``probes``: fitted Stage I
+    probes by plane used as they are (e.g. fine-tuned pooling heads) instead of new ones."""
     out = Path(out)
     slabs = config_features(features, config)
     fusion = {**DEFAULT_FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
     model = TwoStageFusion(config["pooling"], method, ehr=ehr, probe_params=config.get("probe_params"),
                            fusion_params=fusion, random_state=seed)
-    model.fit(slabs, _split(catalog, "train"), labels)
+    model.fit(slabs, _split(catalog, "train"), labels, probes=probes)
     test = _split(catalog, "test")
     if test.empty:
         raise OrthodiffError("the catalog has no test series")
@@ -191,6 +192,7 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
         write_table(pd.DataFrame({"label": labels, "mri_weight": model.head_.mri_weight_}), out / "ehr_weight")
     write_json({"kind": "fuse", "method": method, "ehr": ehr, "config": config, "labels": labels,
                 "threshold": threshold, "thresholds": dict(zip(labels, cut.tolist())),
+                "stage_one": sorted(probes) if probes else [],
                 "test_exams": len(pred), "exams_missing_a_plane": len(model.missing_)}, out / "run.json")
     return metrics, model
 

@@ -21,6 +21,7 @@ from orthodiff.catalogs.cohort import SUBSET_PREFIX, label_columns, read_catalog
 from orthodiff.catalogs.tasks import structures
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.metrics import evaluate, macro_auroc
+from orthodiff.heads.probe import PlaneProbe
 from orthodiff.heads.report import atomic_savefig, pyplot, write_json, write_table
 from orthodiff.supervised.data import exam_predictions, plane_volumes, split_rows
 from orthodiff.supervised.estimators import VolumeClassifier, VolumeSegmenter
@@ -63,6 +64,26 @@ def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, poo
     save_atomic(tuned, out)
     return {"backbone": backbone_id(out, tuned), "finetuned_from": parent, "train_series": len(train_rows),
             "val_macro_auroc": val_auroc, "seconds": round(seconds, 1)}
+
+
+def finetuned_probes(checkpoints: dict, config: dict) -> dict:
+    """Stage I probes by plane from fine-tuned checkpoints' pooling heads, so Stage II fuses
+    the pooled vectors of the head trained with the encoder (as the paper). Each checkpoint
+    must have been fine-tuned at the configuration's (timestep, block) and pooling."""
+    probes = {}
+    for plane, path in checkpoints.items():
+        ckpt = _plane_checkpoint(path, plane)
+        if "finetune_head" not in ckpt:
+            raise OrthodiffError(f"{path}: no fine-tuned pooling head (finetune_head); write it with `orthodiff finetune`")
+        tuned, choice = ckpt["finetune"], config["planes"].get(plane)
+        if choice is None or (choice["timestep"], choice["block"]) != (tuned["timestep"], tuned["block"]):
+            raise OrthodiffError(f"{path}: fine-tuned at timestep {tuned['timestep']} block {tuned['block']!r}, but the "
+                                 f"configuration's {plane} choice is {choice}")
+        if tuned["pooling"] != config["pooling"]:
+            raise OrthodiffError(f"{path}: its head pools with {tuned['pooling']!r}, the configuration with "
+                                 f"{config['pooling']!r}; select with a {tuned['pooling']} sweep")
+        probes[plane] = PlaneProbe.from_head(tuned["pooling"], ckpt["finetune_head"])
+    return probes
 
 
 def _plane_checkpoint(backbone, plane: str) -> dict:

@@ -27,7 +27,7 @@ from orthodiff.supervised.biomarkers import agreement, biomarkers, thickness_map
 from orthodiff.supervised.estimators import VolumeClassifier, segmentation_loss, soft_dice_loss
 from orthodiff.supervised.networks import SegHead
 from orthodiff.supervised.runs import (
-    comparison, load_segmenter, run_baseline_classify, run_finetune, run_segment, run_segment_predict,
+    comparison, finetuned_probes, load_segmenter, run_baseline_classify, run_finetune, run_segment, run_segment_predict,
 )
 from helpers import random_checkpoint
 
@@ -57,6 +57,14 @@ def test_finetune_writes_a_new_backbone_whose_features_extract_into_their_own_gr
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["plane"] == "sagittal" and ckpt["finetune"]["block"] == "mid_1"
     assert {"classifier.weight", "mean", "scale"} <= set(ckpt["finetune_head"])
+    config = {"pooling": "gap", "planes": {"sagittal": {"timestep": 10, "block": "mid_1"}}}
+    probe = finetuned_probes({"sagittal": out}, config)["sagittal"]
+    for name, value in ckpt["finetune_head"].items():
+        torch.testing.assert_close(probe.net_.state_dict()[name], value)
+    with pytest.raises(OrthodiffError, match="fine-tuned at timestep 10 block 'mid_1'"):
+        finetuned_probes({"sagittal": out}, {**config, "planes": {"sagittal": {"timestep": 10, "block": "mid_2"}}})
+    with pytest.raises(OrthodiffError, match="no fine-tuned pooling head"):
+        finetuned_probes({"sagittal": cohort["backbone"]}, config)
 
     extract(cohort["store"], out, "sagittal", (10,), ("mid_1",), progress=False)
     ds = open_store(cohort["store"], backbone=summary["backbone"])
