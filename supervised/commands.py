@@ -50,6 +50,8 @@ def finetune(
     lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block (paper: 0.05 x the head's).")] = 2.5e-5,
     head_lr: Annotated[float, typer.Option(help="Learning rate of the pooling head.")] = 5e-4,
     batch_size: Annotated[int, typer.Option(help="Series per step.")] = 10,
+    timesteps: Annotated[str, typer.Option(help="FT-Opt: candidate timesteps, e.g. 10,100,200: each is fine-tuned, the best validation macro AUROC is written (default: --timestep).")] = "",
+    blocks: Annotated[str, typer.Option(help="FT-Opt: candidate blocks, e.g. mid_0,mid_2 (default: --block).")] = "",
     seed: Seed = 0,
     device: Device = None,
 ) -> None:
@@ -59,8 +61,11 @@ def finetune(
 
     with progress_bar(console, f"fine-tuning the {plane} backbone: steps", None) as advance:
         summary = run_finetune(store, catalog, plane, backbone, timestep, block, out, pooling, epochs, lr, head_lr,
-                               batch_size, seed, device, progress=advance)
-    console.print(f"wrote {out}: backbone {summary['backbone']} (from {summary['finetuned_from']}), "
+                               batch_size, seed, device, progress=advance,
+                               timesteps=[int(t) for t in timesteps.split(",") if t.strip()] or None,
+                               blocks=[b.strip() for b in blocks.split(",") if b.strip()] or None)
+    console.print(f"wrote {out}: backbone {summary['backbone']} (from {summary['finetuned_from']}) at timestep "
+                  f"{summary['timestep']}, {summary['block']}, "
                   f"{summary['train_series']} training series, {summary['seconds']} s, "
                   f"validation macro AUROC {summary['val_macro_auroc']:.3f}")
     console.print(f"next: orthodiff extract --plane {plane} --store {store} --backbone {out}")

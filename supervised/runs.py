@@ -35,35 +35,48 @@ def _catalog(catalog_path) -> tuple[pd.DataFrame, list[str]]:
 
 
 def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, pooling="sap", epochs=5, lr=2.5e-5,
-                 head_lr=5e-4, batch_size=10, seed=0, device=None, progress=None) -> dict:
+                 head_lr=5e-4, batch_size=10, seed=0, device=None, progress=None, timesteps=None, blocks=None) -> dict:
     """Stage I fine-tuning on the plane's training series (paper: head 5e-4, backbone
     0.05 x that, 5 epochs, batch 10); writes a new backbone checkpoint (same layout, new id,
     the fine-tuned pooling head under ``finetune_head``) and returns a summary with the
-    validation macro AUROC (NaN without a validation split)."""
+    validation macro AUROC (NaN without a validation split). With several ``timesteps`` /
+    ``blocks`` (the paper's FT-Opt search), each pair is fine-tuned and the one with the
+    best validation macro AUROC is written (``selection`` in the summary)."""
     ckpt = _plane_checkpoint(backbone, plane)
     catalog, labels = _catalog(catalog_path)
     ds, rows = plane_volumes(store, catalog, plane)
     train_ds, train_rows = split_rows(ds, rows, "train")
-    start = time.perf_counter()
-    model = VolumeClassifier("finetune", str(backbone), timestep, block, pooling, epochs=epochs, lr=lr, head_lr=head_lr,
-                             batch_size=batch_size, random_state=seed, device=device)
-    model.fit(train_ds.volume, train_rows[labels].to_numpy(), on_step=progress)
-    seconds = time.perf_counter() - start
-    val_auroc = float("nan")
-    if (rows["split"] == "val").any():
-        val_ds, val_rows = split_rows(ds, rows, "val")
-        pred = exam_predictions(val_rows, model.predict_proba(val_ds.volume), labels)
-        val_auroc = macro_auroc(pred[labels].to_numpy(), pred[[f"p_{c}" for c in labels]].to_numpy())
+    has_val = (rows["split"] == "val").any()
+    candidates = [(int(t), str(b)) for t in (timesteps or [timestep]) for b in (blocks or [block])]
+    if len(candidates) > 1 and not has_val:
+        raise OrthodiffError(f"choosing among {len(candidates)} (timestep, block) pairs needs a validation split ('val')")
+    best, selection = None, []
+    for timestep, block in candidates:
+        start = time.perf_counter()
+        model = VolumeClassifier("finetune", str(backbone), timestep, block, pooling, epochs=epochs, lr=lr,
+                                 head_lr=head_lr, batch_size=batch_size, random_state=seed, device=device)
+        model.fit(train_ds.volume, train_rows[labels].to_numpy(), on_step=progress)
+        seconds = time.perf_counter() - start
+        val_auroc = float("nan")
+        if has_val:
+            val_ds, val_rows = split_rows(ds, rows, "val")
+            pred = exam_predictions(val_rows, model.predict_proba(val_ds.volume), labels)
+            val_auroc = macro_auroc(pred[labels].to_numpy(), pred[[f"p_{c}" for c in labels]].to_numpy())
+        selection.append({"timestep": timestep, "block": block, "val_macro_auroc": val_auroc})
+        if best is None or val_auroc > best[0]:
+            best = (val_auroc, timestep, block, model, seconds)
+    val_auroc, timestep, block, model, seconds = best
     parent = backbone_id(backbone, ckpt)
     state = reference_state(model.backbone_, dict(GaussianDiffusion().state_dict()))
     tuned = {"ema": state, "model": state, **{k: ckpt[k] for k in ("step", "preset", "config", "plane") if k in ckpt},
              "finetuned_from": parent,
              "finetune": {"timestep": int(timestep), "block": block, "pooling": pooling, "epochs": epochs, "lr": lr,
-                          "head_lr": head_lr, "seed": seed, "train_series": len(train_rows)},
+                          "head_lr": head_lr, "seed": seed, "train_series": len(train_rows), "selection": selection},
              "finetune_head": {k: v.detach().cpu() for k, v in model.net_.head.state_dict().items()}}
     save_atomic(tuned, out)
     return {"backbone": backbone_id(out, tuned), "finetuned_from": parent, "train_series": len(train_rows),
-            "val_macro_auroc": val_auroc, "seconds": round(seconds, 1)}
+            "timestep": timestep, "block": block, "val_macro_auroc": val_auroc, "seconds": round(seconds, 1),
+            "selection": selection}
 
 
 def finetuned_probes(checkpoints: dict, config: dict) -> dict:

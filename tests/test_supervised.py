@@ -73,6 +73,17 @@ def test_finetune_writes_a_new_backbone_whose_features_extract_into_their_own_gr
     assert np.isfinite(ds.gap.sel(timestep=10, block="mid_1").values).all()
 
 
+def test_ft_opt_keeps_the_timestep_and_block_best_on_validation(cohort, tmp_path):
+    out = tmp_path / "ftopt.pt"
+    summary = run_finetune(cohort["store"], cohort["catalog"], "sagittal", cohort["backbone"], 10, "mid_1", out,
+                           pooling="gap", epochs=1, lr=1e-3, batch_size=4, timesteps=[10, 300], blocks=["mid_1"])
+    selection = pd.DataFrame(summary["selection"])
+    assert selection[["timestep", "block"]].values.tolist() == [[10, "mid_1"], [300, "mid_1"]]
+    best = selection.loc[selection["val_macro_auroc"].idxmax()]
+    assert summary["timestep"] == best["timestep"] and summary["val_macro_auroc"] == best["val_macro_auroc"]
+    assert torch.load(out, weights_only=True)["finetune"]["timestep"] == best["timestep"]
+
+
 def test_finetune_and_segmentation_refuse_bad_planes(cohort, tmp_path):
     with pytest.raises(OrthodiffError, match="trained on sagittal series cannot be used for coronal series"):
         run_finetune(cohort["store"], cohort["catalog"], "coronal", cohort["backbone"], 10, "mid_2", tmp_path / "x.pt")
