@@ -49,7 +49,7 @@ def test_sweep_select_fuse_compare_efficiency_report(fake_store):
                                   "--out", str(root / "run/sweep"), "--lr", "5e-3", "--pooling", "gap"]))
     assert "Top 4" in out and (root / "run/sweep/heatmap_axial.png").is_file()
     out = _ok(runner.invoke(app, ["select", "--sweep", str(root / "run/sweep"), "--out", str(root / "run/config.json"),
-                                  "--epochs", "15", "--lr", "3e-3"]))
+                                  "--epochs", "5", "--lr", "1e-2"]))
     config = json.loads((root / "run/config.json").read_text())
     assert set(config["planes"]) == {"sagittal", "coronal", "axial"} and "combinations" in out
     for method, extra in [("concat", []), ("mpae", ["--ehr"])]:
