@@ -235,7 +235,7 @@ def sweep(
     store: Annotated[str, typer.Option(help="Feature store (path or fsspec URL).")],
     catalog: Annotated[Path, typer.Option(help="Cohort catalog (Parquet) of the stored series.")],
     out: Annotated[Path, typer.Option(help="Directory for sweep tables, heatmaps and run.json.")],
-    pooling: Annotated[str, typer.Option(help="gap | glp | sap")] = "gap",
+    pooling: Annotated[str, typer.Option(help="sap (the paper's default) | glp | gap (fastest: one batched sweep over the stored GAP summaries).")] = "sap",
     planes: Annotated[str, typer.Option(help="Comma-separated planes.")] = "sagittal,coronal,axial",
     backbone: Annotated[str | None, typer.Option(help="Backbone id in the store (default: the only one).")] = None,
     epochs: Annotated[int, typer.Option(help="Probe epochs.")] = 10,
@@ -258,7 +258,7 @@ def select(
     sweep_dir: Annotated[Path, typer.Option("--sweep", help="Directory written by `orthodiff sweep`.")],
     out: Annotated[Path, typer.Option(help="Configuration file (JSON) to freeze the choice in.")],
     method: Annotated[str, typer.Option(help="Fusion head used to score the combinations.")] = "concat",
-    epochs: Annotated[int, typer.Option(help="Fusion epochs.")] = 10,
+    epochs: Annotated[int, typer.Option(help="Fusion epochs.")] = 5,
     lr: Annotated[float, typer.Option(help="Fusion learning rate.")] = 5e-5,
 ) -> None:
     """Score every cross-plane combination of the per-plane top 4 on validation; freeze the best."""
@@ -283,7 +283,7 @@ def select(
 def fuse(
     config: Annotated[Path, typer.Option(help="Configuration frozen by `orthodiff select`.")],
     out: Annotated[Path, typer.Option(help="Directory for metrics, predictions and plots.")],
-    method: Annotated[str, typer.Option(help="concat | linear_concat | linear_add | cross_attention | mpae | lightgbm | logistic")] = "concat",
+    method: Annotated[str, typer.Option(help="concat | linear_concat | linear_add | cross_attention | mpae | lightgbm | logistic | ehr_only (the paper's EHR-only baseline)")] = "concat",
     ehr: Annotated[bool, typer.Option("--ehr", help="Late-fuse an EHR head per label.")] = False,
     store: Annotated[str | None, typer.Option(help="Feature store (default: the configuration's).")] = None,
     catalog: Annotated[Path | None, typer.Option(help="Catalog (default: the configuration's).")] = None,
@@ -292,19 +292,37 @@ def fuse(
     epochs: Annotated[int | None, typer.Option(help="Fusion epochs (default: the configuration's).")] = None,
     lr: Annotated[float | None, typer.Option(help="Fusion learning rate (default: the configuration's).")] = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone id(s) in the store, comma-separated, e.g. one fine-tuned backbone per plane (default: the configuration's).")] = None,
+    threshold: Annotated[str, typer.Option(help="Decision threshold for CP/CR/CF1, sensitivity, specificity: a number (paper: 0.5) or 'youden' (per label, Youden's J on validation, frozen for test).")] = "0.5",
+    finetuned: Annotated[str | None, typer.Option(help="Fine-tuned checkpoints, plane=path comma-separated: their pooling heads are Stage I and their features (extracted into the store) are fused; default --backbone becomes their ids.")] = None,
 ) -> None:
     """Train the two-stage fusion head on train, report test metrics with 95% CIs."""
+    from orthodiff.backbone import backbone_id
     from orthodiff.heads.commands import load_inputs
     from orthodiff.heads.runs import read_config, run_fuse
+    from orthodiff.supervised.runs import finetuned_probes
     from orthodiff.tables import frame_table
 
     cfg = read_config(config)
+    probes, checkpoints = None, {}
+    for item in (finetuned or "").split(","):
+        if item.strip():
+            plane, sep, path = item.partition("=")
+            if not sep:
+                raise OrthodiffError(f"--finetuned {item!r}: expected plane=path")
+            checkpoints[plane.strip()] = Path(path.strip())
+    if checkpoints:
+        probes = finetuned_probes(checkpoints, cfg)
+        if not backbone:
+            if set(cfg["planes"]) - set(checkpoints):
+                raise OrthodiffError(f"--finetuned covers {sorted(checkpoints)} of the planes {list(cfg['planes'])}: "
+                                     "give --backbone with one id per plane")
+            backbone = ",".join(backbone_id(checkpoints[p]) for p in cfg["planes"])
     backbones = [b.strip() for b in backbone.split(",")] if backbone else cfg.get("backbone")
     features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), backbones, list(cfg["planes"]))
     with console.status(f"fusing ({method}{' + EHR' if ehr else ''})"):
         overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
         metrics, model = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed,
-                                  fusion_params=overrides)
+                                  fusion_params=overrides, threshold=threshold, probes=probes)
     console.print(frame_table(metrics.drop(columns="note"), f"Test metrics, {method}{' + EHR' if ehr else ''} — {out}"))
     for label, note in metrics.loc[metrics["note"] != "", ["label", "note"]].drop_duplicates().itertuples(index=False):
         console.print(f"[yellow]{label}[/]: {note} in the test split")

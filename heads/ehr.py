@@ -14,6 +14,7 @@ from torch import nn
 
 from orthodiff.catalogs.tasks import ehr_schema
 from orthodiff.errors import OrthodiffError
+from orthodiff.heads.training import apply, seeded, train
 
 
 def _where(df: pd.DataFrame, i) -> str:
@@ -127,3 +128,31 @@ class LateFusion(nn.Module):
     def forward(self, z_mri: torch.Tensor, z_ehr: torch.Tensor) -> torch.Tensor:
         a = self.mri_weight
         return a * z_mri + (1 - a) * z_ehr
+
+
+class EHROnlyHead:
+    """The paper's EHR-only baseline (Table 3): the EHR head alone, no MRI. ``X`` is a fusion
+    input dict whose "ehr" rows (``EHREncoder.transform``) are used; Adam, cosine schedule,
+    ``epochs`` 3 as the paper."""
+
+    def __init__(self, epochs: int = 3, lr: float = 1e-3, batch_size: int = 10, random_state: int = 0):
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.random_state = random_state
+
+    def _ehr(self, X) -> np.ndarray:
+        if "ehr" not in X:
+            raise OrthodiffError("the EHR-only baseline needs EHR rows (X['ehr'])")
+        return np.asarray(X["ehr"], dtype=np.float32)
+
+    def fit(self, X, y, sample_weight=None) -> "EHROnlyHead":
+        y = np.asarray(y, dtype=np.float32)
+        encoder = EHREncoder()
+        net = seeded(self.random_state, lambda: EHRNet(encoder.n_dense, encoder.embedding_sizes(), y.shape[1]))
+        self.net_ = train(net, [self._ehr(X)], y, sample_weight, epochs=self.epochs, lr=self.lr,
+                          batch_size=self.batch_size, random_state=self.random_state)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        return 1 / (1 + np.exp(-apply(self.net_, [self._ehr(X)])))

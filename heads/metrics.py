@@ -2,7 +2,10 @@
 
 Every function takes ``y`` (N, L) 0/1 and ``p`` (N, L) probabilities. A label with only one
 class among the rows has an undefined AUROC/AP: NaN with a note, never an exception; the
-macro AUROC averages the defined labels only.
+macro AUROC averages the defined labels only. Thresholded metrics use ``threshold``: 0.5
+(the paper's), any number, or one number per label (e.g. Youden's J chosen on validation
+by ``youden_thresholds`` and frozen for test). As in the paper's code, CF1 is the mean of
+the per-label F1 (``f1_score(average="macro")``), not the harmonic mean of CP and CR.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, roc_curve
 
 from orthodiff.errors import OrthodiffError
 
 SUMMARY_METRICS = ("macro_auroc", "CP", "CR", "CF1", "OP", "OR", "OF1")
+THRESHOLD_RULES = ("youden",)
 SUBGROUP_COLUMNS = ("center", "field_strength", "vendor")
 
 
@@ -52,9 +56,38 @@ def macro_auroc(y, p) -> float:
     return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
 
 
-def per_label(y, p, labels: list[str]) -> pd.DataFrame:
-    """One row per label: n, positives, auroc, ap, note (why a value is undefined)."""
+def thresholds(threshold, n_labels: int) -> np.ndarray:
+    """One threshold per label from a number or a per-label sequence."""
+    values = np.broadcast_to(np.asarray(threshold, dtype=float), (n_labels,)) if np.ndim(threshold) == 0 else np.asarray(threshold, float)
+    if values.shape != (n_labels,):
+        raise OrthodiffError(f"{len(values)} thresholds for {n_labels} labels")
+    return values
+
+
+def youden_thresholds(y, p) -> np.ndarray:
+    """Per label, the probability threshold maximising Youden's J = sensitivity +
+    specificity - 1 on these rows (0.5 for a label with one class)."""
     y, p = _check(y, p)
+    out = np.full(y.shape[1], 0.5)
+    for j in range(y.shape[1]):
+        if _one_class(y[:, j]) is None:
+            fpr, tpr, cut = roc_curve(y[:, j], p[:, j])
+            out[j] = min(float(cut[np.argmax(tpr - fpr)]), 1.0)
+    return out
+
+
+def _counts(y: np.ndarray, p: np.ndarray, threshold) -> tuple[np.ndarray, ...]:
+    pred = p >= thresholds(threshold, y.shape[1])
+    positive = y == 1
+    return pred, (pred & positive).sum(0), (pred & ~positive).sum(0), (~pred & positive).sum(0), (~pred & ~positive).sum(0)
+
+
+def per_label(y, p, labels: list[str], threshold=0.5) -> pd.DataFrame:
+    """One row per label: n, positives, auroc, ap, threshold, sensitivity, specificity, f1,
+    note (why a value is undefined)."""
+    y, p = _check(y, p)
+    pred, tp, fp, fn, tn = _counts(y, p, threshold)
+    f1 = f1_score(y, pred, average=None, zero_division=0)
     rows = []
     for j, label in enumerate(labels):
         note = _one_class(y[:, j])
@@ -65,6 +98,10 @@ def per_label(y, p, labels: list[str]) -> pd.DataFrame:
                 "positives": int(y[:, j].sum()),
                 "auroc": np.nan if note else roc_auc_score(y[:, j], p[:, j]),
                 "ap": np.nan if note else average_precision_score(y[:, j], p[:, j]),
+                "threshold": float(thresholds(threshold, y.shape[1])[j]),
+                "sensitivity": tp[j] / (tp[j] + fn[j]) if tp[j] + fn[j] else np.nan,
+                "specificity": tn[j] / (tn[j] + fp[j]) if tn[j] + fp[j] else np.nan,
+                "f1": float(f1[j]),
                 "note": note or "",
             }
         )
@@ -76,30 +113,31 @@ def _ratio(num, den):
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-def summary(y, p, threshold: float = 0.5) -> dict[str, float]:
-    """Macro AUROC; CP/CR/CF1 (per-label precision/recall averaged) and OP/OR/OF1 (pooled)."""
+def summary(y, p, threshold=0.5) -> dict[str, float]:
+    """Macro AUROC; CP/CR (per-label precision/recall averaged), CF1 (per-label F1
+    averaged) and OP/OR/OF1 (pooled over labels)."""
     y, p = _check(y, p)
-    pred = p >= threshold
-    tp = (pred & (y == 1)).sum(0)
-    predicted, actual = pred.sum(0), (y == 1).sum(0)
-    cp, cr = float(_ratio(tp, predicted).mean()), float(_ratio(tp, actual).mean())
+    pred, tp, fp, fn, _ = _counts(y, p, threshold)
+    predicted, actual = tp + fp, tp + fn
     op, or_ = float(_ratio(tp.sum(), predicted.sum())), float(_ratio(tp.sum(), actual.sum()))
     return {
         "macro_auroc": macro_auroc(y, p),
-        "CP": cp,
-        "CR": cr,
-        "CF1": float(_ratio(2 * cp * cr, cp + cr)),
+        "CP": float(_ratio(tp, predicted).mean()),
+        "CR": float(_ratio(tp, actual).mean()),
+        "CF1": float(f1_score(y, pred, average="macro", zero_division=0)),
         "OP": op,
         "OR": or_,
         "OF1": float(_ratio(2 * op * or_, op + or_)),
     }
 
 
-def _tidy(y, p, labels) -> dict[tuple[str, str], float]:
-    table = per_label(y, p, labels)
-    values = {("auroc", r.label): r.auroc for r in table.itertuples()}
-    values |= {("ap", r.label): r.ap for r in table.itertuples()}
-    values |= {(name, "all"): v for name, v in summary(y, p).items()}
+PER_LABEL_METRICS = ("auroc", "ap", "sensitivity", "specificity", "f1")
+
+
+def _tidy(y, p, labels, threshold=0.5) -> dict[tuple[str, str], float]:
+    table = per_label(y, p, labels, threshold)
+    values = {(m, r["label"]): r[m] for m in PER_LABEL_METRICS for r in table.to_dict("records")}
+    values |= {(name, "all"): v for name, v in summary(y, p, threshold).items()}
     return values
 
 
@@ -109,11 +147,12 @@ def _group_rows(groups) -> list[np.ndarray]:
     return np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
 
 
-def evaluate(y, p, labels: list[str], groups=None, n_boot: int = 500, seed: int = 0) -> pd.DataFrame:
-    """Tidy table (metric, label, value, ci_low, ci_high, note): per-label AUROC/AP and the
-    summary metrics, with 95% percentile CIs from resampling whole patients (``groups``)."""
+def evaluate(y, p, labels: list[str], groups=None, n_boot: int = 500, seed: int = 0, threshold=0.5) -> pd.DataFrame:
+    """Tidy table (metric, label, value, ci_low, ci_high, note): per-label AUROC, AP,
+    sensitivity, specificity and F1, and the summary metrics, with 95% percentile CIs from
+    resampling whole patients (``groups``); ``threshold`` (number or one per label) is fixed."""
     y, p = _check(y, p)
-    point = _tidy(y, p, labels)
+    point = _tidy(y, p, labels, threshold)
     notes = dict(zip(labels, per_label(y, p, labels)["note"]))
     boots: dict[tuple[str, str], list[float]] = {key: [] for key in point}
     if groups is not None and n_boot > 0:
@@ -121,7 +160,7 @@ def evaluate(y, p, labels: list[str], groups=None, n_boot: int = 500, seed: int 
         rng = np.random.default_rng(seed)
         for _ in range(n_boot):
             idx = np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
-            for key, value in _tidy(y[idx], p[idx], labels).items():
+            for key, value in _tidy(y[idx], p[idx], labels, threshold).items():
                 boots[key].append(value)
     out = []
     for (metric, label), value in point.items():

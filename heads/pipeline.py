@@ -1,5 +1,5 @@
 """The heads tier end to end on one store (what `orthodiff demo` runs after extraction):
-sweep -> select -> fuse (concat and MPAE, with and without EHR) -> LightGBM comparison ->
+SAP sweep -> select -> fuse (concat and MPAE, with and without EHR) -> LightGBM comparison ->
 permutation tests -> HTML report, each step printing its table."""
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from orthodiff.tables import frame_table
 # Small cohorts (a hundred exams) need more steps than the paper's 5e-4 / 5e-5 and some L2:
 # with Adam, weights of uninformative channels random-walk by ~lr per step.
 SMALL_COHORT_PROBE = {"epochs": 30, "lr": 3e-3, "batch_size": 16, "weight_decay": 1e-2}
-SMALL_COHORT_FUSION = {"epochs": 100, "lr": 3e-3, "batch_size": 16, "weight_decay": 1e-2}
+SMALL_COHORT_FUSION = {"epochs": 100, "lr": 3e-3, "batch_size": 16, "weight_decay": 1e-2,
+                       "plane_epochs": 100, "plane_lr": 3e-3, "gate_epochs": 200}
 FUSIONS = (("concat", False), ("concat", True), ("mpae", False), ("mpae", True), ("lightgbm", False))
 
 
-def run_heads(store, catalog_path, out, console: Console, backbone=None, pooling="gap",
+def run_heads(store, catalog_path, out, console: Console, backbone=None, pooling="sap",
               probe_params=None, fusion_params=None, n_boot=500, seed=0) -> pd.DataFrame:
     """Run every step under ``out``; return the test summary (one row per fusion run)."""
     out = Path(out)

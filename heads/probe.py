@@ -6,18 +6,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from orthodiff.heads.pooling import GAP, make_pooling
+from orthodiff.heads.pooling import make_pooling
 from orthodiff.heads.training import apply, seeded, train
 
 
-def channel_stats(x, block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std over series of the per-channel spatial means (GAP vectors) of ``x``."""
-    gap = apply(GAP(x.shape[1]), [x], block_rows).astype(np.float64)
-    return gap.mean(0).astype(np.float32), np.maximum(gap.std(0), 1e-6).astype(np.float32)
-
-
 class ProbeNet(nn.Module):
-    """Channel standardisation (training-set GAP statistics) -> pooling -> Linear(labels)."""
+    """Pooling of the raw activation (as in the reference: no channel standardisation before
+    pooling) -> standardisation of the pooled vector -> Linear(labels).
+
+    The standardisation is a fixed per-dimension affine map (``mean``, ``scale``: statistics
+    of the training set's pooled vectors at the start of training, see ``standardise_with``);
+    in front of a linear classifier it changes the optimisation, not what the probe can fit.
+    """
 
     def __init__(self, pooling: str, channels: int, n_labels: int):
         super().__init__()
@@ -27,15 +27,25 @@ class ProbeNet(nn.Module):
         self.classifier = nn.Linear(self.pool.out_dim, n_labels)
         nn.init.zeros_(self.classifier.weight)
         nn.init.zeros_(self.classifier.bias)
-        self.register_buffer("mean", torch.zeros(channels))
-        self.register_buffer("scale", torch.ones(channels))
+        self.register_buffer("mean", torch.zeros(self.pool.out_dim))
+        self.register_buffer("scale", torch.ones(self.pool.out_dim))
+
+    def standardise_with(self, pooled: np.ndarray) -> "ProbeNet":
+        """Set ``mean`` / ``scale`` from pooled training vectors (N, out_dim)."""
+        pooled = np.asarray(pooled, np.float64)
+        self.mean.copy_(torch.from_numpy(pooled.mean(0).astype(np.float32)))
+        self.scale.copy_(torch.from_numpy(np.maximum(pooled.std(0), 1e-6).astype(np.float32)))
+        return self
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return self.pool((x.float() - self.mean.view(shape)) / self.scale.view(shape))
+        """The pooling of the raw activation (the reference's pooled vector)."""
+        return self.pool(x)
+
+    def standardised(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.pooled(x) - self.mean) / self.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pooled(x))
+        return self.classifier(self.standardised(x))
 
 
 class PlaneProbe:
@@ -43,16 +53,17 @@ class PlaneProbe:
 
     ``X``: (N, C, z, y, x) activations, or (N, C) GAP vectors when ``pooling="gap"``; a
     numpy array or a lazy xarray/Dask array (streamed in blocks of ``block_rows`` series).
-    ``y``: (N, labels) 0/1. After ``fit``, ``transform`` gives the frozen pooled vectors
-    (Stage I output for fusion).
+    ``y``: (N, labels) 0/1. After ``fit``, ``transform`` gives the frozen, standardised
+    pooled vectors (Stage I output for fusion). Defaults are the paper's: SAP, Adam at 5e-4
+    with a cosine schedule, 10 epochs, batch 10.
     """
 
     def __init__(
         self,
-        pooling: str = "gap",
+        pooling: str = "sap",
         epochs: int = 10,
         lr: float = 5e-4,
-        batch_size: int = 32,
+        batch_size: int = 10,
         weight_decay: float = 0.0,
         block_rows: int = 256,
         random_state: int = 0,
@@ -67,15 +78,24 @@ class PlaneProbe:
 
     def fit(self, X, y, sample_weight=None) -> "PlaneProbe":
         y = np.asarray(y, dtype=np.float32)
-        mean, scale = channel_stats(X, self.block_rows)
         net = seeded(self.random_state, lambda: ProbeNet(self.pooling, X.shape[1], y.shape[1]))
-        net.mean.copy_(torch.from_numpy(mean))
-        net.scale.copy_(torch.from_numpy(scale))
+        net.standardise_with(apply(net.pooled, [X], self.block_rows))
         self.net_ = train(
             net, [X], y, sample_weight, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
             random_state=self.random_state, weight_decay=self.weight_decay, block_rows=self.block_rows,
         )
         return self
+
+    @classmethod
+    def from_head(cls, pooling: str, state: dict, **params) -> "PlaneProbe":
+        """A fitted probe from a trained ``ProbeNet`` state (e.g. the pooling head a
+        fine-tuning run saved with its checkpoint)."""
+        n_labels, width = state["classifier.weight"].shape
+        probe = cls(pooling, **params)
+        net = ProbeNet(pooling, width if pooling == "gap" else width // 2, n_labels)
+        net.load_state_dict(state)
+        probe.net_ = net.eval()
+        return probe
 
     def decision_function(self, X) -> np.ndarray:
         return apply(self.net_, [X], self.block_rows)
@@ -84,4 +104,4 @@ class PlaneProbe:
         return 1 / (1 + np.exp(-self.decision_function(X)))
 
     def transform(self, X) -> np.ndarray:
-        return apply(self.net_.pooled, [X], self.block_rows)
+        return apply(self.net_.standardised, [X], self.block_rows)

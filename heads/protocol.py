@@ -19,11 +19,12 @@ import xarray as xr
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.comparators import LightGBMComparator, LogisticComparator
-from orthodiff.heads.ehr import EHREncoder
+from orthodiff.heads.ehr import EHREncoder, EHROnlyHead
 from orthodiff.heads.fusion import METHODS, FusionHead
 from orthodiff.heads.probe import PlaneProbe
 
-COMPARATORS = {"lightgbm": LightGBMComparator, "logistic": LogisticComparator}
+# heads on the fusion input other than the fusion methods; ehr_only is the paper's EHR-only baseline
+COMPARATORS = {"lightgbm": LightGBMComparator, "logistic": LogisticComparator, "ehr_only": EHROnlyHead}
 
 
 def fusion_samples(series: pd.DataFrame, planes=PLANES) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -76,7 +77,7 @@ class TwoStageFusion:
     is frozen and only the fusion head (``method``: a fusion method, or ``lightgbm`` /
     ``logistic`` on the concatenated pooled vectors) is trained on fusion samples."""
 
-    def __init__(self, pooling: str = "gap", method: str = "concat", ehr: bool = False,
+    def __init__(self, pooling: str = "sap", method: str = "concat", ehr: bool = False,
                  probe_params: dict | None = None, fusion_params: dict | None = None, random_state: int = 0):
         self.pooling = pooling
         self.method = method
@@ -95,7 +96,7 @@ class TwoStageFusion:
             vectors = self.probes_[plane].transform(selected.data)
             row = pd.Series(np.arange(len(selected)), index=selected["series"].to_numpy())
             pooled[plane] = vectors[row[combos[plane]].to_numpy()]
-        if self.ehr:
+        if self.uses_ehr_:
             pooled["ehr"] = self.ehr_encoder_.transform(exam_rows(catalog, combos["case_id"]))
         return pooled, combos, missing
 
@@ -116,15 +117,18 @@ class TwoStageFusion:
             X = select_series(features[plane], rows["series_id"], plane)
             y = rows.set_index("series_id").loc[X["series"].to_numpy(), labels].to_numpy()
             self.probes_[plane] = PlaneProbe(self.pooling, **probe).fit(X.data, y)
-        if self.ehr:
+        # the EHR-only baseline is scored on the same exams as fusion (those with every plane)
+        self.uses_ehr_ = self.ehr or self.method == "ehr_only"
+        if self.uses_ehr_:
             self.ehr_encoder_ = EHREncoder().fit(catalog.drop_duplicates("case_id"))
         X, combos, self.train_missing_ = self._pooled(features, catalog)
-        y = exam_table(catalog).loc[combos["case_id"], labels].to_numpy()
+        exams = exam_table(catalog).loc[combos["case_id"]]
+        y = exams[labels].to_numpy()
         params = {"random_state": self.random_state, **(self.fusion_params or {})}
         if self.method in COMPARATORS:
             self.head_ = COMPARATORS[self.method](random_state=self.random_state).fit(X, y, combos["weight"].to_numpy())
         else:
-            self.head_ = FusionHead(self.method, **params).fit(X, y, combos["weight"].to_numpy())
+            self.head_ = FusionHead(self.method, **params).fit(X, y, combos["weight"].to_numpy(), groups=exams["patient_id"].to_numpy())
         return self
 
     def predict(self, features: dict, catalog: pd.DataFrame) -> pd.DataFrame:

@@ -14,13 +14,14 @@ import xarray as xr
 
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
-from orthodiff.heads.metrics import evaluate, macro_auroc, permutation_test, subgroup_table
+from orthodiff.heads.metrics import evaluate, macro_auroc, permutation_test, subgroup_table, youden_thresholds
 from orthodiff.heads.protocol import TwoStageFusion
 from orthodiff.heads.report import atomic_savefig, pyplot, read_table, write_json, write_table
 from orthodiff.heads.sweep import plot_heatmaps, sweep, top_configs
 
-DEFAULT_PROBE = {"epochs": 10, "lr": 5e-4, "batch_size": 32}
-DEFAULT_FUSION = {"epochs": 10, "lr": 5e-5, "batch_size": 32}
+# the paper's values (docs/paper.md)
+DEFAULT_PROBE = {"epochs": 10, "lr": 5e-4, "batch_size": 10}
+DEFAULT_FUSION = {"epochs": 5, "lr": 5e-5, "batch_size": 10}
 
 
 def _prob_columns(labels):
@@ -138,21 +139,43 @@ def plot_gating(gating: pd.DataFrame, path) -> Path:
     return path
 
 
-def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=500, seed=0, fusion_params=None):
-    """Train on train (two stages), evaluate on test: metrics with patient bootstrap CIs,
-    subgroups, exam predictions, exams left out, MPAE gating and EHR weights."""
+def decision_thresholds(threshold, model, slabs, catalog, labels) -> np.ndarray:
+    """Per-label thresholds: a number for every label, or ``"youden"``: Youden's J on the
+    validation split's predictions, then frozen for test."""
+    if threshold != "youden":
+        try:
+            value = float(threshold)
+        except ValueError:
+            raise OrthodiffError(f"threshold {threshold!r}: expected a number in (0, 1) or 'youden'") from None
+        if not 0 < value < 1:
+            raise OrthodiffError(f"threshold {value}: expected a number in (0, 1) or 'youden'")
+        return np.full(len(labels), value)
+    val = _split(catalog, "val")
+    if val.empty:
+        raise OrthodiffError("--threshold youden needs a validation split ('val') in the catalog")
+    pred = model.predict(slabs, val)
+    return youden_thresholds(pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy())
+
+
+def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=500, seed=0, fusion_params=None,
+             threshold="0.5", probes=None):
+    """Train on train (two stages), evaluate on test: metrics with patient bootstrap CIs
+    (thresholded metrics at ``threshold``, see ``decision_thresholds``), subgroups, exam
+    predictions, exams left out, MPAE gating and EHR weights. ``probes``: fitted Stage I
+    probes by plane used as they are (e.g. fine-tuned pooling heads) instead of new ones."""
     out = Path(out)
     slabs = config_features(features, config)
     fusion = {**DEFAULT_FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
     model = TwoStageFusion(config["pooling"], method, ehr=ehr, probe_params=config.get("probe_params"),
                            fusion_params=fusion, random_state=seed)
-    model.fit(slabs, _split(catalog, "train"), labels)
+    model.fit(slabs, _split(catalog, "train"), labels, probes=probes)
     test = _split(catalog, "test")
     if test.empty:
         raise OrthodiffError("the catalog has no test series")
+    cut = decision_thresholds(threshold, model, slabs, catalog, labels)
     pred = model.predict(slabs, test)
     y, p = pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy()
-    metrics = evaluate(y, p, labels, groups=pred["patient_id"].to_numpy(), n_boot=n_boot, seed=seed)
+    metrics = evaluate(y, p, labels, groups=pred["patient_id"].to_numpy(), n_boot=n_boot, seed=seed, threshold=cut)
     meta = test.drop_duplicates("case_id").set_index("case_id").loc[pred["case_id"]].reset_index()
     subgroups = subgroup_table(y, p, labels, meta)
     write_table(pred, out / "predictions")
@@ -168,6 +191,8 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     if ehr:
         write_table(pd.DataFrame({"label": labels, "mri_weight": model.head_.mri_weight_}), out / "ehr_weight")
     write_json({"kind": "fuse", "method": method, "ehr": ehr, "config": config, "labels": labels,
+                "threshold": threshold, "thresholds": dict(zip(labels, cut.tolist())),
+                "stage_one": sorted(probes) if probes else [],
                 "test_exams": len(pred), "exams_missing_a_plane": len(model.missing_)}, out / "run.json")
     return metrics, model
 

@@ -51,7 +51,7 @@ class BatchedGAPNet(nn.Module):
 class BatchedGAPProbes:
     """``PlaneProbe("gap")`` for K configurations at once; ``X`` is (N, K, C) GAP vectors."""
 
-    def __init__(self, epochs: int = 10, lr: float = 5e-4, batch_size: int = 32, weight_decay: float = 0.0, random_state: int = 0):
+    def __init__(self, epochs: int = 10, lr: float = 5e-4, batch_size: int = 10, weight_decay: float = 0.0, random_state: int = 0):
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size

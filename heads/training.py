@@ -86,8 +86,10 @@ def train(
     loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = weighted_bce,
     param_groups: list[dict] | None = None,
     on_step: Callable[[], None] | None = None,
+    cosine: bool = True,
 ) -> nn.Module:
-    """Adam + cosine schedule over all steps; returns ``model``.
+    """Adam + cosine schedule over all steps (constant rate when ``cosine`` is False);
+    returns ``model``.
 
     ``loss(output, y, weights)`` defaults to weighted BCE with logits. ``y`` is read in the
     same blocks as the inputs, so it may be lazy too (segmentation masks). ``param_groups``
@@ -107,7 +109,8 @@ def train(
     steps = epochs * sum(math.ceil(min(size, n - b * size) / batch_size) for b in range(n_blocks))
     params = param_groups or [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=bool(params))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1)) if cosine
+                else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
     device = next(model.parameters()).device
     rng = np.random.default_rng(random_state)
     model.train()

@@ -46,10 +46,12 @@ def finetune(
     timestep: Annotated[int, typer.Option(help="Diffusion timestep of the inputs.")] = 10,
     block: Annotated[str, typer.Option(help="Middle-block output the head pools.")] = "mid_2",
     pooling: Annotated[str, typer.Option(help="gap | glp | sap")] = "sap",
-    epochs: Epochs = 3,
-    lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block.")] = 1e-5,
-    head_lr: Annotated[float, typer.Option(help="Learning rate of the pooling head.")] = 1e-3,
-    batch_size: Annotated[int, typer.Option(help="Series per step.")] = 4,
+    epochs: Epochs = 5,
+    lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block (paper: 0.05 x the head's).")] = 2.5e-5,
+    head_lr: Annotated[float, typer.Option(help="Learning rate of the pooling head.")] = 5e-4,
+    batch_size: Annotated[int, typer.Option(help="Series per step.")] = 10,
+    timesteps: Annotated[str, typer.Option(help="FT-Opt: candidate timesteps, e.g. 10,100,200: each is fine-tuned, the best validation macro AUROC is written (default: --timestep).")] = "",
+    blocks: Annotated[str, typer.Option(help="FT-Opt: candidate blocks, e.g. mid_0,mid_2 (default: --block).")] = "",
     seed: Seed = 0,
     device: Device = None,
 ) -> None:
@@ -59,21 +61,25 @@ def finetune(
 
     with progress_bar(console, f"fine-tuning the {plane} backbone: steps", None) as advance:
         summary = run_finetune(store, catalog, plane, backbone, timestep, block, out, pooling, epochs, lr, head_lr,
-                               batch_size, seed, device, progress=advance)
-    console.print(f"wrote {out}: backbone {summary['backbone']} (from {summary['finetuned_from']}), "
+                               batch_size, seed, device, progress=advance,
+                               timesteps=[int(t) for t in timesteps.split(",") if t.strip()] or None,
+                               blocks=[b.strip() for b in blocks.split(",") if b.strip()] or None)
+    console.print(f"wrote {out}: backbone {summary['backbone']} (from {summary['finetuned_from']}) at timestep "
+                  f"{summary['timestep']}, {summary['block']}, "
                   f"{summary['train_series']} training series, {summary['seconds']} s, "
                   f"validation macro AUROC {summary['val_macro_auroc']:.3f}")
     console.print(f"next: orthodiff extract --plane {plane} --store {store} --backbone {out}")
 
 
-def _segment(store, catalog, plane, model, out, backbone, timestep, block, epochs, lr, batch_size, subsets, seed, device):
+def _segment(store, catalog, plane, model, out, backbone, timestep, block, epochs, lr, batch_size, subsets, seed, device,
+             **options):
     from orthodiff.heads.commands import progress_bar
     from orthodiff.supervised.runs import run_segment
 
     sizes = _subsets(subsets)
     with progress_bar(console, f"{model} segmentation: training steps", None) as advance:
         dice = run_segment(store, catalog, plane, model, out, backbone, timestep, block, epochs, lr,
-                           batch_size=batch_size, subsets=sizes, seed=seed, device=device, progress=advance)
+                           batch_size=batch_size, subsets=sizes, seed=seed, device=device, progress=advance, **options)
     _dice_table(dice, f"Test Dice per structure, {model}, {plane} — {out}")
 
 
@@ -86,15 +92,20 @@ def segment_train(
     out: Annotated[Path, typer.Option(help="Run directory: model, Dice table, overlay PNG.")],
     timestep: Annotated[int, typer.Option(help="Diffusion timestep of the inputs.")] = 10,
     block: Annotated[str, typer.Option(help="Middle-block output the decoder starts from.")] = "mid_2",
-    epochs: Epochs = 5,
-    lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block.")] = 1e-4,
-    batch_size: Annotated[int, typer.Option(help="Series per step.")] = 2,
+    epochs: Epochs = 30,
+    lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block (the head's is 1e-3, as the paper).")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="Series per step.")] = 10,
     subsets: Annotated[str, typer.Option(help="Label-efficiency subsets (catalog subset_<N> columns) and/or 'all', e.g. 50,100,200,500,all.")] = "",
+    decoder: Annotated[str, typer.Option(help="light: the paper's head on the middle block alone; skip: orthodiff's decoder with encoder skip connections.")] = "light",
+    timesteps: Annotated[str, typer.Option(help="Candidate timesteps, e.g. 10,50,100: each is trained, the best validation Dice is kept (default: --timestep).")] = "",
+    blocks: Annotated[str, typer.Option(help="Candidate blocks, e.g. mid_0,mid_2 (default: --block).")] = "",
     seed: Seed = 0,
     device: Device = None,
 ) -> None:
-    """Fine-tune encoder + middle block with a light decoder (cross-entropy + Dice); test Dice per structure."""
-    _segment(store, catalog, plane, "diffusion", out, backbone, timestep, block, epochs, lr, batch_size, subsets, seed, device)
+    """Fine-tune encoder + middle block with the paper's light head (0.2 x cross-entropy + soft Dice); test Dice per structure."""
+    _segment(store, catalog, plane, "diffusion", out, backbone, timestep, block, epochs, lr, batch_size, subsets, seed, device,
+             decoder=decoder, timesteps=[int(t) for t in timesteps.split(",") if t.strip()] or None,
+             blocks=[b.strip() for b in blocks.split(",") if b.strip()] or None)
 
 
 @segment_app.command("predict")
@@ -156,13 +167,15 @@ def baseline_segment(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="Series per step.")] = 2,
     subsets: Annotated[str, typer.Option(help="Label-efficiency subsets and/or 'all'.")] = "",
+    unetr_size: Annotated[str, typer.Option(help="UNETR size: paper (hidden 768, 12 heads, MLP 3072) or small (192, 4, 384).")] = "paper",
     seed: Seed = 0,
     device: Device = None,
 ) -> None:
     """Segmentation from scratch with the same splits and Dice."""
     if model not in ("unet", "unetr"):
         raise OrthodiffError(f"--model {model!r}: expected unet or unetr")
-    _segment(store, catalog, plane, model, out, None, 0, "mid_2", epochs, lr, batch_size, subsets, seed, device)
+    _segment(store, catalog, plane, model, out, None, 0, "mid_2", epochs, lr, batch_size, subsets, seed, device,
+             unetr_size=unetr_size)
 
 
 def table(

@@ -19,6 +19,7 @@ from orthodiff.heads.probe import ProbeNet
 
 CLASSIFIERS = ("finetune", "resnet18", "unet_encoder")
 SEGMENTERS = ("diffusion", "unet", "unetr")
+DECODERS = ("light", "skip")
 
 
 class NoisedEncoder(nn.Module):
@@ -38,8 +39,14 @@ class NoisedEncoder(nn.Module):
             p.requires_grad_(id(p) in trainable)
 
     def noised(self, x0: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """x_t: fresh noise per step while training (as the paper; the training loop seeds the
+        CPU generator, so a run is reproducible), each series' keyed noise otherwise (the
+        noise `orthodiff extract` uses)."""
         x0 = x0.float()[:, None]
-        noise = keyed_noise(keys.tolist(), x0.shape[1:]).to(x0.device)
+        if self.training:
+            noise = torch.randn(x0.shape).to(x0.device)
+        else:
+            noise = keyed_noise(keys.tolist(), x0.shape[1:]).to(x0.device)
         t = torch.full((len(x0),), self.timestep, device=x0.device)
         return self.diffusion.q_sample(x0, t, noise)
 
@@ -80,9 +87,65 @@ def _block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(in_channels, out_channels, 3, padding=1), nn.GroupNorm(8, out_channels), nn.SiLU())
 
 
+class ResBlock3D(nn.Module):
+    """relu(x + [conv3 -> GroupNorm(8) -> ReLU -> conv3 -> GroupNorm(8)](x)); reference names."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv3d(channels, channels, 3, padding=1), nn.GroupNorm(8, channels), nn.ReLU(),
+            nn.Conv3d(channels, channels, 3, padding=1), nn.GroupNorm(8, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.block(x))
+
+
+class SegHead(nn.Module):
+    """The paper's light segmentation head on the middle block alone (no encoder skips):
+    ``upsamplings`` transposed convs (kernel 4, stride 2, padding 1), each halving the
+    channels and followed by ReLU, a residual block after the first two, then a 1x1x1 conv
+    to classes. Parameter names as in the reference (``net.0``, ``net.2.block.0``, ...)."""
+
+    def __init__(self, in_channels: int, n_classes: int, upsamplings: int):
+        super().__init__()
+        if in_channels % 2**upsamplings or (in_channels >> min(upsamplings, 2)) % 8:
+            raise OrthodiffError(f"segmentation head: {in_channels} channels cannot be halved {upsamplings} times "
+                                 "into GroupNorm(8) residual blocks")
+        layers, channels = [], in_channels
+        for k in range(upsamplings):
+            layers += [nn.ConvTranspose3d(channels, channels // 2, 4, 2, 1), nn.ReLU()]
+            channels //= 2
+            if k < 2:
+                layers.append(ResBlock3D(channels))
+        self.net = nn.Sequential(*layers, nn.Conv3d(channels, n_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 class EncoderSegmenter(nn.Module):
-    """Noised encoder + a light decoder: at each encoder resolution, deepest first, upsample,
-    concatenate that resolution's last encoder activation, one conv; then 1x1 to classes."""
+    """Noised encoder + middle block + the paper's light head (``SegHead``), with as many
+    upsamplings as the encoder downsamples, so the output is back at the input size."""
+
+    def __init__(self, encoder: NoisedEncoder, n_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        config = encoder.unet.config
+        self.head = SegHead(config.middle_channels, n_classes, len(config.channel_mult) - 1)
+
+    def forward(self, x0: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x0, keys))
+
+
+def _block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(in_channels, out_channels, 3, padding=1), nn.GroupNorm(8, out_channels), nn.SiLU())
+
+
+class SkipSegmenter(nn.Module):
+    """orthodiff's variant (``--decoder skip``, not the paper's): noised encoder + a decoder
+    that, at each encoder resolution, deepest first, upsamples, concatenates that
+    resolution's last encoder activation and applies one conv; then 1x1 to classes."""
 
     def __init__(self, encoder: NoisedEncoder, n_classes: int, width: int = 16):
         super().__init__()
@@ -110,8 +173,8 @@ def classifier(name: str, n_labels: int, unet: DiffusionUNet | None = None, time
         if unet is None:
             raise OrthodiffError("fine-tuning needs a pretrained backbone")
         return EncoderClassifier(NoisedEncoder(unet, timestep, block), pooling, n_labels)
-    if name == "unet_encoder":
-        return EncoderClassifier(NoisedEncoder(DiffusionUNet(_config(image_size)), 0, block), pooling, n_labels)
+    if name == "unet_encoder":  # the paper's baseline: mid_0, globally average-pooled
+        return EncoderClassifier(NoisedEncoder(DiffusionUNet(_config(image_size)), 0, "mid_0"), "gap", n_labels)
     if name == "resnet18":
         from monai.networks.nets import resnet18
 
@@ -119,13 +182,20 @@ def classifier(name: str, n_labels: int, unet: DiffusionUNet | None = None, time
     raise OrthodiffError(f"--model {name!r}: expected one of {list(CLASSIFIERS)}")
 
 
+UNETR_SIZES = {"paper": dict(hidden_size=768, num_heads=12, mlp_dim=3072), "small": dict(hidden_size=192, num_heads=4, mlp_dim=384)}
+
+
 def segmenter(name: str, n_classes: int, image_size: int, unet: DiffusionUNet | None = None,
-              timestep: int = 10, block: str = "mid_2") -> nn.Module:
-    """`diffusion` (pretrained encoder + light decoder), or MONAI's 3D `unet` / `unetr`."""
+              timestep: int = 10, block: str = "mid_2", decoder: str = "light", unetr_size: str = "paper") -> nn.Module:
+    """`diffusion` (pretrained encoder + the paper's light head, or with ``decoder="skip"``
+    orthodiff's skip-connection decoder), or MONAI's 3D `unet` / `unetr`."""
     if name == "diffusion":
         if unet is None:
             raise OrthodiffError("diffusion segmentation needs a pretrained backbone (--backbone)")
-        return EncoderSegmenter(NoisedEncoder(unet, timestep, block), n_classes)
+        if decoder not in DECODERS:
+            raise OrthodiffError(f"--decoder {decoder!r}: expected one of {list(DECODERS)}")
+        encoder = NoisedEncoder(unet, timestep, block)
+        return EncoderSegmenter(encoder, n_classes) if decoder == "light" else SkipSegmenter(encoder, n_classes)
     if name == "unet":
         from monai.networks.nets import UNet
 
@@ -135,8 +205,9 @@ def segmenter(name: str, n_classes: int, image_size: int, unet: DiffusionUNet | 
 
         if image_size % 16:
             raise OrthodiffError(f"UNETR needs volumes whose in-plane size is a multiple of 16, not {image_size}")
-        return CleanInput(UNETR(1, n_classes, (16, image_size, image_size), feature_size=16, hidden_size=192,
-                                mlp_dim=384, num_heads=4))
+        if unetr_size not in UNETR_SIZES:
+            raise OrthodiffError(f"UNETR size {unetr_size!r}: expected one of {list(UNETR_SIZES)}")
+        return CleanInput(UNETR(1, n_classes, (16, image_size, image_size), feature_size=16, **UNETR_SIZES[unetr_size]))
     raise OrthodiffError(f"--model {name!r}: expected one of {list(SEGMENTERS)}")
 
 

@@ -21,6 +21,7 @@ from orthodiff.catalogs.cohort import SUBSET_PREFIX, label_columns, read_catalog
 from orthodiff.catalogs.tasks import structures
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.metrics import evaluate, macro_auroc
+from orthodiff.heads.probe import PlaneProbe
 from orthodiff.heads.report import atomic_savefig, pyplot, write_json, write_table
 from orthodiff.supervised.data import exam_predictions, plane_volumes, split_rows
 from orthodiff.supervised.estimators import VolumeClassifier, VolumeSegmenter
@@ -33,34 +34,69 @@ def _catalog(catalog_path) -> tuple[pd.DataFrame, list[str]]:
     return catalog, label_columns(catalog)
 
 
-def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, pooling="sap", epochs=3, lr=1e-5,
-                 head_lr=1e-3, batch_size=4, seed=0, device=None, progress=None) -> dict:
-    """Stage I fine-tuning on the plane's training series; writes a new backbone checkpoint
-    (same layout, new id) and returns a summary with the validation macro AUROC (NaN
-    without a validation split)."""
+def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, pooling="sap", epochs=5, lr=2.5e-5,
+                 head_lr=5e-4, batch_size=10, seed=0, device=None, progress=None, timesteps=None, blocks=None) -> dict:
+    """Stage I fine-tuning on the plane's training series (paper: head 5e-4, backbone
+    0.05 x that, 5 epochs, batch 10); writes a new backbone checkpoint (same layout, new id,
+    the fine-tuned pooling head under ``finetune_head``) and returns a summary with the
+    validation macro AUROC (NaN without a validation split). With several ``timesteps`` /
+    ``blocks`` (the paper's FT-Opt search), each pair is fine-tuned and the one with the
+    best validation macro AUROC is written (``selection`` in the summary)."""
     ckpt = _plane_checkpoint(backbone, plane)
     catalog, labels = _catalog(catalog_path)
     ds, rows = plane_volumes(store, catalog, plane)
     train_ds, train_rows = split_rows(ds, rows, "train")
-    start = time.perf_counter()
-    model = VolumeClassifier("finetune", str(backbone), timestep, block, pooling, epochs=epochs, lr=lr, head_lr=head_lr,
-                             batch_size=batch_size, random_state=seed, device=device)
-    model.fit(train_ds.volume, train_rows[labels].to_numpy(), on_step=progress)
-    seconds = time.perf_counter() - start
-    val_auroc = float("nan")
-    if (rows["split"] == "val").any():
-        val_ds, val_rows = split_rows(ds, rows, "val")
-        pred = exam_predictions(val_rows, model.predict_proba(val_ds.volume), labels)
-        val_auroc = macro_auroc(pred[labels].to_numpy(), pred[[f"p_{c}" for c in labels]].to_numpy())
+    has_val = (rows["split"] == "val").any()
+    candidates = [(int(t), str(b)) for t in (timesteps or [timestep]) for b in (blocks or [block])]
+    if len(candidates) > 1 and not has_val:
+        raise OrthodiffError(f"choosing among {len(candidates)} (timestep, block) pairs needs a validation split ('val')")
+    best, selection = None, []
+    for timestep, block in candidates:
+        start = time.perf_counter()
+        model = VolumeClassifier("finetune", str(backbone), timestep, block, pooling, epochs=epochs, lr=lr,
+                                 head_lr=head_lr, batch_size=batch_size, random_state=seed, device=device)
+        model.fit(train_ds.volume, train_rows[labels].to_numpy(), on_step=progress)
+        seconds = time.perf_counter() - start
+        val_auroc = float("nan")
+        if has_val:
+            val_ds, val_rows = split_rows(ds, rows, "val")
+            pred = exam_predictions(val_rows, model.predict_proba(val_ds.volume), labels)
+            val_auroc = macro_auroc(pred[labels].to_numpy(), pred[[f"p_{c}" for c in labels]].to_numpy())
+        selection.append({"timestep": timestep, "block": block, "val_macro_auroc": val_auroc})
+        if best is None or val_auroc > best[0]:
+            best = (val_auroc, timestep, block, model, seconds)
+    val_auroc, timestep, block, model, seconds = best
     parent = backbone_id(backbone, ckpt)
     state = reference_state(model.backbone_, dict(GaussianDiffusion().state_dict()))
     tuned = {"ema": state, "model": state, **{k: ckpt[k] for k in ("step", "preset", "config", "plane") if k in ckpt},
              "finetuned_from": parent,
              "finetune": {"timestep": int(timestep), "block": block, "pooling": pooling, "epochs": epochs, "lr": lr,
-                          "head_lr": head_lr, "seed": seed, "train_series": len(train_rows)}}
+                          "head_lr": head_lr, "seed": seed, "train_series": len(train_rows), "selection": selection},
+             "finetune_head": {k: v.detach().cpu() for k, v in model.net_.head.state_dict().items()}}
     save_atomic(tuned, out)
     return {"backbone": backbone_id(out, tuned), "finetuned_from": parent, "train_series": len(train_rows),
-            "val_macro_auroc": val_auroc, "seconds": round(seconds, 1)}
+            "timestep": timestep, "block": block, "val_macro_auroc": val_auroc, "seconds": round(seconds, 1),
+            "selection": selection}
+
+
+def finetuned_probes(checkpoints: dict, config: dict) -> dict:
+    """Stage I probes by plane from fine-tuned checkpoints' pooling heads, so Stage II fuses
+    the pooled vectors of the head trained with the encoder (as the paper). Each checkpoint
+    must have been fine-tuned at the configuration's (timestep, block) and pooling."""
+    probes = {}
+    for plane, path in checkpoints.items():
+        ckpt = _plane_checkpoint(path, plane)
+        if "finetune_head" not in ckpt:
+            raise OrthodiffError(f"{path}: no fine-tuned pooling head (finetune_head); write it with `orthodiff finetune`")
+        tuned, choice = ckpt["finetune"], config["planes"].get(plane)
+        if choice is None or (choice["timestep"], choice["block"]) != (tuned["timestep"], tuned["block"]):
+            raise OrthodiffError(f"{path}: fine-tuned at timestep {tuned['timestep']} block {tuned['block']!r}, but the "
+                                 f"configuration's {plane} choice is {choice}")
+        if tuned["pooling"] != config["pooling"]:
+            raise OrthodiffError(f"{path}: its head pools with {tuned['pooling']!r}, the configuration with "
+                                 f"{config['pooling']!r}; select with a {tuned['pooling']} sweep")
+        probes[plane] = PlaneProbe.from_head(tuned["pooling"], ckpt["finetune_head"])
+    return probes
 
 
 def _plane_checkpoint(backbone, plane: str) -> dict:
@@ -139,10 +175,13 @@ def _joint(rows: pd.DataFrame) -> str:
     return str(rows["joint"].iloc[0]) if "joint" in rows.columns else "knee"
 
 
-def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=10, block="mid_2", epochs=5,
-                lr=None, head_lr=1e-3, batch_size=2, subsets=(), seed=0, device=None, progress=None) -> pd.DataFrame:
+def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=10, block="mid_2", epochs=30,
+                lr=None, head_lr=1e-3, batch_size=10, subsets=(), seed=0, device=None, progress=None,
+                decoder="light", timesteps=None, blocks=None, unetr_size="paper") -> pd.DataFrame:
     """Train a segmenter on the plane's training masks, score per-structure Dice on the test
     split, save the model, an overlay PNG, and label-efficiency curves over `subsets`.
+    With several ``timesteps`` / ``blocks`` (diffusion models), each pair is trained and the
+    one with the best validation mean Dice is kept (as in the paper; table ``selection``).
     ``progress()`` is called after every optimizer step."""
     out = Path(out)
     if backbone is not None:
@@ -152,18 +191,33 @@ def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=
     structure_set = structures(_joint(rows))
     test_ds, test_rows = split_rows(ds, rows, "test")
     true = test_ds.mask.to_numpy()
-    lr = lr if lr is not None else (1e-4 if model == "diffusion" else 1e-3)
+    lr = lr if lr is not None else (0.05 * head_lr if model == "diffusion" else 1e-3)  # the paper's encoder rate
 
     def fit(column=None):
         train_ds, train_rows = split_rows(ds, rows, "train", column)
         est = VolumeSegmenter(model, str(backbone) if backbone else None, timestep, block, max(structure_set.values) + 1,
-                              epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, random_state=seed, device=device)
+                              epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, random_state=seed, device=device,
+                              decoder=decoder, unetr_size=unetr_size)
         est.fit(train_ds.volume, train_ds.mask, on_step=progress)
         return est, len(train_rows)
 
-    start = time.perf_counter()
-    est, n_train = fit()
-    seconds = time.perf_counter() - start
+    candidates = [(int(t), str(b)) for t in (timesteps or [timestep]) for b in (blocks or [block])]
+    if len(candidates) > 1 and model == "diffusion":
+        val_ds, _ = split_rows(ds, rows, "val")
+        selection, fitted = [], []
+        for timestep, block in candidates:
+            start = time.perf_counter()
+            fitted.append((*fit(), time.perf_counter() - start))
+            val_dice = dice_table(fitted[-1][0].predict(val_ds.volume), val_ds.mask.to_numpy(), structure_set)
+            selection.append({"timestep": timestep, "block": block, "val_mean_dice": float(val_dice["dice"].mean())})
+        best = int(np.argmax([r["val_mean_dice"] for r in selection]))
+        (timestep, block), (est, n_train, seconds) = candidates[best], fitted[best]
+        out.mkdir(parents=True, exist_ok=True)
+        write_table(pd.DataFrame(selection), out / "selection")
+    else:
+        (timestep, block), start = candidates[0], time.perf_counter()
+        est, n_train = fit()
+        seconds = time.perf_counter() - start
     pred = est.predict(test_ds.volume)
     dice = dice_table(pred, true, structure_set)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +235,7 @@ def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=
     if curve:
         _plot_efficiency(pd.DataFrame(curve), out)
     write_json({"kind": "segment", "model": model, "plane": plane, "backbone": str(backbone) if backbone else None,
-                "timestep": timestep, "block": block, "epochs": epochs, "lr": lr, "train_series": n_train,
+                "decoder": decoder if model == "diffusion" else None, "timestep": timestep, "block": block, "epochs": epochs, "lr": lr, "train_series": n_train,
                 "test_series": len(test_rows), "train_seconds": round(seconds, 1), "store": str(store),
                 "catalog": str(Path(catalog_path).resolve())}, out / "run.json")
     return dice

@@ -48,7 +48,7 @@ def test_sweep_select_fuse_compare_efficiency_report(fake_store):
     root = fake_store
     runner = CliRunner()
     out = _ok(runner.invoke(app, ["sweep", "--store", "S", "--catalog", str(root / "catalog.parquet"),
-                                  "--out", str(root / "run/sweep"), "--lr", "5e-3"]))
+                                  "--out", str(root / "run/sweep"), "--lr", "5e-3", "--pooling", "gap"]))
     assert "Top 4" in out
     sweep, top = (pd.read_parquet(root / f"run/sweep/{name}.parquet") for name in ("sweep", "top4"))
     best = sweep[sweep["label"] == "macro"].groupby("plane")["auroc"].max()
@@ -56,7 +56,7 @@ def test_sweep_select_fuse_compare_efficiency_report(fake_store):
     np.testing.assert_allclose(first["auroc"], best[first.index])  # rank 1 is each plane's best
     assert (first["timestep"] == 100).all()  # where the synthetic signal peaks
     out = _ok(runner.invoke(app, ["select", "--sweep", str(root / "run/sweep"), "--out", str(root / "run/config.json"),
-                                  "--epochs", "15", "--lr", "3e-3"]))
+                                  "--epochs", "5", "--lr", "1e-2"]))
     config = json.loads((root / "run/config.json").read_text())
     assert set(config["planes"]) == {"sagittal", "coronal", "axial"} and "combinations" in out
     for method, extra in [("concat", []), ("mpae", ["--ehr"])]:

@@ -1,21 +1,25 @@
 """Probes, fusion heads, EHR fusion, comparators and the two-stage multi-scan protocol."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.model_selection import GroupKFold
 
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.comparators import LightGBMComparator, LogisticComparator
 from orthodiff.heads.ehr import EHREncoder, LateFusion
-from orthodiff.heads.fusion import METHODS
+from orthodiff.heads.fusion import METHODS, CrossAttentionClassifier, FusionHead, MPAEGate
 from orthodiff.heads.metrics import macro_auroc
 from orthodiff.heads.probe import PlaneProbe
 from orthodiff.heads.protocol import TwoStageFusion, fusion_samples
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
 
 LABELS = ["ACL", "PCL", "MM", "LM"]
-FAST = dict(probe_params=dict(epochs=8, lr=5e-3), fusion_params=dict(epochs=25, lr=3e-3))
+FAST = dict(probe_params=dict(epochs=8, lr=5e-3, batch_size=32),
+            fusion_params=dict(epochs=25, lr=3e-3, batch_size=32, plane_epochs=25, plane_lr=3e-3, gate_epochs=200))
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +164,72 @@ def test_ehr_garbage_in_the_catalog_names_the_catalog_row_and_case(cohort):
     first = int(bad.index[bad.case_id == bad.at[row, "case_id"]][0])
     with pytest.raises(OrthodiffError, match=rf"column 'height', row {first} \(case {bad.at[row, 'case_id']}\): value 'tall'"):
         TwoStageFusion("gap", "concat", ehr=True, **FAST).fit(features, bad[bad.split == "train"], LABELS)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def fusion_reference():
+    state = torch.load(DATA / "fusion_format_tiny.pt", weights_only=True)
+    return state, {k: torch.from_numpy(v) for k, v in np.load(DATA / "fusion_format_tiny_io.npz").items()}
+
+
+def test_mpae_gate_loads_the_reference_weights_and_reproduces_fused_logits_and_gates(fusion_reference):
+    state, io = fusion_reference
+    gate = MPAEGate(n_labels=io["plane_logits"].shape[2]).eval()
+    gate.load_state_dict(state["mpae_gate"], strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(gate(io["plane_logits"]), io["mpae_fused"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(gate.gate(io["plane_logits"]), io["mpae_gate"], atol=1e-5, rtol=0)
+
+
+def test_cross_attention_loads_the_reference_weights_and_reproduces_its_logits(fusion_reference):
+    state, io = fusion_reference
+    dims = [io[k].shape[1] for k in ("fa", "fb", "fc")]
+    model = CrossAttentionClassifier(dims, n_labels=8, embed_dim=64, heads=4, mode="mean").eval()
+    model.load_state_dict(state["cross_attention"], strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(io["fa"], io["fb"], io["fc"]), io["cross_attention_logits"], atol=1e-5, rtol=0)
+
+
+def test_mpae_is_one_gate_over_out_of_fold_plane_logits_with_patient_folds(monkeypatch):
+    rng = np.random.default_rng(0)
+    n, patients = 120, np.repeat(np.arange(40), 3)
+    y = (rng.random((n, 2)) < 0.4).astype(np.float32)
+    X = {"sagittal": rng.normal(size=(n, 6)) + 2 * y[:, :1], "coronal": rng.normal(size=(n, 5)) + 2 * y[:, 1:],
+         "axial": rng.normal(size=(n, 4))}
+    seen = []
+    real_split = GroupKFold.split
+
+    def spy(self, X_, y_=None, groups=None):
+        for fit_rows, held_out in real_split(self, X_, y_, groups):
+            assert not set(groups[fit_rows]) & set(groups[held_out])
+            seen.append(held_out)
+            yield fit_rows, held_out
+
+    monkeypatch.setattr(GroupKFold, "split", spy)
+    head = FusionHead("mpae", plane_epochs=10, plane_lr=3e-2, batch_size=40, gate_epochs=30, random_state=0).fit(X, y, groups=patients)
+    assert len(seen) == 5 and sorted(np.concatenate(seen).tolist()) == list(range(n))
+    gate = head.net_.fusion.fuser
+    assert [tuple(p.shape) for p in gate.gate.parameters()] == [(32, 3), (32,), (3, 32), (3,)]
+    assert [tuple(p.shape) for p in gate.meta.parameters()] == [(128, 2), (128,), (2, 128), (2,)]
+    weights = head.gating_weights(X)
+    np.testing.assert_allclose(weights.sum(2), 1.0, rtol=1e-5)
+    # the gate leans on the plane that carries each label
+    assert weights[:, 0, 0].mean() > weights[:, 0, 2].mean() and weights[:, 1, 1].mean() > weights[:, 1, 2].mean()
+    assert macro_auroc(y, head.predict_proba(X)) > 0.85
+    with pytest.raises(OrthodiffError, match="at least 5 patients"):
+        FusionHead("mpae").fit(X, y, groups=patients % 3)
+
+
+def test_ehr_only_baseline_sees_the_ehr_alone_on_the_fusion_exams(cohort):
+    catalog, features = cohort
+    train, test = catalog[catalog.split == "train"], catalog[catalog.split == "test"]
+    model = TwoStageFusion("gap", "ehr_only", random_state=0, **FAST).fit(features, train, LABELS)
+    pred = model.predict(features, test)
+    shuffled = {p: f.copy(data=np.random.default_rng(1).permutation(f.values)) for p, f in features.items()}
+    np.testing.assert_allclose(model.predict(shuffled, test)["p_ACL"], pred["p_ACL"], rtol=1e-6)
+    fusion = TwoStageFusion("gap", "concat", random_state=0, **FAST).fit(features, train, LABELS)
+    assert set(pred["case_id"]) == set(fusion.predict(features, test)["case_id"])
+    assert model.head_.epochs == 3 and pred[[f"p_{c}" for c in LABELS]].std().min() > 0

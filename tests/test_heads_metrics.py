@@ -7,7 +7,9 @@ import pytest
 from orthodiff.errors import OrthodiffError
 from sklearn.metrics import roc_auc_score
 
-from orthodiff.heads.metrics import auroc_per_label, evaluate, per_label, permutation_test, subgroup_table, summary
+from orthodiff.heads.metrics import (
+    auroc_per_label, evaluate, per_label, permutation_test, subgroup_table, summary, youden_thresholds,
+)
 
 
 def test_summary_matches_hand_counts():
@@ -19,6 +21,35 @@ def test_summary_matches_hand_counts():
     assert s["OP"] == pytest.approx(2 / 4) and s["OR"] == pytest.approx(2 / 4)
     # label 0: positives {0.9, 0.4} vs negatives {0.6, 0.1} -> 3/4; label 1: {0.7, 0.2} vs {0.6, 0.1} -> 3/4
     assert s["macro_auroc"] == pytest.approx(0.75)
+
+
+def test_cf1_is_the_mean_of_per_label_f1_not_the_harmonic_mean_of_cp_and_cr():
+    y = np.array([[1, 1], [1, 0], [0, 0], [0, 1], [1, 0], [0, 0]])
+    p = np.array([[0.9, 0.8], [0.8, 0.7], [0.2, 0.6], [0.1, 0.3], [0.7, 0.9], [0.3, 0.8]])
+    s = summary(y, p)
+    # label 0: tp 3, fp 0, fn 0 -> P 1, R 1, F1 1; label 1: tp 1, fp 4, fn 1 -> P 1/5, R 1/2, F1 2/7
+    assert s["CP"] == pytest.approx(0.6) and s["CR"] == pytest.approx(0.75)
+    assert s["CF1"] == pytest.approx((1 + 2 / 7) / 2)  # 0.643; the harmonic mean of CP and CR is 0.667
+    table = per_label(y, p, ["ACL", "PCL"]).set_index("label")
+    assert table.loc["PCL", "sensitivity"] == pytest.approx(0.5) and table.loc["PCL", "specificity"] == pytest.approx(0.0)
+    assert table.loc["ACL", "sensitivity"] == 1.0 and table.loc["ACL", "specificity"] == 1.0
+    assert table.loc["PCL", "f1"] == pytest.approx(2 / 7)
+
+
+def test_youden_threshold_is_chosen_on_validation_and_frozen():
+    y_val = np.array([[0], [0], [0], [1], [1], [1], [1]])
+    p_val = np.array([[0.05], [0.1], [0.35], [0.3], [0.4], [0.45], [0.9]])
+    # J at 0.3: sens 1, spec 2/3 -> 0.67; at 0.4: sens 3/4, spec 1 -> 0.75 (the maximum)
+    assert youden_thresholds(y_val, p_val).tolist() == [0.4]
+    assert youden_thresholds(np.zeros((4, 1)), np.full((4, 1), 0.3)).tolist() == [0.5]
+    y_test, p_test = np.array([[1], [0], [1]]), np.array([[0.45], [0.42], [0.2]])
+    at_youden = summary(y_test, p_test, threshold=[0.4])
+    assert at_youden["CP"] == pytest.approx(0.5) and at_youden["CR"] == pytest.approx(0.5)
+    assert summary(y_test, p_test)["CR"] == 0.0
+    tidy = evaluate(y_test, p_test, ["ACL"], threshold=[0.4], n_boot=0).set_index(["metric", "label"])
+    assert tidy.loc[("sensitivity", "ACL"), "value"] == pytest.approx(0.5)
+    with pytest.raises(OrthodiffError, match="2 thresholds for 1 labels"):
+        summary(y_test, p_test, threshold=[0.4, 0.5])
 
 
 def test_one_class_label_is_undefined_with_a_note_not_a_crash():

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from orthodiff.errors import OrthodiffError
+from orthodiff.heads.metrics import summary, youden_thresholds
 from orthodiff.heads.report import build_report, read_table
 from orthodiff.heads.runs import compare_runs, config_features, read_config, run_efficiency, run_fuse, run_select, run_sweep
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
 
 LABELS = ["ACL", "PCL", "MM", "LM"]
-FAST_FUSION = dict(epochs=20, lr=3e-3)
+FAST_FUSION = dict(epochs=20, lr=3e-3, batch_size=32, plane_epochs=20, plane_lr=3e-3, gate_epochs=200)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def run(tmp_path_factory):
     train_patients = sorted(catalog.loc[catalog.split == "train", "patient_id"].unique())
     catalog["subset_40"] = catalog["patient_id"].isin(train_patients[:40])
     features = synthetic_features(catalog, LABELS, channels=16, timesteps=(10, 100), blocks=("mid_0", "mid_2"), seed=1)
-    run_sweep(features, catalog, LABELS, "gap", out / "sweep", probe_params=dict(lr=5e-3), provenance={"store": "synthetic"})
+    run_sweep(features, catalog, LABELS, "gap", out / "sweep", probe_params=dict(lr=5e-3, batch_size=32), provenance={"store": "synthetic"})
     scored, config = run_select(out / "sweep", features, catalog, LABELS, out / "config.json", fusion_params=FAST_FUSION, top_k=2)
     return out, catalog, features, scored, config
 
@@ -105,3 +106,19 @@ def test_a_label_with_one_class_in_the_test_split_is_undefined_not_a_crash(run, 
     assert np.isnan(lm.value) and "only class [0]" in lm.note
     macro = metrics[metrics.metric == "macro_auroc"].iloc[0]
     assert np.isfinite(macro.value)
+
+
+def test_youden_thresholds_come_from_validation_and_are_frozen_for_test(run):
+    out, catalog, features, _, config = run
+    target = out / "fuse_youden"
+    metrics, model = run_fuse(config, features, catalog, LABELS, "concat", target, n_boot=0, fusion_params=FAST_FUSION,
+                              threshold="youden")
+    val = model.predict(config_features(features, config), catalog[catalog.split == "val"])
+    expected = youden_thresholds(val[LABELS].to_numpy(), val[[f"p_{c}" for c in LABELS]].to_numpy())
+    frozen = json.loads((target / "run.json").read_text())["thresholds"]
+    np.testing.assert_allclose([frozen[c] for c in LABELS], expected)
+    pred = read_table(target / "predictions.parquet")
+    cf1 = metrics.set_index(["metric", "label"]).loc[("CF1", "all"), "value"]
+    assert cf1 == pytest.approx(summary(pred[LABELS].to_numpy(), pred[[f"p_{c}" for c in LABELS]].to_numpy(), expected)["CF1"])
+    with pytest.raises(OrthodiffError, match="expected a number in \\(0, 1\\) or 'youden'"):
+        run_fuse(config, features, catalog, LABELS, "concat", out / "bad", threshold="otsu")

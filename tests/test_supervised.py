@@ -24,9 +24,10 @@ from orthodiff.featurestore.extract import extract
 from orthodiff.featurestore.ingest import ingest
 from orthodiff.heads.runs import compare_runs
 from orthodiff.supervised.biomarkers import agreement, biomarkers, thickness_map
-from orthodiff.supervised.estimators import VolumeClassifier
+from orthodiff.supervised.estimators import VolumeClassifier, segmentation_loss, soft_dice_loss
+from orthodiff.supervised.networks import SegHead
 from orthodiff.supervised.runs import (
-    comparison, load_segmenter, run_baseline_classify, run_finetune, run_segment, run_segment_predict,
+    comparison, finetuned_probes, load_segmenter, run_baseline_classify, run_finetune, run_segment, run_segment_predict,
 )
 from helpers import random_checkpoint
 
@@ -55,12 +56,32 @@ def test_finetune_writes_a_new_backbone_whose_features_extract_into_their_own_gr
     assert not any(k.startswith(("output_blocks.", "out.", "time_embed.", "middle_block.2.")) for k in changed)
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["plane"] == "sagittal" and ckpt["finetune"]["block"] == "mid_1"
+    assert {"classifier.weight", "mean", "scale"} <= set(ckpt["finetune_head"])
+    config = {"pooling": "gap", "planes": {"sagittal": {"timestep": 10, "block": "mid_1"}}}
+    probe = finetuned_probes({"sagittal": out}, config)["sagittal"]
+    for name, value in ckpt["finetune_head"].items():
+        torch.testing.assert_close(probe.net_.state_dict()[name], value)
+    with pytest.raises(OrthodiffError, match="fine-tuned at timestep 10 block 'mid_1'"):
+        finetuned_probes({"sagittal": out}, {**config, "planes": {"sagittal": {"timestep": 10, "block": "mid_2"}}})
+    with pytest.raises(OrthodiffError, match="no fine-tuned pooling head"):
+        finetuned_probes({"sagittal": cohort["backbone"]}, config)
 
     extract(cohort["store"], out, "sagittal", (10,), ("mid_1",), progress=False)
     ds = open_store(cohort["store"], backbone=summary["backbone"])
     catalog = pd.read_parquet(cohort["catalog"])
     assert set(ds.series.values) == set(catalog.loc[catalog.plane == "sagittal", "series_id"])
     assert np.isfinite(ds.gap.sel(timestep=10, block="mid_1").values).all()
+
+
+def test_ft_opt_keeps_the_timestep_and_block_best_on_validation(cohort, tmp_path):
+    out = tmp_path / "ftopt.pt"
+    summary = run_finetune(cohort["store"], cohort["catalog"], "sagittal", cohort["backbone"], 10, "mid_1", out,
+                           pooling="gap", epochs=1, lr=1e-3, batch_size=4, timesteps=[10, 300], blocks=["mid_1"])
+    selection = pd.DataFrame(summary["selection"])
+    assert selection[["timestep", "block"]].values.tolist() == [[10, "mid_1"], [300, "mid_1"]]
+    best = selection.loc[selection["val_macro_auroc"].idxmax()]
+    assert summary["timestep"] == best["timestep"] and summary["val_macro_auroc"] == best["val_macro_auroc"]
+    assert torch.load(out, weights_only=True)["finetune"]["timestep"] == best["timestep"]
 
 
 def test_finetune_and_segmentation_refuse_bad_planes(cohort, tmp_path):
@@ -107,6 +128,7 @@ def test_segmentation_trains_scores_dice_and_writes_aligned_masks(cohort, tmp_pa
     assert (run / "overlay.png").stat().st_size > 0
     model, saved = load_segmenter(run)
     assert saved["plane"] == "sagittal" and saved["params"]["model"] == "diffusion"
+    assert saved["params"]["decoder"] == "light" and any(k.startswith("head.net.2.block.") for k in saved["state"])
 
     pred_dir = tmp_path / "pred"
     table = run_segment_predict(run, cohort["store"], cohort["catalog"], pred_dir)
@@ -120,6 +142,55 @@ def test_segmentation_trains_scores_dice_and_writes_aligned_masks(cohort, tmp_pa
     assert {"volume_Femur", "thickness_FC"} <= set(table["biomarker"])
     assert (pred_dir / "thickness_maps.png").stat().st_size > 0 and (pred_dir / "bland_altman.png").stat().st_size > 0
     assert (table["n"] == len(test)).any()
+
+
+def test_training_draws_fresh_noise_per_step_and_evaluation_the_keyed_noise():
+    from orthodiff.backbone import PRESETS, DiffusionUNet
+    from orthodiff.supervised.networks import NoisedEncoder, classifier, segmenter
+
+    encoder = NoisedEncoder(DiffusionUNet(PRESETS["demo"]), 100, "mid_2")
+    x0, keys = torch.zeros(2, 16, 32, 32), torch.tensor([3, 4])
+    encoder.eval()
+    assert torch.equal(encoder.noised(x0, keys), encoder.noised(x0, keys))
+    encoder.train()
+    torch.manual_seed(0)
+    first, second = encoder.noised(x0, keys), encoder.noised(x0, keys)
+    assert not torch.equal(first, second)
+    torch.manual_seed(0)
+    assert torch.equal(encoder.noised(x0, keys), first)  # reproducible from the seed
+    baseline = classifier("unet_encoder", 3, image_size=32, block="mid_2", pooling="sap")
+    assert baseline.encoder.block == "mid_0" and baseline.head.pool.__class__.__name__ == "GAP"
+    with pytest.raises(OrthodiffError, match="UNETR size 'huge'"):
+        segmenter("unetr", 3, 32, unetr_size="huge")
+
+
+def test_light_head_and_soft_dice_reproduce_the_reference():
+    data = Path(__file__).parent / "data"
+    io = {k: torch.from_numpy(v) for k, v in np.load(data / "seghead_format_tiny_io.npz").items()}
+    head = SegHead(64, 12, upsamplings=4).eval()
+    head.load_state_dict(torch.load(data / "seghead_format_tiny.pt", weights_only=True)["seg_head"], strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(head(io["x"]), io["y"], atol=1e-5, rtol=0)
+    assert (io["target"] == -1).any()  # partially annotated: label -1 is ignored
+    dice = soft_dice_loss(io["logits"], io["target"])
+    assert dice.item() == pytest.approx(io["soft_dice_loss"].item(), abs=1e-6)
+    ce = torch.nn.functional.cross_entropy(io["logits"], io["target"], ignore_index=-1)
+    assert segmentation_loss(io["logits"], io["target"]).item() == pytest.approx(0.2 * ce.item() + dice.item(), abs=1e-6)
+    with pytest.raises(OrthodiffError, match="cannot be halved"):
+        SegHead(20, 3, upsamplings=2)
+
+
+def test_skip_decoder_and_timestep_block_selection_on_validation(cohort, tmp_path):
+    run = tmp_path / "skip"
+    run_segment(cohort["store"], cohort["catalog"], "sagittal", "diffusion", run, backbone=cohort["backbone"],
+                epochs=1, batch_size=4, decoder="skip", timesteps=[10, 100], blocks=["mid_2"])
+    selection = pd.read_parquet(run / "selection.parquet")
+    assert selection[["timestep", "block"]].values.tolist() == [[10, "mid_2"], [100, "mid_2"]]
+    chosen = json.loads((run / "run.json").read_text())
+    best = selection.loc[selection["val_mean_dice"].idxmax()]
+    assert chosen["decoder"] == "skip" and chosen["timestep"] == best["timestep"]
+    model, saved = load_segmenter(run)
+    assert saved["params"]["decoder"] == "skip" and saved["params"]["timestep"] == best["timestep"]
 
 
 def test_segmentation_baseline_learns_the_large_bones(cohort, tmp_path):
