@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from orthodiff.catalogs.cohort import read_catalog, resolve_path, validate_catalog
-from orthodiff.catalogs.phantom import Anatomy, render
+from orthodiff.catalogs.phantom import TISSUE_NAMES, Anatomy, render, true_thickness
 from orthodiff.catalogs.readers import read_series
 from orthodiff.catalogs.synth import draw_labels, plan_exams, synthesize
 from orthodiff.catalogs.tasks import get_task, structures
@@ -34,16 +34,72 @@ def test_acl_tears_come_with_meniscal_tears_and_effusion():
         assert labels.loc[acl, abbr].mean() > labels.loc[~acl, abbr].mean() + 0.15, abbr
 
 
+def _knee(labels: dict, anatomy: Anatomy = Anatomy(), spacing: float = 1.0, half: float = 40.0):
+    """The phantom on an isotropic grid centred on the joint (arrays indexed [z, y, x])."""
+    n = int(2 * half / spacing) + 1
+    grid = np.diag([spacing, spacing, spacing, 1.0])
+    grid[:3, 3] = -half
+    return render("knee", anatomy, labels, (n, n, n), grid)
+
+
 def test_acl_tear_is_a_local_change_in_the_ligament():
-    anatomy = Anatomy(1.0, 0.0, (0.0, 0.0, 0.0))
-    axis = np.linspace(-40, 40, 81)
-    points = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
-    healthy, label = render("knee", anatomy, {"ACL": 0}, points)
-    torn, _ = render("knee", anatomy, {"ACL": 1}, points)
-    changed = healthy != torn
-    assert 0 < changed.sum() < 0.002 * len(points)  # a small lesion, not a global change
-    assert (label[changed] == 10).all()  # only inside the ACL
-    assert torn[changed].mean() > healthy[changed].mean() + 0.5  # bright fluid in the gap
+    healthy, torn = _knee({"ACL": 0}), _knee({"ACL": 1})  # default anatomy: no bone bruise
+    changed = (healthy.tissue != torn.tissue) | (healthy.label != torn.label)
+    assert 0 < changed.sum() < 0.004 * changed.size  # a small lesion (under 2 cm3), not a global change
+    assert set(np.unique(healthy.label[changed])) <= {0, 10}  # the ligament and what surrounds it
+    assert (torn.label == 10).sum() < 0.85 * (healthy.label == 10).sum()  # a discontinuity
+    assert torn.t2[changed].mean() > healthy.t2[changed].mean() + 40  # fluid and oedema are bright
+
+
+def test_bone_bruises_come_with_some_acl_tears_inside_the_bone():
+    bruised = _knee({"ACL": 1}, Anatomy(bruise=0.1))
+    plain = _knee({"ACL": 1}, Anatomy(bruise=0.9))
+    changed = bruised.tissue != plain.tissue
+    assert changed.sum() > 500 and set(np.unique(bruised.label[changed])) <= {1, 2}
+
+
+def test_meniscal_tear_is_a_cleft_in_the_posterior_horn():
+    healthy, torn = _knee({"MM": 0}, spacing=0.5, half=40), _knee({"MM": 1}, spacing=0.5, half=40)
+    changed = healthy.tissue != torn.tissue
+    assert changed.sum() > 50 and (healthy.label[changed] == 8).all()  # only the medial meniscus
+    y = np.nonzero(changed)[1] * 0.5 - 40
+    assert (y < -8).all()  # posterior horn
+
+
+def test_anatomy_is_layered_like_a_knee():
+    knee = _knee({}, Anatomy(flexion=0.0), spacing=0.5)
+    index = lambda v: int(round((v + 40) / 0.5))  # noqa: E731
+    # Vertically through the medial compartment: tibia, tibial then femoral cartilage, femur.
+    column = knee.label[:, index(-1), index(-21)]
+    order = [v for i, v in enumerate(column) if v and (i == 0 or column[i - 1] != v)]
+    assert order[:4] == [2, 5, 4, 1]
+    # Front to back at the patellofemoral joint: femur, femoral cartilage, patellar cartilage, patella.
+    row = knee.label[index(26), :, index(0)]
+    order = [v for i, v in enumerate(row) if v and (i == 0 or row[i - 1] != v)]
+    assert order == [1, 4, 7, 3]
+    # Menisci sit on the plateau rims, not over the plateau centres.
+    assert knee.label[index(-1) : index(2), index(-1), index(-21)].max() != 8
+    assert (knee.label == 8).sum() > 1000 and (knee.label == 9).sum() > 1000
+    # The ACL runs from the lateral femoral notch wall down to the anterior tibia.
+    z, y, x = (np.nonzero(knee.label == 10)[i] * 0.5 - 40 for i in range(3))
+    assert z.max() - z.min() > 12 and y[z.argmax()] < y[z.argmin()] - 15
+
+
+def test_true_cartilage_thickness_is_realistic_and_thins_with_degeneration():
+    normal = true_thickness(Anatomy(), {})
+    assert set(normal) == {4, 5, 6, 7}
+    for value in (4, 5, 6):
+        assert 1.3 < normal[value] < 3.0, value
+    assert normal[7] > max(normal[5], normal[4])  # patellar cartilage is the thickest
+    worn = true_thickness(Anatomy(degeneration=(0.9, 0.0)), {})
+    assert worn[5] < 0.7 * normal[5] and worn[6] == pytest.approx(normal[6])
+
+
+def test_cartilage_t2_rises_with_degeneration():
+    knee = _knee({}, Anatomy(degeneration=(0.8, 0.0)))
+    medial, lateral = knee.t2[knee.label == 5], knee.t2[knee.label == 6]
+    assert 30 < lateral.mean() < 45 and medial.mean() > lateral.mean() + 8
+    assert knee.t2[knee.label == 8].mean() < 15 and knee.t2[knee.tissue == TISSUE_NAMES.index("fluid")].min() > 200
 
 
 @pytest.fixture(scope="module")
