@@ -122,6 +122,25 @@ def test_tiny_knee_cohort_is_valid_with_masks_on_sagittal_and_coronal(knee_cohor
         read_series(resolve_path(knee_cohort, row.path), expected_plane=row.plane)  # geometry matches
 
 
+def test_knee_series_have_t2_maps_acquisition_columns_and_true_thickness(knee_cohort):
+    df = read_catalog(knee_cohort)
+    for row in df.head(4).itertuples():
+        image, t2 = nib.load(resolve_path(knee_cohort, row.path)), nib.load(resolve_path(knee_cohort, row.t2_path))
+        assert t2.get_data_dtype() == np.float32 and t2.shape == image.shape
+        np.testing.assert_allclose(t2.affine, image.affine)
+        values = np.asarray(t2.dataobj)
+        assert 0 < np.median(values) < 100 and values.max() > 200  # tissue T2 in ms, fluid high
+        mask = np.asarray(nib.load(resolve_path(knee_cohort, row.mask_path)).dataobj) if isinstance(row.mask_path, str) else None
+        if mask is not None:
+            assert 25 < values[mask == 4].mean() < 60  # femoral cartilage (partial volume included)
+    centers = df.drop_duplicates("center")
+    assert (centers["echo_time"].between(20, 45) & centers["repetition_time"].between(2000, 4000)).all()
+    assert np.allclose(df["pixel_spacing"], 150 / 32) and df["flip_angle"].between(60, 90).all()
+    for name in ("FC", "MTC", "LTC", "PC"):
+        assert df[f"true_thickness_{name}"].between(1.0, 4.5).all(), name
+    assert (df.groupby("case_id")["true_thickness_FC"].nunique() == 1).all()  # per exam
+
+
 def test_same_seed_same_bytes(knee_cohort, tmp_path):
     again = synthesize("knee", 6, 32, seed=3, out=tmp_path, progress=False, workers=2)
 
@@ -139,6 +158,8 @@ def test_dicom_cohort_reads_back_without_real_identifiers(tmp_path):
     folder = resolve_path(catalog, row.path)
     ds = pydicom.dcmread(sorted(folder.iterdir())[0])
     assert str(ds.PatientName) == row.patient_id == ds.PatientID
+    assert float(ds.EchoTime) == row.echo_time and float(ds.RepetitionTime) == row.repetition_time
+    assert float(ds.FlipAngle) == row.flip_angle and float(ds.PixelSpacing[0]) == pytest.approx(row.pixel_spacing, abs=1e-4)
     assert read_series(folder, expected_plane=row.plane).shape[0] >= 16
 
 
@@ -148,7 +169,7 @@ def test_other_joints_have_their_own_labels_and_no_masks(tmp_path, joint):
     df = read_catalog(catalog)
     validate_catalog(df, catalog)
     assert set(get_task(joint).label_columns) <= set(df.columns) and "ACL" not in df.columns
-    assert df["mask_path"].isna().all()
+    assert df["mask_path"].isna().all() and df["t2_path"].isna().all()
 
 
 def test_repeat_scans_and_missing_planes_occur_at_their_rates():
