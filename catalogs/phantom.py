@@ -38,7 +38,6 @@ TISSUES = {
     "skin": (0.75, 700.0, 35.0, 0.0),
     "fat": (0.95, 280.0, 75.0, 1.0),
     "muscle": (0.6, 900.0, 32.0, 0.0),
-    "capsule": (0.8, 1000.0, 45.0, 0.0),
     "vessel": (0.12, 1500.0, 50.0, 0.0),
     "cortex": (0.08, 1000.0, 1.5, 0.0),
     "marrow": (0.9, 320.0, 60.0, 0.85),
@@ -168,7 +167,8 @@ class Region:
 
     def ellipsoid_distance(self, centre, radii) -> np.ndarray:
         """Approximate signed distance (mm) to an ellipsoid's surface, negative inside."""
-        p = [(c - o) for c, o in zip((self.x, self.y, self.z), centre)]
+        p = [(c - float(o)) for c, o in zip((self.x, self.y, self.z), centre)]
+        radii = [float(r) for r in radii]
         k0 = np.sqrt(sum((q / r) ** 2 for q, r in zip(p, radii)))
         k1 = np.sqrt(sum((q / (r * r)) ** 2 for q, r in zip(p, radii))) + 1e-6
         return k0 * (k0 - 1) / k1
@@ -181,9 +181,11 @@ class Region:
         axis = d / np.linalg.norm(d)
         u = np.asarray(across, float) - axis * (axis @ np.asarray(across, float))
         u /= np.linalg.norm(u)
-        w = np.cross(axis, u)
+        # Python floats, so that float32 coordinates stay float32.
+        w, u, length2 = np.cross(axis, u).tolist(), u.tolist(), float(d @ d)
+        a, d = a.tolist(), d.tolist()
         px, py, pz = self.x - a[0], self.y - a[1], self.z - a[2]
-        t = np.clip((px * d[0] + py * d[1] + pz * d[2]) / (d @ d), 0.0, 1.0)
+        t = np.clip((px * d[0] + py * d[1] + pz * d[2]) / length2, 0.0, 1.0)
         rx, ry, rz = px - t * d[0], py - t * d[1], pz - t * d[2]
         radius = ((rx * u[0] + ry * u[1] + rz * u[2]) / width) ** 2 + ((rx * w[0] + ry * w[1] + rz * w[2]) / thickness) ** 2
         return radius, t
@@ -214,18 +216,23 @@ def _smoothstep(v: np.ndarray) -> np.ndarray:
     return v * v * (3 - 2 * v)
 
 
-def _trabecular(region: Region, seed: int) -> np.ndarray:
-    """Proton-density modulation of marrow: a mesh of thin dark trabeculae (about 2 mm)."""
+def _trabecular(region: Region, where: np.ndarray, seed: int) -> np.ndarray:
+    """Proton-density modulation of marrow at `where`: a mesh of thin dark trabeculae
+    (about 2 mm apart); 1 elsewhere."""
     rng = np.random.default_rng(seed)
     waves = rng.normal(size=(4, 3))
     waves *= (2 * np.pi / rng.uniform(1.8, 3.0, 4) / np.linalg.norm(waves, axis=1))[:, None]
-    s = sum(np.cos(f[0] * region.x + f[1] * region.y + f[2] * region.z + p) for f, p in zip(waves, rng.uniform(0, 6.3, 4)))
-    return (1 - 0.22 * np.exp(-(s * s) * 3.0)).astype(np.float32)
+    x, y, z = region.x[where], region.y[where], region.z[where]
+    s = sum(np.cos(f[0] * x + f[1] * y + f[2] * z + p) for f, p in zip(waves.tolist(), rng.uniform(0, 6.3, 4).tolist()))
+    out = np.ones(where.shape, np.float32)
+    out[where] = 1 - 0.22 * np.exp(-(s * s) * 3.0)
+    return out
 
 
 def _bone(r: Region, distance: np.ndarray, label: int | None, seed: int, cortex: float | np.ndarray = 1.2) -> None:
     r.paint(distance <= 0, "cortex", label)
-    r.paint(distance <= -cortex, "marrow", label, pd=_trabecular(r, seed))
+    marrow = distance <= -cortex
+    r.paint(marrow, "marrow", label, pd=_trabecular(r, marrow, seed))
 
 
 def _cartilage(r: Region, distance, thickness, label: int, a: Anatomy, degeneration) -> None:
@@ -307,11 +314,12 @@ def knee(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
     inside = r.ellipsoid((0, -4, 0), (54 * a.width - 1.5 - a.fat, 57 - 1.5 - a.fat, 500)) <= 1
     r.paint(inside & (r.y > 12) & (r.z > -30) & (r.z < 32), "fat")
     r.paint(r.ellipsoid((0, -30, 6), (16, 14, 40)) <= 1, "fat")  # popliteal fossa
-    r.paint(r.tube((3, -33, -120), (3, -31, 120), 3.2)[0], "vessel")  # popliteal artery
-    r.paint(r.tube((-3, -37, -120), (-3, -35, 120), 3.6)[0], "vessel")  # popliteal vein
+    for x, y, radius in ((3.0, -32.0, 3.2), (-3.0, -36.0, 3.6)):  # popliteal artery and vein
+        v = vol.region((x - radius, y - radius, -120), (x + radius, y + radius, 120))
+        v.paint((v.x - x) ** 2 + (v.y - y) ** 2 <= radius**2, "vessel")
     r = vol.region((-35, -12, -20), (35, 50, 30))
     r.paint(r.ellipsoid((0, 24, -1), (19, 11, 12)) <= 1, "fat")  # infrapatellar (Hoffa) fat pad
-    r.paint(r.ellipsoid((0, -4, 1), (40, 30, 7)) <= 1, "capsule")  # capsule and synovium
+    r.paint(r.ellipsoid((0, -4, 1), (40, 30, 7)) <= 1, "fat")  # intra-articular fat around the cruciates
 
     # Fluid recesses in the femoral frame: suprapatellar pouch, posterior condylar recesses.
     r = vol.region((-45, -45, -5), (45, 40, 80), fem)
@@ -471,7 +479,7 @@ def _ligament(c: Region, start, end, radius: float, torn: bool) -> None:
 
 
 def _bone_solid(c: Region, inside: np.ndarray, seed: int) -> None:
-    c.paint(inside, "marrow", pd=_trabecular(c, seed))
+    c.paint(inside, "marrow", pd=_trabecular(c, inside, seed))
 
 
 def ankle(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from orthodiff.catalogs.cohort import split_catalog, write_catalog
-from orthodiff.catalogs.phantom import TISSUE_TABLE, TISSUES, Anatomy, Volume, render, true_thickness
+from orthodiff.catalogs.phantom import TISSUE_NAMES, TISSUE_TABLE, Anatomy, Volume, render, true_thickness
 from orthodiff.catalogs.tasks import PLANES, ehr_schema, get_task, joints, structures
 from orthodiff.catalogs.writers import DIRECTIONS, affine, write_dicom_series, write_nifti
 from orthodiff.errors import OrthodiffError
@@ -148,18 +148,17 @@ class Protocol:
 def mr_signal(volume: Volume, protocol: Protocol) -> np.ndarray:
     """Spin-echo signal of the phantom's tissues relative to fluid (fluid ~ 1):
     PD sin(a) (1 - E1) / (1 - cos(a) E1) exp(-TE / T2), fat share suppressed if asked."""
-    pd, t1, _, fat = (TISSUE_TABLE[:, c][volume.tissue] for c in range(4))
+    pd, t1, _, fat = TISSUE_TABLE.T
     angle = np.deg2rad(protocol.flip_angle)
-
-    def steady(t1_ms):
-        e1 = np.exp(-protocol.repetition_time / t1_ms)
-        return np.sin(angle) * (1 - e1) / (1 - np.cos(angle) * e1)
-
-    signal = pd * volume.pd * steady(t1) * np.exp(-protocol.echo_time / volume.t2)
+    e1 = np.exp(-protocol.repetition_time / t1)
+    per_tissue = pd * np.sin(angle) * (1 - e1) / (1 - np.cos(angle) * e1)  # T1 saturation
     if protocol.fat_suppression:
-        signal *= 1 - FAT_SUPPRESSION * fat
-    fluid = TISSUES["fluid"]
-    return (signal / (fluid[0] * steady(fluid[1]) * np.exp(-protocol.echo_time / fluid[2]))).astype(np.float32)
+        per_tissue *= 1 - FAT_SUPPRESSION * fat
+    fluid = TISSUE_NAMES.index("fluid")
+    reference = per_tissue[fluid] / (1 - FAT_SUPPRESSION * fat[fluid] if protocol.fat_suppression else 1)
+    reference *= np.exp(-protocol.echo_time / TISSUE_TABLE[fluid, 2])
+    signal = per_tissue[volume.tissue] * volume.pd * np.exp(-protocol.echo_time / volume.t2)
+    return (signal / reference).astype(np.float32)
 
 
 def _supersampling(protocol: Protocol) -> int:
