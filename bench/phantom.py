@@ -40,18 +40,19 @@ def figure(png: Path, size: int = 256, seed: int = 0) -> Path:
         "normal": Exam(7, "knee", {}, "center_2", 3.0, series),
         "ACL tear (bone bruises, effusion)": Exam(7, "knee", {"ACL": 1, "EFFU": 1}, "center_2", 3.0, series),
     }
-    fig, axes = plt.subplots(2, 6, figsize=(15, 5.9))
+    fig, axes = plt.subplots(2, 6, figsize=(16, 6.4))
+    slices: dict[str, int] = {}  # chosen on the normal knee, the same for the torn one
     for row, (title, exam) in enumerate(exams.items()):
         for col, (plane, values) in enumerate(VIEWS):
             out = image_series(exam, plane, 0, size, seed)
-            k = int(np.argmax([np.isin(m, values).sum() for m in out["mask"]]))
-            image = out["image"][k]
+            k = slices.setdefault(plane, int(np.argmax([np.isin(m, values).sum() for m in out["mask"]])))
+            crop = slice(size // 8, size - size // 8)  # the knee fills the central 3/4 of the field of view
+            image, mask = out["image"][k][crop, crop], out["mask"][k][crop, crop]
             for ax, overlay in zip(axes[row, 2 * col : 2 * col + 2], (False, True)):
                 ax.imshow(image, cmap="gray", vmin=0, vmax=np.percentile(image, 99.5))
                 if overlay:
-                    mask = np.ma.masked_equal(out["mask"][k], 0)
-                    ax.imshow(mask - 1, cmap=cmap, vmin=0, vmax=10, alpha=0.55, interpolation="nearest")
-                ax.set_title(f"{title if col == 0 and not overlay else ''}\n{plane}{' + mask' if overlay else ''}", fontsize=9)
+                    ax.imshow(np.ma.masked_equal(mask, 0) - 1, cmap=cmap, vmin=0, vmax=10, alpha=0.55, interpolation="nearest")
+                ax.set_title(f"{title + ': ' if col == 0 and not overlay else ''}{plane}{' + mask' if overlay else ''}", fontsize=9)
                 ax.axis("off")
     handles = [Patch(color=colours[v - 1], label=f"{v} {names[v]}") for v in sorted(names)]
     fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=8, frameon=False)

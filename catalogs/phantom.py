@@ -319,7 +319,7 @@ def knee(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
         v.paint((v.x - x) ** 2 + (v.y - y) ** 2 <= radius**2, "vessel")
     r = vol.region((-35, -12, -20), (35, 50, 30))
     r.paint(r.ellipsoid((0, 24, -1), (19, 11, 12)) <= 1, "fat")  # infrapatellar (Hoffa) fat pad
-    r.paint(r.ellipsoid((0, -4, 1), (40, 30, 7)) <= 1, "fat")  # intra-articular fat around the cruciates
+    r.paint(r.ellipsoid((0, -4, 6), (40, 30, 16)) <= 1, "fat")  # fat around the cruciates and the capsule
 
     # Fluid recesses in the femoral frame: suprapatellar pouch, posterior condylar recesses.
     r = vol.region((-45, -45, -5), (45, 40, 80), fem)
@@ -338,9 +338,9 @@ def knee(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
     radius, _ = r.band(lower_pole, (0, 29, -32), 12, 2.8)
     r.paint(radius <= 1, "tendon")
 
-    _cruciates(vol, a, labels, fem_out)
-    _collaterals(vol, a, labels, fem_out)
-    _menisci(vol, a, labels)
+    _cruciates(vol, labels, fem_out)
+    _collaterals(vol, labels, fem_out)
+    _menisci(vol, labels)
     _tibia(vol, a, labels)
     _femur(vol, a, labels, fem)
     _patella(vol, a, labels, pat)
@@ -360,14 +360,14 @@ def _torn_band(vol: Volume, start, end, width, thickness, across, label, torn: b
     r.paint((radius <= 1) & (t > gap[0]) & (t < gap[1]), "fluid")
 
 
-def _cruciates(vol: Volume, a: Anatomy, labels, fem_out) -> None:
-    acl = (_apply(fem_out, (9.0, -17.0, 13.0)), np.array([-3.0, 11.0, -2.0]))
+def _cruciates(vol: Volume, labels, fem_out) -> None:
+    acl = (_apply(fem_out, (8.0, -12.0, 20.0)), np.array([1.0, 11.0, -2.0]))
     _torn_band(vol, *acl, 5.0, 3.0, (1, 0, 0), 10, bool(labels.get("ACL")))
     pcl = (_apply(fem_out, (-9.0, 3.0, 11.0)), np.array([0.0, -23.0, -11.0]))
     _torn_band(vol, *pcl, 6.5, 4.0, (1, 0, 0), 11, bool(labels.get("PCL")))
 
 
-def _collaterals(vol: Volume, a: Anatomy, labels, fem_out) -> None:
+def _collaterals(vol: Volume, labels, fem_out) -> None:
     """MCL (a broad flat band) and LCL (a cord to the fibular head): not segmented."""
     paths = {
         "MCL": ([_apply(fem_out, (-42.0, -3.0, 27.0)), (-42.0, -2.0, -3.0), (-41.0, 0.0, -28.0), (-25.0, 8.0, -58.0)], 6.0, 1.6, (0, 1, 0)),
@@ -385,7 +385,7 @@ def _collaterals(vol: Volume, a: Anatomy, labels, fem_out) -> None:
                 r.paint(r.band(start, end, width, thickness, across)[0] <= 1, "ligament")
 
 
-def _menisci(vol: Volume, a: Anatomy, labels) -> None:
+def _menisci(vol: Volume, labels) -> None:
     """C-shaped wedges on the plateau rims, open toward the notch, posterior horn broader."""
     for side, label, abbr, gap in ((-1, 8, "MM", 0.75), (1, 9, "LM", 0.45)):
         (cx, cy), (rx, ry) = PLATEAUS[side]
