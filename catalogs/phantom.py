@@ -38,6 +38,7 @@ TISSUES = {
     "skin": (0.75, 700.0, 35.0, 0.0),
     "fat": (0.95, 280.0, 75.0, 1.0),
     "muscle": (0.6, 900.0, 32.0, 0.0),
+    "capsule": (0.8, 1000.0, 40.0, 0.0),
     "vessel": (0.12, 1500.0, 50.0, 0.0),
     "cortex": (0.08, 1000.0, 1.5, 0.0),
     "marrow": (0.9, 320.0, 60.0, 0.85),
@@ -312,7 +313,7 @@ def knee(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
     r = vol.region((-90, -90, -120), (90, 90, 120))
     r.limb(54 * a.width, a.fat, centre_y=-4.0, ry=57.0)
     inside = r.ellipsoid((0, -4, 0), (54 * a.width - 1.5 - a.fat, 57 - 1.5 - a.fat, 500)) <= 1
-    r.paint(inside & (r.y > 12) & (r.z > -30) & (r.z < 32), "fat")
+    r.paint(inside & (r.ellipsoid((0, 40, 0), (80, 30, 34)) <= 1), "fat")  # prepatellar and peripatellar
     r.paint(r.ellipsoid((0, -30, 6), (16, 14, 40)) <= 1, "fat")  # popliteal fossa
     for x, y, radius in ((3.0, -32.0, 3.2), (-3.0, -36.0, 3.6)):  # popliteal artery and vein
         v = vol.region((x - radius, y - radius, -120), (x + radius, y + radius, 120))
@@ -396,6 +397,7 @@ def _menisci(vol: Volume, labels) -> None:
         height = 7.0 * np.clip((rho - inner) / (0.92 - inner), 0, 1) * np.clip((1.06 - rho) / 0.08, 0, 1)
         above = r.z - _tibia_top(r.x, r.y)
         wedge = (rho > inner) & (rho < 1.06) & (above > 0.2) & (above < 0.2 + height) & (np.abs(angle) > gap)
+        r.paint((rho >= 1.0) & (rho < 1.16) & (above > -1) & (above < 9) & (np.abs(angle) > gap), "capsule")
         r.paint(wedge, "meniscus", label)
         if labels.get(abbr):  # oblique cleft through the posterior horn to the inferior surface
             cleft = np.abs(above - 0.2 - 0.45 * height + 1.0) < 0.6
