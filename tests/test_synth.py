@@ -13,7 +13,7 @@ import pytest
 from orthodiff.catalogs.cohort import read_catalog, resolve_path, validate_catalog
 from orthodiff.catalogs.phantom import TISSUE_NAMES, Anatomy, render, true_thickness
 from orthodiff.catalogs.readers import read_series
-from orthodiff.catalogs.synth import draw_labels, plan_exams, synthesize
+from orthodiff.catalogs.synth import _majority, draw_labels, plan_exams, synthesize
 from orthodiff.catalogs.tasks import get_task, structures
 from orthodiff.errors import OrthodiffError
 
@@ -100,6 +100,11 @@ def test_cartilage_t2_rises_with_degeneration():
     medial, lateral = knee.t2[knee.label == 5], knee.t2[knee.label == 6]
     assert 30 < lateral.mean() < 45 and medial.mean() > lateral.mean() + 8
     assert knee.t2[knee.label == 8].mean() < 15 and knee.t2[knee.tissue == TISSUE_NAMES.index("fluid")].min() > 200
+
+
+def test_masks_take_the_structure_covering_most_of_each_thick_voxel():
+    samples = np.array([[4, 0], [4, 1], [1, 1]], np.uint8).reshape(1, 3, 1, 2)  # (slices, samples, rows, cols)
+    assert _majority(samples).tolist() == [[[4, 1]]]
 
 
 @pytest.fixture(scope="module")
