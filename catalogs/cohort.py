@@ -3,7 +3,10 @@
 Columns: `series_id`, `case_id` (exam), `patient_id`, `task`, `joint`, `plane`, `scan`,
 `path`, `mask_path`, `center`, `vendor`, `field_strength`, `slice_thickness`, `split`, one
 0/1 column per label of the task, the EHR columns of `ehr.toml`, and optionally nested
-label-efficiency subsets `subset_<N>` (booleans). Relative paths are relative to the
+label-efficiency subsets `subset_<N>` (booleans), a quantitative T2 map `t2_path` (NIfTI in
+ms on the series grid, empty where none), acquisition columns (`echo_time`,
+`repetition_time`, `flip_angle`, `fat_suppression`, `pixel_spacing`) and synthetic truth
+(`true_thickness_<structure>`, mm). Relative paths are relative to the
 catalog file's directory, so a cohort folder can be moved as a whole.
 """
 
@@ -144,8 +147,8 @@ def validate_catalog(df: pd.DataFrame, catalog_path: str | Path, check_files: bo
     _validate_ehr(df)
 
     if check_files:
-        for column in ("path", "mask_path"):
-            for i, value in df[column].items():
+        for column in ("path", "mask_path", "t2_path"):
+            for i, value in (df[column].items() if column in df.columns else ()):
                 if isinstance(value, str) and value and not resolve_path(catalog_path, value).exists():
                     raise _fail(int(i), column, value, "file not found")
 

@@ -1,161 +1,508 @@
-"""Analytic joint phantoms: tissue intensity and structure label at any world point.
+"""Analytic joint phantoms: tissue, structure label and T2 on any regular grid.
 
-Coordinates are millimetres in a patient frame centred on the joint: x left to right
-(medial knee compartment at negative x), y posterior to anterior, z inferior to superior.
-Anatomy is a set of simple solids (ellipsoids, tubes, slabs); each abnormality is a small
-local change where a radiologist would look for it, never a global intensity shift:
+Coordinates are millimetres in a patient frame centred on the knee joint: x left to right
+(medial compartment at negative x), y posterior to anterior, z inferior to superior; the
+joint line is near z = 0. Bones are approximate signed-distance solids (ellipsoids, elliptic
+cones and height fields joined by smooth minima), so cartilage is a shell of a given local
+thickness over the bone surface, and the femur, patella and tibia move rigidly (flexion,
+varus/valgus) in their own frames. Each structure paints only the grid sub-box its bounding
+box covers, which is what keeps a 3D phantom cheap enough to image hundreds of exams.
 
-- ACL / PCL: a fluid-bright gap in the middle of the ligament (long axis in the sagittal
-  plane, so sagittal slices show it best);
-- MM / LM: a bright horizontal cleft through the posterior horn of the meniscus;
-- MCL / LCL: a thickened, oedematous collateral ligament (runs cranio-caudally beside the
-  joint: coronal);
-- PD: the patella displaced laterally (axial);
-- EFFU: a distended suprapatellar recess.
+Tissues carry proton density, T1, T2 and fat fraction; `synth.mr_signal` turns them into a
+spin-echo signal for a protocol (TE, TR, flip angle, fat suppression). Lesions are local and
+where a radiologist looks for them:
 
-Ankle and shoulder phantoms are simpler and carry no segmentation structures.
+- ACL / PCL: a fluid-filled discontinuity in the middle of the band with oedema around it
+  (ACL tears often with bone bruises of the lateral femoral condyle and posterolateral tibia);
+- MM / LM: an oblique linear high signal through the posterior horn reaching the inferior
+  articular surface;
+- MCL / LCL: a thickened ligament of intermediate signal in a cuff of oedema;
+- PD: the patella shifted and tilted laterally, with kissing bruises (medial patellar facet,
+  lateral femoral condyle) and medial retinacular oedema;
+- EFFU: distended suprapatellar and posterior recesses.
+
+Cartilage degeneration (per compartment, more likely beside a torn meniscus) thins the
+cartilage, raises its T2 and, when advanced, opens a focal defect.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
-# PD-weighted-like tissue intensities before vendor contrast, bias field and noise.
-TISSUE = {
-    "air": 0.0, "soft": 0.35, "fat": 0.75, "marrow": 0.5, "cartilage": 0.68, "meniscus": 0.08,
-    "ligament": 0.13, "tendon": 0.1, "fluid": 0.95, "oedema": 0.62,
+# name: (proton density, T1 ms, T2 ms, fat fraction)
+TISSUES = {
+    "air": (0.0, 1000.0, 1.0, 0.0),
+    "skin": (0.75, 700.0, 35.0, 0.0),
+    "fat": (0.95, 280.0, 75.0, 1.0),
+    "muscle": (0.6, 900.0, 32.0, 0.0),
+    "capsule": (0.8, 1000.0, 40.0, 0.0),
+    "vessel": (0.12, 1500.0, 50.0, 0.0),
+    "cortex": (0.08, 1000.0, 1.5, 0.0),
+    "marrow": (0.9, 320.0, 60.0, 0.85),
+    "bruise": (0.95, 1100.0, 70.0, 0.35),
+    "cartilage": (0.85, 1050.0, 38.0, 0.0),
+    "meniscus": (0.45, 800.0, 9.0, 0.0),
+    "ligament": (0.5, 900.0, 16.0, 0.0),
+    "sprain": (0.7, 1100.0, 45.0, 0.0),
+    "tendon": (0.4, 800.0, 6.0, 0.0),
+    "fluid": (1.0, 2500.0, 400.0, 0.0),
+    "oedema": (0.95, 1500.0, 90.0, 0.1),
 }
-TISSUE_NAMES = list(TISSUE)
+TISSUE_NAMES = list(TISSUES)
+TISSUE_TABLE = np.asarray(list(TISSUES.values()), np.float32)  # (tissues, 4)
+CARTILAGE_T2 = 38.0  # ms, mid-depth of healthy cartilage; deep layers lower, superficial higher
 
 
 @dataclass(frozen=True)
 class Anatomy:
-    """Per-patient variation: size, in-plane rotation about z, offset (mm)."""
+    """One subject: body size and proportions, pose, tissue variation, all drawn from a seed."""
 
-    scale: float
-    angle: float
-    shift: tuple[float, float, float]
+    scale: float = 1.0  # overall size
+    width: float = 1.0  # medio-lateral proportion
+    angle: float = 0.0  # rotation about z (rad)
+    shift: tuple[float, float, float] = (0.0, 0.0, 0.0)  # mm
+    flexion: float = 8.0  # degrees
+    varus: float = 0.0  # degrees, negative for valgus
+    fat: float = 8.0  # subcutaneous fat (mm)
+    cartilage: float = 1.0  # cartilage thickness factor
+    cartilage_t2: float = CARTILAGE_T2  # ms
+    degeneration: tuple[float, float] = (0.0, 0.0)  # medial, lateral compartment, 0..1
+    bruise: float = 1.0  # < 0.6: bone bruises come with an ACL tear
+    texture: int = 0  # seed of the trabecular pattern
 
     @classmethod
-    def draw(cls, rng: np.random.Generator) -> Anatomy:
-        return cls(float(rng.uniform(0.92, 1.08)), float(rng.uniform(-0.08, 0.08)), tuple(rng.uniform(-3, 3, 3)))
+    def draw(cls, rng: np.random.Generator, labels: dict | None = None) -> Anatomy:
+        labels = labels or {}
+        degeneration = tuple(
+            float(np.clip(rng.beta(1.2, 4.0) + (0.25 if labels.get(abbr) else 0.0), 0, 1)) for abbr in ("MM", "LM")
+        )
+        return cls(
+            scale=float(rng.uniform(0.9, 1.1)), width=float(rng.uniform(0.93, 1.07)),
+            angle=float(rng.uniform(-0.08, 0.08)), shift=tuple(float(v) for v in rng.uniform(-3, 3, 3)),
+            flexion=float(rng.uniform(0, 20)), varus=float(rng.normal(0, 2.5)), fat=float(rng.uniform(4, 14)),
+            cartilage=float(rng.uniform(0.85, 1.15)), cartilage_t2=float(rng.normal(CARTILAGE_T2, 2.5)),
+            degeneration=degeneration, bruise=float(rng.random()), texture=int(rng.integers(2**31)),
+        )
 
-    def to_patient(self, points: np.ndarray) -> np.ndarray:
-        """World points (n, 3) -> the phantom's canonical frame."""
+    def world_to_patient(self) -> np.ndarray:
+        """4x4: world mm -> the phantom's canonical patient frame."""
         c, s = np.cos(self.angle), np.sin(self.angle)
-        p = points - np.asarray(self.shift)
-        x, y = c * p[:, 0] + s * p[:, 1], -s * p[:, 0] + c * p[:, 1]
-        return np.stack([x, y, p[:, 2]], axis=1) / self.scale
+        rotate = np.array([[c, s, 0, 0], [-s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+        shift = np.eye(4)
+        shift[:3, 3] = -np.asarray(self.shift)
+        return np.diag([1 / (self.scale * self.width), 1 / self.scale, 1 / self.scale, 1]) @ rotate @ shift
 
 
-class Canvas:
-    """Tissue and label maps over a set of points, painted solid by solid (last wins)."""
+def _rotation(axis: int, degrees: float) -> np.ndarray:
+    a = np.deg2rad(degrees)
+    c, s = np.cos(a), np.sin(a)
+    i, j = [k for k in range(3) if k != axis]
+    out = np.eye(4)
+    out[i, i], out[i, j], out[j, i], out[j, j] = c, -s, s, c
+    return out
 
-    def __init__(self, points: np.ndarray):
-        self.x, self.y, self.z = points[:, 0], points[:, 1], points[:, 2]
-        self.tissue = np.zeros(len(points), np.int8)
-        self.label = np.zeros(len(points), np.uint8)
 
-    def paint(self, where: np.ndarray, tissue: str, label: int | None = None) -> None:
-        self.tissue[where] = TISSUE_NAMES.index(tissue)
+def _about(rotation: np.ndarray, origin) -> np.ndarray:
+    """4x4 taking patient points into the frame of a bone rotated by `rotation` about `origin`."""
+    to, back = np.eye(4), np.eye(4)
+    to[:3, 3], back[:3, 3] = -np.asarray(origin, float), np.asarray(origin, float)
+    return back @ rotation.T @ to
+
+
+def _apply(matrix: np.ndarray, point) -> np.ndarray:
+    return matrix[:3, :3] @ np.asarray(point, float) + matrix[:3, 3]
+
+
+class Volume:
+    """Tissue, structure label, T2 and proton-density modulation on a regular grid.
+
+    `index_to_patient` maps array indices (i column, j row, k slice; arrays are (k, j, i)) to
+    patient millimetres. Structures paint sub-boxes (`region`), last painter wins.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], index_to_patient: np.ndarray):
+        self.shape, self.matrix = tuple(shape), np.asarray(index_to_patient, float)
+        self.tissue = np.zeros(shape, np.int8)
+        self.label = np.zeros(shape, np.uint8)
+        self.t2 = np.full(shape, TISSUES["air"][2], np.float32)
+        self.pd = np.ones(shape, np.float32)
+        self.cartilage: dict[int, list[float]] = {}  # label -> [voxels, sum of 1 / local thickness]
+
+    def region(self, lo, hi, frame: np.ndarray | None = None) -> Region:
+        """The grid points whose coordinates in `frame` (4x4 from patient mm) may lie in the
+        box (possibly none)."""
+        to_frame = self.matrix if frame is None else frame @ self.matrix
+        inverse = np.linalg.inv(to_frame)
+        corners = np.array(list(itertools.product(*zip(lo, hi))), float)
+        index = corners @ inverse[:3, :3].T + inverse[:3, 3]
+        first = np.maximum(np.floor(index.min(0)).astype(int), 0)
+        last = np.maximum(np.minimum(np.ceil(index.max(0)).astype(int) + 1, self.shape[::-1]), first)
+        i, j, k = (np.arange(a, b, dtype=np.float32) for a, b in zip(first, last))
+        m = to_frame.astype(np.float32)
+        x, y, z = (m[r, 0] * i + m[r, 1] * j[:, None] + m[r, 2] * k[:, None, None] + m[r, 3] for r in range(3))
+        box = tuple(slice(a, b) for a, b in zip(first[::-1], last[::-1]))
+        return Region(self, box, x, y, z)
+
+
+class Region:
+    """A sub-box of a volume with the coordinates of its points in one frame."""
+
+    def __init__(self, volume: Volume, box: tuple[slice, ...], x, y, z):
+        self.volume, self.box, self.x, self.y, self.z = volume, box, x, y, z
+
+    def paint(self, where: np.ndarray, tissue: str, label: int | None = None, t2=None, pd=None) -> None:
+        v, b = self.volume, self.box
+        v.tissue[b][where] = TISSUE_NAMES.index(tissue)
+        v.t2[b][where] = TISSUES[tissue][2] if t2 is None else (t2[where] if np.ndim(t2) else t2)
+        v.pd[b][where] = 1.0 if pd is None else pd[where]
         if label is not None:
-            self.label[where] = label
+            v.label[b][where] = label
 
     def ellipsoid(self, centre, radii, grow: float = 0.0) -> np.ndarray:
         """Squared normalised radius (<= 1 inside); `grow` mm enlarges every radius."""
         (cx, cy, cz), (rx, ry, rz) = centre, radii
         return ((self.x - cx) / (rx + grow)) ** 2 + ((self.y - cy) / (ry + grow)) ** 2 + ((self.z - cz) / (rz + grow)) ** 2
 
+    def ellipsoid_distance(self, centre, radii) -> np.ndarray:
+        """Approximate signed distance (mm) to an ellipsoid's surface, negative inside."""
+        p = [(c - float(o)) for c, o in zip((self.x, self.y, self.z), centre)]
+        radii = [float(r) for r in radii]
+        k0 = np.sqrt(sum((q / r) ** 2 for q, r in zip(p, radii)))
+        k1 = np.sqrt(sum((q / (r * r)) ** 2 for q, r in zip(p, radii))) + 1e-6
+        return k0 * (k0 - 1) / k1
+
+    def band(self, start, end, width: float, thickness: float, across=(1.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+        """(normalised cross-section radius, position along the axis in [0, 1]) for a band of
+        elliptic cross-section from `start` to `end`; `width` (semi-axis, mm) lies along the
+        part of `across` perpendicular to the axis."""
+        a, d = np.asarray(start, float), np.asarray(end, float) - np.asarray(start, float)
+        axis = d / np.linalg.norm(d)
+        u = np.asarray(across, float) - axis * (axis @ np.asarray(across, float))
+        u /= np.linalg.norm(u)
+        # Python floats, so that float32 coordinates stay float32.
+        w, u, length2 = np.cross(axis, u).tolist(), u.tolist(), float(d @ d)
+        a, d = a.tolist(), d.tolist()
+        px, py, pz = self.x - a[0], self.y - a[1], self.z - a[2]
+        t = np.clip((px * d[0] + py * d[1] + pz * d[2]) / length2, 0.0, 1.0)
+        rx, ry, rz = px - t * d[0], py - t * d[1], pz - t * d[2]
+        radius = ((rx * u[0] + ry * u[1] + rz * u[2]) / width) ** 2 + ((rx * w[0] + ry * w[1] + rz * w[2]) / thickness) ** 2
+        return radius, t
+
     def tube(self, start, end, radius: float) -> tuple[np.ndarray, np.ndarray]:
         """(inside, position along the axis in [0, 1]) for a capsule from `start` to `end`."""
-        a, d = np.asarray(start, float), np.asarray(end, float) - np.asarray(start, float)
-        px, py, pz = self.x - a[0], self.y - a[1], self.z - a[2]
-        t = np.clip((px * d[0] + py * d[1] + pz * d[2]) / (d @ d), 0.0, 1.0)
-        dist2 = (px - t * d[0]) ** 2 + (py - t * d[1]) ** 2 + (pz - t * d[2]) ** 2
-        return dist2 <= radius**2, t
+        r, t = self.band(start, end, radius, radius)
+        return r <= 1, t
 
-    def limb(self, radius: float) -> None:
-        """Soft tissue with a subcutaneous fat ring around the joint."""
-        r2 = self.x**2 + self.y**2
-        self.paint(r2 <= radius**2, "fat")
-        self.paint(r2 <= (radius - 7) ** 2, "soft")
-
-    def intensities(self) -> np.ndarray:
-        return np.asarray(list(TISSUE.values()), np.float32)[self.tissue]
+    def limb(self, radius: float, fat: float = 7.0, centre_y: float = 0.0, ry: float | None = None) -> None:
+        """Skin, subcutaneous fat and muscle of an elliptic limb cross-section."""
+        ry = ry or radius
+        rho = np.sqrt((self.x / radius) ** 2 + ((self.y - centre_y) / ry) ** 2)
+        depth = (1 - rho) * min(radius, ry)
+        self.paint(depth > 0, "skin")
+        self.paint(depth > 1.5, "fat")
+        self.paint(depth > 1.5 + fat, "muscle")
 
 
-def _ligament(canvas: Canvas, start, end, radius: float, label: int | None, torn: bool) -> None:
-    inside, t = canvas.tube(start, end, radius)
-    canvas.paint(inside, "ligament", label)
-    if torn:  # a fluid-filled gap in the middle third, fibres retracted
-        gap = inside & (t > 0.4) & (t < 0.62)
-        canvas.paint(gap, "fluid", 0)
+def _smin(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
+    """Smooth minimum of two distances (blend radius `k` mm)."""
+    h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
+    return b + (a - b) * h - k * h * (1 - h)
 
 
-def knee(canvas: Canvas, labels: dict[str, int]) -> None:
-    """Paint the knee phantom; structure values follow `structures.toml`."""
-    c = canvas
-    c.limb(68)
-    # Suprapatellar recess: a thin fluid pocket, distended with effusion.
-    recess = c.ellipsoid((0, 20, 42), (20, 4, 12) if not labels.get("EFFU") else (27, 9, 17))
-    c.paint(recess <= 1, "fluid")
-    # Femur: shaft and two condyles, wrapped in femoral cartilage (4).
-    condyles = np.minimum(c.ellipsoid((-17, -2, 12), (15, 23, 13)), c.ellipsoid((17, -2, 12), (15, 23, 13)))
-    shaft = (c.x**2 + (c.y + 2) ** 2 <= 14**2) & (c.z > 16)
-    cartilage = np.minimum(
-        c.ellipsoid((-17, -2, 12), (15, 23, 13), grow=2.5), c.ellipsoid((17, -2, 12), (15, 23, 13), grow=2.5)
-    )
-    c.paint((cartilage <= 1) & (c.z < 18), "cartilage", 4)
-    c.paint((condyles <= 1) | shaft, "marrow", 1)
-    # Tibia (2) below the joint line, with medial (5) and lateral (6) plateau cartilage.
-    plateau = (c.x / 36) ** 2 + ((c.y + 2) / 26) ** 2 <= 1
-    c.paint(plateau & (c.z < -4) & ((c.z > -22) | (c.x**2 + (c.y + 2) ** 2 <= 16**2)), "marrow", 2)
-    slab = plateau & (c.z >= -4) & (c.z < -1.5)
-    c.paint(slab & (c.x < -3), "cartilage", 5)
-    c.paint(slab & (c.x > 3), "cartilage", 6)
-    # Menisci (8 medial, 9 lateral): wedges on the rim of each plateau.
-    for side, label, abbr in ((-1, 8, "MM"), (1, 9, "LM")):
-        r = np.hypot(c.x - side * 17, (c.y + 2) / 1.25)
-        wedge = (r >= 10) & (r <= 17) & (np.abs(c.z + 1.0) <= 3.2 - 0.25 * (17 - r))
-        c.paint(wedge, "meniscus", label)
-        if labels.get(abbr):  # horizontal cleft through the posterior horn
-            c.paint(wedge & (c.y < -6) & (np.abs(c.z + 1.0) < 0.8), "fluid", 0)
-    # Cruciates (10 ACL, 11 PCL) in the intercondylar notch.
-    _ligament(c, (7, -12, 12), (-3, 9, -3), 3.2, 10, bool(labels.get("ACL")))
-    _ligament(c, (-6, -2, 15), (0, -20, -8), 3.6, 11, bool(labels.get("PCL")))
-    # Collaterals (not segmented): thickened and oedematous when injured.
-    for x, abbr in ((-33, "MCL"), (33, "LCL")):
+def _smoothstep(v: np.ndarray) -> np.ndarray:
+    v = np.clip(v, 0.0, 1.0)
+    return v * v * (3 - 2 * v)
+
+
+def _trabecular(region: Region, where: np.ndarray, seed: int) -> np.ndarray:
+    """Proton-density modulation of marrow at `where`: a mesh of thin dark trabeculae
+    (about 2 mm apart); 1 elsewhere."""
+    rng = np.random.default_rng(seed)
+    waves = rng.normal(size=(4, 3))
+    waves *= (2 * np.pi / rng.uniform(1.8, 3.0, 4) / np.linalg.norm(waves, axis=1))[:, None]
+    x, y, z = region.x[where], region.y[where], region.z[where]
+    s = sum(np.cos(f[0] * x + f[1] * y + f[2] * z + p) for f, p in zip(waves.tolist(), rng.uniform(0, 6.3, 4).tolist()))
+    out = np.ones(where.shape, np.float32)
+    out[where] = 1 - 0.22 * np.exp(-(s * s) * 3.0)
+    return out
+
+
+def _bone(r: Region, distance: np.ndarray, label: int | None, seed: int, cortex: float | np.ndarray = 1.2) -> None:
+    r.paint(distance <= 0, "cortex", label)
+    marrow = distance <= -cortex
+    r.paint(marrow, "marrow", label, pd=_trabecular(r, marrow, seed))
+
+
+def _cartilage(r: Region, distance, thickness, label: int, a: Anatomy, degeneration) -> None:
+    """A shell of local `thickness` (mm) over a bone surface; T2 rises from the deep layer
+    (near bone) to the surface and with `degeneration`. Records the area-weighted thickness:
+    a shell voxel stands for area / thickness, so the harmonic mean over voxels is the mean
+    thickness over the surface."""
+    inside = (distance > 0) & (distance <= thickness) & (thickness > 0.3)
+    depth = distance / np.maximum(thickness, 1e-3)
+    t2 = a.cartilage_t2 - 7 + 14 * depth + 14 * degeneration
+    r.paint(inside, "cartilage", label, t2=t2)
+    count, inverse = r.volume.cartilage.setdefault(label, [0, 0.0]), (1.0 / thickness[inside]).sum()
+    count[0] += int(inside.sum())
+    count[1] += float(inverse)
+
+
+# --- the knee --------------------------------------------------------------------------
+
+FLEXION_CENTRE = (0.0, -6.0, 21.0)  # femoral frame origin of flexion: the condyles' centre
+CONDYLES = {-1: ((-21.0, -6.0, 21.5), (14.0, 25.0, 20.0)), 1: ((21.0, -5.0, 23.0), (13.0, 24.0, 19.5))}
+PLATEAUS = {-1: ((-21.0, -1.0), (16.0, 22.0)), 1: ((21.0, -2.0), (15.0, 20.0))}  # centre, semi-axes (x, y)
+
+
+def femur_frame(a: Anatomy) -> np.ndarray:
+    return _about(_rotation(0, a.flexion) @ _rotation(1, a.varus), FLEXION_CENTRE)
+
+
+def patella_frame(a: Anatomy, dislocated: bool) -> np.ndarray:
+    frame = femur_frame(a)
+    if dislocated:  # shifted 14 mm laterally and tilted, in the femoral frame
+        shift = np.eye(4)
+        shift[0, 3] = -14.0
+        frame = _about(_rotation(1, -15.0), (0.0, 36.0, 26.0)) @ shift @ frame
+    return frame
+
+
+def _femur_distance(r: Region) -> np.ndarray:
+    x, y, z = r.x, r.y, r.z
+    d = _smin(r.ellipsoid_distance(*CONDYLES[-1]), r.ellipsoid_distance(*CONDYLES[1]), 3.0)
+    groove = 4.5 * np.exp(-((x / 12) ** 2)) * _smoothstep((y - 6) / 8)
+    trochlea = np.maximum(r.ellipsoid_distance((0.0, 4.0, 27.0), (33.0, 20.0, 19.0)) + groove, 2.0 - y)
+    d = _smin(d, trochlea, 4.0)
+    fade = np.exp(-np.maximum(z - 24, 0) / 16)
+    a, b, yc = 15 + 21 * fade, 14 + 10 * fade, 1 - 5 * fade
+    shaft = (np.sqrt((x / a) ** 2 + ((y - yc) / b) ** 2) - 1) * np.minimum(a, b)
+    return _smin(d, np.maximum(shaft, 24 - z), 6.0)
+
+
+def _tibia_top(x, y) -> np.ndarray:
+    """Height (mm) of the tibial plateau: posterior slope, concave medial and convex lateral."""
+    (mx, my), (lx, ly) = PLATEAUS[-1][0], PLATEAUS[1][0]
+    medial = -3.0 + 0.004 * ((x - mx) ** 2 + (y - my) ** 2)
+    lateral = -1.5 - 0.006 * ((x - lx) ** 2 + (y - ly) ** 2)
+    return np.where(x < 0, medial, lateral) + 0.1 * y
+
+
+def _tibia_distance(r: Region) -> tuple[np.ndarray, np.ndarray]:
+    x, y, z = r.x, r.y, r.z
+    top = _tibia_top(x, y)
+    fade = np.exp(np.minimum(z + 22, 0) / 14)
+    a, b, yc = 15 + 24 * fade, 14 + 13 * fade, 2 - 4 * fade
+    side = (np.sqrt((x / a) ** 2 + ((y - yc) / b) ** 2) - 1) * np.minimum(a, b)
+    d = np.maximum(side, z - top)
+    for sx in (-5.0, 5.0):  # intercondylar spines
+        d = _smin(d, r.ellipsoid_distance((sx, 0.0, -3.0), (3.5, 8.0, 7.5)), 1.5)
+    d = _smin(d, r.ellipsoid_distance((0.0, 24.0, -32.0), (10.0, 6.0, 11.0)), 3.0)  # tuberosity
+    return d, z - top
+
+
+def knee(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
+    """Paint the knee; structure values follow `structures.toml`."""
+    fem, pat = femur_frame(a), patella_frame(a, bool(labels.get("PD")))
+    fem_out, pat_out = np.linalg.inv(fem), np.linalg.inv(pat)
+    effusion = bool(labels.get("EFFU"))
+
+    # Soft tissues: skin, subcutaneous fat, muscle; fat in front of the joint and behind it.
+    r = vol.region((-90, -90, -120), (90, 90, 120))
+    r.limb(54 * a.width, a.fat, centre_y=-4.0, ry=57.0)
+    inside = r.ellipsoid((0, -4, 0), (54 * a.width - 1.5 - a.fat, 57 - 1.5 - a.fat, 500)) <= 1
+    r.paint(inside & (r.ellipsoid((0, 40, 0), (80, 30, 34)) <= 1), "fat")  # prepatellar and peripatellar
+    r.paint(r.ellipsoid((0, -30, 6), (16, 14, 40)) <= 1, "fat")  # popliteal fossa
+    for x, y, radius in ((3.0, -32.0, 3.2), (-3.0, -36.0, 3.6)):  # popliteal artery and vein
+        v = vol.region((x - radius, y - radius, -120), (x + radius, y + radius, 120))
+        v.paint((v.x - x) ** 2 + (v.y - y) ** 2 <= radius**2, "vessel")
+    r = vol.region((-35, -12, -20), (35, 50, 30))
+    r.paint(r.ellipsoid((0, 24, -1), (19, 11, 12)) <= 1, "fat")  # infrapatellar (Hoffa) fat pad
+    r.paint(r.ellipsoid((0, -4, 6), (40, 30, 16)) <= 1, "fat")  # fat around the cruciates and the capsule
+
+    # Fluid recesses in the femoral frame: suprapatellar pouch, posterior condylar recesses.
+    r = vol.region((-45, -45, -5), (45, 40, 80), fem)
+    pouch = ((0, 19.5, 44), (22, 7, 21)) if effusion else ((0, 19, 40), (18, 1.8, 12))
+    r.paint(r.ellipsoid(*pouch) <= 1, "fluid")
+    for side in (-1, 1):
+        recess = ((side * 21, -30, 18), (10, 4.5, 14)) if effusion else ((side * 21, -31, 16), (7, 1.5, 8))
+        r.paint(r.ellipsoid(*recess) <= 1, "fluid")
+
+    # Tendons: quadriceps (femoral frame) and patellar (patella to tibial tuberosity).
+    r = vol.region((-20, 20, 30), (20, 50, 120), fem)
+    radius, _ = r.band((0, 41, 44), (0, 31, 120), 13, 3.5)
+    r.paint(radius <= 1, "tendon")
+    lower_pole = _apply(pat_out, (0, 40, 10))
+    r = vol.region((-20, 10, -40), (25, 55, 20))
+    radius, _ = r.band(lower_pole, (0, 29, -32), 12, 2.8)
+    r.paint(radius <= 1, "tendon")
+
+    _cruciates(vol, labels, fem_out)
+    _collaterals(vol, labels, fem_out)
+    _menisci(vol, labels)
+    _tibia(vol, a, labels)
+    _femur(vol, a, labels, fem)
+    _patella(vol, a, labels, pat)
+
+
+def _torn_band(vol: Volume, start, end, width, thickness, across, label, torn: bool, gap=(0.38, 0.62)) -> None:
+    lo, hi = np.minimum(start, end) - 12, np.maximum(start, end) + 12
+    r = vol.region(lo, hi)
+    radius, t = r.band(start, end, width, thickness, across)
+    if not torn:
+        r.paint(radius <= 1, "ligament", label)
+        return
+    middle = (t > gap[0] - 0.08) & (t < gap[1] + 0.08)
+    r.paint(middle & (r.band(start, end, width + 3, thickness + 3, across)[0] <= 1), "oedema")
+    wavy = radius <= 1 + 0.5 * np.sin(t * 40)  # retracted, lax fibres
+    r.paint(wavy & ~((t > gap[0]) & (t < gap[1])), "ligament", label, t2=30.0)
+    r.paint((radius <= 1) & (t > gap[0]) & (t < gap[1]), "fluid")
+
+
+def _cruciates(vol: Volume, labels, fem_out) -> None:
+    acl = (_apply(fem_out, (8.0, -12.0, 20.0)), np.array([1.0, 11.0, -2.0]))
+    _torn_band(vol, *acl, 5.0, 3.0, (1, 0, 0), 10, bool(labels.get("ACL")))
+    pcl = (_apply(fem_out, (-9.0, 3.0, 11.0)), np.array([0.0, -23.0, -11.0]))
+    _torn_band(vol, *pcl, 6.5, 4.0, (1, 0, 0), 11, bool(labels.get("PCL")))
+
+
+def _collaterals(vol: Volume, labels, fem_out) -> None:
+    """MCL (a broad flat band) and LCL (a cord to the fibular head): not segmented."""
+    paths = {
+        "MCL": ([_apply(fem_out, (-42.0, -3.0, 27.0)), (-42.0, -2.0, -3.0), (-41.0, 0.0, -28.0), (-25.0, 8.0, -58.0)], 6.0, 1.6, (0, 1, 0)),
+        "LCL": ([_apply(fem_out, (43.0, -6.0, 25.0)), (40.0, -16.0, -5.0), (37.0, -21.0, -22.0)], 2.8, 2.8, (0, 1, 0)),
+    }
+    for abbr, (points, width, thickness, across) in paths.items():
         injured = bool(labels.get(abbr))
-        inside, _ = c.tube((x, -4, 26), (x * 1.03, -6, -26), 4.2 if injured else 2.2)
-        c.paint(inside, "oedema" if injured else "ligament")
-    # Patella (3) with its posterior cartilage (7); displaced laterally in PD.
-    px = 14.0 if labels.get("PD") else 0.0
-    patella = c.ellipsoid((px, 27, 22), (19, 8, 17))
-    c.paint((c.ellipsoid((px, 27, 22), (19, 8, 17), grow=2.5) <= 1) & (c.y < 27), "cartilage", 7)
-    c.paint(patella <= 1, "marrow", 3)
+        for start, end in zip(points[:-1], points[1:]):
+            start, end = np.asarray(start, float), np.asarray(end, float)
+            r = vol.region(np.minimum(start, end) - 12, np.maximum(start, end) + 12)
+            if injured:
+                r.paint(r.band(start, end, width + 4, thickness + 5, across)[0] <= 1, "oedema")
+                r.paint(r.band(start, end, width + 1, thickness * 2, across)[0] <= 1, "sprain")
+            else:
+                r.paint(r.band(start, end, width, thickness, across)[0] <= 1, "ligament")
 
-def ankle(canvas: Canvas, labels: dict[str, int]) -> None:
-    c = canvas
-    c.limb(55)
-    c.paint((c.x**2 + (c.y - 2) ** 2 <= 14**2) & (c.z > 6), "marrow")  # tibia
-    c.paint(((c.x - 20) ** 2 + (c.y + 6) ** 2 <= 6**2) & (c.z > -8), "marrow")  # fibula
-    talus = c.ellipsoid((0, 2, -6), (17, 20, 11))
-    c.paint(talus <= 1, "marrow")
-    c.paint(c.ellipsoid((0, -14, -26), (15, 26, 12)) <= 1, "marrow")  # calcaneus
+
+def _menisci(vol: Volume, labels) -> None:
+    """C-shaped wedges on the plateau rims, open toward the notch, posterior horn broader."""
+    for side, label, abbr, gap in ((-1, 8, "MM", 0.75), (1, 9, "LM", 0.45)):
+        (cx, cy), (rx, ry) = PLATEAUS[side]
+        r = vol.region((cx - rx - 4, cy - ry - 4, -8), (cx + rx + 4, cy + ry + 4, 8))
+        rho = np.sqrt(((r.x - cx) / rx) ** 2 + ((r.y - cy) / ry) ** 2)
+        angle = np.arctan2(r.y - cy, -side * (r.x - cx))  # 0 toward the notch
+        inner = 0.6 + 0.08 * np.sin(angle)  # smaller inner radius (broader horn) posteriorly
+        height = 7.0 * np.clip((rho - inner) / (0.92 - inner), 0, 1) * np.clip((1.06 - rho) / 0.08, 0, 1)
+        above = r.z - _tibia_top(r.x, r.y)
+        wedge = (rho > inner) & (rho < 1.06) & (above > 0.2) & (above < 0.2 + height) & (np.abs(angle) > gap)
+        r.paint((rho >= 1.0) & (rho < 1.16) & (above > -1) & (above < 9) & (np.abs(angle) > gap), "capsule")
+        r.paint(wedge, "meniscus", label)
+        if labels.get(abbr):  # oblique cleft through the posterior horn to the inferior surface
+            cleft = np.abs(above - 0.2 - 0.45 * height + 1.0) < 0.6
+            r.paint(wedge & cleft & (r.y < cy - 0.45 * ry) & (rho < 0.97), "fluid")
+
+
+def _tibia(vol: Volume, a: Anatomy, labels) -> None:
+    r = vol.region((-48, -38, -130), (48, 36, 10))
+    distance, above = _tibia_distance(r)
+    for side, label in ((-1, 5), (1, 6)):
+        (cx, cy), (rx, ry) = PLATEAUS[side]
+        rho2 = ((r.x - cx) / rx) ** 2 + ((r.y - cy) / ry) ** 2
+        deg = a.degeneration[0 if side < 0 else 1]
+        peak = (2.3 if side < 0 else 2.8) * a.cartilage * (1 - 0.45 * deg)
+        thickness = peak * np.sqrt(np.clip(1 - rho2**2, 0, 1))
+        if deg > 0.55:  # focal full-thickness defect in the weight-bearing zone
+            thickness = np.where(((r.x - cx) ** 2 + (r.y - cy - 2) ** 2) < 16, 0.0, thickness)
+        _cartilage(r, above, thickness.astype(np.float32), label, a, deg)
+    cortex = 1.2 + 2.0 * _smoothstep((-r.z - 30) / 25)
+    _bone(r, distance, 2, a.texture + 2, cortex)
+    if labels.get("ACL") and a.bruise < 0.6:  # posterolateral plateau contusion
+        r.paint((r.ellipsoid((22, -16, -9), (11, 8, 7)) <= 1) & (distance < -1.2), "bruise", 2)
+    # Fibula: head beside the posterolateral tibia and the shaft below it (not segmented).
+    r = vol.region((18, -40, -130), (48, -5, -10))
+    fibula = _smin(r.ellipsoid_distance((34, -22, -31), (9, 9, 10)),
+                   (np.hypot(r.x - 31, r.y + 23) - 6.5) + np.maximum(r.z + 30, 0), 3.0)
+    _bone(r, fibula, None, a.texture + 4)
+
+
+def _femur(vol: Volume, a: Anatomy, labels, fem) -> None:
+    r = vol.region((-50, -38, -6), (50, 34, 130), fem)
+    distance = _femur_distance(r)
+    x, y, z = r.x, r.y, r.z
+    # Articular cartilage: distal and posterior condyles and the trochlea, thinning at its edges.
+    medial = x < 0
+    deg = np.where(medial, a.degeneration[0], a.degeneration[1]).astype(np.float32)
+    top = 30 + 12 * _smoothstep(y / 14)
+    edge = _smoothstep((top - z) / 8) * _smoothstep((35 - np.abs(x)) / 5) * _smoothstep((np.abs(x) - 5 + np.maximum(y, 0)) / 4)
+    thickness = 2.4 * a.cartilage * (1 - 0.45 * deg) * np.sqrt(edge)
+    for side in (-1, 1):
+        centre = CONDYLES[side][0]
+        if a.degeneration[0 if side < 0 else 1] > 0.55:  # focal defect where the condyle bears weight
+            pit = ((x - centre[0]) ** 2 + (y - centre[1] - 3) ** 2 < 25) & (z < 8) & ((x < 0) == (side < 0))
+            thickness = np.where(pit, 0.0, thickness)
+    _cartilage(r, distance, thickness.astype(np.float32), 4, a, deg)
+    cortex = 1.2 + 2.0 * _smoothstep((z - 45) / 25)
+    _bone(r, distance, 1, a.texture + 1, cortex)
+    scar = (distance < -2) & (np.abs(z - 30 - 3 * np.cos(x / 9)) < 0.5)  # physeal scar
+    r.paint(scar, "cortex", 1)
+    bruises = []
+    if labels.get("ACL") and a.bruise < 0.6:
+        bruises.append(((22, 4, 4), (9, 9, 7)))  # lateral femoral condyle, terminal sulcus
+    if labels.get("PD"):
+        bruises.append(((27, 14, 14), (8, 8, 8)))  # anterolateral condyle, kissing the patella
+    for centre, radii in bruises:
+        r.paint((r.ellipsoid(centre, radii) <= 1) & (distance < -1.2), "bruise", 1)
+
+
+def _patella(vol: Volume, a: Anatomy, labels, pat) -> None:
+    r = vol.region((-26, 18, 4), (26, 48, 48), pat)
+    x, y, z = r.x, r.y, r.z
+    ridge = 27.0 + 0.35 * np.abs(x)  # posterior surface: median ridge and two facets
+    shell = r.ellipsoid_distance((0, 34, 26), (21, 10.0, 17))
+    distance = np.maximum(shell, ridge - y)
+    thickness = 3.6 * a.cartilage * np.sqrt(np.clip(1 - (x / 19) ** 2 - ((z - 26) / 15) ** 2, 0, 1))
+    _cartilage(r, distance, thickness.astype(np.float32), 7, a, 0.0)
+    _bone(r, distance, 3, a.texture + 3)
+    if labels.get("PD"):
+        r.paint((r.ellipsoid((-12, 31, 24), (7, 6, 8)) <= 1) & (distance < -1.2), "bruise", 3)
+        medial = vol.region((-40, 15, 5), (-10, 45, 45), pat)
+        medial.paint((medial.ellipsoid((-27, 31, 26), (6, 9, 10)) <= 1) & (vol.label[medial.box] == 0), "oedema")
+
+
+# --- ankle and shoulder: simple solids, no segmentation structures ----------------------
+
+def _ligament(c: Region, start, end, radius: float, torn: bool) -> None:
+    inside, t = c.tube(start, end, radius)
+    c.paint(inside, "ligament")
+    if torn:  # a fluid-filled gap in the middle third, fibres retracted
+        c.paint(inside & (t > 0.4) & (t < 0.62), "fluid")
+
+
+def _bone_solid(c: Region, inside: np.ndarray, seed: int) -> None:
+    c.paint(inside, "marrow", pd=_trabecular(c, inside, seed))
+
+
+def ankle(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
+    c = vol.region((-90, -90, -120), (90, 90, 120))
+    c.limb(55, a.fat)
+    _bone_solid(c, (c.x**2 + (c.y - 2) ** 2 <= 14**2) & (c.z > 6), a.texture)  # tibia
+    _bone_solid(c, ((c.x - 20) ** 2 + (c.y + 6) ** 2 <= 6**2) & (c.z > -8), a.texture)  # fibula
+    _bone_solid(c, c.ellipsoid((0, 2, -6), (17, 20, 11)) <= 1, a.texture)  # talus
+    _bone_solid(c, c.ellipsoid((0, -14, -26), (15, 26, 12)) <= 1, a.texture)  # calcaneus
     if labels.get("OLT"):  # bright osteochondral defect on the medial talar dome
         c.paint(c.ellipsoid((-7, 4, 3.5), (4, 4, 3)) <= 1, "fluid")
-    _ligament(c, (21, 0, -8), (9, 16, -6), 2.2, None, bool(labels.get("ATFL")))
-    _ligament(c, (21, -6, -10), (14, -14, -26), 2.2, None, bool(labels.get("CFL")))
-    _ligament(c, (0, -34, 40), (0, -33, -22), 4.5, None, bool(labels.get("ATR")))
+    _ligament(c, (21, 0, -8), (9, 16, -6), 2.2, bool(labels.get("ATFL")))
+    _ligament(c, (21, -6, -10), (14, -14, -26), 2.2, bool(labels.get("CFL")))
+    _ligament(c, (0, -34, 40), (0, -33, -22), 4.5, bool(labels.get("ATR")))
 
 
-def shoulder(canvas: Canvas, labels: dict[str, int]) -> None:
-    c = canvas
-    c.limb(70)
+def shoulder(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
+    c = vol.region((-90, -90, -120), (90, 90, 120))
+    c.limb(70, a.fat)
     head = c.ellipsoid((0, 0, 0), (24, 24, 24))
-    c.paint(head <= 1.55, "soft")
+    c.paint(head <= 1.55, "muscle")
     if labels.get("SASD"):  # fluid in the subacromial-subdeltoid bursa
         c.paint((head <= 1.75) & (head > 1.5) & (c.z > 16) & (np.abs(c.y) < 14), "fluid")
     rim = (head > 1) & (head <= 1.4)
@@ -167,21 +514,44 @@ def shoulder(canvas: Canvas, labels: dict[str, int]) -> None:
         c.paint(rim & where, "tendon")
         if labels.get(abbr):  # a small full-thickness defect
             c.paint(rim & where & (c.ellipsoid(defect, (6, 6, 6)) <= 1), "fluid")
-    c.paint(head <= 1, "marrow")
-    c.paint(c.ellipsoid((-30, 0, 0), (6, 14, 18)) <= 1, "marrow")  # glenoid
-    c.paint((np.abs(c.z - 36) < 4) & (c.x > -30) & (c.x < 20) & (np.abs(c.y) < 16), "marrow")  # acromion
+    _bone_solid(c, head <= 1, a.texture)
+    _bone_solid(c, c.ellipsoid((-30, 0, 0), (6, 14, 18)) <= 1, a.texture)  # glenoid
+    _bone_solid(c, (np.abs(c.z - 36) < 4) & (c.x > -30) & (c.x < 20) & (np.abs(c.y) < 16), a.texture)  # acromion
     if labels.get("AC"):  # thickened, oedematous inferior capsule
         c.paint((head > 1.1) & (head <= 1.5) & (c.z < -14), "oedema")
     if labels.get("LHBT_EFFU"):
         c.paint(c.tube((6, 27, 20), (6, 27, -30), 5.5)[0], "fluid")
-    _ligament(c, (6, 27, 20), (6, 27, -30), 2.5, None, bool(labels.get("LHBT")))
+    _ligament(c, (6, 27, 20), (6, 27, -30), 2.5, bool(labels.get("LHBT")))
 
 
 PHANTOMS = {"knee": knee, "ankle": ankle, "shoulder": shoulder}
 
 
-def render(joint: str, anatomy: Anatomy, labels: dict[str, int], points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(intensity float32, structure label uint8) of `joint` at world `points` (n, 3)."""
-    canvas = Canvas(anatomy.to_patient(points))
-    PHANTOMS[joint](canvas, labels)
-    return canvas.intensities(), canvas.label
+def render(joint: str, anatomy: Anatomy, labels: dict[str, int], shape, index_to_world: np.ndarray) -> Volume:
+    """The phantom of `joint` on the grid `shape` (k, j, i) whose indices map to world mm by
+    `index_to_world` (4x4)."""
+    volume = Volume(shape, anatomy.world_to_patient() @ index_to_world)
+    PHANTOMS[joint](volume, anatomy, labels)
+    return volume
+
+
+def true_thickness(anatomy: Anatomy, labels: dict[str, int], spacing: float = 1.25) -> dict[int, float]:
+    """Mean thickness (world mm) of each knee cartilage (structure value -> mm) over its
+    surface, from the phantom sampled on a grid in each bone's own frame."""
+    fem, pat = femur_frame(anatomy), patella_frame(anatomy, bool(labels.get("PD")))
+    boxes = (
+        (_femur, (fem,), fem, (-42, -36, -6), (42, 38, 48)),
+        (_tibia, (), np.eye(4), (-40, -26, -8), (40, 24, 5)),
+        (_patella, (pat,), pat, (-24, 18, 6), (24, 32, 46)),
+    )
+    out: dict[int, float] = {}
+    for paint, extra, frame, lo, hi in boxes:
+        shape = tuple(int(np.ceil((h - l) / spacing)) for l, h in zip(lo[::-1], hi[::-1]))
+        grid = np.diag([spacing, spacing, spacing, 1.0])
+        grid[:3, 3] = lo
+        volume = Volume(shape, np.linalg.inv(frame) @ grid)
+        paint(volume, anatomy, labels, *extra)
+        for label, (voxels, inverse) in volume.cartilage.items():
+            if voxels:
+                out[label] = anatomy.scale * voxels / inverse
+    return dict(sorted(out.items()))

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from orthodiff.catalogs.cohort import split_catalog, write_catalog
-from orthodiff.catalogs.phantom import Anatomy, render
+from orthodiff.catalogs.phantom import TISSUE_NAMES, TISSUE_TABLE, Anatomy, Volume, render, true_thickness
 from orthodiff.catalogs.tasks import PLANES, ehr_schema, get_task, joints, structures
 from orthodiff.catalogs.writers import DIRECTIONS, affine, write_dicom_series, write_nifti
 from orthodiff.errors import OrthodiffError
@@ -35,15 +35,21 @@ PRIORS = {
     "shoulder": ("SSP", 0.45, {"ISP": (0.25, 0.06), "SSC": (0.30, 0.10), "LHBT": (0.40, 0.12), "AC": (0.05, 0.18),
                                "LHBT_EFFU": (0.45, 0.18), "SASD": (0.55, 0.18)}),
 }
-# Vendor: contrast (gamma on tissue intensity) and bias-field strength.
+# Vendor: contrast (gamma on the signal) and bias-field strength.
 VENDORS = {"vendor_a": (0.85, 0.10), "vendor_b": (1.0, 0.20), "vendor_c": (1.15, 0.15), "vendor_d": (1.3, 0.25)}
-# Center: vendor, share of 3T exams, slice thickness (mm).
+# Center: vendor, share of 3T exams, slice thickness (mm), then its proton-density protocol:
+# TE (ms), TR (ms), flip angle (degrees), fat suppression.
 CENTERS = {
-    "center_1": ("vendor_a", 0.8, 3.0), "center_2": ("vendor_a", 0.3, 3.5), "center_3": ("vendor_b", 0.6, 3.5),
-    "center_4": ("vendor_b", 0.0, 4.0), "center_5": ("vendor_c", 1.0, 3.0), "center_6": ("vendor_c", 0.5, 4.0),
-    "center_7": ("vendor_d", 0.4, 3.5),
+    "center_1": ("vendor_a", 0.8, 3.0, 30.0, 3000.0, 90.0, False),
+    "center_2": ("vendor_a", 0.3, 3.5, 25.0, 2600.0, 90.0, True),
+    "center_3": ("vendor_b", 0.6, 3.5, 35.0, 3400.0, 90.0, False),
+    "center_4": ("vendor_b", 0.0, 4.0, 28.0, 2200.0, 90.0, True),
+    "center_5": ("vendor_c", 1.0, 3.0, 33.0, 3800.0, 90.0, False),
+    "center_6": ("vendor_c", 0.5, 4.0, 40.0, 2800.0, 80.0, True),
+    "center_7": ("vendor_d", 0.4, 3.5, 22.0, 2500.0, 70.0, False),
 }
-NOISE = {1.5: 0.06, 3.0: 0.03}  # Rician sigma relative to fluid signal
+NOISE = {1.5: 0.06, 3.0: 0.03}  # Rician sigma relative to the fluid signal
+FAT_SUPPRESSION = 0.9  # share of the fat signal a fat-suppressed protocol removes
 REPEAT_RATE, MISSING_RATE, EHR_MISSING_RATE = 0.05, 0.02, 0.10
 
 
@@ -118,32 +124,87 @@ def plan_exams(joint: str, cases: int, seed: int) -> tuple[list[Exam], pd.DataFr
     return exams, ehr
 
 
-def image_series(exam: Exam, plane: str, scan: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(image float32, structure mask uint8), each (slices, size, size), of one series."""
+@dataclass(frozen=True)
+class Protocol:
+    """A center's proton-density acquisition (times in ms, angle in degrees, lengths in mm)."""
+
+    echo_time: float
+    repetition_time: float
+    flip_angle: float
+    fat_suppression: bool
+    slice_thickness: float
+    pixel_spacing: float
+
+    @classmethod
+    def of(cls, exam: Exam, size: int) -> Protocol:
+        _, _, thickness, te, tr, flip, fat_sat = CENTERS[exam.center]
+        return cls(te, tr, flip, fat_sat, thickness, FOV_MM[exam.joint] / size)
+
+    def columns(self) -> dict:
+        return {"echo_time": self.echo_time, "repetition_time": self.repetition_time, "flip_angle": self.flip_angle,
+                "fat_suppression": self.fat_suppression, "pixel_spacing": self.pixel_spacing}
+
+
+def mr_signal(volume: Volume, protocol: Protocol) -> np.ndarray:
+    """Spin-echo signal of the phantom's tissues relative to fluid (fluid ~ 1):
+    PD sin(a) (1 - E1) / (1 - cos(a) E1) exp(-TE / T2), fat share suppressed if asked."""
+    pd, t1, _, fat = TISSUE_TABLE.T
+    angle = np.deg2rad(protocol.flip_angle)
+    e1 = np.exp(-protocol.repetition_time / t1)
+    per_tissue = pd * np.sin(angle) * (1 - e1) / (1 - np.cos(angle) * e1)  # T1 saturation
+    if protocol.fat_suppression:
+        per_tissue *= 1 - FAT_SUPPRESSION * fat
+    fluid = TISSUE_NAMES.index("fluid")
+    reference = per_tissue[fluid] / (1 - FAT_SUPPRESSION * fat[fluid] if protocol.fat_suppression else 1)
+    reference *= np.exp(-protocol.echo_time / TISSUE_TABLE[fluid, 2])
+    signal = per_tissue[volume.tissue] * volume.pd * np.exp(-protocol.echo_time / volume.t2)
+    return (signal / reference).astype(np.float32)
+
+
+def _supersampling(protocol: Protocol) -> int:
+    """Samples per slice for partial-volume averaging: about 1 mm apart, 3 to 5."""
+    return int(np.clip(np.ceil(protocol.slice_thickness / max(protocol.pixel_spacing, 1.0)), 3, 5))
+
+
+def _majority(labels: np.ndarray) -> np.ndarray:
+    """(slices, samples, rows, cols) labels -> the label covering most of each voxel."""
+    values = np.unique(labels)
+    counts = np.stack([(labels == v).sum(1, dtype=np.uint8) for v in values])
+    return values[counts.argmax(0)].astype(np.uint8)
+
+
+def image_series(exam: Exam, plane: str, scan: int, size: int, seed: int) -> dict[str, np.ndarray]:
+    """One series, each array (slices, size, size): `image` (float32, fluid ~ 1), `mask`
+    (uint8 structures, majority over the slice profile), `t2` (float32 ms)."""
     rng = np.random.default_rng([seed, exam.index, PLANES.index(plane), scan, 1])
-    anatomy = Anatomy.draw(np.random.default_rng([seed, exam.index, 2]))  # same body in every series
-    vendor = CENTERS[exam.center][0]
-    gamma, bias = VENDORS[vendor]
-    thickness, pixel = CENTERS[exam.center][2], FOV_MM[exam.joint] / size
+    anatomy = exam_anatomy(exam, seed)
+    protocol = Protocol.of(exam, size)
+    gamma, bias = VENDORS[CENTERS[exam.center][0]]
     shape = (SLICES, size, size)
-    grid = affine(plane, shape, pixel, thickness)
-    k, j, i = np.meshgrid(np.arange(SLICES), np.arange(size), np.arange(size), indexing="ij")
-    voxels = np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(k.size)], axis=1).astype(np.float32)
+    grid = affine(plane, shape, protocol.pixel_spacing, protocol.slice_thickness)
+    samples = _supersampling(protocol)
+    fine = np.eye(4)  # fine slice index -> slice index, samples evenly across each slice
+    fine[2, 2], fine[2, 3] = 1 / samples, 0.5 / samples - 0.5
     if scan:  # a repeat scan: the patient moved a little between the two
-        voxels[:, :2] += rng.uniform(-1.5, 1.5, 2)
-    image, mask = 0.0, None
-    for offset in (-1 / 3, 0.0, 1 / 3):  # thick slices average what they cover
-        points = (voxels + [0, 0, offset, 0]) @ grid.T.astype(np.float32)
-        intensity, label = render(exam.joint, anatomy, exam.labels, points[:, :3])
-        image = image + intensity / 3
-        if offset == 0.0:
-            mask, centre = label, points[:, :3]
+        fine[:2, 3] += rng.uniform(-1.5, 1.5, 2)
+    volume = render(exam.joint, anatomy, exam.labels, (SLICES * samples, size, size), grid @ fine)
+    fine_shape = (SLICES, samples, size, size)
+    image = mr_signal(volume, protocol).reshape(fine_shape).mean(1)
+    t2 = volume.t2.reshape(fine_shape).mean(1)
+    mask = _majority(volume.label.reshape(fine_shape))
     direction = rng.normal(size=3)
-    field = 1 + bias * (centre @ (direction / np.linalg.norm(direction))) / (FOV_MM[exam.joint] / 2)
-    image = (image**gamma) * field
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij", sparse=True)
+    unit = (grid[:3, :3].T @ (direction / np.linalg.norm(direction))).astype(np.float32)
+    along = i * unit[0] + j * unit[1] + k * unit[2] + float(grid[:3, 3] @ direction / np.linalg.norm(direction))
+    image = (image**gamma) * (1 + bias * along / (FOV_MM[exam.joint] / 2))
     sigma = NOISE[exam.field_strength]
-    image = np.hypot(image + rng.normal(0, sigma, image.shape), rng.normal(0, sigma, image.shape))
-    return image.reshape(shape).astype(np.float32), mask.reshape(shape)
+    image = np.hypot(image + rng.normal(0, sigma, shape), rng.normal(0, sigma, shape))
+    return {"image": image.astype(np.float32), "mask": mask, "t2": t2.astype(np.float32)}
+
+
+def exam_anatomy(exam: Exam, seed: int) -> Anatomy:
+    """The exam's body, the same in every series."""
+    return Anatomy.draw(np.random.default_rng([seed, exam.index, 2]), exam.labels)
 
 
 def _write_exam(exam: Exam, size: int, seed: int, out: Path, fmt: str) -> list[dict]:
@@ -152,29 +213,47 @@ def _write_exam(exam: Exam, size: int, seed: int, out: Path, fmt: str) -> list[d
         masked = structures(exam.joint).mask_planes
     except KeyError:  # a joint without segmentation structures
         masked = ()
+    protocol = Protocol.of(exam, size)
+    truth = {}
+    if exam.joint == "knee":
+        names = {s.value: s.abbr for s in structures("knee").structures}
+        truth = {f"true_thickness_{names[v]}": t for v, t in true_thickness(exam_anatomy(exam, seed), exam.labels).items()}
     for plane, scan in exam.series:
-        image, mask = image_series(exam, plane, scan, size, seed)
+        series = image_series(exam, plane, scan, size, seed)
         case = f"{exam.patient_id}-1"
         series_id = f"{case}-{plane}-{scan}"
-        thickness, pixel = CENTERS[exam.center][2], FOV_MM[exam.joint] / size
-        scaled = np.round(image * 1000).astype(np.int16)
+        thickness, pixel = protocol.slice_thickness, protocol.pixel_spacing
+        scaled = np.round(series["image"] * 1000).astype(np.int16)
         if fmt == "dicom":
             path = f"images/{series_id}"
-            write_dicom_series(out / path, scaled, plane, pixel, thickness, exam.patient_id, f"{seed}-{series_id}")
+            write_dicom_series(out / path, scaled, plane, pixel, thickness, exam.patient_id, f"{seed}-{series_id}",
+                               acquisition=dicom_acquisition(protocol, exam.field_strength))
         else:
             path = f"images/{series_id}.nii.gz"
             write_nifti(out / path, scaled, plane, pixel, thickness)
-        mask_path = None
+        mask_path = t2_path = None
         if plane in masked:
             mask_path = f"masks/{series_id}.nii.gz"
-            write_nifti(out / mask_path, mask, plane, pixel, thickness)
+            write_nifti(out / mask_path, series["mask"], plane, pixel, thickness)
+        if exam.joint == "knee":
+            t2_path = f"t2/{series_id}.nii.gz"
+            write_nifti(out / t2_path, series["t2"], plane, pixel, thickness)
         rows.append({
             "series_id": series_id, "case_id": case, "patient_id": exam.patient_id, "task": exam.joint,
             "joint": exam.joint, "plane": plane, "scan": scan, "path": path, "mask_path": mask_path,
-            "center": exam.center, "vendor": CENTERS[exam.center][0], "field_strength": exam.field_strength,
-            "slice_thickness": thickness, **exam.labels,
+            "t2_path": t2_path, "center": exam.center, "vendor": CENTERS[exam.center][0],
+            "field_strength": exam.field_strength, "slice_thickness": thickness, **protocol.columns(), **truth, **exam.labels,
         })
     return rows
+
+
+def dicom_acquisition(protocol: Protocol, field_strength: float) -> dict:
+    """DICOM attributes (keyword: value) of a series acquired with `protocol`."""
+    return {
+        "EchoTime": protocol.echo_time, "RepetitionTime": protocol.repetition_time, "FlipAngle": protocol.flip_angle,
+        "MagneticFieldStrength": field_strength, "ScanningSequence": "SE", "SequenceVariant": "SK",
+        "ScanOptions": "FS" if protocol.fat_suppression else "",
+    }
 
 
 def synthesize(
@@ -192,7 +271,7 @@ def synthesize(
     if cases < 1 or size < 16:
         raise OrthodiffError(f"need at least 1 case and --size 16 (got {cases} cases, size {size})")
     out = Path(out)
-    for sub in ("images", "masks"):
+    for sub in ("images", "masks", "t2"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     exams, ehr = plan_exams(joint, cases, seed)
     workers = workers or (min(os.cpu_count() or 1, 4) if cases >= 8 else 1)

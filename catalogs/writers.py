@@ -44,12 +44,13 @@ def write_nifti(path: str | Path, data: np.ndarray, plane: str, pixel: float, th
 
 def write_dicom_series(
     folder: str | Path, data: np.ndarray, plane: str, pixel: float, thickness: float,
-    pseudonym: str, uid_seed: str,
+    pseudonym: str, uid_seed: str, acquisition: dict | None = None,
 ) -> Path:
     """Write (slices, rows, columns) `data` (scaled to 12-bit) as single-frame MR DICOM files.
 
     Identifying tags carry only `pseudonym`; UIDs are derived from `uid_seed`, so the same
-    seed gives the same files.
+    seed gives the same files. `acquisition` adds attributes by DICOM keyword (EchoTime,
+    RepetitionTime, FlipAngle, ...).
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import MRImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -80,6 +81,8 @@ def write_dicom_series(
         ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
         ds.PixelSpacing = [f"{pixel:.4f}", f"{pixel:.4f}"]
         ds.SliceThickness = f"{thickness:.4f}"
+        for keyword, value in (acquisition or {}).items():
+            setattr(ds, keyword, f"{value:g}" if isinstance(value, float) else value)
         ds.Rows, ds.Columns = frame.shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0

@@ -11,9 +11,9 @@ import pydicom
 import pytest
 
 from orthodiff.catalogs.cohort import read_catalog, resolve_path, validate_catalog
-from orthodiff.catalogs.phantom import Anatomy, render
+from orthodiff.catalogs.phantom import TISSUE_NAMES, Anatomy, render, true_thickness
 from orthodiff.catalogs.readers import read_series
-from orthodiff.catalogs.synth import draw_labels, plan_exams, synthesize
+from orthodiff.catalogs.synth import _majority, draw_labels, plan_exams, synthesize
 from orthodiff.catalogs.tasks import get_task, structures
 from orthodiff.errors import OrthodiffError
 
@@ -34,16 +34,77 @@ def test_acl_tears_come_with_meniscal_tears_and_effusion():
         assert labels.loc[acl, abbr].mean() > labels.loc[~acl, abbr].mean() + 0.15, abbr
 
 
+def _knee(labels: dict, anatomy: Anatomy = Anatomy(), spacing: float = 1.0, half: float = 40.0):
+    """The phantom on an isotropic grid centred on the joint (arrays indexed [z, y, x])."""
+    n = int(2 * half / spacing) + 1
+    grid = np.diag([spacing, spacing, spacing, 1.0])
+    grid[:3, 3] = -half
+    return render("knee", anatomy, labels, (n, n, n), grid)
+
+
 def test_acl_tear_is_a_local_change_in_the_ligament():
-    anatomy = Anatomy(1.0, 0.0, (0.0, 0.0, 0.0))
-    axis = np.linspace(-40, 40, 81)
-    points = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
-    healthy, label = render("knee", anatomy, {"ACL": 0}, points)
-    torn, _ = render("knee", anatomy, {"ACL": 1}, points)
-    changed = healthy != torn
-    assert 0 < changed.sum() < 0.002 * len(points)  # a small lesion, not a global change
-    assert (label[changed] == 10).all()  # only inside the ACL
-    assert torn[changed].mean() > healthy[changed].mean() + 0.5  # bright fluid in the gap
+    healthy, torn = _knee({"ACL": 0}), _knee({"ACL": 1})  # default anatomy: no bone bruise
+    changed = (healthy.tissue != torn.tissue) | (healthy.label != torn.label)
+    assert 0 < changed.sum() < 0.004 * changed.size  # a small lesion (under 2 cm3), not a global change
+    assert set(np.unique(healthy.label[changed])) <= {0, 10}  # the ligament and what surrounds it
+    assert (torn.label == 10).sum() < 0.85 * (healthy.label == 10).sum()  # a discontinuity
+    assert torn.t2[changed].mean() > healthy.t2[changed].mean() + 40  # fluid and oedema are bright
+
+
+def test_bone_bruises_come_with_some_acl_tears_inside_the_bone():
+    bruised = _knee({"ACL": 1}, Anatomy(bruise=0.1))
+    plain = _knee({"ACL": 1}, Anatomy(bruise=0.9))
+    changed = bruised.tissue != plain.tissue
+    assert changed.sum() > 500 and set(np.unique(bruised.label[changed])) <= {1, 2}
+
+
+def test_meniscal_tear_is_a_cleft_in_the_posterior_horn():
+    healthy, torn = _knee({"MM": 0}, spacing=0.5, half=40), _knee({"MM": 1}, spacing=0.5, half=40)
+    changed = healthy.tissue != torn.tissue
+    assert changed.sum() > 50 and (healthy.label[changed] == 8).all()  # only the medial meniscus
+    y = np.nonzero(changed)[1] * 0.5 - 40
+    assert (y < -8).all()  # posterior horn
+
+
+def test_anatomy_is_layered_like_a_knee():
+    knee = _knee({}, Anatomy(flexion=0.0), spacing=0.5)
+    index = lambda v: int(round((v + 40) / 0.5))  # noqa: E731
+    # Vertically through the medial compartment: tibia, tibial then femoral cartilage, femur.
+    column = knee.label[:, index(-1), index(-21)]
+    order = [v for i, v in enumerate(column) if v and (i == 0 or column[i - 1] != v)]
+    assert order[:4] == [2, 5, 4, 1]
+    # Front to back at the patellofemoral joint: femur, femoral cartilage, patellar cartilage, patella.
+    row = knee.label[index(26), :, index(0)]
+    order = [v for i, v in enumerate(row) if v and (i == 0 or row[i - 1] != v)]
+    assert order == [1, 4, 7, 3]
+    # Menisci sit on the plateau rims, not over the plateau centres.
+    assert knee.label[index(-1) : index(2), index(-1), index(-21)].max() != 8
+    assert (knee.label == 8).sum() > 1000 and (knee.label == 9).sum() > 1000
+    # The ACL runs from the lateral femoral notch wall down to the anterior tibia.
+    z, y, x = (np.nonzero(knee.label == 10)[i] * 0.5 - 40 for i in range(3))
+    assert z.max() - z.min() > 12 and y[z.argmax()] < y[z.argmin()] - 15
+
+
+def test_true_cartilage_thickness_is_realistic_and_thins_with_degeneration():
+    normal = true_thickness(Anatomy(), {})
+    assert set(normal) == {4, 5, 6, 7}
+    for value in (4, 5, 6):
+        assert 1.3 < normal[value] < 3.0, value
+    assert normal[7] > max(normal[5], normal[4])  # patellar cartilage is the thickest
+    worn = true_thickness(Anatomy(degeneration=(0.9, 0.0)), {})
+    assert worn[5] < 0.7 * normal[5] and worn[6] == pytest.approx(normal[6])
+
+
+def test_cartilage_t2_rises_with_degeneration():
+    knee = _knee({}, Anatomy(degeneration=(0.8, 0.0)))
+    medial, lateral = knee.t2[knee.label == 5], knee.t2[knee.label == 6]
+    assert 30 < lateral.mean() < 45 and medial.mean() > lateral.mean() + 8
+    assert knee.t2[knee.label == 8].mean() < 15 and knee.t2[knee.tissue == TISSUE_NAMES.index("fluid")].min() > 200
+
+
+def test_masks_take_the_structure_covering_most_of_each_thick_voxel():
+    samples = np.array([[4, 0], [4, 1], [1, 1]], np.uint8).reshape(1, 3, 1, 2)  # (slices, samples, rows, cols)
+    assert _majority(samples).tolist() == [[[4, 1]]]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +127,25 @@ def test_tiny_knee_cohort_is_valid_with_masks_on_sagittal_and_coronal(knee_cohor
         read_series(resolve_path(knee_cohort, row.path), expected_plane=row.plane)  # geometry matches
 
 
+def test_knee_series_have_t2_maps_acquisition_columns_and_true_thickness(knee_cohort):
+    df = read_catalog(knee_cohort)
+    for row in df.head(4).itertuples():
+        image, t2 = nib.load(resolve_path(knee_cohort, row.path)), nib.load(resolve_path(knee_cohort, row.t2_path))
+        assert t2.get_data_dtype() == np.float32 and t2.shape == image.shape
+        np.testing.assert_allclose(t2.affine, image.affine)
+        values = np.asarray(t2.dataobj)
+        assert 0 < np.median(values) < 100 and values.max() > 200  # tissue T2 in ms, fluid high
+        mask = np.asarray(nib.load(resolve_path(knee_cohort, row.mask_path)).dataobj) if isinstance(row.mask_path, str) else None
+        if mask is not None:
+            assert 25 < values[mask == 4].mean() < 60  # femoral cartilage (partial volume included)
+    centers = df.drop_duplicates("center")
+    assert (centers["echo_time"].between(20, 45) & centers["repetition_time"].between(2000, 4000)).all()
+    assert np.allclose(df["pixel_spacing"], 150 / 32) and df["flip_angle"].between(60, 90).all()
+    for name in ("FC", "MTC", "LTC", "PC"):
+        assert df[f"true_thickness_{name}"].between(1.0, 4.5).all(), name
+    assert (df.groupby("case_id")["true_thickness_FC"].nunique() == 1).all()  # per exam
+
+
 def test_same_seed_same_bytes(knee_cohort, tmp_path):
     again = synthesize("knee", 6, 32, seed=3, out=tmp_path, progress=False, workers=2)
 
@@ -83,6 +163,8 @@ def test_dicom_cohort_reads_back_without_real_identifiers(tmp_path):
     folder = resolve_path(catalog, row.path)
     ds = pydicom.dcmread(sorted(folder.iterdir())[0])
     assert str(ds.PatientName) == row.patient_id == ds.PatientID
+    assert float(ds.EchoTime) == row.echo_time and float(ds.RepetitionTime) == row.repetition_time
+    assert float(ds.FlipAngle) == row.flip_angle and float(ds.PixelSpacing[0]) == pytest.approx(row.pixel_spacing, abs=1e-4)
     assert read_series(folder, expected_plane=row.plane).shape[0] >= 16
 
 
@@ -92,7 +174,7 @@ def test_other_joints_have_their_own_labels_and_no_masks(tmp_path, joint):
     df = read_catalog(catalog)
     validate_catalog(df, catalog)
     assert set(get_task(joint).label_columns) <= set(df.columns) and "ACL" not in df.columns
-    assert df["mask_path"].isna().all()
+    assert df["mask_path"].isna().all() and df["t2_path"].isna().all()
 
 
 def test_repeat_scans_and_missing_planes_occur_at_their_rates():
