@@ -1,0 +1,53 @@
+"""CLI of the evaluation tier: `evaluate seg` and `evaluate prompt`. Registered on the main
+app by `orthodiff.cli`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orthodiff.tables import make_console
+
+console = make_console()
+evaluate_app = typer.Typer(help="Evaluate segmentations: metrics, biomarker agreement, model comparison; promptable models.",
+                           no_args_is_help=True)
+
+Catalog = Annotated[Path, typer.Option(help="Cohort catalog (Parquet) with the reference mask_path of every series.")]
+Split = Annotated[str, typer.Option(help="Catalog split to evaluate ('' for every series with a reference mask).")]
+
+
+@evaluate_app.command("seg")
+def seg(
+    models: Annotated[list[Path], typer.Argument(help="`segment predict` runs or folders of <series_id>.nii.gz masks; named by folder.")],
+    catalog: Catalog,
+    out: Annotated[Path, typer.Option(help="Directory for the tables, figures and evaluation.html.")],
+    split: Split = "test",
+    central: Annotated[int, typer.Option(help="Evaluate only this many central slices (16: what the backbone sees); 0 for all.")] = 0,
+    dataset_by: Annotated[str, typer.Option(help="Comma-separated catalog columns whose values name a series' dataset.")] = "joint,plane",
+    group: Annotated[str, typer.Option(help="Catalog column of the random intercept in the acquisition model (center, dataset).")] = "center",
+    nsd_tolerance: Annotated[float, typer.Option(help="Normalised surface Dice tolerance in mm.")] = 1.0,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (by subject) for non-parametric agreement.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed of the bootstrap and imputation.")] = 0,
+) -> None:
+    """Dice, IoU, HD95, NSD; tiered tables; biomarkers and agreement; Friedman/Wilcoxon; acquisition effects."""
+    from orthodiff.evaluation.run import run_evaluate_seg
+    from orthodiff.heads.commands import progress_bar
+    from orthodiff.tables import frame_table
+
+    with progress_bar(console, "series", None) as advance:
+        tables = run_evaluate_seg(models, catalog, out, split or None, central, tuple(dataset_by.split(",")), group,
+                                  nsd_tolerance, bootstrap, seed, progress=advance)
+    console.print(frame_table(tables["tier_dataset"], f"Subject Dice, IoU, HD95 (mm), NSD by dataset — {out}"))
+    agreement = tables["agreement"]
+    shown = agreement[agreement["biomarker"].str.contains("thickness|t2_")]
+    console.print(frame_table(shown[["model", "biomarker", "n", "method", "icc", "icc_low", "icc_high", "bias", "loa_low", "loa_high"]],
+                              "Biomarker agreement with the reference (thickness, T2)", "{:.2f}"))
+    if not tables["wilcoxon"].empty:
+        console.print(frame_table(tables["wilcoxon"], "Pairwise Wilcoxon on subject Dice (Benjamini-Hochberg)", "{:.3g}"))
+    console.print(f"wrote {out / 'evaluation.html'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(evaluate_app, name="evaluate")
