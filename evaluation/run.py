@@ -112,7 +112,8 @@ def run_evaluate_seg(model_dirs, catalog_path, out, split="test", central=0, dat
     for model in models:
         table = agreement_table(subject_markers.loc[model.name], reference, n_boot, seed)
         agreement.append(table.assign(model=model.name))
-        agreement_panels(subject_markers.loc[model.name], reference, table, out / f"agreement_{model.name}.png",
+        clinical = table[table["biomarker"].str.contains("thickness|t2_")]  # volumes: in the table only
+        agreement_panels(subject_markers.loc[model.name], reference, clinical, out / f"agreement_{model.name}.png",
                          f"{model.name} vs reference, per subject")
         figures.append(f"agreement_{model.name}.png")
     agreement = pd.concat(agreement, ignore_index=True)

@@ -35,7 +35,7 @@ def cohort(tmp_path_factory):
     from orthodiff.catalogs.synth import synthesize
 
     root = tmp_path_factory.mktemp("evaluation")
-    catalog_path = synthesize("knee", 10, 32, 0, root / "cohort", progress=False)
+    catalog_path = synthesize("knee", 8, 32, 0, root / "cohort", progress=False)
     catalog = read_catalog(catalog_path)
     rng = np.random.default_rng(0)
     exams = catalog["case_id"].unique()
@@ -93,11 +93,12 @@ def test_cartilage_thickness_two_ways_and_t2():
     assert values["thickness_FC"] == pytest.approx(2.5)  # row axis: 5 voxels x 0.5 mm
     # skeleton: the centre row lies 3 rows (1.5 mm) from the nearest background row (EDT to
     # background pixel centres, so 2 x EDT counts one row more than the 5 of the strip);
-    # with ends, the skeleton forks into the corners: 16 pixels at 1.5, 4 at 1.0, 4 at 0.5 mm
-    band = np.zeros_like(mask, bool)
-    band[:, 10:15, :] = True
-    assert skeleton_thickness(band, spacing) == pytest.approx(3.0)
-    assert skeleton_thickness(mask == 4, spacing) == pytest.approx(2 * (16 * 1.5 + 4 * 1.0 + 4 * 0.5) / 24)
+    # at the ends it forks into the corners: 16 pixels at 1.5, 4 at 1.0, 4 at 0.5 mm
+    assert values["skeleton_thickness_FC"] == pytest.approx(2 * (16 * 1.5 + 4 * 1.0 + 4 * 0.5) / 24)
+    # a second compartment beside the first, and a slice of its own, measure independently
+    mask[1, 20:25, 5:25] = 7
+    assert skeleton_thickness(mask == 4, spacing) == pytest.approx(values["skeleton_thickness_FC"])
+    assert series_biomarkers(mask, spacing, KNEE)[0]["skeleton_thickness_PC"] == pytest.approx(2.5)
     assert values["t2_FC"] == 100.0  # clipped to 0-100 ms
     assert values["volume_FC"] == pytest.approx(3 * 5 * 20 * 3.0 * 0.5 * 0.7)
     assert np.isnan(values["skeleton_thickness_PC"]) and np.isnan(values["t2_PC"])
