@@ -49,5 +49,31 @@ def seg(
     console.print(f"wrote {out / 'evaluation.html'}")
 
 
+@evaluate_app.command("prompt")
+def prompt(
+    catalog: Catalog,
+    out: Annotated[Path, typer.Option(help="Directory for masks/<series_id>.nii.gz (like `segment predict`) and run.json.")],
+    checkpoint: Annotated[Path | None, typer.Option(help="Published weights file (SAM/MedSAM state dict, SAM2 checkpoint); nothing is downloaded.")] = None,
+    model: Annotated[str, typer.Option(help="sam | medsam | sam2")] = "sam",
+    size: Annotated[str, typer.Option(help="SAM/MedSAM image encoder of the checkpoint: vit_b | vit_l | vit_h.")] = "vit_b",
+    prompts: Annotated[str, typer.Option(help="Box source: reference (the catalog's masks) | masks (--prompt-masks).")] = "reference",
+    prompt_masks: Annotated[Path | None, typer.Option(help="A `segment predict` run or mask folder whose boxes prompt the model.")] = None,
+    shift: Annotated[int, typer.Option(help="Move every box corner by up to this many pixels (robustness to prompts).")] = 0,
+    split: Split = "test",
+    min_size: Annotated[int, typer.Option(help="Remove connected components smaller than this many pixels per slice.")] = 20,
+    sam2_config: Annotated[str | None, typer.Option(help="SAM2 only: the sam2 package's config name of the checkpoint.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed of the box shifts.")] = 0,
+    device: Annotated[str | None, typer.Option(help="torch device (default: CPU).")] = None,
+) -> None:
+    """Segment every structure slice by slice with SAM, MedSAM or SAM2 from box prompts."""
+    from orthodiff.evaluation.promptable import run_prompt
+    from orthodiff.heads.commands import progress_bar
+
+    with progress_bar(console, "slices", None) as advance:
+        written = run_prompt(catalog, out, checkpoint, model, size, prompts, prompt_masks, shift, split or None, min_size,
+                             sam2_config, seed, device, progress=advance)
+    console.print(f"wrote {written} masks to {out / 'masks'}; evaluate them with `orthodiff evaluate seg {out} ...`")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(evaluate_app, name="evaluate")

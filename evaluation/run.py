@@ -113,9 +113,10 @@ def run_evaluate_seg(model_dirs, catalog_path, out, split="test", central=0, dat
         table = agreement_table(subject_markers.loc[model.name], reference, n_boot, seed)
         agreement.append(table.assign(model=model.name))
         clinical = table[table["biomarker"].str.contains("thickness|t2_")]  # volumes: in the table only
-        agreement_panels(subject_markers.loc[model.name], reference, clinical, out / f"agreement_{model.name}.png",
-                         f"{model.name} vs reference, per subject")
-        figures.append(f"agreement_{model.name}.png")
+        if "method" in clinical and clinical["method"].isin(["parametric", "nonparametric"]).any():
+            agreement_panels(subject_markers.loc[model.name], reference, clinical, out / f"agreement_{model.name}.png",
+                             f"{model.name} vs reference, per subject")
+            figures.append(f"agreement_{model.name}.png")
     agreement = pd.concat(agreement, ignore_index=True)
     tables.update(biomarkers=markers, agreement=agreement[["model", *[c for c in agreement.columns if c != "model"]]],
                   notes=notes)
@@ -127,11 +128,15 @@ def run_evaluate_seg(model_dirs, catalog_path, out, split="test", central=0, dat
                "central_slices": central or "all", "nsd_tolerance_mm": nsd_tolerance, "dataset_by": list(dataset_by)}
     series_dice = per_series.groupby(["model", "series_id"])["dice"].mean().reset_index()
     catalog = read_catalog(catalog_path).assign(dataset=lambda c: dataset_names(c, dataset_by))
-    effects, fit = acquisition_effects(series_dice, catalog, group, seed)
-    tables["acquisition_effects"] = effects
-    summary["acquisition_model"] = fit
-    forest(effects, out / "forest.png", f"Dice ~ acquisition + model + (1 | {fit['group_by']}), {fit['fit']}")
-    figures.append("forest.png")
+    try:
+        effects, fit = acquisition_effects(series_dice, catalog, group, seed)
+    except np.linalg.LinAlgError as err:  # e.g. fewer series than parameters: reported, not fatal
+        summary["acquisition_model"] = {"fit": f"not fitted ({err})"}
+    else:
+        tables["acquisition_effects"] = effects
+        summary["acquisition_model"] = fit
+        forest(effects, out / "forest.png", f"Dice ~ acquisition + model + (1 | {fit['group_by']}), {fit['fit']}")
+        figures.append("forest.png")
 
     for name, table in tables.items():
         write_table(table, out / name)
