@@ -64,6 +64,9 @@ def prompt(
     sam2_config: Annotated[str | None, typer.Option(help="SAM2 only: the sam2 package's config name of the checkpoint.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed of the box shifts.")] = 0,
     device: Annotated[str | None, typer.Option(help="torch device (default: CPU).")] = None,
+    finetune_epochs: Annotated[int, typer.Option(help="SAM/MedSAM: first fine-tune the mask decoder on the train split (Dice + BCE).")] = 0,
+    finetune_encoder: Annotated[bool, typer.Option(help="Fine-tune the image encoder too.")] = False,
+    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 1e-4,
 ) -> None:
     """Segment every structure slice by slice with SAM, MedSAM or SAM2 from box prompts."""
     from orthodiff.evaluation.promptable import run_prompt
@@ -71,7 +74,8 @@ def prompt(
 
     with progress_bar(console, "slices", None) as advance:
         written = run_prompt(catalog, out, checkpoint, model, size, prompts, prompt_masks, shift, split or None, min_size,
-                             sam2_config, seed, device, progress=advance)
+                             sam2_config, seed, device, progress=advance, finetune_epochs=finetune_epochs,
+                             finetune_encoder=finetune_encoder, lr=lr)
     console.print(f"wrote {written} masks to {out / 'masks'}; evaluate them with `orthodiff evaluate seg {out} ...`")
 
 

@@ -37,7 +37,7 @@ SAM_SIZES = {
     "vit_b": (768, 12, 12, (2, 5, 8, 11), 256, 2048, 8),
     "vit_l": (1024, 24, 16, (5, 11, 17, 23), 256, 2048, 8),
     "vit_h": (1280, 32, 16, (7, 15, 23, 31), 256, 2048, 8),
-    "tiny": (32, 2, 2, (1,), 32, 64, 2),  # for tests and quick checks, never a published one
+    "tiny": (32, 2, 2, (), 32, 64, 2),  # windowed attention only: for tests and quick checks, never a published one
 }
 
 
@@ -196,12 +196,16 @@ class PromptedSegmenter:
 
 
 def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", prompts="reference", prompt_masks=None,
-               shift=0, split="test", min_size=20, sam2_config=None, seed=0, device=None, progress=None, predictor=None) -> int:
+               shift=0, split="test", min_size=20, sam2_config=None, seed=0, device=None, progress=None, predictor=None,
+               finetune_epochs=0, finetune_encoder=False, lr=1e-4, sam=None) -> int:
     """Segment every series of `split` that has a reference mask (its grid and the series
     to evaluate) with box prompts from the reference (`prompts="reference"`) or from
     `prompt_masks` (a `segment predict` run or mask folder, `prompts="masks"`); write
     `out/masks/<series_id>.nii.gz` (finished series are kept on a rerun) and `run.json`.
-    `predictor` replaces the model (tests). Returns the number of series written."""
+    With `finetune_epochs`, a SAM/MedSAM's mask decoder (and with `finetune_encoder` its
+    image encoder) is first fine-tuned on the `train` split's reference masks and saved as
+    `out/sam_finetuned.pt` (reused on a rerun). `sam` (a built model) or `predictor`
+    replaces the checkpoint (tests). Returns the number of series written."""
     from pathlib import Path
 
     from orthodiff.catalogs.cohort import resolve_path
@@ -225,9 +229,13 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
                 raise OrthodiffError("SAM2 needs --sam2-config, the sam2 package's config of the checkpoint (e.g. configs/sam2.1/sam2.1_hiera_b+.yaml)")
             predictor = Sam2BoxPredictor(sam2_config, checkpoint, device)
         elif model in ("sam", "medsam"):
-            if checkpoint is None:
+            if checkpoint is None and sam is None:
                 raise OrthodiffError(f"{model} needs --checkpoint, the published weights file (nothing is downloaded)")
-            predictor = SamBoxPredictor(build_sam(size, checkpoint, medsam=model == "medsam").to(device or "cpu"))
+            sam = (sam or build_sam(size, checkpoint, medsam=model == "medsam")).to(device or "cpu")
+            if finetune_epochs:
+                _finetuned(sam, out / "sam_finetuned.pt", catalog_path, structure_set, finetune_epochs, finetune_encoder, lr,
+                           seed, progress)
+            predictor = SamBoxPredictor(sam)
         else:
             raise OrthodiffError(f"unknown promptable model {model!r}; choose sam, medsam or sam2")
     segmenter = PromptedSegmenter(predictor, min_size)
@@ -247,5 +255,83 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
         written += 1
     write_json({"kind": "prompt_predict", "model": model, "size": size, "checkpoint": str(checkpoint) if checkpoint else None,
                 "prompts": prompts, "prompt_masks": str(prompt_masks) if prompt_masks else None, "shift": shift,
-                "split": split, "min_size": min_size, "series": len(rows)}, out / "run.json")
+                "split": split, "min_size": min_size, "series": len(rows), "finetune_epochs": finetune_epochs,
+                "finetune_encoder": finetune_encoder}, out / "run.json")
     return written
+
+
+def training_pairs(sam, rows, catalog_path, structure_set, encoder: bool = False):
+    """(inputs, boxes, targets) of every (slice, structure) of `rows`' reference masks:
+    inputs are the slices' image embeddings (frozen encoder) or preprocessed images,
+    boxes in 1024 pixels, targets the structure masks at the decoder's 256 x 256."""
+    from orthodiff.catalogs.cohort import resolve_path
+    from orthodiff.catalogs.readers import read_series
+    from orthodiff.evaluation.inputs import read_series as read_reference
+
+    low = SIZE // 4
+    inputs, boxes, targets = [], [], []
+    for row in rows.itertuples(index=False):
+        reference = read_reference(row, catalog_path, structure_set).reference
+        image = read_series(resolve_path(catalog_path, row.path))
+        h, w = image.shape[1:]
+        scale = np.array([SIZE / w, SIZE / h, SIZE / w, SIZE / h])
+        prompts = boxes_of(reference, structure_set.values)
+        for z in sorted({z for z, _ in prompts}):
+            x = torch.as_tensor(preprocess_slice(image[z]))[None]
+            if not encoder:
+                with torch.no_grad():
+                    x = sam.image_encoder(sam.preprocess(x.float()))
+            for (_, value), box in sorted((k, v) for k, v in prompts.items() if k[0] == z):
+                inputs.append(x)
+                boxes.append(box * scale)
+                target = torch.as_tensor(reference[z] == value, dtype=torch.float32)[None, None]
+                targets.append(F.interpolate(target, size=(low, low), mode="nearest")[0])
+    return torch.cat(inputs), torch.as_tensor(np.stack(boxes), dtype=torch.float32), torch.stack(targets)
+
+
+def finetune_sam(sam, inputs, boxes, targets, encoder: bool = False, epochs: int = 5, lr: float = 1e-4,
+                 batch_size: int = 4, random_state: int = 0, on_step=None):
+    """Fine-tune the mask decoder (and the image encoder with `encoder`) with Dice + BCE on
+    box-prompted pairs from `training_pairs`, through the shared training loop."""
+    from monai.losses import DiceLoss
+
+    from orthodiff.heads.training import train
+
+    dice = DiceLoss(sigmoid=True)
+    for p in sam.parameters():
+        p.requires_grad_(False)
+    for p in [*sam.mask_decoder.parameters(), *(sam.image_encoder.parameters() if encoder else [])]:
+        p.requires_grad_(True)
+
+    def forward(x, b):
+        embedding = sam.image_encoder(sam.preprocess(x.float())) if encoder else x
+        out = []
+        for i in range(len(b)):  # the decoder pairs one image with its prompts
+            sparse, dense = sam.prompt_encoder(points=None, boxes=b[i : i + 1], masks=None)
+            low, _ = sam.mask_decoder(image_embeddings=embedding[i : i + 1], image_pe=sam.prompt_encoder.get_dense_pe(),
+                                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+            out.append(low[0])
+        return torch.stack(out)
+
+    def loss(output, y, w):
+        return dice(output, y) + F.binary_cross_entropy_with_logits(output, y)
+
+    train(sam, [inputs.numpy(), boxes.numpy()], targets.numpy(), None, epochs=epochs, lr=lr, batch_size=batch_size,
+          random_state=random_state, forward=forward, loss=loss, on_step=on_step)
+    for p in sam.parameters():
+        p.requires_grad_(True)
+    return sam.eval()
+
+
+def _finetuned(sam, path, catalog_path, structure_set, epochs, encoder, lr, seed, progress) -> None:
+    """Fine-tune `sam` in place on the train split, or load the result of an earlier run."""
+    from orthodiff.evaluation.inputs import reference_rows
+    from orthodiff.files import atomic_write
+
+    if path.is_file():
+        sam.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return
+    rows, _ = reference_rows(catalog_path, "train")
+    inputs, boxes, targets = training_pairs(sam, rows, catalog_path, structure_set, encoder)
+    finetune_sam(sam, inputs, boxes, targets, encoder, epochs, lr, random_state=seed, on_step=progress)
+    atomic_write(path, lambda tmp: torch.save(sam.state_dict(), tmp))

@@ -108,3 +108,28 @@ def test_prompt_needs_a_checkpoint_and_a_known_model(rectangles, tmp_path):
         run_prompt(rectangles, tmp_path / "x", checkpoint=tmp_path / "none.pt", model="sam3")
     with pytest.raises(OrthodiffError, match="needs --prompt-masks"):
         run_prompt(rectangles, tmp_path / "x", prompts="masks", predictor=box_oracle)
+
+
+def test_finetune_decoder_on_the_train_split(rectangles, tmp_path):
+    from orthodiff.catalogs.cohort import read_catalog
+
+    import nibabel as nib
+
+    catalog = read_catalog(rectangles)
+    catalog.loc[0, "split"] = "train"
+    write_catalog(catalog, rectangles)
+    for i in range(2):  # structures on one slice only: one image-encoder pass per series
+        path = rectangles.parent / f"s{i}_mask.nii.gz"
+        mask = np.asarray(nib.load(path).dataobj).transpose(2, 1, 0)
+        mask[np.arange(16) != 8] = 0
+        write_nifti(path, mask, "sagittal", 0.5, 3.0)
+    torch.manual_seed(0)
+    sam = build_sam("tiny")
+    encoder = [p.clone() for p in sam.image_encoder.parameters()]
+    decoder = [p.clone() for p in sam.mask_decoder.parameters()]
+    out = tmp_path / "ft"
+    assert run_prompt(rectangles, out, sam=sam, finetune_epochs=1, lr=1e-3, min_size=1) == 1  # the test series
+    assert all(torch.equal(a, b) for a, b in zip(encoder, sam.image_encoder.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(decoder, sam.mask_decoder.parameters()))
+    saved = build_sam("tiny", out / "sam_finetuned.pt")
+    assert all(torch.equal(a, b) for a, b in zip(sam.state_dict().values(), saved.state_dict().values()))
