@@ -16,6 +16,7 @@ evaluate_app = typer.Typer(help="Evaluate segmentations: metrics, biomarker agre
 
 Catalog = Annotated[Path, typer.Option(help="Cohort catalog (Parquet) with the reference mask_path of every series.")]
 Split = Annotated[str, typer.Option(help="Catalog split to evaluate ('' for every series with a reference mask).")]
+Plane = Annotated[str | None, typer.Option(help="Only series of this plane (a `segment predict` run covers its model's plane).")]
 
 
 @evaluate_app.command("seg")
@@ -24,6 +25,7 @@ def seg(
     catalog: Catalog,
     out: Annotated[Path, typer.Option(help="Directory for the tables, figures and evaluation.html.")],
     split: Split = "test",
+    plane: Plane = None,
     central: Annotated[int, typer.Option(help="Evaluate only this many central slices (16: what the backbone sees); 0 for all.")] = 0,
     dataset_by: Annotated[str, typer.Option(help="Comma-separated catalog columns whose values name a series' dataset.")] = "joint,plane",
     group: Annotated[str, typer.Option(help="Catalog column of the random intercept in the acquisition model (center, dataset).")] = "center",
@@ -38,7 +40,7 @@ def seg(
 
     with progress_bar(console, "series", None) as advance:
         tables = run_evaluate_seg(models, catalog, out, split or None, central, tuple(dataset_by.split(",")), group,
-                                  nsd_tolerance, bootstrap, seed, progress=advance)
+                                  nsd_tolerance, bootstrap, seed, progress=advance, plane=plane)
     console.print(frame_table(tables["tier_dataset"], f"Subject Dice, IoU, HD95 (mm), NSD by dataset — {out}"))
     agreement = tables["agreement"]
     shown = agreement[agreement["biomarker"].str.contains("thickness|t2_")]
@@ -60,6 +62,7 @@ def prompt(
     prompt_masks: Annotated[Path | None, typer.Option(help="A `segment predict` run or mask folder whose boxes prompt the model.")] = None,
     shift: Annotated[int, typer.Option(help="Move every box corner by up to this many pixels (robustness to prompts).")] = 0,
     split: Split = "test",
+    plane: Plane = None,
     min_size: Annotated[int, typer.Option(help="Remove connected components smaller than this many pixels per slice.")] = 20,
     sam2_config: Annotated[str | None, typer.Option(help="SAM2 only: the sam2 package's config name of the checkpoint.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed of the box shifts.")] = 0,
@@ -75,7 +78,7 @@ def prompt(
     with progress_bar(console, "slices", None) as advance:
         written = run_prompt(catalog, out, checkpoint, model, size, prompts, prompt_masks, shift, split or None, min_size,
                              sam2_config, seed, device, progress=advance, finetune_epochs=finetune_epochs,
-                             finetune_encoder=finetune_encoder, lr=lr)
+                             finetune_encoder=finetune_encoder, lr=lr, plane=plane)
     console.print(f"wrote {written} masks to {out / 'masks'}; evaluate them with `orthodiff evaluate seg {out} ...`")
 
 

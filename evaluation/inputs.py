@@ -41,14 +41,17 @@ def models_of(paths) -> list[Model]:
     return models
 
 
-def reference_rows(catalog_path, split: str | None) -> tuple[pd.DataFrame, StructureSet]:
-    """Catalog rows with a reference mask (of `split` unless None) and the joint's structures."""
+def reference_rows(catalog_path, split: str | None, plane: str | None = None) -> tuple[pd.DataFrame, StructureSet]:
+    """Catalog rows with a reference mask (of `split` and `plane` unless None) and the joint's structures."""
     catalog = read_catalog(catalog_path)
     rows = catalog[catalog["mask_path"].fillna("").astype(str) != ""]
     if split:
         rows = rows[rows["split"] == split]
+    if plane:
+        rows = rows[rows["plane"] == plane]
     if rows.empty:
-        raise OrthodiffError(f"{catalog_path}: no series with a reference mask_path" + (f" in split {split!r}" if split else ""))
+        raise OrthodiffError(f"{catalog_path}: no series with a reference mask_path" + (f" in split {split!r}" if split else "")
+                             + (f" of plane {plane!r}" if plane else ""))
     joints = rows["joint"].unique()
     if len(joints) != 1:
         raise OrthodiffError(f"{catalog_path}: evaluate one joint at a time, found {sorted(joints)}")
@@ -60,7 +63,7 @@ def check_complete(model: Model, series_ids) -> None:
     if missing:
         raise OrthodiffError(
             f"{model.masks}: model {model.name!r} has no mask for {len(missing)} of {len(series_ids)} series "
-            f"(first: {missing[0]}.nii.gz); predict the same split, or pass --split to evaluate another one")
+            f"(first: {missing[0]}.nii.gz); predict the same split, or choose the series with --split and --plane")
 
 
 def _on_grid(path: Path, affine: np.ndarray, what: str) -> None:

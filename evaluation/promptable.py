@@ -197,7 +197,7 @@ class PromptedSegmenter:
 
 def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", prompts="reference", prompt_masks=None,
                shift=0, split="test", min_size=20, sam2_config=None, seed=0, device=None, progress=None, predictor=None,
-               finetune_epochs=0, finetune_encoder=False, lr=1e-4, sam=None) -> int:
+               finetune_epochs=0, finetune_encoder=False, lr=1e-4, sam=None, plane=None) -> int:
     """Segment every series of `split` that has a reference mask (its grid and the series
     to evaluate) with box prompts from the reference (`prompts="reference"`) or from
     `prompt_masks` (a `segment predict` run or mask folder, `prompts="masks"`); write
@@ -219,7 +219,7 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
         raise OrthodiffError(f"unknown prompt source {prompts!r}; choose reference or masks")
     if prompts == "masks" and prompt_masks is None:
         raise OrthodiffError("--prompts masks needs --prompt-masks (a segment predict run or folder of masks)")
-    rows, structure_set = reference_rows(catalog_path, split)
+    rows, structure_set = reference_rows(catalog_path, split, plane)
     source = model_of(prompt_masks) if prompts == "masks" else None
     if source:
         check_complete(source, rows["series_id"].tolist())

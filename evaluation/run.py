@@ -30,14 +30,15 @@ def _crop(array, central: int):
     return array[start : start + central]
 
 
-def measure(models, catalog_path, split="test", central=0, dataset_by=("joint", "plane"), nsd_tolerance=1.0, progress=None):
+def measure(models, catalog_path, split="test", central=0, dataset_by=("joint", "plane"), nsd_tolerance=1.0, progress=None,
+            plane=None):
     """(per-series metrics, per-series biomarkers incl. the reference's, notes) for `models`."""
     from orthodiff.evaluation.biomarkers import series_biomarkers
     from orthodiff.evaluation.inputs import check_complete, load_mask, read_series, reference_rows
     from orthodiff.evaluation.metrics import series_metrics
     from orthodiff.supervised.biomarkers import spacing_of
 
-    rows, structure_set = reference_rows(catalog_path, split)
+    rows, structure_set = reference_rows(catalog_path, split, plane)
     rows = rows.assign(dataset=dataset_names(rows, dataset_by))
     for model in models:
         check_complete(model, rows["series_id"].tolist())
@@ -85,7 +86,7 @@ def _html(out: Path, tables: dict[str, pd.DataFrame], figures: list[str], summar
 
 
 def run_evaluate_seg(model_dirs, catalog_path, out, split="test", central=0, dataset_by=("joint", "plane"), group="center",
-                     nsd_tolerance=1.0, n_boot=2000, seed=0, progress=None) -> dict[str, pd.DataFrame]:
+                     nsd_tolerance=1.0, n_boot=2000, seed=0, progress=None, plane=None) -> dict[str, pd.DataFrame]:
     """Evaluate every model folder; write the tables (Parquet + CSV), figures and
     `evaluation.html` under `out`; return the tables by name."""
     from orthodiff.catalogs.cohort import read_catalog
@@ -99,7 +100,7 @@ def run_evaluate_seg(model_dirs, catalog_path, out, split="test", central=0, dat
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     models = models_of(model_dirs)
-    per_series, markers, notes, rows = measure(models, catalog_path, split, central, dataset_by, nsd_tolerance, progress)
+    per_series, markers, notes, rows = measure(models, catalog_path, split, central, dataset_by, nsd_tolerance, progress, plane)
     per_subject = subject_scores(per_series)
     subjects = subject_dice(per_subject)
     tables = {"series_metrics": per_series, "subject_dice": subjects, **{f"tier_{k}": v for k, v in tiered_tables(per_subject).items()}}
@@ -124,7 +125,7 @@ def run_evaluate_seg(model_dirs, catalog_path, out, split="test", central=0, dat
     friedman, pairwise = compare_models(subjects)
     tables.update(friedman=friedman, wilcoxon=pairwise)
 
-    summary = {"models": [m.name for m in models], "split": split, "series": len(rows), "subjects": int(rows["patient_id"].nunique()),
+    summary = {"models": [m.name for m in models], "split": split, "plane": plane or "all", "series": len(rows), "subjects": int(rows["patient_id"].nunique()),
                "central_slices": central or "all", "nsd_tolerance_mm": nsd_tolerance, "dataset_by": list(dataset_by)}
     series_dice = per_series.groupby(["model", "series_id"])["dice"].mean().reset_index()
     catalog = read_catalog(catalog_path).assign(dataset=lambda c: dataset_names(c, dataset_by))

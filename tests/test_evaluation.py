@@ -166,8 +166,9 @@ def test_evaluate_seg_end_to_end(cohort, tmp_path):
     catalog_path, models = cohort
     out = tmp_path / "eval"
     result = CliRunner().invoke(app, ["evaluate", "seg", *map(str, models), "--catalog", str(catalog_path), "--out", str(out),
-                                      "--split", "", "--bootstrap", "200"])
+                                      "--split", "", "--plane", "sagittal", "--bootstrap", "200"])
     assert result.exit_code == 0, result.output
+    assert set(pd.read_parquet(out / "series_metrics.parquet")["dataset"]) == {"knee_sagittal"}
     tier = pd.read_parquet(out / "tier_dataset.parquet").set_index(["model", "dataset"])
     assert (tier.loc["copy", "dice"] == 1.0).all() and (tier.loc["copy", "hd95"] == 0.0).all()
     assert (tier.loc["shifted", "dice"] < 0.9).all()
