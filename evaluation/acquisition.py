@@ -33,12 +33,15 @@ def _impute(numeric: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 def vif_filter(design: pd.DataFrame, limit: float = VIF_LIMIT) -> tuple[pd.DataFrame, list[str]]:
     """Drop the column of highest VIF while any exceeds `limit`; returns (kept, dropped)."""
+    import warnings
+
     from statsmodels.stats.outliers_influence import variance_inflation_factor
 
     dropped = []
     while design.shape[1] > 1:
         x = np.column_stack([np.ones(len(design)), design.to_numpy(float)])
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # collinear designs are what this loop removes
             vif = pd.Series([variance_inflation_factor(x, i + 1) for i in range(design.shape[1])], index=design.columns)
         worst = vif.fillna(np.inf).idxmax()
         if not np.isfinite(vif.fillna(np.inf)[worst]) or vif[worst] > limit:
@@ -89,7 +92,7 @@ def acquisition_effects(series_dice: pd.DataFrame, catalog: pd.DataFrame, group:
     else:
         import warnings
 
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # convergence and boundary warnings: `converged` is reported
             warnings.simplefilter("ignore")
             fit = sm.MixedLM(frame["dice"], exog, groups=groups).fit(reml=True)
         summary.update(fit="mixedlm", converged=bool(fit.converged), group_variance=float(fit.cov_re.iloc[0, 0]))

@@ -44,7 +44,8 @@ def seg(
     console.print(frame_table(tables["tier_dataset"], f"Subject Dice, IoU, HD95 (mm), NSD by dataset — {out}"))
     agreement = tables["agreement"]
     shown = agreement[agreement["biomarker"].str.contains("thickness|t2_")]
-    console.print(frame_table(shown[["model", "biomarker", "n", "method", "icc", "icc_low", "icc_high", "bias", "loa_low", "loa_high"]],
+    columns = ["model", "biomarker", "n", "method", "icc", "icc_low", "icc_high", "bias", "loa_low", "loa_high"]
+    console.print(frame_table(shown.reindex(columns=columns),  # statistics are absent when too few subjects
                               "Biomarker agreement with the reference (thickness, T2)", "{:.2f}"))
     if not tables["wilcoxon"].empty:
         console.print(frame_table(tables["wilcoxon"], "Pairwise Wilcoxon on subject Dice (Benjamini-Hochberg)", "{:.3g}"))
