@@ -99,7 +99,6 @@ def load_t2(path: Path, shape, affine: np.ndarray) -> np.ndarray:
 class Series:
     """One series' reference mask, geometry and optional T2 map."""
 
-    row: object
     shape: tuple
     affine: np.ndarray
     reference: np.ndarray
@@ -111,7 +110,7 @@ def read_series(row, catalog_path, structure_set: StructureSet) -> Series:
     reference = load_mask(resolve_path(catalog_path, row.mask_path), shape, affine, structure_set)
     t2_value = getattr(row, "t2_path", None)
     t2 = load_t2(resolve_path(catalog_path, t2_value), shape, affine) if isinstance(t2_value, str) and t2_value else None
-    return Series(row, shape, affine, reference, t2)
+    return Series(shape, affine, reference, t2)
 
 
 def write_mask(path: Path, mask: np.ndarray, affine: np.ndarray) -> Path:
