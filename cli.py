@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from orthodiff.errors import OrthodiffError
+from orthodiff.evaluation.commands import register as register_evaluation
 from orthodiff.supervised.commands import register as register_supervised
 from orthodiff.tables import make_console
 
@@ -393,6 +394,7 @@ def report(
 
 
 register_supervised(app)
+register_evaluation(app)
 
 
 def main() -> None:

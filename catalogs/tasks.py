@@ -42,6 +42,7 @@ class Structure:
     value: int
     abbr: str
     name: str
+    tissue: str = ""
 
 
 @dataclass(frozen=True)

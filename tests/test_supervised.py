@@ -273,3 +273,10 @@ def test_cli_segment_train_predict_and_table(cohort, tmp_path):
     assert result.exit_code == 0 and (tmp_path / "table.csv").is_file()
     result = runner.invoke(app, ["baseline", "segment", "--model", "vnet", "--plane", "sagittal", *common, "--out", str(tmp_path / "v")])
     assert isinstance(result.exception, OrthodiffError) and "expected unet or unetr" in str(result.exception)
+    # `evaluate seg` takes the predict run: the same MONAI Dice per series as training scored
+    result = runner.invoke(app, ["evaluate", "seg", str(tmp_path / "p"), "--catalog", str(cohort["catalog"]), "--out",
+                                 str(tmp_path / "e"), "--plane", "sagittal", "--central", "16", "--bootstrap", "100"])
+    assert result.exit_code == 0, result.output
+    evaluated = pd.read_parquet(tmp_path / "e" / "series_metrics.parquet").groupby("structure")["dice"].mean()
+    trained = pd.read_csv(tmp_path / "unet" / "dice.csv").set_index("structure")["dice"]
+    assert evaluated.reindex(trained.index).to_numpy() == pytest.approx(trained.to_numpy(), abs=1e-6)

@@ -1,0 +1,126 @@
+"""Reading what `evaluate` compares: the catalog's series, reference masks, model masks and
+T2 maps, each checked against its series' grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from orthodiff.catalogs.cohort import read_catalog, resolve_path
+from orthodiff.catalogs.readers import read_mask, series_geometry
+from orthodiff.catalogs.tasks import StructureSet, structures
+from orthodiff.errors import OrthodiffError
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model to evaluate: its name (the folder's) and the folder holding its masks."""
+
+    name: str
+    masks: Path
+
+
+def model_of(path: str | Path) -> Model:
+    """A `segment predict` run (masks under `masks/`) or a folder of `<series_id>.nii.gz`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise OrthodiffError(f"{path}: not a directory; pass a `segment predict` run or a folder of <series_id>.nii.gz masks")
+    masks = path / "masks" if (path / "masks").is_dir() else path
+    return Model(path.resolve().name, masks)
+
+
+def models_of(paths) -> list[Model]:
+    models = [model_of(p) for p in paths]
+    names = [m.name for m in models]
+    if len(set(names)) < len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise OrthodiffError(f"two model folders share the name {dup[0]!r}; models are named by their folder, rename one")
+    return models
+
+
+def reference_rows(catalog_path, split: str | None, plane: str | None = None) -> tuple[pd.DataFrame, StructureSet]:
+    """Catalog rows with a reference mask (of `split` and `plane` unless None) and the joint's structures."""
+    catalog = read_catalog(catalog_path)
+    rows = catalog[catalog["mask_path"].fillna("").astype(str) != ""]
+    if split:
+        rows = rows[rows["split"] == split]
+    if plane:
+        rows = rows[rows["plane"] == plane]
+    if rows.empty:
+        raise OrthodiffError(f"{catalog_path}: no series with a reference mask_path" + (f" in split {split!r}" if split else "")
+                             + (f" of plane {plane!r}" if plane else ""))
+    joints = rows["joint"].unique()
+    if len(joints) != 1:
+        raise OrthodiffError(f"{catalog_path}: evaluate one joint at a time, found {sorted(joints)}")
+    return rows.reset_index(drop=True), structures(str(joints[0]))
+
+
+def check_complete(model: Model, series_ids) -> None:
+    missing = [s for s in series_ids if not (model.masks / f"{s}.nii.gz").is_file()]
+    if missing:
+        raise OrthodiffError(
+            f"{model.masks}: model {model.name!r} has no mask for {len(missing)} of {len(series_ids)} series "
+            f"(first: {missing[0]}.nii.gz); predict the same split, or choose the series with --split and --plane")
+
+
+def _on_grid(path: Path, affine: np.ndarray, what: str) -> None:
+    import nibabel as nib
+
+    other = np.asarray(nib.load(path).affine)
+    if not np.allclose(other, affine, atol=1e-3):
+        raise OrthodiffError(f"{path}: {what} is on another grid than its series (affine differs); resample it onto the series")
+
+
+def load_mask(path: Path, shape, affine: np.ndarray, structure_set: StructureSet) -> np.ndarray:
+    """(slices, rows, columns) uint8 labels; shape, affine and label values checked."""
+    mask = read_mask(path, shape, structure_set.values)
+    _on_grid(path, affine, "the mask")
+    return mask
+
+
+def load_t2(path: Path, shape, affine: np.ndarray) -> np.ndarray:
+    """A T2 map in ms on its series' grid, (slices, rows, columns) float32."""
+    import nibabel as nib
+
+    if not path.is_file():
+        raise OrthodiffError(f"{path}: T2 map not found (catalog column t2_path)")
+    data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    data = data.reshape(data.shape[:3]).transpose(2, 1, 0)
+    if data.shape != tuple(shape):
+        raise OrthodiffError(f"{path}: T2 map shape {data.shape} differs from its series {tuple(shape)}")
+    _on_grid(path, affine, "the T2 map")
+    return data
+
+
+@dataclass
+class Series:
+    """One series' reference mask, geometry and optional T2 map."""
+
+    shape: tuple
+    affine: np.ndarray
+    reference: np.ndarray
+    t2: np.ndarray | None
+
+
+def read_series(row, catalog_path, structure_set: StructureSet) -> Series:
+    shape, affine = series_geometry(resolve_path(catalog_path, row.path))
+    reference = load_mask(resolve_path(catalog_path, row.mask_path), shape, affine, structure_set)
+    t2_value = getattr(row, "t2_path", None)
+    t2 = load_t2(resolve_path(catalog_path, t2_value), shape, affine) if isinstance(t2_value, str) and t2_value else None
+    return Series(shape, affine, reference, t2)
+
+
+def write_mask(path: Path, mask: np.ndarray, affine: np.ndarray) -> Path:
+    """(slices, rows, columns) labels as a uint8 NIfTI with its series' affine, atomically."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.ascontiguousarray(np.asarray(mask, np.uint8).transpose(2, 1, 0)), affine)
+    image.header.set_xyzt_units("mm")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+    nib.save(image, str(tmp))
+    tmp.replace(path)
+    return path

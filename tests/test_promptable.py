@@ -1,0 +1,135 @@
+"""The SAM-family adapter: preprocessing, prompts, post-processing, a box oracle end to end
+through `evaluate seg`, and a tiny randomly initialised SAM from the package's modules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from orthodiff.catalogs.cohort import write_catalog
+from orthodiff.catalogs.writers import write_nifti
+from orthodiff.errors import OrthodiffError
+from orthodiff.evaluation.promptable import (
+    SIZE, PromptedSegmenter, SamBoxPredictor, boxes_of, build_sam, postprocess, preprocess_slice, run_prompt, shift_boxes,
+)
+
+
+def box_oracle(image, boxes, shape):
+    """Logits +10 inside each (1024-pixel) box mapped back to `shape`, -10 outside."""
+    h, w = shape
+    logits = np.full((len(boxes), h, w), -10.0)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        logits[i, round(y0 * h / SIZE) : round(y1 * h / SIZE), round(x0 * w / SIZE) : round(x1 * w / SIZE)] = 10.0
+    return logits
+
+
+@pytest.fixture
+def rectangles(tmp_path):
+    """Two sagittal knee series whose reference masks are rectangles (femur, femoral cartilage)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(2):
+        mask = np.zeros((16, 40, 48), np.uint8)  # structures on three slices: prompts only there
+        mask[7:10, 5:20, 8 + i : 30] = 1
+        mask[8:10, 22:27, 10:40] = 4
+        image = rng.normal(100, 5, mask.shape).astype(np.float32) + 50 * mask
+        write_nifti(tmp_path / f"s{i}.nii.gz", image, "sagittal", 0.5, 3.0)
+        write_nifti(tmp_path / f"s{i}_mask.nii.gz", mask, "sagittal", 0.5, 3.0)
+        rows.append({"series_id": f"s{i}", "case_id": f"c{i}", "patient_id": f"p{i}", "task": "knee", "joint": "knee",
+                     "plane": "sagittal", "scan": 0, "path": f"s{i}.nii.gz", "mask_path": f"s{i}_mask.nii.gz",
+                     "center": f"center_{i}", "vendor": "v", "field_strength": 3.0, "slice_thickness": 3.0, "split": "test"})
+    return write_catalog(pd.DataFrame(rows), tmp_path / "catalog.parquet")
+
+
+def test_preprocess_clips_percentiles_to_uint8_1024_three_channels():
+    plane = np.linspace(0, 1, 40 * 48).reshape(40, 48)
+    plane[0, 0], plane[-1, -1] = -1000.0, 1000.0  # outliers beyond the 1st/99th percentile
+    image = preprocess_slice(plane)
+    assert image.shape == (3, SIZE, SIZE) and image.dtype == np.uint8
+    assert (image[0] == image[1]).all() and (image[1] == image[2]).all()
+    assert image.min() == 0 and image.max() == 255
+    assert abs(int(image[0, SIZE // 2, SIZE // 2]) - 128) <= 3  # the middle of a ramp stays mid-grey
+
+
+def test_boxes_shifts_and_postprocessing():
+    mask = np.zeros((2, 10, 12), np.uint8)
+    mask[1, 2:5, 3:9] = 4
+    boxes = boxes_of(mask, [1, 4])
+    assert list(boxes) == [(1, 4)] and boxes[(1, 4)].tolist() == [3, 2, 9, 5]
+    moved = shift_boxes(boxes, 2, (10, 12), np.random.default_rng(0))[(1, 4)]
+    assert np.abs(moved - boxes[(1, 4)]).max() <= 2 and moved[0] < moved[2] and moved[1] < moved[3]
+    logits = np.full((2, 10, 12), -1.0)
+    logits[0, :, :6], logits[1, :, 4:] = 1.0, 2.0  # overlap in columns 4-5: the larger logit wins
+    logits[0, 0, 10] = 5.0  # a one-pixel island of structure 1, removed
+    labels = postprocess(logits, [1, 4], min_size=3)
+    assert (labels[:, :4] == 1).all() and labels[0, 10] == 0
+    labels[0, 10] = 4
+    assert (labels[:, 4:] == 4).all()
+
+
+def test_box_oracle_end_to_end_through_evaluate(rectangles, tmp_path):
+    from orthodiff.evaluation.run import run_evaluate_seg
+
+    out = tmp_path / "oracle"
+    assert run_prompt(rectangles, out, predictor=box_oracle, min_size=1) == 2
+    assert run_prompt(rectangles, out, predictor=box_oracle, min_size=1) == 0  # finished series are kept
+    shifted = tmp_path / "shifted"
+    run_prompt(rectangles, shifted, predictor=box_oracle, shift=3, min_size=1)
+    chained = tmp_path / "chained"  # boxes from another model's masks: no reference needed
+    run_prompt(rectangles, chained, predictor=box_oracle, prompts="masks", prompt_masks=out, min_size=1)
+    tables = run_evaluate_seg([out, shifted, chained], rectangles, tmp_path / "eval", n_boot=50)
+    dice = tables["tier_dataset"].set_index("model")["dice"]
+    assert dice["oracle"] == 1.0 and dice["chained"] == 1.0
+    assert 0.5 < dice["shifted"] < 1.0
+
+
+def test_tiny_sam_from_the_package_modules(rectangles, tmp_path):
+    torch.manual_seed(0)
+    sam = build_sam("tiny")
+    path = tmp_path / "tiny.pt"
+    torch.save(sam.state_dict(), path)
+    again = build_sam("tiny", path)
+    assert all(torch.equal(a, b) for a, b in zip(sam.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(OrthodiffError, match="not a SAM vit_b state dict"):
+        build_sam("vit_b", path)
+    logits = SamBoxPredictor(sam)(preprocess_slice(np.random.rand(40, 48)), np.array([[100.0, 100, 600, 500], [0, 0, 50, 50]]),
+                                  (40, 48))
+    assert logits.shape == (2, 40, 48) and np.isfinite(logits).all() and logits.std() > 0
+    mask = PromptedSegmenter(SamBoxPredictor(sam), min_size=1).segment(np.random.rand(1, 40, 48), {(0, 4): np.array([5.0, 5, 30, 20])})
+    assert mask.shape == (1, 40, 48) and set(np.unique(mask)) <= {0, 4}
+
+
+def test_prompt_needs_a_checkpoint_and_a_known_model(rectangles, tmp_path):
+    with pytest.raises(OrthodiffError, match="needs --checkpoint"):
+        run_prompt(rectangles, tmp_path / "x")
+    with pytest.raises(OrthodiffError, match="unknown promptable model"):
+        run_prompt(rectangles, tmp_path / "x", checkpoint=tmp_path / "none.pt", model="sam3")
+    with pytest.raises(OrthodiffError, match="needs --prompt-masks"):
+        run_prompt(rectangles, tmp_path / "x", prompts="masks", predictor=box_oracle)
+
+
+def test_finetune_decoder_on_the_train_split(rectangles, tmp_path):
+    from orthodiff.catalogs.cohort import read_catalog
+
+    import nibabel as nib
+
+    catalog = read_catalog(rectangles)
+    catalog.loc[0, "split"] = "train"
+    write_catalog(catalog, rectangles)
+    for i in range(2):  # structures on one slice only: one image-encoder pass per series
+        path = rectangles.parent / f"s{i}_mask.nii.gz"
+        mask = np.asarray(nib.load(path).dataobj).transpose(2, 1, 0)
+        mask[np.arange(16) != 8] = 0
+        write_nifti(path, mask, "sagittal", 0.5, 3.0)
+    torch.manual_seed(0)
+    sam = build_sam("tiny")
+    encoder = [p.clone() for p in sam.image_encoder.parameters()]
+    decoder = [p.clone() for p in sam.mask_decoder.parameters()]
+    out = tmp_path / "ft"
+    assert run_prompt(rectangles, out, sam=sam, finetune_epochs=1, lr=1e-3, min_size=1) == 1  # the test series
+    assert all(torch.equal(a, b) for a, b in zip(encoder, sam.image_encoder.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(decoder, sam.mask_decoder.parameters()))
+    saved = build_sam("tiny", out / "sam_finetuned.pt")
+    assert all(torch.equal(a, b) for a, b in zip(sam.state_dict().values(), saved.state_dict().values()))
