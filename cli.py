@@ -153,12 +153,24 @@ def pretrain(
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: 1e-5 x batch x processes).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the checkpoint at --out exactly where it stopped.")] = False,
+    healthy: Annotated[bool, typer.Option(help="Train only on series of exams whose labels are all 0 (a persona backbone; needs --catalog).")] = False,
+    catalog: Annotated[Path | None, typer.Option(help="Cohort catalog that decides which exams are healthy (with --healthy).")] = None,
 ) -> None:
     """Pretrain one plane's 3D diffusion U-Net on the store's training volumes (torchrun for several GPUs)."""
     from orthodiff.backbone import backbone_id
+    from orthodiff.backbone.pretrain import healthy_series
     from orthodiff.backbone.pretrain import pretrain as run_pretrain
 
-    path = run_pretrain(store, plane, preset, steps, batch, out, every=every, lr=lr, seed=seed, resume=resume)
+    if healthy and catalog is None:
+        raise OrthodiffError("--healthy needs --catalog: the catalog's labels decide which exams are healthy")
+    if healthy:
+        console.print(f"--healthy: {len(healthy_series(catalog))} series of all-negative exams in {catalog} (all planes and splits)")
+    path = run_pretrain(store, plane, preset, steps, batch, out, every=every, lr=lr, seed=seed, resume=resume,
+                        healthy_catalog=catalog if healthy else None)
+    if healthy:
+        from orthodiff.backbone.checkpoint import read_checkpoint
+
+        console.print(f"trained on {read_checkpoint(path)['healthy']['train_series']} healthy {plane} training series")
     console.print(f"wrote {path} (backbone id {backbone_id(path)})")
 
 
