@@ -15,6 +15,8 @@ r is z-scored with training statistics; undefined (NaN) features enter as 0 (the
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import torch
@@ -95,7 +97,8 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = np.array([0, 1])
         self.n_features_in_ = r.shape[1]
         self.feature_names_ = np.asarray(names or [f"r{i}" for i in range(r.shape[1])], dtype=object)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():  # all-NaN columns (undefined features) -> 0
+            warnings.simplefilter("ignore", RuntimeWarning)
             self.mean_ = np.nan_to_num(np.nanmean(r, 0)).astype(np.float32)
             self.scale_ = np.nan_to_num(np.nanstd(r, 0), nan=1.0).astype(np.float32)
         self.scale_[self.scale_ == 0] = 1.0

@@ -82,7 +82,7 @@ def binary_metrics(y, p, threshold: float, groups, n_boot: int = 500, seed: int 
 def models(random_state: int = 0, epochs: int = 200) -> dict:
     """The fingerprint head and its comparators: name -> (estimator, sources, uses diffusion features)."""
     l1 = make_pipeline(SimpleImputer(keep_empty_features=True), StandardScaler(),
-                       LogisticRegression(penalty="l1", solver="liblinear", C=0.1, class_weight="balanced"))
+                       LogisticRegression(l1_ratio=1.0, solver="saga", C=1.0, class_weight="balanced", max_iter=5000))
     fp = FingerprintClassifier(usage="mlp", epochs=epochs, random_state=random_state)
     return {
         "fingerprint (image+persona)": (fp, ("image", "persona"), True),

@@ -6,7 +6,8 @@ to `bins` fixed bins between the ROI's minimum and maximum; texture matrices 3D 
 and NGLDM over the 26-neighbourhood within the ROI (NGLDM coarseness 0); GLSZM zones
 26-connected; morphology from the marching-cubes mesh of the mask (unit voxels). Names
 carry mirp's prefixes (`stat_`, `ih_`, `morph_`, `cm_`, `rlm_`, `szm_`, `ngt_`, `ngl_`).
-A feature that is undefined for this ROI (e.g. skewness of a constant region) is NaN.
+A feature that is undefined for this ROI (skewness of a constant region, the coefficient of
+variation of a zero-mean residual) is NaN.
 """
 
 from __future__ import annotations
@@ -257,4 +258,4 @@ def roi_features(image: np.ndarray, mask: np.ndarray, families=FAMILIES, bins: i
             out |= shape(mask)
         else:
             out |= {"glcm": glcm, "glrlm": glrlm, "glszm": glszm, "ngtdm": ngtdm, "gldm": gldm}[family](g, bins)
-    return {k: float(v) for k, v in out.items()}
+    return {k: float(v) if np.isfinite(v) else np.nan for k, v in out.items()}  # e.g. cov of a zero-mean residual

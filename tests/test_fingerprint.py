@@ -80,6 +80,7 @@ def test_end_to_end_healthy_persona_radiomics_fingerprint(tmp_path):
     table = pd.read_csv(tmp_path / "fp" / "metrics.csv").set_index("model")
     assert len(table) == 6 and (table["sources"].str.len() > 0).all()
     assert table.loc["classical radiomics (L1 logistic, image)", "auc"] == 1.0  # the planted box is found
+    assert table.loc["fingerprint (image+persona)", "auc"] == 1.0
     explain = pd.read_csv(tmp_path / "fp" / "explain_image_persona.csv")
     assert set(explain.exam) == {"c9", "c10", "c11"} and explain.feature.str.startswith("axial|box1_z0y0x0|").all()
     result = runner.invoke(app, ["fingerprint", "--store", store, "--catalog", catalog, "--task", "pcl", "--out", str(tmp_path / "x")])

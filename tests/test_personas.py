@@ -90,3 +90,21 @@ def test_persona_bad_input_is_named(persona_store, tmp_path):
         make_personas(store, ckpt, "sagittal", steps=1, progress=False)
     with pytest.raises(OrthodiffError, match="no personas"):
         open_personas(make_volume_store(tmp_path / "empty.zarr", n=2), "axial")
+
+
+def test_fidelity_scores_identity_and_localisation():
+    from orthodiff.personas.fidelity import localisation_score, roi_ssim_mse
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (16, 32, 32))
+    roi = box_grid(image.shape, 1)[0] > 0
+    assert roi_ssim_mse(image, image, roi) == (1.0, 0.0)
+    ssim, mse = roi_ssim_mse(image, image + 0.1 * roi, roi)
+    assert mse == pytest.approx(0.01) and ssim < 1
+    lesion = np.zeros(roi.shape, bool)
+    lesion[6:8, 14:16, 10:14] = True
+    residual = 0.01 * rng.normal(size=roi.shape)
+    residual[lesion] = 1.0  # the persona differs from the image exactly at the lesion
+    share = lesion.sum() / roi.sum()
+    assert localisation_score(residual, lesion, roi) > 0.5 / share  # near 1 / share (random shifts may overlap it)
+    assert localisation_score(rng.normal(size=roi.shape), lesion, roi) == pytest.approx(1, abs=0.3)
