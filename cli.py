@@ -242,6 +242,30 @@ def persona(
                   f"in {summary['seconds']} s into personas/{summary['backbone']}/{plane}")
 
 
+@app.command("persona-fidelity")
+def persona_fidelity(
+    plane: Annotated[str, typer.Option(help="sagittal, coronal or axial.")],
+    store: Annotated[str, typer.Option(help="Store holding the personas.")],
+    catalog: Annotated[Path, typer.Option(help="Cohort catalog (labels decide healthy and lesion exams).")],
+    split: Annotated[str, typer.Option(help="Split to score.")] = "test",
+    backbone: Annotated[str | None, typer.Option(help="Persona backbone id, when several made personas.")] = None,
+) -> None:
+    """Persona fidelity: SSIM/MSE in the ROI on healthy exams, residual localisation on lesions."""
+    from orthodiff.catalogs.cohort import read_catalog
+    from orthodiff.personas.fidelity import localisation, reproduction
+    from orthodiff.personas.store import open_personas
+    from orthodiff.tables import frame_table
+
+    ds, df = open_personas(store, plane, backbone), read_catalog(catalog)
+    rep = reproduction(ds, df, split)
+    console.print(frame_table(rep[["ssim", "mse", "mse_255"]].agg(["mean", "std"]).reset_index(),
+                              f"{plane} personas of {len(rep)} healthy {split} series (inside the ROI)"))
+    loc = localisation(ds, df, split)
+    if len(loc):
+        console.print(frame_table(loc.groupby("label").score.agg(["count", "mean", "median"]).reset_index(),
+                                  "localisation: residual energy share in the lesion / in a random region of its size"))
+
+
 @app.command()
 def radiomics(
     plane: Annotated[str, typer.Option(help="sagittal, coronal or axial.")],

@@ -68,3 +68,30 @@ def localisation_score(residual: np.ndarray, lesion: np.ndarray, roi: np.ndarray
         moved[tuple(target.T)] = True
         shares.append(energy[moved].sum() / total)
     return float(inside / max(np.mean(shares), 1e-12))
+
+
+LESION_STRUCTURES = {"ACL": "ACL", "PCL": "PCL", "MM": "MM", "LM": "LM"}  # knee label -> structure abbr
+
+
+def localisation(personas, catalog: pd.DataFrame, split: str | None = "test") -> pd.DataFrame:
+    """Per positive series (label in `LESION_STRUCTURES`) whose structure mask puts that
+    structure inside the ROI: the localisation score of its residual. `personas` is
+    `open_personas` output (which carries the stored structure masks as `structure`)."""
+    from orthodiff.catalogs.tasks import structures
+
+    value = {s.abbr: s.value for s in structures("knee").structures}
+    rows = catalog[catalog.series_id.isin(set(personas.series.values.tolist()))]
+    if split:
+        rows = rows[rows.split == split]
+    out = []
+    for row in rows.itertuples():
+        for label, abbr in LESION_STRUCTURES.items():
+            if getattr(row, label, 0) != 1:
+                continue
+            ds = personas.sel(series=row.series_id).load()
+            roi = ds["mask"].values > 0
+            lesion = (ds["structure"].values == value[abbr]) & roi
+            if lesion.any():
+                residual = ds.image.values.astype(np.float64) - ds.persona.values.astype(np.float64)
+                out.append({"series": row.series_id, "label": label, "score": localisation_score(residual, lesion, roi)})
+    return pd.DataFrame(out, columns=["series", "label", "score"])

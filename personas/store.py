@@ -208,7 +208,8 @@ def make_personas(store: str, checkpoint: str, plane: str, roi: str = "box", gri
 
 
 def open_personas(store: str, plane: str, backbone: str | None = None) -> xr.Dataset:
-    """The personas of `plane` (lazy), with the matching volume as `image` beside them.
+    """The personas of `plane` (lazy), with the matching volume as `image` and its structure
+    mask as `structure` beside them.
 
     Only series whose shard is recorded complete are returned."""
     root = open_root(store)
@@ -235,6 +236,7 @@ def open_personas(store: str, plane: str, backbone: str | None = None) -> xr.Dat
     ds = ds.isel(series=np.flatnonzero(complete))
     volumes = open_volumes(store)
     ds["image"] = volumes.volume.sel(series=ds.series.values).astype("float16")
+    ds["structure"] = volumes["mask"].sel(series=ds.series.values)  # stored structure labels (0: none)
     ds = ds.assign_coords({c: ds[c].load() for c in ("case_id", "patient_id", "scan", "roi_name")})
     ds.attrs = prov
     return ds

@@ -85,3 +85,5 @@ def test_end_to_end_healthy_persona_radiomics_fingerprint(tmp_path):
     assert set(explain.exam) == {"c9", "c10", "c11"} and explain.feature.str.startswith("axial|box1_z0y0x0|").all()
     result = runner.invoke(app, ["fingerprint", "--store", store, "--catalog", catalog, "--task", "pcl", "--out", str(tmp_path / "x")])
     assert result.exit_code != 0 and "--task 'pcl'" in str(result.exception)
+    out = ok("persona-fidelity", "--plane", "axial", "--store", store, "--catalog", catalog)
+    assert "personas of 2 healthy test series" in out  # c9 and c11
