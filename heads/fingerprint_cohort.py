@@ -95,7 +95,7 @@ def models(random_state: int = 0, epochs: int = 200) -> dict:
     }
 
 
-def usage_features(store: str, catalog: pd.DataFrame, timestep: int | None, block: str | None) -> pd.DataFrame | None:
+def usage_features(store: str, timestep: int | None = None, block: str | None = None) -> pd.DataFrame | None:
     """Per exam the stored GAP diffusion features of every plane (None if the store has none)."""
     from orthodiff import open_store
 
@@ -126,7 +126,7 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
     have = set(radiomics.source.values.tolist())
     split = catalog.groupby("case_id")["split"].first()
     patient = catalog.groupby("case_id")["patient_id"].first()
-    gap = usage_features(store, catalog, None, None)
+    gap = usage_features(store)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, choices = [], models(seed, epochs)
