@@ -114,6 +114,30 @@ def usage_features(store: str, timestep: int | None = None, block: str | None = 
     return pd.concat(parts, axis=1)
 
 
+def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path) -> Path:
+    """Central slice of the exam's image, persona and residual per plane, ROI outlined."""
+    from orthodiff.heads.report import atomic_savefig, pyplot
+    from orthodiff.personas.store import open_personas
+
+    series = catalog[(catalog.case_id == exam)].drop_duplicates("plane")
+    plt = pyplot()
+    fig, axes = plt.subplots(len(series), 3, figsize=(9, 3 * len(series)), squeeze=False)
+    for row, (plane, sid) in zip(axes, zip(series.plane, series.series_id)):
+        ds = open_personas(store, plane).sel(series=sid).load()
+        z = ds.sizes["z"] // 2
+        image, persona = ds.image.values[z].astype(float), ds.persona.values[z].astype(float)
+        for ax, (title, data) in zip(row, (("image", image), ("persona", persona), ("residual", image - persona))):
+            scale = dict(cmap="gray", vmin=-1, vmax=1) if title != "residual" else dict(cmap="coolwarm", vmin=-2, vmax=2)
+            ax.imshow(data, **scale)
+            ax.contour(ds["mask"].values[z] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
+            ax.set_title(f"{exam} {plane}: {title}", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    path = atomic_savefig(fig, png)
+    plt.close(fig)
+    return path
+
+
 def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | Path, settings: str | None = None,
                     epochs: int = 200, n_boot: int = 500, seed: int = 0, top: int = 5, progress=None) -> pd.DataFrame:
     """Fit every model on train, threshold on val, score test; write metrics, explanations, betas to `out`."""
@@ -181,6 +205,9 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
                                                               patient.reindex(exams["test"]).to_numpy(), n_boot, seed)})
     table = pd.DataFrame(rows)
     table.to_csv(out / "metrics.csv", index=False)
+    positives = [e for e in exams["test"] if y.get(e, 0) == 1]
+    if positives:
+        persona_figure(store, catalog, positives[0], out / "persona_example.png")
     (out / "run.json").write_text(json.dumps({"store": str(store), "catalog": str(catalog_path), "task": task,
                                               "settings": radiomics.attrs["settings_id"], "epochs": epochs, "seed": seed,
                                               "exams": {s: int(len(v)) for s, v in exams.items()}}, indent=1))

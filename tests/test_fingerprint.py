@@ -83,6 +83,9 @@ def test_end_to_end_healthy_persona_radiomics_fingerprint(tmp_path):
     assert table.loc["fingerprint (image+persona)", "auc"] == 1.0
     explain = pd.read_csv(tmp_path / "fp" / "explain_image_persona.csv")
     assert set(explain.exam) == {"c9", "c10", "c11"} and explain.feature.str.startswith("axial|box1_z0y0x0|").all()
+    ok("report", tmp_path / "fp")  # metrics, explanations, betas and the persona figure in one HTML page
+    page = (tmp_path / "fp" / "report.html").read_text()
+    assert "explain_image_persona.csv" in page and "persona_example.png" in page and "data:image/png;base64" in page
     result = runner.invoke(app, ["fingerprint", "--store", store, "--catalog", catalog, "--task", "pcl", "--out", str(tmp_path / "x")])
     assert result.exit_code != 0 and "--task 'pcl'" in str(result.exception)
     out = ok("persona-fidelity", "--plane", "axial", "--store", store, "--catalog", catalog)
