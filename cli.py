@@ -154,12 +154,24 @@ def pretrain(
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: 1e-5 x batch x processes).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the checkpoint at --out exactly where it stopped.")] = False,
+    healthy: Annotated[bool, typer.Option(help="Train only on series of exams whose labels are all 0 (a persona backbone; needs --catalog).")] = False,
+    catalog: Annotated[Path | None, typer.Option(help="Cohort catalog that decides which exams are healthy (with --healthy).")] = None,
 ) -> None:
     """Pretrain one plane's 3D diffusion U-Net on the store's training volumes (torchrun for several GPUs)."""
     from orthodiff.backbone import backbone_id
+    from orthodiff.backbone.pretrain import healthy_series
     from orthodiff.backbone.pretrain import pretrain as run_pretrain
 
-    path = run_pretrain(store, plane, preset, steps, batch, out, every=every, lr=lr, seed=seed, resume=resume)
+    if healthy and catalog is None:
+        raise OrthodiffError("--healthy needs --catalog: the catalog's labels decide which exams are healthy")
+    if healthy:
+        console.print(f"--healthy: {len(healthy_series(catalog))} series of all-negative exams in {catalog} (all planes and splits)")
+    path = run_pretrain(store, plane, preset, steps, batch, out, every=every, lr=lr, seed=seed, resume=resume,
+                        healthy_catalog=catalog if healthy else None)
+    if healthy:
+        from orthodiff.backbone.checkpoint import read_checkpoint
+
+        console.print(f"trained on {read_checkpoint(path)['healthy']['train_series']} healthy {plane} training series")
     console.print(f"wrote {path} (backbone id {backbone_id(path)})")
 
 
@@ -207,6 +219,96 @@ def extract(
     console.print(f"extracted {summary['series']} {plane} series ({summary['tasks']} tasks) in {summary['seconds']} s "
                   f"into features/{summary['backbone']}")
     console.print(frame_table(store_info(store), f"{store}"))
+
+
+@app.command()
+def persona(
+    plane: Annotated[str, typer.Option(help="sagittal, coronal or axial.")],
+    store: Annotated[str, typer.Option(help="Store holding the volumes (path or fsspec URL).")],
+    backbone: Annotated[Path, typer.Option(help="Backbone of that plane trained with `pretrain --healthy`.")],
+    roi: Annotated[str, typer.Option(help="box (the paper's central box, split by --grid) or structures (stored masks).")] = "box",
+    grid: Annotated[int, typer.Option(help="Cells per axis of the central box: 1, 2 or 3.")] = 3,
+    steps: Annotated[int, typer.Option(help="Reverse diffusion steps of the inpainting.")] = 50,
+    jumps: Annotated[int, typer.Option(help="RePaint resampling passes per step (1: none).")] = 2,
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    workers: Annotated[int | None, typer.Option(help="Start a local Dask cluster of this many processes.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Use an existing Dask cluster (tcp://host:port).")] = None,
+) -> None:
+    """Inpaint each series' ROIs with a healthy backbone: its healthy persona (reruns finish what is missing)."""
+    from orthodiff.personas.store import make_personas
+
+    summary = make_personas(store, backbone, plane, roi, grid, steps, jumps, seed, workers, scheduler,
+                            warn=lambda text: console.print(f"[yellow]warning:[/] {text}"))
+    console.print(f"made {summary['series']} {plane} personas ({summary['rois']} ROIs, {summary['tasks']} tasks) "
+                  f"in {summary['seconds']} s into personas/{summary['backbone']}/{plane}")
+
+
+@app.command("persona-fidelity")
+def persona_fidelity(
+    plane: Annotated[str, typer.Option(help="sagittal, coronal or axial.")],
+    store: Annotated[str, typer.Option(help="Store holding the personas.")],
+    catalog: Annotated[Path, typer.Option(help="Cohort catalog (labels decide healthy and lesion exams).")],
+    split: Annotated[str, typer.Option(help="Split to score.")] = "test",
+    backbone: Annotated[str | None, typer.Option(help="Persona backbone id, when several made personas.")] = None,
+) -> None:
+    """Persona fidelity: SSIM/MSE in the ROI on healthy exams, residual localisation on lesions."""
+    from orthodiff.catalogs.cohort import read_catalog
+    from orthodiff.personas.fidelity import localisation, reproduction
+    from orthodiff.personas.store import open_personas
+    from orthodiff.tables import frame_table
+
+    ds, df = open_personas(store, plane, backbone), read_catalog(catalog)
+    rep = reproduction(ds, df, split)
+    console.print(frame_table(rep[["ssim", "mse", "mse_255"]].agg(["mean", "std"]).reset_index(),
+                              f"{plane} personas of {len(rep)} healthy {split} series (inside the ROI)"))
+    loc = localisation(ds, df, split)
+    if len(loc):
+        console.print(frame_table(loc.groupby("label").score.agg(["count", "mean", "median"]).reset_index(),
+                                  "localisation: residual energy share in the lesion / in a random region of its size"))
+
+
+@app.command()
+def radiomics(
+    plane: Annotated[str, typer.Option(help="sagittal, coronal or axial.")],
+    store: Annotated[str, typer.Option(help="Store holding volumes (and personas).")],
+    source: Annotated[str, typer.Option(help="Comma-separated: image, persona, residual.")] = "image,persona,residual",
+    families: Annotated[str, typer.Option(help="Comma-separated IBSI families.")] = "first_order,histogram,shape,glcm,glrlm,glszm,ngtdm,gldm",
+    bins: Annotated[int, typer.Option(help="Grey levels of the fixed-bin-number discretisation.")] = 32,
+    grid: Annotated[int, typer.Option(help="Box grid for --source image on a store without personas.")] = 3,
+    persona_backbone: Annotated[str | None, typer.Option(help="Persona backbone id, when several made personas.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Start a local Dask cluster of this many processes.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Use an existing Dask cluster (tcp://host:port).")] = None,
+) -> None:
+    """IBSI radiomic features per ROI of the image, its persona and the residual (reruns finish what is missing)."""
+    from orthodiff.radiomics.store import extract_radiomics
+
+    split = lambda text: [v.strip() for v in text.split(",") if v.strip()]  # noqa: E731
+    summary = extract_radiomics(store, plane, split(source), split(families), bins, grid, persona_backbone, workers, scheduler)
+    console.print(f"computed {summary['features']} features for {summary['series']} {plane} series in "
+                  f"{summary['seconds']} s into radiomics/{summary['settings']}/{plane}")
+
+
+@app.command()
+def fingerprint(
+    store: Annotated[str, typer.Option(help="Store holding radiomics (and diffusion features for the usage predictor).")],
+    catalog: Annotated[Path, typer.Option(help="Cohort catalog (labels, splits, patients).")],
+    task: Annotated[str, typer.Option(help="abnormal, acl or meniscus.")],
+    out: Annotated[Path, typer.Option(help="Directory for metrics.csv, explanations and coefficients.")],
+    settings: Annotated[str | None, typer.Option(help="Radiomics settings id, when the store holds several.")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the fingerprint heads.")] = 200,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of patients for the CIs.")] = 500,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Radiomic fingerprint head and comparators on one task: test AUC, accuracy, sensitivity, specificity."""
+    from orthodiff.heads.commands import progress_bar
+    from orthodiff.heads.fingerprint_cohort import models, run_fingerprint
+    from orthodiff.tables import frame_table
+
+    with progress_bar(console, f"fingerprint {task}", len(models())) as advance:
+        table = run_fingerprint(store, catalog, task, out, settings, epochs, bootstrap, seed, progress=advance)
+    shown = table[["model", "sources", "auc", "accuracy", "sensitivity", "specificity"]].copy()
+    shown["auc 95% CI"] = [f"{a:.2f}-{b:.2f}" for a, b in table["auc_ci"]]
+    console.print(frame_table(shown.round(3), f"{task}: test exams ({out / 'metrics.csv'})"))
 
 
 @store_app.command("info")

@@ -41,11 +41,14 @@ class PlaneVolumes:
     volume: object  # xarray.DataArray (series, z, y, x), Dask-backed
 
     @classmethod
-    def from_store(cls, store: str, plane: str, split: str) -> PlaneVolumes:
+    def from_store(cls, store: str, plane: str, split: str, only: set[str] | None = None) -> PlaneVolumes:
+        """`only`: if given, keep just these series ids (e.g. the healthy ones)."""
         from orthodiff.featurestore.volumes import open_volumes
 
         ds = open_volumes(store)
         keep = (ds.plane.values == plane) & (ds.split.values == split)
+        if only is not None:
+            keep &= np.isin(ds.series.values, list(only))
         return cls(ds.volume.isel(series=np.flatnonzero(keep)))
 
     def __len__(self) -> int:
@@ -54,6 +57,16 @@ class PlaneVolumes:
     def batch(self, index) -> torch.Tensor:
         values = self.volume.isel(series=np.sort(np.asarray(index))).values
         return torch.from_numpy(values.astype(np.float32))[:, None]
+
+
+def healthy_series(catalog: str | Path) -> set[str]:
+    """Series of exams whose labels are all 0 in `catalog` (the persona backbone's data)."""
+    from orthodiff.catalogs.cohort import label_columns, read_catalog
+
+    df = read_catalog(catalog)
+    labels = label_columns(df)
+    sick = df.groupby("case_id")[labels].transform("max").fillna(1).to_numpy().any(axis=1)
+    return set(df.loc[~sick, "series_id"].astype(str))
 
 
 def _world() -> tuple[int, int]:
@@ -67,7 +80,8 @@ class Pretrainer:
 
     def __init__(self, store: str, plane: str, preset: str = "tiny", steps: int = 1000, batch: int = 4,
                  out: str | Path = "backbone.pt", every: int = 500, seed: int = 0, lr: float | None = None,
-                 resume: bool = False, device: str | None = None, progress: bool = True):
+                 resume: bool = False, device: str | None = None, progress: bool = True,
+                 healthy_catalog: str | Path | None = None):
         if plane not in PLANES:
             raise OrthodiffError(f"--plane {plane!r}: expected one of {list(PLANES)}")
         if preset not in PRESETS:
@@ -79,10 +93,12 @@ class Pretrainer:
         if self.out.exists() and not resume:
             raise OrthodiffError(f"{self.out} exists: pass --resume to continue it, or choose another --out")
         self.config = PRESETS[preset]
-        self.train = PlaneVolumes.from_store(store, plane, "train")
-        self.val = PlaneVolumes.from_store(store, plane, "val")
+        only = healthy_series(healthy_catalog) if healthy_catalog is not None else None
+        self.train = PlaneVolumes.from_store(store, plane, "train", only)
+        self.val = PlaneVolumes.from_store(store, plane, "val", only)
         if not len(self.train):
-            raise OrthodiffError(f"{store}: no {plane} training volumes")
+            raise OrthodiffError(f"{store}: no {plane} training volumes" + (" of healthy exams" if only is not None else ""))
+        self.healthy = None if only is None else {"catalog": str(healthy_catalog), "train_series": len(self.train)}
         size = self.train.volume.sizes["x"]
         if size != self.config.image_size:
             raise OrthodiffError(
@@ -101,6 +117,7 @@ class Pretrainer:
             "optimizer": opt.state_dict(), "step": step, "preset": preset_name(self.config),
             "config": self.config.to_dict(), "plane": self.plane, "seed": self.seed, "lr": self.lr,
             "rng": {"torch": torch.get_rng_state(), "sampler": generator.get_state()}, "history": history,
+            "healthy": self.healthy,  # None: trained on all exams; else the healthy series count used
         }
 
     def _restore(self, model, ema, opt, generator) -> tuple[int, dict]:

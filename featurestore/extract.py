@@ -146,7 +146,7 @@ def extract(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks
             dtype: str = "float16", seed: int = 0, series_batch: int = 1, workers: int | None = None,
             scheduler: str | None = None, device: str | None = None, progress: bool = True) -> dict:
     """Extract what is missing for `plane`; returns counts of series and tasks and the time."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
     store, checkpoint = str(store), str(checkpoint)
     prov, tasks = plan(store, checkpoint, plane, timesteps, blocks, dtype, seed)
@@ -156,8 +156,22 @@ def extract(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks
     columns = (TextColumn(f"extract {plane}"), BarColumn(), TextColumn("{task.completed}/{task.total} series"),
                TextColumn("{task.fields[rate]:.2f} series/s"), TimeRemainingColumn())
     start = time.perf_counter()
+    run_tasks(run_task, tasks, args, total, columns, workers, scheduler, progress)
+    consolidate(store)
+    return {"backbone": bid, "plane": plane, "series": total, "tasks": len(tasks),
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def run_tasks(function, tasks: list, args: tuple, total: int, columns: tuple, workers: int | None = None,
+              scheduler: str | None = None, progress: bool = True) -> None:
+    """Run `function(task, *args)` (which returns the series it did) for every task: here, on
+    a local Dask cluster of `workers` processes, or on the cluster at `scheduler`; a rich bar
+    of `columns` (with a `rate` field) counts series. Shared by extract, persona and radiomics."""
+    from rich.progress import Progress
+
+    start = time.perf_counter()
     with Progress(*columns, disable=not progress, transient=True) as bar:
-        job = bar.add_task("extract", total=total, rate=0.0)
+        job = bar.add_task("run", total=total, rate=0.0)
 
         def advance(n: int) -> None:
             bar.advance(job, n)
@@ -168,14 +182,11 @@ def extract(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks
 
             cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
             with Client(scheduler or cluster) as client:
-                futures = [client.submit(run_task, t, *args, pure=False) for t in tasks]
+                futures = [client.submit(function, t, *args, pure=False) for t in tasks]
                 for future in as_completed(futures):
                     advance(future.result())
             if cluster is not None:
                 cluster.close()
         else:
             for task in tasks:
-                advance(run_task(task, *args))
-    consolidate(store)
-    return {"backbone": bid, "plane": plane, "series": total, "tasks": len(tasks),
-            "seconds": round(time.perf_counter() - start, 2)}
+                advance(function(task, *args))

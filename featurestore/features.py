@@ -49,9 +49,13 @@ def plane_path(backbone: str, plane: str) -> str:
     return f"{GROUP}/{backbone}/{plane}"
 
 
-def fingerprint(provenance: dict, series: list[str], timestep: int, block: str, dtype: str) -> str:
-    """What a completed unit must match: weights, noise, preprocessing, codec, dtype, series."""
-    keys = ("backbone_id", "noise_seed", "noise_policy", "preprocessing", "schema")
+FINGERPRINT_KEYS = ("backbone_id", "noise_seed", "noise_policy", "preprocessing", "schema")
+
+
+def fingerprint(provenance: dict, series: list[str], timestep: int, block: str, dtype: str,
+                keys: tuple[str, ...] = FINGERPRINT_KEYS) -> str:
+    """What a completed unit must match: weights, noise, preprocessing, codec, dtype, series
+    (`keys`: the provenance entries that matter; other stored groups name their own)."""
     payload = json.dumps([{k: provenance.get(k) for k in keys}, series, timestep, block, dtype, COMPRESSOR.to_dict()],
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -29,3 +29,20 @@ def random_checkpoint(path, plane: str, preset: str = "demo", seed: int = 0) -> 
     state = reference_state(DiffusionUNet(PRESETS[preset]), dict(GaussianDiffusion().state_dict()))
     save_atomic({"ema": state, "model": state, "plane": plane, "preset": preset, "config": PRESETS[preset].to_dict()}, path)
     return str(path)
+
+
+def label_catalog(path, n: int = 8, planes=("axial",), sick=(0, 1, 2)) -> str:
+    """A knee catalog for `make_volume_store`'s series: exams `sick` have ACL and MM set, the rest are all 0."""
+    from orthodiff.catalogs.tasks import get_task
+
+    labels = get_task("knee").label_columns
+    rows = []
+    for p in planes:
+        for i in range(n):
+            row = {"series_id": f"s{i}-{p}", "case_id": f"c{i}", "patient_id": f"p{i}", "task": "knee", "joint": "knee",
+                   "plane": p, "scan": 0, "split": "val" if i >= n - 2 else "train", **{label: 0 for label in labels}}
+            if i in sick:
+                row.update(ACL=1, MM=1)
+            rows.append(row)
+    pd.DataFrame(rows).to_parquet(path)
+    return str(path)

@@ -90,3 +90,20 @@ def test_sample_preview_writes_a_png(store, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(OrthodiffError, match="--n and --steps must be at least 1"):
         sample_preview(ckpt, tmp_path / "t.png", n=0)
+
+
+def test_healthy_pretraining_uses_only_all_negative_exams(store, tmp_path):
+    from orthodiff.backbone.pretrain import healthy_series
+    from helpers import label_catalog
+
+    catalog = label_catalog(tmp_path / "c.parquet", sick=(0, 1, 2, 7))
+    assert healthy_series(catalog) == {f"s{i}-axial" for i in (3, 4, 5, 6)}
+    trainer = Pretrainer(store, "axial", "demo", steps=1, batch=1, out=tmp_path / "h.pt", progress=False,
+                         healthy_catalog=catalog)
+    assert len(trainer.train) == 3 and len(trainer.val) == 1  # s3..s5 train, s6 val
+    trainer.run()
+    ckpt = torch.load(tmp_path / "h.pt", weights_only=True)
+    assert ckpt["healthy"] == {"catalog": catalog, "train_series": 3}
+    all_sick = label_catalog(tmp_path / "sick.parquet", sick=range(8))
+    with pytest.raises(OrthodiffError, match="healthy exams"):
+        Pretrainer(store, "axial", "demo", steps=1, out=tmp_path / "x.pt", healthy_catalog=all_sick)

@@ -1,0 +1,214 @@
+"""`orthodiff fingerprint`: exam-level radiomic fingerprints for one task, with comparators.
+
+Exam matrix: for every plane, ROI, source and feature of the stored radiomics one column
+(`plane|roi|source|feature`), one row per exam (its first scan of each plane; a missing
+plane is NaN, which the heads treat as the training mean). Targets: `abnormal` (any label
+of the catalog's task), `acl` (ACL), `meniscus` (MM or LM; MRNet's MEN). Models are fitted
+on `train`, thresholds (Youden's J) chosen on `val`, metrics reported on `test` with
+bootstrap CIs resampling patients.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from orthodiff.errors import OrthodiffError
+from orthodiff.heads.fingerprint import FingerprintClassifier, youden_threshold
+from orthodiff.heads.metrics import _group_rows
+
+TARGETS = {"abnormal": None, "acl": ("ACL",), "meniscus": ("MM", "LM", "MEN")}
+
+
+def target(catalog: pd.DataFrame, task: str) -> pd.Series:
+    """The 0/1 target per exam (case_id)."""
+    from orthodiff.catalogs.cohort import label_columns
+
+    if task not in TARGETS:
+        raise OrthodiffError(f"--task {task!r}: expected one of {list(TARGETS)}")
+    labels = label_columns(catalog)
+    wanted = labels if TARGETS[task] is None else [c for c in TARGETS[task] if c in labels]
+    if not wanted:
+        raise OrthodiffError(f"catalog task has labels {labels}: none of {list(TARGETS[task])} for --task {task}")
+    return (catalog.groupby("case_id")[wanted].max().max(axis=1) > 0).astype(int)
+
+
+def exam_matrix(radiomics, catalog: pd.DataFrame, sources=None) -> pd.DataFrame:
+    """(exams x plane|roi|source|feature) from `open_radiomics` output, first scan per plane."""
+    ds = radiomics if sources is None else radiomics.sel(source=list(sources))
+    ds = ds.isel(series=np.flatnonzero(ds.scan.values == ds.scan.values.min()))
+    parts = []
+    for plane in np.unique(ds.plane.values):
+        sub = ds.isel(series=np.flatnonzero(ds.plane.values == plane))
+        values = sub.value.values.reshape(sub.sizes["series"], -1)
+        names = [f"{plane}|{r}|{s}|{f}" for r in sub.roi_name.values for s in sub.source.values for f in sub.feature.values]
+        frame = pd.DataFrame(values, columns=names, index=pd.Index(sub.case_id.values, name="case_id"))
+        parts.append(frame[~frame.index.duplicated()])
+    out = pd.concat(parts, axis=1)
+    return out.loc[out.index.isin(catalog["case_id"])]
+
+
+def binary_metrics(y, p, threshold: float, groups, n_boot: int = 500, seed: int = 0) -> dict:
+    """AUC, accuracy, sensitivity, specificity at `threshold`, with 95% CIs over patients."""
+    y, p = np.asarray(y), np.asarray(p)
+
+    def point(idx):
+        yy, pred = y[idx], p[idx] >= threshold
+        auc = roc_auc_score(yy, p[idx]) if len(np.unique(yy)) == 2 else np.nan
+        pos, neg = yy == 1, yy == 0
+        return {"auc": auc, "accuracy": float((pred == yy).mean()),
+                "sensitivity": float(pred[pos].mean()) if pos.any() else np.nan,
+                "specificity": float((~pred[neg]).mean()) if neg.any() else np.nan}
+
+    out = point(np.arange(len(y)))
+    rows = _group_rows(groups)
+    rng = np.random.default_rng(seed)
+    boots = [point(np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])) for _ in range(n_boot)]
+    for key in list(out):
+        sample = np.array([b[key] for b in boots], float)
+        sample = sample[np.isfinite(sample)]
+        out[f"{key}_ci"] = [float(v) for v in np.percentile(sample, [2.5, 97.5])] if len(sample) else [np.nan, np.nan]
+    return out
+
+
+def models(random_state: int = 0, epochs: int = 200) -> dict:
+    """The fingerprint head and its comparators: name -> (estimator, sources, uses diffusion features)."""
+    l1 = make_pipeline(SimpleImputer(keep_empty_features=True), StandardScaler(),
+                       LogisticRegression(l1_ratio=1.0, solver="saga", C=1.0, class_weight="balanced", max_iter=5000))
+    fp = FingerprintClassifier(usage="mlp", epochs=epochs, random_state=random_state)
+    return {
+        "fingerprint (image+persona)": (fp, ("image", "persona"), True),
+        "fingerprint (residual)": (fp, ("residual",), True),
+        "u = 1 (no selection)": (FingerprintClassifier(usage="none", epochs=epochs, random_state=random_state),
+                                  ("image", "persona"), False),
+        "classical radiomics (L1 logistic, image)": (l1, ("image",), False),
+        "L1 logistic, persona only": (l1, ("persona",), False),
+        "L1 logistic, residual only": (l1, ("residual",), False),
+    }
+
+
+def usage_features(store: str, timestep: int | None = None, block: str | None = None) -> pd.DataFrame | None:
+    """Per exam the stored GAP diffusion features of every plane (None if the store has none)."""
+    from orthodiff import open_store
+
+    try:
+        ds = open_store(str(store))
+    except OrthodiffError:
+        return None
+    ds = ds.sel(timestep=timestep if timestep is not None else ds.timestep.values[0],
+                block=block if block is not None else ds.block.values[0])
+    gap = ds.gap.load()
+    parts = []
+    for plane in np.unique(gap.plane.values):
+        sub = gap.isel(series=np.flatnonzero((gap.plane.values == plane) & (gap.scan.values == gap.scan.values.min())))
+        frame = pd.DataFrame(sub.values, index=pd.Index(sub.case_id.values, name="case_id")).add_prefix(f"{plane}|gap")
+        parts.append(frame[~frame.index.duplicated()])
+    return pd.concat(parts, axis=1)
+
+
+def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path) -> Path:
+    """Central slice of the exam's image, persona and residual per plane, ROI outlined."""
+    from orthodiff.heads.report import atomic_savefig, pyplot
+    from orthodiff.personas.store import open_personas
+
+    series = catalog[(catalog.case_id == exam)].drop_duplicates("plane")
+    plt = pyplot()
+    fig, axes = plt.subplots(len(series), 3, figsize=(9, 3 * len(series)), squeeze=False)
+    for row, (plane, sid) in zip(axes, zip(series.plane, series.series_id)):
+        ds = open_personas(store, plane).sel(series=sid).load()
+        z = ds.sizes["z"] // 2
+        image, persona = ds.image.values[z].astype(float), ds.persona.values[z].astype(float)
+        for ax, (title, data) in zip(row, (("image", image), ("persona", persona), ("residual", image - persona))):
+            scale = dict(cmap="gray", vmin=-1, vmax=1) if title != "residual" else dict(cmap="coolwarm", vmin=-2, vmax=2)
+            ax.imshow(data, **scale)
+            ax.contour(ds["mask"].values[z] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
+            ax.set_title(f"{exam} {plane}: {title}", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    path = atomic_savefig(fig, png)
+    plt.close(fig)
+    return path
+
+
+def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | Path, settings: str | None = None,
+                    epochs: int = 200, n_boot: int = 500, seed: int = 0, top: int = 5, progress=None) -> pd.DataFrame:
+    """Fit every model on train, threshold on val, score test; write metrics, explanations, betas to `out`."""
+    from orthodiff.catalogs.cohort import read_catalog
+    from orthodiff.radiomics.store import open_radiomics
+
+    catalog = read_catalog(catalog_path)
+    y = target(catalog, task)
+    radiomics = open_radiomics(store, settings=settings)
+    have = set(radiomics.source.values.tolist())
+    split = catalog.groupby("case_id")["split"].first()
+    patient = catalog.groupby("case_id")["patient_id"].first()
+    gap = usage_features(store)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, choices = [], models(seed, epochs)
+    for name, (estimator, sources, diffusion) in choices.items():
+        if not set(sources) <= have:
+            raise OrthodiffError(f"{store}: model {name!r} needs radiomics of {list(sources)}, the store has {sorted(have)} "
+                                 f"(run `orthodiff persona` then `orthodiff radiomics --source image,persona,residual`)")
+        X = exam_matrix(radiomics, catalog, sources)
+        exams = {s: X.index[split.reindex(X.index).to_numpy() == s] for s in ("train", "val", "test")}
+        if any(len(np.unique(y.reindex(exams[s]))) < 2 for s in ("train", "test")):
+            raise OrthodiffError(f"--task {task}: train and test need positive and negative exams "
+                                 f"({ {s: int(y.reindex(v).sum()) for s, v in exams.items()} } positives)")
+
+        def inputs(idx):
+            if isinstance(estimator, FingerprintClassifier) and estimator.usage == "mlp" and diffusion and gap is not None:
+                return {"radiomics": X.loc[idx], "usage": gap.reindex(idx).to_numpy(np.float32)}
+            return X.loc[idx] if isinstance(estimator, FingerprintClassifier) else X.loc[idx].to_numpy()
+
+        from sklearn.base import clone
+
+        model = clone(estimator)
+        if isinstance(model, FingerprintClassifier):
+            model.fit(inputs(exams["train"]), y.reindex(exams["train"]), validation=(inputs(exams["val"]), y.reindex(exams["val"]))
+                      if len(exams["val"]) else None)
+            threshold = model.threshold_
+        else:
+            model.fit(inputs(exams["train"]), y.reindex(exams["train"]))
+            val = exams["val"] if len(exams["val"]) else exams["train"]
+            threshold = youden_threshold(y.reindex(val), model.predict_proba(inputs(val))[:, 1])
+        p = model.predict_proba(inputs(exams["test"]))[:, 1]
+        metrics = binary_metrics(y.reindex(exams["test"]), p, threshold, patient.reindex(exams["test"]).to_numpy(), n_boot, seed)
+        rows.append({"model": name, "sources": "+".join(sources),
+                     "usage input": ("diffusion GAP" if gap is not None else "radiomics") if diffusion else "",
+                     "threshold": threshold, **metrics})
+        if isinstance(model, FingerprintClassifier) and model.usage != "none":
+            slug = name.split("(")[1].rstrip(")").replace("+", "_")
+            model.explain(inputs(exams["test"]), top=top, exams=exams["test"]).to_csv(out / f"explain_{slug}.csv", index=False)
+            pd.DataFrame({"feature": model.feature_names_, "beta": model.beta_.detach().numpy()}).sort_values(
+                "beta", key=np.abs, ascending=False).to_csv(out / f"beta_{slug}.csv", index=False)
+        if progress:
+            progress()
+    if gap is not None:  # the diffusion-feature probe: L2 logistic regression on the stored GAP features
+        probe = make_pipeline(SimpleImputer(keep_empty_features=True), StandardScaler(),
+                              LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000))
+        G = gap.reindex(X.index)
+        probe.fit(G.loc[exams["train"]].to_numpy(), y.reindex(exams["train"]))
+        val = exams["val"] if len(exams["val"]) else exams["train"]
+        threshold = youden_threshold(y.reindex(val), probe.predict_proba(G.loc[val].to_numpy())[:, 1])
+        p = probe.predict_proba(G.loc[exams["test"]].to_numpy())[:, 1]
+        rows.append({"model": "diffusion-feature probe (GAP logistic)", "sources": "", "usage input": "",
+                     "threshold": threshold, **binary_metrics(y.reindex(exams["test"]), p, threshold,
+                                                              patient.reindex(exams["test"]).to_numpy(), n_boot, seed)})
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "metrics.csv", index=False)
+    positives = [e for e in exams["test"] if y.get(e, 0) == 1]
+    if positives:
+        persona_figure(store, catalog, positives[0], out / "persona_example.png")
+    (out / "run.json").write_text(json.dumps({"store": str(store), "catalog": str(catalog_path), "task": task,
+                                              "settings": radiomics.attrs["settings_id"], "epochs": epochs, "seed": seed,
+                                              "exams": {s: int(len(v)) for s, v in exams.items()}}, indent=1))
+    return table

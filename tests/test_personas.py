@@ -1,0 +1,110 @@
+"""Personas: ROI grids, RePaint keeps the known voxels, store layout, resume, named bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import make_volume_store, random_checkpoint
+from orthodiff.errors import OrthodiffError
+from orthodiff.personas.rois import box_bounds, box_grid, cell_index
+
+
+def test_box_grid_is_the_papers_central_box_split_into_cells():
+    assert box_bounds((16, 32, 32)) == [(4, 12), (11, 21), (8, 24)]  # 50% depth, 30% height, 50% width
+    labels, names = box_grid((16, 32, 32), 3)
+    assert len(names) == 27 and names[13] == "box3_z1y1x1" and cell_index(names[13]) == (1, 1, 1)
+    assert (labels > 0).sum() == 8 * 10 * 16 and set(np.unique(labels)) == set(range(28))
+    one, _ = box_grid((16, 32, 32), 1)
+    np.testing.assert_array_equal(one > 0, labels > 0)
+    with pytest.raises(OrthodiffError, match="--grid 4"):
+        box_grid((16, 32, 32), 4)
+
+
+def test_repaint_keeps_known_voxels_and_is_seeded_per_series():
+    from orthodiff.backbone import PRESETS, DiffusionUNet
+    from orthodiff.backbone.diffusion import GaussianDiffusion
+    from orthodiff.personas.inpaint import repaint, series_generator
+
+    torch.manual_seed(0)
+    model = DiffusionUNet(PRESETS["demo"]).eval()
+    x0 = torch.rand(1, 1, 16, 32, 32) * 2 - 1
+    known = torch.from_numpy(box_grid((16, 32, 32), 1)[0] == 0)
+    a = repaint(model, GaussianDiffusion(), x0, known, steps=2, jumps=2, generator=series_generator(0, "s0"))
+    b = repaint(model, GaussianDiffusion(), x0, known, steps=2, jumps=2, generator=series_generator(0, "s0"))
+    assert torch.equal(a[0, 0][known], x0[0, 0][known]) and torch.equal(a, b)
+    changed = (a - x0)[0, 0][~known].abs()
+    assert changed.mean() > 0.1 and a.abs().max() <= 1
+
+
+@pytest.fixture(scope="module")
+def persona_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("personas")
+    store = make_volume_store(root / "s.zarr", n=2)
+    return store, random_checkpoint(root / "b.pt", "axial")
+
+
+def test_personas_resume_after_a_failure_between_data_and_record(persona_store, monkeypatch):
+    from orthodiff.featurestore.features import Records
+    from orthodiff.featurestore.volumes import open_volumes
+    from orthodiff.personas.store import make_personas, open_personas
+
+    store, ckpt = persona_store
+    warnings = []
+
+    def crash(self, name, record):
+        raise RuntimeError("killed before the record")
+
+    monkeypatch.setattr(Records, "write", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        make_personas(store, ckpt, "axial", grid=2, steps=2, jumps=1, progress=False, warn=warnings.append)
+    monkeypatch.undo()
+    assert open_personas(store, "axial").sizes["series"] == 0  # data without a record is not complete
+    import zarr
+
+    first = zarr.open_group(store, path="personas", mode="r")
+    first = first[list(first.group_keys())[0]]["axial"]["persona"][:]
+    summary = make_personas(store, ckpt, "axial", grid=2, steps=2, jumps=1, progress=False, warn=warnings.append)
+    assert summary["series"] == 2 and summary["tasks"] == 1 and summary["rois"] == 8
+    assert "not trained with `pretrain --healthy`" in warnings[0]
+    ds = open_personas(store, "axial")
+    np.testing.assert_array_equal(ds.persona.values, first)  # the rerun writes identical bytes
+    image = open_volumes(store).volume.sel(series=ds.series.values).values
+    mask = ds.mask.values
+    assert ds.sizes["series"] == 2 and list(ds.roi_name.values[:2]) == ["box2_z0y0x0", "box2_z0y0x1"]
+    np.testing.assert_array_equal(ds.persona.values[mask == 0], image[mask == 0])
+    assert np.abs(ds.persona.values[mask > 0].astype(float) - image[mask > 0]).mean() > 0.1
+    assert make_personas(store, ckpt, "axial", grid=2, steps=2, jumps=1, progress=False, warn=warnings.append)["tasks"] == 0
+    with pytest.raises(OrthodiffError, match=r"other settings \(grid, roi_names"):
+        make_personas(store, ckpt, "axial", grid=3, steps=2, jumps=1, progress=False)
+
+
+def test_persona_bad_input_is_named(persona_store, tmp_path):
+    from orthodiff.personas.store import make_personas, open_personas
+
+    store, ckpt = persona_store
+    with pytest.raises(OrthodiffError, match="has no structure mask"):
+        make_personas(store, ckpt, "axial", roi="structures", steps=1, progress=False)
+    with pytest.raises(OrthodiffError, match="trained on axial"):
+        make_personas(store, ckpt, "sagittal", steps=1, progress=False)
+    with pytest.raises(OrthodiffError, match="no personas"):
+        open_personas(make_volume_store(tmp_path / "empty.zarr", n=2), "axial")
+
+
+def test_fidelity_scores_identity_and_localisation():
+    from orthodiff.personas.fidelity import localisation_score, roi_ssim_mse
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (16, 32, 32))
+    roi = box_grid(image.shape, 1)[0] > 0
+    assert roi_ssim_mse(image, image, roi) == (1.0, 0.0)
+    ssim, mse = roi_ssim_mse(image, image + 0.1 * roi, roi)
+    assert mse == pytest.approx(0.01) and ssim < 1
+    lesion = np.zeros(roi.shape, bool)
+    lesion[6:8, 14:16, 10:14] = True
+    residual = 0.01 * rng.normal(size=roi.shape)
+    residual[lesion] = 1.0  # the persona differs from the image exactly at the lesion
+    share = lesion.sum() / roi.sum()
+    assert localisation_score(residual, lesion, roi) > 0.5 / share  # near 1 / share (random shifts may overlap it)
+    assert localisation_score(np.ones(roi.shape), lesion, roi) == pytest.approx(1)  # uniform residual: no localisation

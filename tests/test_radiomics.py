@@ -1,0 +1,55 @@
+"""Radiomics: IBSI values on known ROIs, the store layout, NaN with reasons, named bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import make_volume_store
+from orthodiff.errors import OrthodiffError
+from orthodiff.radiomics.ibsi import FAMILIES, roi_features
+
+
+def test_ibsi_values_on_a_known_roi():
+    image = np.zeros((4, 4, 4))
+    image[:, :, 2:] = 1.0  # two halves, 32 voxels each
+    mask = np.zeros(image.shape, bool)
+    mask[:] = True
+    f = roi_features(image, mask, FAMILIES, bins=2)
+    assert f["stat_mean"] == 0.5 and f["stat_var"] == 0.25 and f["stat_skew"] == 0 and f["stat_kurt"] == -2
+    assert f["ih_entropy"] == 1 and f["ih_uniformity"] == 0.5 and f["morph_vol_approx"] == 64
+    assert f["szm_glnu"] == 1 and f["szm_sze"] == pytest.approx(1 / 32**2)  # two zones of 32 voxels
+    # 13 directions: pairs across the x = 1|2 boundary are the only unequal ones
+    assert 0 < f["cm_contrast"] < 1 and f["cm_joint_avg"] == pytest.approx(1.5)
+    assert f["rlm_lgre"] == pytest.approx(0.625) and f["ngl_dc_perc"] == 1
+    constant = roi_features(np.ones((4, 4, 4)), mask, ("first_order",))
+    assert np.isnan(constant["stat_skew"]) and constant["stat_var"] == 0
+    assert roi_features(image, np.zeros_like(mask)) == {}
+
+
+def test_radiomics_store_image_only_nan_reasons_and_resume(tmp_path, monkeypatch):
+    from orthodiff.featurestore.features import Records
+    from orthodiff.radiomics.store import extract_radiomics, open_radiomics
+
+    store = make_volume_store(tmp_path / "s.zarr", n=2)
+    with pytest.raises(OrthodiffError, match="needs axial personas, and this store has none"):
+        extract_radiomics(store, "axial", sources=("image", "residual"), progress=False)
+    monkeypatch.setattr(Records, "write", lambda *a: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError):
+        extract_radiomics(store, "axial", sources=("image",), families=("first_order",), grid=2, progress=False)
+    monkeypatch.undo()
+    assert open_radiomics(store).sizes["series"] == 0
+    summary = extract_radiomics(store, "axial", sources=("image",), families=("first_order",), grid=2, progress=False)
+    assert summary["series"] == 2 and summary["features"] == 8 * 18
+    ds = open_radiomics(store, "axial")
+    assert list(ds.roi_name.values[:1]) == ["box2_z0y0x0"] and ds.sizes["feature"] == 18
+    from orthodiff.featurestore.volumes import open_volumes
+    from orthodiff.personas.rois import box_grid
+
+    labels, _ = box_grid((16, 32, 32), 2)
+    vol = open_volumes(store).volume.values[1].astype(np.float64)
+    assert ds.value.sel(series="s1-axial", roi=3, source="image", feature="stat_mean") == pytest.approx(vol[labels == 3].mean(), rel=1e-5)
+    assert (ds.undefined == 0).all()
+    assert extract_radiomics(store, "axial", sources=("image",), families=("first_order",), grid=2, progress=False)["tasks"] == 0
+    with pytest.raises(OrthodiffError, match="unknown source or family 'glcmx'"):
+        extract_radiomics(store, "axial", families=("glcmx",), progress=False)
