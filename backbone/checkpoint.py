@@ -96,7 +96,10 @@ def load_backbone(path: str | Path, device: str | torch.device | None = None, ck
     state = unet_state(ckpt if ckpt is not None else read_checkpoint(path))
     if not state:
         raise OrthodiffError(f"{path}: no 'denoise_fn.' weights in the checkpoint")
-    config = infer_config(state)
+    try:
+        config = infer_config(state)
+    except (KeyError, IndexError, AttributeError, ZeroDivisionError):  # a foreign network's weights
+        config = None
     model = DiffusionUNet(config or PRESETS["paper"])
     problems = _mismatch(state, model)
     if config is None or problems:
