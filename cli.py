@@ -138,8 +138,9 @@ def ingest(
     result = run_ingest(catalog, store, size=size, on_error=on_error, repair=repair)
     counts = result.groupby("status").size().rename("series").reset_index()
     console.print(frame_table(counts, f"ingest {catalog} -> {store}"))
-    if (result["status"] == "rejected").any():
-        console.print(f"[yellow]rejects listed in {store}/{REJECTS}[/]")
+    rejected = result[result["status"] == "rejected"]
+    if len(rejected):
+        console.print(frame_table(rejected[["series_id", "reason"]], f"Rejected series (also in {store}/{REJECTS})"))
 
 
 @app.command()

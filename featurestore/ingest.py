@@ -42,7 +42,11 @@ def preprocess_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 def _load(row, catalog_path: Path, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    data = read_series(resolve_path(catalog_path, row.path), expected_plane=row.plane)
+    path = resolve_path(catalog_path, row.path)
+    data = read_series(path, expected_plane=row.plane)
+    kept = central_slices(data)
+    if kept.min() == kept.max():  # what the backbone would see carries no image
+        raise OrthodiffError(f"{path}: the {DEPTH} central slices are constant (every voxel {kept.flat[0]:g})")
     mask = None
     if isinstance(row.mask_path, str) and row.mask_path:
         allowed = structures(row.joint).values
@@ -105,8 +109,7 @@ def ingest(
         flush()
     result = pd.DataFrame(log, columns=["series_id", "status", "reason", "path"])
     rejects = result[result["status"] == "rejected"][["series_id", "path", "reason"]]
-    if len(rejects):
-        _write_rejects(store, rejects)
+    _write_rejects(store, rejects)
     return result.drop(columns="path")
 
 
@@ -128,7 +131,14 @@ def _repair(df: pd.DataFrame, catalog_path: Path, store: str, size: int) -> list
 
 
 def _write_rejects(store: str, rejects: pd.DataFrame) -> None:
+    """This run's rejects; none removes the table of an earlier run (its series are fixed or dropped)."""
     import fsspec
 
-    with fsspec.open(f"{str(store).rstrip('/')}/{REJECTS}", "wb") as f:
-        rejects.to_parquet(f, index=False)
+    fs, root = fsspec.core.url_to_fs(str(store))
+    path = f"{root.rstrip('/')}/{REJECTS}"
+    if len(rejects):
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(path, "wb") as f:
+            rejects.to_parquet(f, index=False)
+    elif fs.exists(path):
+        fs.rm(path)

@@ -72,8 +72,9 @@ def volume_records(store: str, n: int) -> list[dict]:
     return [r for name, r in sorted(records.items()) if r.get("start", n) < n]
 
 
-def _write_record(store: str, group: zarr.Group, start: int, series: list[str]) -> None:
-    digests = [row_digest(group, row) for row in range(start, start + len(series))]
+def _write_record(store: str, start: int, series: list[str], volumes: np.ndarray, masks: np.ndarray) -> None:
+    """Checksums of rows `start`... from the values just written (float16 and uint8, as stored)."""
+    digests = [content_digest(v, m) for v, m in zip(volumes, masks)]
     Records(store, GROUP).write(_record_name(start), {"start": start, "series": series, "digest": digests})
 
 
@@ -83,10 +84,10 @@ def rewrite_rows(store: str, rows: list[int], volumes: np.ndarray, masks: np.nda
     for row, volume, mask in zip(rows, volumes, masks):
         group["volume"][row] = volume.astype("float16")
         group["mask"][row] = np.asarray(mask, dtype="uint8")
-    series = group["series"][: count(group)].tolist()
     for record in volume_records(store, count(group)):
-        if any(record["start"] <= r < record["start"] + len(record["series"]) for r in rows):
-            _write_record(store, group, record["start"], series[record["start"] : record["start"] + len(record["series"])])
+        span = slice(record["start"], record["start"] + len(record["series"]))
+        if any(span.start <= r < span.stop for r in rows):
+            _write_record(store, span.start, record["series"], group["volume"][span], group["mask"][span])
 
 
 def append_volumes(store: str, volumes: np.ndarray, meta: pd.DataFrame, masks: np.ndarray | None = None) -> int:
@@ -118,16 +119,17 @@ def append_volumes(store: str, volumes: np.ndarray, meta: pd.DataFrame, masks: n
     for array in arrays.values():  # cut back an interrupted append, then grow
         array.resize((n + m, *array.shape[1:]))
     rows = slice(n, n + m)
-    arrays["volume"][rows] = volumes.astype("float16")
-    has_mask = np.zeros(m, bool) if masks is None else np.asarray(masks).reshape(m, -1).any(axis=1)
-    if masks is not None:
-        arrays["mask"][rows] = np.asarray(masks, dtype="uint8")
+    stored = volumes.astype("float16")
+    arrays["volume"][rows] = stored
+    masks = np.zeros(stored.shape, "uint8") if masks is None else np.asarray(masks, dtype="uint8")
+    has_mask = masks.reshape(m, -1).any(axis=1)
+    arrays["mask"][rows] = masks  # also clears what an interrupted append left in these rows
     arrays["has_mask"][rows] = has_mask
     arrays["scan"][rows] = meta["scan"].to_numpy(dtype="int16")
     arrays["series"][rows] = meta["series_id"].astype(str).to_numpy(dtype=object)
     for name in ("case_id", "patient_id", "plane", "split"):
         arrays[name][rows] = meta[name].astype(str).to_numpy(dtype=object)
-    _write_record(store, group, n, meta["series_id"].astype(str).tolist())  # before the rows count
+    _write_record(store, n, meta["series_id"].astype(str).tolist(), stored, masks)  # before the rows count
     fault("ingest:rows")
     group.attrs["n_series"] = n + m
     consolidate(store)

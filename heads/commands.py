@@ -23,7 +23,8 @@ def load_inputs(store, catalog_path, backbone=None, planes=None) -> tuple[dict, 
     labels = label_columns(catalog)
     features = plane_features(store, catalog, backbone=backbone, planes=planes)
     catalog = catalog[catalog["plane"].isin(list(features))]
-    provenance = {"store": str(store), "catalog": str(Path(catalog_path).resolve()), "backbone": backbone}
+    local = "://" not in str(store)  # a path is kept absolute, so run.json works from any folder
+    provenance = {"store": str(Path(store).resolve()) if local else str(store), "catalog": str(Path(catalog_path).resolve()), "backbone": backbone}
     return features, catalog, labels, provenance
 
 
