@@ -269,7 +269,7 @@ class IncompleteFeatures(UserWarning):
     """Some plane groups of the store are still being written (or their job was interrupted)."""
 
 
-def _readable(path: str) -> dict[str, list[str]]:
+def readable_planes(path: str) -> dict[str, list[str]]:
     """Plane groups per backbone in the root's consolidated metadata: the state the last
     finished job left, which writers in progress do not change."""
     with warnings.catch_warnings():
@@ -287,7 +287,7 @@ def _readable(path: str) -> dict[str, list[str]]:
 def view_is_current(store: str, backbone: str, plane: str, shape: tuple[int, ...]) -> bool:
     """Whether the consolidated metadata already shows the plane with activations of `shape`
     (else a finished job must consolidate, even one that had nothing left to compute)."""
-    if plane not in _readable(store).get(backbone, []):
+    if plane not in readable_planes(store).get(backbone, []):
         return False
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
@@ -319,7 +319,7 @@ def open_store(path: str, backbone: str | list[str] | None = None, catalog=None,
         raise OrthodiffError(f"{path}: no features of backbone {unknown[0]!r}; the store has {on_disk}")
     if not ids:
         raise OrthodiffError(f"{path}: no features in this store (run `orthodiff extract` first)")
-    readable = _readable(path)
+    readable = readable_planes(path)
     per_plane: dict[str, str] = {}
     incomplete = []
     for b in ids:

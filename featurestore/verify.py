@@ -8,6 +8,7 @@ import pandas as pd
 
 from orthodiff.featurestore.features import (
     GROUP, SHARD_SERIES, Records, backbones, content_digest, done_name, fingerprint, plane_path, planes,
+    readable_planes,
 )
 from orthodiff.featurestore.store import complete, open_root
 from orthodiff.featurestore.volumes import ARRAYS, GROUP as VOLUMES, count, row_digest, volume_records
@@ -65,8 +66,10 @@ def verify_store(store: str) -> list[str]:
         if prov.get("backbone_id") != backbone:
             problems.append(f"features/{backbone}: provenance names backbone {prov.get('backbone_id')!r}")
         done_planes, unfinished = planes(root, backbone)
-        problems += [f"{plane_path(backbone, p)}: creation not finished (a job is creating it or was "
-                     "interrupted; rerun `orthodiff extract` for this plane)" for p in unfinished]
+        readable = readable_planes(store).get(backbone, [])
+        problems += [f"{plane_path(backbone, p)}: first extraction not finished (a job is running it or was "
+                     "interrupted; rerun `orthodiff extract` for this plane)"
+                     for p in unfinished + [p for p in done_planes if p not in readable]]
         for plane in done_planes:
             problems += check_plane(store, root, prov, plane)[0]
     return problems
