@@ -70,7 +70,7 @@ def test_os_errors_are_one_error_line_naming_the_file(small, tmp_path):
 def test_foreign_checkpoint_is_one_named_error(small, tmp_path):
     import torch
 
-    torch.save({"model": {"conv.weight": torch.zeros(3, 3)}}, tmp_path / "model.pt")
+    torch.save({"model": {"denoise_fn.conv.weight": torch.zeros(3, 3)}}, tmp_path / "model.pt")  # another network
     store, _ = small
     result = cli("extract", "--plane", "axial", "--store", store, "--backbone", str(tmp_path / "model.pt"))
     assert result.returncode == 2 and "weights do not fit the orthodiff U-Net" in result.stderr
