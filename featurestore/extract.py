@@ -26,7 +26,7 @@ from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.faults import fault
 from orthodiff.featurestore.features import (
-    SHARD_SERIES, Records, content_digest, done_name, drop_temporaries, fingerprint, plane_path, prepare_plane, provenance,
+    SHARD_SERIES, Records, content_digest, done_name, drop_temporaries, remove_unit, fingerprint, plane_path, prepare_plane, provenance,
     view_is_current,
 )
 from orthodiff.featurestore.store import consolidate, open_root
@@ -156,9 +156,10 @@ def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MI
     prov = dict(open_root(store)[f"features/{bid}"].attrs)  # as first written (its `created`)
     ids = group["series"][:].tolist()
     records = Records(store, bid, plane)
-    if repair:
-        for name in check_plane(store, open_root(store), prov, plane)[1]:
+    if repair:  # a damaged shard cannot be updated in place: the unit's objects go, then it is redone
+        for name, shard, ti, bi in check_plane(store, open_root(store), prov, plane)[1]:
             records.remove(name)
+            remove_unit(store, bid, plane, shard, ti, bi)
     done = records.read()
     tasks = []
     for shard, start in enumerate(range(0, len(ids), SHARD_SERIES)):

@@ -80,8 +80,8 @@ def _damaged(where: str, what: str, err: Exception | None = None) -> str:
     return f"{where}: {what}: {why}"
 
 
-def check_plane(store: str, root, prov: dict, plane: str) -> tuple[list[str], list[str]]:
-    """(problems, names of the completion records whose unit is damaged) of one plane group."""
+def check_plane(store: str, root, prov: dict, plane: str) -> tuple[list[str], list[tuple[str, int, int, int]]]:
+    """(problems, damaged units as (record name, shard, timestep index, block index)) of one plane group."""
     backbone = prov["backbone_id"]
     where = plane_path(backbone, plane)
     pg = root[where]
@@ -111,11 +111,11 @@ def check_plane(store: str, root, prov: dict, plane: str) -> tuple[list[str], li
                     values = act[rows, ti, bi], gap[rows, ti, bi]
                 except Exception as err:  # a damaged shard fails to decode; the codec names why
                     problems.append(_damaged(where, unit, err))
-                    damaged.append(name)
+                    damaged.append((name, shard, ti, bi))
                     continue
                 if "digest" in record and record["digest"] != content_digest(*values):
                     problems.append(_damaged(where, unit))
-                    damaged.append(name)
+                    damaged.append((name, shard, ti, bi))
                 if not all(np.isfinite(v.astype("float32")).all() for v in values):
                     problems.append(f"{where}: {unit}: NaN or Inf values")
     if damaged:
