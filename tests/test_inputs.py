@@ -125,3 +125,20 @@ def test_ehr_message_shows_plain_values(catalog):
     df = catalog.assign(age=np.where(catalog.index == 2, -5.0, catalog["age"]))
     with pytest.raises(OrthodiffError, match=r"value -5\.0 is outside"):
         EHREncoder().fit(df)
+
+
+def test_constant_kept_slices_are_rejected_with_reasons_shown_and_rejects_refreshed(tmp_path):
+    from orthodiff.catalogs.writers import write_nifti
+    from test_ingest import make_cohort, phantom
+
+    catalog = make_cohort(tmp_path, n_patients=1)
+    bad = phantom(slices=24)
+    bad[4:20] = 1.0  # the 16 central slices are constant, the outer ones are not
+    write_nifti(tmp_path / "P000-1-axial-0.nii.gz", bad, "axial", 0.6, 3.5)
+    store = str(tmp_path / "s.zarr")
+    result = CliRunner().invoke(app, ["ingest", str(catalog), "--store", store, "--size", "16", "--on-error", "skip"])
+    assert result.exit_code == 0 and "P000-1-axial-0" in result.output and "central slices are" in result.output
+    assert pd.read_parquet(Path(store, "rejects.parquet"))["series_id"].tolist() == ["P000-1-axial-0"]
+    write_nifti(tmp_path / "P000-1-axial-0.nii.gz", phantom(slices=24), "axial", 0.6, 3.5)
+    result = CliRunner().invoke(app, ["ingest", str(catalog), "--store", store, "--size", "16", "--on-error", "skip"])
+    assert result.exit_code == 0 and not Path(store, "rejects.parquet").exists()
