@@ -142,3 +142,17 @@ def test_constant_kept_slices_are_rejected_with_reasons_shown_and_rejects_refres
     write_nifti(tmp_path / "P000-1-axial-0.nii.gz", phantom(slices=24), "axial", 0.6, 3.5)
     result = CliRunner().invoke(app, ["ingest", str(catalog), "--store", store, "--size", "16", "--on-error", "skip"])
     assert result.exit_code == 0 and not Path(store, "rejects.parquet").exists()
+
+
+def test_heads_refuse_nan_features_and_record_an_absolute_store(monkeypatch, tmp_path, catalog):
+    from orthodiff.heads.synthetic import synthetic_features
+
+    per_plane = synthetic_features(catalog, LABELS, channels=4, timesteps=(10,), blocks=("mid_2",), activation=False)
+    monkeypatch.setattr(orthodiff, "open_store", lambda path, backbone=None, catalog=None: per_plane, raising=False)
+    path = tmp_path / "c.parquet"
+    catalog.to_parquet(path, index=False)
+    monkeypatch.chdir(tmp_path)
+    assert load_inputs("rel.zarr", path)[3]["store"] == str(tmp_path / "rel.zarr")  # fuse works from any folder
+    per_plane["axial"].gap.values[2, 0, 0, 1] = np.nan
+    with pytest.raises(OrthodiffError, match=r"axial GAP features of 1 series hold NaN or Inf, e\.g\. '.*-axial-0'"):
+        load_inputs("rel.zarr", path)
