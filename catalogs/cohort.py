@@ -150,7 +150,7 @@ def validate_catalog(df: pd.DataFrame, catalog_path: str | Path, check_files: bo
                 bad = values.notna()  # "0"/"1" as text: the column itself is the problem
             if bad.any():
                 i = int(rows[np.flatnonzero(bad.to_numpy())[0]])
-                raise _fail(i, column, df.at[i, column], "label must be the number 0 or 1")
+                raise _fail(i, column, df.at[i, column], "label must be 0 or 1")
 
     _validate_ehr(df)
 

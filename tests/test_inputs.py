@@ -99,7 +99,7 @@ def catalog():
 
 @pytest.mark.parametrize("change, message", [
     (None, "leakage"),
-    (lambda df: df.assign(ACL=np.where(df.index == 3, 2, df["ACL"])), "row 3, column 'ACL', value 2: label must be the number 0 or 1"),
+    (lambda df: df.assign(ACL=np.where(df.index == 3, 2, df["ACL"])), "row 3, column 'ACL', value 2: label must be 0 or 1"),
     (lambda df: df.assign(ACL=np.where(df.index == 5, "yes", df["ACL"].astype(str))), "row 5, column 'ACL', value 'yes'"),
     (lambda df: df.assign(age=np.where(df.index == 2, -5.0, df["age"])), "row 2, column 'age', value -5.0: outside"),
 ])
