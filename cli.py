@@ -130,16 +130,18 @@ def ingest(
     store: Annotated[str, typer.Option(help="Store to write (a path or fsspec URL); created if missing.")],
     size: Annotated[int, typer.Option(help="In-plane size of the preprocessed volumes.")] = 256,
     on_error: Annotated[str, typer.Option(help="fail: stop at the first bad series; skip: go on and list rejects.")] = "fail",
+    repair: Annotated[bool, typer.Option("--repair", help="Read again the stored series that fail their checksum (see `store verify`).")] = False,
 ) -> None:
     """Read, check and preprocess every catalog series into the store's volumes (reruns skip what is there)."""
     from orthodiff.featurestore.ingest import REJECTS, ingest as run_ingest
     from orthodiff.tables import frame_table
 
-    result = run_ingest(catalog, store, size=size, on_error=on_error)
+    result = run_ingest(catalog, store, size=size, on_error=on_error, repair=repair)
     counts = result.groupby("status").size().rename("series").reset_index()
     console.print(frame_table(counts, f"ingest {catalog} -> {store}"))
-    if (result["status"] == "rejected").any():
-        console.print(f"[yellow]rejects listed in {store}/{REJECTS}[/]")
+    rejected = result[result["status"] == "rejected"]
+    if len(rejected):
+        console.print(frame_table(rejected[["series_id", "reason"]], f"Rejected series (also in {store}/{REJECTS})"))
 
 
 @app.command()
@@ -208,14 +210,16 @@ def extract(
     scheduler: Annotated[str | None, typer.Option(help="Use an existing Dask cluster (tcp://host:port).")] = None,
     series_batch: Annotated[int, typer.Option(help="Series per forward pass (times the timesteps).")] = 1,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    repair: Annotated[bool, typer.Option("--repair", help="Also recompute the units that fail their checksum (see `store verify`).")] = False,
 ) -> None:
     """Persist every timestep x block middle-block activation of a plane into the store (reruns finish what is missing)."""
     from orthodiff.featurestore.extract import extract as run_extract
     from orthodiff.featurestore.verify import store_info
     from orthodiff.tables import frame_table
 
-    summary = run_extract(store, backbone, plane, _ints(timesteps, "--timesteps"), [b.strip() for b in blocks.split(",")],
-                          dtype=dtype, seed=seed, series_batch=series_batch, workers=workers, scheduler=scheduler)
+    summary = run_extract(store, backbone, plane, _ints(timesteps, "--timesteps"), [b.strip() for b in blocks.split(",") if b.strip()],
+                          dtype=dtype, seed=seed, series_batch=series_batch, workers=workers, scheduler=scheduler,
+                          repair=repair)
     console.print(f"extracted {summary['series']} {plane} series ({summary['tasks']} tasks) in {summary['seconds']} s "
                   f"into features/{summary['backbone']}")
     console.print(frame_table(store_info(store), f"{store}"))
@@ -499,9 +503,28 @@ register_supervised(app)
 register_evaluation(app)
 
 
+def _os_error(err: OSError) -> str:
+    """One line for an operating-system error: the file, what happened, what to do."""
+    import errno
+
+    where = err.filename or "a file"
+    advice = {
+        errno.ENOSPC: "free some space and rerun the command: finished work is kept",
+        errno.EDQUOT: "free some space and rerun the command: finished work is kept",
+        errno.EROFS: "the file system is read-only; write to another store or remount it writable",
+        errno.EACCES: "check the permissions of that path (or choose another one)",
+        errno.EPERM: "check the permissions of that path (or choose another one)",
+        errno.ENOENT: "check the path",
+    }.get(err.errno, "check the path and rerun")
+    return f"{where}: {err.strerror or err}; {advice}"
+
+
 def main() -> None:
     try:
         app()
     except OrthodiffError as err:
         Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {_os_error(err)}", highlight=False, soft_wrap=True)
         sys.exit(2)

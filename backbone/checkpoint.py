@@ -96,7 +96,10 @@ def checkpoint_config(path: str | Path, ckpt: dict, state: dict[str, torch.Tenso
             return UNetConfig.from_dict(saved)
         except (TypeError, KeyError, AttributeError) as err:
             raise OrthodiffError(f"{path}: unusable saved 'config' {saved!r} ({err})") from None
-    config = infer_config(state)
+    try:
+        config = infer_config(state)
+    except (KeyError, IndexError, AttributeError, ZeroDivisionError):  # a foreign network's weights
+        config = None
     if config is None:
         raise OrthodiffError(f"{path}: weights do not fit the orthodiff U-Net: {_mismatch(state, DiffusionUNet(PRESETS['paper']))}")
     return config

@@ -3,8 +3,8 @@
 One backbone per plane, trained on that plane's training-split volumes read lazily from the
 store. Adam at the reference rate (1e-5 x batch x processes), EMA 0.995, gradient clipping,
 checkpoints in the reference layout written atomically every `every` steps together with
-the optimizer, EMA, step and random-generator states, so `resume` continues exactly the run
-that an uninterrupted job would have made. Under `torchrun` the model is wrapped in
+the optimizer, EMA, step and every rank's random-generator states, so `resume` (with the
+same number of processes) continues exactly the run that an uninterrupted job would have made. Under `torchrun` the model is wrapped in
 DistributedDataParallel (NCCL on GPUs, gloo on CPUs) and only rank 0 writes.
 """
 
@@ -110,13 +110,23 @@ class Pretrainer:
         self.lr = lr if lr is not None else 1e-5 * batch * self.world
         self.diffusion = GaussianDiffusion()
 
-    def _checkpoint(self, step, model, ema, opt, generator, history) -> dict:
+    def _rng_states(self, generator) -> list[dict]:
+        """Every rank's random-generator states (each rank draws its own batches and noise);
+        a collective call: all ranks take part."""
+        state = {"torch": torch.get_rng_state(), "sampler": generator.get_state()}
+        if self.world == 1:
+            return [state]
+        states = [None] * self.world
+        dist.all_gather_object(states, state)
+        return states
+
+    def _checkpoint(self, step, model, ema, opt, rng: list[dict], history) -> dict:
         buffers = dict(self.diffusion.state_dict())
         return {
             "ema": reference_state(ema, buffers), "model": reference_state(model, buffers),
             "optimizer": opt.state_dict(), "step": step, "preset": preset_name(self.config),
             "config": self.config.to_dict(), "plane": self.plane, "seed": self.seed, "lr": self.lr,
-            "rng": {"torch": torch.get_rng_state(), "sampler": generator.get_state()}, "history": history,
+            "rng": {"ranks": rng}, "history": history,
             "healthy": self.healthy,  # None: trained on all exams; else the healthy series count used
         }
 
@@ -129,8 +139,14 @@ class Pretrainer:
         model.load_state_dict(strip_prefix(ckpt["model"]))
         ema.load_state_dict(unet_state(ckpt))
         opt.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        generator.set_state(ckpt["rng"]["sampler"])
+        ranks = ckpt["rng"].get("ranks", [ckpt["rng"]])  # checkpoints before per-rank states hold one
+        if len(ranks) != self.world:
+            raise OrthodiffError(
+                f"{self.out}: written by {len(ranks)} process(es), resumed with {self.world}: each process continues "
+                f"its own batches and noise, so resume with {len(ranks)} (torchrun --nproc_per_node {len(ranks)})"
+            )
+        torch.set_rng_state(ranks[self.rank]["torch"])
+        generator.set_state(ranks[self.rank]["sampler"])
         return int(ckpt["step"]), ckpt["history"]
 
     @torch.no_grad()
@@ -177,9 +193,11 @@ class Pretrainer:
                 history["loss"].append(loss.item())
                 rate = (step - first) / max(time.perf_counter() - start, 1e-9)
                 bar.update(task, completed=step, loss=history["loss"][-1], rate=rate)
-                if self.rank == 0 and (step % self.every == 0 or step == self.steps):
-                    history["val_loss"].append((step, self.validation_loss(ema)))
-                    save_atomic(self._checkpoint(step, model, ema, opt, generator, history), self.out)
+                if step % self.every == 0 or step == self.steps:
+                    rng = self._rng_states(generator)
+                    if self.rank == 0:
+                        history["val_loss"].append((step, self.validation_loss(ema)))
+                        save_atomic(self._checkpoint(step, model, ema, opt, rng, history), self.out)
         return ema.eval()
 
 

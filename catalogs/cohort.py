@@ -38,6 +38,8 @@ REQUIRED_COLUMNS = [
     "slice_thickness",
     "split",
 ]
+# what the heads read of a catalog (they never open the image files)
+HEADS_COLUMNS = [*ID_COLUMNS, "task", "joint", "plane", "scan", "split"]
 SUBSET_PREFIX = "subset_"
 
 
@@ -74,18 +76,24 @@ def subset_sizes(df: pd.DataFrame) -> list[int]:
     return sorted(int(c[len(SUBSET_PREFIX) :]) for c in df.columns if c.startswith(SUBSET_PREFIX))
 
 
+def plain(value):
+    """A cell as Python shows it to a user: -5.0, not np.float64(-5.0)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _fail(row: int, column: str, value, reason: str) -> OrthodiffError:
-    if isinstance(value, np.generic):
-        value = value.item()
-    return OrthodiffError(f"row {row}, column {column!r}, value {value!r}: {reason}")
+    return OrthodiffError(f"row {row}, column {column!r}, value {plain(value)!r}: {reason}")
 
 
-def validate_catalog(df: pd.DataFrame, catalog_path: str | Path, check_files: bool = True) -> None:
-    """Raise OrthodiffError naming row, column and value of the first problem found.
+def validate_catalog(df: pd.DataFrame, catalog_path: str | Path, check_files: bool = True,
+                     columns: list[str] = REQUIRED_COLUMNS) -> None:
+    """Raise OrthodiffError naming row, column and value of the first problem found: ids,
+    splits and patient leakage across them, labels 0/1, EHR ranges, and (`check_files`) files.
 
-    Row numbers are 0-based positions in the Parquet table.
+    The one check every command that reads a catalog runs; `columns` are those it needs
+    (the heads need no image paths). Row numbers are 0-based positions in the Parquet table.
     """
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    missing = [c for c in columns if c not in df.columns]
     if missing:
         raise OrthodiffError(f"{catalog_path}: missing columns {missing}")
     df = df.reset_index(drop=True)
@@ -101,7 +109,7 @@ def validate_catalog(df: pd.DataFrame, catalog_path: str | Path, check_files: bo
         i = int(np.flatnonzero(mismatch)[0])
         raise _fail(i, "joint", df.at[i, "joint"], f"task {df.at[i, 'task']!r} belongs to another joint")
 
-    for column in ID_COLUMNS + ["path"]:
+    for column in [c for c in (*ID_COLUMNS, "path") if c in columns]:
         blank = df[column].isna() | (df[column].astype(str).str.strip() == "")
         if blank.any():
             i = int(np.flatnonzero(blank)[0])
@@ -139,7 +147,10 @@ def validate_catalog(df: pd.DataFrame, catalog_path: str | Path, check_files: bo
             if column not in df.columns:
                 raise OrthodiffError(f"{catalog_path}: missing label column {column!r} of task {name!r}")
             values = df[column].iloc[rows]
-            bad = ~values.isin([0, 1]) | values.isna()
+            numbers = pd.to_numeric(values, errors="coerce")
+            bad = ~numbers.isin([0, 1])  # names the first value that is no 0/1 at all ("yes", 2, NaN)
+            if not bad.any() and not pd.api.types.is_numeric_dtype(values):
+                bad = values.notna()  # "0"/"1" as text: the column itself is the problem
             if bad.any():
                 i = int(rows[np.flatnonzero(bad.to_numpy())[0]])
                 raise _fail(i, column, df.at[i, column], "label must be 0 or 1")
@@ -164,7 +175,7 @@ def _validate_ehr(df: pd.DataFrame) -> None:
         for mask, reason in ((garbage, "not a number"), (out, f"outside [{spec['min']}, {spec['max']}] {spec['unit']}")):
             if mask.any():
                 i = int(np.flatnonzero(mask)[0])
-                raise _fail(i, column, df.at[i, column], reason)
+                raise _fail(i, column, df[column].iloc[i], reason)
 
 
 def split_catalog(

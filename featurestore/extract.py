@@ -17,16 +17,20 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+import zarr
 
 from orthodiff.backbone import MIDDLE_BLOCKS, backbone_id, load_backbone
 from orthodiff.backbone.checkpoint import read_checkpoint
 from orthodiff.backbone.diffusion import NUM_TIMESTEPS, GaussianDiffusion, keyed_noise, noise_key
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
+from orthodiff.faults import fault
 from orthodiff.featurestore.features import (
-    SHARD_SERIES, Records, done_name, fingerprint, plane_path, prepare_plane, provenance,
+    SHARD_SERIES, Records, content_digest, done_name, drop_temporaries, remove_unit, fingerprint, plane_path, prepare_plane, provenance,
+    view_is_current,
 )
 from orthodiff.featurestore.store import consolidate, open_root
+from orthodiff.featurestore.verify import check_plane
 from orthodiff.featurestore.volumes import GROUP as VOLUMES, open_volumes
 
 TIMESTEPS = (10, 30, 50, 100, 150, 200, 300, 500)
@@ -53,16 +57,20 @@ class Task:
 def run_task(task: Task, store: str, checkpoint: str, plane: str, backbone: str, prov: dict,
              dtype: str, series_batch: int = 1, device: str | None = None) -> int:
     """Compute and write one task's shards, then its completion records; returns its series count."""
-    import zarr
-
     model = _model(checkpoint, device)
     diffusion = GaussianDiffusion()
     group = zarr.open_group(str(store), path=plane_path(backbone, plane), mode="r+", use_consolidated=False)
     timesteps_have = group["timestep"][:].tolist()
     blocks_have = group["block"][:].tolist()
     # rows located at planning time: a task reads only its own volume chunks, not the index
-    volumes = zarr.open_array(str(store), path=f"{VOLUMES}/volume", mode="r").get_orthogonal_selection(
-        (list(task.volume_rows),)).astype(np.float32)
+    try:
+        volumes = zarr.open_array(str(store), path=f"{VOLUMES}/volume", mode="r").get_orthogonal_selection(
+            (list(task.volume_rows),)).astype(np.float32)
+    except Exception as err:  # a damaged chunk fails in its codec
+        raise OrthodiffError(
+            f"{store}: volumes of series {task.series[0]}..{task.series[-1]} are unreadable ({type(err).__name__}: "
+            f"{err}); `orthodiff store verify` names the damaged ones, `orthodiff ingest --repair` reads them again"
+        ) from None
     timesteps = sorted({t for t, _ in task.units})
     blocks = tuple(b for b in MIDDLE_BLOCKS if any(b == u for _, u in task.units))
     out = {unit: [] for unit in task.units}
@@ -84,16 +92,31 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, backbone: str,
     for (ts, block), parts in out.items():
         data = np.concatenate(parts)
         ti, bi = timesteps_have.index(ts), blocks_have.index(block)
-        group["activation"][rows, ti, bi] = data.astype(dtype)
-        group["gap"][rows, ti, bi] = data.reshape(*data.shape[:2], -1).mean(-1)
+        activation = data.astype(dtype)
+        gap = data.reshape(*data.shape[:2], -1).mean(-1, dtype=np.float32)
+        group["activation"][rows, ti, bi] = activation
+        group["gap"][rows, ti, bi] = gap
         fp = fingerprint(prov, list(task.series), ts, block, dtype)
-        records.write(done_name(task.shard, ts, block), {"fingerprint": fp, "series": len(task.series)})
+        fault("extract:record")
+        records.write(done_name(task.shard, ts, block), unit_record(fp, len(task.series), activation, gap))
     return len(task.series)
 
 
+def unit_record(fp: str, n_series: int, activation: np.ndarray, gap: np.ndarray) -> dict:
+    """A unit's completion record: its settings' fingerprint and the checksum of the values written."""
+    return {"fingerprint": fp, "series": n_series, "digest": content_digest(activation, gap)}
+
+
 def _check_request(plane: str, timesteps, blocks, dtype: str) -> None:
+    """Everything about the request that can be wrong, checked before anything is written."""
     if plane not in PLANES:
         raise OrthodiffError(f"--plane {plane!r}: expected one of {list(PLANES)}")
+    for option, values in (("--timesteps", list(timesteps)), ("--blocks", list(blocks))):
+        if not values:
+            raise OrthodiffError(f"{option}: empty; give at least one value")
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if repeated:
+            raise OrthodiffError(f"{option}: {repeated[0]!r} is given twice; list each value once")
     bad = [t for t in timesteps if not 0 <= int(t) < NUM_TIMESTEPS]
     if bad:
         raise OrthodiffError(f"--timesteps: {bad[0]} is outside [0, {NUM_TIMESTEPS})")
@@ -105,8 +128,9 @@ def _check_request(plane: str, timesteps, blocks, dtype: str) -> None:
 
 
 def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MIDDLE_BLOCKS,
-         dtype: str = "float16", seed: int = 0) -> tuple[dict, list[Task]]:
-    """Check the request, create or grow the plane's arrays, and list the missing work."""
+         dtype: str = "float16", seed: int = 0, repair: bool = False) -> tuple[dict, list[Task]]:
+    """Check the request, create or grow the plane's arrays, and list the missing work
+    (with `repair`, also the units whose content fails its checksum)."""
     _check_request(plane, timesteps, blocks, dtype)
     open_root(store)
     ckpt = read_checkpoint(checkpoint)
@@ -131,25 +155,33 @@ def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MI
                           model.config.middle_shape, dtype)
     prov = dict(open_root(store)[f"features/{bid}"].attrs)  # as first written (its `created`)
     ids = group["series"][:].tolist()
-    done = Records(store, bid, plane).read()
+    records = Records(store, bid, plane)
+    if repair:  # a damaged shard cannot be updated in place: the unit's objects go, then it is redone
+        for name, shard, ti, bi in check_plane(store, open_root(store), prov, plane)[1]:
+            records.remove(name)
+            remove_unit(store, bid, plane, shard, ti, bi)
+    done = records.read()
     tasks = []
     for shard, start in enumerate(range(0, len(ids), SHARD_SERIES)):
         run = tuple(ids[start : start + SHARD_SERIES])
         units = tuple((int(t), b) for t in timesteps for b in blocks
-                      if done.get(done_name(shard, int(t), b)) != fingerprint(prov, list(run), int(t), b, dtype))
+                      if done.get(done_name(shard, int(t), b), {}).get("fingerprint")
+                      != fingerprint(prov, list(run), int(t), b, dtype))
         if units:
+            drop_temporaries(store, bid, plane, shard)
             tasks.append(Task(shard, start, run, units, tuple(row_of[s] for s in run)))
     return prov, tasks
 
 
 def extract(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MIDDLE_BLOCKS,
             dtype: str = "float16", seed: int = 0, series_batch: int = 1, workers: int | None = None,
-            scheduler: str | None = None, device: str | None = None, progress: bool = True) -> dict:
+            scheduler: str | None = None, device: str | None = None, progress: bool = True,
+            repair: bool = False) -> dict:
     """Extract what is missing for `plane`; returns counts of series and tasks and the time."""
     from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
     store, checkpoint = str(store), str(checkpoint)
-    prov, tasks = plan(store, checkpoint, plane, timesteps, blocks, dtype, seed)
+    prov, tasks = plan(store, checkpoint, plane, timesteps, blocks, dtype, seed, repair)
     bid = prov["backbone_id"]
     args = (store, checkpoint, plane, bid, prov, dtype, max(series_batch, 1), device)
     total = sum(len(t.series) for t in tasks)
@@ -157,7 +189,9 @@ def extract(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks
                TextColumn("{task.fields[rate]:.2f} series/s"), TimeRemainingColumn())
     start = time.perf_counter()
     run_tasks(run_task, tasks, args, total, columns, workers, scheduler, progress)
-    consolidate(store)
+    shape = zarr.open_array(str(store), path=f"{plane_path(bid, plane)}/activation", mode="r").shape
+    if tasks or not view_is_current(store, bid, plane, shape):  # a job with nothing to do writes nothing
+        consolidate(store)
     return {"backbone": bid, "plane": plane, "series": total, "tasks": len(tasks),
             "seconds": round(time.perf_counter() - start, 2)}
 

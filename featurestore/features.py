@@ -28,6 +28,7 @@ import datetime
 import hashlib
 import json
 import warnings
+import zlib
 
 import fsspec
 import numpy as np
@@ -36,7 +37,8 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.store import open_root
+from orthodiff.faults import fault
+from orthodiff.featurestore.store import complete, ensure_arrays, ensure_group, open_root
 
 GROUP = "features"
 SHARD_SERIES = 16
@@ -65,24 +67,41 @@ def done_name(shard: int, timestep: int, block: str) -> str:
     return f"{shard:06d}-t{timestep:04d}-{block}.json"
 
 
+def content_digest(*arrays: np.ndarray) -> str:
+    """Checksum of the values as stored (dtype and shape included), to catch damage, not
+    tampering: CRC-32 finds every error burst up to 32 bits and misses other changes with
+    odds 2**-32, at a third of blake2b's cost (bench/checksums.py)."""
+    crc = 0
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        crc = zlib.crc32(a.data, zlib.crc32(f"{a.dtype.str}{a.shape}".encode(), crc))
+    return f"{crc:08x}"
+
+
 class Records:
-    """Completion records of one plane group, as small files under `_records/` (any fsspec URL)."""
+    """Completion records of one group, as small JSON files under `_records/` (any fsspec URL).
 
-    def __init__(self, store: str, backbone: str, plane: str):
+    A feature unit's record holds `fingerprint` (the settings it was computed with), `series`
+    and `digest` (`content_digest` of its activation and GAP values; absent in records made
+    before checksums, whose content is then not checked)."""
+
+    def __init__(self, store: str, *parts: str):
         self.fs, root = fsspec.core.url_to_fs(str(store))
-        self.dir = f"{root.rstrip('/')}/{RECORDS}/{backbone}/{plane}"
+        self.dir = "/".join([root.rstrip("/"), RECORDS, *parts])
 
-    def read(self) -> dict[str, str]:
+    def read(self) -> dict[str, dict]:
         if not self.fs.exists(self.dir):
             return {}
         out = {}
         for path in self.fs.ls(self.dir, detail=False):
             name = path.rsplit("/", 1)[-1]
-            if name.endswith(".json"):
+            if name.endswith(".json") and not name.startswith("."):
                 try:
-                    out[name] = json.loads(self.fs.cat_file(path))["fingerprint"]
-                except (ValueError, KeyError):
+                    record = json.loads(self.fs.cat_file(path))
+                except ValueError:
                     continue  # a damaged record is no record: the unit is redone
+                if isinstance(record, dict):
+                    out[name] = record
         return out
 
     def write(self, name: str, record: dict) -> None:
@@ -92,6 +111,32 @@ class Records:
         with self.fs.open(tmp, "w") as f:
             f.write(json.dumps(record, sort_keys=True))
         self.fs.mv(tmp, f"{self.dir}/{name}")
+
+    def remove(self, name: str) -> None:
+        if self.fs.exists(f"{self.dir}/{name}"):
+            self.fs.rm(f"{self.dir}/{name}")
+
+
+def drop_temporaries(store: str, backbone: str, plane: str, shard: int) -> None:
+    """Remove the temporary files a killed writer left in one task's shard folders.
+
+    Zarr's local store writes each object to `<key>.<random>.partial` and renames it; a kill
+    in between leaves that file where listings and byte comparisons see it. Only the task's
+    own folders are searched, and only when the task is about to be redone."""
+    fs, root = fsspec.core.url_to_fs(str(store))
+    base = f"{root.rstrip('/')}/{plane_path(backbone, plane)}"
+    for array in ("activation", "gap"):
+        for path in fs.glob(f"{base}/{array}/c/{shard}/**/*.partial"):
+            fs.rm(path)
+
+
+def remove_unit(store: str, backbone: str, plane: str, shard: int, ti: int, bi: int) -> None:
+    """Delete the objects of one unit: its activation shard and its GAP chunk (they hold nothing else)."""
+    fs, root = fsspec.core.url_to_fs(str(store))
+    base = f"{root.rstrip('/')}/{plane_path(backbone, plane)}"
+    for key in (f"activation/c/{shard}/{ti}/{bi}/0/0/0/0", f"gap/c/{shard}/{ti}/{bi}/0"):
+        if fs.exists(f"{base}/{key}"):
+            fs.rm(f"{base}/{key}")
 
 
 def provenance(backbone_id: str, preset: str, config: dict, checkpoint: str, seed: int, size: int) -> dict:
@@ -112,30 +157,27 @@ def _same(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
+COORDINATES = ("series", "case_id", "patient_id", "scan", "timestep", "block")
+ARRAYS = ("activation", "gap", *COORDINATES)
+
+
 def prepare_plane(store: str, prov: dict, plane: str, series: list[dict], timesteps: list[int],
                   blocks: list[str], shape: tuple[int, ...], dtype: str) -> zarr.Group:
     """Create or grow the plane group so it holds `series` x `timesteps` x `blocks`.
 
-    Creation is exclusive: of two jobs racing to create, one wins and the other opens and
-    checks what the winner made. Growth appends along series, timestep and block."""
+    Safe to interrupt at any step and to run in several jobs at once: a group lacking some
+    of its arrays is finished here (`ensure_arrays`), and growth writes data arrays before
+    the coordinate that indexes them, so a coordinate never names data that has no room.
+    Growth appends along series, timestep and block."""
     root = open_root(store)
     backbone = prov["backbone_id"]
-    try:
-        group = root.create_group(f"{GROUP}/{backbone}", attributes=prov, overwrite=False)
-    except zarr.errors.ContainsGroupError:
-        group = root[f"{GROUP}/{backbone}"]
-        if not _same(dict(group.attrs), prov):
-            raise OrthodiffError(f"{store}: features/{backbone} was written with other settings (seed, preset or preprocessing)")
-    try:
-        pg = group.create_group(plane, overwrite=False)
-        _create_arrays(pg, shape, dtype)
-    except zarr.errors.ContainsGroupError:
-        pg = group[plane]
-        if "activation" not in pg:  # the other job is between creating the group and its arrays
-            try:
-                _create_arrays(pg, shape, dtype)
-            except zarr.errors.ContainsArrayError:
-                pass
+    group, _ = ensure_group(root, f"{GROUP}/{backbone}", attributes=prov)
+    fault("create:backbone")
+    if not _same(dict(group.attrs), prov):
+        raise OrthodiffError(f"{store}: features/{backbone} was written with other settings (seed, preset or preprocessing)")
+    pg, _ = ensure_group(group, plane)
+    fault("create:plane")
+    ensure_arrays(pg, _array_specs(shape, dtype), "create")
     act = pg["activation"]
     if tuple(act.shape[3:]) != tuple(shape) or str(act.dtype) != dtype:
         raise OrthodiffError(
@@ -148,55 +190,83 @@ def prepare_plane(store: str, prov: dict, plane: str, series: list[dict], timest
     return pg
 
 
-def _create_arrays(pg: zarr.Group, shape: tuple[int, ...], dtype: str) -> None:
+def _array_specs(shape: tuple[int, ...], dtype: str) -> dict[str, dict]:
     c = shape[0]
-    pg.create_array(
-        "activation", shape=(0, 0, 0, *shape), chunks=(1, 1, 1, *shape), shards=(SHARD_SERIES, 1, 1, *shape),
-        dtype=dtype, compressors=COMPRESSOR, fill_value=0,
-        dimension_names=["series", "timestep", "block", "channel", "z", "y", "x"],
-        attributes={"coordinates": "case_id patient_id scan"},
-    )
-    pg.create_array("gap", shape=(0, 0, 0, c), chunks=(SHARD_SERIES, 1, 1, c), dtype="float32", fill_value=np.nan,
+    on_series = {"shape": (0,), "chunks": (4096,), "dimension_names": ["series"]}
+    return {
+        "activation": dict(shape=(0, 0, 0, *shape), chunks=(1, 1, 1, *shape), shards=(SHARD_SERIES, 1, 1, *shape),
+                           dtype=dtype, compressors=COMPRESSOR, fill_value=0,
+                           dimension_names=["series", "timestep", "block", "channel", "z", "y", "x"],
+                           attributes={"coordinates": "case_id patient_id scan"}),
+        "gap": dict(shape=(0, 0, 0, c), chunks=(SHARD_SERIES, 1, 1, c), dtype="float32", fill_value=np.nan,
                     dimension_names=["series", "timestep", "block", "channel"],
-                    attributes={"coordinates": "case_id patient_id scan"})
-    for name in ("series", "case_id", "patient_id"):
-        pg.create_array(name, shape=(0,), chunks=(4096,), dtype=str, dimension_names=["series"])
-    pg.create_array("scan", shape=(0,), chunks=(4096,), dtype="int16", dimension_names=["series"])
-    pg.create_array("timestep", shape=(0,), chunks=(1024,), dtype="int32", dimension_names=["timestep"])
-    pg.create_array("block", shape=(0,), chunks=(1024,), dtype=str, dimension_names=["block"])
+                    attributes={"coordinates": "case_id patient_id scan"}),
+        **{name: dict(dtype=str, **on_series) for name in ("series", "case_id", "patient_id")},
+        "scan": dict(dtype="int16", **on_series),
+        # fill values no real label takes, so an interrupted growth is recognised (see _labels)
+        "timestep": dict(shape=(0,), chunks=(1024,), dtype="int32", fill_value=-1, dimension_names=["timestep"]),
+        "block": dict(shape=(0,), chunks=(1024,), dtype=str, dimension_names=["block"]),
+    }
+
+
+def _labels(array: zarr.Array) -> list:
+    """A coordinate's values up to the first unwritten one (a growth killed between resize and write)."""
+    values = array[:].tolist() if array.shape[0] else []
+    fill = array.fill_value
+    fill = fill.item() if hasattr(fill, "item") else fill
+    if fill not in (-1, "") or fill not in values:  # stores made before these fill values: 0 is a timestep
+        return values
+    return values[: values.index(fill)]
+
+
+def _resize(arrays, axis: int, n: int) -> None:
+    for array in arrays:
+        if array.shape[axis] != n:
+            shape = list(array.shape)
+            shape[axis] = n
+            array.resize(tuple(shape))
 
 
 def _grow(pg: zarr.Group, name: str, wanted: list, axis: int) -> None:
-    have = pg[name][:].tolist() if pg[name].shape[0] else []
+    have = _labels(pg[name])
     new = [v for v in wanted if v not in have]
-    if not new:
-        return
-    n = len(have)
-    for array in (pg["activation"], pg["gap"]):
-        shape = list(array.shape)
-        shape[axis] = n + len(new)
-        array.resize(tuple(shape))
-    pg[name].resize((n + len(new),))
-    pg[name][n:] = np.asarray(new, dtype=object if name == "block" else "int32")
+    n = len(have) + len(new)
+    _resize((pg["activation"], pg["gap"]), axis, n)  # data first, its coordinate last
+    fault(f"grow:{name}:data")
+    if pg[name].shape[0] != n or new:
+        pg[name].resize((n,))
+        fault(f"grow:{name}:resized")
+        pg[name][len(have):] = np.asarray(new, dtype=object if name == "block" else "int32")
 
 
 def _grow_series(pg: zarr.Group, series: list[dict]) -> None:
-    have = pg["series"][:].tolist() if pg["series"].shape[0] else []
-    new = [s for s in series if s["series_id"] not in set(have)]
-    if not new:
-        return
+    have = _labels(pg["series"])
+    known = set(have)
+    new = [s for s in series if s["series_id"] not in known]
     n, m = len(have), len(new)
-    for array in (pg["activation"], pg["gap"]):
-        array.resize((n + m, *array.shape[1:]))
-    for name in ("series", "case_id", "patient_id", "scan"):
-        pg[name].resize((n + m,))
-        values = [s["series_id" if name == "series" else name] for s in new]
-        pg[name][n:] = np.asarray(values, dtype="int16" if name == "scan" else object)
+    _resize((pg["activation"], pg["gap"]), 0, n + m)
+    fault("grow:series:data")
+    for name in ("case_id", "patient_id", "scan", "series"):  # `series` last: it says which rows are real
+        if pg[name].shape[0] != n + m:
+            pg[name].resize((n + m,))
+        if m:
+            values = [s["series_id" if name == "series" else name] for s in new]
+            pg[name][n:] = np.asarray(values, dtype="int16" if name == "scan" else object)
+        fault(f"grow:series:{name}")
 
 
 def backbones(store: str) -> list[str]:
     root = open_root(store)
     return sorted(root[GROUP].group_keys()) if GROUP in root else []
+
+
+def planes(root: zarr.Group, backbone: str) -> tuple[list[str], list[str]]:
+    """The plane groups of `backbone`: (complete, still being created or interrupted)."""
+    group = root[f"{GROUP}/{backbone}"]
+    done, unfinished = [], []
+    for plane in sorted(group.group_keys()):
+        (done if complete(group[plane], ARRAYS) else unfinished).append(plane)
+    return done, unfinished
 
 
 def _open_plane(store: str, backbone: str, plane: str, series_per_chunk: int) -> xr.Dataset:
@@ -209,6 +279,36 @@ def _open_plane(store: str, backbone: str, plane: str, series_per_chunk: int) ->
     return ds.assign_coords({c: ds[c].load() for c in ("case_id", "patient_id", "scan")})
 
 
+class IncompleteFeatures(UserWarning):
+    """Some plane groups of the store are still being written (or their job was interrupted)."""
+
+
+def readable_planes(path: str) -> dict[str, list[str]]:
+    """Plane groups per backbone in the root's consolidated metadata: the state the last
+    finished job left, which writers in progress do not change."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        try:
+            view = zarr.open_group(str(path), mode="r", use_consolidated=True)
+        except ValueError:  # never consolidated: the first job has not finished
+            return {}
+        if GROUP not in view:
+            return {}
+        return {b: sorted(p for p in view[f"{GROUP}/{b}"].group_keys() if complete(view[f"{GROUP}/{b}/{p}"], ARRAYS))
+                for b in view[GROUP].group_keys()}
+
+
+def view_is_current(store: str, backbone: str, plane: str, shape: tuple[int, ...]) -> bool:
+    """Whether the consolidated metadata already shows the plane with activations of `shape`
+    (else a finished job must consolidate, even one that had nothing left to compute)."""
+    if plane not in readable_planes(store).get(backbone, []):
+        return False
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        view = zarr.open_group(str(store), mode="r", use_consolidated=True)
+        return tuple(view[f"{plane_path(backbone, plane)}/activation"].shape) == tuple(shape)
+
+
 def open_store(path: str, backbone: str | list[str] | None = None, catalog=None, series_per_chunk: int = 64) -> xr.Dataset:
     """The store's features as one lazy Dataset over all planes' series.
 
@@ -218,31 +318,48 @@ def open_store(path: str, backbone: str | list[str] | None = None, catalog=None,
     features come from the one backbone holding them (pass `backbone` when several do).
     Timesteps and blocks are the union over planes; a configuration a plane lacks is NaN for
     its series, and the `configurations` attribute (JSON) lists what each plane holds.
+
+    Reading while `extract` runs is safe: every plane is read as the last finished job left
+    it; a plane whose first extraction is still running (or was interrupted) is left out,
+    named in the `incomplete` attribute (JSON) and in an `IncompleteFeatures` warning.
     """
     import pandas as pd
 
     root = open_root(path)
-    ids = backbones(path) if backbone is None else ([backbone] if isinstance(backbone, str) else list(backbone))
-    unknown = [b for b in ids if GROUP not in root or b not in root[GROUP]]
+    on_disk = backbones(path)
+    ids = on_disk if backbone is None else ([backbone] if isinstance(backbone, str) else list(backbone))
+    unknown = [b for b in ids if b not in on_disk]
     if unknown:
-        raise OrthodiffError(f"{path}: no features of backbone {unknown[0]!r}; the store has {backbones(path)}")
+        raise OrthodiffError(f"{path}: no features of backbone {unknown[0]!r}; the store has {on_disk}")
     if not ids:
         raise OrthodiffError(f"{path}: no features in this store (run `orthodiff extract` first)")
+    readable = readable_planes(path)
     per_plane: dict[str, str] = {}
+    incomplete = []
     for b in ids:
-        for plane in root[f"{GROUP}/{b}"].group_keys():
+        for plane in sorted(root[f"{GROUP}/{b}"].group_keys()):
+            if plane not in readable.get(b, []):
+                incomplete.append(plane_path(b, plane))
+                continue
             if plane in per_plane:
                 raise OrthodiffError(
                     f"{path}: {plane} features from backbones {per_plane[plane]} and {b}; choose with backbone="
                 )
             per_plane[plane] = b
+    if incomplete:
+        warnings.warn(f"{path}: {', '.join(incomplete)} not complete yet (an extraction is running or was "
+                      "interrupted; rerun `orthodiff extract` to finish it): left out", IncompleteFeatures, stacklevel=2)
+    if not per_plane:
+        raise OrthodiffError(f"{path}: no complete features yet ({', '.join(incomplete)} still being written; "
+                             "wait for `orthodiff extract` to finish, or rerun it)")
     parts = [_open_plane(path, b, plane, series_per_chunk) for plane, b in sorted(per_plane.items())]
     # planes may hold different timesteps or blocks (e.g. fine-tuned backbones extracted at
     # their own configuration): the union is kept, NaN where a plane lacks a configuration
     ds = xr.concat(parts, dim="series", join="outer", combine_attrs="drop") if len(parts) > 1 else parts[0]
     configurations = {p.plane.values[0]: {"timestep": p.timestep.values.tolist(), "block": p.block.values.tolist()}
                       for p in parts if p.sizes["series"]}
-    ds.attrs = {"backbones": json.dumps(per_plane), "configurations": json.dumps(configurations)}
+    ds.attrs = {"backbones": json.dumps(per_plane), "configurations": json.dumps(configurations),
+                "incomplete": json.dumps(incomplete)}
     if catalog is not None:
         from orthodiff.catalogs.cohort import read_catalog
 

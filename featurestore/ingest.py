@@ -17,7 +17,9 @@ from orthodiff.catalogs.cohort import read_catalog, resolve_path, validate_catal
 from orthodiff.catalogs.readers import read_mask, read_series
 from orthodiff.catalogs.tasks import structures
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.volumes import DEPTH, append_volumes, ingested_series
+from orthodiff.featurestore.store import open_root
+from orthodiff.featurestore.verify import check_volumes
+from orthodiff.featurestore.volumes import DEPTH, GROUP as VOLUMES, append_volumes, ingested_series, rewrite_rows
 
 BATCH = 16
 REJECTS = "rejects.parquet"
@@ -40,7 +42,11 @@ def preprocess_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 def _load(row, catalog_path: Path, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    data = read_series(resolve_path(catalog_path, row.path), expected_plane=row.plane)
+    path = resolve_path(catalog_path, row.path)
+    data = read_series(path, expected_plane=row.plane)
+    kept = central_slices(data)
+    if kept.min() == kept.max():  # what the backbone would see carries no image
+        raise OrthodiffError(f"{path}: the {DEPTH} central slices are constant (every voxel {kept.flat[0]:g})")
     mask = None
     if isinstance(row.mask_path, str) and row.mask_path:
         allowed = structures(row.joint).values
@@ -49,11 +55,14 @@ def _load(row, catalog_path: Path, size: int) -> tuple[np.ndarray, np.ndarray | 
 
 
 def ingest(
-    catalog_path: str | Path, store: str, size: int = 256, on_error: str = "fail", progress: bool = True
+    catalog_path: str | Path, store: str, size: int = 256, on_error: str = "fail", progress: bool = True,
+    repair: bool = False,
 ) -> pd.DataFrame:
     """Ingest every catalog series not yet in `store`; returns one row per series handled
-    (`series_id`, `status` ingested|skipped|rejected, `reason`).
+    (`series_id`, `status` ingested|skipped|rejected|repaired, `reason`).
 
+    `repair` first checks every stored series against its checksum and reads the damaged
+    ones again from the catalog's files.
     `on_error="fail"` stops at the first bad series (earlier ones stay ingested, nothing of
     the bad one is written); `"skip"` goes on and writes the rejects to `<store>/rejects.parquet`.
     """
@@ -66,8 +75,10 @@ def ingest(
     catalog_path = Path(catalog_path)
     df = read_catalog(catalog_path)
     validate_catalog(df, catalog_path, check_files=False)  # missing files become rejects
+    repaired = _repair(df, catalog_path, store, size) if repair else []
     done = ingested_series(store)
-    log = [{"series_id": s, "status": "skipped", "reason": "already ingested"} for s in df["series_id"] if s in done]
+    log = [{"series_id": s, "status": "repaired", "reason": "checksum mismatch"} for s in repaired]
+    log += [{"series_id": s, "status": "skipped", "reason": "already ingested"} for s in df["series_id"] if s in done]
     todo = df[~df["series_id"].isin(done)]
     batch: list[tuple] = []
 
@@ -98,13 +109,36 @@ def ingest(
         flush()
     result = pd.DataFrame(log, columns=["series_id", "status", "reason", "path"])
     rejects = result[result["status"] == "rejected"][["series_id", "path", "reason"]]
-    if len(rejects):
-        _write_rejects(store, rejects)
+    _write_rejects(store, rejects)
     return result.drop(columns="path")
 
 
+def _repair(df: pd.DataFrame, catalog_path: Path, store: str, size: int) -> list[str]:
+    """Read the series whose stored volume fails its checksum again; returns their ids."""
+    root = open_root(store)
+    rows = check_volumes(store, root)[1]
+    if not rows:
+        return []
+    ids = [str(s) for s in root[VOLUMES]["series"].get_orthogonal_selection((rows,))]
+    by_id = df.set_index("series_id")
+    missing = [s for s in ids if s not in by_id.index]
+    if missing:
+        raise OrthodiffError(f"{store}: damaged series {missing[0]!r} is not in {catalog_path}; pass its catalog")
+    loaded = [_load(next(df[df["series_id"] == s].itertuples(index=False)), catalog_path, size) for s in ids]
+    masks = [np.zeros_like(v, np.uint8) if m is None else m for v, m in loaded]
+    rewrite_rows(store, rows, np.stack([v for v, _ in loaded]), np.stack(masks))
+    return ids
+
+
 def _write_rejects(store: str, rejects: pd.DataFrame) -> None:
+    """This run's rejects; none removes the table of an earlier run (its series are fixed or dropped)."""
     import fsspec
 
-    with fsspec.open(f"{str(store).rstrip('/')}/{REJECTS}", "wb") as f:
-        rejects.to_parquet(f, index=False)
+    fs, root = fsspec.core.url_to_fs(str(store))
+    path = f"{root.rstrip('/')}/{REJECTS}"
+    if len(rejects):
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(path, "wb") as f:
+            rejects.to_parquet(f, index=False)
+    elif fs.exists(path):
+        fs.rm(path)

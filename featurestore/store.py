@@ -13,6 +13,7 @@ import warnings
 import zarr
 
 from orthodiff.errors import OrthodiffError
+from orthodiff.faults import fault
 
 SCHEMA_VERSION = 1
 
@@ -25,13 +26,42 @@ def open_root(store: str, create: bool = False) -> zarr.Group:
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         if not create:
             raise OrthodiffError(f"{store}: not an orthodiff store (no Zarr group there)") from None
-        root = zarr.open_group(store, mode="a", zarr_format=3, use_consolidated=False)
-        if "orthodiff_schema" not in root.attrs:
-            if len(list(root.keys())):
-                raise OrthodiffError(f"{store}: a Zarr group that is not an orthodiff store")
-            root.attrs["orthodiff_schema"] = SCHEMA_VERSION
+        # the schema attribute is written with the group itself, so a new root is whole or absent
+        root = zarr.open_group(store, mode="a", zarr_format=3, use_consolidated=False,
+                               attributes={"orthodiff_schema": SCHEMA_VERSION})
     check_schema(root, store)
     return root
+
+
+def ensure_group(parent: zarr.Group, name: str, attributes: dict | None = None) -> tuple[zarr.Group, bool]:
+    """`parent[name]`, created with its attributes in one write if absent; True when this call made it.
+
+    Of several jobs creating the same group at once, each gets the group (one job's attributes)."""
+    try:
+        return parent.create_group(name, attributes=attributes or {}, overwrite=False), True
+    except zarr.errors.ContainsGroupError:
+        return parent[name], False
+
+
+def ensure_arrays(group: zarr.Group, specs: dict[str, dict], point: str) -> None:
+    """Create every array of `specs` (name -> `create_array` arguments) that `group` lacks.
+
+    Each array's metadata is one object written whole, so a group is complete exactly when
+    all its arrays exist: a job killed between two arrays, or one racing another job that
+    creates the same group, leaves a group that this call finishes."""
+    have = set(group.array_keys())
+    for name, spec in specs.items():
+        if name not in have:
+            try:
+                group.create_array(name, overwrite=False, **spec)
+            except zarr.errors.ContainsArrayError:
+                pass  # another job made it first: array metadata is written atomically
+            fault(f"{point}:{name}")
+
+
+def complete(group: zarr.Group, names) -> bool:
+    """Whether `group` holds all the arrays `names` (else its creation was interrupted or is running)."""
+    return set(names) <= set(group.array_keys())
 
 
 def check_schema(root: zarr.Group, store: str) -> None:

@@ -24,7 +24,9 @@ import xarray as xr
 import zarr
 
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.store import consolidate, open_root
+from orthodiff.faults import fault
+from orthodiff.featurestore.features import Records, content_digest
+from orthodiff.featurestore.store import consolidate, ensure_arrays, ensure_group, open_root
 
 GROUP = "volumes"
 DEPTH = 16
@@ -32,26 +34,60 @@ COORDS = ("case_id", "patient_id", "plane", "scan", "split")
 _STRINGS = ("series", "case_id", "patient_id", "plane", "split")
 
 
-def _create_arrays(group: zarr.Group, size: int) -> None:
-    grid = (0, DEPTH, size, size)
-    attrs = {"coordinates": " ".join(COORDS)}
-    group.create_array(
-        "volume", shape=grid, chunks=(1, DEPTH, size, size), dtype="float16",
-        dimension_names=["series", "z", "y", "x"], attributes=attrs, fill_value=0,
-    )
-    group.create_array(
-        "mask", shape=grid, chunks=(1, DEPTH, size, size), dtype="uint8",
-        dimension_names=["series", "z", "y", "x"], attributes=attrs, fill_value=0,
-    )
-    group.create_array("has_mask", shape=(0,), chunks=(4096,), dtype="bool", dimension_names=["series"])
-    group.create_array("scan", shape=(0,), chunks=(4096,), dtype="int16", dimension_names=["series"])
-    for name in _STRINGS:
-        group.create_array(name, shape=(0,), chunks=(4096,), dtype=str, dimension_names=["series"])
-    group.attrs["n_series"] = 0
+def _array_specs(size: int) -> dict[str, dict]:
+    grid = {"shape": (0, DEPTH, size, size), "chunks": (1, DEPTH, size, size),
+            "dimension_names": ["series", "z", "y", "x"], "attributes": {"coordinates": " ".join(COORDS)}, "fill_value": 0}
+    on_series = {"shape": (0,), "chunks": (4096,), "dimension_names": ["series"]}
+    return {"volume": dict(dtype="float16", **grid), "mask": dict(dtype="uint8", **grid),
+            "has_mask": dict(dtype="bool", **on_series), "scan": dict(dtype="int16", **on_series),
+            **{name: dict(dtype=str, **on_series) for name in _STRINGS}}
+
+
+def count(group: zarr.Group) -> int:
+    """Series the group holds: rows beyond `n_series` belong to an append that did not finish
+    (absent until the first append completes)."""
+    return int(group.attrs.get("n_series", 0))
+
+
+ARRAYS = ("volume", "mask", "has_mask", "scan", *_STRINGS)
 
 
 def _arrays(group: zarr.Group) -> dict[str, zarr.Array]:
-    return {name: group[name] for name in ("volume", "mask", "has_mask", "scan", *_STRINGS)}
+    return {name: group[name] for name in ARRAYS}
+
+
+def row_digest(group: zarr.Group, row: int) -> str:
+    """Checksum of one series' stored volume and mask."""
+    return content_digest(group["volume"][row], group["mask"][row])
+
+
+def _record_name(start: int) -> str:
+    return f"{start:09d}.json"
+
+
+def volume_records(store: str, n: int) -> list[dict]:
+    """Checksum records of the appends below row `n` (`start`, `series`, `digest` per row);
+    a record at or past `n` belongs to an append that did not finish."""
+    records = Records(store, GROUP).read()
+    return [r for name, r in sorted(records.items()) if r.get("start", n) < n]
+
+
+def _write_record(store: str, start: int, series: list[str], volumes: np.ndarray, masks: np.ndarray) -> None:
+    """Checksums of rows `start`... from the values just written (float16 and uint8, as stored)."""
+    digests = [content_digest(v, m) for v, m in zip(volumes, masks)]
+    Records(store, GROUP).write(_record_name(start), {"start": start, "series": series, "digest": digests})
+
+
+def rewrite_rows(store: str, rows: list[int], volumes: np.ndarray, masks: np.ndarray) -> None:
+    """Write series again into their rows (`ingest --repair`) and refresh their checksum records."""
+    group = open_root(store)[GROUP]
+    for row, volume, mask in zip(rows, volumes, masks):
+        group["volume"][row] = volume.astype("float16")
+        group["mask"][row] = np.asarray(mask, dtype="uint8")
+    for record in volume_records(store, count(group)):
+        span = slice(record["start"], record["start"] + len(record["series"]))
+        if any(span.start <= r < span.stop for r in rows):
+            _write_record(store, span.start, record["series"], group["volume"][span], group["mask"][span])
 
 
 def append_volumes(store: str, volumes: np.ndarray, meta: pd.DataFrame, masks: np.ndarray | None = None) -> int:
@@ -68,13 +104,13 @@ def append_volumes(store: str, volumes: np.ndarray, meta: pd.DataFrame, masks: n
         raise OrthodiffError(f"{len(meta)} metadata rows for {len(volumes)} volumes")
     root = open_root(store, create=True)
     size = volumes.shape[-1]
-    if GROUP not in root:
-        _create_arrays(root.create_group(GROUP), size)
-    group = root[GROUP]
+    group, _ = ensure_group(root, GROUP)
+    fault("ingest:group")
+    ensure_arrays(group, _array_specs(size), "ingest")
     arrays = _arrays(group)
     if arrays["volume"].shape[-1] != size:
         raise OrthodiffError(f"{store}: volumes are {arrays['volume'].shape[-1]} px in-plane, not {size}")
-    n = int(group.attrs["n_series"])
+    n = count(group)
     present = set(arrays["series"][:n].tolist()) if n else set()
     clash = [s for s in meta["series_id"] if s in present]
     if clash:
@@ -83,15 +119,18 @@ def append_volumes(store: str, volumes: np.ndarray, meta: pd.DataFrame, masks: n
     for array in arrays.values():  # cut back an interrupted append, then grow
         array.resize((n + m, *array.shape[1:]))
     rows = slice(n, n + m)
-    arrays["volume"][rows] = volumes.astype("float16")
-    has_mask = np.zeros(m, bool) if masks is None else np.asarray(masks).reshape(m, -1).any(axis=1)
-    if masks is not None:
-        arrays["mask"][rows] = np.asarray(masks, dtype="uint8")
+    stored = volumes.astype("float16")
+    arrays["volume"][rows] = stored
+    masks = np.zeros(stored.shape, "uint8") if masks is None else np.asarray(masks, dtype="uint8")
+    has_mask = masks.reshape(m, -1).any(axis=1)
+    arrays["mask"][rows] = masks  # also clears what an interrupted append left in these rows
     arrays["has_mask"][rows] = has_mask
     arrays["scan"][rows] = meta["scan"].to_numpy(dtype="int16")
     arrays["series"][rows] = meta["series_id"].astype(str).to_numpy(dtype=object)
     for name in ("case_id", "patient_id", "plane", "split"):
         arrays[name][rows] = meta[name].astype(str).to_numpy(dtype=object)
+    _write_record(store, n, meta["series_id"].astype(str).tolist(), stored, masks)  # before the rows count
+    fault("ingest:rows")
     group.attrs["n_series"] = n + m
     consolidate(store)
     return n + m
@@ -105,7 +144,7 @@ def ingested_series(store: str) -> set[str]:
         return set()
     if GROUP not in root:
         return set()
-    n = int(root[GROUP].attrs["n_series"])
+    n = count(root[GROUP])
     return set(root[GROUP]["series"][:n].tolist()) if n else set()
 
 
@@ -116,7 +155,7 @@ def open_volumes(store: str, series_per_chunk: int = 8) -> xr.Dataset:
     append, so an append killed midway is invisible here.
     """
     root = open_root(store)
-    if GROUP not in root or not root[GROUP].attrs.get("n_series"):
+    if GROUP not in root or not count(root[GROUP]):
         raise OrthodiffError(f"{store}: no volumes in this store (run `orthodiff ingest` first)")
     ds = xr.open_zarr(str(store), group=GROUP, consolidated=True, chunks={})
     ds = ds.isel(series=slice(0, int(ds.attrs["n_series"]))).chunk(series=series_per_chunk)

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from orthodiff.catalogs.cohort import plain
 from orthodiff.catalogs.tasks import ehr_schema
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.training import apply, seeded, train
@@ -44,7 +45,7 @@ class EHREncoder:
             for mask, reason in ((garbage, "not a number"), (outside, f"outside [{spec['min']}, {spec['max']}] {spec['unit']}")):
                 if mask.any():
                     i = df.index[np.flatnonzero(mask.to_numpy())[0]]
-                    raise OrthodiffError(f"EHR column {column!r}, {_where(df, i)}: value {df.at[i, column]!r} is {reason}")
+                    raise OrthodiffError(f"EHR column {column!r}, {_where(df, i)}: value {plain(df.at[i, column])!r} is {reason}")
             out[column] = values.astype(float)
         return pd.DataFrame(out, index=df.index)
 
@@ -56,7 +57,7 @@ class EHREncoder:
         garbage = values.notna() & ~values.map(lambda v: isinstance(v, str))
         if garbage.any():
             i = df.index[np.flatnonzero(garbage.to_numpy())[0]]
-            raise OrthodiffError(f"EHR column {column!r}, {_where(df, i)}: value {df.at[i, column]!r} is not a category name")
+            raise OrthodiffError(f"EHR column {column!r}, {_where(df, i)}: value {plain(df.at[i, column])!r} is not a category name")
         lookup = {c: k for k, c in enumerate(classes)}
         return values.map(lambda v: lookup.get(v, len(classes))).to_numpy(dtype=np.int64)
 

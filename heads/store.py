@@ -57,6 +57,19 @@ def plane_features(store: str | Path, catalog: pd.DataFrame, backbone: str | Non
                 f"{store}: no {plane} features for {len(absent)} of the catalog's {len(wanted)} {plane} series, "
                 f"e.g. {absent.iloc[0]!r} (run `orthodiff extract --plane {plane}`)"
             )
+        gap = ds.gap.sel(series=wanted.to_numpy())
+        try:
+            values = gap.values
+        except Exception as err:  # a damaged chunk fails in its codec
+            raise OrthodiffError(f"{store}: the {plane} GAP features are unreadable ({type(err).__name__}: {err}); "
+                                 f"`orthodiff store verify {store}` names the damaged units") from None
+        finite = np.isfinite(values).reshape(gap.sizes["series"], -1).all(axis=1)
+        if not finite.all():
+            raise OrthodiffError(
+                f"{store}: the {plane} GAP features of {int((~finite).sum())} series hold NaN or Inf, e.g. "
+                f"{str(gap.series.values[~finite][0])!r}; `orthodiff store verify {store}` names the damaged units "
+                "and `orthodiff extract --repair` recomputes them"
+            )
         out[plane] = ds
     if not out:
         raise OrthodiffError(f"the catalog has no series of the planes {planes}")

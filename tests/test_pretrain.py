@@ -107,3 +107,31 @@ def test_healthy_pretraining_uses_only_all_negative_exams(store, tmp_path):
     all_sick = label_catalog(tmp_path / "sick.parquet", sick=range(8))
     with pytest.raises(OrthodiffError, match="healthy exams"):
         Pretrainer(store, "axial", "demo", steps=1, out=tmp_path / "x.pt", healthy_catalog=all_sick)
+
+
+def _ddp_resume_worker(rank: int, world: int, port: int, store: str, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    run = dict(batch=1, every=2, progress=False)
+    Pretrainer(store, "axial", "demo", steps=4, out=f"{out_dir}/full.pt", **run).run()
+    Pretrainer(store, "axial", "demo", steps=2, out=f"{out_dir}/half.pt", **run).run()
+    dist.barrier()  # rank 0 has written the step-2 checkpoint
+    Pretrainer(store, "axial", "demo", steps=4, out=f"{out_dir}/half.pt", resume=True, **run).run()
+    dist.destroy_process_group()
+
+
+def test_ddp_resume_restores_each_ranks_generators(store, tmp_path):
+    """Two gloo ranks: stop at step 2, resume to 4, and match an uninterrupted 2-rank run."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_resume_worker, args=(2, port, store, str(tmp_path)), nprocs=2, join=True)
+    full, resumed = (torch.load(tmp_path / f, weights_only=True) for f in ("full.pt", "half.pt"))
+    assert len(full["rng"]["ranks"]) == 2
+    assert not torch.equal(full["rng"]["ranks"][0]["sampler"], full["rng"]["ranks"][1]["sampler"])
+    assert full["history"]["loss"] == resumed["history"]["loss"]
+    for key, value in full["ema"].items():
+        torch.testing.assert_close(resumed["ema"][key], value, rtol=0, atol=0)
+    with pytest.raises(OrthodiffError, match=r"written by 2 process\(es\), resumed with 1"):
+        Pretrainer(store, "axial", "demo", steps=6, batch=1, out=tmp_path / "half.pt", resume=True, progress=False).run()

@@ -1,0 +1,251 @@
+"""Kill drills and simultaneous starts: a store is never left in a state a rerun cannot finish.
+
+Each drill ends a job abruptly (`os._exit`, no cleanup, like `kill -9`) at a named step via
+the `ORTHODIFF_FAULT` hook, in a child forked from a server process so no interpreter start is paid per drill,
+then checks what readers see and that a rerun gives the bytes of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import orthodiff
+from orthodiff.errors import OrthodiffError
+from orthodiff.faults import ENV, EXIT_CODE
+from orthodiff.featurestore.extract import extract
+from orthodiff.featurestore.features import IncompleteFeatures
+from orthodiff.featurestore.ingest import ingest
+from orthodiff.featurestore.verify import store_info, verify_store
+from orthodiff.featurestore.volumes import open_volumes
+from helpers import make_volume_store, random_checkpoint
+from test_ingest import make_cohort
+
+EXTRACT = dict(plane="sagittal", timesteps=(10,), blocks=("mid_0",), progress=False)
+CREATE_STEPS = ["create:backbone", "create:plane"] + [f"create:{a}" for a in
+                ("activation", "gap", "series", "case_id", "patient_id", "scan", "timestep", "block")] + [
+    "grow:timestep:data", "grow:timestep:resized", "grow:block:data", "grow:block:resized", "grow:series:data",
+    "grow:series:case_id", "grow:series:patient_id", "grow:series:scan"]
+
+
+def _forkserver():
+    """Children forked from a fresh server that imported orthodiff but never ran torch (forking
+    a process whose thread pools have run can hang the child)."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["orthodiff.featurestore.extract", "orthodiff.featurestore.ingest"])
+    return ctx
+
+
+def _run_with_fault(point: str, job, args, kwargs) -> None:
+    os.environ[ENV] = point
+    job(*args, **kwargs)
+
+
+def killed_at(point: str, job, *args, **kwargs) -> None:
+    """Run `job` in a child process that dies at `point`; fail unless it died there."""
+    proc = _forkserver().Process(target=_run_with_fault, args=(point, job, args, kwargs))
+    proc.start()
+    proc.join(120)
+    if proc.exitcode is None:
+        proc.kill()
+    assert proc.exitcode == EXIT_CODE, f"the job did not reach {point!r} (exit {proc.exitcode})"
+
+
+def feature_files(store: str) -> dict[str, bytes]:
+    root = Path(store)
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and ("/c/" in str(p) and "features" in str(p) or "_records" in str(p))}
+
+
+@pytest.fixture(scope="module")
+def drill(tmp_path_factory):
+    """4 axial series extracted, 4 sagittal ones not yet; the sagittal reference extraction."""
+    root = tmp_path_factory.mktemp("drill")
+    store = make_volume_store(root / "base.zarr", n=4, planes=("axial", "sagittal"))
+    extract(store, random_checkpoint(root / "ax.pt", "axial"), "axial", (10,), ("mid_0",), progress=False)
+    sag = random_checkpoint(root / "sag.pt", "sagittal", seed=1)
+    reference = str(root / "reference.zarr")
+    shutil.copytree(store, reference)
+    extract(reference, sag, **EXTRACT)
+    return store, sag, feature_files(reference), reference
+
+
+@pytest.mark.parametrize("point", CREATE_STEPS)
+def test_extract_killed_while_creating_a_plane_is_finished_by_the_rerun(drill, tmp_path, point):
+    base, sag, reference, _ = drill
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(base, store)
+    killed_at(point, extract, store, sag, **EXTRACT)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", IncompleteFeatures)
+        ds = orthodiff.open_store(store)  # the intact plane stays readable
+    assert set(ds.plane.values) == {"axial"} and ds.sizes["series"] == 4
+    info = store_info(store)  # no traceback, whatever step was cut
+    assert list(info.loc[info["plane"] == "axial", "series"]) == ["4/4"]
+    problems = verify_store(store)
+    if point == "create:backbone":  # no plane group yet: nothing half-made to report
+        assert problems == [] and not caught
+    else:
+        assert "sagittal not complete yet" in str(caught[0].message)
+        assert problems and all("sagittal" in p for p in problems)
+    extract(store, sag, **EXTRACT)
+    assert feature_files(store) == reference and verify_store(store) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IncompleteFeatures)
+        assert orthodiff.open_store(store).sizes["series"] == 8
+
+
+def test_readers_during_a_first_extraction_get_the_complete_planes(drill, tmp_path):
+    base, sag, _, _ = drill
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(base, store)
+    killed_at("extract:record", extract, store, sag, **EXTRACT)  # data written, job still "running"
+    with pytest.warns(IncompleteFeatures) as caught:
+        ds = orthodiff.open_store(store)
+    assert "rerun `orthodiff extract`" in str(caught[0].message)
+    assert "/sagittal" in ds.attrs["incomplete"] and "axial" not in ds.attrs["incomplete"]
+    assert np.isfinite(ds.gap.values).all() and ds.sizes["series"] == 4
+
+
+INGEST_STEPS = ["ingest:group"] + [f"ingest:{a}" for a in
+               ("volume", "mask", "has_mask", "scan", "series", "case_id", "patient_id", "plane", "split")] + ["ingest:rows"]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort")
+    catalog = make_cohort(root)
+    reference = str(root / "reference.zarr")
+    ingest(catalog, reference, size=16, progress=False)
+    return catalog, open_volumes(reference).load()
+
+
+@pytest.mark.parametrize("point", INGEST_STEPS)
+def test_first_ingest_killed_at_each_step_is_finished_by_the_rerun(cohort, tmp_path, point):
+    catalog, reference = cohort
+    store = str(tmp_path / "s.zarr")
+    killed_at(point, ingest, catalog, store, size=16, progress=False)
+    assert verify_store(store) == [] or all("volumes" in p for p in verify_store(store))
+    result = ingest(catalog, store, size=16, progress=False)
+    assert (result["status"] == "ingested").all()
+    xr.testing.assert_identical(open_volumes(store).load(), reference)
+    assert verify_store(store) == []
+
+
+def _plan_at(go, store: str, checkpoint: str) -> None:
+    from orthodiff.featurestore.extract import plan
+
+    go.wait(60)
+    plan(store, checkpoint, "sagittal", (10,), ("mid_0",))
+
+
+def test_many_simultaneous_first_extractions_of_one_plane(drill, tmp_path):
+    """Eight jobs start the same first extraction at the same instant; every one succeeds."""
+    base, sag, reference, _ = drill
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(base, store)
+    ctx = _forkserver()
+    go = ctx.Event()
+    procs = [ctx.Process(target=_plan_at, args=(go, store, sag)) for _ in range(8)]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 8
+    extract(store, sag, **EXTRACT)
+    assert feature_files(store) == reference and verify_store(store) == []
+
+
+def test_temporary_file_of_a_killed_write_is_removed_by_the_rerun(drill, tmp_path):
+    base, sag, reference, _ = drill
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(base, store)
+    killed_at("extract:record", extract, store, sag, **EXTRACT)
+    shard = next(p for p in Path(store, "features").rglob("activation/c/0/0/0/0/0/0/0") if "sagittal" in str(p))
+    shard.with_suffix(".0123abcd.partial").write_bytes(shard.read_bytes()[:100])  # what a kill mid-write leaves
+    extract(store, sag, **EXTRACT)
+    assert feature_files(store) == reference and not list(Path(store).rglob("*.partial"))
+
+
+def test_atomic_write_follows_the_umask(tmp_path):
+    from orthodiff.files import atomic_write
+
+    old = os.umask(0o027)
+    try:
+        path = atomic_write(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("x"))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def _shard(store: str, plane: str = "sagittal") -> Path:
+    return next(p for p in Path(store, "features").rglob("activation/c/0/0/0/0/0/0/0") if plane in str(p))
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _overwrite(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[200:264] = bytes(range(64))
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+DAMAGE = {"flip one byte": _flip, "overwrite 64 bytes": _overwrite, "truncate": _truncate, "delete": Path.unlink}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_verify_names_a_damaged_feature_shard_and_repair_recomputes_it(drill, tmp_path, damage):
+    _, sag, reference, reference_store = drill
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(reference_store, store)
+    DAMAGE[damage](_shard(store))
+    problems = verify_store(store)
+    assert any(re.search(r"sagittal: series 0-3 at t=10 mid_0: (content does not match its checksum|unreadable)", p)
+               for p in problems), problems
+    assert not any("axial" in p for p in problems)
+    assert extract(store, sag, **EXTRACT)["series"] == 0  # a plain rerun trusts the records
+    assert extract(store, sag, **EXTRACT, repair=True)["series"] == 4
+    assert feature_files(store) == reference and verify_store(store) == []
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_verify_names_a_damaged_volume_and_ingest_repair_reads_it_again(cohort, tmp_path, damage):
+    catalog, reference = cohort
+    store = str(tmp_path / "s.zarr")
+    ingest(catalog, store, size=16, progress=False)
+    row = 4
+    DAMAGE[damage](Path(store, f"volumes/volume/c/{row}/0/0/0"))
+    sid = str(reference.series.values[row])
+    problems = verify_store(store)
+    assert any(f"volumes: row {row} (series {sid!r})" in p for p in problems) and len(problems) == 2, problems
+    result = ingest(catalog, store, size=16, progress=False, repair=True)
+    assert result.loc[result["status"] == "repaired", "series_id"].tolist() == [sid]
+    xr.testing.assert_identical(open_volumes(store).load(), reference)
+    assert verify_store(store) == []
+
+
+def test_extract_from_a_truncated_volume_is_one_named_error(drill, tmp_path):
+    base, sag, _, _ = drill
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(base, store)
+    chunk = Path(store, "volumes/volume/c/5/0/0/0")  # a sagittal series (rows 4-7)
+    chunk.write_bytes(chunk.read_bytes()[:50])
+    with pytest.raises(OrthodiffError, match=r"volumes of series s0-sagittal\.\.s3-sagittal are unreadable.*ingest --repair"):
+        extract(store, sag, **EXTRACT)
