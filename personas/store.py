@@ -182,7 +182,7 @@ def plan(store: str, checkpoint: str, plane: str, roi: str = "box", grid: int = 
     tasks = []
     for shard, start in enumerate(range(0, len(ids), SHARD_SERIES)):
         run = tuple(ids[start:start + SHARD_SERIES])
-        if done.get(f"{shard:06d}.json") != fingerprint(prov, list(run), 0, "persona", "float16", KEYS):
+        if done.get(f"{shard:06d}.json", {}).get("fingerprint") != fingerprint(prov, list(run), 0, "persona", "float16", KEYS):
             tasks.append(Task(shard, start, run, ((0, "persona"),), tuple(row_of[s] for s in run)))
     return prov, tasks, notes
 
@@ -232,7 +232,7 @@ def open_personas(store: str, plane: str, backbone: str | None = None) -> xr.Dat
     complete = np.zeros(len(series), bool)
     for shard, start in enumerate(range(0, len(series), SHARD_SERIES)):
         run = series[start:start + SHARD_SERIES]
-        complete[start:start + len(run)] = done.get(f"{shard:06d}.json") == fingerprint(prov, run, 0, "persona", "float16", KEYS)
+        complete[start:start + len(run)] = done.get(f"{shard:06d}.json", {}).get("fingerprint") == fingerprint(prov, run, 0, "persona", "float16", KEYS)
     ds = ds.isel(series=np.flatnonzero(complete))
     volumes = open_volumes(store)
     ds["image"] = volumes.volume.sel(series=ds.series.values).astype("float16")

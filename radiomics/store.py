@@ -168,7 +168,7 @@ def plan(store: str, plane: str, sources=SOURCES, families=FAMILIES, bins: int =
     tasks = []
     for shard, start in enumerate(range(0, len(ids), SHARD_SERIES)):
         run = tuple(ids[start:start + SHARD_SERIES])
-        if done.get(f"{shard:06d}.json") != fingerprint(prov, list(run), 0, "radiomics", "float32", KEYS):
+        if done.get(f"{shard:06d}.json", {}).get("fingerprint") != fingerprint(prov, list(run), 0, "radiomics", "float32", KEYS):
             tasks.append(Task(shard, start, run, ((0, "radiomics"),), ()))
     return prov, tasks
 
@@ -217,7 +217,7 @@ def open_radiomics(store: str, plane: str | None = None, settings: str | None = 
         keep = np.zeros(len(series), bool)
         for shard, start in enumerate(range(0, len(series), SHARD_SERIES)):
             run = series[start:start + SHARD_SERIES]
-            keep[start:start + len(run)] = done.get(f"{shard:06d}.json") == fingerprint(prov, run, 0, "radiomics", "float32", KEYS)
+            keep[start:start + len(run)] = done.get(f"{shard:06d}.json", {}).get("fingerprint") == fingerprint(prov, run, 0, "radiomics", "float32", KEYS)
         ds = ds.isel(series=np.flatnonzero(keep))
         parts.append(ds.assign_coords(plane=("series", np.full(ds.sizes["series"], p, dtype=object))))
     out = xr.concat(parts, dim="series") if len(parts) > 1 else parts[0]
