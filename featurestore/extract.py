@@ -1,17 +1,21 @@
 """`orthodiff extract`: every timestep x block middle-block activation of a plane's series.
 
 The work is cut into tasks of `SHARD_SERIES` consecutive series (one shard per timestep and
-block): a task runs the backbone once per (series, timestep), timesteps batched, keeps all
-requested blocks from that one pass, writes its whole shards, then records completion.
-Noise depends only on (seed, series, timestep), so batching, workers and reruns do not
-change a byte. Tasks run in this process, on a local Dask cluster (`workers`), or on an
+block): a task runs encoder + middle block once per (series, timestep), in batches of
+`series_batch` of its series at one timestep, keeps all requested blocks from that one
+pass, writes its whole shards (in a background thread), then records completion. Noise
+depends only on (seed, series, timestep) and the batches only on the task's series, so
+workers, resumes and reruns do not change a byte; `series_batch`, the device and
+`precision` change float rounding. Tasks run in this process, on a local Dask cluster (`workers`), or on an
 existing one (`scheduler`).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +23,10 @@ import pandas as pd
 import torch
 
 from orthodiff.backbone import MIDDLE_BLOCKS, backbone_id, load_backbone
+from orthodiff.backbone.allocator import reuse_freed_memory
 from orthodiff.backbone.checkpoint import read_checkpoint
 from orthodiff.backbone.diffusion import T, GaussianDiffusion, keyed_noise, noise_key
+from orthodiff.backbone.precision import autocast, check_precision
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.features import (
@@ -30,6 +36,7 @@ from orthodiff.featurestore.store import consolidate, open_root
 from orthodiff.featurestore.volumes import GROUP as VOLUMES, open_volumes
 
 TIMESTEPS = (10, 30, 50, 100, 150, 200, 300, 500)
+PRECISION = "fp32"
 
 
 @functools.lru_cache(maxsize=2)
@@ -50,45 +57,91 @@ class Task:
     volume_rows: tuple[int, ...]
 
 
-def run_task(task: Task, store: str, checkpoint: str, plane: str, backbone: str, prov: dict,
-             dtype: str, series_batch: int = 1, device: str | None = None) -> int:
-    """Compute and write one task's shards, then its completion records; returns its series count."""
+def task_volumes(store: str, task: Task) -> np.ndarray:
+    """The task's preprocessed volumes, (series, z, y, x) float32; rows located at planning
+    time, so a task reads only its own volume chunks, not the index."""
     import zarr
 
+    rows = (list(task.volume_rows),)
+    return zarr.open_array(str(store), path=f"{VOLUMES}/volume", mode="r").get_orthogonal_selection(rows).astype(np.float32)
+
+
+def forward_timestep(model, volumes: np.ndarray, series: tuple[str, ...], timestep: int, blocks: tuple[str, ...],
+                     seed: int, series_batch: int, precision: str) -> tuple[dict[str, np.ndarray], float]:
+    """Middle-block outputs (float32, (series, C, z, y, x)) of all `series` at one timestep,
+    and the seconds spent inside the network.
+
+    The batches are fixed runs of `series_batch` series of the task at one timestep, so
+    what a unit's bytes depend on (its series, timestep, batch neighbours, precision) does
+    not depend on which other units are missing: a resumed task writes the same bytes as an
+    uninterrupted one.
+    """
+    diffusion, parts, network = GaussianDiffusion(), {b: [] for b in blocks}, 0.0
+    for i in range(0, len(series), series_batch):
+        ids = series[i : i + series_batch]
+        x0 = torch.from_numpy(volumes[i : i + len(ids)])[:, None]
+        t = torch.full((len(ids),), timestep, dtype=torch.long)
+        noise = keyed_noise([noise_key(seed, s, timestep) for s in ids], x0.shape[1:])
+        x_t = diffusion.q_sample(x0, t, noise).to(model.device)
+        start = time.perf_counter()
+        with torch.no_grad(), autocast(model.device, precision):
+            feats = model.middle_features(x_t, t.to(model.device), blocks)
+            feats = {b: v.float().cpu() for b, v in feats.items()}  # waits for the device
+        network += time.perf_counter() - start
+        for b in blocks:
+            parts[b].append(feats[b].numpy())
+    return {b: np.concatenate(v) for b, v in parts.items()}, network
+
+
+def _write_timestep(group, records: Records, task: Task, prov: dict, timestep: int, feats: dict[str, np.ndarray],
+                    index: tuple[int, dict[str, int]], dtype: str, precision: str) -> None:
+    """Write a timestep's missing units (activations, GAP), then each unit's completion record."""
+    rows = slice(task.start, task.start + len(task.series))
+    ti, block_index = index
+    for block, data in feats.items():
+        if (timestep, block) not in task.units:
+            continue
+        group["activation"][rows, ti, block_index[block]] = data.astype(dtype)
+        group["gap"][rows, ti, block_index[block]] = data.reshape(*data.shape[:2], -1).mean(-1)
+        fp = fingerprint(prov, list(task.series), timestep, block, dtype, precision)
+        records.write(done_name(task.shard, timestep, block), {"fingerprint": fp, "series": len(task.series)})
+
+
+def run_task(task: Task, store: str, checkpoint: str, plane: str, backbone: str, prov: dict,
+             dtype: str, series_batch: int = 8, device: str | None = None, precision: str = "fp32",
+             volumes: np.ndarray | None = None, threads: int | None = None) -> dict:
+    """Compute and write one task's shards, then their completion records.
+
+    The network runs in this thread while a background thread compresses and writes the
+    previous timestep's shards, so it never waits for the store. Returns the series count
+    and the seconds spent inside the network and in the whole task."""
+    import zarr
+
+    start = time.perf_counter()
+    reuse_freed_memory()
+    if threads:
+        torch.set_num_threads(threads)
     model = _model(checkpoint, device)
-    diffusion = GaussianDiffusion()
     group = zarr.open_group(str(store), path=plane_path(backbone, plane), mode="r+", use_consolidated=False)
     timesteps_have = group["timestep"][:].tolist()
-    blocks_have = group["block"][:].tolist()
-    # rows located at planning time: a task reads only its own volume chunks, not the index
-    volumes = zarr.open_array(str(store), path=f"{VOLUMES}/volume", mode="r").get_orthogonal_selection(
-        (list(task.volume_rows),)).astype(np.float32)
-    timesteps = sorted({t for t, _ in task.units})
+    block_index = {b: i for i, b in enumerate(group["block"][:].tolist())}
+    if volumes is None:
+        volumes = task_volumes(store, task)
     blocks = tuple(b for b in MIDDLE_BLOCKS if any(b == u for _, u in task.units))
-    out = {unit: [] for unit in task.units}
-    for i in range(0, len(task.series), series_batch):
-        ids = task.series[i : i + series_batch]
-        x0 = torch.from_numpy(volumes[i : i + series_batch])[:, None].repeat_interleave(len(timesteps), 0)
-        t = torch.tensor(timesteps * len(ids))
-        noise = keyed_noise([noise_key(prov["noise_seed"], s, ts) for s in ids for ts in timesteps], x0.shape[1:])
-        with torch.no_grad():
-            x_t = diffusion.q_sample(x0, t, noise).to(model.device)
-            feats = model.middle_features(x_t, t.to(model.device), blocks)
-        for block in blocks:
-            values = feats[block].float().cpu().numpy().reshape(len(ids), len(timesteps), *feats[block].shape[1:])
-            for k, ts in enumerate(timesteps):
-                if (ts, block) in out:
-                    out[(ts, block)].append(values[:, k])
-    rows = slice(task.start, task.start + len(task.series))
     records = Records(store, backbone, plane)
-    for (ts, block), parts in out.items():
-        data = np.concatenate(parts)
-        ti, bi = timesteps_have.index(ts), blocks_have.index(block)
-        group["activation"][rows, ti, bi] = data.astype(dtype)
-        group["gap"][rows, ti, bi] = data.reshape(*data.shape[:2], -1).mean(-1)
-        fp = fingerprint(prov, list(task.series), ts, block, dtype)
-        records.write(done_name(task.shard, ts, block), {"fingerprint": fp, "series": len(task.series)})
-    return len(task.series)
+    network, pending = 0.0, None
+    with ThreadPoolExecutor(1, thread_name_prefix="orthodiff-writer") as writer:
+        for ts in sorted({t for t, _ in task.units}):
+            feats, seconds = forward_timestep(model, volumes, task.series, ts, blocks, prov["noise_seed"],
+                                              series_batch, precision)
+            network += seconds
+            if pending is not None:
+                pending.result()  # at most one timestep waits to be written
+            pending = writer.submit(_write_timestep, group, records, task, prov, ts, feats,
+                                    (timesteps_have.index(ts), block_index), dtype, precision)
+        if pending is not None:
+            pending.result()
+    return {"series": len(task.series), "network_s": network, "task_s": time.perf_counter() - start}
 
 
 def _check_request(plane: str, timesteps, blocks, dtype: str) -> None:
@@ -105,9 +158,10 @@ def _check_request(plane: str, timesteps, blocks, dtype: str) -> None:
 
 
 def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MIDDLE_BLOCKS,
-         dtype: str = "float16", seed: int = 0) -> tuple[dict, list[Task]]:
+         dtype: str = "float16", seed: int = 0, precision: str = PRECISION) -> tuple[dict, list[Task]]:
     """Check the request, create or grow the plane's arrays, and list the missing work."""
     _check_request(plane, timesteps, blocks, dtype)
+    check_precision(precision)
     open_root(store)
     ckpt = read_checkpoint(checkpoint)
     trained_on = ckpt.get("plane")
@@ -129,6 +183,8 @@ def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MI
                            "patient_id": ds.patient_id.values, "scan": ds.scan.values}).to_dict("records")
     group = prepare_plane(store, prov, plane, series, [int(t) for t in timesteps], list(blocks),
                           model.config.middle_shape, dtype)
+    if group.attrs.get("precision") != precision:  # the provenance of the plane's latest units
+        group.attrs["precision"] = precision
     prov = dict(open_root(store)[f"features/{bid}"].attrs)  # as first written (its `created`)
     ids = group["series"][:].tolist()
     done = Records(store, bid, plane).read()
@@ -136,22 +192,25 @@ def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MI
     for shard, start in enumerate(range(0, len(ids), SHARD_SERIES)):
         run = tuple(ids[start : start + SHARD_SERIES])
         units = tuple((int(t), b) for t in timesteps for b in blocks
-                      if done.get(done_name(shard, int(t), b)) != fingerprint(prov, list(run), int(t), b, dtype))
+                      if done.get(done_name(shard, int(t), b)) != fingerprint(prov, list(run), int(t), b, dtype, precision))
         if units:
             tasks.append(Task(shard, start, run, units, tuple(row_of[s] for s in run)))
     return prov, tasks
 
 
 def extract(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MIDDLE_BLOCKS,
-            dtype: str = "float16", seed: int = 0, series_batch: int = 1, workers: int | None = None,
-            scheduler: str | None = None, device: str | None = None, progress: bool = True) -> dict:
-    """Extract what is missing for `plane`; returns counts of series and tasks and the time."""
+            dtype: str = "float16", seed: int = 0, series_batch: int = 8, workers: int | None = None,
+            scheduler: str | None = None, device: str | None = None, progress: bool = True,
+            precision: str = PRECISION) -> dict:
+    """Extract what is missing for `plane`; returns counts of series and tasks, the time,
+    and the share of it spent inside the network (serial runs)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     store, checkpoint = str(store), str(checkpoint)
-    prov, tasks = plan(store, checkpoint, plane, timesteps, blocks, dtype, seed)
+    prov, tasks = plan(store, checkpoint, plane, timesteps, blocks, dtype, seed, precision)
     bid = prov["backbone_id"]
-    args = (store, checkpoint, plane, bid, prov, dtype, max(series_batch, 1), device)
+    args = (store, checkpoint, plane, bid, prov, dtype, max(series_batch, 1), device, precision)
+    network = 0.0
     total = sum(len(t.series) for t in tasks)
     columns = (TextColumn(f"extract {plane}"), BarColumn(), TextColumn("{task.completed}/{task.total} series"),
                TextColumn("{task.fields[rate]:.2f} series/s"), TimeRemainingColumn())
@@ -159,23 +218,32 @@ def extract(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks
     with Progress(*columns, disable=not progress, transient=True) as bar:
         job = bar.add_task("extract", total=total, rate=0.0)
 
-        def advance(n: int) -> None:
-            bar.advance(job, n)
+        def advance(done: dict) -> None:
+            nonlocal network
+            network += done["network_s"]
+            bar.advance(job, done["series"])
             bar.update(job, rate=bar.tasks[job].completed / max(time.perf_counter() - start, 1e-9))
 
         if workers or scheduler:
             from dask.distributed import Client, LocalCluster, as_completed
 
             cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+            # local workers share the cores instead of each starting one torch thread per core
+            threads = max(1, (os.cpu_count() or 1) // workers) if workers and not scheduler else None
             with Client(scheduler or cluster) as client:
-                futures = [client.submit(run_task, t, *args, pure=False) for t in tasks]
+                futures = [client.submit(run_task, t, *args, threads=threads, pure=False) for t in tasks]
                 for future in as_completed(futures):
                     advance(future.result())
             if cluster is not None:
                 cluster.close()
-        else:
-            for task in tasks:
-                advance(run_task(task, *args))
+        else:  # the next task's volumes are read while this one runs
+            with ThreadPoolExecutor(1, thread_name_prefix="orthodiff-prefetch") as reader:
+                upcoming = reader.submit(task_volumes, store, tasks[0]) if tasks else None
+                for i, task in enumerate(tasks):
+                    volumes = upcoming.result()
+                    upcoming = reader.submit(task_volumes, store, tasks[i + 1]) if i + 1 < len(tasks) else None
+                    advance(run_task(task, *args, volumes=volumes))
     consolidate(store)
-    return {"backbone": bid, "plane": plane, "series": total, "tasks": len(tasks),
-            "seconds": round(time.perf_counter() - start, 2)}
+    seconds = time.perf_counter() - start
+    return {"backbone": bid, "plane": plane, "series": total, "tasks": len(tasks), "seconds": round(seconds, 2),
+            "network_share": round(network / seconds, 3) if tasks and not (workers or scheduler) else None}

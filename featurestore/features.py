@@ -49,11 +49,14 @@ def plane_path(backbone: str, plane: str) -> str:
     return f"{GROUP}/{backbone}/{plane}"
 
 
-def fingerprint(provenance: dict, series: list[str], timestep: int, block: str, dtype: str) -> str:
-    """What a completed unit must match: weights, noise, preprocessing, codec, dtype, series."""
+def fingerprint(provenance: dict, series: list[str], timestep: int, block: str, dtype: str,
+                precision: str = "fp32") -> str:
+    """What a completed unit must match: weights, noise, preprocessing, codec, dtype, series,
+    and the compute precision (left out of the hash for fp32, so fp32 stores written before
+    `--precision` existed stay complete)."""
     keys = ("backbone_id", "noise_seed", "noise_policy", "preprocessing", "schema")
-    payload = json.dumps([{k: provenance.get(k) for k in keys}, series, timestep, block, dtype, COMPRESSOR.to_dict()],
-                         sort_keys=True, default=str)
+    parts = [{k: provenance.get(k) for k in keys}, series, timestep, block, dtype, COMPRESSOR.to_dict()]
+    payload = json.dumps(parts + ([precision] if precision != "fp32" else []), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

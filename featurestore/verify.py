@@ -79,7 +79,7 @@ def verify_store(store: str) -> list[str]:
                         name = done_name(shard, t, b)
                         if name not in done:
                             problems.append(f"{where}: series {start}-{start + len(run) - 1} at t={t} {b} not complete")
-                        elif done[name] != fingerprint(prov, run, t, b, dtype):
+                        elif done[name] != fingerprint(prov, run, t, b, dtype, pg.attrs.get("precision", "fp32")):
                             problems.append(f"{where}: series {start}-{start + len(run) - 1} at t={t} {b}: record does not match the data's settings")
             try:
                 finite = bool(da.isfinite(da.from_zarr(act).astype("float32")).all().compute())
