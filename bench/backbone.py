@@ -65,6 +65,18 @@ def timed(fn, inputs) -> tuple[float, list]:
     return time.perf_counter() - start, results
 
 
+def paired(fns: list, inputs) -> tuple[list[float], list[list]]:
+    """Total seconds and outputs of each of `fns` over `inputs`, interleaved input by input,
+    so a machine whose load changes charges all of them alike."""
+    seconds, outputs = [0.0] * len(fns), [[] for _ in fns]
+    for args in inputs:
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            outputs[i].append(fn(*args))
+            seconds[i] += time.perf_counter() - start
+    return seconds, outputs
+
+
 def matmul_peak(precision: str, n: int = 2048, reps: int = 4) -> float:
     """FLOP/s of an n x n x n matmul (under the same autocast), best of `reps`."""
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -122,8 +134,8 @@ def main() -> None:
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), {args.series} series x "
           f"{args.timesteps} timesteps x 3 blocks, batch 1, torch threads {torch.get_num_threads()}")
     one_pass(model, *inputs[0])  # warm-up
-    t_ours, ours = timed(lambda x, t: one_pass(model, x, t), inputs)
-    t_ref, ref = timed(lambda x, t: reference_workflow(model, x, t), inputs)
+    (t_ours, t_ref), (ours, ref) = paired([lambda x, t: one_pass(model, x, t),
+                                           lambda x, t: reference_workflow(model, x, t)], inputs)
     equal = all(torch.equal(a[b], r[b]) for a, r in zip(ours, ref) for b in MIDDLE_BLOCKS)
     print(f"one pass {t_ours:.2f} s vs reference workflow (encoder + middle once per block) {t_ref:.2f} s: "
           f"{t_ref / t_ours:.2f}x, outputs equal: {equal}")
@@ -141,8 +153,9 @@ def main() -> None:
     for precision in ["fp32", *[p for p in args.precisions.split(",") if p]]:
         if precision != "fp32":
             one_pass(model, *inputs[0], precision)
-            t_p, low = timed(lambda x, t, p=precision: one_pass(model, x, t, p), inputs)
-            per_pass[precision] = t_p / passes
+            (t_32, t_p), (_, low) = paired([lambda x, t: one_pass(model, x, t),
+                                            lambda x, t, p=precision: one_pass(model, x, t, p)], inputs)
+            per_pass[precision] = t_p / passes * per_pass["fp32"] / (t_32 / passes)  # scaled to the first fp32 run
             errors = []
             for b in MIDDLE_BLOCKS:
                 ref_b, low_b = torch.stack([o[b] for o in ours]), torch.stack([o[b] for o in low])
