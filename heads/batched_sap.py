@@ -52,11 +52,11 @@ class BatchedSAPNet(nn.Module):
         t = x.float().reshape(n, k, c, -1).permute(1, 0, 3, 2).contiguous()  # (K, N, tokens, C)
         length, h = t.shape[2], self.heads
 
-        def split(a: torch.Tensor) -> torch.Tensor:
-            return a.view(k, n, length, h, c // h).transpose(2, 3)
+        def split(a: torch.Tensor) -> torch.Tensor:  # 4-D for SDPA's fused CPU kernel (5-D falls back)
+            return a.view(k * n, length, h, c // h).transpose(1, 2)
 
         q, key, v = (split(self._linear(t, name)) for name in ("q_proj", "k_proj", "v_proj"))
-        attended = F.scaled_dot_product_attention(q, key, v).transpose(2, 3).reshape(k, n, length, c)
+        attended = F.scaled_dot_product_attention(q, key, v).transpose(1, 2).reshape(k, n, length, c)
         pooled = self._linear(attended.mean(2), "out_proj")
         return torch.cat([t.mean(2), pooled], dim=-1)
 
