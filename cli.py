@@ -208,7 +208,8 @@ def extract(
     dtype: Annotated[str, typer.Option(help="float16 or float32.")] = "float16",
     workers: Annotated[int | None, typer.Option(help="Start a local Dask cluster of this many processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Use an existing Dask cluster (tcp://host:port).")] = None,
-    series_batch: Annotated[int, typer.Option(help="Series per forward pass (times the timesteps).")] = 1,
+    series_batch: Annotated[int, typer.Option(help="Series per forward pass (one timestep each).")] = 8,
+    precision: Annotated[str, typer.Option(help="Network precision: fp32, bf16 or fp16 (autocast).")] = "fp32",
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     repair: Annotated[bool, typer.Option("--repair", help="Also recompute the units that fail their checksum (see `store verify`).")] = False,
 ) -> None:
@@ -219,9 +220,10 @@ def extract(
 
     summary = run_extract(store, backbone, plane, _ints(timesteps, "--timesteps"), [b.strip() for b in blocks.split(",") if b.strip()],
                           dtype=dtype, seed=seed, series_batch=series_batch, workers=workers, scheduler=scheduler,
-                          repair=repair)
+                          precision=precision, repair=repair)
+    share = f", {summary['network_share']:.0%} inside the network" if summary["network_share"] is not None else ""
     console.print(f"extracted {summary['series']} {plane} series ({summary['tasks']} tasks) in {summary['seconds']} s "
-                  f"into features/{summary['backbone']}")
+                  f"({precision}{share}) into features/{summary['backbone']}")
     console.print(frame_table(store_info(store), f"{store}"))
 
 
@@ -354,7 +356,8 @@ def sweep(
     from orthodiff.tables import frame_table
 
     features, df, labels, provenance = load_inputs(store, catalog, backbone, [p.strip() for p in planes.split(",")])
-    steps = len(features) if pooling == "gap" else sum(ds.sizes["timestep"] * ds.sizes["block"] for ds in features.values())
+    batched = pooling in ("gap", "sap")  # one batched model per plane
+    steps = len(features) if batched else sum(ds.sizes["timestep"] * ds.sizes["block"] for ds in features.values())
     with progress_bar(console, f"{pooling} sweep", steps) as advance:
         _, top = run_sweep(features, df, labels, pooling, out, {"epochs": epochs, "lr": lr}, provenance, advance)
     console.print(frame_table(top, f"Top 4 (timestep, block) per plane, validation macro AUROC — {out}"))

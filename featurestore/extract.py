@@ -1,17 +1,21 @@
 """`orthodiff extract`: every timestep x block middle-block activation of a plane's series.
 
 The work is cut into tasks of `SHARD_SERIES` consecutive series (one shard per timestep and
-block): a task runs the backbone once per (series, timestep), timesteps batched, keeps all
-requested blocks from that one pass, writes its whole shards, then records completion.
-Noise depends only on (seed, series, timestep), so batching, workers and reruns do not
-change a byte. Tasks run in this process, on a local Dask cluster (`workers`), or on an
+block): a task runs encoder + middle block once per (series, timestep), in batches of
+`series_batch` of its series at one timestep, keeps all requested blocks from that one
+pass, writes its whole shards (in a background thread), then records completion. Noise
+depends only on (seed, series, timestep) and the batches only on the task's series, so
+workers, resumes and reruns do not change a byte; `series_batch`, the device and
+`precision` change float rounding. Tasks run in this process, on a local Dask cluster (`workers`), or on an
 existing one (`scheduler`).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,20 +24,23 @@ import torch
 import zarr
 
 from orthodiff.backbone import MIDDLE_BLOCKS, backbone_id, load_backbone
+from orthodiff.backbone.allocator import reuse_freed_memory
 from orthodiff.backbone.checkpoint import read_checkpoint
 from orthodiff.backbone.diffusion import NUM_TIMESTEPS, GaussianDiffusion, keyed_noise, noise_key
+from orthodiff.backbone.precision import autocast, check_precision
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.faults import fault
 from orthodiff.featurestore.features import (
-    SHARD_SERIES, Records, content_digest, done_name, drop_temporaries, remove_unit, fingerprint, plane_path, prepare_plane, provenance,
-    view_is_current,
+    SHARD_SERIES, Records, content_digest, done_name, drop_temporaries, fingerprint, plane_path, prepare_plane,
+    provenance, remove_unit, view_is_current,
 )
 from orthodiff.featurestore.store import consolidate, open_root
 from orthodiff.featurestore.verify import check_plane
 from orthodiff.featurestore.volumes import GROUP as VOLUMES, open_volumes
 
 TIMESTEPS = (10, 30, 50, 100, 150, 200, 300, 500)
+PRECISION = "fp32"
 
 
 @functools.lru_cache(maxsize=2)
@@ -54,57 +61,99 @@ class Task:
     volume_rows: tuple[int, ...]
 
 
-def run_task(task: Task, store: str, checkpoint: str, plane: str, backbone: str, prov: dict,
-             dtype: str, series_batch: int = 1, device: str | None = None) -> int:
-    """Compute and write one task's shards, then its completion records; returns its series count."""
-    model = _model(checkpoint, device)
-    diffusion = GaussianDiffusion()
-    group = zarr.open_group(str(store), path=plane_path(backbone, plane), mode="r+", use_consolidated=False)
-    timesteps_have = group["timestep"][:].tolist()
-    blocks_have = group["block"][:].tolist()
-    # rows located at planning time: a task reads only its own volume chunks, not the index
+def task_volumes(store: str, task: Task) -> np.ndarray:
+    """The task's preprocessed volumes, (series, z, y, x) float32; rows located at planning
+    time, so a task reads only its own volume chunks, not the index."""
     try:
-        volumes = zarr.open_array(str(store), path=f"{VOLUMES}/volume", mode="r").get_orthogonal_selection(
+        return zarr.open_array(str(store), path=f"{VOLUMES}/volume", mode="r").get_orthogonal_selection(
             (list(task.volume_rows),)).astype(np.float32)
     except Exception as err:  # a damaged chunk fails in its codec
         raise OrthodiffError(
             f"{store}: volumes of series {task.series[0]}..{task.series[-1]} are unreadable ({type(err).__name__}: "
             f"{err}); `orthodiff store verify` names the damaged ones, `orthodiff ingest --repair` reads them again"
         ) from None
-    timesteps = sorted({t for t, _ in task.units})
-    blocks = tuple(b for b in MIDDLE_BLOCKS if any(b == u for _, u in task.units))
-    out = {unit: [] for unit in task.units}
-    for i in range(0, len(task.series), series_batch):
-        ids = task.series[i : i + series_batch]
-        x0 = torch.from_numpy(volumes[i : i + series_batch])[:, None].repeat_interleave(len(timesteps), 0)
-        t = torch.tensor(timesteps * len(ids))
-        noise = keyed_noise([noise_key(prov["noise_seed"], s, ts) for s in ids for ts in timesteps], x0.shape[1:])
-        with torch.no_grad():
-            x_t = diffusion.q_sample(x0, t, noise).to(model.device)
+
+
+def forward_timestep(model, volumes: np.ndarray, series: tuple[str, ...], timestep: int, blocks: tuple[str, ...],
+                     seed: int, series_batch: int, precision: str) -> tuple[dict[str, np.ndarray], float]:
+    """Middle-block outputs (float32, (series, C, z, y, x)) of all `series` at one timestep,
+    and the seconds spent inside the network.
+
+    The batches are fixed runs of `series_batch` series of the task at one timestep, so
+    what a unit's bytes depend on (its series, timestep, batch neighbours, precision) does
+    not depend on which other units are missing: a resumed task writes the same bytes as an
+    uninterrupted one.
+    """
+    diffusion, parts, network = GaussianDiffusion(), {b: [] for b in blocks}, 0.0
+    for i in range(0, len(series), series_batch):
+        ids = series[i : i + series_batch]
+        x0 = torch.from_numpy(volumes[i : i + len(ids)])[:, None]
+        t = torch.full((len(ids),), timestep, dtype=torch.long)
+        noise = keyed_noise([noise_key(seed, s, timestep) for s in ids], x0.shape[1:])
+        x_t = diffusion.q_sample(x0, t, noise).to(model.device)
+        start = time.perf_counter()
+        with torch.no_grad(), autocast(model.device, precision):
             feats = model.middle_features(x_t, t.to(model.device), blocks)
-        for block in blocks:
-            values = feats[block].float().cpu().numpy().reshape(len(ids), len(timesteps), *feats[block].shape[1:])
-            for k, ts in enumerate(timesteps):
-                if (ts, block) in out:
-                    out[(ts, block)].append(values[:, k])
+            feats = {b: v.float().cpu() for b, v in feats.items()}  # waits for the device
+        network += time.perf_counter() - start
+        for b in blocks:
+            parts[b].append(feats[b].numpy())
+    return {b: np.concatenate(v) for b, v in parts.items()}, network
+
+
+def _write_timestep(group, records: Records, task: Task, prov: dict, timestep: int, feats: dict[str, np.ndarray],
+                    index: tuple[int, dict[str, int]], dtype: str, precision: str) -> None:
+    """Write a timestep's missing units (activations, GAP), then each unit's completion record."""
     rows = slice(task.start, task.start + len(task.series))
-    records = Records(store, backbone, plane)
-    for (ts, block), parts in out.items():
-        data = np.concatenate(parts)
-        ti, bi = timesteps_have.index(ts), blocks_have.index(block)
+    ti, block_index = index
+    for block, data in feats.items():
+        if (timestep, block) not in task.units:
+            continue
         activation = data.astype(dtype)
         gap = data.reshape(*data.shape[:2], -1).mean(-1, dtype=np.float32)
-        group["activation"][rows, ti, bi] = activation
-        group["gap"][rows, ti, bi] = gap
-        fp = fingerprint(prov, list(task.series), ts, block, dtype)
+        group["activation"][rows, ti, block_index[block]] = activation
+        group["gap"][rows, ti, block_index[block]] = gap
+        fp = fingerprint(prov, list(task.series), timestep, block, dtype, precision=precision)
         fault("extract:record")
-        records.write(done_name(task.shard, ts, block), unit_record(fp, len(task.series), activation, gap))
-    return len(task.series)
+        records.write(done_name(task.shard, timestep, block), unit_record(fp, len(task.series), activation, gap))
 
 
 def unit_record(fp: str, n_series: int, activation: np.ndarray, gap: np.ndarray) -> dict:
     """A unit's completion record: its settings' fingerprint and the checksum of the values written."""
     return {"fingerprint": fp, "series": n_series, "digest": content_digest(activation, gap)}
+
+
+def run_task(task: Task, store: str, checkpoint: str, plane: str, backbone: str, prov: dict,
+             dtype: str, series_batch: int = 8, device: str | None = None, precision: str = "fp32",
+             volumes: np.ndarray | None = None) -> dict:
+    """Compute and write one task's shards, then their completion records.
+
+    The network runs in this thread while a background thread compresses and writes the
+    previous timestep's shards, so it never waits for the store. Returns the series count
+    and the seconds spent inside the network and in the whole task."""
+    start = time.perf_counter()
+    reuse_freed_memory()
+    model = _model(checkpoint, device)
+    group = zarr.open_group(str(store), path=plane_path(backbone, plane), mode="r+", use_consolidated=False)
+    timesteps_have = group["timestep"][:].tolist()
+    block_index = {b: i for i, b in enumerate(group["block"][:].tolist())}
+    if volumes is None:
+        volumes = task_volumes(store, task)
+    blocks = tuple(b for b in MIDDLE_BLOCKS if any(b == u for _, u in task.units))
+    records = Records(store, backbone, plane)
+    network, pending = 0.0, None
+    with ThreadPoolExecutor(1, thread_name_prefix="orthodiff-writer") as writer:
+        for ts in sorted({t for t, _ in task.units}):
+            feats, seconds = forward_timestep(model, volumes, task.series, ts, blocks, prov["noise_seed"],
+                                              series_batch, precision)
+            network += seconds
+            if pending is not None:
+                pending.result()  # at most one timestep waits to be written
+            pending = writer.submit(_write_timestep, group, records, task, prov, ts, feats,
+                                    (timesteps_have.index(ts), block_index), dtype, precision)
+        if pending is not None:
+            pending.result()
+    return {"series": len(task.series), "network_s": network, "task_s": time.perf_counter() - start}
 
 
 def _check_request(plane: str, timesteps, blocks, dtype: str) -> None:
@@ -128,10 +177,12 @@ def _check_request(plane: str, timesteps, blocks, dtype: str) -> None:
 
 
 def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MIDDLE_BLOCKS,
-         dtype: str = "float16", seed: int = 0, repair: bool = False) -> tuple[dict, list[Task]]:
+         dtype: str = "float16", seed: int = 0, precision: str = PRECISION,
+         repair: bool = False) -> tuple[dict, list[Task]]:
     """Check the request, create or grow the plane's arrays, and list the missing work
     (with `repair`, also the units whose content fails its checksum)."""
     _check_request(plane, timesteps, blocks, dtype)
+    check_precision(precision)
     open_root(store)
     ckpt = read_checkpoint(checkpoint)
     trained_on = ckpt.get("plane")
@@ -153,6 +204,8 @@ def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MI
                            "patient_id": ds.patient_id.values, "scan": ds.scan.values}).to_dict("records")
     group = prepare_plane(store, prov, plane, series, [int(t) for t in timesteps], list(blocks),
                           model.config.middle_shape, dtype)
+    if group.attrs.get("precision") != precision:  # the provenance of the plane's latest units
+        group.attrs["precision"] = precision
     prov = dict(open_root(store)[f"features/{bid}"].attrs)  # as first written (its `created`)
     ids = group["series"][:].tolist()
     records = Records(store, bid, plane)
@@ -166,7 +219,7 @@ def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MI
         run = tuple(ids[start : start + SHARD_SERIES])
         units = tuple((int(t), b) for t in timesteps for b in blocks
                       if done.get(done_name(shard, int(t), b), {}).get("fingerprint")
-                      != fingerprint(prov, list(run), int(t), b, dtype))
+                      != fingerprint(prov, list(run), int(t), b, dtype, precision=precision))
         if units:
             drop_temporaries(store, bid, plane, shard)
             tasks.append(Task(shard, start, run, units, tuple(row_of[s] for s in run)))
@@ -174,53 +227,77 @@ def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MI
 
 
 def extract(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MIDDLE_BLOCKS,
-            dtype: str = "float16", seed: int = 0, series_batch: int = 1, workers: int | None = None,
+            dtype: str = "float16", seed: int = 0, series_batch: int = 8, workers: int | None = None,
             scheduler: str | None = None, device: str | None = None, progress: bool = True,
-            repair: bool = False) -> dict:
-    """Extract what is missing for `plane`; returns counts of series and tasks and the time."""
+            precision: str = PRECISION, repair: bool = False) -> dict:
+    """Extract what is missing for `plane`; returns counts of series and tasks, the time,
+    and the share of it spent inside the network (serial runs)."""
     from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
     store, checkpoint = str(store), str(checkpoint)
-    prov, tasks = plan(store, checkpoint, plane, timesteps, blocks, dtype, seed, repair)
+    prov, tasks = plan(store, checkpoint, plane, timesteps, blocks, dtype, seed, precision, repair)
     bid = prov["backbone_id"]
-    args = (store, checkpoint, plane, bid, prov, dtype, max(series_batch, 1), device)
+    args = (store, checkpoint, plane, bid, prov, dtype, max(series_batch, 1), device, precision)
     total = sum(len(t.series) for t in tasks)
     columns = (TextColumn(f"extract {plane}"), BarColumn(), TextColumn("{task.completed}/{task.total} series"),
                TextColumn("{task.fields[rate]:.2f} series/s"), TimeRemainingColumn())
     start = time.perf_counter()
-    run_tasks(run_task, tasks, args, total, columns, workers, scheduler, progress)
-    shape = zarr.open_array(str(store), path=f"{plane_path(bid, plane)}/activation", mode="r").shape
+    results = run_tasks(run_task, tasks, args, total, columns, workers, scheduler, progress,
+                        read_ahead=functools.partial(task_volumes, store))
+    shape = zarr.open_array(store, path=f"{plane_path(bid, plane)}/activation", mode="r").shape
     if tasks or not view_is_current(store, bid, plane, shape):  # a job with nothing to do writes nothing
         consolidate(store)
-    return {"backbone": bid, "plane": plane, "series": total, "tasks": len(tasks),
-            "seconds": round(time.perf_counter() - start, 2)}
+    seconds = time.perf_counter() - start
+    network = sum(r["network_s"] for r in results)
+    return {"backbone": bid, "plane": plane, "series": total, "tasks": len(tasks), "seconds": round(seconds, 2),
+            "network_share": round(network / seconds, 3) if tasks and not (workers or scheduler) else None}
+
+
+def _with_threads(function, threads: int | None, *args, **kwargs):
+    if threads:
+        torch.set_num_threads(threads)
+    return function(*args, **kwargs)
 
 
 def run_tasks(function, tasks: list, args: tuple, total: int, columns: tuple, workers: int | None = None,
-              scheduler: str | None = None, progress: bool = True) -> None:
-    """Run `function(task, *args)` (which returns the series it did) for every task: here, on
-    a local Dask cluster of `workers` processes, or on the cluster at `scheduler`; a rich bar
-    of `columns` (with a `rate` field) counts series. Shared by extract, persona and radiomics."""
+              scheduler: str | None = None, progress: bool = True, read_ahead=None) -> list:
+    """Run `function(task, *args)` for every task and return its results (each an int, the
+    series it did, or a dict with a `series` count): here, on a local Dask cluster of
+    `workers` processes (sharing the cores), or on the cluster at `scheduler`; a rich bar of
+    `columns` (with a `rate` field) counts series. In this process, `read_ahead(task)` (the
+    task's input) runs for the next task while the current one computes and is passed as
+    `volumes=`. Shared by extract, persona and radiomics."""
     from rich.progress import Progress
 
-    start = time.perf_counter()
+    start, results = time.perf_counter(), []
     with Progress(*columns, disable=not progress, transient=True) as bar:
         job = bar.add_task("run", total=total, rate=0.0)
 
-        def advance(n: int) -> None:
-            bar.advance(job, n)
+        def advance(result) -> None:
+            results.append(result)
+            bar.advance(job, result if isinstance(result, int) else result["series"])
             bar.update(job, rate=bar.tasks[job].completed / max(time.perf_counter() - start, 1e-9))
 
         if workers or scheduler:
             from dask.distributed import Client, LocalCluster, as_completed
 
             cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+            # local workers share the cores instead of each starting one torch thread per core
+            threads = max(1, (os.cpu_count() or 1) // workers) if workers and not scheduler else None
             with Client(scheduler or cluster) as client:
-                futures = [client.submit(function, t, *args, pure=False) for t in tasks]
+                futures = [client.submit(_with_threads, function, threads, t, *args, pure=False) for t in tasks]
                 for future in as_completed(futures):
                     advance(future.result())
             if cluster is not None:
                 cluster.close()
-        else:
+        elif read_ahead is None:
             for task in tasks:
                 advance(function(task, *args))
+        else:
+            with ThreadPoolExecutor(1, thread_name_prefix="orthodiff-prefetch") as reader:
+                upcoming = reader.submit(read_ahead, tasks[0]) if tasks else None
+                for i, task in enumerate(tasks):
+                    volumes = upcoming.result()
+                    upcoming = reader.submit(read_ahead, tasks[i + 1]) if i + 1 < len(tasks) else None
+                    advance(function(task, *args, volumes=volumes))
+    return results

@@ -55,11 +55,13 @@ FINGERPRINT_KEYS = ("backbone_id", "noise_seed", "noise_policy", "preprocessing"
 
 
 def fingerprint(provenance: dict, series: list[str], timestep: int, block: str, dtype: str,
-                keys: tuple[str, ...] = FINGERPRINT_KEYS) -> str:
+                keys: tuple[str, ...] = FINGERPRINT_KEYS, precision: str = "fp32") -> str:
     """What a completed unit must match: weights, noise, preprocessing, codec, dtype, series
-    (`keys`: the provenance entries that matter; other stored groups name their own)."""
-    payload = json.dumps([{k: provenance.get(k) for k in keys}, series, timestep, block, dtype, COMPRESSOR.to_dict()],
-                         sort_keys=True, default=str)
+    (`keys`: the provenance entries that matter; other stored groups name their own), and the
+    compute precision (left out of the hash for fp32, so fp32 stores written before
+    `--precision` existed stay complete)."""
+    parts = [{k: provenance.get(k) for k in keys}, series, timestep, block, dtype, COMPRESSOR.to_dict()]
+    payload = json.dumps(parts + ([precision] if precision != "fp32" else []), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -104,7 +104,7 @@ def check_plane(store: str, root, prov: dict, plane: str) -> tuple[list[str], li
                 if record is None:
                     problems.append(f"{where}: {unit} not complete")
                     continue
-                if record.get("fingerprint") != fingerprint(prov, run, t, b, dtype):
+                if record.get("fingerprint") != fingerprint(prov, run, t, b, dtype, precision=pg.attrs.get("precision", "fp32")):
                     problems.append(f"{where}: {unit}: record does not match the data's settings")
                     continue
                 try:

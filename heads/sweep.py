@@ -4,7 +4,8 @@ split and scored (macro AUROC, exam level) on validation; top-k per plane; heatm
 GAP sweeps train every configuration of a plane inside ONE batched linear model: the
 GAP vectors of all (timestep, block) pairs are read once per epoch, and because the loss
 is a sum of independent per-configuration losses and Adam is element-wise, each slice
-follows exactly the trajectory it would follow alone (``PlaneProbe("gap")``).
+follows exactly the trajectory it would follow alone (``PlaneProbe("gap")``). SAP sweeps
+do the same with ``BatchedSAPProbes`` over the activations of all configurations.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
+from orthodiff.heads.batched_sap import BatchedSAPProbes
 from orthodiff.heads.metrics import auroc_per_label
 from orthodiff.heads.pooling import POOLINGS
 from orthodiff.heads.probe import PlaneProbe
@@ -109,7 +111,7 @@ def sweep(
     """Tidy validation AUROC: columns plane, timestep, block, label (and "macro"), auroc.
 
     ``features[plane]`` holds ``gap(series, timestep, block, channel)`` (and
-    ``activation`` for GLP/SAP). ``batched=False`` trains GAP probes one by one.
+    ``activation`` for GLP/SAP). ``batched=False`` trains GAP and SAP probes one by one.
     """
     check_labels(catalog, labels)
     if pooling not in POOLINGS:
@@ -135,6 +137,11 @@ def sweep(
                 return x.transpose("series", "timestep", "block", "channel").to_numpy().reshape(len(x), len(configs), -1)
             model = BatchedGAPProbes(**params).fit(flat(train_x), y)
             aucs = _exam_auroc(model.predict_proba(flat(val_x)), val_rows, labels)
+        elif pooling == "sap" and batched:
+            def configurations(x):  # lazy (series, configuration, channel, z, y, x), configs in order
+                return x.stack(configuration=("timestep", "block")).transpose("series", "configuration", ...).data
+            model = BatchedSAPProbes(**params).fit(configurations(train_x), y)
+            aucs = _exam_auroc(model.predict_proba(configurations(val_x)), val_rows, labels)
         else:
             aucs = []
             for t, b in configs:
@@ -153,7 +160,7 @@ def sweep(
             macro = np.nanmean(row) if np.isfinite(row).any() else np.nan
             for label, value in [*zip(labels, row), ("macro", macro)]:
                 out.append({"plane": plane, "timestep": int(t), "block": str(b), "label": label, "auroc": float(value)})
-        if progress and pooling == "gap" and batched:
+        if progress and pooling in ("gap", "sap") and batched:
             progress()
     return pd.DataFrame(out)
 

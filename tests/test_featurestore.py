@@ -218,3 +218,36 @@ def test_new_series_are_extracted_by_the_same_command(base, tmp_path):
     assert summary["tasks"] == 1 and summary["series"] == 13  # the partly filled last run, redone whole
     assert {p: p.read_bytes() for p in before} == before  # the first full shard is untouched
     assert verify_store(store) == [] and orthodiff.open_store(store).sizes["series"] == 45
+
+
+def test_resumed_task_writes_the_bytes_of_an_uninterrupted_run(base, tmp_path):
+    """A task left with one of the 8 default timesteps unrecorded (killed between records)
+    recomputes it in the batches of the full run: the same bytes, not just close."""
+    from orthodiff.featurestore.extract import TIMESTEPS
+
+    root, _, ckpt = base
+    store = make_volume_store(tmp_path / "resumed.zarr", n=20, planes=("axial",))
+    extract(store, ckpt, "axial", TIMESTEPS, progress=False)
+    reference = chunks(store)
+    for record in Path(store, "_records").rglob("000001-t0150-*.json"):
+        record.unlink()
+    summary = extract(store, ckpt, "axial", TIMESTEPS, progress=False)
+    assert summary["tasks"] == 1 and summary["series"] == 4
+    assert chunks(store) == reference and verify_store(store) == []
+
+
+def test_precision_is_recorded_fingerprinted_and_close_to_fp32(base, tmp_path):
+    _, _, ckpt = base
+    store = fresh(base, tmp_path)
+    bid = extract(store, ckpt, "axial", (10,), progress=False)["backbone"]
+    fp32 = xr.open_zarr(store, group=f"features/{bid}/axial").activation.values.astype(np.float32)
+    assert zarr.open_group(store, path=f"features/{bid}/axial").attrs["precision"] == "fp32"
+    summary = extract(store, ckpt, "axial", (10,), precision="bf16", progress=False)
+    assert summary["series"] == 40  # fp32 units do not count as bf16 units: all recomputed
+    assert zarr.open_group(store, path=f"features/{bid}/axial").attrs["precision"] == "bf16"
+    bf16 = xr.open_zarr(store, group=f"features/{bid}/axial").activation.values.astype(np.float32)
+    error = np.abs(bf16 - fp32).max() / np.abs(fp32).max()
+    assert 0 < error < 0.05 and verify_store(store) == []
+    assert extract(store, ckpt, "axial", (10,), precision="bf16", progress=False)["series"] == 0
+    with pytest.raises(OrthodiffError, match=r"--precision 'int8': expected one of \['fp32', 'bf16', 'fp16'\]"):
+        extract(store, ckpt, "axial", (10,), precision="int8", progress=False)
