@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -285,7 +286,9 @@ def run_tasks(function, tasks: list, args: tuple, total: int, columns: tuple, wo
             # local workers share the cores instead of each starting one torch thread per core
             threads = max(1, (os.cpu_count() or 1) // workers) if workers and not scheduler else None
             with Client(scheduler or cluster) as client:
-                futures = [client.submit(_with_threads, function, threads, t, *args, pure=False) for t in tasks]
+                # keys named after `function`, as a dashboard shows them
+                futures = [client.submit(_with_threads, function, threads, t, *args, key=f"{function.__name__}-{uuid.uuid4().hex}")
+                           for t in tasks]
                 for future in as_completed(futures):
                     advance(future.result())
             if cluster is not None:
