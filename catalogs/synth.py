@@ -22,6 +22,7 @@ from orthodiff.catalogs.phantom import Anatomy, render
 from orthodiff.catalogs.tasks import PLANES, ehr_schema, get_task, joints, structures
 from orthodiff.catalogs.writers import DIRECTIONS, affine, write_dicom_series, write_nifti
 from orthodiff.errors import OrthodiffError
+from orthodiff.progress import Advance, maybe_progress
 
 SLICES = 20  # more than the 16 kept by ingestion, so the central crop matters
 FOV_MM = {"knee": 150.0, "ankle": 140.0, "shoulder": 160.0}
@@ -179,12 +180,10 @@ def _write_exam(exam: Exam, size: int, seed: int, out: Path, fmt: str) -> list[d
 
 def synthesize(
     joint: str, cases: int, size: int, seed: int, out: str | Path, fmt: str = "nifti",
-    progress: bool = True, workers: int | None = None, val: float = 0.15, test: float = 0.2,
+    progress: bool | Advance = True, workers: int | None = None, val: float = 0.15, test: float = 0.2,
 ) -> Path:
     """Write a synthetic cohort to `out` (images/, masks/, catalog.parquet); returns the
     catalog path. The catalog is written last, so its presence means the cohort is complete."""
-    from rich.progress import Progress
-
     if joint not in joints():
         raise OrthodiffError(f"--joint {joint!r}: expected one of {joints()}")
     if fmt not in ("nifti", "dicom"):
@@ -197,8 +196,7 @@ def synthesize(
     exams, ehr = plan_exams(joint, cases, seed)
     workers = workers or (min(os.cpu_count() or 1, 4) if cases >= 8 else 1)
     rows: list[dict] = []
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"synth {joint}", total=cases)
+    with maybe_progress(progress, f"synth {joint}", cases, "exams") as advance:
         if workers == 1:
             results = (_write_exam(e, size, seed, out, fmt) for e in exams)
         else:
@@ -206,7 +204,7 @@ def synthesize(
             results = pool.map(_write_exam, exams, *zip(*[(size, seed, out, fmt)] * cases), chunksize=4)
         for exam_rows in results:
             rows.extend(exam_rows)
-            bar.advance(task)
+            advance()
         if workers > 1:
             pool.shutdown()
     df = pd.DataFrame(rows)

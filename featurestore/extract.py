@@ -28,6 +28,7 @@ from orthodiff.featurestore.features import (
 )
 from orthodiff.featurestore.store import consolidate, open_root
 from orthodiff.featurestore.volumes import GROUP as VOLUMES, open_volumes
+from orthodiff.progress import Advance, maybe_progress
 
 TIMESTEPS = (10, 30, 50, 100, 150, 200, 300, 500)
 
@@ -144,25 +145,15 @@ def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MI
 
 def extract(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MIDDLE_BLOCKS,
             dtype: str = "float16", seed: int = 0, series_batch: int = 1, workers: int | None = None,
-            scheduler: str | None = None, device: str | None = None, progress: bool = True) -> dict:
+            scheduler: str | None = None, device: str | None = None, progress: bool | Advance = True) -> dict:
     """Extract what is missing for `plane`; returns counts of series and tasks and the time."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     store, checkpoint = str(store), str(checkpoint)
     prov, tasks = plan(store, checkpoint, plane, timesteps, blocks, dtype, seed)
     bid = prov["backbone_id"]
     args = (store, checkpoint, plane, bid, prov, dtype, max(series_batch, 1), device)
     total = sum(len(t.series) for t in tasks)
-    columns = (TextColumn(f"extract {plane}"), BarColumn(), TextColumn("{task.completed}/{task.total} series"),
-               TextColumn("{task.fields[rate]:.2f} series/s"), TimeRemainingColumn())
     start = time.perf_counter()
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        job = bar.add_task("extract", total=total, rate=0.0)
-
-        def advance(n: int) -> None:
-            bar.advance(job, n)
-            bar.update(job, rate=bar.tasks[job].completed / max(time.perf_counter() - start, 1e-9))
-
+    with maybe_progress(progress, f"extract {plane}", total, "series") as advance:
         if workers or scheduler:
             from dask.distributed import Client, LocalCluster, as_completed
 

@@ -18,6 +18,7 @@ from orthodiff.catalogs.readers import read_mask, read_series
 from orthodiff.catalogs.tasks import structures
 from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.volumes import DEPTH, append_volumes, ingested_series
+from orthodiff.progress import Advance, maybe_progress
 
 BATCH = 16
 REJECTS = "rejects.parquet"
@@ -49,7 +50,7 @@ def _load(row, catalog_path: Path, size: int) -> tuple[np.ndarray, np.ndarray | 
 
 
 def ingest(
-    catalog_path: str | Path, store: str, size: int = 256, on_error: str = "fail", progress: bool = True
+    catalog_path: str | Path, store: str, size: int = 256, on_error: str = "fail", progress: bool | Advance = True
 ) -> pd.DataFrame:
     """Ingest every catalog series not yet in `store`; returns one row per series handled
     (`series_id`, `status` ingested|skipped|rejected, `reason`).
@@ -57,8 +58,6 @@ def ingest(
     `on_error="fail"` stops at the first bad series (earlier ones stay ingested, nothing of
     the bad one is written); `"skip"` goes on and writes the rejects to `<store>/rejects.parquet`.
     """
-    from rich.progress import Progress
-
     if on_error not in ("fail", "skip"):
         raise OrthodiffError(f"--on-error {on_error!r}: expected 'fail' or 'skip'")
     if size < 8:
@@ -79,8 +78,7 @@ def ingest(
             append_volumes(store, np.stack(volumes), pd.DataFrame(rows)[META], stacked if has_masks else None)
             batch.clear()
 
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("ingest", total=len(todo))
+    with maybe_progress(progress, "ingest", len(todo), "series") as advance:
         for row in todo.itertuples(index=False):
             try:
                 volume, mask = _load(row, catalog_path, size)
@@ -94,7 +92,7 @@ def ingest(
                 log.append({"series_id": row.series_id, "status": "ingested", "reason": ""})
                 if len(batch) == BATCH:
                     flush()
-            bar.advance(task)
+            advance()
         flush()
     result = pd.DataFrame(log, columns=["series_id", "status", "reason", "path"])
     rejects = result[result["status"] == "rejected"][["series_id", "path", "reason"]]

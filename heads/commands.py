@@ -1,19 +1,17 @@
-"""What the heads CLI commands share: catalog + store loading, provenance, progress bars."""
+"""What the heads CLI commands share: catalog + store loading and provenance."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from orthodiff.errors import OrthodiffError
 
 
 def load_inputs(store, catalog_path, backbone=None, planes=None) -> tuple[dict, pd.DataFrame, list[str], dict]:
     """(per-plane features, catalog, label columns, provenance for run.json)."""
-    from orthodiff.catalogs.cohort import label_columns, read_catalog
+    from orthodiff.catalogs.cohort import label_columns, read_catalog, split_fingerprint
     from orthodiff.heads.store import plane_features
 
     if store is None or catalog_path is None:
@@ -21,15 +19,8 @@ def load_inputs(store, catalog_path, backbone=None, planes=None) -> tuple[dict, 
     catalog = read_catalog(catalog_path)
     labels = label_columns(catalog)
     features = plane_features(store, catalog, backbone=backbone, planes=planes)
-    catalog = catalog[catalog["plane"].isin(list(features))]
+    split = split_fingerprint(catalog)
+    catalog = catalog[catalog["plane"].isin(list(features))].copy()
+    catalog.attrs["split_fingerprint"] = split
     provenance = {"store": str(store), "catalog": str(Path(catalog_path).resolve()), "backbone": backbone}
     return features, catalog, labels, provenance
-
-
-@contextmanager
-def progress_bar(console, description: str, total: int):
-    """A rich bar; yields a zero-argument callback that advances it by one."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda: progress.advance(task)
