@@ -227,18 +227,28 @@ def preview(catalog_path: str | Path, png: str | Path) -> Path:
 
     df = read_catalog(catalog_path)
     first = df[(df["case_id"] == df["case_id"].iloc[0]) & (df["scan"] == 0)]
-    fig, axes = plt.subplots(1, len(first), figsize=(4 * len(first), 4.3))
+    fig, axes = plt.subplots(1, len(first), figsize=(4 * len(first), 4.8))
+    cmap, shown = plt.get_cmap("tab20"), set()
     for ax, row in zip(np.atleast_1d(axes), first.itertuples()):
         image = read_series(resolve_path(catalog_path, row.path))
         mid = image.shape[0] // 2
         ax.imshow(image[mid], cmap="gray")
         if isinstance(row.mask_path, str):
             mask = np.asarray(nib.load(resolve_path(catalog_path, row.mask_path)).dataobj).transpose(2, 1, 0)[mid]
-            ax.imshow(np.ma.masked_equal(mask, 0), cmap="tab20", alpha=0.45, vmin=0, vmax=20, interpolation="nearest")
+            ax.imshow(np.ma.masked_equal(mask, 0), cmap=cmap, alpha=0.45, vmin=0, vmax=20, interpolation="nearest")
+            shown |= set(np.unique(mask).tolist()) - {0}
         positives = [c for c in get_task(row.task).label_columns if getattr(row, c) == 1]
-        ax.set_title(f"{row.plane}  {' '.join(positives) or 'normal'}", fontsize=10)
+        ax.set_title(f"{row.plane}: {'lesions ' + ' '.join(positives) if positives else 'no lesion (all labels 0)'}",
+                     fontsize=10)
         ax.axis("off")
-    fig.tight_layout()
+    if shown:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=cmap(s.value / 20), alpha=0.6, label=s.abbr)
+                   for s in structures(first["joint"].iloc[0]).structures if s.value in shown]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 11), fontsize=8, title="mask")
+    fig.suptitle(f"exam {first['case_id'].iloc[0]}: central slice per plane, mask overlaid", fontsize=11)
+    fig.tight_layout(rect=(0, 0.1 if shown else 0, 1, 1))
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return Path(png)
