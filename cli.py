@@ -335,14 +335,15 @@ def fuse(
     """Train the two-stage fusion head on train, report test metrics with 95% CIs."""
     from orthodiff.heads.commands import load_inputs
     from orthodiff.heads.runs import read_config, run_fuse
+    from orthodiff.progress import progress_bar
     from orthodiff.tables import frame_table
 
     cfg = read_config(config)
     backbones = [b.strip() for b in backbone.split(",")] if backbone else cfg.get("backbone")
     features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), backbones, list(cfg["planes"]))
-    with console.status(f"fusing ({method}{' + EHR' if ehr else ''})"):
+    with progress_bar(console, f"fuse {method}{' + EHR' if ehr else ''}: train, evaluate, write", 3) as advance:
         metrics, model = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed,
-                                  fusion_params=_heads_params(epochs, lr, weight_decay, batch))
+                                  fusion_params=_heads_params(epochs, lr, weight_decay, batch), progress=advance)
     console.print(frame_table(metrics.drop(columns="note"), f"Test metrics, {method}{' + EHR' if ehr else ''} — {out}"))
     for label, note in metrics.loc[metrics["note"] != "", ["label", "note"]].drop_duplicates().itertuples(index=False):
         console.print(f"[yellow]{label}[/]: {note}", highlight=False)

@@ -266,7 +266,7 @@ def _curves(runs: _Runs) -> str:
     for kind in ("ROC", "precision-recall"):
         cols = min(4, len(labels))
         rows = int(np.ceil(len(labels) / cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows + 0.6), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows + 0.6), squeeze=False, layout="constrained")
         for ax, label in zip(axes.flat, labels):
             for name, pred in predictions.items():
                 if label not in pred or f"p_{label}" not in pred:
@@ -292,9 +292,8 @@ def _curves(runs: _Runs) -> str:
         for ax in list(axes.flat)[len(labels):]:
             ax.axis("off")
         handles, names = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, names, loc="upper right", ncol=min(len(names), 5), fontsize=8)
+        fig.legend(handles, names, loc="outside upper right", ncol=min(len(names), 5), fontsize=8)
         fig.suptitle(f"{kind} curves per label, test split", x=0.01, ha="left", fontsize=11)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (3.0 * rows + 0.6)))
         out.append(_png(_fig_png(fig), f"{kind} curves per label"))
     return "".join(out)
 
@@ -303,17 +302,17 @@ def _per_label(runs: _Runs) -> str:
     parts = []
     for run in runs.classify:
         m = _metrics(run)
-        per = m[m["label"] != "all"].pivot_table(index="label", columns="metric", values=["value", "ci_low", "ci_high"],
-                                                 sort=False)
+        per = m[m["label"] != "all"].set_index(["label", "metric"])
         notes = m[m["label"] != "all"].drop_duplicates("label").set_index("label")["note"].fillna("")
         pred = read_table(run / "predictions.parquet")
         rows = []
         for label in notes.index:
             row = {"label": label, "positives": int(pred[label].sum()) if label in pred else "—", "test exams": len(pred)}
             for metric, name in (("auroc", "AUROC"), ("ap", "AP")):
-                if ("value", metric) in per.columns:
-                    row[name] = per.at[label, ("value", metric)]
-                    row[f"{name} 95% CI"] = f"{per.at[label, ('ci_low', metric)]:.3f}-{per.at[label, ('ci_high', metric)]:.3f}"
+                if (label, metric) in per.index:
+                    value = per.loc[(label, metric)]
+                    row[name] = value["value"]
+                    row[f"{name} 95% CI"] = f"{value['ci_low']:.3f}-{value['ci_high']:.3f}"
             row["note"] = notes[label]
             rows.append(row)
         table = pd.DataFrame(rows)

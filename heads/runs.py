@@ -18,6 +18,7 @@ from orthodiff.heads.metrics import evaluate, macro_auroc, permutation_test, sub
 from orthodiff.heads.protocol import TwoStageFusion
 from orthodiff.heads.report import MIN_SUPPORT, atomic_savefig, pyplot, read_table, write_json, write_table
 from orthodiff.heads.sweep import plot_heatmaps, sweep, top_configs
+from orthodiff.progress import no_progress
 
 DEFAULT_PROBE = {"epochs": 10, "lr": 5e-4, "batch_size": 32}
 DEFAULT_FUSION = {"epochs": 10, "lr": 5e-5, "batch_size": 32}
@@ -218,11 +219,12 @@ def flag_support(metrics: pd.DataFrame, y: np.ndarray, labels, split: str = "tes
 
 
 def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=500, seed=0, fusion_params=None,
-             reuse=False):
+             reuse=False, progress=None):
     """Train on train (two stages), evaluate on test: metrics with patient bootstrap CIs,
     subgroups, exam predictions, exams left out, MPAE gating and EHR weights. Returns the
     metrics and the fitted model (``reuse``: the metrics of a complete run from the same
-    inputs, and None)."""
+    inputs, and None). ``progress(stage=...)`` after training, evaluation and writing."""
+    progress = progress or no_progress
     out = Path(out)
     check_split(config, catalog, "the configuration")
     slabs = config_features(features, config)
@@ -235,6 +237,7 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     model = TwoStageFusion(config["pooling"], method, ehr=ehr, probe_params=config.get("probe_params"),
                            fusion_params=fusion, random_state=seed)
     model.fit(slabs, _split(catalog, "train"), labels)
+    progress(stage="trained")
     test = _split(catalog, "test")
     if test.empty:
         raise OrthodiffError("the catalog has no test series")
@@ -243,6 +246,7 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     metrics = flag_support(evaluate(y, p, labels, groups=pred["patient_id"].to_numpy(), n_boot=n_boot, seed=seed), y, labels)
     meta = test.drop_duplicates("case_id").set_index("case_id").loc[pred["case_id"]].reset_index()
     subgroups = subgroup_table(y, p, labels, meta)
+    progress(stage="evaluated")
     write_table(pred, out / "predictions")
     write_table(metrics, out / "metrics")
     write_table(subgroups, out / "subgroups")
@@ -258,6 +262,7 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     write_json({"kind": "fuse", "method": method, "ehr": ehr, "config": config, "labels": labels,
                 "fusion_params": fusion, "test_exams": len(pred), "exams_missing_a_plane": len(model.missing_),
                 "split_fingerprint": split_of(catalog), "inputs_fingerprint": fingerprint}, out / "run.json")
+    progress(stage="written")
     return metrics, model
 
 
