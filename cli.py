@@ -301,7 +301,7 @@ def select(
 
     from orthodiff.heads.commands import load_inputs
     from orthodiff.progress import progress_bar
-    from orthodiff.heads.runs import run_select
+    from orthodiff.heads.runs import run_select, selection_size
     from orthodiff.tables import frame_table
 
     run_file = sweep_dir / "run.json"
@@ -309,8 +309,7 @@ def select(
         raise OrthodiffError(f"{sweep_dir}: not a sweep directory (no run.json)")
     run = json.loads(run_file.read_text())
     features, df, labels, _ = load_inputs(run.get("store"), run.get("catalog"), run.get("backbone"))
-    combos = 4 ** len(features)
-    with progress_bar(console, "cross-plane combinations", combos) as advance:
+    with progress_bar(console, "cross-plane combinations", selection_size(sweep_dir)) as advance:
         scored, config = run_select(sweep_dir, features, df, labels, out, method, _heads_params(epochs, lr, weight_decay, batch),
                                     progress=advance)
     console.print(frame_table(scored.head(10), f"Best of {len(scored)} combinations (validation) — frozen in {out}"))

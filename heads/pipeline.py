@@ -13,7 +13,8 @@ from rich.console import Console
 from orthodiff.heads.commands import load_inputs
 from orthodiff.heads.report import build_report, read_table, write_table
 from orthodiff.heads.runs import (
-    DEFAULT_FUSION, DEFAULT_PROBE, MIN_SUPPORT, compare_runs, run_fuse, run_select, run_sweep, sweep_steps,
+    DEFAULT_FUSION, DEFAULT_PROBE, MIN_SUPPORT, compare_runs, run_fuse, run_select, run_sweep, selection_size,
+    sweep_steps,
 )
 from orthodiff.progress import progress_bar
 from orthodiff.tables import frame_table
@@ -31,7 +32,7 @@ def _run_name(method: str, ehr: bool) -> str:
     return f"{method}{'_ehr' if ehr else ''}"
 
 
-def _flags(params: dict) -> str:
+def settings_flags(params: dict) -> str:
     return " ".join(f"{OPTION_NAMES[k]} {v:g}" for k, v in params.items() if k in OPTION_NAMES)
 
 
@@ -39,8 +40,8 @@ def heads_commands(store, catalog, out, probe_params, fusion_params, pooling="ga
     """The `orthodiff` commands that make what :func:`run_heads` makes, step by step."""
     out = Path(out)
     lines = [
-        f"orthodiff sweep --store {store} --catalog {catalog} --pooling {pooling} {_flags(probe_params)} --out {out / 'sweep'}",
-        f"orthodiff select --sweep {out / 'sweep'} {_flags(fusion_params)} --out {out / 'config.json'}",
+        f"orthodiff sweep --store {store} --catalog {catalog} --pooling {pooling} {settings_flags(probe_params)} --out {out / 'sweep'}",
+        f"orthodiff select --sweep {out / 'sweep'} {settings_flags(fusion_params)} --out {out / 'config.json'}",
     ]
     for method, ehr in FUSIONS:
         lines.append(f"orthodiff fuse --config {out / 'config.json'} --method {method}{' --ehr' if ehr else ''} "
@@ -64,8 +65,7 @@ def run_heads(store, catalog_path, out, console: Console, backbone=None, pooling
     with progress_bar(console, f"{pooling} sweep", sweep_steps(features, pooling)) as advance:
         _, top = run_sweep(features, catalog, labels, pooling, out / "sweep", probe, provenance, advance, reuse=True)
     console.print(frame_table(top, f"{pooling.upper()} sweep: top 4 (timestep, block) per plane, validation macro AUROC"))
-    combos = 4 ** len(features)
-    with progress_bar(console, "cross-plane combinations", combos) as advance:
+    with progress_bar(console, "cross-plane combinations", selection_size(out / "sweep")) as advance:
         scored, config = run_select(out / "sweep", features, catalog, labels, out / "config.json", "concat", fusion,
                                     progress=advance, reuse=True)
     console.print(frame_table(scored.head(5), f"Cross-plane selection: best of {len(scored)} combinations (validation)"))
@@ -91,7 +91,7 @@ def run_heads(store, catalog_path, out, console: Console, backbone=None, pooling
     write_table(table, out / "summary")
     console.print(frame_table(table, "Test set: fusion heads vs LightGBM on the same pooled vectors"))
     console.print("exams_left_out: test exams without a series of every plane (fusion needs all three; listed in "
-                  "f"<run>/missing_planes.csv). low_support: labels with fewer than {MIN_SUPPORT} positive or negative test exams, "
+                  f"<run>/missing_planes.csv). low_support: labels with fewer than {MIN_SUPPORT} positive or negative test exams, "
                   "whose AUROC and CI rest on a handful of exams.")
 
     for a, b in COMPARISONS:

@@ -66,7 +66,13 @@ def inputs_fingerprint(features: dict, catalog: pd.DataFrame, labels, **settings
     blocks, series per plane), the split, the labels and the run's settings."""
     import hashlib
 
-    stored = {p: {"attrs": {k: str(v) for k, v in ds.attrs.items()}, "series": ds.sizes["series"],
+    def canonical(value):  # JSON attributes (dicts in listing order) compare by content
+        try:
+            return json.loads(value) if isinstance(value, str) else value
+        except json.JSONDecodeError:
+            return value
+
+    stored = {p: {"attrs": {k: canonical(v) for k, v in ds.attrs.items()}, "series": ds.sizes["series"],
                   "timestep": ds["timestep"].to_numpy().tolist(), "block": ds["block"].to_numpy().tolist()}
               for p, ds in sorted(features.items())}
     text = json.dumps({"features": stored, "split": split_of(catalog), "labels": list(labels), **settings},
@@ -126,6 +132,12 @@ def run_sweep(features, catalog, labels, pooling, out, probe_params=None, proven
 def sweep_steps(features: dict, pooling: str) -> int:
     """Progress units of a sweep: one per plane for batched GAP, one per configuration otherwise."""
     return len(features) if pooling == "gap" else sum(ds.sizes["timestep"] * ds.sizes["block"] for ds in features.values())
+
+
+def selection_size(sweep_dir, top_k: int = 4) -> int:
+    """How many cross-plane combinations ``run_select`` scores (for progress bars)."""
+    top = read_table(Path(sweep_dir) / "top4.parquet")
+    return int(np.prod(top[top["rank"] <= top_k].groupby("plane").size().to_numpy()))
 
 
 def _split(catalog, name):
