@@ -22,5 +22,7 @@ def load_inputs(store, catalog_path, backbone=None, planes=None) -> tuple[dict, 
     split = split_fingerprint(catalog)
     catalog = catalog[catalog["plane"].isin(list(features))].copy()
     catalog.attrs["split_fingerprint"] = split
-    provenance = {"store": str(store), "catalog": str(Path(catalog_path).resolve()), "backbone": backbone}
+    local = "://" not in str(store)  # recorded absolute, so later commands work from any folder
+    provenance = {"store": str(Path(store).resolve()) if local else str(store),
+                  "catalog": str(Path(catalog_path).resolve()), "backbone": backbone}
     return features, catalog, labels, provenance

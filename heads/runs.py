@@ -225,7 +225,7 @@ def flag_support(metrics: pd.DataFrame, y: np.ndarray, labels, split: str = "tes
         if 0 < min(pos, neg) < minimum:
             notes[label] = f"low support: {pos} positive / {neg} negative exams in the {split} split (< {minimum})"
     out = metrics.copy()
-    flagged = out["label"].map(notes).fillna("")
+    flagged = out["label"].map(lambda label: notes.get(label, ""))
     out["note"] = np.where((out["note"] == "") & (flagged != ""), flagged, out["note"])
     return out
 
