@@ -28,6 +28,19 @@ app.add_typer(store_app, name="store")
 
 console = make_console()
 
+# Heads training settings, one meaning on every heads command (None: the library's defaults,
+# the paper's values; or, for fuse and efficiency, the configuration's).
+Epochs = Annotated[int | None, typer.Option(help="Training epochs.", show_default="the paper's")]
+Lr = Annotated[float | None, typer.Option(help="Learning rate (Adam, cosine schedule).", show_default="the paper's")]
+WeightDecay = Annotated[float | None, typer.Option(help="Adam weight decay (L2).", show_default="the paper's: 0")]
+Batch = Annotated[int | None, typer.Option(help="Exams (or series) per optimizer step.", show_default="the paper's")]
+
+
+def _heads_params(epochs, lr, weight_decay, batch) -> dict:
+    """The heads settings given on the command line (the others keep their defaults)."""
+    given = {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch}
+    return {k: v for k, v in given.items() if v is not None}
+
 
 @app.command()
 def demo(
@@ -44,7 +57,7 @@ def demo(
 @catalog_app.command("validate")
 def catalog_validate(
     path: Annotated[Path, typer.Argument(help="Cohort catalog (Parquet).")],
-    check_files: Annotated[bool, typer.Option(help="Check that every path and mask_path exists.")] = True,
+    check_files: Annotated[bool, typer.Option(metavar="", help="Check that every path and mask_path exists.")] = True,
 ) -> None:
     """Check a cohort catalog; the first problem is named by row, column and value."""
     from orthodiff.catalogs.cohort import read_catalog, validate_catalog
@@ -60,28 +73,40 @@ def catalog_validate(
 
 @catalog_app.command("split")
 def catalog_split(
-    path: Annotated[Path, typer.Argument(help="Cohort catalog (Parquet), rewritten in place unless --out.")],
+    path: Annotated[Path, typer.Argument(help="Cohort catalog (Parquet); left as it is unless --in-place.")],
     seed: Annotated[int, typer.Option(help="Random seed of the patient-level split.")] = 0,
     val: Annotated[float, typer.Option(help="Fraction of patients in the validation split.")] = 0.06,
     test: Annotated[float, typer.Option(help="Fraction of patients in the test split.")] = 0.12,
     subsets: Annotated[
         str, typer.Option(help="Nested label-efficiency subset sizes in training patients, e.g. 100,500,1000.")
     ] = "",
-    out: Annotated[Path | None, typer.Option(help="Write here instead of in place.")] = None,
+    out: Annotated[Path | None, typer.Option(help="New catalog to write.", show_default="PATH with a .split suffix, e.g. catalog.split.parquet")] = None,
+    in_place: Annotated[bool, typer.Option(metavar="", help="Rewrite PATH itself (runs made under its old split then refuse it).")] = False,
 ) -> None:
-    """Split a catalog by patient (no leakage) and optionally add nested training subsets."""
-    from orthodiff.catalogs.cohort import add_subsets, read_catalog, split_catalog, write_catalog
+    """Split a catalog by patient (no leakage) into a new catalog; optionally add nested training subsets.
 
-    df = split_catalog(read_catalog(path), seed=seed, val=val, test=test)
+    Features, sweeps and configurations made under the old split keep its fingerprint and
+    refuse a catalog whose split differs; the command says how many series moved.
+    """
+    from orthodiff.catalogs.cohort import add_subsets, read_catalog, split_catalog, split_fingerprint, write_catalog
+
+    if out is not None and in_place:
+        raise OrthodiffError("--out and --in-place: give one of them")
+    old = read_catalog(path)
+    df = split_catalog(old, seed=seed, val=val, test=test)
     if subsets.strip():
         try:
             sizes = [int(s) for s in subsets.split(",")]
         except ValueError:
             raise OrthodiffError(f"--subsets {subsets!r}: expected comma-separated integers") from None
         df = add_subsets(df, sizes, seed=seed)
-    target = write_catalog(df, out or path)
+    target = write_catalog(df, path if in_place else out or path.with_suffix(".split.parquet"))
     counts = df.groupby("split")["patient_id"].nunique().to_dict()
-    console.print(f"wrote {target}: patients per split {counts}")
+    moved = int((old["split"].to_numpy() != df["split"].to_numpy()).sum()) if "split" in old else len(df)
+    console.print(f"wrote {target}: patients per split {counts}; split fingerprint {split_fingerprint(df)}")
+    if moved:
+        console.print(f"[yellow]{moved} of {len(df)} series moved to another split[/] (was {split_fingerprint(old)}): "
+                      "sweeps and configurations made under the old split will refuse this catalog", highlight=False)
 
 
 @catalog_app.command("from-mrnet")
@@ -155,8 +180,8 @@ def pretrain(
     every: Annotated[int, typer.Option(help="Write a checkpoint every this many steps.")] = 500,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: 1e-5 x batch x processes).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue the checkpoint at --out exactly where it stopped.")] = False,
-    healthy: Annotated[bool, typer.Option(help="Train only on series of exams whose labels are all 0 (a persona backbone; needs --catalog).")] = False,
+    resume: Annotated[bool, typer.Option(metavar="", help="Continue the checkpoint at --out exactly where it stopped.")] = False,
+    healthy: Annotated[bool, typer.Option(metavar="", help="Train only on series of exams whose labels are all 0 (a persona backbone; needs --catalog).")] = False,
     catalog: Annotated[Path | None, typer.Option(help="Cohort catalog that decides which exams are healthy (with --healthy).")] = None,
 ) -> None:
     """Pretrain one plane's 3D diffusion U-Net on the store's training volumes (torchrun for several GPUs)."""
@@ -187,8 +212,11 @@ def sample(
 ) -> None:
     """Generate volumes with DDIM and save their central slices: did pretraining learn anatomy?"""
     from orthodiff.backbone.preview import sample_preview
+    from orthodiff.progress import progress_bar
 
-    console.print(f"wrote {sample_preview(backbone, png, n=n, steps=steps, seed=seed)}")
+    with progress_bar(console, f"DDIM sampling {n} volumes", steps) as advance:
+        path = sample_preview(backbone, png, n=n, steps=steps, seed=seed, progress=advance)
+    console.print(f"wrote {path}")
 
 
 def _ints(text: str, option: str) -> list[int]:
@@ -346,20 +374,24 @@ def sweep(
     out: Annotated[Path, typer.Option(help="Directory for sweep tables, heatmaps and run.json.")],
     pooling: Annotated[str, typer.Option(help="sap (the paper's default) | glp | gap (fastest: one batched sweep over the stored GAP summaries).")] = "sap",
     planes: Annotated[str, typer.Option(help="Comma-separated planes.")] = "sagittal,coronal,axial",
-    backbone: Annotated[str | None, typer.Option(help="Backbone id in the store (default: the only one).")] = None,
-    epochs: Annotated[int, typer.Option(help="Probe epochs.")] = 10,
-    lr: Annotated[float, typer.Option(help="Probe learning rate (Adam, cosine schedule).")] = 5e-4,
+    backbone: Annotated[str | None, typer.Option(
+        help="Backbone id(s) in the store, comma-separated, one per plane (see `orthodiff store info`).",
+        show_default="each plane's only backbone; an error naming them when a plane has several")] = None,
+    epochs: Epochs = None,
+    lr: Lr = None,
+    weight_decay: WeightDecay = None,
+    batch: Batch = None,
 ) -> None:
     """One probe per (plane, timestep, block) on train, scored on validation; top 4 per plane."""
-    from orthodiff.heads.commands import load_inputs, progress_bar
-    from orthodiff.heads.runs import run_sweep
+    from orthodiff.heads.commands import load_inputs
+    from orthodiff.progress import progress_bar
+    from orthodiff.heads.runs import run_sweep, sweep_steps
     from orthodiff.tables import frame_table
 
-    features, df, labels, provenance = load_inputs(store, catalog, backbone, [p.strip() for p in planes.split(",")])
-    batched = pooling in ("gap", "sap")  # one batched model per plane
-    steps = len(features) if batched else sum(ds.sizes["timestep"] * ds.sizes["block"] for ds in features.values())
-    with progress_bar(console, f"{pooling} sweep", steps) as advance:
-        _, top = run_sweep(features, df, labels, pooling, out, {"epochs": epochs, "lr": lr}, provenance, advance)
+    backbones = [b.strip() for b in backbone.split(",")] if backbone else None
+    features, df, labels, provenance = load_inputs(store, catalog, backbones, [p.strip() for p in planes.split(",")])
+    with progress_bar(console, f"{pooling} sweep", sweep_steps(features, pooling)) as advance:
+        _, top = run_sweep(features, df, labels, pooling, out, _heads_params(epochs, lr, weight_decay, batch), provenance, advance)
     console.print(frame_table(top, f"Top 4 (timestep, block) per plane, validation macro AUROC — {out}"))
 
 
@@ -368,24 +400,32 @@ def select(
     sweep_dir: Annotated[Path, typer.Option("--sweep", help="Directory written by `orthodiff sweep`.")],
     out: Annotated[Path, typer.Option(help="Configuration file (JSON) to freeze the choice in.")],
     method: Annotated[str, typer.Option(help="Fusion head used to score the combinations.")] = "concat",
-    epochs: Annotated[int, typer.Option(help="Fusion epochs.")] = 5,
-    lr: Annotated[float, typer.Option(help="Fusion learning rate.")] = 5e-5,
+    epochs: Epochs = None,
+    lr: Lr = None,
+    weight_decay: WeightDecay = None,
+    batch: Batch = None,
+    plane_epochs: Annotated[int | None, typer.Option(help="MPAE: epochs of the per-plane heads.", show_default="the paper's: 5")] = None,
+    plane_lr: Annotated[float | None, typer.Option(help="MPAE: learning rate of the per-plane heads.", show_default="the paper's: 5e-5")] = None,
+    gate_epochs: Annotated[int | None, typer.Option(help="MPAE: full-batch epochs of the gate.", show_default="the paper's: 10")] = None,
 ) -> None:
-    """Score every cross-plane combination of the per-plane top 4 on validation; freeze the best."""
+    """Score every cross-plane combination of the per-plane top 4 on validation; freeze the best
+    (with the fusion settings, which `fuse` and `efficiency` then use)."""
     import json
 
-    from orthodiff.heads.commands import load_inputs, progress_bar
-    from orthodiff.heads.runs import run_select
+    from orthodiff.heads.commands import load_inputs
+    from orthodiff.progress import progress_bar
+    from orthodiff.heads.runs import run_select, selection_size
     from orthodiff.tables import frame_table
 
     run_file = sweep_dir / "run.json"
     if not run_file.is_file():
         raise OrthodiffError(f"{sweep_dir}: not a sweep directory (no run.json)")
     run = json.loads(run_file.read_text())
-    features, df, labels, _ = load_inputs(run.get("store"), run.get("catalog"), run.get("backbone"))
-    combos = 4 ** len(features)
-    with progress_bar(console, "cross-plane combinations", combos) as advance:
-        scored, config = run_select(sweep_dir, features, df, labels, out, method, {"epochs": epochs, "lr": lr}, progress=advance)
+    features, df, labels, _ = load_inputs(run.get("store"), run.get("catalog"), run.get("backbone"), run.get("planes"))
+    with progress_bar(console, "cross-plane combinations", selection_size(sweep_dir)) as advance:
+        mpae = {k: v for k, v in (("plane_epochs", plane_epochs), ("plane_lr", plane_lr), ("gate_epochs", gate_epochs)) if v is not None}
+        scored, config = run_select(sweep_dir, features, df, labels, out, method,
+                                    {**_heads_params(epochs, lr, weight_decay, batch), **mpae}, progress=advance)
     console.print(frame_table(scored.head(10), f"Best of {len(scored)} combinations (validation) — frozen in {out}"))
 
 
@@ -394,13 +434,15 @@ def fuse(
     config: Annotated[Path, typer.Option(help="Configuration frozen by `orthodiff select`.")],
     out: Annotated[Path, typer.Option(help="Directory for metrics, predictions and plots.")],
     method: Annotated[str, typer.Option(help="concat | linear_concat | linear_add | cross_attention | mpae | lightgbm | logistic | ehr_only (the paper's EHR-only baseline)")] = "concat",
-    ehr: Annotated[bool, typer.Option("--ehr", help="Late-fuse an EHR head per label.")] = False,
+    ehr: Annotated[bool, typer.Option(metavar="", help="Late-fuse an EHR head per label.")] = False,
     store: Annotated[str | None, typer.Option(help="Feature store (default: the configuration's).")] = None,
     catalog: Annotated[Path | None, typer.Option(help="Catalog (default: the configuration's).")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (by patient) for 95% CIs.")] = 500,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    epochs: Annotated[int | None, typer.Option(help="Fusion epochs (default: the configuration's).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Fusion learning rate (default: the configuration's).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Fusion epochs.", show_default="the configuration's")] = None,
+    lr: Annotated[float | None, typer.Option(help="Fusion learning rate.", show_default="the configuration's")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Fusion weight decay.", show_default="the configuration's")] = None,
+    batch: Annotated[int | None, typer.Option(help="Exams per fusion step.", show_default="the configuration's")] = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone id(s) in the store, comma-separated, e.g. one fine-tuned backbone per plane (default: the configuration's).")] = None,
     threshold: Annotated[str, typer.Option(help="Decision threshold for CP/CR/CF1, sensitivity, specificity: a number (paper: 0.5) or 'youden' (per label, Youden's J on validation, frozen for test).")] = "0.5",
     finetuned: Annotated[str | None, typer.Option(help="Fine-tuned checkpoints, plane=path comma-separated: their pooling heads are Stage I and their features (extracted into the store) are fused; default --backbone becomes their ids.")] = None,
@@ -410,6 +452,7 @@ def fuse(
     from orthodiff.heads.commands import load_inputs
     from orthodiff.heads.runs import read_config, run_fuse
     from orthodiff.supervised.runs import finetuned_probes
+    from orthodiff.progress import progress_bar
     from orthodiff.tables import frame_table
 
     cfg = read_config(config)
@@ -429,15 +472,16 @@ def fuse(
             backbone = ",".join(backbone_id(checkpoints[p]) for p in cfg["planes"])
     backbones = [b.strip() for b in backbone.split(",")] if backbone else cfg.get("backbone")
     features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), backbones, list(cfg["planes"]))
-    with console.status(f"fusing ({method}{' + EHR' if ehr else ''})"):
-        overrides = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
+    with progress_bar(console, f"fuse {method}{' + EHR' if ehr else ''}: train, evaluate, write", 3) as advance:
         metrics, model = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed,
-                                  fusion_params=overrides, threshold=threshold, probes=probes)
+                                  fusion_params=_heads_params(epochs, lr, weight_decay, batch), threshold=threshold,
+                                  probes=probes, progress=advance)
     console.print(frame_table(metrics.drop(columns="note"), f"Test metrics, {method}{' + EHR' if ehr else ''} — {out}"))
     for label, note in metrics.loc[metrics["note"] != "", ["label", "note"]].drop_duplicates().itertuples(index=False):
-        console.print(f"[yellow]{label}[/]: {note} in the test split")
+        console.print(f"[yellow]{label}[/]: {note}", highlight=False)
     if len(model.missing_):
-        console.print(f"{len(model.missing_)} test exams miss a plane and were left out of fusion (missing_planes.csv)")
+        console.print(f"{len(model.missing_)} test exams miss a plane and were left out of fusion (exams_left_out; "
+                      f"listed in {out / 'missing_planes.csv'})")
 
 
 @app.command()
@@ -462,13 +506,18 @@ def compare(
 def efficiency(
     config: Annotated[Path, typer.Option(help="Configuration frozen by `orthodiff select`.")],
     out: Annotated[Path, typer.Option(help="Directory for the curves table and PNG.")],
-    subsets: Annotated[str, typer.Option(help="Nested training subsets (catalog subset_<N> columns) and/or 'all'.")] = "100,500,1000,2000,all",
+    subsets: Annotated[str, typer.Option(help="Nested training subsets (the catalog's subset_<N> columns, see `catalog split --subsets`) and/or 'all'.")] = "all",
     method: Annotated[str, typer.Option(help="Fusion head.")] = "concat",
     store: Annotated[str | None, typer.Option(help="Feature store (default: the configuration's).")] = None,
     catalog: Annotated[Path | None, typer.Option(help="Catalog (default: the configuration's).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Fusion epochs.", show_default="the configuration's")] = None,
+    lr: Annotated[float | None, typer.Option(help="Fusion learning rate.", show_default="the configuration's")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Fusion weight decay.", show_default="the configuration's")] = None,
+    batch: Annotated[int | None, typer.Option(help="Exams per fusion step.", show_default="the configuration's")] = None,
 ) -> None:
     """Label-efficiency curves: the fusion head vs the LightGBM comparator on nested subsets."""
-    from orthodiff.heads.commands import load_inputs, progress_bar
+    from orthodiff.heads.commands import load_inputs
+    from orthodiff.progress import progress_bar
     from orthodiff.heads.runs import read_config, run_efficiency
     from orthodiff.tables import frame_table
 
@@ -481,7 +530,8 @@ def efficiency(
     cfg = read_config(config)
     features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), cfg.get("backbone"), list(cfg["planes"]))
     with progress_bar(console, "subsets x heads", 2 * len(sizes)) as advance:
-        curves = run_efficiency(cfg, features, df, labels, sizes, out, method=method, progress=advance)
+        curves = run_efficiency(cfg, features, df, labels, sizes, out, method=method, progress=advance,
+                                fusion_params=_heads_params(epochs, lr, weight_decay, batch))
     console.print(frame_table(curves, f"Test macro AUROC by training patients — {out}"))
 
 

@@ -45,7 +45,7 @@ def run_demo(out: Path, console: Console) -> None:
     from orthodiff.featurestore.extract import extract
     from orthodiff.featurestore.ingest import ingest
     from orthodiff.featurestore.verify import store_info
-    from orthodiff.heads.pipeline import run_heads
+    from orthodiff.heads.pipeline import SMALL_COHORT_FUSION, SMALL_COHORT_PROBE, heads_commands, run_heads
 
     out = Path(out)
     cohort, store = out / "cohort", out / "store.zarr"
@@ -71,7 +71,7 @@ def run_demo(out: Path, console: Console) -> None:
     console.rule(f"2. ingest into {store}")
     result = ingest(catalog, str(store), size=INGEST_SIZE)
     counts = result.groupby("status").size().to_dict()
-    console.print(f"series {counts}; {_disk_bytes(store) / 2**20:.1f} MiB on disk")
+    console.print(f"series {counts}; volumes take {_disk_bytes(store / 'volumes') / 2**20:.1f} MiB on disk")
     console.print(frame_table(volumes_table(store), f"{store}: volumes (16 x {INGEST_SIZE} x {INGEST_SIZE}, float16)"))
 
     console.rule(f"3. pretrain one {PRESET}-preset backbone per plane ({STEPS} steps of {BATCH})")
@@ -86,7 +86,8 @@ def run_demo(out: Path, console: Console) -> None:
     samples = out / "backbones" / "samples_sagittal.png"
     if not samples.exists():
         sample_preview(checkpoints["sagittal"], samples, n=4, steps=25)
-    console.print(f"DDIM samples: {samples}")
+    console.print(f"DDIM samples: {samples} (after {STEPS} pretraining steps they are still noise; "
+                  "anatomy appears after thousands of steps, see README 'Real sizes')")
 
     console.rule(f"4. extract timesteps {', '.join(map(str, TIMESTEPS))} x blocks mid_0-2 for every plane")
     for plane in PLANES:
@@ -95,4 +96,8 @@ def run_demo(out: Path, console: Console) -> None:
     console.print(frame_table(store_info(str(store)), f"orthodiff store info {store}", float_format="{:.2f}"))
 
     console.rule("5. heads on the stored features: sweep, select, fusion, EHR, LightGBM, report")
-    run_heads(str(store), catalog, out / "heads", console)
+    console.print("the same, command by command, with the demo's small-cohort settings (the CLI's defaults are the paper's):")
+    for line in heads_commands(store, catalog, out / "heads", SMALL_COHORT_PROBE, SMALL_COHORT_FUSION):
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+    run_heads(str(store), catalog, out / "heads", console, probe_params=SMALL_COHORT_PROBE,
+              fusion_params=SMALL_COHORT_FUSION)

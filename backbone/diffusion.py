@@ -74,9 +74,11 @@ class GaussianDiffusion(nn.Module):
 
     @torch.no_grad()
     def ddim_sample(
-        self, model: nn.Module, shape: tuple[int, ...], steps: int = 50, generator: torch.Generator | None = None
+        self, model: nn.Module, shape: tuple[int, ...], steps: int = 50, generator: torch.Generator | None = None,
+        progress=None,
     ) -> torch.Tensor:
-        """Deterministic DDIM (eta = 0) from pure noise over `steps` evenly spaced timesteps."""
+        """Deterministic DDIM (eta = 0) from pure noise over `steps` evenly spaced timesteps;
+        `progress()` is called after each step."""
         device = next(model.parameters()).device
         x = torch.randn(shape, generator=generator).to(device)
         times = torch.linspace(self.num_timesteps - 1, 0, steps).round().long().tolist()
@@ -87,4 +89,6 @@ class GaussianDiffusion(nn.Module):
             x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
             a_prev = abar[times[i + 1]] if i + 1 < len(times) else torch.tensor(1.0, device=device)
             x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+            if progress:
+                progress()
         return x

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from orthodiff.backbone.unet import PRESETS, DiffusionUNet, preset_name
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.devices import resolve_device
 from orthodiff.errors import OrthodiffError
+from orthodiff.progress import Advance, maybe_progress
 
 EMA_DECAY = 0.995
 CLIP_NORM = 1.0
@@ -80,8 +80,12 @@ class Pretrainer:
 
     def __init__(self, store: str, plane: str, preset: str = "tiny", steps: int = 1000, batch: int = 4,
                  out: str | Path = "backbone.pt", every: int = 500, seed: int = 0, lr: float | None = None,
+<<<<<<< HEAD
                  resume: bool = False, device: str | None = None, progress: bool = True,
                  healthy_catalog: str | Path | None = None):
+=======
+                 resume: bool = False, device: str | None = None, progress: bool | Advance = True):
+>>>>>>> newcomer
         if plane not in PLANES:
             raise OrthodiffError(f"--plane {plane!r}: expected one of {list(PLANES)}")
         if preset not in PRESETS:
@@ -158,8 +162,6 @@ class Pretrainer:
         return float(self.diffusion.loss(model, x0, generator))
 
     def run(self) -> DiffusionUNet:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
         torch.manual_seed(self.seed)
         model = DiffusionUNet(self.config).to(self.device)
         ema = copy.deepcopy(model).requires_grad_(False)
@@ -173,11 +175,7 @@ class Pretrainer:
         if self.world > 1:
             net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        columns = (TextColumn(f"pretrain {self.plane}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.2f} steps/s"), TimeRemainingColumn())
-        with Progress(*columns, disable=not self.progress or self.rank != 0, transient=True) as bar:
-            task = bar.add_task("pretrain", total=self.steps, completed=first, loss=float("nan"), rate=0.0)
-            start = time.perf_counter()
+        with maybe_progress(self.progress if self.rank == 0 else False, f"pretrain {self.plane}", self.steps - first) as advance:
             for step in range(first + 1, self.steps + 1):
                 index = torch.randint(0, len(self.train), (self.batch,), generator=generator).numpy()
                 x0 = self.train.batch(index).to(self.device)
@@ -191,6 +189,7 @@ class Pretrainer:
                     for e, p in zip(ema.parameters(), model.parameters()):
                         e.lerp_(p, 1 - EMA_DECAY)
                 history["loss"].append(loss.item())
+<<<<<<< HEAD
                 rate = (step - first) / max(time.perf_counter() - start, 1e-9)
                 bar.update(task, completed=step, loss=history["loss"][-1], rate=rate)
                 if step % self.every == 0 or step == self.steps:
@@ -198,6 +197,12 @@ class Pretrainer:
                     if self.rank == 0:
                         history["val_loss"].append((step, self.validation_loss(ema)))
                         save_atomic(self._checkpoint(step, model, ema, opt, rng, history), self.out)
+=======
+                advance(loss=history["loss"][-1])
+                if self.rank == 0 and (step % self.every == 0 or step == self.steps):
+                    history["val_loss"].append((step, self.validation_loss(ema)))
+                    save_atomic(self._checkpoint(step, model, ema, opt, generator, history), self.out)
+>>>>>>> newcomer
         return ema.eval()
 
 

@@ -16,24 +16,25 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.files import atomic_write
 
 
-def sample_volumes(checkpoint: str | Path, n: int = 4, steps: int = 50, seed: int = 0) -> np.ndarray:
-    """`n` generated volumes (n, D, H, W) in [-1, 1]."""
+def sample_volumes(checkpoint: str | Path, n: int = 4, steps: int = 50, seed: int = 0, progress=None) -> np.ndarray:
+    """`n` generated volumes (n, D, H, W) in [-1, 1]; `progress()` after each DDIM step."""
     if n < 1 or steps < 1:
         raise OrthodiffError(f"--n and --steps must be at least 1 (got {n}, {steps})")
     model = load_backbone(checkpoint)
     c = model.config
     generator = torch.Generator().manual_seed(seed)
-    x = GaussianDiffusion().ddim_sample(model, (n, 1, c.depth, c.image_size, c.image_size), steps, generator)
+    x = GaussianDiffusion().ddim_sample(model, (n, 1, c.depth, c.image_size, c.image_size), steps, generator, progress)
     return x[:, 0].clamp(-1, 1).cpu().numpy()
 
 
-def sample_preview(checkpoint: str | Path, png: str | Path, n: int = 4, steps: int = 50, seed: int = 0) -> Path:
+def sample_preview(checkpoint: str | Path, png: str | Path, n: int = 4, steps: int = 50, seed: int = 0,
+                   progress=None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    volumes = sample_volumes(checkpoint, n, steps, seed)
+    volumes = sample_volumes(checkpoint, n, steps, seed, progress)
     fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.2), squeeze=False)
     for ax, volume in zip(axes[0], volumes):
         ax.imshow(volume[volume.shape[0] // 2], cmap="gray", vmin=-1, vmax=1)

@@ -34,7 +34,7 @@ def main() -> None:
     from orthodiff.demo import INGEST_SIZE, TIMESTEPS
     from orthodiff.featurestore.extract import extract
     from orthodiff.featurestore.ingest import ingest
-    from orthodiff.heads.pipeline import run_heads
+    from orthodiff.heads.pipeline import SMALL_COHORT_FUSION, SMALL_COHORT_PROBE, run_heads
     from orthodiff.supervised.runs import comparison, run_baseline_classify
 
     console = make_console()
@@ -50,7 +50,8 @@ def main() -> None:
         for plane in PLANES:
             extract(store, args.demo / "backbones" / f"{plane}.pt", plane, TIMESTEPS, progress=False)
         if not (root / "heads" / "summary.csv").exists():  # a rerun keeps finished runs
-            run_heads(store, catalog, root / "heads", console)
+            run_heads(store, catalog, root / "heads", console, probe_params=SMALL_COHORT_PROBE,
+                      fusion_params=SMALL_COHORT_FUSION)
         if not (root / "resnet18" / "run.json").exists():
             run_baseline_classify(store, catalog, "resnet18", list(PLANES), root / "resnet18", epochs=args.baseline_epochs)
         table = comparison([root / "heads" / "concat", root / "heads" / "lightgbm", root / "resnet18"])

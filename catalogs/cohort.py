@@ -195,6 +195,16 @@ def split_catalog(
     return out
 
 
+def split_fingerprint(df: pd.DataFrame) -> str:
+    """12 hex digits that change whenever a series moves to another split: recorded by every
+    heads run and configuration, checked before they are reused. Subsets and other columns
+    do not count, so adding `subset_<N>` columns to the same split keeps it."""
+    import hashlib
+
+    rows = df[["series_id", "split"]].astype(str).sort_values("series_id").to_csv(index=False)
+    return hashlib.sha256(rows.encode()).hexdigest()[:12]
+
+
 def add_subsets(df: pd.DataFrame, sizes: Iterable[int], seed: int = 0) -> pd.DataFrame:
     """Add nested patient-level label-efficiency subsets of the training split.
 

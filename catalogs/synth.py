@@ -22,6 +22,7 @@ from orthodiff.catalogs.phantom import TISSUE_NAMES, TISSUE_TABLE, Anatomy, Volu
 from orthodiff.catalogs.tasks import PLANES, ehr_schema, get_task, joints, structures
 from orthodiff.catalogs.writers import DIRECTIONS, affine, write_dicom_series, write_nifti
 from orthodiff.errors import OrthodiffError
+from orthodiff.progress import Advance, maybe_progress
 
 SLICES = 20  # more than the 16 kept by ingestion, so the central crop matters
 FOV_MM = {"knee": 150.0, "ankle": 140.0, "shoulder": 160.0}
@@ -258,12 +259,10 @@ def dicom_acquisition(protocol: Protocol, field_strength: float) -> dict:
 
 def synthesize(
     joint: str, cases: int, size: int, seed: int, out: str | Path, fmt: str = "nifti",
-    progress: bool = True, workers: int | None = None, val: float = 0.15, test: float = 0.2,
+    progress: bool | Advance = True, workers: int | None = None, val: float = 0.15, test: float = 0.2,
 ) -> Path:
     """Write a synthetic cohort to `out` (images/, masks/, catalog.parquet); returns the
     catalog path. The catalog is written last, so its presence means the cohort is complete."""
-    from rich.progress import Progress
-
     if joint not in joints():
         raise OrthodiffError(f"--joint {joint!r}: expected one of {joints()}")
     if fmt not in ("nifti", "dicom"):
@@ -276,8 +275,7 @@ def synthesize(
     exams, ehr = plan_exams(joint, cases, seed)
     workers = workers or (min(os.cpu_count() or 1, 4) if cases >= 8 else 1)
     rows: list[dict] = []
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"synth {joint}", total=cases)
+    with maybe_progress(progress, f"synth {joint}", cases, "exams") as advance:
         if workers == 1:
             results = (_write_exam(e, size, seed, out, fmt) for e in exams)
         else:
@@ -285,7 +283,7 @@ def synthesize(
             results = pool.map(_write_exam, exams, *zip(*[(size, seed, out, fmt)] * cases), chunksize=4)
         for exam_rows in results:
             rows.extend(exam_rows)
-            bar.advance(task)
+            advance()
         if workers > 1:
             pool.shutdown()
     df = pd.DataFrame(rows)
@@ -308,18 +306,28 @@ def preview(catalog_path: str | Path, png: str | Path) -> Path:
 
     df = read_catalog(catalog_path)
     first = df[(df["case_id"] == df["case_id"].iloc[0]) & (df["scan"] == 0)]
-    fig, axes = plt.subplots(1, len(first), figsize=(4 * len(first), 4.3))
+    fig, axes = plt.subplots(1, len(first), figsize=(4 * len(first), 4.8))
+    cmap, shown = plt.get_cmap("tab20"), set()
     for ax, row in zip(np.atleast_1d(axes), first.itertuples()):
         image = read_series(resolve_path(catalog_path, row.path))
         mid = image.shape[0] // 2
         ax.imshow(image[mid], cmap="gray")
         if isinstance(row.mask_path, str):
             mask = np.asarray(nib.load(resolve_path(catalog_path, row.mask_path)).dataobj).transpose(2, 1, 0)[mid]
-            ax.imshow(np.ma.masked_equal(mask, 0), cmap="tab20", alpha=0.45, vmin=0, vmax=20, interpolation="nearest")
+            ax.imshow(np.ma.masked_equal(mask, 0), cmap=cmap, alpha=0.45, vmin=0, vmax=20, interpolation="nearest")
+            shown |= set(np.unique(mask).tolist()) - {0}
         positives = [c for c in get_task(row.task).label_columns if getattr(row, c) == 1]
-        ax.set_title(f"{row.plane}  {' '.join(positives) or 'normal'}", fontsize=10)
+        ax.set_title(f"{row.plane}: {'lesions ' + ' '.join(positives) if positives else 'no lesion (all labels 0)'}",
+                     fontsize=10)
         ax.axis("off")
-    fig.tight_layout()
+    if shown:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=cmap(s.value / 20), alpha=0.6, label=s.abbr)
+                   for s in structures(first["joint"].iloc[0]).structures if s.value in shown]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 11), fontsize=8, title="mask")
+    fig.suptitle(f"exam {first['case_id'].iloc[0]}: central slice per plane, mask overlaid", fontsize=11)
+    fig.tight_layout(rect=(0, 0.1 if shown else 0, 1, 1))
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return Path(png)

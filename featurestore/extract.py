@@ -39,6 +39,7 @@ from orthodiff.featurestore.features import (
 from orthodiff.featurestore.store import consolidate, open_root
 from orthodiff.featurestore.verify import check_plane
 from orthodiff.featurestore.volumes import GROUP as VOLUMES, open_volumes
+from orthodiff.progress import Advance, maybe_progress
 
 TIMESTEPS = (10, 30, 50, 100, 150, 200, 300, 500)
 PRECISION = "fp32"
@@ -229,21 +230,17 @@ def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MI
 
 def extract(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MIDDLE_BLOCKS,
             dtype: str = "float16", seed: int = 0, series_batch: int = 8, workers: int | None = None,
-            scheduler: str | None = None, device: str | None = None, progress: bool = True,
+            scheduler: str | None = None, device: str | None = None, progress: bool | Advance = True,
             precision: str = PRECISION, repair: bool = False) -> dict:
     """Extract what is missing for `plane`; returns counts of series and tasks, the time,
     and the share of it spent inside the network (serial runs)."""
-    from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
-
     store, checkpoint = str(store), str(checkpoint)
     prov, tasks = plan(store, checkpoint, plane, timesteps, blocks, dtype, seed, precision, repair)
     bid = prov["backbone_id"]
     args = (store, checkpoint, plane, bid, prov, dtype, max(series_batch, 1), device, precision)
     total = sum(len(t.series) for t in tasks)
-    columns = (TextColumn(f"extract {plane}"), BarColumn(), TextColumn("{task.completed}/{task.total} series"),
-               TextColumn("{task.fields[rate]:.2f} series/s"), TimeRemainingColumn())
     start = time.perf_counter()
-    results = run_tasks(run_task, tasks, args, total, columns, workers, scheduler, progress,
+    results = run_tasks(run_task, tasks, args, f"extract {plane}", total, workers, scheduler, progress,
                         read_ahead=functools.partial(task_volumes, store))
     shape = zarr.open_array(store, path=f"{plane_path(bid, plane)}/activation", mode="r").shape
     if tasks or not view_is_current(store, bid, plane, shape):  # a job with nothing to do writes nothing
@@ -260,24 +257,20 @@ def _with_threads(function, threads: int | None, *args, **kwargs):
     return function(*args, **kwargs)
 
 
-def run_tasks(function, tasks: list, args: tuple, total: int, columns: tuple, workers: int | None = None,
-              scheduler: str | None = None, progress: bool = True, read_ahead=None) -> list:
+def run_tasks(function, tasks: list, args: tuple, description: str, total: int, workers: int | None = None,
+              scheduler: str | None = None, progress: bool | Advance = True, read_ahead=None) -> list:
     """Run `function(task, *args)` for every task and return its results (each an int, the
     series it did, or a dict with a `series` count): here, on a local Dask cluster of
-    `workers` processes (sharing the cores), or on the cluster at `scheduler`; a rich bar of
-    `columns` (with a `rate` field) counts series. In this process, `read_ahead(task)` (the
-    task's input) runs for the next task while the current one computes and is passed as
-    `volumes=`. Shared by extract, persona and radiomics."""
-    from rich.progress import Progress
+    `workers` processes (sharing the cores), or on the cluster at `scheduler`; `progress`
+    counts series. In this process, `read_ahead(task)` (the task's input) runs for the next
+    task while the current one computes and is passed as `volumes=`. Shared by extract,
+    persona and radiomics."""
+    results = []
+    with maybe_progress(progress, description, total, "series") as advance:
 
-    start, results = time.perf_counter(), []
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        job = bar.add_task("run", total=total, rate=0.0)
-
-        def advance(result) -> None:
+        def done(result) -> None:
             results.append(result)
-            bar.advance(job, result if isinstance(result, int) else result["series"])
-            bar.update(job, rate=bar.tasks[job].completed / max(time.perf_counter() - start, 1e-9))
+            advance(result if isinstance(result, int) else result["series"])
 
         if workers or scheduler:
             from dask.distributed import Client, LocalCluster, as_completed
@@ -290,17 +283,17 @@ def run_tasks(function, tasks: list, args: tuple, total: int, columns: tuple, wo
                 futures = [client.submit(_with_threads, function, threads, t, *args, key=f"{function.__name__}-{uuid.uuid4().hex}")
                            for t in tasks]
                 for future in as_completed(futures):
-                    advance(future.result())
+                    done(future.result())
             if cluster is not None:
                 cluster.close()
         elif read_ahead is None:
             for task in tasks:
-                advance(function(task, *args))
+                done(function(task, *args))
         else:
             with ThreadPoolExecutor(1, thread_name_prefix="orthodiff-prefetch") as reader:
                 upcoming = reader.submit(read_ahead, tasks[0]) if tasks else None
                 for i, task in enumerate(tasks):
                     volumes = upcoming.result()
                     upcoming = reader.submit(read_ahead, tasks[i + 1]) if i + 1 < len(tasks) else None
-                    advance(function(task, *args, volumes=volumes))
+                    done(function(task, *args, volumes=volumes))
     return results

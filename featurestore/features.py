@@ -9,6 +9,7 @@ group="features/<backbone>/<plane>")`):
         gap(series, timestep, block, channel)                    float32, spatial mean
         series, case_id, patient_id, scan                         coordinates on series
         timestep (int), block (str)                               labels, in the order added
+                                                                  (`open_store` sorts timesteps)
     _records/<backbone id>/<plane>/<shard>-t<timestep>-<block>.json   completion records
 
 `activation` inner chunks hold one series x one timestep x one block; a shard holds
@@ -27,6 +28,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import warnings
 import zlib
 
@@ -146,7 +148,7 @@ def provenance(backbone_id: str, preset: str, config: dict, checkpoint: str, see
     from orthodiff.featurestore.store import SCHEMA_VERSION
 
     return {
-        "backbone_id": backbone_id, "checkpoint": str(checkpoint), "preset": preset, "config": config,
+        "backbone_id": backbone_id, "checkpoint": os.path.realpath(checkpoint), "preset": preset, "config": config,
         "noise_seed": seed, "noise_policy": NOISE_POLICY, "schema": SCHEMA_VERSION,
         "preprocessing": f"16 central slices, resized in-plane to {size}, min-max to [-1, 1]",
         "orthodiff_version": __version__,
@@ -277,6 +279,7 @@ def _open_plane(store: str, backbone: str, plane: str, series_per_chunk: int) ->
         ds = xr.open_zarr(str(store), group=plane_path(backbone, plane), consolidated=True,
                           chunks={"series": series_per_chunk})
     ds = ds.assign_coords(plane=("series", np.full(ds.sizes["series"], plane, dtype=object)))
+    ds = ds.sortby("timestep")  # stored in the order added (growth appends); readers see them sorted
     ds.attrs = {"backbone_id": backbone}
     return ds.assign_coords({c: ds[c].load() for c in ("case_id", "patient_id", "scan")})
 

@@ -20,6 +20,7 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.store import open_root
 from orthodiff.featurestore.verify import check_volumes
 from orthodiff.featurestore.volumes import DEPTH, GROUP as VOLUMES, append_volumes, ingested_series, rewrite_rows
+from orthodiff.progress import Advance, maybe_progress
 
 BATCH = 16
 REJECTS = "rejects.parquet"
@@ -55,7 +56,7 @@ def _load(row, catalog_path: Path, size: int) -> tuple[np.ndarray, np.ndarray | 
 
 
 def ingest(
-    catalog_path: str | Path, store: str, size: int = 256, on_error: str = "fail", progress: bool = True,
+    catalog_path: str | Path, store: str, size: int = 256, on_error: str = "fail", progress: bool | Advance = True,
     repair: bool = False,
 ) -> pd.DataFrame:
     """Ingest every catalog series not yet in `store`; returns one row per series handled
@@ -66,8 +67,6 @@ def ingest(
     `on_error="fail"` stops at the first bad series (earlier ones stay ingested, nothing of
     the bad one is written); `"skip"` goes on and writes the rejects to `<store>/rejects.parquet`.
     """
-    from rich.progress import Progress
-
     if on_error not in ("fail", "skip"):
         raise OrthodiffError(f"--on-error {on_error!r}: expected 'fail' or 'skip'")
     if size < 8:
@@ -90,8 +89,7 @@ def ingest(
             append_volumes(store, np.stack(volumes), pd.DataFrame(rows)[META], stacked if has_masks else None)
             batch.clear()
 
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("ingest", total=len(todo))
+    with maybe_progress(progress, "ingest", len(todo), "series") as advance:
         for row in todo.itertuples(index=False):
             try:
                 volume, mask = _load(row, catalog_path, size)
@@ -105,7 +103,7 @@ def ingest(
                 log.append({"series_id": row.series_id, "status": "ingested", "reason": ""})
                 if len(batch) == BATCH:
                     flush()
-            bar.advance(task)
+            advance()
         flush()
     result = pd.DataFrame(log, columns=["series_id", "status", "reason", "path"])
     rejects = result[result["status"] == "rejected"][["series_id", "path", "reason"]]

@@ -51,7 +51,7 @@ def store_info(store: str) -> pd.DataFrame:
             disk = _disk_bytes(store, plane_path(backbone, plane))
             raw = int(np.prod(act.shape)) * act.dtype.itemsize
             rows.append({"group": f"features/{backbone}", "plane": plane,
-                         "timesteps": ",".join(map(str, timesteps)), "blocks": ",".join(blocks),
+                         "timesteps": ",".join(map(str, sorted(timesteps))), "blocks": ",".join(blocks),
                          "series": f"{finished}/{n}", "MiB": disk / 2**20, "ratio": raw / disk if disk else np.nan})
     return pd.DataFrame(rows)
 

@@ -16,8 +16,9 @@ from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.metrics import evaluate, macro_auroc, permutation_test, subgroup_table, youden_thresholds
 from orthodiff.heads.protocol import TwoStageFusion
-from orthodiff.heads.report import atomic_savefig, pyplot, read_table, write_json, write_table
+from orthodiff.heads.report import MIN_SUPPORT, atomic_savefig, pyplot, read_table, write_json, write_table
 from orthodiff.heads.sweep import plot_heatmaps, sweep, top_configs
+from orthodiff.progress import no_progress
 
 # the paper's values (docs/paper.md)
 DEFAULT_PROBE = {"epochs": 10, "lr": 5e-4, "batch_size": 10}
@@ -42,6 +43,55 @@ def read_config(path: str | Path) -> dict:
     return config
 
 
+def split_of(catalog: pd.DataFrame) -> str:
+    """The catalog's split fingerprint (``load_inputs`` records it before filtering planes)."""
+    from orthodiff.catalogs.cohort import split_fingerprint
+
+    return catalog.attrs.get("split_fingerprint") or split_fingerprint(catalog)
+
+
+def check_split(recorded: dict, catalog: pd.DataFrame, source) -> None:
+    """Refuse to go on when ``recorded`` (a run.json or configuration) was made under another
+    split of the patients than ``catalog`` has now."""
+    then, now = recorded.get("split_fingerprint"), split_of(catalog)
+    if then and then != now:
+        raise OrthodiffError(
+            f"{source} was made under another train/val/test split (fingerprint {then}) than the catalog "
+            f"has now ({now}): its features were chosen on the old validation split. Rerun sweep and select "
+            f"on this catalog, or pass the catalog it was made with (--catalog)"
+        )
+
+
+def inputs_fingerprint(features: dict, catalog: pd.DataFrame, labels, **settings) -> str:
+    """A hash of everything a run's outputs depend on: which features (backbones, timesteps,
+    blocks, series per plane), the split, the labels and the run's settings."""
+    import hashlib
+
+    def canonical(value):  # JSON attributes (dicts in listing order) compare by content
+        try:
+            return json.loads(value) if isinstance(value, str) else value
+        except json.JSONDecodeError:
+            return value
+
+    stored = {p: {"attrs": {k: canonical(v) for k, v in ds.attrs.items()}, "series": ds.sizes["series"],
+                  "timestep": ds["timestep"].to_numpy().tolist(), "block": ds["block"].to_numpy().tolist()}
+              for p, ds in sorted(features.items())}
+    text = json.dumps({"features": stored, "split": split_of(catalog), "labels": list(labels), **settings},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def completed(out, fingerprint: str, tables=(), run_file="run.json") -> dict | None:
+    """The run record of ``out`` if the run there is complete (its record and tables exist)
+    and was made from the same inputs; otherwise None."""
+    out = Path(out)
+    record = out / run_file
+    if not record.is_file() or not all((out / f"{t}.parquet").is_file() for t in tables):
+        return None
+    run = json.loads(record.read_text())
+    return run if run.get("inputs_fingerprint") == fingerprint else None
+
+
 def config_features(features: dict[str, xr.Dataset], config: dict, source: str = "configuration") -> dict[str, xr.DataArray]:
     """Per plane, the configured (timestep, block) slab: the GAP vectors for GAP pooling,
     the activation otherwise. A plane, timestep or block absent from the store is an error."""
@@ -61,17 +111,34 @@ def config_features(features: dict[str, xr.Dataset], config: dict, source: str =
     return out
 
 
-def run_sweep(features, catalog, labels, pooling, out, probe_params=None, provenance=None, progress=None):
-    """Sweep every (plane, timestep, block); write sweep/top4 tables, heatmaps, run.json."""
+def run_sweep(features, catalog, labels, pooling, out, probe_params=None, provenance=None, progress=None,
+              reuse=False):
+    """Sweep every (plane, timestep, block); write sweep/top4 tables, heatmaps, run.json.
+    ``reuse``: return the tables of a complete sweep from the same inputs instead."""
     out = Path(out)
     params = {**DEFAULT_PROBE, **(probe_params or {})}
+    fingerprint = inputs_fingerprint(features, catalog, labels, kind="sweep", pooling=pooling, probe=params)
+    if reuse and completed(out, fingerprint, ("sweep", "top4")):
+        return read_table(out / "sweep.parquet"), read_table(out / "top4.parquet")
     results = sweep(features, catalog, labels, pooling, probe_params=params, progress=progress)
     top = top_configs(results, 4)
     write_table(results, out / "sweep")
     write_table(top, out / "top4")
     plot_heatmaps(results, out)
-    write_json({"kind": "sweep", "pooling": pooling, "labels": labels, "probe_params": params, **(provenance or {})}, out / "run.json")
+    write_json({"kind": "sweep", "pooling": pooling, "labels": labels, "probe_params": params, **(provenance or {}),
+                "planes": [p for p in PLANES if p in features], "split_fingerprint": split_of(catalog), "inputs_fingerprint": fingerprint}, out / "run.json")
     return results, top
+
+
+def sweep_steps(features: dict, pooling: str) -> int:
+    """Progress units of a sweep: one per plane for the batched GAP and SAP sweeps, one per configuration otherwise."""
+    return len(features) if pooling in ("gap", "sap") else sum(ds.sizes["timestep"] * ds.sizes["block"] for ds in features.values())
+
+
+def selection_size(sweep_dir, top_k: int = 4) -> int:
+    """How many cross-plane combinations ``run_select`` scores (for progress bars)."""
+    top = read_table(Path(sweep_dir) / "top4.parquet")
+    return int(np.prod(top[top["rank"] <= top_k].groupby("plane").size().to_numpy()))
 
 
 def _split(catalog, name):
@@ -79,17 +146,24 @@ def _split(catalog, name):
 
 
 def run_select(sweep_dir, features, catalog, labels, config_path, method="concat", fusion_params=None, top_k=4,
-               progress=None):
+               progress=None, reuse=False):
     """Score every cross-plane combination of the per-plane top ``top_k`` on validation with the
-    fusion head; freeze the best as the configuration file. Returns the scored table."""
-    sweep_dir = Path(sweep_dir)
+    fusion head; freeze the best as the configuration file. Returns the scored table and the
+    configuration (``reuse``: those of a complete selection from the same inputs)."""
+    sweep_dir, config_path = Path(sweep_dir), Path(config_path)
     run = json.loads((sweep_dir / "run.json").read_text()) if (sweep_dir / "run.json").is_file() else None
     if not run or run.get("kind") != "sweep":
         raise OrthodiffError(f"{sweep_dir}: not a sweep directory (no sweep run.json)")
+    check_split(run, catalog, f"the sweep {sweep_dir}")
+    fusion = {**DEFAULT_FUSION, **(fusion_params or {})}
+    selection = config_path.with_name(config_path.stem + "_selection")
+    fingerprint = inputs_fingerprint(features, catalog, labels, kind="select", sweep=run.get("inputs_fingerprint"),
+                                     method=method, fusion=fusion, top_k=top_k)
+    if reuse and completed(config_path.parent, fingerprint, (selection.name,), config_path.name):
+        return read_table(selection.with_suffix(".parquet")), read_config(config_path)
     top = read_table(sweep_dir / "top4.parquet")
     top = top[top["rank"] <= top_k]
     planes = [p for p in PLANES if p in set(top["plane"])]
-    fusion = {**DEFAULT_FUSION, **(fusion_params or {})}
     rows, stage_one = [], {}
     per_plane = [top[top["plane"] == p][["timestep", "block"]].to_dict("records") for p in planes]
     for combo in itertools.product(*per_plane):
@@ -115,13 +189,15 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method="concat
         "probe_params": run["probe_params"],
         "fusion_params": fusion,
         **{k: run[k] for k in ("store", "backbone", "catalog") if k in run},
+        "split_fingerprint": split_of(catalog),
+        "inputs_fingerprint": fingerprint,
     }
-    write_table(scored, Path(config_path).with_name(Path(config_path).stem + "_selection"))
+    write_table(scored, selection)
     write_json(config, config_path)
     return scored, config
 
 
-def plot_gating(gating: pd.DataFrame, path) -> Path:
+def plot_gating(gating: pd.DataFrame, path, title: str = "MPAE gating weights") -> Path:
     plt = pyplot()
     grid = gating.pivot(index="label", columns="plane", values="weight")
     grid = grid[[p for p in PLANES if p in grid.columns]].loc[gating["label"].unique()]
@@ -132,6 +208,7 @@ def plot_gating(gating: pd.DataFrame, path) -> Path:
         bottom += grid[plane].to_numpy()
     ax.set_ylabel("mean MPAE gating weight (test)")
     ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10, loc="left", pad=24)
     ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 1.25), ncol=3)
     fig.tight_layout()
     path = atomic_savefig(fig, path)
@@ -157,27 +234,54 @@ def decision_thresholds(threshold, model, slabs, catalog, labels) -> np.ndarray:
     return youden_thresholds(pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy())
 
 
+def flag_support(metrics: pd.DataFrame, y: np.ndarray, labels, split: str = "test", minimum: int = MIN_SUPPORT) -> pd.DataFrame:
+    """Add to ``note`` of every label with fewer than ``minimum`` positives or negatives that
+    its metrics rest on too few exams (unless it already says why they are undefined)."""
+    y = np.asarray(y)
+    notes = {}
+    for j, label in enumerate(labels):
+        pos, neg = int(y[:, j].sum()), int(len(y) - y[:, j].sum())
+        if 0 < min(pos, neg) < minimum:
+            notes[label] = f"low support: {pos} positive / {neg} negative exams in the {split} split (< {minimum})"
+    out = metrics.copy()
+    flagged = out["label"].map(lambda label: notes.get(label, ""))
+    out["note"] = np.where((out["note"] == "") & (flagged != ""), flagged, out["note"])
+    return out
+
+
 def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=500, seed=0, fusion_params=None,
-             threshold="0.5", probes=None):
+             threshold="0.5", probes=None, reuse=False, progress=None):
     """Train on train (two stages), evaluate on test: metrics with patient bootstrap CIs
     (thresholded metrics at ``threshold``, see ``decision_thresholds``), subgroups, exam
     predictions, exams left out, MPAE gating and EHR weights. ``probes``: fitted Stage I
-    probes by plane used as they are (e.g. fine-tuned pooling heads) instead of new ones."""
+    probes by plane used as they are (e.g. fine-tuned pooling heads) instead of new ones.
+    Returns the metrics and the fitted model (``reuse``, without ``probes``: the metrics of a
+    complete run from the same inputs, and None). ``progress(stage=...)`` after training,
+    evaluation and writing."""
+    progress = progress or no_progress
     out = Path(out)
+    check_split(config, catalog, "the configuration")
     slabs = config_features(features, config)
     fusion = {**DEFAULT_FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
+    fingerprint = inputs_fingerprint(features, catalog, labels, kind="fuse", config=config.get("planes"),
+                                     pooling=config["pooling"], probe=config.get("probe_params"), fusion=fusion,
+                                     method=method, ehr=ehr, n_boot=n_boot, seed=seed, threshold=threshold)
+    if reuse and not probes and completed(out, fingerprint, ("predictions", "metrics", "subgroups", "missing_planes")):
+        return read_table(out / "metrics.parquet"), None
     model = TwoStageFusion(config["pooling"], method, ehr=ehr, probe_params=config.get("probe_params"),
                            fusion_params=fusion, random_state=seed)
     model.fit(slabs, _split(catalog, "train"), labels, probes=probes)
+    progress(stage="trained")
     test = _split(catalog, "test")
     if test.empty:
         raise OrthodiffError("the catalog has no test series")
     cut = decision_thresholds(threshold, model, slabs, catalog, labels)
     pred = model.predict(slabs, test)
     y, p = pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy()
-    metrics = evaluate(y, p, labels, groups=pred["patient_id"].to_numpy(), n_boot=n_boot, seed=seed, threshold=cut)
+    metrics = flag_support(evaluate(y, p, labels, groups=pred["patient_id"].to_numpy(), n_boot=n_boot, seed=seed, threshold=cut), y, labels)
     meta = test.drop_duplicates("case_id").set_index("case_id").loc[pred["case_id"]].reset_index()
     subgroups = subgroup_table(y, p, labels, meta)
+    progress(stage="evaluated")
     write_table(pred, out / "predictions")
     write_table(metrics, out / "metrics")
     write_table(subgroups, out / "subgroups")
@@ -187,13 +291,15 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
             [{"label": c, "plane": pl, "weight": float(pred[f"gate_{c}_{pl}"].mean())} for c in labels for pl in model.planes_]
         )
         write_table(gating, out / "gating")
-        plot_gating(gating, out / "gating.png")
+        plot_gating(gating, out / "gating.png", f"MPAE gating weights per label — {out.name}")
     if ehr:
         write_table(pd.DataFrame({"label": labels, "mri_weight": model.head_.mri_weight_}), out / "ehr_weight")
     write_json({"kind": "fuse", "method": method, "ehr": ehr, "config": config, "labels": labels,
                 "threshold": threshold, "thresholds": dict(zip(labels, cut.tolist())),
-                "stage_one": sorted(probes) if probes else [],
-                "test_exams": len(pred), "exams_missing_a_plane": len(model.missing_)}, out / "run.json")
+                "stage_one": sorted(probes) if probes else [], "fusion_params": fusion, "test_exams": len(pred),
+                "exams_missing_a_plane": len(model.missing_), "split_fingerprint": split_of(catalog),
+                "inputs_fingerprint": fingerprint}, out / "run.json")
+    progress(stage="written")
     return metrics, model
 
 
@@ -219,12 +325,14 @@ def compare_runs(a, b, n_perm=1000, seed=0) -> pd.DataFrame:
 
 
 def run_efficiency(config, features, catalog, labels, subsets, out, method="concat", comparator="lightgbm",
-                   seed=0, progress=None):
+                   seed=0, progress=None, fusion_params=None):
     """Test macro AUROC of the fusion head and the comparator trained on nested patient
     subsets (catalog columns ``subset_<N>``; "all" = the whole training split)."""
-    from orthodiff.catalogs.cohort import SUBSET_PREFIX
+    from orthodiff.catalogs.cohort import SUBSET_PREFIX, subset_sizes
 
     out = Path(out)
+    check_split(config, catalog, "the configuration")
+    fusion = {**DEFAULT_FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
     slabs = config_features(features, config)
     train, test = _split(catalog, "train"), _split(catalog, "test")
     rows = []
@@ -234,11 +342,15 @@ def run_efficiency(config, features, catalog, labels, subsets, out, method="conc
         else:
             column = f"{SUBSET_PREFIX}{size}"
             if column not in catalog.columns:
-                raise OrthodiffError(f"catalog has no subset column {column!r}; run `orthodiff catalog split --subsets`")
+                raise OrthodiffError(
+                    f"the catalog has no subset column {column!r} (it has subsets {subset_sizes(catalog) or 'none'} of "
+                    f"{train['patient_id'].nunique()} training patients); run `orthodiff catalog split --subsets` with sizes "
+                    f"up to that number, or pass --subsets from the ones it has"
+                )
             part = train[train[column].astype(bool)]
         for head in (method, comparator):
             model = TwoStageFusion(config["pooling"], head, probe_params=config.get("probe_params"),
-                                   fusion_params=config.get("fusion_params"), random_state=seed)
+                                   fusion_params=fusion, random_state=seed)
             pred = model.fit(slabs, part, labels).predict(slabs, test)
             rows.append({"subset": str(size), "patients": part["patient_id"].nunique(), "head": head,
                          "test_macro_auroc": macro_auroc(pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy())})
@@ -251,12 +363,17 @@ def run_efficiency(config, features, catalog, labels, subsets, out, method="conc
     for head, part in curves.groupby("head", sort=False):
         ax.plot(part["patients"], part["test_macro_auroc"], marker="o", label=head)
     ax.set_xscale("log")
-    ax.set_xlabel("training patients")
+    ticks = sorted(curves["patients"].unique())
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("training patients (log scale)")
     ax.set_ylabel("test macro AUROC")
+    ax.set_title(f"Label efficiency: {method} vs {comparator} — {out.name}", fontsize=10, loc="left")
     ax.legend()
     fig.tight_layout()
     atomic_savefig(fig, out / "efficiency.png")
     plt.close(fig)
     write_json({"kind": "efficiency", "config": config, "method": method, "comparator": comparator,
-                "subsets": [str(s) for s in subsets]}, out / "run.json")
+                "fusion_params": fusion, "subsets": [str(s) for s in subsets], "split_fingerprint": split_of(catalog)},
+               out / "run.json")
     return curves

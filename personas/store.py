@@ -191,17 +191,13 @@ def make_personas(store: str, checkpoint: str, plane: str, roi: str = "box", gri
                   jumps: int = 2, seed: int = 0, workers: int | None = None, scheduler: str | None = None,
                   device: str | None = None, progress: bool = True, warn=print) -> dict:
     """Make the personas still missing for `plane`; returns counts, ids and the time."""
-    from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
-
     store, checkpoint = str(store), str(checkpoint)
     prov, tasks, notes = plan(store, checkpoint, plane, roi, grid, steps, jumps, seed)
     for note in notes:
         warn(note)
     total = sum(len(t.series) for t in tasks)
-    columns = (TextColumn(f"persona {plane}"), BarColumn(), TextColumn("{task.completed}/{task.total} series"),
-               TextColumn("{task.fields[rate]:.3f} series/s"), TimeRemainingColumn())
     start = time.perf_counter()
-    run_tasks(run_task, tasks, (store, checkpoint, plane, prov, device), total, columns, workers, scheduler, progress)
+    run_tasks(run_task, tasks, (store, checkpoint, plane, prov, device), f"persona {plane}", total, workers, scheduler, progress)
     consolidate(store)
     return {"backbone": prov["backbone_id"], "plane": plane, "series": total, "tasks": len(tasks),
             "rois": len(prov["roi_names"]), "seconds": round(time.perf_counter() - start, 2)}

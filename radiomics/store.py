@@ -177,15 +177,11 @@ def extract_radiomics(store: str, plane: str, sources=SOURCES, families=FAMILIES
                       persona_backbone: str | None = None, workers: int | None = None, scheduler: str | None = None,
                       progress: bool = True) -> dict:
     """Compute the radiomic features still missing for `plane`; returns counts, the settings id and time."""
-    from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
-
     store = str(store)
     prov, tasks = plan(store, plane, sources, families, bins, grid, persona_backbone)
     total = sum(len(t.series) for t in tasks)
-    columns = (TextColumn(f"radiomics {plane}"), BarColumn(), TextColumn("{task.completed}/{task.total} series"),
-               TextColumn("{task.fields[rate]:.2f} series/s"), TimeRemainingColumn())
     start = time.perf_counter()
-    run_tasks(run_task, tasks, (store, plane, prov, persona_backbone), total, columns, workers, scheduler, progress)
+    run_tasks(run_task, tasks, (store, plane, prov, persona_backbone), f"radiomics {plane}", total, workers, scheduler, progress)
     consolidate(store)
     return {"settings": prov["settings_id"], "plane": plane, "series": total, "tasks": len(tasks),
             "features": len(prov["features"]) * len(prov["settings"]["roi_names"]) * len(prov["settings"]["sources"]),

@@ -56,7 +56,7 @@ def finetune(
     device: Device = None,
 ) -> None:
     """Stage I fine-tuning: encoder + middle block with a pooling head on the training split; writes a new backbone."""
-    from orthodiff.heads.commands import progress_bar
+    from orthodiff.progress import progress_bar
     from orthodiff.supervised.runs import run_finetune
 
     with progress_bar(console, f"fine-tuning the {plane} backbone: steps", None) as advance:
@@ -73,7 +73,7 @@ def finetune(
 
 def _segment(store, catalog, plane, model, out, backbone, timestep, block, epochs, lr, batch_size, subsets, seed, device,
              **options):
-    from orthodiff.heads.commands import progress_bar
+    from orthodiff.progress import progress_bar
     from orthodiff.supervised.runs import run_segment
 
     sizes = _subsets(subsets)
@@ -118,7 +118,7 @@ def segment_predict(
     device: Device = None,
 ) -> None:
     """Predict masks as NIfTI on each input series' grid; biomarkers with Bland-Altman agreement."""
-    from orthodiff.heads.commands import progress_bar
+    from orthodiff.progress import progress_bar
     from orthodiff.supervised.runs import run_segment_predict
     from orthodiff.tables import frame_table
 
@@ -145,7 +145,7 @@ def baseline_classify(
     device: Device = None,
 ) -> None:
     """Diagnosis from scratch: one network per plane, test metrics per exam."""
-    from orthodiff.heads.commands import progress_bar
+    from orthodiff.progress import progress_bar
     from orthodiff.supervised.runs import run_baseline_classify
     from orthodiff.tables import frame_table
 

@@ -66,6 +66,7 @@ def test_schema_queries_and_catalog_join(base, tmp_path):
     np.testing.assert_allclose(plain.gap.sel(timestep=50, block="mid_0").values, slab.mean((2, 3, 4)), atol=2e-3)
     prov = zarr.open_group(store, path=f"features/{summary['backbone']}", mode="r").attrs
     assert prov["backbone_id"] == summary["backbone"] and prov["preset"] == "demo" and prov["noise_seed"] == 0
+    assert prov["checkpoint"] == str(Path(ckpt).resolve())  # absolute, wherever the command ran
 
     catalog = pd.DataFrame({"series_id": [f"s{i}-axial" for i in range(40)], "split": ["train"] * 30 + ["test"] * 10,
                             "ACL": np.arange(40) % 2, "path": "x"})
@@ -88,7 +89,8 @@ def test_rerun_skips_and_growth_leaves_existing_shards_untouched(base, tmp_path)
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before}
     assert before == after
     ds = orthodiff.open_store(store)
-    assert sorted(ds.timestep.values) == [10, 50, 75] and verify_store(store) == []
+    assert ds.timestep.values.tolist() == [10, 50, 75] and verify_store(store) == []  # sorted after growth
+    assert store_info(store).set_index("plane").at["axial", "timesteps"] == "10,50,75"
 
 
 def test_kill_minus_9_then_rerun_is_byte_identical(base, tmp_path):
