@@ -80,12 +80,8 @@ class Pretrainer:
 
     def __init__(self, store: str, plane: str, preset: str = "tiny", steps: int = 1000, batch: int = 4,
                  out: str | Path = "backbone.pt", every: int = 500, seed: int = 0, lr: float | None = None,
-<<<<<<< HEAD
-                 resume: bool = False, device: str | None = None, progress: bool = True,
+                 resume: bool = False, device: str | None = None, progress: bool | Advance = True,
                  healthy_catalog: str | Path | None = None):
-=======
-                 resume: bool = False, device: str | None = None, progress: bool | Advance = True):
->>>>>>> newcomer
         if plane not in PLANES:
             raise OrthodiffError(f"--plane {plane!r}: expected one of {list(PLANES)}")
         if preset not in PRESETS:
@@ -189,20 +185,12 @@ class Pretrainer:
                     for e, p in zip(ema.parameters(), model.parameters()):
                         e.lerp_(p, 1 - EMA_DECAY)
                 history["loss"].append(loss.item())
-<<<<<<< HEAD
-                rate = (step - first) / max(time.perf_counter() - start, 1e-9)
-                bar.update(task, completed=step, loss=history["loss"][-1], rate=rate)
+                advance(loss=history["loss"][-1])
                 if step % self.every == 0 or step == self.steps:
                     rng = self._rng_states(generator)
                     if self.rank == 0:
                         history["val_loss"].append((step, self.validation_loss(ema)))
                         save_atomic(self._checkpoint(step, model, ema, opt, rng, history), self.out)
-=======
-                advance(loss=history["loss"][-1])
-                if self.rank == 0 and (step % self.every == 0 or step == self.steps):
-                    history["val_loss"].append((step, self.validation_loss(ema)))
-                    save_atomic(self._checkpoint(step, model, ema, opt, generator, history), self.out)
->>>>>>> newcomer
         return ema.eval()
 
 

@@ -138,10 +138,6 @@ class EncoderSegmenter(nn.Module):
         return self.head(self.encoder(x0, keys))
 
 
-def _block(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(in_channels, out_channels, 3, padding=1), nn.GroupNorm(8, out_channels), nn.SiLU())
-
-
 class SkipSegmenter(nn.Module):
     """orthodiff's variant (``--decoder skip``, not the paper's): noised encoder + a decoder
     that, at each encoder resolution, deepest first, upsamples, concatenates that
