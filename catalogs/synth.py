@@ -20,7 +20,7 @@ import pandas as pd
 from orthodiff.catalogs.cohort import split_catalog, write_catalog
 from orthodiff.catalogs.phantom import TISSUE_NAMES, TISSUE_TABLE, Anatomy, Volume, render, true_thickness
 from orthodiff.catalogs.tasks import PLANES, ehr_schema, get_task, joints, structures
-from orthodiff.catalogs.writers import DIRECTIONS, affine, write_dicom_series, write_nifti
+from orthodiff.catalogs.writers import affine, write_dicom_series, write_nifti
 from orthodiff.errors import OrthodiffError
 from orthodiff.progress import Advance, maybe_progress
 
