@@ -175,7 +175,7 @@ def pretrain(
     store: Annotated[str, typer.Option(help="Store holding the ingested volumes.")],
     out: Annotated[Path, typer.Option(help="Checkpoint to write (reference layout).")],
     preset: Annotated[str, typer.Option(help="paper (16x256x256), small (16x128x128), tiny (16x64x64) or demo (16x32x32).")] = "tiny",
-    steps: Annotated[int, typer.Option(help="Optimisation steps in total (the paper: 21,500).")] = 1000,
+    steps: Annotated[int, typer.Option(help="Optimisation steps in total (the paper: 21,500; 0 writes the initialisation, a random-init baseline).")] = 1000,
     batch: Annotated[int, typer.Option(help="Volumes per step and process.")] = 4,
     every: Annotated[int, typer.Option(help="Write a checkpoint every this many steps.")] = 500,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: 1e-5 x batch x processes).")] = None,

@@ -86,8 +86,8 @@ class Pretrainer:
             raise OrthodiffError(f"--plane {plane!r}: expected one of {list(PLANES)}")
         if preset not in PRESETS:
             raise OrthodiffError(f"--preset {preset!r}: expected one of {list(PRESETS)}")
-        if steps < 1 or batch < 1 or every < 1:
-            raise OrthodiffError(f"--steps, --batch and --every must be at least 1 (got {steps}, {batch}, {every})")
+        if steps < 0 or batch < 1 or every < 1:
+            raise OrthodiffError(f"--steps must be at least 0, --batch and --every at least 1 (got {steps}, {batch}, {every})")
         self.out, self.steps, self.batch, self.every, self.seed = Path(out), steps, batch, every, seed
         self.plane, self.progress, self.resume = plane, progress, resume
         if self.out.exists() and not resume:
@@ -191,6 +191,11 @@ class Pretrainer:
                     if self.rank == 0:
                         history["val_loss"].append((step, self.validation_loss(ema)))
                         save_atomic(self._checkpoint(step, model, ema, opt, rng, history), self.out)
+            if self.steps == 0:  # the initialisation itself: a random-init baseline
+                rng = self._rng_states(generator)
+                if self.rank == 0:
+                    history["val_loss"].append((0, self.validation_loss(ema)))
+                    save_atomic(self._checkpoint(0, model, ema, opt, rng, history), self.out)
         return ema.eval()
 
 
