@@ -334,7 +334,7 @@ def fingerprint(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Radiomic fingerprint head and comparators on one task: test AUC, accuracy, sensitivity, specificity."""
-    from orthodiff.heads.commands import progress_bar
+    from orthodiff.progress import progress_bar
     from orthodiff.heads.fingerprint_cohort import models, run_fingerprint
     from orthodiff.tables import frame_table
 

@@ -35,7 +35,7 @@ def seg(
 ) -> None:
     """Dice, IoU, HD95, NSD; tiered tables; biomarkers and agreement; Friedman/Wilcoxon; acquisition effects."""
     from orthodiff.evaluation.run import run_evaluate_seg
-    from orthodiff.heads.commands import progress_bar
+    from orthodiff.progress import progress_bar
     from orthodiff.tables import frame_table
 
     with progress_bar(console, "series", None) as advance:
@@ -74,7 +74,7 @@ def prompt(
 ) -> None:
     """Segment every structure slice by slice with SAM, MedSAM or SAM2 from box prompts."""
     from orthodiff.evaluation.promptable import run_prompt
-    from orthodiff.heads.commands import progress_bar
+    from orthodiff.progress import progress_bar
 
     with progress_bar(console, "slices", None) as advance:
         written = run_prompt(catalog, out, checkpoint, model, size, prompts, prompt_masks, shift, split or None, min_size,

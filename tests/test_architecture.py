@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ("catalogs", "featurestore", "backbone", "heads", "supervised")
-SHARED = ("errors", "files", "tables", "devices")  # leaf modules anyone may use
+SUBPACKAGES = ("catalogs", "featurestore", "backbone", "heads", "supervised", "personas", "radiomics", "evaluation")
+SHARED = ("errors", "files", "tables", "devices", "progress", "faults")  # leaf modules anyone may use
 
 # Which parts each part may import (besides itself and SHARED). "orthodiff" is the package
 # root (`orthodiff.open_store`, `orthodiff.__version__`).
@@ -22,10 +22,13 @@ ALLOWED = {
     "catalogs": set(),
     "featurestore": {"catalogs", "backbone", "orthodiff"},  # extraction (tier 1) runs the backbone
     "backbone": {"catalogs", "featurestore"},  # only pretrain -> featurestore.volumes, see below
-    "heads": {"catalogs", "featurestore", "orthodiff"},  # never a network of tier 1
+    "heads": {"catalogs", "featurestore", "orthodiff", "personas", "radiomics"},  # never a network of tier 1
     "supervised": {"catalogs", "featurestore", "backbone", "heads", "orthodiff"},
+    "personas": {"catalogs", "featurestore", "backbone", "orthodiff"},  # inpainting runs the healthy backbone (tier 1)
+    "radiomics": {"catalogs", "featurestore", "personas"},  # features of images, personas and residuals
+    "evaluation": {"catalogs", "featurestore", "supervised", "heads"},
     "orthodiff": {"featurestore"},
-    "cli": {"catalogs", "featurestore", "backbone", "heads", "supervised", "demo"},
+    "cli": {"catalogs", "featurestore", "backbone", "heads", "supervised", "personas", "radiomics", "evaluation", "demo"},
     "demo": {"catalogs", "featurestore", "backbone", "heads", "supervised"},
     "__main__": {"cli"},
 }

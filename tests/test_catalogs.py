@@ -148,12 +148,15 @@ def test_cli_validate_reports_one_line_and_exit_code_2(tmp_path):
 
 def test_cli_split_with_subsets(tmp_path):
     path = write_catalog(make_catalog(tmp_path, n_patients=60), tmp_path / "catalog.parquet")
+    before = path.read_bytes()
     result = run_cli("catalog", "split", str(path), "--seed", "1", "--subsets", "5,20")
     assert result.returncode == 0, result.stderr
-    df = read_catalog(path)
+    assert path.read_bytes() == before  # a new catalog by default: stores made under the old split stay valid
+    split = tmp_path / "catalog.split.parquet"
+    df = read_catalog(split)
     assert {"subset_5", "subset_20"} <= set(df.columns)
     assert df.groupby("patient_id")["split"].nunique().max() == 1
-    assert run_cli("catalog", "validate", str(path)).returncode == 0
+    assert run_cli("catalog", "validate", str(split)).returncode == 0
 
 
 def write_mrnet(root, n_train: int = 12, n_valid: int = 4):

@@ -61,8 +61,8 @@ def test_ddp_ranks_end_with_identical_weights(store, tmp_path):
 
 
 def test_bad_input_is_named_and_nothing_is_overwritten(store, tmp_path):
-    with pytest.raises(OrthodiffError, match="--steps, --batch and --every must be at least 1"):
-        Pretrainer(store, "axial", "demo", steps=0)
+    with pytest.raises(OrthodiffError, match="--steps must be at least 0, --batch and --every at least 1"):
+        Pretrainer(store, "axial", "demo", steps=-1)
     with pytest.raises(OrthodiffError, match="no sagittal training volumes"):
         Pretrainer(store, "sagittal", "demo", steps=1)
     with pytest.raises(OrthodiffError, match="volumes are 32 px in-plane but preset 'tiny' expects 64"):
@@ -78,7 +78,7 @@ def test_bad_input_is_named_and_nothing_is_overwritten(store, tmp_path):
     assert (tmp_path / "keep.pt").read_bytes() == b"precious"
     result = subprocess.run(
         [sys.executable, "-m", "orthodiff", "pretrain", "--plane", "axial", "--store", store,
-         "--out", str(tmp_path / "x.pt"), "--steps", "0"], capture_output=True, text=True,
+         "--out", str(tmp_path / "x.pt"), "--steps", "-1"], capture_output=True, text=True,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "--steps" in result.stderr
@@ -135,3 +135,17 @@ def test_ddp_resume_restores_each_ranks_generators(store, tmp_path):
         torch.testing.assert_close(resumed["ema"][key], value, rtol=0, atol=0)
     with pytest.raises(OrthodiffError, match=r"written by 2 process\(es\), resumed with 1"):
         Pretrainer(store, "axial", "demo", steps=6, batch=1, out=tmp_path / "half.pt", resume=True, progress=False).run()
+
+
+def test_zero_steps_writes_the_initialisation_of_the_trained_run(store, tmp_path):
+    """`--steps 0` is the random-init baseline: exactly the weights a run of the same seed starts from."""
+    from orthodiff.backbone import PRESETS, DiffusionUNet
+    from orthodiff.backbone.checkpoint import unet_state
+
+    Pretrainer(store, "axial", "demo", steps=0, out=tmp_path / "init.pt", seed=3, progress=False).run()
+    ckpt = torch.load(tmp_path / "init.pt", weights_only=True)
+    torch.manual_seed(3)
+    fresh = DiffusionUNet(PRESETS["demo"]).state_dict()
+    assert ckpt["step"] == 0 and ckpt["history"]["val_loss"][0][0] == 0
+    for key, value in unet_state(ckpt).items():
+        torch.testing.assert_close(value, fresh[key], rtol=0, atol=0)
