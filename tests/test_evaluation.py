@@ -35,12 +35,12 @@ def cohort(tmp_path_factory):
     from orthodiff.catalogs.synth import synthesize
 
     root = tmp_path_factory.mktemp("evaluation")
-    catalog_path = synthesize("knee", 8, 32, 0, root / "cohort", progress=False)
+    catalog_path = synthesize("knee", 8, 64, 0, root / "cohort", progress=False)
     catalog = read_catalog(catalog_path)
     rng = np.random.default_rng(0)
     exams = catalog["case_id"].unique()
     per_exam = pd.DataFrame({"case_id": exams, "te": rng.uniform(10, 40, len(exams)), "tr": rng.uniform(1000, 3000, len(exams)),
-                             "flip_angle": rng.choice([90.0, 120.0, np.nan], len(exams)), "pixel_spacing": 150 / 32})
+                             "flip_angle": rng.choice([90.0, 120.0, np.nan], len(exams)), "pixel_spacing": 150 / 64})
     catalog = catalog.merge(per_exam, on="case_id")
     t2_paths = []
     folders = {name: root / name for name in ("copy", "shifted", "no_fc/masks")}

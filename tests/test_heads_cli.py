@@ -73,7 +73,8 @@ def test_sweep_select_fuse_compare_efficiency_report(fake_store):
     out = _ok(runner.invoke(app, ["report", str(root / "run")]))
     html = (root / "run/report.html").read_text()
     pngs = sorted((root / "run").rglob("*.png"))
-    assert "heatmap_sagittal.png" in out and html.count("<img") == len(pngs) >= 4
+    # every figure of the run, plus the report's own ROC and precision-recall curves
+    assert "heatmap_sagittal.png" in out and html.count("<img") == len(pngs) + 2 and len(pngs) >= 4
     assert all(base64.b64encode(png.read_bytes()).decode() in html for png in pngs)  # every figure, embedded whole
 
 

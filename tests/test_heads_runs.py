@@ -73,7 +73,7 @@ def test_compare_efficiency_and_report(run):
     assert (out / "efficiency" / "efficiency.png").is_file()
     html = build_report(out).read_text()
     pngs = sorted(out.rglob("*.png"))  # how many depends on which tests ran first (module-scoped run)
-    assert html.count("<img") == len(pngs) >= 4 and "macro_auroc" in html
+    assert html.count("<img") == len(pngs) + 2 and len(pngs) >= 4 and "macro_auroc" in html  # + ROC and PR curves
     with pytest.raises(OrthodiffError, match="not a fuse or baseline classification run"):
         compare_runs(out / "sweep", out / "cmp_concat")
     with pytest.raises(OrthodiffError, match="no subset column 'subset_500'"):
