@@ -326,8 +326,9 @@ def fuse(
     console.print(frame_table(metrics.drop(columns="note"), f"Test metrics, {method}{' + EHR' if ehr else ''} — {out}"))
     for label, note in metrics.loc[metrics["note"] != "", ["label", "note"]].drop_duplicates().itertuples(index=False):
         console.print(f"[yellow]{label}[/]: {note} in the test split")
-    if len(model.missing_):
-        console.print(f"{len(model.missing_)} test exams miss a plane and were left out of fusion (missing_planes.csv)")
+    missing = model.missing_exams(df[df["split"] == "test"])
+    if len(missing):
+        console.print(f"{len(missing)} test exams miss a plane and were left out of fusion (missing_planes.csv)")
 
 
 @app.command()

@@ -44,10 +44,13 @@ class MultiLabelClassifier(ClassifierMixin, BaseEstimator):
         raise NotImplementedError
 
     def _layout(self, scores: np.ndarray, binary_negative=None) -> np.ndarray:
-        """(N, labels) scores in the layout of the ``y`` seen in ``fit``."""
+        """(N, ..., labels) scores in the layout of the ``y`` seen in ``fit``: unchanged for
+        multi-label; for binary the label axis is dropped (decision values) or becomes the
+        (negative, positive) class axis (probabilities, ``binary_negative`` given)."""
         if self.multilabel_:
             return scores
-        return scores[:, 0] if binary_negative is None else np.column_stack([binary_negative(scores[:, 0]), scores[:, 0]])
+        positive = scores[..., 0]
+        return positive if binary_negative is None else np.stack([binary_negative(positive), positive], axis=-1)
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self)
@@ -56,7 +59,7 @@ class MultiLabelClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         check_is_fitted(self)
         present = (self._positive_proba(X) > 0.5).astype(int)
-        return present if self.multilabel_ else self.classes_[present[:, 0]]
+        return present if self.multilabel_ else self.classes_[present[..., 0]]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -42,7 +42,7 @@ def run_heads(store, catalog_path, out, console: Console, backbone=None, pooling
         summary = metrics[metrics["label"] == "all"].set_index("metric")
         rows.append({"run": name, **{m: summary.at[m, "value"] for m in summary.index},
                      "auroc_ci": f"{summary.at['macro_auroc', 'ci_low']:.3f}-{summary.at['macro_auroc', 'ci_high']:.3f}",
-                     "exams_left_out": len(model.missing_)})
+                     "exams_left_out": len(model.missing_exams(catalog[catalog["split"] == "test"]))})
     table = pd.DataFrame(rows)
     write_table(table, out / "summary")
     console.print(frame_table(table, "Test set: fusion heads vs LightGBM on the same pooled vectors"))

@@ -181,7 +181,8 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     write_table(pred, out / "predictions")
     write_table(metrics, out / "metrics")
     write_table(subgroups, out / "subgroups")
-    write_table(model.missing_, out / "missing_planes")
+    missing = model.missing_exams(test)
+    write_table(missing, out / "missing_planes")
     if method == "mpae":
         gating = pd.DataFrame(
             [{"label": c, "plane": pl, "weight": float(pred[f"gate_{c}_{pl}"].mean())} for c in labels for pl in model.planes_]
@@ -193,7 +194,7 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     write_json({"kind": "fuse", "method": method, "ehr": ehr, "config": config, "labels": labels,
                 "threshold": threshold, "thresholds": dict(zip(labels, cut.tolist())),
                 "stage_one": sorted(probes) if probes else [],
-                "test_exams": len(pred), "exams_missing_a_plane": len(model.missing_)}, out / "run.json")
+                "test_exams": len(pred), "exams_missing_a_plane": len(missing)}, out / "run.json")
     return metrics, model
 
 
