@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 from lightgbm import LGBMClassifier
+from scipy.sparse import issparse
 from sklearn.linear_model import LogisticRegression
 from sklearn.multioutput import MultiOutputClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from orthodiff.catalogs.tasks import PLANES
-from orthodiff.heads.estimator import MultiLabelClassifier, check_X
+from orthodiff.heads.estimator import MultiLabelClassifier, check_weights, check_X
 
 
 def as_matrix(X) -> np.ndarray:
@@ -34,11 +35,12 @@ class _PerLabel(MultiLabelClassifier):
         return {} if sample_weight is None else {"sample_weight": np.asarray(sample_weight)}
 
     def _matrix(self, X, y=None, reset=False):
-        return check_X(self, as_matrix(X) if isinstance(X, dict) else X, y, reset=reset, dtype=np.float32)
+        fusion_input = isinstance(X, dict) and not issparse(X)  # a scipy DOK matrix is a dict too
+        return check_X(self, as_matrix(X) if fusion_input else X, y, reset=reset, dtype=[np.float64, np.float32])
 
     def fit(self, X, y, sample_weight=None):
         X, y = self._matrix(X, y, reset=True)
-        y = self._encode_targets(y)
+        y, sample_weight = self._encode_targets(y), check_weights(sample_weight, X)
         self.prevalence_ = y.mean(0)
         self.fitted_labels_ = np.flatnonzero([len(np.unique(column)) == 2 for column in y.T])
         self.estimator_ = None
@@ -83,3 +85,10 @@ class LogisticComparator(_PerLabel):
 
     def _weight_kw(self, sample_weight) -> dict:
         return {} if sample_weight is None else {"logisticregression__sample_weight": np.asarray(sample_weight)}
+
+    def fit(self, X, y, sample_weight=None) -> "LogisticComparator":
+        super().fit(X, y, sample_weight)
+        fitted = self.estimator_.estimators_ if self.estimator_ is not None else []
+        # iterations of each fitted label's solver (sklearn's n_iter_ for max_iter estimators)
+        self.n_iter_ = np.array([int(e[-1].n_iter_[0]) for e in fitted], dtype=int)
+        return self

@@ -9,7 +9,7 @@ from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from orthodiff.heads.estimator import MultiLabelClassifier, check_X
+from orthodiff.heads.estimator import MultiLabelClassifier, check_weights, check_X
 from orthodiff.heads.pooling import make_pooling
 from orthodiff.heads.training import apply, seeded, train
 
@@ -82,7 +82,7 @@ class PlaneProbe(TransformerMixin, MultiLabelClassifier):
 
     def fit(self, X, y, sample_weight=None) -> "PlaneProbe":
         X, y = check_X(self, X, y, reset=True, allow_nd=True, dtype=[np.float32, np.float16])
-        y = self._encode_targets(y)
+        y, sample_weight = self._encode_targets(y), check_weights(sample_weight, X)
         net = seeded(self.random_state, lambda: ProbeNet(self.pooling, X.shape[1], y.shape[1]))
         net.standardise_with(apply(net.pooled, [X], self.block_rows))
         self.net_ = train(
@@ -102,7 +102,7 @@ class PlaneProbe(TransformerMixin, MultiLabelClassifier):
         net.load_state_dict(state)
         probe.net_ = net.eval()
         probe.n_features_in_ = channels
-        probe.multilabel_, probe.classes_ = True, [np.array([0, 1])] * n_labels
+        probe.multilabel_, probe.classes_ = True, np.array([0, 1])
         return probe
 
     def _inputs(self, X) -> list:
@@ -110,10 +110,18 @@ class PlaneProbe(TransformerMixin, MultiLabelClassifier):
         return [check_X(self, X, reset=False, allow_nd=True, dtype=[np.float32, np.float16])]
 
     def decision_function(self, X) -> np.ndarray:
-        return self._layout(apply(self.net_, self._inputs(X), self.block_rows))
+        inputs = self._inputs(X)
+        return self._layout(apply(self.net_, inputs, self.block_rows))
 
     def _positive_proba(self, X) -> np.ndarray:
-        return expit(apply(self.net_, self._inputs(X), self.block_rows))
+        inputs = self._inputs(X)
+        return expit(apply(self.net_, inputs, self.block_rows))
 
     def transform(self, X) -> np.ndarray:
-        return apply(self.net_.standardised, self._inputs(X), self.block_rows)
+        inputs = self._inputs(X)
+        return apply(self.net_.standardised, inputs, self.block_rows)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]  # the torch network computes in float32
+        return tags
