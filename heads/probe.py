@@ -58,8 +58,8 @@ class PlaneProbe(TransformerMixin, MultiLabelClassifier):
     ``X``: (N, C, z, y, x) activations, or (N, C) GAP vectors when ``pooling="gap"``; a
     numpy array or a lazy xarray/Dask array (streamed in blocks of ``block_rows`` series).
     ``y``: (N, labels) 0/1, or 1-D binary (see ``heads.estimator``). After ``fit``,
-    ``transform`` gives the frozen, standardised pooled vectors (Stage I output for fusion). Defaults are the paper's: SAP, Adam at 5e-4
-    with a cosine schedule, 10 epochs, batch 10.
+    ``transform`` gives the frozen, standardised pooled vectors (Stage I output for fusion).
+    Defaults are the paper's: SAP, Adam at 5e-4 with a cosine schedule, 10 epochs, batch 10.
     """
 
     def __init__(
