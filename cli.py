@@ -479,8 +479,9 @@ def fuse(
     console.print(frame_table(metrics.drop(columns="note"), f"Test metrics, {method}{' + EHR' if ehr else ''} — {out}"))
     for label, note in metrics.loc[metrics["note"] != "", ["label", "note"]].drop_duplicates().itertuples(index=False):
         console.print(f"[yellow]{label}[/]: {note}", highlight=False)
-    if len(model.missing_):
-        console.print(f"{len(model.missing_)} test exams miss a plane and were left out of fusion (exams_left_out; "
+    missing = model.missing_exams(df[df["split"] == "test"])
+    if len(missing):
+        console.print(f"{len(missing)} test exams miss a plane and were left out of fusion (exams_left_out; "
                       f"listed in {out / 'missing_planes.csv'})")
 
 

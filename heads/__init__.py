@@ -10,4 +10,31 @@
 - ``metrics``: AUROC/AP, CP/CR/CF1, OP/OR/OF1, patient bootstrap, permutation tests.
 - ``runs``: the CLI's sweep / select / fuse / compare / efficiency runs; ``report``: HTML.
 - ``store``: per-plane features from ``orthodiff.open_store``.
+- ``estimator``: ``MultiLabelClassifier``, the scikit-learn contract the classifiers share.
+
+The estimators are importable from here (``from orthodiff.heads import PlaneProbe``),
+loaded on first use so that importing a submodule stays cheap. The whole-volume
+estimators (``VolumeClassifier``, ``VolumeSegmenter``) run a backbone and live in
+``orthodiff.supervised`` (the heads never import it, see ARCHITECTURE.md).
 """
+
+from importlib import import_module
+
+_EXPORTS = {
+    "PlaneProbe": "probe",
+    "FusionHead": "fusion",
+    "LogisticComparator": "comparators",
+    "LightGBMComparator": "comparators",
+    "TwoStageFusion": "protocol",
+    "EHREncoder": "ehr",
+    "EHROnlyHead": "ehr",
+    "BatchedGAPProbes": "sweep",
+    "MultiLabelClassifier": "estimator",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -1,18 +1,23 @@
-"""Classical comparators on pooled vectors: one LightGBM / logistic regression per label.
+"""Classical comparators on pooled vectors: one LightGBM / logistic regression per label
+(``MultiOutputClassifier``).
 
 ``X`` is an (N, D) array or a fusion input dict (plane vectors, and "ehr", concatenated).
-A label with one class only in training predicts its training prevalence.
+``y`` is (N, labels) 0/1 or 1-D binary (``heads.estimator``). A label with one class only
+in training predicts its training prevalence (a per-label classifier cannot be fitted).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from lightgbm import LGBMClassifier
+from scipy.sparse import issparse
 from sklearn.linear_model import LogisticRegression
+from sklearn.multioutput import MultiOutputClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from orthodiff.catalogs.tasks import PLANES
+from orthodiff.heads.estimator import MultiLabelClassifier, check_weights, check_X
 
 
 def as_matrix(X) -> np.ndarray:
@@ -22,28 +27,34 @@ def as_matrix(X) -> np.ndarray:
     return np.asarray(X, dtype=np.float32)
 
 
-class _PerLabel:
+class _PerLabel(MultiLabelClassifier):
     def _make(self):
         raise NotImplementedError
-
-    def fit(self, X, y, sample_weight=None):
-        X, y = as_matrix(X), np.asarray(y)
-        self.estimators_ = []
-        for j in range(y.shape[1]):
-            if len(np.unique(y[:, j])) < 2:
-                self.estimators_.append(float(y[:, j].mean()))
-            else:
-                self.estimators_.append(self._make().fit(X, y[:, j], **self._weight_kw(sample_weight)))
-        return self
 
     def _weight_kw(self, sample_weight) -> dict:
         return {} if sample_weight is None else {"sample_weight": np.asarray(sample_weight)}
 
-    def predict_proba(self, X) -> np.ndarray:
-        X = as_matrix(X)
-        return np.stack(
-            [np.full(len(X), e) if isinstance(e, float) else e.predict_proba(X)[:, 1] for e in self.estimators_], axis=1
-        )
+    def _matrix(self, X, y=None, reset=False):
+        fusion_input = isinstance(X, dict) and not issparse(X)  # a scipy DOK matrix is a dict too
+        return check_X(self, as_matrix(X) if fusion_input else X, y, reset=reset, dtype=[np.float64, np.float32])
+
+    def fit(self, X, y, sample_weight=None):
+        X, y = self._matrix(X, y, reset=True)
+        y, sample_weight = self._encode_targets(y), check_weights(sample_weight, X)
+        self.prevalence_ = y.mean(0)
+        self.fitted_labels_ = np.flatnonzero([len(np.unique(column)) == 2 for column in y.T])
+        self.estimator_ = None
+        if len(self.fitted_labels_):
+            self.estimator_ = MultiOutputClassifier(self._make()).fit(
+                X, y[:, self.fitted_labels_].astype(int), **self._weight_kw(sample_weight))
+        return self
+
+    def _positive_proba(self, X) -> np.ndarray:
+        X = self._matrix(X)
+        prob = np.tile(self.prevalence_.astype(np.float64), (len(X), 1))
+        if self.estimator_ is not None:
+            prob[:, self.fitted_labels_] = np.column_stack([p[:, 1] for p in self.estimator_.predict_proba(X)])
+        return prob
 
 
 class LightGBMComparator(_PerLabel):
@@ -74,3 +85,10 @@ class LogisticComparator(_PerLabel):
 
     def _weight_kw(self, sample_weight) -> dict:
         return {} if sample_weight is None else {"logisticregression__sample_weight": np.asarray(sample_weight)}
+
+    def fit(self, X, y, sample_weight=None) -> "LogisticComparator":
+        super().fit(X, y, sample_weight)
+        fitted = self.estimator_.estimators_ if self.estimator_ is not None else []
+        # iterations of each fitted label's solver (sklearn's n_iter_ for max_iter estimators)
+        self.n_iter_ = np.array([int(e[-1].n_iter_[0]) for e in fitted], dtype=int)
+        return self

@@ -10,11 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import expit
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from orthodiff.catalogs.cohort import plain
-from orthodiff.catalogs.tasks import ehr_schema
+from orthodiff.catalogs.tasks import EHRSchema, ehr_schema
 from orthodiff.errors import OrthodiffError
+from orthodiff.heads.estimator import MultiLabelClassifier
 from orthodiff.heads.training import apply, seeded, train
 
 
@@ -23,20 +27,34 @@ def _where(df: pd.DataFrame, i) -> str:
     return f"row {i}{case}"
 
 
-class EHREncoder:
-    """scikit-learn-style transformer of catalog rows into the EHR feature matrix.
+def embedding_fields(schema: EHRSchema) -> list[str]:
+    return [c for c, s in schema.categorical.items() if s.get("encoding") == "embedding"]
 
-    ``fit`` learns the numeric means/stds (training exams only). Garbage (a numeric field
-    that is not a number or outside the schema's range, a categorical that is not text)
-    raises OrthodiffError naming the column and row.
+
+def dense_width(schema: EHRSchema) -> int:
+    """Columns before the embedding codes: numerics and the one-hot blocks (classes + UNK)."""
+    onehot = [s for s in schema.categorical.values() if s.get("encoding") != "embedding"]
+    return len(schema.numeric) + sum(len(s["classes"]) + 1 for s in onehot)
+
+
+def embedding_sizes(schema: EHRSchema) -> list[tuple[int, int]]:
+    """(number of codes including UNK, embedding dim) per embedding field."""
+    specs = [schema.categorical[c] for c in embedding_fields(schema)]
+    return [(len(s["classes"]) + 1, int(s.get("embedding_dim", 8))) for s in specs]
+
+
+class EHREncoder(TransformerMixin, BaseEstimator):
+    """Transformer of catalog rows (a DataFrame) into the EHR feature matrix.
+
+    ``fit`` reads the schema (catalogs/ehr.toml, kept as ``schema_``) and learns the numeric
+    means/stds (training exams only). Garbage (a numeric field that is not a number or
+    outside the schema's range, a categorical that is not text) raises OrthodiffError naming
+    the column and row.
     """
-
-    def __init__(self):
-        self.schema = ehr_schema()
 
     def _numeric(self, df: pd.DataFrame) -> pd.DataFrame:
         out = {}
-        for column, spec in self.schema.numeric.items():
+        for column, spec in self.schema_.numeric.items():
             if column not in df.columns:
                 raise OrthodiffError(f"EHR column {column!r} is missing from the catalog")
             values = pd.to_numeric(df[column], errors="coerce")
@@ -52,7 +70,7 @@ class EHREncoder:
     def _codes(self, df: pd.DataFrame, column: str) -> np.ndarray:
         if column not in df.columns:
             raise OrthodiffError(f"EHR column {column!r} is missing from the catalog")
-        classes = self.schema.categorical[column]["classes"]
+        classes = self.schema_.categorical[column]["classes"]
         values = df[column]
         garbage = values.notna() & ~values.map(lambda v: isinstance(v, str))
         if garbage.any():
@@ -62,36 +80,21 @@ class EHREncoder:
         return values.map(lambda v: lookup.get(v, len(classes))).to_numpy(dtype=np.int64)
 
     def fit(self, df: pd.DataFrame, y=None) -> "EHREncoder":
+        self.schema_ = ehr_schema()
         numeric = self._numeric(df)
         self.mean_ = numeric.mean().fillna(0.0).to_numpy()
         self.scale_ = numeric.std(ddof=0).fillna(1.0).replace(0.0, 1.0).to_numpy()
         return self
 
-    @property
-    def embedding_fields(self) -> list[str]:
-        return [c for c, s in self.schema.categorical.items() if s.get("encoding") == "embedding"]
-
-    @property
-    def n_dense(self) -> int:
-        onehot = [s for s in self.schema.categorical.values() if s.get("encoding") != "embedding"]
-        return len(self.schema.numeric) + sum(len(s["classes"]) + 1 for s in onehot)
-
-    def embedding_sizes(self) -> list[tuple[int, int]]:
-        """(number of codes including UNK, embedding dim) per embedding field."""
-        specs = [self.schema.categorical[c] for c in self.embedding_fields]
-        return [(len(s["classes"]) + 1, int(s.get("embedding_dim", 8))) for s in specs]
-
     def transform(self, df: pd.DataFrame) -> np.ndarray:
+        check_is_fitted(self)
         z = ((self._numeric(df).to_numpy() - self.mean_) / self.scale_)
         parts = [np.nan_to_num(z, nan=0.0)]
-        for column, spec in self.schema.categorical.items():
+        for column, spec in self.schema_.categorical.items():
             if spec.get("encoding") != "embedding":
                 parts.append(np.eye(len(spec["classes"]) + 1)[self._codes(df, column)])
-        parts += [self._codes(df, column)[:, None] for column in self.embedding_fields]
+        parts += [self._codes(df, column)[:, None] for column in embedding_fields(self.schema_)]
         return np.concatenate(parts, axis=1).astype(np.float32)
-
-    def fit_transform(self, df: pd.DataFrame, y=None) -> np.ndarray:
-        return self.fit(df).transform(df)
 
 
 class EHRNet(nn.Module):
@@ -108,6 +111,10 @@ class EHRNet(nn.Module):
         # zero start, like the MRI classifiers: EHR logits begin at 0 and grow only as they help
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
+
+    @classmethod
+    def from_schema(cls, schema: EHRSchema, n_labels: int) -> "EHRNet":
+        return cls(dense_width(schema), embedding_sizes(schema), n_labels)
 
     def forward(self, ehr: torch.Tensor) -> torch.Tensor:
         codes = ehr[:, self.n_dense :].long()
@@ -131,7 +138,7 @@ class LateFusion(nn.Module):
         return a * z_mri + (1 - a) * z_ehr
 
 
-class EHROnlyHead:
+class EHROnlyHead(MultiLabelClassifier):
     """The paper's EHR-only baseline (Table 3): the EHR head alone, no MRI. ``X`` is a fusion
     input dict whose "ehr" rows (``EHREncoder.transform``) are used; Adam, cosine schedule,
     ``epochs`` 3 as the paper."""
@@ -148,12 +155,11 @@ class EHROnlyHead:
         return np.asarray(X["ehr"], dtype=np.float32)
 
     def fit(self, X, y, sample_weight=None) -> "EHROnlyHead":
-        y = np.asarray(y, dtype=np.float32)
-        encoder = EHREncoder()
-        net = seeded(self.random_state, lambda: EHRNet(encoder.n_dense, encoder.embedding_sizes(), y.shape[1]))
+        y = self._encode_targets(y)
+        net = seeded(self.random_state, lambda: EHRNet.from_schema(ehr_schema(), y.shape[1]))
         self.net_ = train(net, [self._ehr(X)], y, sample_weight, epochs=self.epochs, lr=self.lr,
                           batch_size=self.batch_size, random_state=self.random_state)
         return self
 
-    def predict_proba(self, X) -> np.ndarray:
-        return 1 / (1 + np.exp(-apply(self.net_, [self._ehr(X)])))
+    def _positive_proba(self, X) -> np.ndarray:
+        return expit(apply(self.net_, [self._ehr(X)]))

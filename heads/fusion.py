@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.special import expit
 from sklearn.model_selection import GroupKFold
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from orthodiff.catalogs.tasks import PLANES
+from orthodiff.catalogs.tasks import PLANES, ehr_schema
 from orthodiff.errors import OrthodiffError
-from orthodiff.heads.ehr import EHREncoder, EHRNet, LateFusion
+from orthodiff.heads.ehr import EHRNet, LateFusion
+from orthodiff.heads.estimator import MultiLabelClassifier
 from orthodiff.heads.training import apply, seeded, train
 
 METHODS = ("concat", "linear_concat", "linear_add", "cross_attention", "mpae")
@@ -167,8 +170,9 @@ class FusionNet(nn.Module):
         return self.late(self.fusion(*xs[:-1]), self.ehr(xs[-1]))
 
 
-class FusionHead:
+class FusionHead(MultiLabelClassifier):
     """Stage II head: fuses frozen per-plane pooled vectors (and EHR, if ``X`` has "ehr").
+    ``y``: (N, labels) 0/1 or 1-D binary (``heads.estimator``).
 
     Feature-level methods (concat, linear_*, cross_attention) train one network with Adam,
     cosine schedule, ``epochs`` / ``lr`` / ``batch_size`` (paper: 5, 5e-5, 10; projection
@@ -258,7 +262,7 @@ class FusionHead:
         self.ehr_ = "ehr" in X
         self.keys_ = self.planes_ + (["ehr"] if self.ehr_ else [])
         inputs = self._inputs(X)
-        y = np.asarray(y, dtype=np.float32)
+        y = self._encode_targets(y)
         w = np.ones(len(y), np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32)
         n_labels, planes = y.shape[1], inputs[: len(self.planes_)]
         dims = [x.shape[1] for x in planes]
@@ -271,9 +275,7 @@ class FusionHead:
             fusion = seeded(self.random_state, lambda: PlaneFusion(self.method, dims, n_labels, self.shared_dim))
 
         def build() -> FusionNet:
-            encoder = EHREncoder()
-            ehr = EHRNet(encoder.n_dense, encoder.embedding_sizes(), n_labels) if self.ehr_ else None
-            return FusionNet(fusion, ehr, n_labels)
+            return FusionNet(fusion, EHRNet.from_schema(ehr_schema(), n_labels) if self.ehr_ else None, n_labels)
 
         self.net_ = seeded(self.random_state, build)
         if self.method != "mpae" or self.ehr_:
@@ -283,13 +285,15 @@ class FusionHead:
         return self
 
     def decision_function(self, X: dict) -> np.ndarray:
-        return apply(self.net_, self._inputs(X))
+        check_is_fitted(self)
+        return self._layout(apply(self.net_, self._inputs(X)))
 
-    def predict_proba(self, X: dict) -> np.ndarray:
-        return 1 / (1 + np.exp(-self.decision_function(X)))
+    def _positive_proba(self, X: dict) -> np.ndarray:
+        return expit(apply(self.net_, self._inputs(X)))
 
     def gating_weights(self, X: dict) -> np.ndarray:
         """MPAE only: (N, labels, planes) gate weights, planes in ``planes_`` order."""
+        check_is_fitted(self)
         if self.method != "mpae":
             raise OrthodiffError(f"gating weights exist for the mpae method only, not {self.method!r}")
         weights = apply(self.net_.fusion.gating_weights, self._inputs(X)[: len(self.planes_)])
@@ -298,4 +302,5 @@ class FusionHead:
     @property
     def mri_weight_(self) -> np.ndarray | None:
         """EHR fusion: per-label weight a = sigmoid(p) of the MRI logit."""
+        check_is_fitted(self)
         return self.net_.late.mri_weight.detach().numpy() if self.ehr_ else None

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.special import expit
+from sklearn.base import TransformerMixin
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from orthodiff.heads.estimator import MultiLabelClassifier, check_weights, check_X
 from orthodiff.heads.pooling import make_pooling
 from orthodiff.heads.training import apply, seeded, train
 
@@ -48,14 +52,14 @@ class ProbeNet(nn.Module):
         return self.classifier(self.standardised(x))
 
 
-class PlaneProbe:
+class PlaneProbe(TransformerMixin, MultiLabelClassifier):
     """Probe of one plane's activation at one (timestep, block).
 
     ``X``: (N, C, z, y, x) activations, or (N, C) GAP vectors when ``pooling="gap"``; a
     numpy array or a lazy xarray/Dask array (streamed in blocks of ``block_rows`` series).
-    ``y``: (N, labels) 0/1. After ``fit``, ``transform`` gives the frozen, standardised
-    pooled vectors (Stage I output for fusion). Defaults are the paper's: SAP, Adam at 5e-4
-    with a cosine schedule, 10 epochs, batch 10.
+    ``y``: (N, labels) 0/1, or 1-D binary (see ``heads.estimator``). After ``fit``,
+    ``transform`` gives the frozen, standardised pooled vectors (Stage I output for fusion).
+    Defaults are the paper's: SAP, Adam at 5e-4 with a cosine schedule, 10 epochs, batch 10.
     """
 
     def __init__(
@@ -77,7 +81,8 @@ class PlaneProbe:
         self.random_state = random_state
 
     def fit(self, X, y, sample_weight=None) -> "PlaneProbe":
-        y = np.asarray(y, dtype=np.float32)
+        X, y = check_X(self, X, y, reset=True, allow_nd=True, dtype=[np.float32, np.float16])
+        y, sample_weight = self._encode_targets(y), check_weights(sample_weight, X)
         net = seeded(self.random_state, lambda: ProbeNet(self.pooling, X.shape[1], y.shape[1]))
         net.standardise_with(apply(net.pooled, [X], self.block_rows))
         self.net_ = train(
@@ -92,16 +97,31 @@ class PlaneProbe:
         fine-tuning run saved with its checkpoint)."""
         n_labels, width = state["classifier.weight"].shape
         probe = cls(pooling, **params)
-        net = ProbeNet(pooling, width if pooling == "gap" else width // 2, n_labels)
+        channels = width if pooling == "gap" else width // 2
+        net = ProbeNet(pooling, channels, n_labels)
         net.load_state_dict(state)
         probe.net_ = net.eval()
+        probe.n_features_in_ = channels
+        probe.multilabel_, probe.classes_ = True, np.array([0, 1])
         return probe
 
-    def decision_function(self, X) -> np.ndarray:
-        return apply(self.net_, [X], self.block_rows)
+    def _inputs(self, X) -> list:
+        check_is_fitted(self)
+        return [check_X(self, X, reset=False, allow_nd=True, dtype=[np.float32, np.float16])]
 
-    def predict_proba(self, X) -> np.ndarray:
-        return 1 / (1 + np.exp(-self.decision_function(X)))
+    def decision_function(self, X) -> np.ndarray:
+        inputs = self._inputs(X)
+        return self._layout(apply(self.net_, inputs, self.block_rows))
+
+    def _positive_proba(self, X) -> np.ndarray:
+        inputs = self._inputs(X)
+        return expit(apply(self.net_, inputs, self.block_rows))
 
     def transform(self, X) -> np.ndarray:
-        return apply(self.net_.standardised, [X], self.block_rows)
+        inputs = self._inputs(X)
+        return apply(self.net_.standardised, inputs, self.block_rows)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]  # the torch network computes in float32
+        return tags

@@ -4,8 +4,8 @@ Features per plane are xarray DataArrays with a leading ``series`` dimension lab
 series_id (a store variable, or numpy wrapped in a DataArray). The labelled unit is the
 exam (``case_id``): every cross-plane combination of an exam's series is one fusion
 sample weighted 1/(its exam's combinations) in training, and the exam's probability is the
-mean over its combinations at inference. Exams missing a plane are left out of fusion and
-listed in ``missing_``. Bootstrap CIs resample patients (``patient_id``).
+mean over its combinations at inference. Exams missing a plane are left out of fusion
+(``TwoStageFusion.missing_exams`` lists them). Bootstrap CIs resample patients (``patient_id``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import itertools
 import numpy as np
 import pandas as pd
 import xarray as xr
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
@@ -71,11 +73,15 @@ def check_labels(catalog: pd.DataFrame, labels: list[str]) -> None:
         raise OrthodiffError(f"catalog lacks label columns {missing}")
 
 
-class TwoStageFusion:
+class TwoStageFusion(BaseEstimator):
     """Stage I: a pooling probe per plane on that plane's training series (for GAP, whose
     pooling has no parameters, only the standardisation statistics). Stage II: the pooling
     is frozen and only the fusion head (``method``: a fusion method, or ``lightgbm`` /
-    ``logistic`` on the concatenated pooled vectors) is trained on fusion samples."""
+    ``logistic`` on the concatenated pooled vectors) is trained on fusion samples.
+
+    A scikit-learn estimator (``clone``, ``get_params``) over a catalog rather than arrays:
+    ``fit(features, catalog, labels)`` and ``predict`` returns a per-exam table, so it has
+    no ``ClassifierMixin`` score; the Stage I and II models are ``probes_`` and ``head_``."""
 
     def __init__(self, pooling: str = "sap", method: str = "concat", ehr: bool = False,
                  probe_params: dict | None = None, fusion_params: dict | None = None, random_state: int = 0):
@@ -121,7 +127,7 @@ class TwoStageFusion:
         self.uses_ehr_ = self.ehr or self.method == "ehr_only"
         if self.uses_ehr_:
             self.ehr_encoder_ = EHREncoder().fit(catalog.drop_duplicates("case_id"))
-        X, combos, self.train_missing_ = self._pooled(features, catalog)
+        X, combos, _ = self._pooled(features, catalog)
         exams = exam_table(catalog).loc[combos["case_id"]]
         y = exams[labels].to_numpy()
         params = {"random_state": self.random_state, **(self.fusion_params or {})}
@@ -134,8 +140,9 @@ class TwoStageFusion:
     def predict(self, features: dict, catalog: pd.DataFrame) -> pd.DataFrame:
         """One row per exam with all planes: case_id, patient_id, the labels, ``p_<label>``
         (mean over the exam's combinations) and, for MPAE, ``gate_<label>_<plane>``.
-        Exams missing a plane are in ``self.missing_``."""
-        X, combos, self.missing_ = self._pooled(features, catalog)
+        Exams missing a plane are left out (``missing_exams``)."""
+        check_is_fitted(self)
+        X, combos, _ = self._pooled(features, catalog)
         if combos.empty:
             raise OrthodiffError("no exam has series in every plane: nothing to fuse")
         prob = pd.DataFrame(self.head_.predict_proba(X), columns=[f"p_{c}" for c in self.labels_])
@@ -148,3 +155,8 @@ class TwoStageFusion:
         per_exam = prob.groupby("case_id", sort=True).mean()
         exams = exam_table(catalog).loc[per_exam.index]
         return pd.concat([exams[["patient_id", *self.labels_]], per_exam], axis=1).reset_index()
+
+    def missing_exams(self, catalog: pd.DataFrame) -> pd.DataFrame:
+        """The exams of ``catalog`` that ``predict`` leaves out: case_id, missing_planes."""
+        check_is_fitted(self)
+        return fusion_samples(catalog, self.planes_)[1]

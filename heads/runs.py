@@ -285,7 +285,8 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     write_table(pred, out / "predictions")
     write_table(metrics, out / "metrics")
     write_table(subgroups, out / "subgroups")
-    write_table(model.missing_, out / "missing_planes")
+    missing = model.missing_exams(test)
+    write_table(missing, out / "missing_planes")
     if method == "mpae":
         gating = pd.DataFrame(
             [{"label": c, "plane": pl, "weight": float(pred[f"gate_{c}_{pl}"].mean())} for c in labels for pl in model.planes_]
@@ -297,7 +298,7 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     write_json({"kind": "fuse", "method": method, "ehr": ehr, "config": config, "labels": labels,
                 "threshold": threshold, "thresholds": dict(zip(labels, cut.tolist())),
                 "stage_one": sorted(probes) if probes else [], "fusion_params": fusion, "test_exams": len(pred),
-                "exams_missing_a_plane": len(model.missing_), "split_fingerprint": split_of(catalog),
+                "exams_missing_a_plane": len(missing), "split_fingerprint": split_of(catalog),
                 "inputs_fingerprint": fingerprint}, out / "run.json")
     progress(stage="written")
     return metrics, model

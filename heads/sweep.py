@@ -16,11 +16,14 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
+from scipy.special import expit
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.batched_sap import BatchedSAPProbes
+from orthodiff.heads.estimator import MultiLabelClassifier
 from orthodiff.heads.metrics import auroc_per_label
 from orthodiff.heads.pooling import POOLINGS
 from orthodiff.heads.probe import PlaneProbe
@@ -50,8 +53,10 @@ class BatchedGAPNet(nn.Module):
         return self.linear((x - self.mean) / self.scale)
 
 
-class BatchedGAPProbes:
-    """``PlaneProbe("gap")`` for K configurations at once; ``X`` is (N, K, C) GAP vectors."""
+class BatchedGAPProbes(MultiLabelClassifier):
+    """``PlaneProbe("gap")`` for K configurations at once; ``X`` is (N, K, C) GAP vectors,
+    outputs carry the configuration axis: ``predict_proba`` (N, K, labels), or (N, K, 2) for
+    a 1-D binary ``y``."""
 
     def __init__(self, epochs: int = 10, lr: float = 5e-4, batch_size: int = 10, weight_decay: float = 0.0, random_state: int = 0):
         self.epochs = epochs
@@ -62,7 +67,7 @@ class BatchedGAPProbes:
 
     def fit(self, X, y, sample_weight=None) -> "BatchedGAPProbes":
         X = np.asarray(X, dtype=np.float32)
-        y = np.asarray(y, dtype=np.float32)
+        y = self._encode_targets(y)
         mean = X.mean(0, dtype=np.float64).astype(np.float32)
         scale = np.maximum(X.std(0, dtype=np.float64), 1e-6).astype(np.float32)
         net = BatchedGAPNet(mean, scale, y.shape[1])
@@ -73,9 +78,9 @@ class BatchedGAPProbes:
         )
         return self
 
-    def predict_proba(self, X) -> np.ndarray:
-        """(N, K, labels)."""
-        return 1 / (1 + np.exp(-apply(self.net_, [np.asarray(X, dtype=np.float32)])))
+    def _positive_proba(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        return expit(apply(self.net_, [np.asarray(X, dtype=np.float32)]))
 
 
 def _exam_auroc(prob: np.ndarray, rows: pd.DataFrame, labels: list[str]) -> np.ndarray:

@@ -10,20 +10,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import expit
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
 from orthodiff.backbone import DiffusionUNet, UNetConfig, load_backbone
 from orthodiff.backbone.diffusion import noise_key
+from orthodiff.devices import resolve_device
 from orthodiff.errors import OrthodiffError
+from orthodiff.heads.estimator import MultiLabelClassifier
 from orthodiff.heads.training import apply, seeded, train
 from orthodiff.supervised.networks import EncoderClassifier, classifier, segmenter
 
 
 def _keys(X, seed: int, timestep: int) -> np.ndarray:
     return np.array([noise_key(seed, str(s), timestep) for s in X["series"].to_numpy()], dtype=np.int64)
-
-
-def _device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def encoder_head_groups(net: torch.nn.Module, lr: float, head_lr: float) -> list[dict]:
@@ -58,7 +59,7 @@ class _VolumeEstimator:
         return [X.data if hasattr(X, "data") else X, _keys(X, self.noise_seed, self.timestep)]
 
     def _fit(self, net, X, y, loss=None, sample_weight=None, on_step=None):
-        self.net_ = net.to(_device(self.device))
+        self.net_ = net.to(resolve_device(self.device))
         kwargs = {"loss": loss} if loss else {}
         groups = encoder_head_groups(self.net_, self.lr, self.head_lr) if self.model in ("finetune", "diffusion") else None
         train(self.net_, self._inputs(X), y, sample_weight, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
@@ -67,8 +68,9 @@ class _VolumeEstimator:
         return self
 
 
-class VolumeClassifier(_VolumeEstimator):
-    """Multi-label diagnosis from volumes with weighted BCE.
+class VolumeClassifier(_VolumeEstimator, MultiLabelClassifier):
+    """Multi-label diagnosis from volumes with weighted BCE; ``y`` (N, labels) 0/1 or 1-D
+    binary (``heads.estimator``).
 
     ``model="finetune"``: Stage I fine-tuning of a pretrained ``backbone`` (checkpoint path):
     encoder and middle block up to ``block`` at ``lr`` with a ``pooling`` head at ``head_lr``,
@@ -89,7 +91,7 @@ class VolumeClassifier(_VolumeEstimator):
 
     def fit(self, X, y, sample_weight=None, on_step=None) -> "VolumeClassifier":
         """``on_step()`` is called after every optimizer step (progress bars)."""
-        y = np.asarray(y, dtype=np.float32)
+        y = self._encode_targets(y)
         size = X.shape[-1]
         net = seeded(self.random_state, lambda: classifier(
             self.model, y.shape[1], self._unet(size), self.timestep, self.block, self.pooling, size))
@@ -102,10 +104,11 @@ class VolumeClassifier(_VolumeEstimator):
         return self.net_.encoder.unet
 
     def decision_function(self, X) -> np.ndarray:
-        return apply(self.net_, self._inputs(X), self.block_rows)
+        check_is_fitted(self)
+        return self._layout(apply(self.net_, self._inputs(X), self.block_rows))
 
-    def predict_proba(self, X) -> np.ndarray:
-        return 1 / (1 + np.exp(-self.decision_function(X)))
+    def _positive_proba(self, X) -> np.ndarray:
+        return expit(apply(self.net_, self._inputs(X), self.block_rows))
 
 
 IGNORE = -1  # unannotated voxels of partially annotated masks (255 in uint8 masks)
@@ -130,7 +133,7 @@ def segmentation_loss(logits: torch.Tensor, y: torch.Tensor, w=None) -> torch.Te
     return 0.2 * F.cross_entropy(logits, target, ignore_index=IGNORE) + soft_dice_loss(logits, target)
 
 
-class VolumeSegmenter(_VolumeEstimator):
+class VolumeSegmenter(_VolumeEstimator, BaseEstimator):
     """Structure segmentation (``n_classes`` including background 0) with cross-entropy +
     soft Dice (``segmentation_loss``). ``model="diffusion"``: a pretrained ``backbone``'s
     encoder and middle block (at ``lr``) with the paper's light head on the middle block
@@ -159,6 +162,7 @@ class VolumeSegmenter(_VolumeEstimator):
 
     def predict(self, X) -> np.ndarray:
         """Structure labels (N, z, y, x) uint8: the argmax over classes."""
+        check_is_fitted(self)
         return apply(lambda x, k: self.net_(x, k).argmax(1).to(torch.uint8), self._inputs(X), self.block_rows)
 
     def state(self) -> dict:
@@ -178,5 +182,5 @@ class VolumeSegmenter(_VolumeEstimator):
         est.image_size_ = saved["image_size"]
         est.net_ = est._build(est.image_size_, unet)
         est.net_.load_state_dict(saved["state"])
-        est.net_.to(_device(device)).eval()
+        est.net_.to(resolve_device(device)).eval()
         return est

@@ -53,8 +53,9 @@ def test_every_fusion_method_learns_and_averages_multi_scan_exams(cohort, method
     test = catalog[catalog.split == "test"]
     pred = model.predict(features, test)
     assert _auroc(pred) > 0.8
-    counted = set(pred["case_id"]) | set(model.missing_["case_id"])
-    assert counted == set(test["case_id"]) and len(model.missing_) > 0
+    missing = model.missing_exams(test)
+    counted = set(pred["case_id"]) | set(missing["case_id"])
+    assert counted == set(test["case_id"]) and len(missing) > 0 and not set(missing["case_id"]) & set(pred["case_id"])
     # an exam with a repeat scan: its probability is the mean over its combinations
     combos, _ = fusion_samples(test)
     multi = combos["case_id"].value_counts()
