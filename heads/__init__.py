@@ -6,7 +6,8 @@
 - ``ehr``: ``EHREncoder``, the EHR head and per-label late fusion.
 - ``comparators``: ``LightGBMComparator``, ``LogisticComparator`` on pooled vectors.
 - ``protocol``: ``TwoStageFusion`` and multi-scan ``fusion_samples``.
-- ``sweep``: batched GAP sweeps, ``top_configs``, heatmaps.
+- ``sweep``: batched GAP and SAP sweeps (``batched_sap``), ``top_configs``, heatmaps.
+- ``fingerprint``: ``FingerprintClassifier``, the radiomic fingerprint head.
 - ``metrics``: AUROC/AP, CP/CR/CF1, OP/OR/OF1, patient bootstrap, permutation tests.
 - ``runs``: the CLI's sweep / select / fuse / compare / efficiency runs; ``report``: HTML.
 - ``store``: per-plane features from ``orthodiff.open_store``.
@@ -29,6 +30,8 @@ _EXPORTS = {
     "EHREncoder": "ehr",
     "EHROnlyHead": "ehr",
     "BatchedGAPProbes": "sweep",
+    "BatchedSAPProbes": "batched_sap",
+    "FingerprintClassifier": "fingerprint",
     "MultiLabelClassifier": "estimator",
 }
 __all__ = sorted(_EXPORTS)

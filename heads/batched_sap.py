@@ -15,8 +15,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import expit
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from orthodiff.heads.estimator import MultiLabelClassifier
 from orthodiff.heads.pooling import SAP
 from orthodiff.heads.probe import ProbeNet
 from orthodiff.heads.training import apply, seeded, train
@@ -64,11 +67,12 @@ class BatchedSAPNet(nn.Module):
         return self._linear(self.pooled(x), "classifier").transpose(0, 1)
 
 
-class BatchedSAPProbes:
+class BatchedSAPProbes(MultiLabelClassifier):
     """The SAP probe for K configurations at once; ``X`` is (N, K, C, z, y, x) activations
-    (numpy or lazy, streamed in blocks of ``block_rows`` series), ``y`` (N, labels) 0/1."""
+    (numpy or lazy, streamed in blocks of ``block_rows`` series); outputs carry the
+    configuration axis: ``predict_proba`` (N, K, labels), or (N, K, 2) for a 1-D binary ``y``."""
 
-    def __init__(self, epochs: int = 10, lr: float = 5e-4, batch_size: int = 32, weight_decay: float = 0.0,
+    def __init__(self, epochs: int = 10, lr: float = 5e-4, batch_size: int = 10, weight_decay: float = 0.0,
                  block_rows: int = 256, random_state: int = 0):
         self.epochs = epochs
         self.lr = lr
@@ -78,7 +82,7 @@ class BatchedSAPProbes:
         self.random_state = random_state
 
     def fit(self, X, y, sample_weight=None) -> "BatchedSAPProbes":
-        y = np.asarray(y, dtype=np.float32)
+        y = self._encode_targets(y)
         k, c = X.shape[1], X.shape[2]
         # every configuration starts where the single probe (`PlaneProbe("sap")`) starts
         nets = [seeded(self.random_state, lambda: ProbeNet("sap", c, y.shape[1])) for _ in range(k)]
@@ -89,6 +93,6 @@ class BatchedSAPProbes:
         )
         return self
 
-    def predict_proba(self, X) -> np.ndarray:
-        """(N, K, labels)."""
-        return 1 / (1 + np.exp(-apply(self.net_, [X], self.block_rows)))
+    def _positive_proba(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        return expit(apply(self.net_, [X], self.block_rows))

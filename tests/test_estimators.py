@@ -7,7 +7,8 @@
   fail are listed in ``EXPECTED_FAILED`` with the reason, and checks that scikit-learn itself
   skips are listed in ``SKIPPED_BY_SKLEARN``; the test asserts that exactly those did not pass.
   ``FusionHead``/``EHROnlyHead`` (dicts of plane arrays), ``TwoStageFusion`` (features + catalog),
-  ``EHREncoder`` (catalog rows), ``BatchedGAPProbes`` (3-D (N, K, C)) and the volume models
+  ``EHREncoder`` (catalog rows), ``BatchedGAPProbes`` (3-D (N, K, C)), ``BatchedSAPProbes``
+  (6-D activations), ``FingerprintClassifier`` (radiomic values with usage inputs) and the volume models
   (volumes keyed by series) take inputs check_estimator cannot generate.
 - the README's Python snippets that use ``orthodiff.heads`` run as written.
 """
@@ -27,6 +28,8 @@ from sklearn.utils.estimator_checks import check_estimator
 
 from orthodiff.heads import (
     BatchedGAPProbes,
+    BatchedSAPProbes,
+    FingerprintClassifier,
     EHREncoder,
     EHROnlyHead,
     FusionHead,
@@ -42,7 +45,8 @@ LABELS = ["ACL", "MM"]
 ESTIMATORS = [
     PlaneProbe("glp", epochs=3), FusionHead("mpae", folds=3), LogisticComparator(C=0.5), LightGBMComparator(n_estimators=7),
     TwoStageFusion("gap", "linear_concat", probe_params={"epochs": 2}, fusion_params={"lr": 1e-3}), EHREncoder(),
-    EHROnlyHead(epochs=1), BatchedGAPProbes(epochs=4), VolumeClassifier("resnet18", epochs=1),
+    EHROnlyHead(epochs=1), BatchedGAPProbes(epochs=4), BatchedSAPProbes(epochs=2), FingerprintClassifier(),
+    VolumeClassifier("resnet18", epochs=1),
     VolumeSegmenter("unet", n_classes=3),
 ]
 
@@ -103,6 +107,7 @@ def test_unfitted_estimators_raise_not_fitted(cohort):
         lambda: LightGBMComparator().predict_proba(X), lambda: TwoStageFusion().predict(features, catalog),
         lambda: TwoStageFusion().missing_exams(catalog), lambda: EHREncoder().transform(catalog),
         lambda: EHROnlyHead().predict_proba(X), lambda: BatchedGAPProbes().predict_proba(np.zeros((2, 3, 4))),
+        lambda: BatchedSAPProbes().predict_proba(np.zeros((2, 3, 4, 1, 2, 2))),
         lambda: VolumeClassifier().predict_proba(np.zeros((1, 4, 4, 4))),
         lambda: VolumeClassifier().decision_function(np.zeros((1, 4, 4, 4))),
         lambda: VolumeSegmenter().predict(np.zeros((1, 4, 4, 4))),
