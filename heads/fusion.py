@@ -257,8 +257,8 @@ class FusionHead(MultiLabelClassifier):
         if self.method not in METHODS:
             raise OrthodiffError(f"unknown fusion method {self.method!r}; expected one of {list(METHODS)}")
         self.planes_ = [p for p in PLANES if p in X]
-        if len(self.planes_) < 2:
-            raise OrthodiffError(f"fusion needs at least two planes, got {self.planes_}")
+        if len(self.planes_) < (2 if self.method in ("mpae", "cross_attention") else 1):
+            raise OrthodiffError(f"{self.method} fusion needs at least two planes, got {self.planes_}")
         self.ehr_ = "ehr" in X
         self.keys_ = self.planes_ + (["ehr"] if self.ehr_ else [])
         inputs = self._inputs(X)

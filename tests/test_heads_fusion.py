@@ -234,3 +234,16 @@ def test_ehr_only_baseline_sees_the_ehr_alone_on_the_fusion_exams(cohort):
     fusion = TwoStageFusion("gap", "concat", random_state=0, **FAST).fit(features, train, LABELS)
     assert set(pred["case_id"]) == set(fusion.predict(features, test)["case_id"])
     assert model.head_.epochs == 3 and pred[[f"p_{c}" for c in LABELS]].std().min() > 0
+
+
+def test_one_plane_concat_is_a_single_plane_probe_and_gated_methods_need_two():
+    """The study scores each plane alone through the fusion commands: concat of one plane is
+    a linear head on that plane's pooled vectors; MPAE and cross-attention combine planes."""
+    rng = np.random.default_rng(1)
+    y = (rng.random((80, 1)) < 0.5).astype(np.float32)
+    X = {"sagittal": rng.normal(size=(80, 6)) + 2 * y}
+    head = FusionHead("concat", epochs=30, lr=3e-2, batch_size=16, random_state=0).fit(X, y)
+    assert macro_auroc(y, head.predict_proba(X)) > 0.85
+    for method in ("mpae", "cross_attention"):
+        with pytest.raises(OrthodiffError, match=f"{method} fusion needs at least two planes"):
+            FusionHead(method).fit(X, y, groups=np.arange(80))
