@@ -38,7 +38,7 @@ from orthodiff.featurestore.features import (
 )
 from orthodiff.featurestore.store import consolidate, open_root
 from orthodiff.featurestore.verify import check_plane
-from orthodiff.featurestore.volumes import GROUP as VOLUMES, open_volumes
+from orthodiff.featurestore.volumes import GROUP as VOLUMES, plane_volumes
 from orthodiff.progress import Advance, maybe_progress
 
 TIMESTEPS = (10, 30, 50, 100, 150, 200, 300, 500)
@@ -191,15 +191,7 @@ def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MI
     if trained_on and trained_on != plane:
         raise OrthodiffError(f"{checkpoint}: backbone trained on {trained_on} series cannot extract {plane} features")
     model = load_backbone(checkpoint, "cpu", ckpt)
-    ds = open_volumes(store)
-    row_of = {s: i for i, s in enumerate(ds.series.values.tolist())}
-    ds = ds.isel(series=np.flatnonzero(ds.plane.values == plane))
-    if not ds.sizes["series"]:
-        raise OrthodiffError(f"{store}: no {plane} volumes (ingest them first)")
-    if ds.sizes["x"] != model.config.image_size:
-        raise OrthodiffError(
-            f"{checkpoint}: backbone expects {model.config.image_size} px volumes, the store holds {ds.sizes['x']} px"
-        )
+    ds, row_of = plane_volumes(store, plane, model.config.image_size, checkpoint)
     bid = backbone_id(checkpoint, ckpt)
     prov = provenance(bid, ckpt.get("preset") or "custom", model.config.to_dict(), checkpoint, seed, ds.sizes["x"])
     series = pd.DataFrame({"series_id": ds.series.values, "case_id": ds.case_id.values,

@@ -160,3 +160,16 @@ def open_volumes(store: str, series_per_chunk: int = 8) -> xr.Dataset:
     ds = xr.open_zarr(str(store), group=GROUP, consolidated=True, chunks={})
     ds = ds.isel(series=slice(0, int(ds.attrs["n_series"]))).chunk(series=series_per_chunk)
     return ds.assign_coords({name: ds[name].load() for name in (*COORDS, "has_mask")})
+
+
+def plane_volumes(store: str, plane: str, image_size: int, checkpoint) -> tuple[xr.Dataset, dict[str, int]]:
+    """The lazy volumes of one plane that a backbone of `image_size` px (from `checkpoint`)
+    will read, and every stored series' row (tasks read their own rows by index)."""
+    ds = open_volumes(store)
+    row_of = {s: i for i, s in enumerate(ds.series.values.tolist())}
+    ds = ds.isel(series=np.flatnonzero(ds.plane.values == plane))
+    if not ds.sizes["series"]:
+        raise OrthodiffError(f"{store}: no {plane} volumes (ingest them first)")
+    if ds.sizes["x"] != image_size:
+        raise OrthodiffError(f"{checkpoint}: backbone expects {image_size} px volumes, the store holds {ds.sizes['x']} px")
+    return ds, row_of

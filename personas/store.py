@@ -35,7 +35,7 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.extract import Task, run_tasks
 from orthodiff.featurestore.features import COMPRESSOR, SHARD_SERIES, Records, fingerprint
 from orthodiff.featurestore.store import consolidate, open_root
-from orthodiff.featurestore.volumes import GROUP as VOLUMES, open_volumes
+from orthodiff.featurestore.volumes import GROUP as VOLUMES, open_volumes, plane_volumes
 from orthodiff.personas.inpaint import POLICY, repaint, series_generator
 from orthodiff.personas.rois import box_grid
 
@@ -152,14 +152,7 @@ def plan(store: str, checkpoint: str, plane: str, roi: str = "box", grid: int = 
     notes = [] if ckpt.get("healthy") else [
         f"{checkpoint} was not trained with `pretrain --healthy`: its personas are not healthy baselines"]
     model = load_backbone(checkpoint, "cpu", ckpt)
-    ds = open_volumes(store)
-    row_of = {s: i for i, s in enumerate(ds.series.values.tolist())}
-    ds = ds.isel(series=np.flatnonzero(ds.plane.values == plane))
-    if not ds.sizes["series"]:
-        raise OrthodiffError(f"{store}: no {plane} volumes (ingest them first)")
-    if ds.sizes["x"] != model.config.image_size:
-        raise OrthodiffError(f"{checkpoint}: backbone expects {model.config.image_size} px volumes, "
-                             f"the store holds {ds.sizes['x']} px")
+    ds, row_of = plane_volumes(store, plane, model.config.image_size, checkpoint)
     shape = (ds.sizes["z"], ds.sizes["y"], ds.sizes["x"])
     if roi == "structures":
         without = ds.series.values[~ds.has_mask.values]
