@@ -18,6 +18,10 @@ JOINT, CASES, SIZE, SEED = "knee", 120, 64, 0
 # pipeline runs in minutes on two CPU cores. The real thing: README, "Real sizes".
 PRESET, INGEST_SIZE, STEPS, BATCH, LR = "demo", 32, 30, 4, 2e-4
 TIMESTEPS = (10, 50, 150, 300)
+# The heads sweep the stored GAP summaries: the SAP sweep (the paper's pooling, the default of
+# `orthodiff sweep`) and its Stage I probes read every activation and take the demo past its
+# ten minutes on two cores; `orthodiff sweep --pooling sap` runs it on the demo folder.
+POOLING = "gap"
 
 
 def _disk_bytes(path: Path) -> int:
@@ -95,9 +99,9 @@ def run_demo(out: Path, console: Console) -> None:
         console.print(f"{plane}: {done['series']} series extracted in {done['seconds']} s")
     console.print(frame_table(store_info(str(store)), f"orthodiff store info {store}", float_format="{:.2f}"))
 
-    console.rule("5. heads on the stored features: sweep, select, fusion, EHR, LightGBM, report")
+    console.rule(f"5. heads on the stored features: {POOLING.upper()} sweep, select, fusion, EHR, LightGBM, report")
     console.print("the same, command by command, with the demo's small-cohort settings (the CLI's defaults are the paper's):")
-    for line in heads_commands(store, catalog, out / "heads", SMALL_COHORT_PROBE, SMALL_COHORT_FUSION):
+    for line in heads_commands(store, catalog, out / "heads", SMALL_COHORT_PROBE, SMALL_COHORT_FUSION, POOLING):
         console.print(f"  {line}", highlight=False, soft_wrap=True)
-    run_heads(str(store), catalog, out / "heads", console, probe_params=SMALL_COHORT_PROBE,
+    run_heads(str(store), catalog, out / "heads", console, pooling=POOLING, probe_params=SMALL_COHORT_PROBE,
               fusion_params=SMALL_COHORT_FUSION)

@@ -19,6 +19,7 @@ from orthodiff.catalogs.tasks import PLANES
 from orthodiff.cli import app
 from orthodiff.featurestore.extract import extract
 from orthodiff.featurestore.ingest import ingest
+from orthodiff.demo import POOLING
 from orthodiff.heads.pipeline import SMALL_COHORT_FUSION, SMALL_COHORT_PROBE, settings_flags, heads_commands, run_heads
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -75,7 +76,7 @@ def readme_runs(demo_folder):
 def test_readme_heads_block_is_what_the_demo_prints(readme_runs):
     _, lines, _ = readme_runs
     printed = heads_commands(Path("orthodiff-demo/store.zarr"), Path("orthodiff-demo/cohort/catalog.parquet"), Path("runs"),
-                             SMALL_COHORT_PROBE, SMALL_COHORT_FUSION)
+                             SMALL_COHORT_PROBE, SMALL_COHORT_FUSION, POOLING)
     steps = [line for line in lines if line.split()[1] in ("sweep", "select", "fuse")]
     assert len(steps) == 4 and all(line in printed for line in steps)
 
@@ -84,7 +85,7 @@ def test_readme_commands_reproduce_the_demo_and_rerun_reuses(readme_runs, demo_f
     runs, _, outputs = readme_runs
     demo = demo_folder / "orthodiff-demo"
     console = Console(record=True, width=200)
-    run_heads(str(demo / "store.zarr"), demo / "cohort" / "catalog.parquet", demo / "heads", console,
+    run_heads(str(demo / "store.zarr"), demo / "cohort" / "catalog.parquet", demo / "heads", console, pooling=POOLING,
               probe_params=FAST_PROBE, fusion_params=FAST_FUSION, n_boot=500)
     for name in ("mpae_ehr", "concat"):  # same split, features and settings: same numbers
         pd.testing.assert_frame_equal(pd.read_parquet(demo / "heads" / name / "metrics.parquet"),
@@ -97,7 +98,7 @@ def test_readme_commands_reproduce_the_demo_and_rerun_reuses(readme_runs, demo_f
     start = time.perf_counter()
     console = Console(record=True, width=200)
     again = run_heads(str(demo / "store.zarr"), demo / "cohort" / "catalog.parquet", demo / "heads", console,
-                      probe_params=FAST_PROBE, fusion_params=FAST_FUSION, n_boot=500)
+                      pooling=POOLING, probe_params=FAST_PROBE, fusion_params=FAST_FUSION, n_boot=500)
     assert "reused 5 complete fusion runs" in console.export_text()
     assert (demo / "heads" / "mpae" / "metrics.parquet").stat().st_mtime_ns == stamp
     assert time.perf_counter() - start < 60
