@@ -190,7 +190,7 @@ def prepare_plane(store: str, prov: dict, plane: str, series: list[dict], timest
         )
     _grow(pg, "timestep", [int(t) for t in timesteps], axis=1)
     _grow(pg, "block", list(blocks), axis=2)
-    _grow_series(pg, series)
+    grow_series(pg, series, ("activation", "gap"))
     return pg
 
 
@@ -243,12 +243,16 @@ def _grow(pg: zarr.Group, name: str, wanted: list, axis: int) -> None:
         pg[name][len(have):] = np.asarray(new, dtype=object if name == "block" else "int32")
 
 
-def _grow_series(pg: zarr.Group, series: list[dict]) -> None:
+def grow_series(pg: zarr.Group, series: list[dict], data: tuple[str, ...]) -> None:
+    """Append the `series` rows (dicts of series_id, case_id, patient_id, scan) a group lacks:
+    its `data` arrays first, then the coordinates, `series` last (it says which rows are real),
+    so a growth killed half-way is finished by the next one. Shared by every series-indexed
+    group of the store (features, personas, radiomics)."""
     have = _labels(pg["series"])
     known = set(have)
     new = [s for s in series if s["series_id"] not in known]
     n, m = len(have), len(new)
-    _resize((pg["activation"], pg["gap"]), 0, n + m)
+    _resize([pg[name] for name in data], 0, n + m)
     fault("grow:series:data")
     for name in ("case_id", "patient_id", "scan", "series"):  # `series` last: it says which rows are real
         if pg[name].shape[0] != n + m:

@@ -33,7 +33,7 @@ from orthodiff.backbone.diffusion import GaussianDiffusion
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.extract import Task, run_tasks
-from orthodiff.featurestore.features import COMPRESSOR, SHARD_SERIES, Records, fingerprint
+from orthodiff.featurestore.features import COMPRESSOR, SHARD_SERIES, Records, fingerprint, grow_series
 from orthodiff.featurestore.store import consolidate, open_root
 from orthodiff.featurestore.volumes import GROUP as VOLUMES, open_volumes, plane_volumes
 from orthodiff.personas.inpaint import POLICY, repaint, series_generator
@@ -121,16 +121,7 @@ def _prepare(store: str, prov: dict, plane: str, series: list[dict], shape: tupl
         if differ:
             raise OrthodiffError(f"{store}: {path} holds personas made with other settings ({', '.join(differ)}: "
                                  f"{[have.get(k) for k in differ]}); use another store or the same settings")
-    have = group["series"][:].tolist() if group["series"].shape[0] else []
-    new = [s for s in series if s["series_id"] not in set(have)]
-    if new:
-        n, m = len(have), len(new)
-        for name in ("persona", "mask"):
-            group[name].resize((n + m, *shape))
-        for name in ("series", "case_id", "patient_id", "scan"):
-            group[name].resize((n + m,))
-            values = [s["series_id" if name == "series" else name] for s in new]
-            group[name][n:] = np.asarray(values, dtype="int16" if name == "scan" else object)
+    grow_series(group, series, ("persona", "mask"))
     return group
 
 

@@ -29,7 +29,7 @@ import zarr
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.extract import Task, run_tasks
-from orthodiff.featurestore.features import SHARD_SERIES, Records, fingerprint
+from orthodiff.featurestore.features import SHARD_SERIES, Records, fingerprint, grow_series
 from orthodiff.featurestore.store import consolidate, open_root
 from orthodiff.featurestore.volumes import open_volumes
 from orthodiff.personas.rois import box_grid
@@ -133,16 +133,7 @@ def _prepare(store: str, prov: dict, plane: str, series: list[dict]) -> zarr.Gro
         group.create_array("scan", shape=(0,), chunks=(4096,), dtype="int16", dimension_names=["series"])
     except zarr.errors.ContainsGroupError:
         group = root[path]
-    have = group["series"][:].tolist() if group["series"].shape[0] else []
-    new = [r for r in series if r["series_id"] not in set(have)]
-    if new:
-        n, m = len(have), len(new)
-        for name in ("value", "undefined"):
-            group[name].resize((n + m, *shape))
-        for name in ("series", "case_id", "patient_id", "scan"):
-            group[name].resize((n + m,))
-            group[name][n:] = np.asarray([r["series_id" if name == "series" else name] for r in new],
-                                         dtype="int16" if name == "scan" else object)
+    grow_series(group, series, ("value", "undefined"))
     return group
 
 
