@@ -1,46 +1,91 @@
 """SAP probes of K (timestep, block) configurations trained together as one batched model.
 
-Each configuration is the paper's SAP probe (``heads.pooling.SAP`` on the raw activation:
-q, k, v linear C -> C, 16 heads, mean over tokens, out linear, concatenated with GAP ->
-2C, then a linear classifier), started from exactly the weights that probe would start
-from. The K probes' weights are stacked along a leading axis and every layer becomes one
-batched matmul. The loss is the sum of the K per-configuration losses and Adam is
-element-wise, so each slice follows the trajectory it would follow alone (up to float
-rounding of batched vs single matmuls); the activations of all configurations are read
-once per epoch instead of once per configuration.
+Each configuration is the paper's SAP probe (``PlaneProbe("sap")``: ``heads.pooling.SAP``
+on the raw activation — q, k, v linear C -> C, 16 heads, mean over tokens, out linear —
+concatenated with GAP -> 2C, standardised with the training set's pooled statistics at the
+start, then a linear classifier), started from exactly the weights that probe starts from.
+The K probes' weights are stacked along a leading axis and every layer becomes one batched
+matmul. The loss is the sum of the K per-configuration losses and Adam is element-wise, so
+each slice follows the trajectory it would follow alone (up to float rounding); the
+activations of all configurations are read once per epoch instead of once per configuration.
+
+The pooling is computed in an equivalent, cheaper order. SAP keeps only the mean over
+queries of the attention output, and every softmax row sums to one, so per head h
+
+    mean_i sum_j P_ij (W_v t_j + b_v) = W_v (sum_j abar_j t_j) + b_v,   abar_j = mean_i P_ij:
+
+the value projection is applied to H attention-weighted token means instead of to every
+token, and the attention output P V is never formed. ``attention_mean`` computes ``abar``
+in chunks that stay in cache and recomputes P in the backward pass instead of storing it.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.special import expit
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from orthodiff.heads.estimator import MultiLabelClassifier
-from orthodiff.heads.pooling import SAP
 from orthodiff.heads.probe import ProbeNet
 from orthodiff.heads.training import apply, seeded, train
+
+# (batch x heads) rows per chunk of attention_mean: 64 x 128 x 128 floats (4 MiB) of scores
+CHUNK = 64
+
+
+class _AttentionMean(torch.autograd.Function):
+    """abar[b] = mean over queries of softmax(q[b]^T k[b]); q, k given transposed (B, d, L)."""
+
+    @staticmethod
+    def forward(ctx, qt: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
+        out = qt.new_empty(qt.shape[0], kt.shape[2])
+        for s in range(0, len(qt), CHUNK):
+            scores = torch.bmm(qt[s : s + CHUNK].transpose(1, 2), kt[s : s + CHUNK])
+            torch.mean(scores.softmax(-1), 1, out=out[s : s + CHUNK])
+        ctx.save_for_backward(qt, kt)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        qt, kt = ctx.saved_tensors
+        dqt, dkt = torch.empty_like(qt), torch.empty_like(kt)
+        grad = (grad / qt.shape[2])[:, None, :]  # d abar_j / d P_ij = 1 / L
+        for s in range(0, len(qt), CHUNK):
+            q, k, g = qt[s : s + CHUNK], kt[s : s + CHUNK], grad[s : s + CHUNK]
+            p = torch.bmm(q.transpose(1, 2), k).softmax(-1)  # recomputed: (c, L queries, L keys)
+            dscores = p.mul_(g - torch.bmm(p, g.transpose(1, 2)))  # softmax backward, in place
+            torch.bmm(k, dscores.transpose(1, 2), out=dqt[s : s + CHUNK])
+            torch.bmm(q, dscores, out=dkt[s : s + CHUNK])
+        return dqt, dkt
+
+
+def attention_mean(qt: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
+    """(B, d, L) queries and keys -> (B, L): softmax(q^T k) averaged over the queries."""
+    return _AttentionMean.apply(qt.contiguous(), kt.contiguous())
 
 
 class BatchedSAPNet(nn.Module):
     """K SAP probes: (N, K, C, *spatial) -> (N, K, labels) logits."""
 
-    def __init__(self, probes: list[tuple[SAP, nn.Linear]]):
+    def __init__(self, probes: list[ProbeNet]):
         super().__init__()
-        self.heads = probes[0][0].heads
+        self.heads = probes[0].pool.heads
 
-        def stack(get) -> nn.Parameter:
-            return nn.Parameter(torch.stack([get(pool, linear).detach() for pool, linear in probes]).clone())
+        def stack(get) -> torch.Tensor:
+            return torch.stack([get(net).detach() for net in probes]).clone()
 
         # weights transposed to (K, in, out) so a layer is one baddbmm over (K, rows, in)
         for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            setattr(self, f"{name}_weight", stack(lambda p, _, n=name: getattr(p, n).weight.T))
-            setattr(self, f"{name}_bias", stack(lambda p, _, n=name: getattr(p, n).bias))
-        self.classifier_weight = stack(lambda _, c: c.weight.T)
-        self.classifier_bias = stack(lambda _, c: c.bias)
+            setattr(self, f"{name}_weight", nn.Parameter(stack(lambda n, m=name: getattr(n.pool, m).weight.T)))
+            setattr(self, f"{name}_bias", nn.Parameter(stack(lambda n, m=name: getattr(n.pool, m).bias)))
+        self.classifier_weight = nn.Parameter(stack(lambda n: n.classifier.weight.T))
+        self.classifier_bias = nn.Parameter(stack(lambda n: n.classifier.bias))
+        self.register_buffer("mean", stack(lambda n: n.mean))
+        self.register_buffer("scale", stack(lambda n: n.scale))
 
     def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """(K, ..., in) -> (K, ..., out) with the K stacked weights of layer `name`."""
@@ -54,17 +99,21 @@ class BatchedSAPNet(nn.Module):
         n, k, c = x.shape[:3]
         t = x.float().reshape(n, k, c, -1).permute(1, 0, 3, 2).contiguous()  # (K, N, tokens, C)
         length, h = t.shape[2], self.heads
+        d = c // h
 
-        def split(a: torch.Tensor) -> torch.Tensor:  # 4-D for SDPA's fused CPU kernel (5-D falls back)
-            return a.view(k * n, length, h, c // h).transpose(1, 2)
+        def per_head(a: torch.Tensor) -> torch.Tensor:  # (K, N, L, C) -> (K N H, d, L)
+            return a.view(k * n, length, h, d).permute(0, 2, 3, 1).reshape(k * n * h, d, length)
 
-        q, key, v = (split(self._linear(t, name)) for name in ("q_proj", "k_proj", "v_proj"))
-        attended = F.scaled_dot_product_attention(q, key, v).transpose(1, 2).reshape(k, n, length, c)
-        pooled = self._linear(attended.mean(2), "out_proj")
+        q = per_head(self._linear(t, "q_proj")) * (1 / math.sqrt(d))  # SDPA's default scale
+        abar = attention_mean(q, per_head(self._linear(t, "k_proj"))).view(k * n, h, length)
+        means = torch.bmm(abar, t.view(k * n, length, c)).view(k, n, h, c)  # per-head weighted token means
+        values = torch.einsum("knhc,kchd->knhd", means, self.v_proj_weight.view(k, c, h, d)).reshape(k, n, c)
+        pooled = self._linear(values + self.v_proj_bias[:, None], "out_proj")
         return torch.cat([t.mean(2), pooled], dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._linear(self.pooled(x), "classifier").transpose(0, 1)
+        standardised = (self.pooled(x) - self.mean[:, None]) / self.scale[:, None]
+        return self._linear(standardised, "classifier").transpose(0, 1)
 
 
 class BatchedSAPProbes(MultiLabelClassifier):
@@ -84,11 +133,15 @@ class BatchedSAPProbes(MultiLabelClassifier):
     def fit(self, X, y, sample_weight=None) -> "BatchedSAPProbes":
         y = self._encode_targets(y)
         k, c = X.shape[1], X.shape[2]
-        # every configuration starts where the single probe (`PlaneProbe("sap")`) starts
+        # every configuration starts where the single probe (`PlaneProbe("sap")`) starts,
+        # standardised with its pooled training vectors as that probe is
         nets = [seeded(self.random_state, lambda: ProbeNet("sap", c, y.shape[1])) for _ in range(k)]
-        probes = [(net.pool, net.classifier) for net in nets]
+        net = BatchedSAPNet(nets)
+        pooled = apply(lambda x: net.pooled(x).transpose(0, 1), [X], self.block_rows)  # (N, K, 2C)
+        net.mean.copy_(torch.from_numpy(pooled.mean(0, dtype=np.float64).astype(np.float32)))
+        net.scale.copy_(torch.from_numpy(np.maximum(pooled.std(0, dtype=np.float64), 1e-6).astype(np.float32)))
         self.net_ = train(
-            BatchedSAPNet(probes), [X], y, sample_weight, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+            net, [X], y, sample_weight, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
             random_state=self.random_state, weight_decay=self.weight_decay, block_rows=self.block_rows,
         )
         return self

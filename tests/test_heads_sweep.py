@@ -60,12 +60,10 @@ def test_sweep_bad_input(cohort):
 
 def test_batched_sap_probes_match_one_probe_at_a_time():
     """K SAP probes trained as one batched model give each configuration the predictions of
-    the paper's single SAP probe (raw activation -> SAP -> [GAP, SAP] -> linear) trained alone."""
-    import torch
-
+    the paper's single SAP probe (``PlaneProbe("sap")``: raw activation -> SAP -> [GAP, SAP]
+    -> standardisation -> linear) trained alone on that configuration."""
     from orthodiff.heads.batched_sap import BatchedSAPProbes
-    from orthodiff.heads.probe import ProbeNet
-    from orthodiff.heads.training import apply, seeded, train
+    from orthodiff.heads.probe import PlaneProbe
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, (40, 2)).astype(np.float32)
@@ -74,12 +72,28 @@ def test_batched_sap_probes_match_one_probe_at_a_time():
     batched = BatchedSAPProbes(**params).fit(x, y).predict_proba(x)
     assert batched.shape == (40, 3, 2)
     for k in range(3):
-        net = seeded(4, lambda: ProbeNet("sap", 32, 2))
-        alone = torch.nn.Sequential(net.pool, net.classifier)
-        train(alone, [x[:, k]], y, None, epochs=3, lr=5e-3, batch_size=8, random_state=4)
-        prob = 1 / (1 + np.exp(-apply(alone, [x[:, k]])))
-        np.testing.assert_allclose(batched[:, k], prob, atol=1e-4)
+        np.testing.assert_allclose(batched[:, k], PlaneProbe("sap", **params).fit(x[:, k], y).predict_proba(x[:, k]), atol=1e-4)
     assert np.abs(batched[:, 0, 0] - batched[:, 0, 1]).max() > 0.05  # trained, not at the start
+
+
+def test_attention_mean_is_the_mean_attention_and_its_gradient():
+    """``attention_mean`` (chunked, P recomputed in backward) equals softmax(q^T k) averaged
+    over the queries, and so do its gradients, across more rows than one chunk."""
+    import torch
+
+    from orthodiff.heads import batched_sap
+
+    torch.manual_seed(0)
+    qt = torch.randn(batched_sap.CHUNK + 5, 4, 6, dtype=torch.float64, requires_grad=True)
+    kt = torch.randn(batched_sap.CHUNK + 5, 4, 6, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(batched_sap.CHUNK + 5, 6, dtype=torch.float64)
+    (batched_sap.attention_mean(qt, kt) * weights).sum().backward()
+    fast = qt.grad.clone(), kt.grad.clone()
+    qt.grad = kt.grad = None
+    plain = (qt.transpose(1, 2) @ kt).softmax(-1).mean(1)
+    (plain * weights).sum().backward()
+    torch.testing.assert_close(batched_sap.attention_mean(qt, kt), plain)
+    torch.testing.assert_close(fast, (qt.grad, kt.grad))
 
 
 def test_batched_sap_sweep_finds_the_signal():
