@@ -47,11 +47,13 @@ def demo(
     out: Annotated[Path, typer.Option(help="Working directory for everything the demo makes.")] = Path(
         "orthodiff-demo"
     ),
+    pretrain: Annotated[bool, typer.Option(metavar="", help="Pretrain the backbones here instead of using the shipped weights.")] = False,
+    steps: Annotated[int, typer.Option(help="Pretraining steps per plane with --pretrain (0: the random initialisation).")] = 30,
 ) -> None:
     """Run the pipeline end to end on the embedded synthetic cohort."""
     from orthodiff.demo import run_demo
 
-    run_demo(out, console)
+    run_demo(out, console, pretrain=pretrain, steps=steps)
 
 
 @catalog_app.command("validate")
@@ -217,6 +219,20 @@ def sample(
     with progress_bar(console, f"DDIM sampling {n} volumes", steps) as advance:
         path = sample_preview(backbone, png, n=n, steps=steps, seed=seed, progress=advance)
     console.print(f"wrote {path}")
+
+
+@app.command("export-encoder")
+def export_encoder(
+    backbone: Annotated[Path, typer.Argument(help="Full backbone checkpoint (from pretrain).")],
+    out: Annotated[Path, typer.Option(help="Encoder checkpoint file to write.")],
+) -> None:
+    """Keep what features need (EMA encoder and middle block, float16): a checkpoint small enough to ship."""
+    from orthodiff.backbone import backbone_id
+    from orthodiff.backbone.checkpoint import export_encoder as write_encoder
+
+    path = write_encoder(backbone, out)
+    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, backbone id {backbone_id(path)}; "
+                  f"full checkpoint {backbone_id(backbone)})")
 
 
 def _ints(text: str, option: str) -> list[int]:
