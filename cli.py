@@ -47,13 +47,12 @@ def demo(
     out: Annotated[Path, typer.Option(help="Working directory for everything the demo makes.")] = Path(
         "orthodiff-demo"
     ),
-    pretrain: Annotated[bool, typer.Option(metavar="", help="Pretrain the backbones here instead of using the shipped weights.")] = False,
-    steps: Annotated[int, typer.Option(help="Pretraining steps per plane with --pretrain (0: the random initialisation).")] = 30,
+    steps: Annotated[int, typer.Option(help="Pretraining steps per plane (0 keeps the random initialisation: the baseline).")] = 30,
 ) -> None:
     """Run the pipeline end to end on the embedded synthetic cohort."""
     from orthodiff.demo import run_demo
 
-    run_demo(out, console, pretrain=pretrain, steps=steps)
+    run_demo(out, console, steps=steps)
 
 
 @catalog_app.command("validate")

@@ -15,11 +15,10 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.tables import frame_table
 
 JOINT, CASES, SIZE, SEED = "knee", 120, 64, 0
-# The demo's backbones: by default the shipped `demo`-preset encoder checkpoints (weights/,
-# pretrained by bench/study.py on another synthetic cohort; weights/README.md says how);
-# with `--pretrain`, trained here for `--steps` (0: the random initialisation).
+# The demo's backbones: the `demo` preset (16 x 32 x 32) briefly trained, so the whole
+# pipeline runs in minutes on two CPU cores (`--steps 0` keeps the random initialisation:
+# the baseline they are compared with). The real thing: README, "Real sizes".
 PRESET, INGEST_SIZE, STEPS, BATCH, LR = "demo", 32, 30, 4, 2e-4
-WEIGHTS = Path(__file__).resolve().parent / "weights"
 TIMESTEPS = (10, 50, 150, 300)
 # The heads sweep the stored GAP summaries: the SAP sweep (the paper's pooling, the default of
 # `orthodiff sweep`) and its Stage I probes read every activation and take the demo past its
@@ -42,40 +41,25 @@ def volumes_table(store: Path) -> pd.DataFrame:
     return table
 
 
-def shipped_weights(plane: str) -> Path:
-    return WEIGHTS / f"demo_{plane}.pt"
-
-
-def demo_backbone(out: Path, store: Path, plane: str, pretrain: bool, steps: int, console: Console) -> Path:
-    """`out/backbones/<plane>.pt`: a copy of the shipped weights, or trained here for `steps`;
-    one made the other way (or for other steps) is refused rather than silently reused."""
-    import shutil
-
-    from orthodiff.backbone import backbone_id
+def demo_backbone(out: Path, store: Path, plane: str, steps: int, console: Console) -> Path:
+    """`out/backbones/<plane>.pt`, pretrained here for `steps`; one of other steps is refused
+    rather than silently reused."""
     from orthodiff.backbone.checkpoint import read_checkpoint
-    from orthodiff.backbone.pretrain import pretrain as run_pretrain
+    from orthodiff.backbone.pretrain import pretrain
 
     path = out / "backbones" / f"{plane}.pt"
-    if path.exists():
-        ckpt = read_checkpoint(path)
-        made = "shipped" if ckpt.get("parts") == "encoder" else f"pretrained {ckpt.get('step')} steps"
-        wanted = f"pretrained {steps} steps" if pretrain else "shipped"
-        if made != wanted or (not pretrain and backbone_id(path, ckpt) != backbone_id(shipped_weights(plane))):
-            raise OrthodiffError(f"{path}: this demo folder holds {made} backbones, not {wanted} ones; "
-                                 "choose another --out")
-        console.print(f"reusing {path}")
-    elif pretrain:
-        run_pretrain(str(store), plane, PRESET, steps, BATCH, path, every=max(steps, 1), lr=LR, seed=SEED)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shipped_weights(plane), path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
+    if not path.exists():
+        return pretrain(str(store), plane, PRESET, steps, BATCH, path, every=max(steps, 1), lr=LR, seed=SEED)
+    made = read_checkpoint(path).get("step")
+    if made != steps:
+        raise OrthodiffError(f"{path}: this demo folder's backbones had {made} pretraining steps, not {steps}; "
+                             "choose another --out")
+    console.print(f"reusing {path}")
     return path
 
 
-def run_demo(out: Path, console: Console, pretrain: bool = False, steps: int = STEPS) -> None:
+def run_demo(out: Path, console: Console, steps: int = STEPS) -> None:
     from orthodiff.backbone import backbone_id
-    from orthodiff.backbone.checkpoint import read_checkpoint
     from orthodiff.backbone.preview import sample_preview
     from orthodiff.catalogs.cohort import cohort_summary, read_catalog, validate_catalog
     from orthodiff.catalogs.synth import preview, synthesize
@@ -112,20 +96,15 @@ def run_demo(out: Path, console: Console, pretrain: bool = False, steps: int = S
     console.print(f"series {counts}; volumes take {_disk_bytes(store / 'volumes') / 2**20:.1f} MiB on disk")
     console.print(frame_table(volumes_table(store), f"{store}: volumes (16 x {INGEST_SIZE} x {INGEST_SIZE}, float16)"))
 
-    if pretrain:
-        console.rule(f"3. pretrain one {PRESET}-preset backbone per plane ({steps} steps of {BATCH})")
-    else:
-        console.rule(f"3. the shipped {PRESET}-preset backbones (orthodiff/weights; --pretrain trains them here instead)")
-    checkpoints = {plane: demo_backbone(out, store, plane, pretrain, steps, console) for plane in PLANES}
+    console.rule(f"3. pretrain one {PRESET}-preset backbone per plane ({steps} steps of {BATCH})")
+    checkpoints = {plane: demo_backbone(out, store, plane, steps, console) for plane in PLANES}
     for plane, path in checkpoints.items():
-        ckpt = read_checkpoint(path)
-        console.print(f"{plane}: {path} (backbone id {backbone_id(path, ckpt)}, {ckpt['step']} pretraining steps)")
-    if pretrain:
-        samples = out / "backbones" / "samples_sagittal.png"
-        if not samples.exists():
-            sample_preview(checkpoints["sagittal"], samples, n=4, steps=25)
-        console.print(f"DDIM samples: {samples} (after {steps} pretraining steps they are still noise; "
-                      "anatomy appears after thousands of steps, see README 'Real sizes')")
+        console.print(f"{plane}: {path} (backbone id {backbone_id(path)})")
+    samples = out / "backbones" / "samples_sagittal.png"
+    if not samples.exists():
+        sample_preview(checkpoints["sagittal"], samples, n=4, steps=25)
+    console.print(f"DDIM samples: {samples} (after {steps} pretraining steps they are still noise; "
+                  "anatomy appears after thousands of steps, see README 'Real sizes')")
 
     console.rule(f"4. extract timesteps {', '.join(map(str, TIMESTEPS))} x blocks mid_0-2 for every plane")
     for plane in PLANES:
