@@ -149,3 +149,19 @@ def test_zero_steps_writes_the_initialisation_of_the_trained_run(store, tmp_path
     assert ckpt["step"] == 0 and ckpt["history"]["val_loss"][0][0] == 0
     for key, value in unet_state(ckpt).items():
         torch.testing.assert_close(value, fresh[key], rtol=0, atol=0)
+
+
+def test_demo_backbone_of_other_steps_is_refused_not_reused(store, tmp_path):
+    from rich.console import Console
+
+    from orthodiff.backbone import backbone_id
+    from orthodiff.backbone.checkpoint import read_checkpoint
+    from orthodiff.demo import demo_backbone
+
+    console = Console(quiet=True)
+    path = demo_backbone(tmp_path, store, "axial", 0, console)
+    assert read_checkpoint(path)["step"] == 0
+    first = backbone_id(path)
+    assert demo_backbone(tmp_path, store, "axial", 0, console) == path and backbone_id(path) == first
+    with pytest.raises(OrthodiffError, match="had 0 pretraining steps, not 30"):
+        demo_backbone(tmp_path, store, "axial", 30, console)
