@@ -48,6 +48,7 @@ def run_demo(out: Path, console: Console) -> None:
     from orthodiff.catalogs.tasks import PLANES
     from orthodiff.featurestore.extract import extract
     from orthodiff.featurestore.ingest import ingest
+    from orthodiff.featurestore.volumes import open_volumes
     from orthodiff.featurestore.verify import store_info
     from orthodiff.heads.pipeline import SMALL_COHORT_FUSION, SMALL_COHORT_PROBE, heads_commands, run_heads
 
@@ -85,7 +86,7 @@ def run_demo(out: Path, console: Console) -> None:
         if checkpoints[plane].exists():
             console.print(f"reusing {checkpoints[plane]}")
         else:
-            pretrain(str(store), plane, PRESET, STEPS, BATCH, checkpoints[plane], every=STEPS, lr=LR, seed=SEED)
+            pretrain(open_volumes(str(store)), plane, PRESET, STEPS, BATCH, checkpoints[plane], every=STEPS, lr=LR, seed=SEED)
         console.print(f"{plane}: {checkpoints[plane]} (backbone id {backbone_id(checkpoints[plane])})")
     samples = out / "backbones" / "samples_sagittal.png"
     if not samples.exists():
