@@ -46,10 +46,11 @@ def demo_backbone(out: Path, store: Path, plane: str, steps: int, console: Conso
     rather than silently reused."""
     from orthodiff.backbone.checkpoint import read_checkpoint
     from orthodiff.backbone.pretrain import pretrain
+    from orthodiff.featurestore.volumes import open_volumes
 
     path = out / "backbones" / f"{plane}.pt"
     if not path.exists():
-        return pretrain(str(store), plane, PRESET, steps, BATCH, path, every=max(steps, 1), lr=LR, seed=SEED)
+        return pretrain(open_volumes(str(store)), plane, PRESET, steps, BATCH, path, every=max(steps, 1), lr=LR, seed=SEED)
     made = read_checkpoint(path).get("step")
     if made != steps:
         raise OrthodiffError(f"{path}: this demo folder's backbones had {made} pretraining steps, not {steps}; "

@@ -1,4 +1,5 @@
-"""The one training loop every torch head uses, and row-block reading of (lazy) arrays.
+"""The one training loop every torch model here uses (heads, fine-tuning, segmentation,
+promptable models), and row-block reading of (lazy) arrays.
 
 Inputs are lists of arrays sharing the first (row) dimension: numpy arrays, or lazy
 arrays (xarray DataArray / Dask) that are read in contiguous blocks of ``block_rows`` rows,
