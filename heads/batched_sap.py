@@ -31,7 +31,7 @@ from torch import nn
 
 from orthodiff.heads.estimator import MultiLabelClassifier
 from orthodiff.heads.probe import ProbeNet
-from orthodiff.heads.training import apply, seeded, train
+from orthodiff.training import apply, seeded, train
 
 # (batch x heads) rows per chunk of attention_mean: 64 x 128 x 128 floats (4 MiB) of scores
 CHUNK = 64

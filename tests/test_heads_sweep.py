@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from orthodiff.errors import OrthodiffError
-from orthodiff.heads.report import build_report, write_table
+from orthodiff.heads.report import build_report
 from orthodiff.heads.sweep import plot_heatmaps, sweep, top_configs
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
+from orthodiff.outputs import write_table
 
 LABELS = ["ACL", "PCL", "MM", "LM", "MCL"]
 PARAMS = dict(epochs=6, lr=5e-3)
