@@ -31,9 +31,12 @@ from torch import nn
 
 from orthodiff.heads.estimator import MultiLabelClassifier
 from orthodiff.heads.probe import ProbeNet
-from orthodiff.training import apply, seeded, train
+from orthodiff.training import apply, one_thread, seeded, train
 
-# (batch x heads) rows per chunk of attention_mean: 64 x 128 x 128 floats (4 MiB) of scores
+# (batch x heads) rows per chunk of attention_mean: 64 x 128 x 128 floats (4 MiB) of scores.
+# The chunks' ops are small enough that a pool of intra-op threads costs more in fork/join
+# than it saves (on the loaded 2-core machine a step took 3x longer on 2 threads than on 1),
+# so the chunk loops run on one thread; the projections around them keep torch's threads.
 CHUNK = 64
 
 
@@ -43,9 +46,10 @@ class _AttentionMean(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qt: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
         out = qt.new_empty(qt.shape[0], kt.shape[2])
-        for s in range(0, len(qt), CHUNK):
-            scores = torch.bmm(qt[s : s + CHUNK].transpose(1, 2), kt[s : s + CHUNK])
-            torch.mean(scores.softmax(-1), 1, out=out[s : s + CHUNK])
+        with one_thread():
+            for s in range(0, len(qt), CHUNK):
+                scores = torch.bmm(qt[s : s + CHUNK].transpose(1, 2), kt[s : s + CHUNK])
+                torch.mean(scores.softmax(-1), 1, out=out[s : s + CHUNK])
         ctx.save_for_backward(qt, kt)
         return out
 
@@ -54,12 +58,13 @@ class _AttentionMean(torch.autograd.Function):
         qt, kt = ctx.saved_tensors
         dqt, dkt = torch.empty_like(qt), torch.empty_like(kt)
         grad = (grad / qt.shape[2])[:, None, :]  # d abar_j / d P_ij = 1 / L
-        for s in range(0, len(qt), CHUNK):
-            q, k, g = qt[s : s + CHUNK], kt[s : s + CHUNK], grad[s : s + CHUNK]
-            p = torch.bmm(q.transpose(1, 2), k).softmax(-1)  # recomputed: (c, L queries, L keys)
-            dscores = p.mul_(g - torch.bmm(p, g.transpose(1, 2)))  # softmax backward, in place
-            torch.bmm(k, dscores.transpose(1, 2), out=dqt[s : s + CHUNK])
-            torch.bmm(q, dscores, out=dkt[s : s + CHUNK])
+        with one_thread():
+            for s in range(0, len(qt), CHUNK):
+                q, k, g = qt[s : s + CHUNK], kt[s : s + CHUNK], grad[s : s + CHUNK]
+                p = torch.bmm(q.transpose(1, 2), k).softmax(-1)  # recomputed: (c, L queries, L keys)
+                dscores = p.mul_(g - torch.bmm(p, g.transpose(1, 2)))  # softmax backward, in place
+                torch.bmm(k, dscores.transpose(1, 2), out=dqt[s : s + CHUNK])
+                torch.bmm(q, dscores, out=dkt[s : s + CHUNK])
         return dqt, dkt
 
 
