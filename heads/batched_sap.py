@@ -6,8 +6,8 @@ concatenated with GAP -> 2C, standardised with the training set's pooled statist
 start, then a linear classifier), started from exactly the weights that probe starts from.
 The K probes' weights are stacked along a leading axis and every layer becomes one batched
 matmul. The loss is the sum of the K per-configuration losses and Adam is element-wise, so
-each slice follows the trajectory it would follow alone (up to float rounding); the
-activations of all configurations are read once per epoch instead of once per configuration.
+each slice follows the trajectory it would follow alone (up to float rounding); an epoch is
+one pass over the activations of all configurations, not one pass per configuration.
 
 The pooling is computed in an equivalent, cheaper order. SAP keeps only the mean over
 queries of the attention output, and every softmax row sums to one, so per head h
