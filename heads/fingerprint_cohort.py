@@ -80,18 +80,25 @@ def binary_metrics(y, p, threshold: float, groups, n_boot: int = 500, seed: int 
 
 
 def models(random_state: int = 0, epochs: int = 200) -> dict:
-    """The fingerprint head and its comparators: name -> (estimator, sources, uses diffusion features)."""
+    """The fingerprint head and its comparators: name -> (estimator, sources, uses diffusion features).
+
+    Fingerprints on the image alone (the paper's NoPersona ablation), on image + persona (the
+    paper's model), on all three sources and on the residual; u = 1 (the paper's NoFS); L1
+    logistic regression (classical radiomics) on the image, persona, residual and all three."""
     l1 = make_pipeline(SimpleImputer(keep_empty_features=True), StandardScaler(),
                        LogisticRegression(l1_ratio=1.0, solver="saga", C=1.0, class_weight="balanced", max_iter=5000))
     fp = FingerprintClassifier(usage="mlp", epochs=epochs, random_state=random_state)
     return {
+        "fingerprint (image)": (fp, ("image",), True),
         "fingerprint (image+persona)": (fp, ("image", "persona"), True),
+        "fingerprint (image+persona+residual)": (fp, ("image", "persona", "residual"), True),
         "fingerprint (residual)": (fp, ("residual",), True),
         "u = 1 (no selection)": (FingerprintClassifier(usage="none", epochs=epochs, random_state=random_state),
                                   ("image", "persona"), False),
         "classical radiomics (L1 logistic, image)": (l1, ("image",), False),
         "L1 logistic, persona only": (l1, ("persona",), False),
         "L1 logistic, residual only": (l1, ("residual",), False),
+        "L1 logistic, all features (image+persona+residual)": (l1, ("image", "persona", "residual"), False),
     }
 
 

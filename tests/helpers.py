@@ -17,8 +17,9 @@ def make_volume_store(path, n: int = 8, size: int = 32, planes=("axial",), seed:
     return str(path)
 
 
-def random_checkpoint(path, plane: str, preset: str = "demo", seed: int = 0) -> str:
-    """An untrained backbone checkpoint of `plane` in the reference layout (no pretraining)."""
+def random_checkpoint(path, plane: str, preset: str = "demo", seed: int = 0, config=None) -> str:
+    """An untrained backbone checkpoint of `plane` in the reference layout (no pretraining);
+    `config` (a UNetConfig) replaces the preset's architecture, e.g. a micro U-Net for fast tests."""
     import torch
 
     from orthodiff.backbone import PRESETS, DiffusionUNet
@@ -26,8 +27,9 @@ def random_checkpoint(path, plane: str, preset: str = "demo", seed: int = 0) -> 
     from orthodiff.backbone.diffusion import GaussianDiffusion
 
     torch.manual_seed(seed)
-    state = reference_state(DiffusionUNet(PRESETS[preset]), dict(GaussianDiffusion().state_dict()))
-    save_atomic({"ema": state, "model": state, "plane": plane, "preset": preset, "config": PRESETS[preset].to_dict()}, path)
+    config = config or PRESETS[preset]
+    state = reference_state(DiffusionUNet(config), dict(GaussianDiffusion().state_dict()))
+    save_atomic({"ema": state, "model": state, "plane": plane, "preset": preset, "config": config.to_dict()}, path)
     return str(path)
 
 
