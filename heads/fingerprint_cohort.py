@@ -121,12 +121,14 @@ def usage_features(store: str, timestep: int | None = None, block: str | None = 
     return pd.concat(parts, axis=1)
 
 
-def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path) -> Path:
-    """Central slice of the exam's image, persona and residual per plane, ROI outlined."""
+def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path, planes=None) -> Path:
+    """Central slice of the exam's image, persona and residual per plane (of `planes`, default
+    all), ROI outlined."""
     from orthodiff.outputs import atomic_savefig, pyplot
     from orthodiff.personas.store import open_personas
 
-    series = catalog[(catalog.case_id == exam)].drop_duplicates("plane")
+    series = catalog[(catalog.case_id == exam) & (catalog.plane.isin(planes) if planes is not None else True)]
+    series = series.drop_duplicates("plane")
     plt = pyplot()
     fig, axes = plt.subplots(len(series), 3, figsize=(9, 3 * len(series)), squeeze=False)
     for row, (plane, sid) in zip(axes, zip(series.plane, series.series_id)):
@@ -214,7 +216,7 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
     table.to_csv(out / "metrics.csv", index=False)
     positives = [e for e in exams["test"] if y.get(e, 0) == 1]
     if positives:
-        persona_figure(store, catalog, positives[0], out / "persona_example.png")
+        persona_figure(store, catalog, positives[0], out / "persona_example.png", np.unique(radiomics.plane.values).tolist())
     (out / "run.json").write_text(json.dumps({"store": str(store), "catalog": str(catalog_path), "task": task,
                                               "settings": radiomics.attrs["settings_id"], "epochs": epochs, "seed": seed,
                                               "exams": {s: int(len(v)) for s, v in exams.items()}}, indent=1))
