@@ -178,3 +178,24 @@ def test_persona_kill_minus_9_then_rerun_is_byte_identical(micro_store, tmp_path
     assert make_personas(killed, ckpt, "axial", **settings)["tasks"] == 3 - written
     assert _persona_bytes(killed) == _persona_bytes(reference)  # same chunks and records as uninterrupted
     assert open_personas(killed, "axial").sizes["series"] == 34
+
+
+def test_persona_figure_shows_only_planes_with_personas(tmp_path):
+    """Personas of one plane of a three-plane exam: the figure has that plane's row, no error."""
+    import matplotlib.image
+
+    from helpers import label_catalog
+    from orthodiff.catalogs.cohort import read_catalog
+    from orthodiff.heads.fingerprint_cohort import persona_figure
+    from orthodiff.personas.store import make_personas
+
+    planes = ("axial", "coronal", "sagittal")
+    store = make_volume_store(tmp_path / "s.zarr", n=2, size=8, planes=planes)
+    ckpt = random_checkpoint(tmp_path / "m.pt", "axial", config=_micro())
+    make_personas(store, ckpt, "axial", grid=1, steps=1, jumps=1, progress=False, warn=lambda _: None)
+    catalog = read_catalog(label_catalog(tmp_path / "c.parquet", n=2, planes=planes))
+    with pytest.raises(OrthodiffError, match="no coronal personas"):
+        persona_figure(store, catalog, "c0", tmp_path / "all.png")
+    png = persona_figure(store, catalog, "c0", tmp_path / "axial.png", planes=["axial"])
+    height, width, _ = matplotlib.image.imread(png).shape
+    assert width / height == pytest.approx(3, rel=0.05)  # one row: image, persona, residual
