@@ -141,14 +141,32 @@ def main() -> None:
             rows.append(table.assign(grid=grid, task=task))
     table = pd.concat(rows)
     table.to_csv(out / "table.csv", index=False)
-    (out / "table.md").write_text(markdown(table, args.tasks.split(",")))
+    (out / "table.md").write_text(markdown(table, args.tasks.split(","), test_counts(catalog, args.tasks.split(","))))
     console.print((out / "table.md").read_text())
     console.print(f"timings (s, loaded machine): {timings}")
 
 
-def markdown(table: pd.DataFrame, tasks) -> str:
-    """One row per (grid, model): test AUC (95% CI) per task, and the paper's AUC where it has one."""
-    lines = ["| grid | model | " + " | ".join(f"{t} AUC (95% CI)" for t in tasks) + " | paper, MRNet (abn / ACL / men) |",
+def test_counts(catalog: pd.DataFrame, tasks) -> dict[str, tuple[int, int]]:
+    """task -> (positive, negative) exams of the test split."""
+    from orthodiff.heads.fingerprint_cohort import target
+
+    test = catalog.groupby("case_id")["split"].first() == "test"
+    return {task: (int(target(catalog, task)[test].sum()), int((1 - target(catalog, task))[test].sum())) for task in tasks}
+
+
+def markdown(table: pd.DataFrame, tasks, counts: dict[str, tuple[int, int]]) -> str:
+    """One row per (grid, model): test AUC (95% CI) per task, and the paper's AUC where it has one.
+
+    `counts`: task -> (positive, negative) test exams; a task with fewer than MIN_SUPPORT of
+    either is flagged in its header (its AUC rests on a handful of exams)."""
+    from orthodiff.heads.report import MIN_SUPPORT
+
+    def header(task):
+        pos, neg = counts[task]
+        flag = " **low support**" if min(pos, neg) < MIN_SUPPORT else ""
+        return f"{task} AUC (95% CI), test {pos}+ / {neg}-{flag}"
+
+    lines = ["| grid | model | " + " | ".join(header(t) for t in tasks) + " | paper, MRNet (abn / ACL / men) |",
              "|---|---|" + "---|" * len(tasks) + "---|"]
     for (grid, model), part in table.groupby(["grid", "model"], sort=False):
         cells = []
