@@ -91,6 +91,7 @@ def main() -> None:
 
     from orthodiff.backbone.pretrain import pretrain
     from orthodiff.catalogs.cohort import read_catalog
+    from orthodiff.featurestore.volumes import open_volumes
     from orthodiff.heads.fingerprint_cohort import run_fingerprint
     from orthodiff.personas.store import make_personas
     from orthodiff.radiomics.store import extract_radiomics
@@ -113,7 +114,7 @@ def main() -> None:
     healthy = out / f"healthy_{args.plane}.pt"
     if not healthy.exists():
         console.rule(f"1. pretrain --healthy {args.plane}: {args.pretrain_steps} steps of 4")
-        timed("pretrain", pretrain, store, args.plane, "demo", args.pretrain_steps, 4, healthy, every=10,
+        timed("pretrain", pretrain, open_volumes(store), args.plane, "demo", args.pretrain_steps, 4, healthy, every=10,
               lr=args.pretrain_lr, seed=0, healthy_catalog=catalog_path)
     console.rule(f"2. personas of every {args.plane} series: central box, {args.persona_steps} steps x {args.jumps} jumps")
     made = timed("persona", make_personas, store, healthy, args.plane, "box", 3, args.persona_steps, args.jumps)
