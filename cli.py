@@ -223,7 +223,7 @@ def sample(
 @app.command("export-encoder")
 def export_encoder(
     backbone: Annotated[Path, typer.Argument(help="Full backbone checkpoint (from pretrain).")],
-    out: Annotated[Path, typer.Option(help="Encoder checkpoint file to write.")],
+    out: Annotated[Path, typer.Option(metavar="FILE", help="Encoder checkpoint to write.")],
 ) -> None:
     """Keep what features need (EMA encoder and middle block, float16): a checkpoint small enough to ship."""
     from orthodiff.backbone import backbone_id
