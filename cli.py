@@ -12,7 +12,7 @@ from rich.console import Console
 from orthodiff.errors import OrthodiffError
 from orthodiff.evaluation.commands import register as register_evaluation
 from orthodiff.options import (
-    Dtype, FingerprintTask, ImageFormat, Joint, Method, OnError, Plane, Pooling, Precision, Preset, Roi, split_list, subset_sizes,
+    Dtype, FingerprintTask, ImageFormat, Joint, Method, OnError, Plane, Pooling, Precision, Preset, Roi, plain, split_list, subset_sizes,
 )
 from orthodiff.supervised.commands import register as register_supervised
 from orthodiff.tables import make_console
@@ -129,11 +129,11 @@ def catalog_from_mrnet(
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder to write images/, masks/ and catalog.parquet into.")],
-    joint: Annotated[Joint, typer.Option(help="The joint (and so its labels and structures).")] = Joint.knee,
+    joint: Annotated[Joint, typer.Option(callback=plain, help="The joint (and so its labels and structures).")] = Joint.knee,
     cases: Annotated[int, typer.Option(help="Number of exams (one per patient).")] = 200,
     size: Annotated[int, typer.Option(help="In-plane matrix of every series.")] = 64,
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
-    format: Annotated[ImageFormat, typer.Option("--format", help="File format of the series.")] = ImageFormat.nifti,
+    format: Annotated[ImageFormat, typer.Option("--format", callback=plain, help="File format of the series.")] = ImageFormat.nifti,
     preview: Annotated[Path | None, typer.Option(help="Also write a PNG montage of the first exam.")] = None,
 ) -> None:
     """Generate a synthetic cohort (phantom images, masks, catalog) with realistic labels and sites."""
@@ -154,7 +154,7 @@ def ingest(
     catalog: Annotated[Path, typer.Option(help="Cohort catalog (Parquet) of the series to read.")],
     store: Annotated[str, typer.Option(help="Store to write (a path or fsspec URL); created if missing.")],
     size: Annotated[int, typer.Option(help="In-plane size of the preprocessed volumes.")] = 256,
-    on_error: Annotated[OnError, typer.Option(help="fail: stop at the first bad series; skip: go on and list rejects.")] = OnError.fail,
+    on_error: Annotated[OnError, typer.Option(callback=plain, help="fail: stop at the first bad series; skip: go on and list rejects.")] = OnError.fail,
     repair: Annotated[bool, typer.Option("--repair", help="Read again the stored series that fail their checksum (see `store verify`).")] = False,
 ) -> None:
     """Read, check and preprocess every catalog series into the store's volumes (reruns skip what is there)."""
@@ -171,10 +171,10 @@ def ingest(
 
 @app.command()
 def pretrain(
-    plane: Annotated[Plane, typer.Option(help="One backbone per plane.")],
+    plane: Annotated[Plane, typer.Option(callback=plain, help="One backbone per plane.")],
     store: Annotated[str, typer.Option(help="Store holding the ingested volumes.")],
     out: Annotated[Path, typer.Option(metavar="FILE", help="Checkpoint to write (reference layout).")],
-    preset: Annotated[Preset, typer.Option(help="paper (16x256x256), small (16x128x128), tiny (16x64x64) or demo (16x32x32).")] = Preset.tiny,
+    preset: Annotated[Preset, typer.Option(callback=plain, help="paper (16x256x256), small (16x128x128), tiny (16x64x64) or demo (16x32x32).")] = Preset.tiny,
     steps: Annotated[int, typer.Option(help="Optimisation steps in total (the paper: 21,500; 0 writes the initialisation, a random-init baseline).")] = 1000,
     batch: Annotated[int, typer.Option(help="Volumes per step and process.")] = 4,
     every: Annotated[int, typer.Option(help="Write a checkpoint every this many steps.")] = 500,
@@ -236,16 +236,16 @@ def export_encoder(
 
 @app.command()
 def extract(
-    plane: Annotated[Plane, typer.Option(help="The plane of the series to extract.")],
+    plane: Annotated[Plane, typer.Option(callback=plain, help="The plane of the series to extract.")],
     store: Annotated[str, typer.Option(help="Store holding the volumes (path or fsspec URL).")],
     backbone: Annotated[Path, typer.Option(help="Backbone checkpoint of that plane.")],
     timesteps: Annotated[str, typer.Option(help="Diffusion timesteps, comma-separated.")] = "10,30,50,100,150,200,300,500",
     blocks: Annotated[str, typer.Option(help="Middle-block outputs, comma-separated.")] = "mid_0,mid_1,mid_2",
-    dtype: Annotated[Dtype, typer.Option(help="Stored dtype of the activations.")] = Dtype.float16,
+    dtype: Annotated[Dtype, typer.Option(callback=plain, help="Stored dtype of the activations.")] = Dtype.float16,
     workers: Annotated[int | None, typer.Option(help="Start a local Dask cluster of this many processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Use an existing Dask cluster (tcp://host:port).")] = None,
     series_batch: Annotated[int, typer.Option(help="Series per forward pass (one timestep each).")] = 8,
-    precision: Annotated[Precision, typer.Option(help="Network precision (bf16 and fp16 by autocast).")] = Precision.fp32,
+    precision: Annotated[Precision, typer.Option(callback=plain, help="Network precision (bf16 and fp16 by autocast).")] = Precision.fp32,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     repair: Annotated[bool, typer.Option("--repair", help="Also recompute the units that fail their checksum (see `store verify`).")] = False,
 ) -> None:
@@ -265,10 +265,10 @@ def extract(
 
 @app.command()
 def persona(
-    plane: Annotated[Plane, typer.Option(help="The plane of the series to inpaint.")],
+    plane: Annotated[Plane, typer.Option(callback=plain, help="The plane of the series to inpaint.")],
     store: Annotated[str, typer.Option(help="Store holding the volumes (path or fsspec URL).")],
     backbone: Annotated[Path, typer.Option(help="Backbone checkpoint of that plane trained with `pretrain --healthy`.")],
-    roi: Annotated[Roi, typer.Option(help="box (the paper's central box, split by --grid) or structures (stored masks).")] = Roi.box,
+    roi: Annotated[Roi, typer.Option(callback=plain, help="box (the paper's central box, split by --grid) or structures (stored masks).")] = Roi.box,
     grid: Annotated[int, typer.Option(help="Cells per axis of the central box: 1, 2 or 3.")] = 3,
     steps: Annotated[int, typer.Option(help="Reverse diffusion steps of the inpainting.")] = 50,
     jumps: Annotated[int, typer.Option(help="RePaint resampling passes per step (1: none).")] = 2,
@@ -288,7 +288,7 @@ def persona(
 
 @app.command("persona-fidelity")
 def persona_fidelity(
-    plane: Annotated[Plane, typer.Option(help="The plane of the personas to score.")],
+    plane: Annotated[Plane, typer.Option(callback=plain, help="The plane of the personas to score.")],
     store: Annotated[str, typer.Option(help="Store holding the personas.")],
     catalog: Annotated[Path, typer.Option(help="Cohort catalog (labels decide healthy and lesion exams).")],
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
@@ -312,7 +312,7 @@ def persona_fidelity(
 
 @app.command()
 def radiomics(
-    plane: Annotated[Plane, typer.Option(help="The plane of the series.")],
+    plane: Annotated[Plane, typer.Option(callback=plain, help="The plane of the series.")],
     store: Annotated[str, typer.Option(help="Store holding volumes (and personas).")],
     source: Annotated[str, typer.Option(help="Comma-separated: image, persona, residual.")] = "image,persona,residual",
     families: Annotated[str, typer.Option(help="Comma-separated IBSI families.")] = "first_order,histogram,shape,glcm,glrlm,glszm,ngtdm,gldm",
@@ -335,7 +335,7 @@ def radiomics(
 def fingerprint(
     store: Annotated[str, typer.Option(help="Store holding radiomics (and diffusion features for the usage predictor).")],
     catalog: Annotated[Path, typer.Option(help="Cohort catalog (labels, splits, patients).")],
-    task: Annotated[FingerprintTask, typer.Option(help="The target: any abnormality, the ACL, or the menisci.")],
+    task: Annotated[FingerprintTask, typer.Option(callback=plain, help="The target: any abnormality, the ACL, or the menisci.")],
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for metrics.csv, explanations and coefficients.")],
     settings: Annotated[str | None, typer.Option(help="Radiomics settings id, when the store holds several.")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs of the fingerprint heads.")] = 200,
@@ -381,7 +381,7 @@ def sweep(
     store: Annotated[str, typer.Option(help="Feature store (path or fsspec URL).")],
     catalog: Annotated[Path, typer.Option(help="Cohort catalog (Parquet) of the stored series.")],
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for sweep tables, heatmaps and run.json.")],
-    pooling: Annotated[Pooling, typer.Option(help="sap (the paper's default), glp, or gap (fastest: one batched sweep over the stored GAP summaries).")] = Pooling.sap,
+    pooling: Annotated[Pooling, typer.Option(callback=plain, help="sap (the paper's default), glp, or gap (fastest: one batched sweep over the stored GAP summaries).")] = Pooling.sap,
     planes: Annotated[str, typer.Option(help="Comma-separated planes.")] = "sagittal,coronal,axial",
     backbone_id: Annotated[str | None, typer.Option(
         help="Backbone id(s) in the store, comma-separated, one per plane (see `orthodiff store info`).",
@@ -408,7 +408,7 @@ def sweep(
 def select(
     sweep_dir: Annotated[Path, typer.Option("--sweep", help="Directory written by `orthodiff sweep`.")],
     out: Annotated[Path, typer.Option(metavar="FILE", help="Configuration file (JSON) to freeze the choice in.")],
-    method: Annotated[Method, typer.Option(help="Fusion head used to score the combinations.")] = Method.concat,
+    method: Annotated[Method, typer.Option(callback=plain, help="Fusion head used to score the combinations.")] = Method.concat,
     epochs: Epochs = None,
     lr: Lr = None,
     weight_decay: WeightDecay = None,
@@ -436,7 +436,7 @@ def select(
 def fuse(
     config: Annotated[Path, typer.Option(help="Configuration frozen by `orthodiff select`.")],
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for metrics, predictions and plots.")],
-    method: Annotated[Method, typer.Option(help="Fusion head, or a comparator (lightgbm, logistic; ehr_only: the paper's EHR-only baseline).")] = Method.concat,
+    method: Annotated[Method, typer.Option(callback=plain, help="Fusion head, or a comparator (lightgbm, logistic; ehr_only: the paper's EHR-only baseline).")] = Method.concat,
     ehr: Annotated[bool, typer.Option(metavar="", help="Late-fuse an EHR head per label.")] = False,
     store: Annotated[str | None, typer.Option(help="Feature store (default: the configuration's).")] = None,
     catalog: Annotated[Path | None, typer.Option(help="Catalog (default: the configuration's).")] = None,
@@ -510,7 +510,7 @@ def efficiency(
     config: Annotated[Path, typer.Option(help="Configuration frozen by `orthodiff select`.")],
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for the curves table and PNG.")],
     subsets: Annotated[str, typer.Option(help="Nested training subsets (the catalog's subset_<N> columns, see `catalog split --subsets`) and/or 'all'.")] = "all",
-    method: Annotated[Method, typer.Option(help="Fusion head.")] = Method.concat,
+    method: Annotated[Method, typer.Option(callback=plain, help="Fusion head.")] = Method.concat,
     store: Annotated[str | None, typer.Option(help="Feature store (default: the configuration's).")] = None,
     catalog: Annotated[Path | None, typer.Option(help="Catalog (default: the configuration's).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Fusion epochs.", show_default="the configuration's")] = None,

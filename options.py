@@ -1,8 +1,8 @@
 """Command-line values with one meaning everywhere: the choices, comma-separated lists and
 subset sizes.
 
-Choices are `StrEnum`s, so `--help` lists them, typer rejects other values before a command
-runs, and a member is the plain string the library takes (`Plane.axial == "axial"`). Their
+Choices are `StrEnum`s, so `--help` lists them and typer rejects other values before a
+command runs; their option callback `plain` hands the command the member's plain string. Their
 values are the library's own constants (`tests/test_cli_options.py` checks they agree); they
 are spelled out here so this module stays a leaf that every command module can import.
 Library functions take Python lists; the commands turn comma-separated option text into them
@@ -44,6 +44,13 @@ NAMES = {int: "an integer", float: "a number"}
 def subset_sizes(text: str | None, option: str = "--subsets") -> list[int | str]:
     """Label-efficiency subsets: numbers of training patients and/or ``all``."""
     return split_list(text, option, lambda item: item if item == "all" else int(item), expected="an integer or 'all'")
+
+
+def plain(value: StrEnum | None) -> str | None:
+    """The option callback of every choice: the command receives the member's plain string,
+    so what it saves (checkpoints read with ``weights_only=True``, Parquet, JSON) holds no
+    Enum objects."""
+    return None if value is None else str(value)
 
 
 def _choices(name: str, values: str, doc: str) -> type[StrEnum]:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from orthodiff.options import Encoder, Plane, PromptModel, PromptSource, split_list
+from orthodiff.options import Encoder, Plane, PromptModel, PromptSource, plain, split_list
 from orthodiff.tables import make_console
 
 console = make_console()
@@ -17,7 +17,7 @@ evaluate_app = typer.Typer(help="Evaluate segmentations: metrics, biomarker agre
 
 Catalog = Annotated[Path, typer.Option(help="Cohort catalog (Parquet) with the reference mask_path of every series.")]
 Split = Annotated[str, typer.Option(help="Catalog split to evaluate ('' for every series with a reference mask).")]
-OnePlane = Annotated[Plane | None, typer.Option(help="Only series of this plane (a `segment predict` run covers its model's plane).")]
+OnePlane = Annotated[Plane | None, typer.Option(callback=plain, help="Only series of this plane (a `segment predict` run covers its model's plane).")]
 
 
 @evaluate_app.command("seg")
@@ -58,9 +58,9 @@ def prompt(
     catalog: Catalog,
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for masks/<series_id>.nii.gz (like `segment predict`) and run.json.")],
     checkpoint: Annotated[Path | None, typer.Option(help="Published weights file (SAM/MedSAM state dict, SAM2 checkpoint); nothing is downloaded.")] = None,
-    model: Annotated[PromptModel, typer.Option(help="The promptable model.")] = PromptModel.sam,
-    encoder: Annotated[Encoder, typer.Option(help="SAM/MedSAM image encoder of the checkpoint.")] = Encoder.vit_b,
-    prompts: Annotated[PromptSource, typer.Option(help="Box source: reference (the catalog's masks) or masks (--prompt-masks).")] = PromptSource.reference,
+    model: Annotated[PromptModel, typer.Option(callback=plain, help="The promptable model.")] = PromptModel.sam,
+    encoder: Annotated[Encoder, typer.Option(callback=plain, help="SAM/MedSAM image encoder of the checkpoint.")] = Encoder.vit_b,
+    prompts: Annotated[PromptSource, typer.Option(callback=plain, help="Box source: reference (the catalog's masks) or masks (--prompt-masks).")] = PromptSource.reference,
     prompt_masks: Annotated[Path | None, typer.Option(help="A `segment predict` run or mask folder whose boxes prompt the model.")] = None,
     shift: Annotated[int, typer.Option(help="Move every box corner by up to this many pixels (robustness to prompts).")] = 0,
     split: Split = "test",

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from orthodiff.options import ClassifierModel, Decoder, Plane, Pooling, SegmenterModel, UnetrSize, split_list, subset_sizes
+from orthodiff.options import ClassifierModel, Decoder, Plane, Pooling, SegmenterModel, UnetrSize, plain, split_list, subset_sizes
 from orthodiff.tables import make_console
 
 console = make_console()
@@ -29,14 +29,14 @@ def _dice_table(dice, title):
 
 
 def finetune(
-    plane: Annotated[Plane, typer.Option(help="The backbone's plane.")],
+    plane: Annotated[Plane, typer.Option(callback=plain, help="The backbone's plane.")],
     store: Store,
     catalog: Catalog,
     backbone: Annotated[Path, typer.Option(help="Pretrained backbone checkpoint of that plane.")],
     out: Annotated[Path, typer.Option(metavar="FILE", help="Fine-tuned checkpoint to write (a new backbone id).")],
     timestep: Annotated[int, typer.Option(help="Diffusion timestep of the inputs.")] = 10,
     block: Annotated[str, typer.Option(help="Middle-block output the head pools.")] = "mid_2",
-    pooling: Annotated[Pooling, typer.Option(help="Pooling of the head on the middle block.")] = Pooling.sap,
+    pooling: Annotated[Pooling, typer.Option(callback=plain, help="Pooling of the head on the middle block.")] = Pooling.sap,
     epochs: Epochs = 5,
     lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block (paper: 0.05 x the head's).")] = 2.5e-5,
     head_lr: Annotated[float, typer.Option(help="Learning rate of the pooling head.")] = 5e-4,
@@ -76,7 +76,7 @@ def _segment(store, catalog, plane, model, out, backbone, timestep, block, epoch
 
 @segment_app.command("train")
 def segment_train(
-    plane: Annotated[Plane, typer.Option(help="A plane with masks (knee: sagittal or coronal).")],
+    plane: Annotated[Plane, typer.Option(callback=plain, help="A plane with masks (knee: sagittal or coronal).")],
     store: Store,
     catalog: Catalog,
     backbone: Annotated[Path, typer.Option(help="Pretrained (or fine-tuned) backbone checkpoint of that plane.")],
@@ -87,7 +87,7 @@ def segment_train(
     lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block (the head's is 1e-3, as the paper).")] = 5e-5,
     batch_size: Annotated[int, typer.Option(help="Series per step.")] = 10,
     subsets: Annotated[str, typer.Option(help="Label-efficiency subsets (catalog subset_<N> columns) and/or 'all', e.g. 50,100,200,500,all.")] = "",
-    decoder: Annotated[Decoder, typer.Option(help="light: the paper's head on the middle block alone; skip: orthodiff's decoder with encoder skip connections.")] = Decoder.light,
+    decoder: Annotated[Decoder, typer.Option(callback=plain, help="light: the paper's head on the middle block alone; skip: orthodiff's decoder with encoder skip connections.")] = Decoder.light,
     timesteps: Annotated[str, typer.Option(help="Candidate timesteps, e.g. 10,50,100: each is trained, the best validation Dice is kept (default: --timestep).")] = "",
     blocks: Annotated[str, typer.Option(help="Candidate blocks, e.g. mid_0,mid_2 (default: --block).")] = "",
     seed: Seed = 0,
@@ -123,7 +123,7 @@ def segment_predict(
 
 @baseline_app.command("classify")
 def baseline_classify(
-    model: Annotated[ClassifierModel, typer.Option(help="The architecture, trained from scratch.")],
+    model: Annotated[ClassifierModel, typer.Option(callback=plain, help="The architecture, trained from scratch.")],
     store: Store,
     catalog: Catalog,
     out: Annotated[Path, typer.Option(metavar="DIR", help="Run folder: predictions, metrics, run.json.")],
@@ -149,8 +149,8 @@ def baseline_classify(
 
 @baseline_app.command("segment")
 def baseline_segment(
-    model: Annotated[SegmenterModel, typer.Option(help="The architecture (MONAI, 3D), trained from scratch.")],
-    plane: Annotated[Plane, typer.Option(help="A plane with masks (knee: sagittal or coronal).")],
+    model: Annotated[SegmenterModel, typer.Option(callback=plain, help="The architecture (MONAI, 3D), trained from scratch.")],
+    plane: Annotated[Plane, typer.Option(callback=plain, help="A plane with masks (knee: sagittal or coronal).")],
     store: Store,
     catalog: Catalog,
     out: Annotated[Path, typer.Option(metavar="DIR", help="Run folder: model, Dice table, overlay PNG.")],
@@ -158,7 +158,7 @@ def baseline_segment(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="Series per step.")] = 2,
     subsets: Annotated[str, typer.Option(help="Label-efficiency subsets and/or 'all'.")] = "",
-    unetr_size: Annotated[UnetrSize, typer.Option(help="UNETR size: paper (hidden 768, 12 heads, MLP 3072) or small (192, 4, 384).")] = UnetrSize.paper,
+    unetr_size: Annotated[UnetrSize, typer.Option(callback=plain, help="UNETR size: paper (hidden 768, 12 heads, MLP 3072) or small (192, 4, 384).")] = UnetrSize.paper,
     seed: Seed = 0,
     device: Device = None,
 ) -> None:

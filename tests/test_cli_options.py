@@ -119,6 +119,23 @@ def test_a_bad_choice_is_refused_by_the_command_line(args, option, tmp_path, mon
     assert list(tmp_path.iterdir()) == []  # nothing ran
 
 
+def test_every_choice_reaches_the_command_as_a_plain_string(monkeypatch, tmp_path):
+    """Enum members saved into a checkpoint would not load with ``weights_only=True``."""
+    enums = [(command, option) for option, uses in option_table().items() for command, annotation, param in uses
+             if isinstance(annotation, type) and issubclass(annotation, Enum)
+             and param.type_descriptor.parameter_info.callback is not options.plain]
+    assert enums == []
+    seen = {}
+
+    def synthesize(joint, cases, size, seed, out, fmt):
+        seen.update(joint=joint, fmt=fmt)
+        raise OrthodiffError("stop")
+
+    monkeypatch.setattr("orthodiff.catalogs.synth.synthesize", synthesize)
+    CliRunner().invoke(app, ["synth", "--out", str(tmp_path), "--joint", "ankle"])
+    assert seen == {"joint": "ankle", "fmt": "nifti"} and {type(v) for v in seen.values()} == {str}
+
+
 def test_choices_are_listed_in_help():
     result = CliRunner().invoke(app, ["sweep", "--help"], terminal_width=200)
     assert result.exit_code == 0 and "gap|glp|sap" in result.output

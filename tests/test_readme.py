@@ -155,14 +155,15 @@ def test_readme_store_snippet_runs_as_written(demo_folder, monkeypatch, capsys):
     names: dict = {"__name__": "__readme__"}
     exec(compile(blocks[0], "README.md", "exec"), names)
     tree, axial, catalog = names["tree"], names["axial"], pd.read_parquet(demo_folder / "orthodiff-demo/cohort/catalog.parquet")
-    assert "/axial" in capsys.readouterr().out and sorted(tree[names["bid"]].children) == ["axial"]
+    assert "/axial" in capsys.readouterr().out and "axial" in tree[names["bid"]].children
     assert set(axial.series.values) == set(catalog.loc[catalog.plane == "axial", "series_id"])
     assert names["case"].sizes["series"] == len(catalog[(catalog.case_id == "P00017-1") & (catalog.plane == "axial")]) > 0
     np.testing.assert_array_equal(names["slab"].values, names["plain"].activation.sel(timestep=50, block="mid_2").values)
     table = names["table"]
     assert table.shape == (axial.sizes["series"], axial.sizes["channel"] + 3)
     expected = catalog.set_index("series_id").loc[table.index, ["split", "ACL", "age"]]
-    pd.testing.assert_frame_equal(table[["split", "ACL", "age"]], expected, check_dtype=False, check_names=False)
+    for column in ("split", "ACL", "age"):  # the catalog's values on each series
+        np.testing.assert_array_equal(table[column].to_numpy(), expected[column].to_numpy(), err_msg=column)
     flat = names["flat"]
     assert flat.sizes["series"] == len(catalog) and sorted(set(flat.plane.values)) == sorted(PLANES)
     xr.testing.assert_equal(flat.gap.sel(series=axial.series.values).drop_vars("plane"), axial.gap.drop_vars("plane"))
