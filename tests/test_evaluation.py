@@ -191,6 +191,14 @@ def test_evaluate_seg_end_to_end(cohort, tmp_path):
     page = (out / "evaluation.html").read_text()
     assert page.count("data:image/png;base64,") == 5 and "tier_label" in page
 
+    from orthodiff.heads.report import build_report
+
+    report = build_report(tmp_path).read_text()  # the main report gains the evaluation's section and a link
+    section = report.split("<section id='evaluation'>")[1].split("</section>")[0]
+    assert "href='eval/evaluation.html'" in section and "copy, shifted, no_fc" in section.replace("&#x27;", "")
+    assert "Friedman" in section and "skeleton_thickness_FC" in section and "volume_" not in section
+    assert section.count("data:image/png;base64,") == 5 == report.count("data:image/png;base64,")  # shown once
+
 
 def _first_reference(catalog_path):
     catalog = read_catalog(catalog_path)
