@@ -27,13 +27,29 @@ from pathlib import Path
 
 from orthodiff.tables import frame_table, make_console
 
-SEGMENTERS = {  # run name -> (model, decoder)
-    "segment_light": ("diffusion", "light"),
-    "segment_skip": ("diffusion", "skip"),
-    "segment_unet": ("unet", None),
-    "segment_unetr": ("unetr", None),
+SEGMENTERS = {  # run name -> (model, decoder, long: --long-epochs instead of --segment-epochs)
+    "segment_light": ("diffusion", "light", False),
+    "segment_skip": ("diffusion", "skip", False),
+    "segment_unet": ("unet", None, False),
+    "segment_unetr": ("unetr", None, False),
+    "segment_light_long": ("diffusion", "light", True),
+    "segment_skip_long": ("diffusion", "skip", True),
 }
 EFFICIENCY = ("segment_light", "segment_unet")  # label-efficiency curves (issue 17)
+
+
+def markdown(frame, digits: int = 3) -> str:
+    """A pipe table for the README (numbers rounded to ``digits``, NaN as a dash)."""
+    import numpy as np
+
+    def cell(v):
+        if isinstance(v, float | np.floating):
+            return "-" if np.isnan(v) else f"{v:.{digits}g}" if abs(v) < 1e-3 and v else f"{v:.{digits}f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
 
 
 def classification(demo: Path, out: Path, args, console, timings: dict) -> None:
@@ -69,6 +85,7 @@ def classification(demo: Path, out: Path, args, console, timings: dict) -> None:
     table = comparison(runs)
     table.insert(1, "row", ["LP (probe), concat", "FT (Stage I), concat", "ResNet-18", "U-Net encoder"])
     console.print(frame_table(table, "Diagnosis, test split: probe vs fine-tuned vs from scratch"))
+    (out / "diagnosis.md").write_text(markdown(table[["row", "macro_auroc", "ci_low", "ci_high", "CF1", "OF1"]]))
 
 
 def subset_catalog(catalog: Path, sizes: list[int]) -> Path:
@@ -82,52 +99,84 @@ def subset_catalog(catalog: Path, sizes: list[int]) -> Path:
     return path
 
 
-def segmentation(demo: Path, out: Path, args, console, timings: dict) -> None:
-    from orthodiff.evaluation.run import run_evaluate_seg
-    from orthodiff.supervised.runs import comparison, run_segment, run_segment_predict
+def train_segmenters(demo: Path, out: Path, names, args, timings: dict) -> list[Path]:
+    """Train (unless finished) and predict the test split with each named segmenter; returns
+    the prediction folders."""
+    from orthodiff.supervised.runs import run_segment, run_segment_predict
 
     store, catalog = str(demo / "store.zarr"), demo / "cohort" / "catalog.parquet"
     sizes = [s if s == "all" else int(s) for s in args.subsets.split(",") if s]
     train_catalog = subset_catalog(catalog, [s for s in sizes if s != "all"]) if sizes else catalog
     predictions = []
-    for name, (model, decoder) in SEGMENTERS.items():
-        run, start = out / name, time.perf_counter()
+    for name in names:
+        (model, decoder, long), run, start = SEGMENTERS[name], out / name, time.perf_counter()
         if not (run / "run.json").exists():
             options = {"decoder": decoder, "backbone": demo / "backbones" / "sagittal.pt"} if decoder else {
                 "lr": 1e-3, "batch_size": args.baseline_batch, "unetr_size": args.unetr_size}
-            run_segment(store, train_catalog, "sagittal", model, run, epochs=args.segment_epochs,
+            run_segment(store, train_catalog, "sagittal", model, run, epochs=args.long_epochs if long else args.segment_epochs,
                         subsets=sizes if name in EFFICIENCY else (), **options)
         timings[f"segment {name}"] = time.perf_counter() - start
         if not (out / "predict" / name / "run.json").exists():
             run_segment_predict(run, store, catalog, out / "predict" / name)
         predictions.append(out / "predict" / name)
-    console.print(frame_table(comparison([out / n for n in SEGMENTERS]), "Sagittal segmentation, test Dice per structure", "{:.2f}"))
-    for name in EFFICIENCY:
-        if (out / name / "efficiency.csv").exists():
-            import pandas as pd
+    return predictions
 
-            console.print(frame_table(pd.read_csv(out / name / "efficiency.csv"), f"Label efficiency, {name}", "{:.3f}"))
+
+def segmentation(demo: Path, out: Path, args, console, timings: dict) -> None:
+    from orthodiff.evaluation.run import run_evaluate_seg
+    from orthodiff.supervised.runs import comparison
+
+    catalog = demo / "cohort" / "catalog.parquet"
+    predictions = train_segmenters(demo, out, list(SEGMENTERS), args, timings)
+    dice = comparison([out / n for n in SEGMENTERS]).drop(columns="model")
+    dice["run"] = list(SEGMENTERS)
+    console.print(frame_table(dice, "Sagittal segmentation, test Dice per structure", "{:.2f}"))
     start = time.perf_counter()
     tables = run_evaluate_seg(predictions, catalog, out / "evaluation", "test", 16, ("joint", "plane"), "center",
                               1.0, args.bootstrap, 0, plane="sagittal")
     timings["evaluate seg"] = time.perf_counter() - start
+    summary = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    (out / "segmentation.md").write_text("\n".join(segmentation_tables(out, dice, tables, summary)))
+    console.print((out / "segmentation.md").read_text())
+
+
+def segmentation_tables(out: Path, dice, tables: dict, summary: dict) -> list[str]:
+    """The README's segmentation tables (markdown): Dice per structure, label efficiency,
+    tissue tiers, thickness/T2 agreement, Friedman/Wilcoxon, acquisition fixed effects."""
+    import pandas as pd
+
+    parts = ["Test Dice per structure (`segment train`)", markdown(dice, 2)]
+    curves = [pd.read_csv(out / n / "efficiency.csv").set_index("subset").rename(columns={"macro_dice": n})
+              for n in EFFICIENCY if (out / n / "efficiency.csv").exists()]
+    if curves:
+        parts += ["Label efficiency, test macro Dice", markdown(pd.concat([curves[0]] + [c.drop(columns="series") for c in curves[1:]],
+                                                                          axis=1).reset_index())]
+    tiers = tables["tier_tissue"].assign(dice=lambda t: [f"{m:.2f} ± {s:.2f}" for m, s in zip(t["dice"], t["dice_sd"])])
+    overall = tables["tier_dataset"].set_index("model")[["dice", "iou", "hd95", "nsd"]]
+    parts += ["Subject Dice by tissue type (mean ± SD over subjects), and over all structures (Dice, IoU, HD95 mm, NSD)",
+              markdown(tiers.pivot(index="model", columns="tissue", values="dice").join(overall).reset_index(), 2)]
     agreement = tables["agreement"]
-    for key, frame in (("tier_tissue", tables["tier_tissue"]),
-                       ("agreement (thickness, T2)", agreement[agreement["biomarker"].str.contains("thickness|t2_")]),
-                       ("friedman", tables["friedman"]), ("wilcoxon", tables["wilcoxon"]),
-                       ("acquisition_effects", tables["acquisition_effects"])):
-        console.print(frame_table(frame, key, "{:.3g}"))
+    agreement = agreement[agreement["biomarker"].str.contains("thickness|t2_")].reindex(
+        columns=["model", "biomarker", "n", "method", "icc", "icc_low", "icc_high", "bias", "loa_low", "loa_high"])
+    parts += ["Biomarker agreement with the reference, per subject", markdown(agreement, 2)]
+    for name in ("friedman", "wilcoxon", "acquisition_effects"):
+        if name in tables and not tables[name].empty:
+            parts += [name, markdown(tables[name])]
+    parts += ["acquisition model: " + json.dumps(summary.get("acquisition_model", {}))]
+    return parts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=Path("orthodiff-demo"))
-    parser.add_argument("--parts", default="classify,segment", help="classify, segment or both")
+    parser.add_argument("--parts", default="classify,segment",
+                        help="classify and/or segment (every segmenter, then evaluate seg), or segmenter run names alone")
     parser.add_argument("--finetune-epochs", type=int, default=5, help="Stage I fine-tuning epochs (paper: 5)")
     parser.add_argument("--baseline-epochs", type=int, default=5, help="ResNet-18 / U-Net-encoder epochs")
-    parser.add_argument("--segment-epochs", type=int, default=10, help="every segmenter (paper: 30)")
+    parser.add_argument("--segment-epochs", type=int, default=5, help="every segmenter (paper: 30)")
+    parser.add_argument("--long-epochs", type=int, default=20, help="the *_long light/skip runs")
     parser.add_argument("--baseline-batch", type=int, default=2, help="U-Net / UNETR series per step")
-    parser.add_argument("--unetr-size", default="small", help="paper (hidden 768) or small (192)")
+    parser.add_argument("--unetr-size", default="paper", help="paper (hidden 768, 12 heads, MLP 3072) or small (192, 4, 384)")
     parser.add_argument("--subsets", default="5,10,20,40,all", help="label-efficiency subsets (training patients)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="evaluate seg bootstrap resamples")
     args = parser.parse_args()
@@ -138,6 +187,8 @@ def main() -> None:
     parts = set(args.parts.split(","))
     if "segment" in parts:
         segmentation(args.demo, out, args, console, timings)
+    elif parts & set(SEGMENTERS):
+        train_segmenters(args.demo, out, [n for n in SEGMENTERS if n in parts], args, timings)
     if "classify" in parts:
         classification(args.demo, out, args, console, timings)
     for name, seconds in timings.items():
