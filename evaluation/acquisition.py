@@ -15,7 +15,7 @@ import pandas as pd
 
 from orthodiff.errors import OrthodiffError
 
-NUMERIC = ("field_strength", "slice_thickness", "pixel_spacing", "te", "tr", "flip_angle")
+NUMERIC = ("field_strength", "slice_thickness", "pixel_spacing", "echo_time", "repetition_time", "flip_angle")  # catalog names
 CATEGORICAL = ("vendor", "acquisition")  # `acquisition`: 2D / 3D where the catalog records it
 VIF_LIMIT = 10.0
 
