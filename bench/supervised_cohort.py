@@ -127,9 +127,10 @@ def segmentation(demo: Path, out: Path, args, console, timings: dict) -> None:
     from orthodiff.supervised.runs import comparison
 
     catalog = demo / "cohort" / "catalog.parquet"
-    predictions = train_segmenters(demo, out, list(SEGMENTERS), args, timings)
-    dice = comparison([out / n for n in SEGMENTERS]).drop(columns="model")
-    dice["run"] = list(SEGMENTERS)
+    names = [n for n, (_, _, long) in SEGMENTERS.items() if args.long_epochs or not long]
+    predictions = train_segmenters(demo, out, names, args, timings)
+    dice = comparison([out / n for n in names]).drop(columns="model")
+    dice["run"] = names
     console.print(frame_table(dice, "Sagittal segmentation, test Dice per structure", "{:.2f}"))
     start = time.perf_counter()
     tables = run_evaluate_seg(predictions, catalog, out / "evaluation", "test", 16, ("joint", "plane"), "center",
@@ -174,7 +175,7 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=5, help="Stage I fine-tuning epochs (paper: 5)")
     parser.add_argument("--baseline-epochs", type=int, default=5, help="ResNet-18 / U-Net-encoder epochs")
     parser.add_argument("--segment-epochs", type=int, default=5, help="every segmenter (paper: 30)")
-    parser.add_argument("--long-epochs", type=int, default=20, help="the *_long light/skip runs")
+    parser.add_argument("--long-epochs", type=int, default=0, help="also light/skip runs (*_long) at this many epochs")
     parser.add_argument("--baseline-batch", type=int, default=2, help="U-Net / UNETR series per step")
     parser.add_argument("--unetr-size", default="paper", help="paper (hidden 768, 12 heads, MLP 3072) or small (192, 4, 384)")
     parser.add_argument("--subsets", default="5,10,20,40,all", help="label-efficiency subsets (training patients)")
