@@ -157,9 +157,15 @@ def segmentation_tables(out: Path, dice, tables: dict, summary: dict) -> list[st
     parts += ["Subject Dice by tissue type (mean ± SD over subjects), and over all structures (Dice, IoU, HD95 mm, NSD)",
               markdown(tiers.pivot(index="model", columns="tissue", values="dice").join(overall).reset_index(), 2)]
     agreement = tables["agreement"]
-    agreement = agreement[agreement["biomarker"].str.contains("thickness|t2_")].reindex(
-        columns=["model", "biomarker", "n", "method", "icc", "icc_low", "icc_high", "bias", "loa_low", "loa_high"])
-    parts += ["Biomarker agreement with the reference, per subject", markdown(agreement, 2)]
+    agreement = agreement[agreement["biomarker"].str.contains("thickness|t2_")]
+    undefined = agreement[~agreement["method"].isin(["parametric", "nonparametric"])]
+    agreement = agreement[agreement["method"].isin(["parametric", "nonparametric"])].assign(
+        icc=lambda t: [f"{i:.2f} ({lo:.2f} to {hi:.2f})" for i, lo, hi in zip(t["icc"], t["icc_low"], t["icc_high"])],
+        bias=lambda t: [f"{b:+.2f} ({lo:+.2f} to {hi:+.2f})" for b, lo, hi in zip(t["bias"], t["loa_low"], t["loa_high"])])
+    parts += ["Thickness (mm) and T2 (ms) agreement with the reference per subject: ICC(3,1) (95% CI), bias (limits of agreement)",
+              markdown(agreement[["model", "biomarker", "n", "method", "reference_mean", "icc", "bias", "spearman_rho"]], 2),
+              "undefined (no voxels, too few or constant values): "
+              + ", ".join(f"{m}: {len(g)}" for m, g in undefined.groupby("model")) + "\n"]
     for name in ("friedman", "wilcoxon", "acquisition_effects"):
         if name in tables and not tables[name].empty:
             parts += [name, markdown(tables[name])]
