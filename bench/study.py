@@ -79,9 +79,10 @@ def validation_loss(store: Path, path: Path, plane: str, draws: int = 4) -> floa
     from orthodiff.backbone import load_backbone
     from orthodiff.backbone.diffusion import GaussianDiffusion
     from orthodiff.backbone.pretrain import PlaneVolumes
+    from orthodiff.featurestore.volumes import open_volumes
 
     model, diffusion = load_backbone(path, "cpu").eval(), GaussianDiffusion()
-    val = PlaneVolumes.from_store(str(store), plane, "val")
+    val = PlaneVolumes.select(open_volumes(str(store)), plane, "val")
     generator = torch.Generator().manual_seed(12345)
     losses = []
     with torch.no_grad():
@@ -102,7 +103,7 @@ def probe(out: Path, store: Path, catalog: Path, plane: str, count: int, timeste
         orthodiff(log, "extract", "--plane", plane, "--store", store, "--backbone", ckpt, "--timesteps", timesteps)
         if not (run / "sweep" / "top4.parquet").exists():
             orthodiff(log, "sweep", "--store", store, "--catalog", catalog, "--out", run / "sweep", "--planes", plane,
-                      "--backbone", bid, "--pooling", "sap")
+                      "--backbone-id", bid, "--pooling", "sap")
         if not (run / "config.json").exists():
             orthodiff(log, "select", "--sweep", run / "sweep", "--out", run / "config.json")
         orthodiff(log, "fuse", "--config", run / "config.json", "--out", run / "test", "--method", "concat")
@@ -159,7 +160,7 @@ def main() -> None:
 
     if not catalog.exists():
         orthodiff(log, "synth", "--out", cohort, "--cases", args.cases, "--size", 64, "--seed", 1)
-    orthodiff(log, "ingest", catalog, "--store", store, "--size", SIZE)
+    orthodiff(log, "ingest", "--catalog", catalog, "--store", store, "--size", SIZE)
     rows = []
     for count in steps:  # the curve fills one step count at a time, all planes
         pretrain_curve(out, store, [count], log)

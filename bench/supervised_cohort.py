@@ -55,7 +55,7 @@ def markdown(frame, digits: int = 3) -> str:
 def classification(demo: Path, out: Path, args, console, timings: dict) -> None:
     from orthodiff.backbone import backbone_id
     from orthodiff.featurestore.extract import extract
-    from orthodiff.heads.commands import load_inputs
+    from orthodiff.heads.inputs import load_inputs
     from orthodiff.heads.runs import run_fuse
     from orthodiff.supervised.runs import comparison, finetuned_probes, run_baseline_classify, run_finetune
 
