@@ -2,7 +2,10 @@
 their evaluation, on the default synthetic cohort (the folder `orthodiff demo` leaves).
 
     .venv/bin/orthodiff demo --out orthodiff-demo
-    .venv/bin/python bench/supervised_cohort.py --demo orthodiff-demo
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/supervised_cohort.py --demo orthodiff-demo
+
+(one thread per process: on a loaded CPU machine torch's default thread pool spends far more
+CPU per step).
 
 Diagnosis (test split, exam level): the demo's concat fusion of probed features (LP); Stage I
 fine-tuning per plane at the demo's selected (timestep, block) and pooling with the paper's
@@ -150,8 +153,8 @@ def segmentation_tables(out: Path, dice, tables: dict, summary: dict) -> list[st
     curves = [pd.read_csv(out / n / "efficiency.csv").set_index("subset").rename(columns={"macro_dice": n})
               for n in EFFICIENCY if (out / n / "efficiency.csv").exists()]
     if curves:
-        parts += ["Label efficiency, test macro Dice", markdown(pd.concat([curves[0]] + [c.drop(columns="series") for c in curves[1:]],
-                                                                          axis=1).reset_index())]
+        joined = pd.concat([curves[0]] + [c.drop(columns="series") for c in curves[1:]], axis=1)
+        parts += ["Label efficiency, test macro Dice", markdown(joined.reset_index())]
     tiers = tables["tier_tissue"].assign(dice=lambda t: [f"{m:.2f} ± {s:.2f}" for m, s in zip(t["dice"], t["dice_sd"])])
     overall = tables["tier_dataset"].set_index("model")[["dice", "iou", "hd95", "nsd"]]
     parts += ["Subject Dice by tissue type (mean ± SD over subjects), and over all structures (Dice, IoU, HD95 mm, NSD)",
@@ -162,7 +165,8 @@ def segmentation_tables(out: Path, dice, tables: dict, summary: dict) -> list[st
     agreement = agreement[agreement["method"].isin(["parametric", "nonparametric"])].assign(
         icc=lambda t: [f"{i:.2f} ({lo:.2f} to {hi:.2f})" for i, lo, hi in zip(t["icc"], t["icc_low"], t["icc_high"])],
         bias=lambda t: [f"{b:+.2f} ({lo:+.2f} to {hi:+.2f})" for b, lo, hi in zip(t["bias"], t["loa_low"], t["loa_high"])])
-    parts += ["Thickness (mm) and T2 (ms) agreement with the reference per subject: ICC(3,1) (95% CI), bias (limits of agreement)",
+    parts += ["Thickness (mm) and T2 (ms) agreement with the reference per subject: ICC(3,1) (95% CI), "
+              "bias (limits of agreement)",
               markdown(agreement[["model", "biomarker", "n", "method", "reference_mean", "icc", "bias", "spearman_rho"]], 2),
               "undefined (no voxels, too few or constant values): "
               + ", ".join(f"{m}: {len(g)}" for m, g in undefined.groupby("model")) + "\n"]
