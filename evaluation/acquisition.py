@@ -15,7 +15,7 @@ import pandas as pd
 
 from orthodiff.errors import OrthodiffError
 
-NUMERIC = ("field_strength", "slice_thickness", "pixel_spacing", "te", "tr", "flip_angle")
+NUMERIC = ("field_strength", "slice_thickness", "pixel_spacing", "echo_time", "repetition_time", "flip_angle")  # catalog names
 CATEGORICAL = ("vendor", "acquisition")  # `acquisition`: 2D / 3D where the catalog records it
 VIF_LIMIT = 10.0
 
@@ -92,10 +92,16 @@ def acquisition_effects(series_dice: pd.DataFrame, catalog: pd.DataFrame, group:
     else:
         import warnings
 
-        with warnings.catch_warnings():  # convergence and boundary warnings: `converged` is reported
-            warnings.simplefilter("ignore")
-            fit = sm.MixedLM(frame["dice"], exog, groups=groups).fit(reml=True)
-        summary.update(fit="mixedlm", converged=bool(fit.converged), group_variance=float(fit.cov_re.iloc[0, 0]))
+        try:
+            with warnings.catch_warnings():  # convergence and boundary warnings: `converged` is reported
+                warnings.simplefilter("ignore")
+                fit = sm.MixedLM(frame["dice"], exog, groups=groups).fit(reml=True)
+        except np.linalg.LinAlgError as err:  # e.g. every parameter but one constant within each group
+            fit = sm.OLS(frame["dice"], exog).fit()
+            summary.update(fit=f"ols (mixedlm failed: {err}; are the acquisition parameters constant within each "
+                               f"{group}? try --group dataset)", converged=True)
+        else:
+            summary.update(fit="mixedlm", converged=bool(fit.converged), group_variance=float(fit.cov_re.iloc[0, 0]))
     ci = fit.conf_int()
     table = pd.DataFrame({"effect": exog.columns, "coefficient": fit.params[exog.columns].to_numpy(),
                           "ci_low": ci.loc[exog.columns, 0].to_numpy(), "ci_high": ci.loc[exog.columns, 1].to_numpy(),

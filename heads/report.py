@@ -123,6 +123,7 @@ class _Runs:
         self.classify = sorted(classify, key=lambda d: (order.index(d.name) if d.name in order else len(order), str(d)))
         self.sweeps = [d for d, r in self.records.items() if r.get("kind") == "sweep"]
         self.efficiency = [d for d, r in self.records.items() if r.get("kind") == "efficiency"]
+        self.evaluations = [p.parent for p in sorted(root.rglob("evaluation.json")) if (p.parent / "evaluation.html").is_file()]
         self.comparisons = sorted(p for p in root.rglob("*.parquet") if p.stem.count("_vs_") == 1
                                   and {"auroc_a", "auroc_b", "delta", "p_value"} <= set(pd.read_parquet(p).columns))
 
@@ -335,6 +336,36 @@ def _efficiency(runs: _Runs) -> str:
     return "".join(parts)
 
 
+EVALUATION_TABLES = (("tier_tissue", "Subject Dice by tissue type"),
+                     ("agreement", "Biomarker agreement with the reference (thickness, T2)"),
+                     ("friedman", "Friedman test on subject Dice"),
+                     ("wilcoxon", "Pairwise Wilcoxon on subject Dice, Benjamini-Hochberg adjusted"),
+                     ("acquisition_effects", "Acquisition fixed effects on series Dice (MixedLM)"))
+AGREEMENT_COLUMNS = ["model", "biomarker", "n", "method", "icc", "icc_low", "icc_high", "bias", "loa_low", "loa_high"]
+EVALUATION_FIGURES = ("raincloud.png", "agreement_*.png", "forest.png")
+
+
+def _evaluations(runs: _Runs, target: Path) -> str:
+    """Each `orthodiff evaluate seg` folder: its headline tables and figures, and a link to
+    its own evaluation.html (which has every table)."""
+    parts = []
+    for folder in runs.evaluations:
+        link = Path(os.path.relpath(folder / "evaluation.html", target.parent)).as_posix()
+        summary = _json(folder / "evaluation.json")
+        parts.append(f"<h3>{_esc(runs.name(folder))}</h3><p>{_esc(', '.join(summary.get('models', [])))}: "
+                     f"{summary.get('series', '?')} series of {summary.get('subjects', '?')} subjects. "
+                     f"<a href='{_esc(link)}'>Every table: evaluation.html</a></p>")
+        for name, title in EVALUATION_TABLES:
+            path = folder / f"{name}.parquet"
+            table = read_table(path) if path.is_file() else pd.DataFrame()
+            if name == "agreement" and not table.empty:  # volumes stay in evaluation.html
+                table = table[table["biomarker"].str.contains("thickness|t2_")].reindex(columns=AGREEMENT_COLUMNS)
+            if not table.empty:
+                parts.append(f"<h4>{_esc(title)}</h4>" + _table(table))
+        parts += [_png(p.read_bytes(), p.name, p.name) for pattern in EVALUATION_FIGURES for p in sorted(folder.glob(pattern))]
+    return "".join(parts)
+
+
 def _other(runs: _Runs, shown: set[Path]) -> str:
     """Figures and tables no section above shows (e.g. supervised runs), collapsed."""
     parts = []
@@ -362,6 +393,8 @@ def _shown(runs: _Runs) -> set[Path]:
         shown |= {*run.glob("heatmap_*.png"), run / "top4.csv", run / "sweep.csv"}
     for run in runs.efficiency:
         shown |= {run / "efficiency.png", run / "efficiency.csv"}
+    for folder in runs.evaluations:  # the rest of an evaluation is in its own evaluation.html
+        shown |= {p for p in folder.iterdir() if p.suffix in (".csv", ".png")}
     shown |= {p.with_name(p.stem + "_selection.csv") for p in runs.configs}
     shown |= {p.with_suffix(".csv") for p in runs.comparisons} | {runs.root / "summary.csv"}
     return shown
@@ -377,7 +410,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """One self-contained HTML page (tables inline, figures as data URIs) of ``run_dir``:
     overview first (cohort, configuration, test results with CIs, method comparisons with
     p-values, metric definitions), then ROC/PR curves, per-label and subgroup tables, sweeps,
-    label efficiency, any other figures and tables, and links to every file."""
+    label efficiency, segmentation evaluations (`orthodiff evaluate seg` folders), any other
+    figures and tables, and links to every file."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise OrthodiffError(f"{run_dir}: not a run directory")
@@ -396,6 +430,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         sections.append(("sweep", "Sweep and selection (validation split)", _sweeps(runs)))
     if runs.efficiency:
         sections.append(("efficiency", "Label efficiency", _efficiency(runs)))
+    if runs.evaluations:
+        sections.append(("evaluation", "Segmentation evaluation", _evaluations(runs, target)))
     other = _other(runs, _shown(runs))
     if other:
         sections.append(("other", "Other figures and tables", other))

@@ -39,9 +39,10 @@ def cohort(tmp_path_factory):
     catalog = read_catalog(catalog_path)
     rng = np.random.default_rng(0)
     exams = catalog["case_id"].unique()
-    per_exam = pd.DataFrame({"case_id": exams, "te": rng.uniform(10, 40, len(exams)), "tr": rng.uniform(1000, 3000, len(exams)),
+    per_exam = pd.DataFrame({"case_id": exams, "echo_time": rng.uniform(10, 40, len(exams)),
+                             "repetition_time": rng.uniform(1000, 3000, len(exams)),
                              "flip_angle": rng.choice([90.0, 120.0, np.nan], len(exams)), "pixel_spacing": 150 / 64})
-    catalog = catalog.merge(per_exam, on="case_id")
+    catalog = catalog.drop(columns=[c for c in per_exam.columns if c != "case_id"], errors="ignore").merge(per_exam, on="case_id")
     t2_paths = []
     folders = {name: root / name for name in ("copy", "shifted", "no_fc/masks")}
     for folder in folders.values():
@@ -144,17 +145,17 @@ def test_acquisition_effects_recover_te_and_drop_collinear_tr():
     rng = np.random.default_rng(0)
     n = 120
     catalog = pd.DataFrame({"series_id": [f"s{i}" for i in range(n)], "center": [f"c{i % 6}" for i in range(n)],
-                            "te": rng.uniform(10, 50, n)})
-    catalog["tr"] = 40 * catalog["te"] + rng.normal(0, 1, n)  # collinear with TE
-    catalog.loc[::10, "te"] = np.nan  # imputed
+                            "echo_time": rng.uniform(10, 50, n)})
+    catalog["repetition_time"] = 40 * catalog["echo_time"] + rng.normal(0, 1, n)  # collinear with TE
+    catalog.loc[::10, "echo_time"] = np.nan  # imputed
     centre = {f"c{k}": v for k, v in enumerate(rng.normal(0, 0.03, 6))}
-    te = catalog["te"].fillna(30)
+    te = catalog["echo_time"].fillna(30)
     dice = 0.8 - 0.004 * te + catalog["center"].map(centre) + rng.normal(0, 0.01, n)
     table, fit = acquisition_effects(pd.DataFrame({"model": "m", "series_id": catalog["series_id"], "dice": dice}), catalog, "center")
     assert fit["fit"] == "mixedlm" and fit["groups"] == 6 and len(fit["vif_dropped"]) == 1
     effect = table.set_index("effect").drop("const")
     assert len(effect) == 1
-    per_sd = -0.004 * te.std(ddof=0) * (1 if effect.index[0] == "te" else 1)
+    per_sd = -0.004 * te.std(ddof=0) * (1 if effect.index[0] == "echo_time" else 1)
     assert effect["ci_low"].iloc[0] < per_sd < effect["ci_high"].iloc[0]
 
 
@@ -190,6 +191,14 @@ def test_evaluate_seg_end_to_end(cohort, tmp_path):
     assert effects.loc["model_shifted", "coefficient"] < effects.loc["model_no_fc", "coefficient"] < 0
     page = (out / "evaluation.html").read_text()
     assert page.count("data:image/png;base64,") == 5 and "tier_label" in page
+
+    from orthodiff.heads.report import build_report
+
+    report = build_report(tmp_path).read_text()  # the main report gains the evaluation's section and a link
+    section = report.split("<section id='evaluation'>")[1].split("</section>")[0]
+    assert "href='eval/evaluation.html'" in section and "copy, shifted, no_fc" in section.replace("&#x27;", "")
+    assert "Friedman" in section and "skeleton_thickness_FC" in section and "volume_" not in section
+    assert section.count("data:image/png;base64,") == 5 == report.count("data:image/png;base64,")  # shown once
 
 
 def _first_reference(catalog_path):
