@@ -1,7 +1,19 @@
-"""Bench: the knee phantom's picture (README figure) and its generation time per exam.
+"""Bench: the knee phantom's picture (README figure), its generation time per exam, how hard
+its tasks are for networks from scratch, and cartilage thickness against its truth.
 
     .venv/bin/python bench/phantom.py figure docs/phantom.png
     .venv/bin/python bench/phantom.py time --sizes 64 256 --exams 6 3
+    .venv/bin/python bench/phantom.py difficulty --cohort before=OLD/cohort --cohort after=NEW/cohort --out runs
+    .venv/bin/python bench/phantom.py thickness NEW/cohort
+
+`difficulty` takes cohorts made by `orthodiff synth` (e.g. one from the previous phantom's
+commit and one from this one), re-splits each by patient (`--val`, `--test`: a large test
+split, so per-label AUROC has positives to rank), ingests it at `--size`, trains MONAI's 3D
+ResNet-18 (every plane, probabilities averaged per exam) and 3D U-Net (sagittal masks) from
+scratch, and prints per-label test AUROC with patient-bootstrap CIs and per-structure test
+Dice side by side. A label is "seen" when its CI lies above 0.5. Finished runs are kept.
+`thickness` measures row-axis and skeleton cartilage thickness on every reference mask of a
+cohort and compares them with the phantom's `true_thickness_*` columns.
 """
 
 from __future__ import annotations
@@ -12,9 +24,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from orthodiff.catalogs.synth import Exam, image_series, synthesize
 from orthodiff.catalogs.tasks import structures
+from orthodiff.tables import frame_table, make_console
 
 # (plane, structure values whose area picks the slice shown)
 VIEWS = (("sagittal", (10, 11)), ("coronal", (8, 9, 5, 6)), ("axial", (3, 7)))
@@ -73,6 +87,92 @@ def timing(sizes: list[int], exams: list[int]) -> None:
             print(f"synth knee --size {size}: {(time.perf_counter() - start) / n:.2f} s per exam ({n} exams, 1 process)")
 
 
+def _trained(cohort: Path, out: Path, size: int, epochs: int, val: float, test: float) -> tuple[Path, Path]:
+    """The cohort re-split, ingested at `size`, a ResNet-18 and a U-Net trained from scratch;
+    returns the two run folders (kept when a rerun finds them finished)."""
+    from orthodiff.catalogs.cohort import read_catalog, split_catalog, write_catalog
+    from orthodiff.featurestore.ingest import ingest
+    from orthodiff.supervised.runs import run_baseline_classify, run_segment
+
+    catalog = cohort / f"catalog.bench_val{val}_test{test}.parquet"  # beside the images: paths stay relative
+    if not catalog.exists():
+        write_catalog(split_catalog(read_catalog(cohort / "catalog.parquet"), 0, val, test), catalog)
+    store = str(out / f"store_{size}.zarr")
+    ingest(catalog, store, size=size, progress=False)
+    resnet, unet = out / f"resnet18_{size}px_{epochs}ep", out / f"unet_{size}px_{epochs}ep"
+    for run, train in (
+        (resnet, lambda: run_baseline_classify(store, catalog, "resnet18", ["sagittal", "coronal", "axial"], resnet,
+                                               epochs=epochs)),
+        (unet, lambda: run_segment(store, catalog, "sagittal", "unet", unet, epochs=epochs)),
+    ):
+        if not (run / "run.json").exists():
+            start = time.perf_counter()
+            train()
+            print(f"{run}: trained in {time.perf_counter() - start:.0f} s")
+    return resnet, unet
+
+
+def difficulty(cohorts: dict[str, Path], out: Path, size: int, epochs: int, val: float, test: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-label AUROC (95% CI, test positives, seen or not) and per-structure Dice, one
+    column group per cohort."""
+    from orthodiff.heads.report import read_table
+
+    aurocs, dices = [], []
+    for name, cohort in cohorts.items():
+        resnet, unet = _trained(Path(cohort), out / name, size, epochs, val, test)
+        metrics = read_table(resnet / "metrics.parquet")
+        auroc = metrics[metrics["metric"] == "auroc"].set_index("label")
+        pred = read_table(resnet / "predictions.parquet")
+        aurocs.append(pd.DataFrame({
+            f"{name} positives": pred[auroc.index].sum().astype(int),
+            f"{name} AUROC": auroc["value"],
+            f"{name} 95% CI": [f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(auroc["ci_low"], auroc["ci_high"])],
+            f"{name} seen": np.where(auroc["ci_low"] > 0.5, "yes", "no"),
+        }))
+        macro = metrics[metrics["metric"] == "macro_auroc"].iloc[0]
+        aurocs[-1].loc["macro"] = [pred[auroc.index].to_numpy().sum(), macro["value"],
+                                   f"{macro['ci_low']:.2f}-{macro['ci_high']:.2f}", "yes" if macro["ci_low"] > 0.5 else "no"]
+        dice = read_table(unet / "dice.parquet").set_index("structure")["dice"]
+        dices.append(pd.concat([dice, pd.Series({"mean": dice.mean()})]).rename(f"{name} Dice"))
+    return (pd.concat(aurocs, axis=1).rename_axis("label").reset_index(),
+            pd.concat(dices, axis=1).rename_axis("structure").reset_index())
+
+
+def thickness(cohort: Path) -> pd.DataFrame:
+    """Row-axis and skeleton thickness of each cartilage compartment on every reference mask
+    against the exam's `true_thickness_<abbr>`: mean absolute error, bias (measured - true),
+    Pearson r, per plane and method."""
+    import nibabel as nib
+
+    from orthodiff.catalogs.cohort import read_catalog, resolve_path
+    from orthodiff.evaluation.biomarkers import series_biomarkers
+    from orthodiff.supervised.biomarkers import cartilage, spacing_of
+
+    catalog_path = cohort / "catalog.parquet"
+    catalog = read_catalog(catalog_path)
+    compartments = [s.abbr for s in cartilage(structures("knee"))]
+    missing = [f"true_thickness_{c}" for c in compartments if f"true_thickness_{c}" not in catalog.columns]
+    if missing:
+        raise SystemExit(f"{catalog_path}: no {missing} columns (a cohort of the previous phantom?)")
+    rows = []
+    for row in catalog[catalog["mask_path"].fillna("") != ""].itertuples(index=False):
+        image = nib.load(resolve_path(catalog_path, row.mask_path))
+        mask = np.asarray(image.dataobj).transpose(2, 1, 0)  # (slices, rows, columns)
+        measured, _ = series_biomarkers(mask, spacing_of(image.affine), structures("knee"))
+        for c in compartments:
+            for method, key in (("row axis", f"thickness_{c}"), ("skeleton", f"skeleton_thickness_{c}")):
+                rows.append({"plane": row.plane, "compartment": c, "method": method, "measured": measured[key],
+                             "true": getattr(row, f"true_thickness_{c}"), "pixel": float(row.pixel_spacing)})
+    df = pd.DataFrame(rows).dropna(subset=["measured"])
+    df["error"] = df["measured"] - df["true"]
+    table = (df.groupby(["plane", "compartment", "method"], sort=False)
+            .apply(lambda g: pd.Series({"series": len(g), "true mm": g["true"].mean(), "measured mm": g["measured"].mean(),
+                                        "MAE mm": g["error"].abs().mean(), "bias mm": g["error"].mean(),
+                                        "r": g["measured"].corr(g["true"])}), include_groups=False)
+             .reset_index())
+    return table.astype({"series": int})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,11 +182,29 @@ def main() -> None:
     tim = sub.add_parser("time")
     tim.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
     tim.add_argument("--exams", type=int, nargs="+", default=[6, 3])
+    dif = sub.add_parser("difficulty")
+    dif.add_argument("--cohort", action="append", required=True, metavar="NAME=DIR", help="a cohort folder (repeat)")
+    dif.add_argument("--out", type=Path, required=True)
+    dif.add_argument("--size", type=int, default=32, help="ingest size (the demo's 32)")
+    dif.add_argument("--epochs", type=int, default=10, help="epochs of each network (the demo's 10)")
+    dif.add_argument("--val", type=float, default=0.0)
+    dif.add_argument("--test", type=float, default=0.4)
+    thick = sub.add_parser("thickness")
+    thick.add_argument("cohort", type=Path)
     args = parser.parse_args()
+    console = make_console()
     if args.command == "figure":
         print(figure(args.png, args.size))
-    else:
+    elif args.command == "time":
         timing(args.sizes, args.exams)
+    elif args.command == "difficulty":
+        cohorts = dict(c.split("=", 1) for c in args.cohort)
+        auroc, dice = difficulty(cohorts, args.out, args.size, args.epochs, args.val, args.test)
+        budget = f"{args.size} px, {args.epochs} epochs, test fraction {args.test}"
+        console.print(frame_table(auroc, f"ResNet-18 from scratch, test AUROC per label ({budget})", "{:.2f}"))
+        console.print(frame_table(dice, f"3D U-Net from scratch, sagittal test Dice ({budget})", "{:.2f}"))
+    else:
+        console.print(frame_table(thickness(args.cohort), f"Cartilage thickness vs the phantom's truth, {args.cohort}", "{:.2f}"))
 
 
 if __name__ == "__main__":
