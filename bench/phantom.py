@@ -30,6 +30,7 @@ from orthodiff.catalogs.synth import Exam, image_series, synthesize
 from orthodiff.catalogs.tasks import structures
 from orthodiff.tables import frame_table, make_console
 
+PLANES = ("sagittal", "coronal", "axial")
 # (plane, structure values whose area picks the slice shown)
 VIEWS = (("sagittal", (10, 11)), ("coronal", (8, 9, 5, 6)), ("axial", (3, 7)))
 
@@ -87,9 +88,10 @@ def timing(sizes: list[int], exams: list[int]) -> None:
             print(f"synth knee --size {size}: {(time.perf_counter() - start) / n:.2f} s per exam ({n} exams, 1 process)")
 
 
-def _trained(cohort: Path, out: Path, size: int, epochs: int, val: float, test: float) -> tuple[Path, Path]:
-    """The cohort re-split, ingested at `size`, a ResNet-18 and a U-Net trained from scratch;
-    returns the two run folders (kept when a rerun finds them finished)."""
+def _trained(cohort: Path, out: Path, size: int, epochs: tuple[int, int], val: float, test: float,
+             models=("resnet18", "unet"), planes=PLANES) -> tuple[Path, Path]:
+    """The cohort re-split, ingested at `size`, a ResNet-18 and a U-Net (those in `models`)
+    trained from scratch; returns the two run folders (kept when a rerun finds them finished)."""
     from orthodiff.catalogs.cohort import read_catalog, split_catalog, write_catalog
     from orthodiff.featurestore.ingest import ingest
     from orthodiff.supervised.runs import run_baseline_classify, run_segment
@@ -99,27 +101,33 @@ def _trained(cohort: Path, out: Path, size: int, epochs: int, val: float, test: 
         write_catalog(split_catalog(read_catalog(cohort / "catalog.parquet"), 0, val, test), catalog)
     store = str(out / f"store_{size}.zarr")
     ingest(catalog, store, size=size, progress=False)
-    resnet, unet = out / f"resnet18_{size}px_{epochs}ep", out / f"unet_{size}px_{epochs}ep"
-    for run, train in (
-        (resnet, lambda: run_baseline_classify(store, catalog, "resnet18", ["sagittal", "coronal", "axial"], resnet,
-                                               epochs=epochs)),
-        (unet, lambda: run_segment(store, catalog, "sagittal", "unet", unet, epochs=epochs)),
+    resnet = out / f"resnet18_{'_'.join(p[:3] for p in planes)}_{size}px_{epochs[0]}ep"
+    unet = out / f"unet_{size}px_{epochs[1]}ep"
+    for model, run, train in (
+        ("unet", unet, lambda: run_segment(store, catalog, "sagittal", "unet", unet, epochs=epochs[1])),
+        ("resnet18", resnet, lambda: run_baseline_classify(store, catalog, "resnet18", list(planes), resnet, epochs=epochs[0])),
     ):
-        if not (run / "run.json").exists():
+        if model in models and not (run / "run.json").exists():
             start = time.perf_counter()
             train()
             print(f"{run}: trained in {time.perf_counter() - start:.0f} s")
     return resnet, unet
 
 
-def difficulty(cohorts: dict[str, Path], out: Path, size: int, epochs: int, val: float, test: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def difficulty(cohorts: dict[str, Path], out: Path, size: int, epochs: tuple[int, int], val: float, test: float,
+               models=("resnet18", "unet"), planes=PLANES) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-label AUROC (95% CI, test positives, seen or not) and per-structure Dice, one
-    column group per cohort."""
+    column group per cohort (empty tables for a model left out); `epochs`: (ResNet-18, U-Net)."""
     from orthodiff.heads.report import read_table
 
     aurocs, dices = [], []
     for name, cohort in cohorts.items():
-        resnet, unet = _trained(Path(cohort), out / name, size, epochs, val, test)
+        resnet, unet = _trained(Path(cohort), out / name, size, epochs, val, test, models, planes)
+        if "unet" in models:
+            dice = read_table(unet / "dice.parquet").set_index("structure")["dice"]
+            dices.append(pd.concat([dice, pd.Series({"mean": dice.mean()})]).rename(f"{name} Dice"))
+        if "resnet18" not in models:
+            continue
         metrics = read_table(resnet / "metrics.parquet")
         auroc = metrics[metrics["metric"] == "auroc"].set_index("label")
         pred = read_table(resnet / "predictions.parquet")
@@ -132,10 +140,11 @@ def difficulty(cohorts: dict[str, Path], out: Path, size: int, epochs: int, val:
         macro = metrics[metrics["metric"] == "macro_auroc"].iloc[0]
         aurocs[-1].loc["macro"] = [pred[auroc.index].to_numpy().sum(), macro["value"],
                                    f"{macro['ci_low']:.2f}-{macro['ci_high']:.2f}", "yes" if macro["ci_low"] > 0.5 else "no"]
-        dice = read_table(unet / "dice.parquet").set_index("structure")["dice"]
-        dices.append(pd.concat([dice, pd.Series({"mean": dice.mean()})]).rename(f"{name} Dice"))
-    return (pd.concat(aurocs, axis=1).rename_axis("label").reset_index(),
-            pd.concat(dices, axis=1).rename_axis("structure").reset_index())
+    return _side_by_side(aurocs, "label"), _side_by_side(dices, "structure")
+
+
+def _side_by_side(parts: list, key: str) -> pd.DataFrame:
+    return pd.concat(parts, axis=1).rename_axis(key).reset_index() if parts else pd.DataFrame()
 
 
 def thickness(cohort: Path) -> pd.DataFrame:
@@ -186,9 +195,13 @@ def main() -> None:
     dif.add_argument("--cohort", action="append", required=True, metavar="NAME=DIR", help="a cohort folder (repeat)")
     dif.add_argument("--out", type=Path, required=True)
     dif.add_argument("--size", type=int, default=32, help="ingest size (the demo's 32)")
-    dif.add_argument("--epochs", type=int, default=10, help="epochs of each network (the demo's 10)")
+    dif.add_argument("--epochs", type=int, nargs=2, default=[10, 10], metavar=("RESNET", "UNET"),
+                     help="epochs of each network (the demo's 10 and 10)")
     dif.add_argument("--val", type=float, default=0.0)
     dif.add_argument("--test", type=float, default=0.4)
+    dif.add_argument("--models", nargs="+", default=["resnet18", "unet"], choices=["resnet18", "unet"])
+    dif.add_argument("--planes", nargs="+", default=list(PLANES), choices=PLANES, help="planes the ResNet-18 sees")
+    dif.add_argument("--threads", type=int, default=None, help="torch threads (1 runs best beside other jobs)")
     thick = sub.add_parser("thickness")
     thick.add_argument("cohort", type=Path)
     args = parser.parse_args()
@@ -198,11 +211,20 @@ def main() -> None:
     elif args.command == "time":
         timing(args.sizes, args.exams)
     elif args.command == "difficulty":
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         cohorts = dict(c.split("=", 1) for c in args.cohort)
-        auroc, dice = difficulty(cohorts, args.out, args.size, args.epochs, args.val, args.test)
-        budget = f"{args.size} px, {args.epochs} epochs, test fraction {args.test}"
-        console.print(frame_table(auroc, f"ResNet-18 from scratch, test AUROC per label ({budget})", "{:.2f}"))
-        console.print(frame_table(dice, f"3D U-Net from scratch, sagittal test Dice ({budget})", "{:.2f}"))
+        auroc, dice = difficulty(cohorts, args.out, args.size, tuple(args.epochs), args.val, args.test, args.models,
+                                 args.planes)
+        budget = f"{args.size} px, test fraction {args.test}"
+        if len(auroc):
+            budget_r = f"{budget}, {args.epochs[0]} epochs, planes {' '.join(args.planes)}"
+            console.print(frame_table(auroc, f"ResNet-18 from scratch, test AUROC per label ({budget_r})", "{:.2f}"))
+        if len(dice):
+            console.print(frame_table(dice, f"3D U-Net from scratch, sagittal test Dice ({budget}, {args.epochs[1]} epochs)",
+                                      "{:.2f}"))
     else:
         console.print(frame_table(thickness(args.cohort), f"Cartilage thickness vs the phantom's truth, {args.cohort}", "{:.2f}"))
 
