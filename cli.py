@@ -11,6 +11,7 @@ from rich.console import Console
 
 from orthodiff.errors import OrthodiffError
 from orthodiff.evaluation.commands import register as register_evaluation
+from orthodiff.options import split_list, subset_sizes
 from orthodiff.supervised.commands import register as register_supervised
 from orthodiff.tables import make_console
 
@@ -47,11 +48,12 @@ def demo(
     out: Annotated[Path, typer.Option(help="Working directory for everything the demo makes.")] = Path(
         "orthodiff-demo"
     ),
+    steps: Annotated[int, typer.Option(help="Pretraining steps per plane (0 keeps the random initialisation: the baseline).")] = 30,
 ) -> None:
     """Run the pipeline end to end on the embedded synthetic cohort."""
     from orthodiff.demo import run_demo
 
-    run_demo(out, console)
+    run_demo(out, console, steps=steps)
 
 
 @catalog_app.command("validate")
@@ -95,11 +97,7 @@ def catalog_split(
     old = read_catalog(path)
     df = split_catalog(old, seed=seed, val=val, test=test)
     if subsets.strip():
-        try:
-            sizes = [int(s) for s in subsets.split(",")]
-        except ValueError:
-            raise OrthodiffError(f"--subsets {subsets!r}: expected comma-separated integers") from None
-        df = add_subsets(df, sizes, seed=seed)
+        df = add_subsets(df, split_list(subsets, "--subsets", int), seed=seed)
     target = write_catalog(df, path if in_place else out or path.with_suffix(".split.parquet"))
     counts = df.groupby("split")["patient_id"].nunique().to_dict()
     moved = int((old["split"].to_numpy() != df["split"].to_numpy()).sum()) if "split" in old else len(df)
@@ -188,12 +186,13 @@ def pretrain(
     from orthodiff.backbone import backbone_id
     from orthodiff.backbone.pretrain import healthy_series
     from orthodiff.backbone.pretrain import pretrain as run_pretrain
+    from orthodiff.featurestore.volumes import open_volumes
 
     if healthy and catalog is None:
         raise OrthodiffError("--healthy needs --catalog: the catalog's labels decide which exams are healthy")
     if healthy:
         console.print(f"--healthy: {len(healthy_series(catalog))} series of all-negative exams in {catalog} (all planes and splits)")
-    path = run_pretrain(store, plane, preset, steps, batch, out, every=every, lr=lr, seed=seed, resume=resume,
+    path = run_pretrain(open_volumes(store), plane, preset, steps, batch, out, every=every, lr=lr, seed=seed, resume=resume,
                         healthy_catalog=catalog if healthy else None)
     if healthy:
         from orthodiff.backbone.checkpoint import read_checkpoint
@@ -219,11 +218,18 @@ def sample(
     console.print(f"wrote {path}")
 
 
-def _ints(text: str, option: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise OrthodiffError(f"{option} {text!r}: expected comma-separated integers") from None
+@app.command("export-encoder")
+def export_encoder(
+    backbone: Annotated[Path, typer.Argument(help="Full backbone checkpoint (from pretrain).")],
+    out: Annotated[Path, typer.Option(help="Encoder checkpoint file to write.")],
+) -> None:
+    """Keep what features need (EMA encoder and middle block, float16): a checkpoint small enough to ship."""
+    from orthodiff.backbone import backbone_id
+    from orthodiff.backbone.checkpoint import export_encoder as write_encoder
+
+    path = write_encoder(backbone, out)
+    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, backbone id {backbone_id(path)}; "
+                  f"full checkpoint {backbone_id(backbone)})")
 
 
 @app.command()
@@ -246,7 +252,7 @@ def extract(
     from orthodiff.featurestore.verify import store_info
     from orthodiff.tables import frame_table
 
-    summary = run_extract(store, backbone, plane, _ints(timesteps, "--timesteps"), [b.strip() for b in blocks.split(",") if b.strip()],
+    summary = run_extract(store, backbone, plane, split_list(timesteps, "--timesteps", int), split_list(blocks, "--blocks"),
                           dtype=dtype, seed=seed, series_batch=series_batch, workers=workers, scheduler=scheduler,
                           precision=precision, repair=repair)
     share = f", {summary['network_share']:.0%} inside the network" if summary["network_share"] is not None else ""
@@ -316,8 +322,7 @@ def radiomics(
     """IBSI radiomic features per ROI of the image, its persona and the residual (reruns finish what is missing)."""
     from orthodiff.radiomics.store import extract_radiomics
 
-    split = lambda text: [v.strip() for v in text.split(",") if v.strip()]  # noqa: E731
-    summary = extract_radiomics(store, plane, split(source), split(families), bins, grid, persona_backbone, workers, scheduler)
+    summary = extract_radiomics(store, plane, split_list(source, "--source"), split_list(families, "--families"), bins, grid, persona_backbone, workers, scheduler)
     console.print(f"computed {summary['features']} features for {summary['series']} {plane} series in "
                   f"{summary['seconds']} s into radiomics/{summary['settings']}/{plane}")
 
@@ -383,13 +388,13 @@ def sweep(
     batch: Batch = None,
 ) -> None:
     """One probe per (plane, timestep, block) on train, scored on validation; top 4 per plane."""
-    from orthodiff.heads.commands import load_inputs
+    from orthodiff.heads.inputs import load_inputs
     from orthodiff.progress import progress_bar
     from orthodiff.heads.runs import run_sweep, sweep_steps
     from orthodiff.tables import frame_table
 
-    backbones = [b.strip() for b in backbone.split(",")] if backbone else None
-    features, df, labels, provenance = load_inputs(store, catalog, backbones, [p.strip() for p in planes.split(",")])
+    features, df, labels, provenance = load_inputs(store, catalog, split_list(backbone, "--backbone") or None,
+                                                   split_list(planes, "--planes"))
     with progress_bar(console, f"{pooling} sweep", sweep_steps(features, pooling)) as advance:
         _, top = run_sweep(features, df, labels, pooling, out, _heads_params(epochs, lr, weight_decay, batch), provenance, advance)
     console.print(frame_table(top, f"Top 4 (timestep, block) per plane, validation macro AUROC — {out}"))
@@ -410,18 +415,12 @@ def select(
 ) -> None:
     """Score every cross-plane combination of the per-plane top 4 on validation; freeze the best
     (with the fusion settings, which `fuse` and `efficiency` then use)."""
-    import json
-
-    from orthodiff.heads.commands import load_inputs
-    from orthodiff.progress import progress_bar
+    from orthodiff.heads.inputs import sweep_inputs
     from orthodiff.heads.runs import run_select, selection_size
+    from orthodiff.progress import progress_bar
     from orthodiff.tables import frame_table
 
-    run_file = sweep_dir / "run.json"
-    if not run_file.is_file():
-        raise OrthodiffError(f"{sweep_dir}: not a sweep directory (no run.json)")
-    run = json.loads(run_file.read_text())
-    features, df, labels, _ = load_inputs(run.get("store"), run.get("catalog"), run.get("backbone"), run.get("planes"))
+    features, df, labels, _ = sweep_inputs(sweep_dir)
     with progress_bar(console, "cross-plane combinations", selection_size(sweep_dir)) as advance:
         mpae = {k: v for k, v in (("plane_epochs", plane_epochs), ("plane_lr", plane_lr), ("gate_epochs", gate_epochs)) if v is not None}
         scored, config = run_select(sweep_dir, features, df, labels, out, method,
@@ -449,7 +448,7 @@ def fuse(
 ) -> None:
     """Train the two-stage fusion head on train, report test metrics with 95% CIs."""
     from orthodiff.backbone import backbone_id
-    from orthodiff.heads.commands import load_inputs
+    from orthodiff.heads.inputs import load_inputs
     from orthodiff.heads.runs import read_config, run_fuse
     from orthodiff.supervised.runs import finetuned_probes
     from orthodiff.progress import progress_bar
@@ -457,12 +456,11 @@ def fuse(
 
     cfg = read_config(config)
     probes, checkpoints = None, {}
-    for item in (finetuned or "").split(","):
-        if item.strip():
-            plane, sep, path = item.partition("=")
-            if not sep:
-                raise OrthodiffError(f"--finetuned {item!r}: expected plane=path")
-            checkpoints[plane.strip()] = Path(path.strip())
+    for item in split_list(finetuned, "--finetuned"):
+        plane, sep, path = item.partition("=")
+        if not sep:
+            raise OrthodiffError(f"--finetuned {item!r}: expected plane=path")
+        checkpoints[plane.strip()] = Path(path.strip())
     if checkpoints:
         probes = finetuned_probes(checkpoints, cfg)
         if not backbone:
@@ -470,7 +468,7 @@ def fuse(
                 raise OrthodiffError(f"--finetuned covers {sorted(checkpoints)} of the planes {list(cfg['planes'])}: "
                                      "give --backbone with one id per plane")
             backbone = ",".join(backbone_id(checkpoints[p]) for p in cfg["planes"])
-    backbones = [b.strip() for b in backbone.split(",")] if backbone else cfg.get("backbone")
+    backbones = split_list(backbone, "--backbone") or cfg.get("backbone")
     features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), backbones, list(cfg["planes"]))
     with progress_bar(console, f"fuse {method}{' + EHR' if ehr else ''}: train, evaluate, write", 3) as advance:
         metrics, model = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed,
@@ -493,7 +491,7 @@ def compare(
     out: Annotated[Path | None, typer.Option(help="Also write the table here (Parquet + CSV).")] = None,
 ) -> None:
     """Paired permutation test (patients swapped between A and B) and per-label AUROC deltas."""
-    from orthodiff.heads.report import write_table
+    from orthodiff.outputs import write_table
     from orthodiff.heads.runs import compare_runs
     from orthodiff.tables import frame_table
 
@@ -517,17 +515,12 @@ def efficiency(
     batch: Annotated[int | None, typer.Option(help="Exams per fusion step.", show_default="the configuration's")] = None,
 ) -> None:
     """Label-efficiency curves: the fusion head vs the LightGBM comparator on nested subsets."""
-    from orthodiff.heads.commands import load_inputs
+    from orthodiff.heads.inputs import load_inputs
     from orthodiff.progress import progress_bar
     from orthodiff.heads.runs import read_config, run_efficiency
     from orthodiff.tables import frame_table
 
-    sizes = []
-    for item in subsets.split(","):
-        item = item.strip()
-        if item != "all" and not item.isdigit():
-            raise OrthodiffError(f"--subsets {subsets!r}: {item!r} is neither an integer nor 'all'")
-        sizes.append(item if item == "all" else int(item))
+    sizes = subset_sizes(subsets)
     cfg = read_config(config)
     features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), cfg.get("backbone"), list(cfg["planes"]))
     with progress_bar(console, "subsets x heads", 2 * len(sizes)) as advance:
@@ -544,12 +537,12 @@ def report(
     """One self-contained HTML report (tables and plots) of a run directory."""
     import pandas as pd
 
-    from orthodiff.heads.report import build_report
+    from orthodiff.heads.report import build_report, report_inputs
     from orthodiff.tables import frame_table
 
     path = build_report(run_dir, out)
-    files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.suffix in {".csv", ".png", ".json"})
-    kinds = pd.DataFrame({"file": files, "kind": [f.rsplit(".", 1)[-1] for f in files]})
+    files = report_inputs(run_dir)
+    kinds = pd.DataFrame({"file": [str(p.relative_to(run_dir)) for p in files], "kind": [p.suffix[1:] for p in files]})
     console.print(frame_table(kinds, f"Included in {path} ({path.stat().st_size / 1024:.0f} KiB)"))
 
 

@@ -11,11 +11,13 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
+from orthodiff.errors import OrthodiffError
 from orthodiff.tables import frame_table
 
 JOINT, CASES, SIZE, SEED = "knee", 120, 64, 0
 # The demo's backbones: the `demo` preset (16 x 32 x 32) briefly trained, so the whole
-# pipeline runs in minutes on two CPU cores. The real thing: README, "Real sizes".
+# pipeline runs in minutes on two CPU cores (`--steps 0` keeps the random initialisation:
+# the baseline they are compared with). The real thing: README, "Real sizes".
 PRESET, INGEST_SIZE, STEPS, BATCH, LR = "demo", 32, 30, 4, 2e-4
 TIMESTEPS = (10, 50, 150, 300)
 # The heads sweep the stored GAP summaries: the SAP sweep (the paper's pooling, the default of
@@ -39,9 +41,26 @@ def volumes_table(store: Path) -> pd.DataFrame:
     return table
 
 
-def run_demo(out: Path, console: Console) -> None:
-    from orthodiff.backbone import backbone_id
+def demo_backbone(out: Path, store: Path, plane: str, steps: int, console: Console) -> Path:
+    """`out/backbones/<plane>.pt`, pretrained here for `steps`; one of other steps is refused
+    rather than silently reused."""
+    from orthodiff.backbone.checkpoint import read_checkpoint
     from orthodiff.backbone.pretrain import pretrain
+    from orthodiff.featurestore.volumes import open_volumes
+
+    path = out / "backbones" / f"{plane}.pt"
+    if not path.exists():
+        return pretrain(open_volumes(str(store)), plane, PRESET, steps, BATCH, path, every=max(steps, 1), lr=LR, seed=SEED)
+    made = read_checkpoint(path).get("step")
+    if made != steps:
+        raise OrthodiffError(f"{path}: this demo folder's backbones had {made} pretraining steps, not {steps}; "
+                             "choose another --out")
+    console.print(f"reusing {path}")
+    return path
+
+
+def run_demo(out: Path, console: Console, steps: int = STEPS) -> None:
+    from orthodiff.backbone import backbone_id
     from orthodiff.backbone.preview import sample_preview
     from orthodiff.catalogs.cohort import cohort_summary, read_catalog, validate_catalog
     from orthodiff.catalogs.synth import preview, synthesize
@@ -78,19 +97,14 @@ def run_demo(out: Path, console: Console) -> None:
     console.print(f"series {counts}; volumes take {_disk_bytes(store / 'volumes') / 2**20:.1f} MiB on disk")
     console.print(frame_table(volumes_table(store), f"{store}: volumes (16 x {INGEST_SIZE} x {INGEST_SIZE}, float16)"))
 
-    console.rule(f"3. pretrain one {PRESET}-preset backbone per plane ({STEPS} steps of {BATCH})")
-    checkpoints = {}
-    for plane in PLANES:
-        checkpoints[plane] = out / "backbones" / f"{plane}.pt"
-        if checkpoints[plane].exists():
-            console.print(f"reusing {checkpoints[plane]}")
-        else:
-            pretrain(str(store), plane, PRESET, STEPS, BATCH, checkpoints[plane], every=STEPS, lr=LR, seed=SEED)
-        console.print(f"{plane}: {checkpoints[plane]} (backbone id {backbone_id(checkpoints[plane])})")
+    console.rule(f"3. pretrain one {PRESET}-preset backbone per plane ({steps} steps of {BATCH})")
+    checkpoints = {plane: demo_backbone(out, store, plane, steps, console) for plane in PLANES}
+    for plane, path in checkpoints.items():
+        console.print(f"{plane}: {path} (backbone id {backbone_id(path)})")
     samples = out / "backbones" / "samples_sagittal.png"
     if not samples.exists():
         sample_preview(checkpoints["sagittal"], samples, n=4, steps=25)
-    console.print(f"DDIM samples: {samples} (after {STEPS} pretraining steps they are still noise; "
+    console.print(f"DDIM samples: {samples} (after {steps} pretraining steps they are still noise; "
                   "anatomy appears after thousands of steps, see README 'Real sizes')")
 
     console.rule(f"4. extract timesteps {', '.join(map(str, TIMESTEPS))} x blocks mid_0-2 for every plane")

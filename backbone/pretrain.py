@@ -1,8 +1,9 @@
 """Per-plane diffusion pretraining on the store's volumes (`orthodiff pretrain`).
 
 One backbone per plane, trained on that plane's training-split volumes read lazily from the
-store. Adam at the reference rate (1e-5 x batch x processes), EMA 0.995, gradient clipping,
-checkpoints in the reference layout written atomically every `every` steps together with
+store. The caller opens them (`orthodiff.featurestore.volumes.open_volumes`), so the backbone
+knows nothing about stores. Adam at the reference rate (1e-5 x batch x processes), EMA 0.995,
+gradient clipping, checkpoints in the reference layout written atomically every `every` steps together with
 the optimizer, EMA, step and every rank's random-generator states, so `resume` (with the
 same number of processes) continues exactly the run that an uninterrupted job would have made. Under `torchrun` the model is wrapped in
 DistributedDataParallel (NCCL on GPUs, gloo on CPUs) and only rank 0 writes.
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import xarray as xr
 
 from orthodiff.backbone.checkpoint import (
     read_checkpoint, reference_state, save_atomic, strip_prefix, unet_state,
@@ -41,11 +43,9 @@ class PlaneVolumes:
     volume: object  # xarray.DataArray (series, z, y, x), Dask-backed
 
     @classmethod
-    def from_store(cls, store: str, plane: str, split: str, only: set[str] | None = None) -> PlaneVolumes:
-        """`only`: if given, keep just these series ids (e.g. the healthy ones)."""
-        from orthodiff.featurestore.volumes import open_volumes
-
-        ds = open_volumes(store)
+    def select(cls, ds, plane: str, split: str, only: set[str] | None = None) -> PlaneVolumes:
+        """One plane and split of `ds` (the `open_volumes` dataset); `only`: if given, keep
+        just these series ids (e.g. the healthy ones)."""
         keep = (ds.plane.values == plane) & (ds.split.values == split)
         if only is not None:
             keep &= np.isin(ds.series.values, list(only))
@@ -78,7 +78,7 @@ def _world() -> tuple[int, int]:
 class Pretrainer:
     """Trains one plane's denoiser; `run()` returns the EMA model."""
 
-    def __init__(self, store: str, plane: str, preset: str = "tiny", steps: int = 1000, batch: int = 4,
+    def __init__(self, volumes: xr.Dataset, plane: str, preset: str = "tiny", steps: int = 1000, batch: int = 4,
                  out: str | Path = "backbone.pt", every: int = 500, seed: int = 0, lr: float | None = None,
                  resume: bool = False, device: str | None = None, progress: bool | Advance = True,
                  healthy_catalog: str | Path | None = None):
@@ -94,8 +94,9 @@ class Pretrainer:
             raise OrthodiffError(f"{self.out} exists: pass --resume to continue it, or choose another --out")
         self.config = PRESETS[preset]
         only = healthy_series(healthy_catalog) if healthy_catalog is not None else None
-        self.train = PlaneVolumes.from_store(store, plane, "train", only)
-        self.val = PlaneVolumes.from_store(store, plane, "val", only)
+        store = volumes.encoding.get("source", "the volumes")
+        self.train = PlaneVolumes.select(volumes, plane, "train", only)
+        self.val = PlaneVolumes.select(volumes, plane, "val", only)
         if not len(self.train):
             raise OrthodiffError(f"{store}: no {plane} training volumes" + (" of healthy exams" if only is not None else ""))
         self.healthy = None if only is None else {"catalog": str(healthy_catalog), "train_series": len(self.train)}
@@ -199,13 +200,14 @@ class Pretrainer:
         return ema.eval()
 
 
-def pretrain(store: str, plane: str, preset: str = "tiny", steps: int = 1000, batch: int = 4,
+def pretrain(volumes: xr.Dataset, plane: str, preset: str = "tiny", steps: int = 1000, batch: int = 4,
              out: str | Path = "backbone.pt", **options) -> Path:
-    """Pretrain (or with `resume=True` continue) one plane's backbone; returns the checkpoint path.
+    """Pretrain (or with `resume=True` continue) one plane's backbone on `volumes` (the
+    `open_volumes` dataset of a store); returns the checkpoint path.
 
     Under `torchrun`, initialises the process group from the environment first.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    Pretrainer(store, plane, preset, steps, batch, out, **options).run()
+    Pretrainer(volumes, plane, preset, steps, batch, out, **options).run()
     return Path(out)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from orthodiff.errors import OrthodiffError
+
 MIDDLE_BLOCKS = ("mid_0", "mid_1", "mid_2")
 
 
@@ -156,9 +158,14 @@ class Step(nn.Sequential):
 
 
 class DiffusionUNet(nn.Module):
-    """Epsilon-predicting 3D U-Net: `forward(x_t, t)` for (B, 1, D, H, W) and (B,) ints."""
+    """Epsilon-predicting 3D U-Net: `forward(x_t, t)` for (B, 1, D, H, W) and (B,) ints.
 
-    def __init__(self, config: UNetConfig):
+    With `decoder=False` it holds the time embedding, encoder and middle block only: all
+    that features (`middle_features`, `encoder_features`) and fine-tuning need, at about
+    40% of the weights; `forward` (denoising, sampling, pretraining) then raises.
+    """
+
+    def __init__(self, config: UNetConfig, decoder: bool = True):
         super().__init__()
         self.config = config
         w, emb_dim = config.width, 4 * config.width
@@ -180,6 +187,9 @@ class DiffusionUNet(nn.Module):
         self.middle_block = Step(
             ResBlock(ch, emb_dim, ch), AttentionBlock(ch, config.num_heads), ResBlock(ch, emb_dim, ch)
         )
+        self.output_blocks, self.out = None, None
+        if not decoder:
+            return
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(config.channel_mult))):
             for i in range(config.num_res_blocks + 1):
@@ -208,6 +218,9 @@ class DiffusionUNet(nn.Module):
         return emb, h, skips
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.out is None:
+            raise OrthodiffError("this backbone holds the encoder and middle block only (features and fine-tuning); "
+                                 "denoising, sampling and pretraining need a full checkpoint")
         emb, h, skips = self._encode(x, t)
         h = self.middle_block(h, emb)
         for block in self.output_blocks:

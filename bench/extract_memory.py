@@ -46,7 +46,7 @@ def build(root: Path, n: int) -> tuple[str, str]:
     """A store of `n` axial volumes (written in batches) and an untrained `tiny` checkpoint."""
     from orthodiff.backbone import PRESETS
     from orthodiff.backbone.pretrain import pretrain
-    from orthodiff.featurestore.volumes import append_volumes
+    from orthodiff.featurestore.volumes import append_volumes, open_volumes
 
     size = PRESETS[PRESET].image_size
     store = str(root / f"store{n}.zarr")
@@ -59,7 +59,7 @@ def build(root: Path, n: int) -> tuple[str, str]:
         append_volumes(store, volumes, meta)
     ckpt = root / "tiny.pt"
     if not ckpt.exists():
-        pretrain(store, "axial", PRESET, steps=1, batch=1, out=ckpt, every=1, progress=False)
+        pretrain(open_volumes(store), "axial", PRESET, steps=1, batch=1, out=ckpt, every=1, progress=False)
     return store, str(ckpt)
 
 

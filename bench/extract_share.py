@@ -22,7 +22,7 @@ import pandas as pd
 from orthodiff.backbone import PRESETS, load_backbone
 from orthodiff.backbone.pretrain import pretrain
 from orthodiff.featurestore.extract import extract, forward_timestep
-from orthodiff.featurestore.volumes import append_volumes
+from orthodiff.featurestore.volumes import append_volumes, open_volumes
 
 
 def cpu() -> tuple[float, float]:
@@ -44,7 +44,7 @@ def main() -> None:
                              "patient_id": [f"p{i}" for i in range(args.series)], "plane": "axial", "scan": 0, "split": "train"})
         volumes = np.random.default_rng(0).uniform(-1, 1, (args.series, 16, size, size)).astype(np.float32)
         append_volumes(store, volumes, meta)
-        ckpt = str(pretrain(store, "axial", "tiny", steps=1, batch=1, out=Path(tmp) / "tiny.pt", every=1, progress=False))
+        ckpt = str(pretrain(open_volumes(store), "axial", "tiny", steps=1, batch=1, out=Path(tmp) / "tiny.pt", every=1, progress=False))
         model = load_backbone(ckpt, "cpu")
         forward_timestep(model, volumes[:8], tuple(meta.series_id[:8]), 10, ("mid_0",), 0, 8, args.precision)  # warm-up
 

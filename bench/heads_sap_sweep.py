@@ -17,11 +17,12 @@ import time
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from orthodiff.heads.batched_sap import BatchedSAPProbes
 from orthodiff.heads.metrics import auroc_per_label
 from orthodiff.heads.probe import ProbeNet
-from orthodiff.heads.training import apply, seeded, train
+from orthodiff.training import apply, seeded, train
 
 
 def main() -> None:
@@ -54,7 +55,7 @@ def main() -> None:
         net = seeded(0, lambda: ProbeNet("sap", c, args.labels))
         single = torch.nn.Sequential(net.pool, net.classifier)
         train(single, [x[train_rows, j]], y[train_rows], None, epochs=args.epochs, lr=5e-4, batch_size=32, random_state=0)
-        alone.append(1 / (1 + np.exp(-apply(single, [x[~train_rows, j]]))))
+        alone.append(expit(apply(single, [x[~train_rows, j]])))
     t_alone = time.perf_counter() - start
 
     y_val = y[~train_rows]

@@ -1,7 +1,7 @@
 """Bench: a probe trained from stored features vs the same probe recomputing backbone
 features every epoch (the reference workflow).
 
-Both train the same ``ProbeNet`` with the same loop (``heads.training.train``) on N random
+Both train the same ``ProbeNet`` with the same loop (``orthodiff.training.train``) on N random
 volumes at one (timestep, block). The reference runs encoder + middle block of the
 untrained backbone on every mini-batch of every epoch; the store path runs it once per
 series, writes the activation to a Zarr array, and then streams that array each epoch.
@@ -23,7 +23,7 @@ import torch
 from orthodiff.backbone.diffusion import GaussianDiffusion
 from orthodiff.backbone.unet import PRESETS, DiffusionUNet
 from orthodiff.heads.probe import ProbeNet
-from orthodiff.heads.training import apply, train
+from orthodiff.training import apply, train
 
 
 def main() -> None:

@@ -79,9 +79,10 @@ def validation_loss(store: Path, path: Path, plane: str, draws: int = 4) -> floa
     from orthodiff.backbone import load_backbone
     from orthodiff.backbone.diffusion import GaussianDiffusion
     from orthodiff.backbone.pretrain import PlaneVolumes
+    from orthodiff.featurestore.volumes import open_volumes
 
     model, diffusion = load_backbone(path, "cpu").eval(), GaussianDiffusion()
-    val = PlaneVolumes.from_store(str(store), plane, "val")
+    val = PlaneVolumes.select(open_volumes(str(store)), plane, "val")
     generator = torch.Generator().manual_seed(12345)
     losses = []
     with torch.no_grad():

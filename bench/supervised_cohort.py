@@ -34,7 +34,7 @@ def main() -> None:
 
     from orthodiff.backbone import backbone_id
     from orthodiff.featurestore.extract import extract
-    from orthodiff.heads.commands import load_inputs
+    from orthodiff.heads.inputs import load_inputs
     from orthodiff.heads.pipeline import SMALL_COHORT_FUSION
     from orthodiff.heads.runs import run_fuse
     from orthodiff.supervised.runs import (

@@ -4,7 +4,7 @@
 
 Each (preset, task) runs in a fresh process: a randomly initialised backbone of the preset,
 random volumes (and masks), one warm-up step, then `--steps` timed optimizer steps of
-`--batch` series through `heads.training.train` exactly as `finetune` and `segment train`
+`--batch` series through `orthodiff.training.train` exactly as `finetune` and `segment train`
 run them (SAP head; light decoder, cross-entropy + Dice). Peak RSS is read from the kernel.
 """
 
@@ -25,7 +25,7 @@ TASKS = ("finetune", "segment")
 
 def child(preset: str, task: str, steps: int, batch: int) -> dict:
     from orthodiff.backbone import PRESETS, DiffusionUNet
-    from orthodiff.heads.training import train
+    from orthodiff.training import train
     from orthodiff.supervised.estimators import encoder_head_groups, dice_ce
     from orthodiff.supervised.networks import EncoderClassifier, EncoderSegmenter, NoisedEncoder
 

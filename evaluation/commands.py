@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from orthodiff.options import split_list
 from orthodiff.tables import make_console
 
 console = make_console()
@@ -39,7 +40,7 @@ def seg(
     from orthodiff.tables import frame_table
 
     with progress_bar(console, "series", None) as advance:
-        tables = run_evaluate_seg(models, catalog, out, split or None, central, tuple(dataset_by.split(",")), group,
+        tables = run_evaluate_seg(models, catalog, out, split or None, central, tuple(split_list(dataset_by, "--dataset-by")), group,
                                   nsd_tolerance, bootstrap, seed, progress=advance, plane=plane)
     console.print(frame_table(tables["tier_dataset"], f"Subject Dice, IoU, HD95 (mm), NSD by dataset — {out}"))
     agreement = tables["agreement"]

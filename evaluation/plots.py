@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from orthodiff.heads.report import atomic_savefig, pyplot
+from orthodiff.outputs import atomic_savefig, pyplot
 
 
 def raincloud(subject_dice: pd.DataFrame, path) -> None:

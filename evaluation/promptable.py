@@ -212,7 +212,7 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
     from orthodiff.catalogs.readers import read_series
     from orthodiff.evaluation.inputs import check_complete, load_mask, model_of, read_series as read_reference
     from orthodiff.evaluation.inputs import reference_rows, write_mask
-    from orthodiff.heads.report import write_json
+    from orthodiff.outputs import write_json
 
     out = Path(out)
     if prompts not in ("reference", "masks"):
@@ -295,7 +295,7 @@ def finetune_sam(sam, inputs, boxes, targets, encoder: bool = False, epochs: int
     box-prompted pairs from `training_pairs`, through the shared training loop."""
     from monai.losses import DiceLoss
 
-    from orthodiff.heads.training import train
+    from orthodiff.training import train
 
     dice = DiceLoss(sigmoid=True)
     for p in sam.parameters():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orthodiff.heads.report import write_json, write_table
+from orthodiff.outputs import write_json, write_table
 
 REFERENCE = "reference"
 

@@ -22,7 +22,7 @@ from torch import nn
 from orthodiff.heads.estimator import MultiLabelClassifier
 from orthodiff.heads.pooling import SAP
 from orthodiff.heads.probe import ProbeNet
-from orthodiff.heads.training import apply, seeded, train
+from orthodiff.training import apply, seeded, train
 
 
 class BatchedSAPNet(nn.Module):

@@ -19,7 +19,7 @@ from orthodiff.catalogs.cohort import plain
 from orthodiff.catalogs.tasks import EHRSchema, ehr_schema
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.estimator import MultiLabelClassifier
-from orthodiff.heads.training import apply, seeded, train
+from orthodiff.training import apply, seeded, train
 
 
 def _where(df: pd.DataFrame, i) -> str:

@@ -116,7 +116,7 @@ def usage_features(store: str, timestep: int | None = None, block: str | None = 
 
 def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path) -> Path:
     """Central slice of the exam's image, persona and residual per plane, ROI outlined."""
-    from orthodiff.heads.report import atomic_savefig, pyplot
+    from orthodiff.outputs import atomic_savefig, pyplot
     from orthodiff.personas.store import open_personas
 
     series = catalog[(catalog.case_id == exam)].drop_duplicates("plane")

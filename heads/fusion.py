@@ -17,7 +17,7 @@ from orthodiff.catalogs.tasks import PLANES, ehr_schema
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.ehr import EHRNet, LateFusion
 from orthodiff.heads.estimator import MultiLabelClassifier
-from orthodiff.heads.training import apply, seeded, train
+from orthodiff.training import apply, seeded, train
 
 METHODS = ("concat", "linear_concat", "linear_add", "cross_attention", "mpae")
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
-from orthodiff.heads.commands import load_inputs
-from orthodiff.heads.report import build_report, read_table, write_table
+from orthodiff.heads.inputs import load_inputs
+from orthodiff.heads.report import build_report
+from orthodiff.outputs import read_table, write_table
 from orthodiff.heads.runs import (
     DEFAULT_FUSION, DEFAULT_PROBE, MIN_SUPPORT, compare_runs, run_fuse, run_select, run_sweep, selection_size,
     sweep_steps,

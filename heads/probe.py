@@ -11,7 +11,16 @@ from torch import nn
 
 from orthodiff.heads.estimator import MultiLabelClassifier, check_weights, check_X
 from orthodiff.heads.pooling import make_pooling
-from orthodiff.heads.training import apply, seeded, train
+from orthodiff.training import apply, seeded, train
+
+
+def channel_statistics(x) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (last axis kept, first axis reduced) mean and standard deviation in float64,
+    returned as float32; the deviation is floored at 1e-6 so a constant channel stays finite.
+    Every probe standardises its pooled vectors with these training-set statistics."""
+    x = np.asarray(x)
+    return (x.mean(0, dtype=np.float64).astype(np.float32),
+            np.maximum(x.std(0, dtype=np.float64), 1e-6).astype(np.float32))
 
 
 class ProbeNet(nn.Module):
@@ -36,9 +45,9 @@ class ProbeNet(nn.Module):
 
     def standardise_with(self, pooled: np.ndarray) -> "ProbeNet":
         """Set ``mean`` / ``scale`` from pooled training vectors (N, out_dim)."""
-        pooled = np.asarray(pooled, np.float64)
-        self.mean.copy_(torch.from_numpy(pooled.mean(0).astype(np.float32)))
-        self.scale.copy_(torch.from_numpy(np.maximum(pooled.std(0), 1e-6).astype(np.float32)))
+        mean, scale = channel_statistics(pooled)
+        self.mean.copy_(torch.from_numpy(mean))
+        self.scale.copy_(torch.from_numpy(scale))
         return self
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:

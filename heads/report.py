@@ -1,4 +1,4 @@
-"""Run outputs: atomic writes of tables (Parquet + CSV), figures and JSON; the HTML report.
+"""The HTML report of a run directory (tables, JSON and figures are written by `orthodiff.outputs`).
 
 The report tells a run directory's story in the order a reader asks: what cohort and which
 configuration, how well each method does on the test split (with CIs) and whether the
@@ -20,6 +20,7 @@ import pandas as pd
 
 from orthodiff.errors import OrthodiffError
 from orthodiff.files import atomic_write
+from orthodiff.outputs import pyplot, read_table
 
 # Below this many positives (or negatives) in a split, a label's AUROC and its CI rest on a
 # handful of exams: the tables and the report flag it.
@@ -52,38 +53,6 @@ img{max-width:100%;display:block;margin:0.5em 0}figure{margin:1em 0}figcaption{f
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:13px}dt{font-weight:600}dd{margin:0}
 nav a{margin-right:1em}
 """
-
-
-def write_table(df: pd.DataFrame, path: str | Path) -> Path:
-    """``path``.parquet and ``path``.csv (tidy, no index); returns the Parquet path."""
-    path = Path(path)
-    atomic_write(path.with_suffix(".csv"), lambda tmp: df.to_csv(tmp, index=False))
-    return atomic_write(path.with_suffix(".parquet"), lambda tmp: df.to_parquet(tmp, index=False))
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise OrthodiffError(f"{path}: result table not found")
-    return pd.read_parquet(path)
-
-
-def write_json(obj, path: str | Path) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def atomic_savefig(fig, path: str | Path) -> Path:
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 # ---- HTML pieces ---------------------------------------------------------------------------
@@ -398,6 +367,12 @@ def _shown(runs: _Runs) -> set[Path]:
     return shown
 
 
+def report_inputs(run_dir: str | Path) -> list[Path]:
+    """The result tables, plots and configurations under ``run_dir`` that a report draws on
+    (CSV, PNG, JSON; hidden files such as half-written temporaries left out), sorted."""
+    return sorted(p for p in Path(run_dir).rglob("*") if p.suffix in {".csv", ".png", ".json"} and not p.name.startswith("."))
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """One self-contained HTML page (tables inline, figures as data URIs) of ``run_dir``:
     overview first (cohort, configuration, test results with CIs, method comparisons with
@@ -407,8 +382,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if not run_dir.is_dir():
         raise OrthodiffError(f"{run_dir}: not a run directory")
     target = Path(out) if out else run_dir / "report.html"
-    files = [p for p in run_dir.rglob("*") if p.suffix in {".csv", ".png", ".json"} and not p.name.startswith(".")]
-    if not files:
+    if not report_inputs(run_dir):
         raise OrthodiffError(f"{run_dir}: no result tables, plots or configurations to report")
     runs = _Runs(run_dir)
     sections = [("overview", "Overview", "<h3>Cohort</h3>" + _cohort(runs) + "<h3>Configuration</h3>" + _configuration(runs)

@@ -16,8 +16,9 @@ from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.metrics import evaluate, macro_auroc, permutation_test, subgroup_table, youden_thresholds
 from orthodiff.heads.protocol import TwoStageFusion
-from orthodiff.heads.report import MIN_SUPPORT, atomic_savefig, pyplot, read_table, write_json, write_table
+from orthodiff.heads.report import MIN_SUPPORT
 from orthodiff.heads.sweep import plot_heatmaps, sweep, top_configs
+from orthodiff.outputs import atomic_savefig, pyplot, read_run, read_table, write_json, write_table
 from orthodiff.progress import no_progress
 
 # the paper's values (docs/paper.md)
@@ -151,9 +152,7 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method="concat
     fusion head; freeze the best as the configuration file. Returns the scored table and the
     configuration (``reuse``: those of a complete selection from the same inputs)."""
     sweep_dir, config_path = Path(sweep_dir), Path(config_path)
-    run = json.loads((sweep_dir / "run.json").read_text()) if (sweep_dir / "run.json").is_file() else None
-    if not run or run.get("kind") != "sweep":
-        raise OrthodiffError(f"{sweep_dir}: not a sweep directory (no sweep run.json)")
+    run = read_run(sweep_dir, ("sweep",), "a sweep directory")
     check_split(run, catalog, f"the sweep {sweep_dir}")
     fusion = {**DEFAULT_FUSION, **(fusion_params or {})}
     selection = config_path.with_name(config_path.stem + "_selection")
@@ -308,10 +307,8 @@ def compare_runs(a, b, n_perm=1000, seed=0) -> pd.DataFrame:
     """Paired permutation test of two classification runs (fuse or baseline) on their common test exams."""
     runs = []
     for path in (Path(a), Path(b)):
-        run_file = path / "run.json"
-        if not run_file.is_file() or json.loads(run_file.read_text()).get("kind") not in ("fuse", "baseline"):
-            raise OrthodiffError(f"{path}: not a fuse or baseline classification run (no such run.json)")
-        runs.append((json.loads(run_file.read_text()), read_table(path / "predictions.parquet")))
+        runs.append((read_run(path, ("fuse", "baseline"), "a fuse or baseline classification run"),
+                     read_table(path / "predictions.parquet")))
     (run_a, pa), (run_b, pb) = runs
     if run_a["labels"] != run_b["labels"]:
         raise OrthodiffError(f"{a} and {b} predict different labels")

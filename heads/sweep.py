@@ -26,10 +26,10 @@ from orthodiff.heads.batched_sap import BatchedSAPProbes
 from orthodiff.heads.estimator import MultiLabelClassifier
 from orthodiff.heads.metrics import auroc_per_label
 from orthodiff.heads.pooling import POOLINGS
-from orthodiff.heads.probe import PlaneProbe
+from orthodiff.heads.probe import PlaneProbe, channel_statistics
 from orthodiff.heads.protocol import check_labels, select_series
-from orthodiff.heads.report import atomic_savefig, pyplot
-from orthodiff.heads.training import apply, train
+from orthodiff.outputs import atomic_savefig, pyplot
+from orthodiff.training import apply, train
 
 
 class BatchedGAPNet(nn.Module):
@@ -68,8 +68,7 @@ class BatchedGAPProbes(MultiLabelClassifier):
     def fit(self, X, y, sample_weight=None) -> "BatchedGAPProbes":
         X = np.asarray(X, dtype=np.float32)
         y = self._encode_targets(y)
-        mean = X.mean(0, dtype=np.float64).astype(np.float32)
-        scale = np.maximum(X.std(0, dtype=np.float64), 1e-6).astype(np.float32)
+        mean, scale = channel_statistics(X)
         net = BatchedGAPNet(mean, scale, y.shape[1])
         # standardise once up front instead of in every step (same values as ``net.forward``)
         self.net_ = train(

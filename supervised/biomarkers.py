@@ -64,7 +64,7 @@ def agreement(predicted: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
 
 def plot_bland_altman(predicted: pd.DataFrame, reference: pd.DataFrame, table: pd.DataFrame, path) -> None:
     """One Bland-Altman panel per biomarker with agreement statistics."""
-    from orthodiff.heads.report import atomic_savefig, pyplot
+    from orthodiff.outputs import atomic_savefig, pyplot
 
     plt = pyplot()
     pred, ref = predicted.align(reference, join="inner", axis=0)
@@ -92,7 +92,7 @@ def plot_thickness_maps(masks: dict[str, np.ndarray], spacing: tuple[float, floa
                         structure_set: StructureSet, path, title: str = "") -> None:
     """Thickness maps (mm, slices x columns) of every cartilage compartment, one row per
     mask in `masks` (e.g. predicted and reference), on a shared colour scale per compartment."""
-    from orthodiff.heads.report import atomic_savefig, pyplot
+    from orthodiff.outputs import atomic_savefig, pyplot
 
     plt = pyplot()
     compartments = cartilage(structure_set)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from orthodiff.errors import OrthodiffError
+from orthodiff.options import split_list, subset_sizes
 from orthodiff.tables import make_console
 
 console = make_console()
@@ -20,15 +21,6 @@ Catalog = Annotated[Path, typer.Option(help="Cohort catalog (Parquet) of the sto
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 Device = Annotated[str | None, typer.Option(help="torch device (default: CUDA when available, else CPU).")]
-
-
-def _subsets(text: str) -> list:
-    sizes = []
-    for item in (t.strip() for t in text.split(",") if t.strip()):
-        if item != "all" and not item.isdigit():
-            raise OrthodiffError(f"--subsets {text!r}: {item!r} is neither an integer nor 'all'")
-        sizes.append(item if item == "all" else int(item))
-    return sizes
 
 
 def _dice_table(dice, title):
@@ -62,8 +54,8 @@ def finetune(
     with progress_bar(console, f"fine-tuning the {plane} backbone: steps", None) as advance:
         summary = run_finetune(store, catalog, plane, backbone, timestep, block, out, pooling, epochs, lr, head_lr,
                                batch_size, seed, device, progress=advance,
-                               timesteps=[int(t) for t in timesteps.split(",") if t.strip()] or None,
-                               blocks=[b.strip() for b in blocks.split(",") if b.strip()] or None)
+                               timesteps=split_list(timesteps, "--timesteps", int) or None,
+                               blocks=split_list(blocks, "--blocks") or None)
     console.print(f"wrote {out}: backbone {summary['backbone']} (from {summary['finetuned_from']}) at timestep "
                   f"{summary['timestep']}, {summary['block']}, "
                   f"{summary['train_series']} training series, {summary['seconds']} s, "
@@ -76,7 +68,7 @@ def _segment(store, catalog, plane, model, out, backbone, timestep, block, epoch
     from orthodiff.progress import progress_bar
     from orthodiff.supervised.runs import run_segment
 
-    sizes = _subsets(subsets)
+    sizes = subset_sizes(subsets)
     with progress_bar(console, f"{model} segmentation: training steps", None) as advance:
         dice = run_segment(store, catalog, plane, model, out, backbone, timestep, block, epochs, lr,
                            batch_size=batch_size, subsets=sizes, seed=seed, device=device, progress=advance, **options)
@@ -104,8 +96,8 @@ def segment_train(
 ) -> None:
     """Fine-tune encoder + middle block with the paper's light head (0.2 x cross-entropy + soft Dice); test Dice per structure."""
     _segment(store, catalog, plane, "diffusion", out, backbone, timestep, block, epochs, lr, batch_size, subsets, seed, device,
-             decoder=decoder, timesteps=[int(t) for t in timesteps.split(",") if t.strip()] or None,
-             blocks=[b.strip() for b in blocks.split(",") if b.strip()] or None)
+             decoder=decoder, timesteps=split_list(timesteps, "--timesteps", int) or None,
+             blocks=split_list(blocks, "--blocks") or None)
 
 
 @segment_app.command("predict")
@@ -149,7 +141,7 @@ def baseline_classify(
     from orthodiff.supervised.runs import run_baseline_classify
     from orthodiff.tables import frame_table
 
-    plane_list = [p.strip() for p in planes.split(",") if p.strip()]
+    plane_list = split_list(planes, "--planes")
     with progress_bar(console, f"{model}, one network per plane: training steps", None) as advance:
         metrics = run_baseline_classify(store, catalog, model, plane_list, out, epochs, lr, batch_size, seed=seed,
                                         n_boot=bootstrap, device=device, progress=advance)
@@ -183,7 +175,7 @@ def table(
     out: Annotated[Path | None, typer.Option(help="Also write the table here (Parquet + CSV).")] = None,
 ) -> None:
     """One comparison table of runs of one task: probe, fine-tuned and baselines side by side."""
-    from orthodiff.heads.report import write_table
+    from orthodiff.outputs import write_table
     from orthodiff.supervised.runs import comparison
     from orthodiff.tables import frame_table
 

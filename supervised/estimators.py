@@ -19,8 +19,8 @@ from orthodiff.backbone.diffusion import noise_key
 from orthodiff.devices import resolve_device
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.estimator import MultiLabelClassifier
-from orthodiff.heads.training import apply, seeded, train
 from orthodiff.supervised.networks import EncoderClassifier, classifier, segmenter
+from orthodiff.training import apply, seeded, train
 
 
 def _keys(X, seed: int, timestep: int) -> np.ndarray:

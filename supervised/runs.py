@@ -22,7 +22,7 @@ from orthodiff.catalogs.tasks import structures
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.metrics import evaluate, macro_auroc
 from orthodiff.heads.probe import PlaneProbe
-from orthodiff.heads.report import atomic_savefig, pyplot, write_json, write_table
+from orthodiff.outputs import atomic_savefig, pyplot, write_json, write_table
 from orthodiff.supervised.data import exam_predictions, plane_volumes, split_rows
 from orthodiff.supervised.estimators import VolumeClassifier, VolumeSegmenter
 
@@ -323,15 +323,12 @@ def comparison(run_dirs) -> pd.DataFrame:
     """One row per run, side by side: classification runs (fuse, baseline) with test macro
     AUROC, its 95% CI, CF1 and OF1; segmentation runs with Dice per structure and the mean.
     Mixing the two kinds is an error."""
-    import json
-
-    from orthodiff.heads.report import read_table
+    from orthodiff.outputs import read_run, read_table
 
     rows, kinds = [], set()
     for run_dir in map(Path, run_dirs):
-        run_file = run_dir / "run.json"
-        run = json.loads(run_file.read_text()) if run_file.is_file() else {}
-        kind = run.get("kind")
+        run = read_run(run_dir, ("fuse", "baseline", "segment"), "a fuse, baseline or segment run directory")
+        kind = run["kind"]
         if kind in ("fuse", "baseline"):
             kinds.add("classification")
             m = read_table(run_dir / "metrics.parquet").set_index(["metric", "label"])
@@ -339,13 +336,11 @@ def comparison(run_dirs) -> pd.DataFrame:
             rows.append({"run": str(run_dir), "model": name, "macro_auroc": m.loc[("macro_auroc", "all"), "value"],
                          "ci_low": m.loc[("macro_auroc", "all"), "ci_low"], "ci_high": m.loc[("macro_auroc", "all"), "ci_high"],
                          "CF1": m.loc[("CF1", "all"), "value"], "OF1": m.loc[("OF1", "all"), "value"]})
-        elif kind == "segment":
+        else:
             kinds.add("segmentation")
             dice = read_table(run_dir / "dice.parquet")
             rows.append({"run": str(run_dir), "model": run["model"], **dict(zip(dice["structure"], dice["dice"])),
                          "mean": float(dice["dice"].mean())})
-        else:
-            raise OrthodiffError(f"{run_dir}: not a fuse, baseline or segment run directory (no such run.json)")
     if len(kinds) > 1:
         raise OrthodiffError("classification and segmentation runs cannot share one table")
     return pd.DataFrame(rows)

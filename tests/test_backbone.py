@@ -106,3 +106,26 @@ def test_a_saved_config_decides_the_architecture_shapes_cannot_show(tmp_path):
     torch.save({"ema": state, "config": {"image_size": 32, "heads": 2}}, tmp_path / "bad.pt")
     with pytest.raises(OrthodiffError, match=r"bad.pt: unusable saved 'config'"):
         load_backbone(tmp_path / "bad.pt", device="cpu")
+
+
+def test_encoder_checkpoint_keeps_features_in_a_fifth_of_the_bytes(tmp_path):
+    from orthodiff.backbone.checkpoint import export_encoder
+    from helpers import random_checkpoint
+
+    full = random_checkpoint(tmp_path / "full.pt", "sagittal", seed=3)
+    small = export_encoder(full, tmp_path / "encoder.pt")
+    ckpt = torch.load(small, weights_only=True)
+    assert ckpt["parts"] == "encoder" and ckpt["source_backbone"] == backbone_id(full) and ckpt["plane"] == "sagittal"
+    assert {v.dtype for v in ckpt["ema"].values()} == {torch.float16}
+    assert not any(k.startswith(("denoise_fn.output_blocks", "denoise_fn.out.")) for k in ckpt["ema"])
+    assert Path(small).stat().st_size < 0.2 * Path(full).stat().st_size
+
+    reference, encoder = load_backbone(full, "cpu"), load_backbone(small, "cpu")
+    x, t = torch.randn(2, 1, 16, 32, 32), torch.tensor([10, 300])
+    with torch.no_grad():
+        expected, got = reference.middle_features(x, t), encoder.middle_features(x, t)
+    for block in expected:  # float16 weights: features move by float16 rounding only
+        scale = expected[block].abs().max()
+        assert 0 < (got[block] - expected[block]).abs().max() < 2e-3 * scale
+    with pytest.raises(OrthodiffError, match="encoder and middle block only"):
+        encoder(x, t)

@@ -21,6 +21,7 @@ from orthodiff.backbone.pretrain import pretrain
 from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.extract import extract
 from orthodiff.featurestore.verify import store_info, verify_store
+from orthodiff.featurestore.volumes import open_volumes
 from orthodiff.heads.store import plane_features
 from helpers import make_volume_store, random_checkpoint
 
@@ -32,7 +33,7 @@ def base(tmp_path_factory):
     """A store with 40 axial and 40 sagittal series (3 shards each) and an axial backbone."""
     root = tmp_path_factory.mktemp("fs")
     store = make_volume_store(root / "base.zarr", n=40, planes=("axial", "sagittal"))
-    ckpt = pretrain(store, "axial", "demo", steps=1, batch=1, out=root / "axial.pt", every=1, progress=False)
+    ckpt = pretrain(open_volumes(store), "axial", "demo", steps=1, batch=1, out=root / "axial.pt", every=1, progress=False)
     return root, store, str(ckpt)
 
 
@@ -113,7 +114,7 @@ def test_kill_minus_9_then_rerun_is_byte_identical(base, tmp_path):
 def test_simultaneous_jobs_same_and_different_planes(base, tmp_path):
     root, _, ckpt = base
     store = fresh(base, tmp_path)
-    sag = pretrain(store, "sagittal", "demo", steps=1, batch=1, out=tmp_path / "sag.pt", every=1, progress=False)
+    sag = pretrain(open_volumes(store), "sagittal", "demo", steps=1, batch=1, out=tmp_path / "sag.pt", every=1, progress=False)
     jobs = [run_cli("extract", "--plane", "axial", "--store", store, "--backbone", ckpt, "--timesteps", "10"),
             run_cli("extract", "--plane", "axial", "--store", store, "--backbone", ckpt, "--timesteps", "10"),
             run_cli("extract", "--plane", "sagittal", "--store", store, "--backbone", str(sag), "--timesteps", "10")]

@@ -8,9 +8,10 @@ import pytest
 
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.metrics import summary, youden_thresholds
-from orthodiff.heads.report import build_report, read_table
+from orthodiff.heads.report import build_report
 from orthodiff.heads.runs import compare_runs, config_features, read_config, run_efficiency, run_fuse, run_select, run_sweep
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
+from orthodiff.outputs import read_table
 
 LABELS = ["ACL", "PCL", "MM", "LM"]
 FAST_FUSION = dict(epochs=20, lr=3e-3, batch_size=32, plane_epochs=20, plane_lr=3e-3, gate_epochs=200)

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from orthodiff.errors import OrthodiffError
-from orthodiff.heads.report import build_report, write_table
+from orthodiff.heads.report import build_report
 from orthodiff.heads.sweep import plot_heatmaps, sweep, top_configs
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
+from orthodiff.outputs import write_table
 
 LABELS = ["ACL", "PCL", "MM", "LM", "MCL"]
 PARAMS = dict(epochs=6, lr=5e-3)
@@ -65,7 +66,7 @@ def test_batched_sap_probes_match_one_probe_at_a_time():
 
     from orthodiff.heads.batched_sap import BatchedSAPProbes
     from orthodiff.heads.probe import ProbeNet
-    from orthodiff.heads.training import apply, seeded, train
+    from orthodiff.training import apply, seeded, train
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, (40, 2)).astype(np.float32)

@@ -19,7 +19,7 @@ from orthodiff.cli import app
 from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.extract import extract
 from orthodiff.featurestore.verify import store_info, verify_store
-from orthodiff.heads.commands import load_inputs
+from orthodiff.heads.inputs import load_inputs
 from orthodiff.heads.synthetic import synthetic_catalog
 from helpers import make_volume_store, random_checkpoint
 

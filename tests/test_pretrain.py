@@ -16,6 +16,7 @@ from orthodiff.backbone import load_backbone
 from orthodiff.backbone.pretrain import Pretrainer, pretrain
 from orthodiff.backbone.preview import sample_preview
 from orthodiff.errors import OrthodiffError
+from orthodiff.featurestore.volumes import open_volumes
 from helpers import make_volume_store
 
 
@@ -25,9 +26,9 @@ def store(tmp_path_factory):
 
 
 def test_resume_continues_exactly_as_an_uninterrupted_run(store, tmp_path):
-    pretrain(store, "axial", "demo", steps=4, batch=2, out=tmp_path / "full.pt", every=2, progress=False)
-    pretrain(store, "axial", "demo", steps=2, batch=2, out=tmp_path / "half.pt", every=2, progress=False)
-    pretrain(store, "axial", "demo", steps=4, batch=2, out=tmp_path / "half.pt", every=2, resume=True, progress=False)
+    pretrain(open_volumes(store), "axial", "demo", steps=4, batch=2, out=tmp_path / "full.pt", every=2, progress=False)
+    pretrain(open_volumes(store), "axial", "demo", steps=2, batch=2, out=tmp_path / "half.pt", every=2, progress=False)
+    pretrain(open_volumes(store), "axial", "demo", steps=4, batch=2, out=tmp_path / "half.pt", every=2, resume=True, progress=False)
     full, resumed = (torch.load(tmp_path / f, weights_only=True) for f in ("full.pt", "half.pt"))
     assert full["history"]["loss"] == resumed["history"]["loss"] and len(full["history"]["loss"]) == 4
     assert [s for s, _ in full["history"]["val_loss"]] == [2, 4]
@@ -42,7 +43,7 @@ def _ddp_worker(rank: int, world: int, port: int, store: str, out_dir: str) -> N
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    ema = Pretrainer(store, "axial", "demo", steps=2, batch=1, out=f"{out_dir}/ddp.pt", every=2, progress=False).run()
+    ema = Pretrainer(open_volumes(store), "axial", "demo", steps=2, batch=1, out=f"{out_dir}/ddp.pt", every=2, progress=False).run()
     torch.save(ema.state_dict(), f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -62,19 +63,19 @@ def test_ddp_ranks_end_with_identical_weights(store, tmp_path):
 
 def test_bad_input_is_named_and_nothing_is_overwritten(store, tmp_path):
     with pytest.raises(OrthodiffError, match="--steps must be at least 0, --batch and --every at least 1"):
-        Pretrainer(store, "axial", "demo", steps=-1)
+        Pretrainer(open_volumes(store), "axial", "demo", steps=-1)
     with pytest.raises(OrthodiffError, match="no sagittal training volumes"):
-        Pretrainer(store, "sagittal", "demo", steps=1)
+        Pretrainer(open_volumes(store), "sagittal", "demo", steps=1)
     with pytest.raises(OrthodiffError, match="volumes are 32 px in-plane but preset 'tiny' expects 64"):
-        Pretrainer(store, "axial", "tiny", steps=1)
+        Pretrainer(open_volumes(store), "axial", "tiny", steps=1)
     with pytest.raises(OrthodiffError, match="no volumes in this store"):
         from orthodiff.featurestore.store import open_root
 
         open_root(str(tmp_path / "empty.zarr"), create=True)
-        Pretrainer(str(tmp_path / "empty.zarr"), "axial", "demo", steps=1)
+        Pretrainer(open_volumes(str(tmp_path / "empty.zarr")), "axial", "demo", steps=1)
     (tmp_path / "keep.pt").write_bytes(b"precious")
     with pytest.raises(OrthodiffError, match="keep.pt exists: pass --resume"):
-        Pretrainer(store, "axial", "demo", steps=1, out=tmp_path / "keep.pt")
+        Pretrainer(open_volumes(store), "axial", "demo", steps=1, out=tmp_path / "keep.pt")
     assert (tmp_path / "keep.pt").read_bytes() == b"precious"
     result = subprocess.run(
         [sys.executable, "-m", "orthodiff", "pretrain", "--plane", "axial", "--store", store,
@@ -85,7 +86,7 @@ def test_bad_input_is_named_and_nothing_is_overwritten(store, tmp_path):
 
 
 def test_sample_preview_writes_a_png(store, tmp_path):
-    ckpt = pretrain(store, "axial", "demo", steps=1, batch=1, out=tmp_path / "a.pt", every=1, progress=False)
+    ckpt = pretrain(open_volumes(store), "axial", "demo", steps=1, batch=1, out=tmp_path / "a.pt", every=1, progress=False)
     png = sample_preview(ckpt, tmp_path / "s.png", n=2, steps=2)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(OrthodiffError, match="--n and --steps must be at least 1"):
@@ -98,7 +99,7 @@ def test_healthy_pretraining_uses_only_all_negative_exams(store, tmp_path):
 
     catalog = label_catalog(tmp_path / "c.parquet", sick=(0, 1, 2, 7))
     assert healthy_series(catalog) == {f"s{i}-axial" for i in (3, 4, 5, 6)}
-    trainer = Pretrainer(store, "axial", "demo", steps=1, batch=1, out=tmp_path / "h.pt", progress=False,
+    trainer = Pretrainer(open_volumes(store), "axial", "demo", steps=1, batch=1, out=tmp_path / "h.pt", progress=False,
                          healthy_catalog=catalog)
     assert len(trainer.train) == 3 and len(trainer.val) == 1  # s3..s5 train, s6 val
     trainer.run()
@@ -106,7 +107,7 @@ def test_healthy_pretraining_uses_only_all_negative_exams(store, tmp_path):
     assert ckpt["healthy"] == {"catalog": catalog, "train_series": 3}
     all_sick = label_catalog(tmp_path / "sick.parquet", sick=range(8))
     with pytest.raises(OrthodiffError, match="healthy exams"):
-        Pretrainer(store, "axial", "demo", steps=1, out=tmp_path / "x.pt", healthy_catalog=all_sick)
+        Pretrainer(open_volumes(store), "axial", "demo", steps=1, out=tmp_path / "x.pt", healthy_catalog=all_sick)
 
 
 def _ddp_resume_worker(rank: int, world: int, port: int, store: str, out_dir: str) -> None:
@@ -114,10 +115,10 @@ def _ddp_resume_worker(rank: int, world: int, port: int, store: str, out_dir: st
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     run = dict(batch=1, every=2, progress=False)
-    Pretrainer(store, "axial", "demo", steps=4, out=f"{out_dir}/full.pt", **run).run()
-    Pretrainer(store, "axial", "demo", steps=2, out=f"{out_dir}/half.pt", **run).run()
+    Pretrainer(open_volumes(store), "axial", "demo", steps=4, out=f"{out_dir}/full.pt", **run).run()
+    Pretrainer(open_volumes(store), "axial", "demo", steps=2, out=f"{out_dir}/half.pt", **run).run()
     dist.barrier()  # rank 0 has written the step-2 checkpoint
-    Pretrainer(store, "axial", "demo", steps=4, out=f"{out_dir}/half.pt", resume=True, **run).run()
+    Pretrainer(open_volumes(store), "axial", "demo", steps=4, out=f"{out_dir}/half.pt", resume=True, **run).run()
     dist.destroy_process_group()
 
 
@@ -134,7 +135,7 @@ def test_ddp_resume_restores_each_ranks_generators(store, tmp_path):
     for key, value in full["ema"].items():
         torch.testing.assert_close(resumed["ema"][key], value, rtol=0, atol=0)
     with pytest.raises(OrthodiffError, match=r"written by 2 process\(es\), resumed with 1"):
-        Pretrainer(store, "axial", "demo", steps=6, batch=1, out=tmp_path / "half.pt", resume=True, progress=False).run()
+        Pretrainer(open_volumes(store), "axial", "demo", steps=6, batch=1, out=tmp_path / "half.pt", resume=True, progress=False).run()
 
 
 def test_zero_steps_writes_the_initialisation_of_the_trained_run(store, tmp_path):
@@ -142,10 +143,26 @@ def test_zero_steps_writes_the_initialisation_of_the_trained_run(store, tmp_path
     from orthodiff.backbone import PRESETS, DiffusionUNet
     from orthodiff.backbone.checkpoint import unet_state
 
-    Pretrainer(store, "axial", "demo", steps=0, out=tmp_path / "init.pt", seed=3, progress=False).run()
+    Pretrainer(open_volumes(store), "axial", "demo", steps=0, out=tmp_path / "init.pt", seed=3, progress=False).run()
     ckpt = torch.load(tmp_path / "init.pt", weights_only=True)
     torch.manual_seed(3)
     fresh = DiffusionUNet(PRESETS["demo"]).state_dict()
     assert ckpt["step"] == 0 and ckpt["history"]["val_loss"][0][0] == 0
     for key, value in unet_state(ckpt).items():
         torch.testing.assert_close(value, fresh[key], rtol=0, atol=0)
+
+
+def test_demo_backbone_of_other_steps_is_refused_not_reused(store, tmp_path):
+    from rich.console import Console
+
+    from orthodiff.backbone import backbone_id
+    from orthodiff.backbone.checkpoint import read_checkpoint
+    from orthodiff.demo import demo_backbone
+
+    console = Console(quiet=True)
+    path = demo_backbone(tmp_path, store, "axial", 0, console)
+    assert read_checkpoint(path)["step"] == 0
+    first = backbone_id(path)
+    assert demo_backbone(tmp_path, store, "axial", 0, console) == path and backbone_id(path) == first
+    with pytest.raises(OrthodiffError, match="had 0 pretraining steps, not 30"):
+        demo_backbone(tmp_path, store, "axial", 30, console)

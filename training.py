@@ -1,4 +1,5 @@
-"""The one training loop every torch head uses, and row-block reading of (lazy) arrays.
+"""The one training loop every torch model here uses (heads, fine-tuning, segmentation,
+promptable models), and row-block reading of (lazy) arrays.
 
 Inputs are lists of arrays sharing the first (row) dimension: numpy arrays, or lazy
 arrays (xarray DataArray / Dask) that are read in contiguous blocks of ``block_rows`` rows,
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -70,6 +72,30 @@ def weighted_bce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torc
     return F.binary_cross_entropy_with_logits(logits, y.view(shape).expand_as(logits), weight=row_weight, reduction="sum")
 
 
+# Below these sizes a step's ops take microseconds, and a pool of intra-op threads costs more
+# in fork/join than it saves; on a loaded machine each join also waits for a descheduled
+# thread (`bench/heads_threads.py`).
+SMALL_PARAMETERS, SMALL_BATCH_ELEMENTS = 2**20, 2**22
+
+
+@contextmanager
+def one_thread():
+    """Run the block with one intra-op torch thread, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def is_small(model: nn.Module, inputs: Sequence, batch_size: int) -> bool:
+    """A model and batch small enough that one CPU thread trains them fastest."""
+    row_elements = sum(math.prod(x.shape[1:]) for x in inputs)
+    return (sum(p.numel() for p in model.parameters()) < SMALL_PARAMETERS
+            and row_elements * batch_size < SMALL_BATCH_ELEMENTS)
+
+
 def train(
     model: nn.Module,
     inputs: Sequence,
@@ -95,8 +121,9 @@ def train(
     same blocks as the inputs, so it may be lazy too (segmentation masks). ``param_groups``
     (torch optimizer groups) overrides the trainable parameters, e.g. a smaller learning
     rate for a pretrained encoder than for its new head. Batches move to the model's device;
-    on CUDA the forward pass and loss run under bfloat16 autocast. ``on_step()`` is called
-    after every optimizer step (progress bars).
+    on CUDA the forward pass and loss run under bfloat16 autocast; on the CPU a small model
+    (`is_small`) trains on one thread. ``on_step()`` is called after every optimizer step
+    (progress bars).
     """
     n = n_rows(inputs)
     y = y if is_lazy(y) else np.asarray(y, dtype=np.float32)
@@ -114,7 +141,8 @@ def train(
     device = next(model.parameters()).device
     rng = np.random.default_rng(random_state)
     model.train()
-    with torch.random.fork_rng(devices=[]):
+    threads = one_thread() if device.type == "cpu" and is_small(model, inputs, batch_size) else nullcontext()
+    with threads, torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_state)
         for _ in range(epochs):
             for _, tensors in blocks([*inputs, y, w], size, rng.permutation(n_blocks)):

@@ -1,4 +1,4 @@
-"""What the heads CLI commands share: catalog + store loading and provenance."""
+"""The inputs of every heads run: catalog + store loading and provenance."""
 
 from __future__ import annotations
 
@@ -27,3 +27,12 @@ def load_inputs(store, catalog_path, backbone=None, planes=None) -> tuple[dict, 
     provenance = {"store": str(Path(store).resolve()) if local else str(store),
                   "catalog": str(Path(catalog_path).resolve()), "backbone": backbone}
     return features, catalog, labels, provenance
+
+
+def sweep_inputs(sweep_dir) -> tuple[dict, pd.DataFrame, list[str], dict]:
+    """The inputs a sweep was made from (its run.json records store, catalog, backbones and
+    planes), as ``load_inputs`` gives them: what ``select`` scores its combinations on."""
+    from orthodiff.outputs import read_run
+
+    run = read_run(sweep_dir, ("sweep",), "a sweep directory")
+    return load_inputs(run.get("store"), run.get("catalog"), run.get("backbone"), run.get("planes"))
