@@ -118,7 +118,7 @@ def difficulty(cohorts: dict[str, Path], out: Path, size: int, epochs: tuple[int
                models=("resnet18", "unet"), planes=PLANES) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-label AUROC (95% CI, test positives, seen or not) and per-structure Dice, one
     column group per cohort (empty tables for a model left out); `epochs`: (ResNet-18, U-Net)."""
-    from orthodiff.heads.report import read_table
+    from orthodiff.outputs import read_table
 
     aurocs, dices = [], []
     for name, cohort in cohorts.items():
