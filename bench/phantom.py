@@ -1,15 +1,18 @@
 """Bench: the knee phantom's picture (README figure), its generation time per exam, how hard
-its tasks are for networks from scratch, and cartilage thickness against its truth.
+its tasks are for networks from scratch, how much of each lesion survives ingestion, and
+cartilage thickness against its truth.
 
     .venv/bin/python bench/phantom.py figure docs/phantom.png
     .venv/bin/python bench/phantom.py time --sizes 64 256 --exams 6 3
-    .venv/bin/python bench/phantom.py difficulty --cohort before=OLD/cohort --cohort after=NEW/cohort --out runs
+    .venv/bin/python bench/phantom.py difficulty --cohort before=OLD/cohort --cohort after=NEW/cohort --out runs \
+        --size 32 --epochs 3 10 --planes sagittal --threads 1
+    .venv/bin/python bench/phantom.py visibility --bodies 2 --sizes 32 64
     .venv/bin/python bench/phantom.py thickness NEW/cohort
 
 `difficulty` takes cohorts made by `orthodiff synth` (e.g. one from the previous phantom's
 commit and one from this one), re-splits each by patient (`--val`, `--test`: a large test
 split, so per-label AUROC has positives to rank), ingests it at `--size`, trains MONAI's 3D
-ResNet-18 (every plane, probabilities averaged per exam) and 3D U-Net (sagittal masks) from
+ResNet-18 (on `--planes`, probabilities averaged per exam) and 3D U-Net (sagittal masks) from
 scratch, and prints per-label test AUROC with patient-bootstrap CIs and per-structure test
 Dice side by side. A label is "seen" when its CI lies above 0.5. Finished runs are kept.
 `thickness` measures row-axis and skeleton cartilage thickness on every reference mask of a
@@ -175,11 +178,13 @@ def visibility(labels: list[str], sizes: list[int], bodies: int, native: int = 6
     for body in range(bodies):
         center, field = ("center_1", 3.0) if body % 2 == 0 else ("center_2", 1.5)  # plain and fat-suppressed PD
         for plane in PLANES:
-            exam = lambda lab: Exam(body, "knee", lab, center, field, ((plane, 0),))  # noqa: E731
-            noisy = image_series(exam({}), plane, 0, native, seed)["image"]
-            with mock.patch.dict(synth.NOISE, {k: 0.0 for k in synth.NOISE}):
-                clean = {lab: image_series(exam({lab: 1} if lab else {}), plane, 0, native, seed)["image"]
-                         for lab in [None, *labels]}
+            def image(lab: str | None) -> np.ndarray:
+                exam = Exam(body, "knee", {lab: 1} if lab else {}, center, field, ((plane, 0),))
+                return image_series(exam, plane, 0, native, seed)["image"]
+
+            noisy = image(None)
+            with mock.patch.dict(synth.NOISE, {k: 0.0 for k in synth.NOISE}):  # the same images without noise
+                clean = {lab: image(lab) for lab in [None, *labels]}
             for size in sizes:
                 noisy_in, scale = _ingested(noisy, size)
                 base = _ingested(clean[None], size, scale)[0]
