@@ -11,7 +11,9 @@ from rich.console import Console
 
 from orthodiff.errors import OrthodiffError
 from orthodiff.evaluation.commands import register as register_evaluation
-from orthodiff.options import split_list, subset_sizes
+from orthodiff.options import (
+    Dtype, FingerprintTask, ImageFormat, Joint, Method, OnError, Plane, Pooling, Precision, Preset, Roi, split_list, subset_sizes,
+)
 from orthodiff.supervised.commands import register as register_supervised
 from orthodiff.tables import make_console
 
@@ -45,7 +47,7 @@ def _heads_params(epochs, lr, weight_decay, batch) -> dict:
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Working directory for everything the demo makes.")] = Path(
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for everything the demo makes.")] = Path(
         "orthodiff-demo"
     ),
     steps: Annotated[int, typer.Option(help="Pretraining steps per plane (0 keeps the random initialisation: the baseline).")] = 30,
@@ -82,7 +84,7 @@ def catalog_split(
     subsets: Annotated[
         str, typer.Option(help="Nested label-efficiency subset sizes in training patients, e.g. 100,500,1000.")
     ] = "",
-    out: Annotated[Path | None, typer.Option(help="New catalog to write.", show_default="PATH with a .split suffix, e.g. catalog.split.parquet")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="FILE", help="New catalog to write (Parquet).", show_default="PATH with a .split suffix, e.g. catalog.split.parquet")] = None,
     in_place: Annotated[bool, typer.Option(metavar="", help="Rewrite PATH itself (runs made under its old split then refuse it).")] = False,
 ) -> None:
     """Split a catalog by patient (no leakage) into a new catalog; optionally add nested training subsets.
@@ -110,7 +112,7 @@ def catalog_split(
 @catalog_app.command("from-mrnet")
 def catalog_from_mrnet(
     directory: Annotated[Path, typer.Argument(help="MRNet folder holding train/, valid/ and the label CSVs.")],
-    out: Annotated[Path, typer.Option(help="Catalog to write (Parquet).")],
+    out: Annotated[Path, typer.Option(metavar="FILE", help="Catalog to write (Parquet).")],
     seed: Annotated[int, typer.Option(help="Seed of the train/val patient split.")] = 0,
     val: Annotated[float, typer.Option(help="Fraction of MRNet train patients held out for validation.")] = 0.06,
 ) -> None:
@@ -126,12 +128,12 @@ def catalog_from_mrnet(
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option(help="Folder to write images/, masks/ and catalog.parquet into.")],
-    joint: Annotated[str, typer.Option(help="knee, ankle or shoulder.")] = "knee",
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder to write images/, masks/ and catalog.parquet into.")],
+    joint: Annotated[Joint, typer.Option(help="The joint (and so its labels and structures).")] = Joint.knee,
     cases: Annotated[int, typer.Option(help="Number of exams (one per patient).")] = 200,
     size: Annotated[int, typer.Option(help="In-plane matrix of every series.")] = 64,
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
-    format: Annotated[str, typer.Option("--format", help="nifti or dicom.")] = "nifti",
+    format: Annotated[ImageFormat, typer.Option("--format", help="File format of the series.")] = ImageFormat.nifti,
     preview: Annotated[Path | None, typer.Option(help="Also write a PNG montage of the first exam.")] = None,
 ) -> None:
     """Generate a synthetic cohort (phantom images, masks, catalog) with realistic labels and sites."""
@@ -149,10 +151,10 @@ def synth(
 
 @app.command()
 def ingest(
-    catalog: Annotated[Path, typer.Argument(help="Cohort catalog (Parquet).")],
+    catalog: Annotated[Path, typer.Option(help="Cohort catalog (Parquet) of the series to read.")],
     store: Annotated[str, typer.Option(help="Store to write (a path or fsspec URL); created if missing.")],
     size: Annotated[int, typer.Option(help="In-plane size of the preprocessed volumes.")] = 256,
-    on_error: Annotated[str, typer.Option(help="fail: stop at the first bad series; skip: go on and list rejects.")] = "fail",
+    on_error: Annotated[OnError, typer.Option(help="fail: stop at the first bad series; skip: go on and list rejects.")] = OnError.fail,
     repair: Annotated[bool, typer.Option("--repair", help="Read again the stored series that fail their checksum (see `store verify`).")] = False,
 ) -> None:
     """Read, check and preprocess every catalog series into the store's volumes (reruns skip what is there)."""
@@ -169,10 +171,10 @@ def ingest(
 
 @app.command()
 def pretrain(
-    plane: Annotated[str, typer.Option(help="sagittal, coronal or axial: one backbone per plane.")],
+    plane: Annotated[Plane, typer.Option(help="One backbone per plane.")],
     store: Annotated[str, typer.Option(help="Store holding the ingested volumes.")],
-    out: Annotated[Path, typer.Option(help="Checkpoint to write (reference layout).")],
-    preset: Annotated[str, typer.Option(help="paper (16x256x256), small (16x128x128), tiny (16x64x64) or demo (16x32x32).")] = "tiny",
+    out: Annotated[Path, typer.Option(metavar="FILE", help="Checkpoint to write (reference layout).")],
+    preset: Annotated[Preset, typer.Option(help="paper (16x256x256), small (16x128x128), tiny (16x64x64) or demo (16x32x32).")] = Preset.tiny,
     steps: Annotated[int, typer.Option(help="Optimisation steps in total (the paper: 21,500; 0 writes the initialisation, a random-init baseline).")] = 1000,
     batch: Annotated[int, typer.Option(help="Volumes per step and process.")] = 4,
     every: Annotated[int, typer.Option(help="Write a checkpoint every this many steps.")] = 500,
@@ -234,16 +236,16 @@ def export_encoder(
 
 @app.command()
 def extract(
-    plane: Annotated[str, typer.Option(help="sagittal, coronal or axial.")],
+    plane: Annotated[Plane, typer.Option(help="The plane of the series to extract.")],
     store: Annotated[str, typer.Option(help="Store holding the volumes (path or fsspec URL).")],
     backbone: Annotated[Path, typer.Option(help="Backbone checkpoint of that plane.")],
     timesteps: Annotated[str, typer.Option(help="Diffusion timesteps, comma-separated.")] = "10,30,50,100,150,200,300,500",
     blocks: Annotated[str, typer.Option(help="Middle-block outputs, comma-separated.")] = "mid_0,mid_1,mid_2",
-    dtype: Annotated[str, typer.Option(help="float16 or float32.")] = "float16",
+    dtype: Annotated[Dtype, typer.Option(help="Stored dtype of the activations.")] = Dtype.float16,
     workers: Annotated[int | None, typer.Option(help="Start a local Dask cluster of this many processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Use an existing Dask cluster (tcp://host:port).")] = None,
     series_batch: Annotated[int, typer.Option(help="Series per forward pass (one timestep each).")] = 8,
-    precision: Annotated[str, typer.Option(help="Network precision: fp32, bf16 or fp16 (autocast).")] = "fp32",
+    precision: Annotated[Precision, typer.Option(help="Network precision (bf16 and fp16 by autocast).")] = Precision.fp32,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     repair: Annotated[bool, typer.Option("--repair", help="Also recompute the units that fail their checksum (see `store verify`).")] = False,
 ) -> None:
@@ -263,10 +265,10 @@ def extract(
 
 @app.command()
 def persona(
-    plane: Annotated[str, typer.Option(help="sagittal, coronal or axial.")],
+    plane: Annotated[Plane, typer.Option(help="The plane of the series to inpaint.")],
     store: Annotated[str, typer.Option(help="Store holding the volumes (path or fsspec URL).")],
-    backbone: Annotated[Path, typer.Option(help="Backbone of that plane trained with `pretrain --healthy`.")],
-    roi: Annotated[str, typer.Option(help="box (the paper's central box, split by --grid) or structures (stored masks).")] = "box",
+    backbone: Annotated[Path, typer.Option(help="Backbone checkpoint of that plane trained with `pretrain --healthy`.")],
+    roi: Annotated[Roi, typer.Option(help="box (the paper's central box, split by --grid) or structures (stored masks).")] = Roi.box,
     grid: Annotated[int, typer.Option(help="Cells per axis of the central box: 1, 2 or 3.")] = 3,
     steps: Annotated[int, typer.Option(help="Reverse diffusion steps of the inpainting.")] = 50,
     jumps: Annotated[int, typer.Option(help="RePaint resampling passes per step (1: none).")] = 2,
@@ -285,11 +287,11 @@ def persona(
 
 @app.command("persona-fidelity")
 def persona_fidelity(
-    plane: Annotated[str, typer.Option(help="sagittal, coronal or axial.")],
+    plane: Annotated[Plane, typer.Option(help="The plane of the personas to score.")],
     store: Annotated[str, typer.Option(help="Store holding the personas.")],
     catalog: Annotated[Path, typer.Option(help="Cohort catalog (labels decide healthy and lesion exams).")],
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
-    backbone: Annotated[str | None, typer.Option(help="Persona backbone id, when several made personas.")] = None,
+    backbone_id: Annotated[str | None, typer.Option(help="Backbone id in the store: the persona backbone, when several made personas.")] = None,
 ) -> None:
     """Persona fidelity: SSIM/MSE in the ROI on healthy exams, residual localisation on lesions."""
     from orthodiff.catalogs.cohort import read_catalog
@@ -297,7 +299,7 @@ def persona_fidelity(
     from orthodiff.personas.store import open_personas
     from orthodiff.tables import frame_table
 
-    ds, df = open_personas(store, plane, backbone), read_catalog(catalog)
+    ds, df = open_personas(store, plane, backbone_id), read_catalog(catalog)
     rep = reproduction(ds, df, split)
     console.print(frame_table(rep[["ssim", "mse", "mse_255"]].agg(["mean", "std"]).reset_index(),
                               f"{plane} personas of {len(rep)} healthy {split} series (inside the ROI)"))
@@ -309,20 +311,20 @@ def persona_fidelity(
 
 @app.command()
 def radiomics(
-    plane: Annotated[str, typer.Option(help="sagittal, coronal or axial.")],
+    plane: Annotated[Plane, typer.Option(help="The plane of the series.")],
     store: Annotated[str, typer.Option(help="Store holding volumes (and personas).")],
     source: Annotated[str, typer.Option(help="Comma-separated: image, persona, residual.")] = "image,persona,residual",
     families: Annotated[str, typer.Option(help="Comma-separated IBSI families.")] = "first_order,histogram,shape,glcm,glrlm,glszm,ngtdm,gldm",
     bins: Annotated[int, typer.Option(help="Grey levels of the fixed-bin-number discretisation.")] = 32,
     grid: Annotated[int, typer.Option(help="Box grid for --source image on a store without personas.")] = 3,
-    persona_backbone: Annotated[str | None, typer.Option(help="Persona backbone id, when several made personas.")] = None,
+    backbone_id: Annotated[str | None, typer.Option(help="Backbone id in the store: the persona backbone, when several made personas.")] = None,
     workers: Annotated[int | None, typer.Option(help="Start a local Dask cluster of this many processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Use an existing Dask cluster (tcp://host:port).")] = None,
 ) -> None:
     """IBSI radiomic features per ROI of the image, its persona and the residual (reruns finish what is missing)."""
     from orthodiff.radiomics.store import extract_radiomics
 
-    summary = extract_radiomics(store, plane, split_list(source, "--source"), split_list(families, "--families"), bins, grid, persona_backbone, workers, scheduler)
+    summary = extract_radiomics(store, plane, split_list(source, "--source"), split_list(families, "--families"), bins, grid, backbone_id, workers, scheduler)
     console.print(f"computed {summary['features']} features for {summary['series']} {plane} series in "
                   f"{summary['seconds']} s into radiomics/{summary['settings']}/{plane}")
 
@@ -331,8 +333,8 @@ def radiomics(
 def fingerprint(
     store: Annotated[str, typer.Option(help="Store holding radiomics (and diffusion features for the usage predictor).")],
     catalog: Annotated[Path, typer.Option(help="Cohort catalog (labels, splits, patients).")],
-    task: Annotated[str, typer.Option(help="abnormal, acl or meniscus.")],
-    out: Annotated[Path, typer.Option(help="Directory for metrics.csv, explanations and coefficients.")],
+    task: Annotated[FingerprintTask, typer.Option(help="The target: any abnormality, the ACL, or the menisci.")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for metrics.csv, explanations and coefficients.")],
     settings: Annotated[str | None, typer.Option(help="Radiomics settings id, when the store holds several.")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs of the fingerprint heads.")] = 200,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of patients for the CIs.")] = 500,
@@ -376,10 +378,10 @@ def store_verify(store: Annotated[str, typer.Argument(help="Store path or URL.")
 def sweep(
     store: Annotated[str, typer.Option(help="Feature store (path or fsspec URL).")],
     catalog: Annotated[Path, typer.Option(help="Cohort catalog (Parquet) of the stored series.")],
-    out: Annotated[Path, typer.Option(help="Directory for sweep tables, heatmaps and run.json.")],
-    pooling: Annotated[str, typer.Option(help="sap (the paper's default) | glp | gap (fastest: one batched sweep over the stored GAP summaries).")] = "sap",
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for sweep tables, heatmaps and run.json.")],
+    pooling: Annotated[Pooling, typer.Option(help="sap (the paper's default), glp, or gap (fastest: one batched sweep over the stored GAP summaries).")] = Pooling.sap,
     planes: Annotated[str, typer.Option(help="Comma-separated planes.")] = "sagittal,coronal,axial",
-    backbone: Annotated[str | None, typer.Option(
+    backbone_id: Annotated[str | None, typer.Option(
         help="Backbone id(s) in the store, comma-separated, one per plane (see `orthodiff store info`).",
         show_default="each plane's only backbone; an error naming them when a plane has several")] = None,
     epochs: Epochs = None,
@@ -393,8 +395,8 @@ def sweep(
     from orthodiff.heads.runs import run_sweep, sweep_steps
     from orthodiff.tables import frame_table
 
-    features, df, labels, provenance = load_inputs(store, catalog, split_list(backbone, "--backbone") or None,
-                                                   split_list(planes, "--planes"))
+    features, df, labels, provenance = load_inputs(store, catalog, split_list(backbone_id, "--backbone-id") or None,
+                                                   split_list(planes, "--planes", choices=Plane))
     with progress_bar(console, f"{pooling} sweep", sweep_steps(features, pooling)) as advance:
         _, top = run_sweep(features, df, labels, pooling, out, _heads_params(epochs, lr, weight_decay, batch), provenance, advance)
     console.print(frame_table(top, f"Top 4 (timestep, block) per plane, validation macro AUROC — {out}"))
@@ -403,8 +405,8 @@ def sweep(
 @app.command()
 def select(
     sweep_dir: Annotated[Path, typer.Option("--sweep", help="Directory written by `orthodiff sweep`.")],
-    out: Annotated[Path, typer.Option(help="Configuration file (JSON) to freeze the choice in.")],
-    method: Annotated[str, typer.Option(help="Fusion head used to score the combinations.")] = "concat",
+    out: Annotated[Path, typer.Option(metavar="FILE", help="Configuration file (JSON) to freeze the choice in.")],
+    method: Annotated[Method, typer.Option(help="Fusion head used to score the combinations.")] = Method.concat,
     epochs: Epochs = None,
     lr: Lr = None,
     weight_decay: WeightDecay = None,
@@ -431,8 +433,8 @@ def select(
 @app.command()
 def fuse(
     config: Annotated[Path, typer.Option(help="Configuration frozen by `orthodiff select`.")],
-    out: Annotated[Path, typer.Option(help="Directory for metrics, predictions and plots.")],
-    method: Annotated[str, typer.Option(help="concat | linear_concat | linear_add | cross_attention | mpae | lightgbm | logistic | ehr_only (the paper's EHR-only baseline)")] = "concat",
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for metrics, predictions and plots.")],
+    method: Annotated[Method, typer.Option(help="Fusion head, or a comparator (lightgbm, logistic; ehr_only: the paper's EHR-only baseline).")] = Method.concat,
     ehr: Annotated[bool, typer.Option(metavar="", help="Late-fuse an EHR head per label.")] = False,
     store: Annotated[str | None, typer.Option(help="Feature store (default: the configuration's).")] = None,
     catalog: Annotated[Path | None, typer.Option(help="Catalog (default: the configuration's).")] = None,
@@ -442,12 +444,12 @@ def fuse(
     lr: Annotated[float | None, typer.Option(help="Fusion learning rate.", show_default="the configuration's")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Fusion weight decay.", show_default="the configuration's")] = None,
     batch: Annotated[int | None, typer.Option(help="Exams per fusion step.", show_default="the configuration's")] = None,
-    backbone: Annotated[str | None, typer.Option(help="Backbone id(s) in the store, comma-separated, e.g. one fine-tuned backbone per plane (default: the configuration's).")] = None,
+    backbone_id: Annotated[str | None, typer.Option(help="Backbone id(s) in the store, comma-separated, one per plane, e.g. fine-tuned backbones (default: the configuration's).")] = None,
     threshold: Annotated[str, typer.Option(help="Decision threshold for CP/CR/CF1, sensitivity, specificity: a number (paper: 0.5) or 'youden' (per label, Youden's J on validation, frozen for test).")] = "0.5",
-    finetuned: Annotated[str | None, typer.Option(help="Fine-tuned checkpoints, plane=path comma-separated: their pooling heads are Stage I and their features (extracted into the store) are fused; default --backbone becomes their ids.")] = None,
+    finetuned: Annotated[str | None, typer.Option(help="Fine-tuned checkpoints, plane=path comma-separated: their pooling heads are Stage I and their features (extracted into the store) are fused; default --backbone-id becomes their ids.")] = None,
 ) -> None:
     """Train the two-stage fusion head on train, report test metrics with 95% CIs."""
-    from orthodiff.backbone import backbone_id
+    from orthodiff.backbone import backbone_id as checkpoint_id
     from orthodiff.heads.inputs import load_inputs
     from orthodiff.heads.runs import read_config, run_fuse
     from orthodiff.supervised.runs import finetuned_probes
@@ -463,12 +465,12 @@ def fuse(
         checkpoints[plane.strip()] = Path(path.strip())
     if checkpoints:
         probes = finetuned_probes(checkpoints, cfg)
-        if not backbone:
+        if not backbone_id:
             if set(cfg["planes"]) - set(checkpoints):
                 raise OrthodiffError(f"--finetuned covers {sorted(checkpoints)} of the planes {list(cfg['planes'])}: "
-                                     "give --backbone with one id per plane")
-            backbone = ",".join(backbone_id(checkpoints[p]) for p in cfg["planes"])
-    backbones = split_list(backbone, "--backbone") or cfg.get("backbone")
+                                     "give --backbone-id with one id per plane")
+            backbone_id = ",".join(checkpoint_id(checkpoints[p]) for p in cfg["planes"])
+    backbones = split_list(backbone_id, "--backbone-id") or cfg.get("backbone")
     features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), backbones, list(cfg["planes"]))
     with progress_bar(console, f"fuse {method}{' + EHR' if ehr else ''}: train, evaluate, write", 3) as advance:
         metrics, model = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed,
@@ -488,7 +490,7 @@ def compare(
     a: Annotated[Path, typer.Argument(help="First `orthodiff fuse` or `baseline classify` output directory.")],
     b: Annotated[Path, typer.Argument(help="Second `orthodiff fuse` or `baseline classify` output directory.")],
     permutations: Annotated[int, typer.Option(help="Paired permutations.")] = 1000,
-    out: Annotated[Path | None, typer.Option(help="Also write the table here (Parquet + CSV).")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="FILE", help="Also write the table to this Parquet file (and a CSV beside it).")] = None,
 ) -> None:
     """Paired permutation test (patients swapped between A and B) and per-label AUROC deltas."""
     from orthodiff.outputs import write_table
@@ -504,9 +506,9 @@ def compare(
 @app.command()
 def efficiency(
     config: Annotated[Path, typer.Option(help="Configuration frozen by `orthodiff select`.")],
-    out: Annotated[Path, typer.Option(help="Directory for the curves table and PNG.")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for the curves table and PNG.")],
     subsets: Annotated[str, typer.Option(help="Nested training subsets (the catalog's subset_<N> columns, see `catalog split --subsets`) and/or 'all'.")] = "all",
-    method: Annotated[str, typer.Option(help="Fusion head.")] = "concat",
+    method: Annotated[Method, typer.Option(help="Fusion head.")] = Method.concat,
     store: Annotated[str | None, typer.Option(help="Feature store (default: the configuration's).")] = None,
     catalog: Annotated[Path | None, typer.Option(help="Catalog (default: the configuration's).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Fusion epochs.", show_default="the configuration's")] = None,
@@ -532,7 +534,7 @@ def efficiency(
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (sweep/select/fuse/efficiency outputs inside).")],
-    out: Annotated[Path | None, typer.Option(help="HTML file (default: RUN_DIR/report.html).")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="FILE", help="HTML file to write (default: RUN_DIR/report.html).")] = None,
 ) -> None:
     """One self-contained HTML report (tables and plots) of a run directory."""
     import pandas as pd

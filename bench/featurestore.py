@@ -89,8 +89,8 @@ def main() -> None:
         make_plane(big, args.open_series, timesteps, blocks, shape)
         consolidate(big)
         start = time.perf_counter()
-        ds = open_store(big)
-        print(f"open_store on {ds.sizes['series']:,} series: {time.perf_counter() - start:.2f} s")
+        tree = open_store(big)
+        print(f"open_store on {tree['bench/axial'].sizes['series']:,} series: {time.perf_counter() - start:.2f} s")
 
 
 if __name__ == "__main__":

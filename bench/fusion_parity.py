@@ -18,6 +18,7 @@ import numpy as np
 
 from orthodiff.heads.fusion import FusionHead
 from orthodiff.heads.metrics import summary
+from orthodiff.heads.probe import PlaneProbe
 from orthodiff.heads.protocol import COMPARATORS, TwoStageFusion
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
 
@@ -47,7 +48,7 @@ def main() -> None:
         if method == "ehr_only" and method not in COMPARATORS:
             continue
         start = time.perf_counter()
-        model = TwoStageFusion("gap", method, probe_params=probe, fusion_params=fusion, random_state=args.seed)
+        model = TwoStageFusion("gap", method, probe=PlaneProbe(**probe), head=FusionHead(**fusion), random_state=args.seed)
         pred = model.fit(features, train, LABELS).predict(features, test)
         s = summary(pred[LABELS].to_numpy(), pred[[f"p_{c}" for c in LABELS]].to_numpy())
         print(f"| {method} | {s['macro_auroc']:.3f} | {s['CF1']:.3f} | {s['OF1']:.3f} | {time.perf_counter() - start:.1f} |")

@@ -1,8 +1,9 @@
-"""Bench: heads training on one intra-op thread (the rule for small models) vs the thread pool.
+"""Bench: heads training on one thread (the rule for small models) vs a thread pool.
 
 Trains the demo-sized heads on synthetic data twice in one process, once with the rule of
-`training.is_small` (one thread) and once with it switched off (torch's default pool),
-and prints the wall times and their ratio; the fitted weights are compared too.
+`training.is_small` (one thread) and once with it switched off (torch's default pool), and
+the LightGBM comparator with `n_jobs` 1 (its default) and 2; prints the wall times, their
+ratio and the largest difference between the two fits' probabilities.
 
     .venv/bin/python bench/heads_threads.py            # demo sizes: 78 exams, 3 planes x 64 channels
     .venv/bin/python bench/heads_threads.py --exams 2000 --channels 256
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 import orthodiff.training as training
+from orthodiff.heads.comparators import LightGBMComparator
 from orthodiff.heads.fusion import FusionHead
 from orthodiff.heads.probe import PlaneProbe
 
@@ -50,9 +52,16 @@ def main() -> None:
             pool, model_pool = timed(build, X, y)
         finally:
             training.SMALL_PARAMETERS = saved
-        same = np.abs(model_small.predict_proba(X) - model_pool.predict_proba(X)).max()
-        print(f"{name}: one thread {small:.2f} s, thread pool {pool:.2f} s, ratio {pool / small:.2f}x, "
-              f"max probability difference {same:.1e}")
+        report(name, small, pool, model_small, model_pool, X)
+    one, one_model = timed(lambda: LightGBMComparator(n_jobs=1), planes, y)
+    two, two_model = timed(lambda: LightGBMComparator(n_jobs=2), planes, y)
+    report("LightGBM comparator", one, two, one_model, two_model, planes)
+
+
+def report(name, one, pool, model_one, model_pool, X) -> None:
+    same = np.abs(model_one.predict_proba(X) - model_pool.predict_proba(X)).max()
+    print(f"{name}: one thread {one:.2f} s, thread pool {pool:.2f} s, ratio {pool / one:.2f}x, "
+          f"max probability difference {same:.1e}")
 
 
 if __name__ == "__main__":

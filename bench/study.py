@@ -103,7 +103,7 @@ def probe(out: Path, store: Path, catalog: Path, plane: str, count: int, timeste
         orthodiff(log, "extract", "--plane", plane, "--store", store, "--backbone", ckpt, "--timesteps", timesteps)
         if not (run / "sweep" / "top4.parquet").exists():
             orthodiff(log, "sweep", "--store", store, "--catalog", catalog, "--out", run / "sweep", "--planes", plane,
-                      "--backbone", bid, "--pooling", "sap")
+                      "--backbone-id", bid, "--pooling", "sap")
         if not (run / "config.json").exists():
             orthodiff(log, "select", "--sweep", run / "sweep", "--out", run / "config.json")
         orthodiff(log, "fuse", "--config", run / "config.json", "--out", run / "test", "--method", "concat")
@@ -160,7 +160,7 @@ def main() -> None:
 
     if not catalog.exists():
         orthodiff(log, "synth", "--out", cohort, "--cases", args.cases, "--size", 64, "--seed", 1)
-    orthodiff(log, "ingest", catalog, "--store", store, "--size", SIZE)
+    orthodiff(log, "ingest", "--catalog", catalog, "--store", store, "--size", SIZE)
     rows = []
     for count in steps:  # the curve fills one step count at a time, all planes
         pretrain_curve(out, store, [count], log)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from orthodiff.options import split_list
+from orthodiff.options import Encoder, Plane, PromptModel, PromptSource, split_list
 from orthodiff.tables import make_console
 
 console = make_console()
@@ -17,16 +17,16 @@ evaluate_app = typer.Typer(help="Evaluate segmentations: metrics, biomarker agre
 
 Catalog = Annotated[Path, typer.Option(help="Cohort catalog (Parquet) with the reference mask_path of every series.")]
 Split = Annotated[str, typer.Option(help="Catalog split to evaluate ('' for every series with a reference mask).")]
-Plane = Annotated[str | None, typer.Option(help="Only series of this plane (a `segment predict` run covers its model's plane).")]
+OnePlane = Annotated[Plane | None, typer.Option(help="Only series of this plane (a `segment predict` run covers its model's plane).")]
 
 
 @evaluate_app.command("seg")
 def seg(
     models: Annotated[list[Path], typer.Argument(help="`segment predict` runs or folders of <series_id>.nii.gz masks; named by folder.")],
     catalog: Catalog,
-    out: Annotated[Path, typer.Option(help="Directory for the tables, figures and evaluation.html.")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for the tables, figures and evaluation.html.")],
     split: Split = "test",
-    plane: Plane = None,
+    plane: OnePlane = None,
     central: Annotated[int, typer.Option(help="Evaluate only this many central slices (16: what the backbone sees); 0 for all.")] = 0,
     dataset_by: Annotated[str, typer.Option(help="Comma-separated catalog columns whose values name a series' dataset.")] = "joint,plane",
     group: Annotated[str, typer.Option(help="Catalog column of the random intercept in the acquisition model (center, dataset).")] = "center",
@@ -56,15 +56,15 @@ def seg(
 @evaluate_app.command("prompt")
 def prompt(
     catalog: Catalog,
-    out: Annotated[Path, typer.Option(help="Directory for masks/<series_id>.nii.gz (like `segment predict`) and run.json.")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for masks/<series_id>.nii.gz (like `segment predict`) and run.json.")],
     checkpoint: Annotated[Path | None, typer.Option(help="Published weights file (SAM/MedSAM state dict, SAM2 checkpoint); nothing is downloaded.")] = None,
-    model: Annotated[str, typer.Option(help="sam | medsam | sam2")] = "sam",
-    size: Annotated[str, typer.Option(help="SAM/MedSAM image encoder of the checkpoint: vit_b | vit_l | vit_h.")] = "vit_b",
-    prompts: Annotated[str, typer.Option(help="Box source: reference (the catalog's masks) | masks (--prompt-masks).")] = "reference",
+    model: Annotated[PromptModel, typer.Option(help="The promptable model.")] = PromptModel.sam,
+    encoder: Annotated[Encoder, typer.Option(help="SAM/MedSAM image encoder of the checkpoint.")] = Encoder.vit_b,
+    prompts: Annotated[PromptSource, typer.Option(help="Box source: reference (the catalog's masks) or masks (--prompt-masks).")] = PromptSource.reference,
     prompt_masks: Annotated[Path | None, typer.Option(help="A `segment predict` run or mask folder whose boxes prompt the model.")] = None,
     shift: Annotated[int, typer.Option(help="Move every box corner by up to this many pixels (robustness to prompts).")] = 0,
     split: Split = "test",
-    plane: Plane = None,
+    plane: OnePlane = None,
     min_size: Annotated[int, typer.Option(help="Remove connected components smaller than this many pixels per slice.")] = 20,
     sam2_config: Annotated[str | None, typer.Option(help="SAM2 only: the sam2 package's config name of the checkpoint.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed of the box shifts.")] = 0,
@@ -78,7 +78,7 @@ def prompt(
     from orthodiff.progress import progress_bar
 
     with progress_bar(console, "slices", None) as advance:
-        written = run_prompt(catalog, out, checkpoint, model, size, prompts, prompt_masks, shift, split or None, min_size,
+        written = run_prompt(catalog, out, checkpoint, model, encoder, prompts, prompt_masks, shift, split or None, min_size,
                              sam2_config, seed, device, progress=advance, finetune_epochs=finetune_epochs,
                              finetune_encoder=finetune_encoder, lr=lr, plane=plane)
     console.print(f"wrote {written} masks to {out / 'masks'}; evaluate them with `orthodiff evaluate seg {out} ...`")

@@ -318,19 +318,20 @@ def view_is_current(store: str, backbone: str, plane: str, shape: tuple[int, ...
         return tuple(view[f"{plane_path(backbone, plane)}/activation"].shape) == tuple(shape)
 
 
-def open_store(path: str, backbone: str | list[str] | None = None, catalog=None, series_per_chunk: int = 64) -> xr.Dataset:
-    """The store's features as one lazy Dataset over all planes' series.
+def open_store(path: str, backbone: str | list[str] | None = None, catalog=None, series_per_chunk: int = 64) -> xr.DataTree:
+    """The store's features as a lazy `xarray.DataTree` laid out like the store: one node per
+    backbone (its attributes: the provenance), one child per plane holding that plane's
+    Dataset, `tree["<backbone id>/<plane>"]`.
 
-    `activation(series, timestep, block, channel, z, y, x)` and `gap(series, timestep, block,
-    channel)`, with `plane`, `case_id`, `patient_id`, `scan` on `series`, and with a catalog
-    (path or DataFrame) its split, labels, acquisition and EHR columns too. Each plane's
-    features come from the one backbone holding them (pass `backbone` when several do).
-    Timesteps and blocks are the union over planes; a configuration a plane lacks is NaN for
-    its series, and the `configurations` attribute (JSON) lists what each plane holds.
+    Each plane Dataset has `activation(series, timestep, block, channel, z, y, x)` and
+    `gap(series, timestep, block, channel)`, with `plane`, `case_id`, `patient_id`, `scan`
+    on `series`, and with a catalog (path or DataFrame) its split, labels, acquisition and
+    EHR columns too. Planes and backbones are independent nodes: they may hold different
+    timesteps, blocks or channel widths. `backbone` (an id or a list) keeps only those.
 
     Reading while `extract` runs is safe: every plane is read as the last finished job left
     it; a plane whose first extraction is still running (or was interrupted) is left out,
-    named in the `incomplete` attribute (JSON) and in an `IncompleteFeatures` warning.
+    listed in the root's `incomplete` attribute and in an `IncompleteFeatures` warning.
     """
     import pandas as pd
 
@@ -343,37 +344,31 @@ def open_store(path: str, backbone: str | list[str] | None = None, catalog=None,
     if not ids:
         raise OrthodiffError(f"{path}: no features in this store (run `orthodiff extract` first)")
     readable = readable_planes(path)
-    per_plane: dict[str, str] = {}
+    nodes: dict[str, xr.Dataset] = {}
     incomplete = []
     for b in ids:
         for plane in sorted(root[f"{GROUP}/{b}"].group_keys()):
-            if plane not in readable.get(b, []):
+            if plane in readable.get(b, []):
+                nodes[f"{b}/{plane}"] = _open_plane(path, b, plane, series_per_chunk)
+            else:
                 incomplete.append(plane_path(b, plane))
-                continue
-            if plane in per_plane:
-                raise OrthodiffError(
-                    f"{path}: {plane} features from backbones {per_plane[plane]} and {b}; choose with backbone="
-                )
-            per_plane[plane] = b
     if incomplete:
         warnings.warn(f"{path}: {', '.join(incomplete)} not complete yet (an extraction is running or was "
                       "interrupted; rerun `orthodiff extract` to finish it): left out", IncompleteFeatures, stacklevel=2)
-    if not per_plane:
+    if not nodes:
         raise OrthodiffError(f"{path}: no complete features yet ({', '.join(incomplete)} still being written; "
                              "wait for `orthodiff extract` to finish, or rerun it)")
-    parts = [_open_plane(path, b, plane, series_per_chunk) for plane, b in sorted(per_plane.items())]
-    # planes may hold different timesteps or blocks (e.g. fine-tuned backbones extracted at
-    # their own configuration): the union is kept, NaN where a plane lacks a configuration
-    ds = xr.concat(parts, dim="series", join="outer", combine_attrs="drop") if len(parts) > 1 else parts[0]
-    configurations = {p.plane.values[0]: {"timestep": p.timestep.values.tolist(), "block": p.block.values.tolist()}
-                      for p in parts if p.sizes["series"]}
-    ds.attrs = {"backbones": json.dumps(per_plane), "configurations": json.dumps(configurations),
-                "incomplete": json.dumps(incomplete)}
     if catalog is not None:
         from orthodiff.catalogs.cohort import read_catalog
 
         df = catalog if isinstance(catalog, pd.DataFrame) else read_catalog(catalog)
-        df = df.set_index("series_id").reindex(ds.series.values)
-        extra = [c for c in df.columns if c not in ds.coords and c not in ("path", "mask_path")]
-        ds = ds.assign_coords({c: ("series", df[c].to_numpy()) for c in extra})
-    return ds
+        df = df.set_index("series_id")
+        for key, ds in nodes.items():
+            rows = df.reindex(ds.series.values)
+            extra = [c for c in rows.columns if c not in ds.coords and c not in ("path", "mask_path")]
+            nodes[key] = ds.assign_coords({c: ("series", rows[c].to_numpy()) for c in extra})
+    tree = xr.DataTree.from_dict(nodes)
+    tree.attrs = {"incomplete": incomplete}
+    for b in {key.split("/")[0] for key in nodes}:
+        tree[b].attrs = dict(root[f"{GROUP}/{b}"].attrs)
+    return tree

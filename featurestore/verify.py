@@ -149,5 +149,5 @@ def check_volumes(store: str, root) -> tuple[list[str], list[int]]:
                 problems.append(_damaged(VOLUMES, what))
                 damaged.append(row)
     if problems:
-        problems.append(f"{VOLUMES}: `orthodiff ingest CATALOG --store {store} --repair` reads the damaged series again")
+        problems.append(f"{VOLUMES}: `orthodiff ingest --catalog CATALOG --store {store} --repair` reads the damaged series again")
     return problems, damaged

@@ -9,8 +9,9 @@
 - ``sweep``: batched GAP and SAP sweeps (``batched_sap``), ``top_configs``, heatmaps.
 - ``fingerprint``: ``FingerprintClassifier``, the radiomic fingerprint head.
 - ``metrics``: AUROC/AP, CP/CR/CF1, OP/OR/OF1, patient bootstrap, permutation tests.
-- ``runs``: the CLI's sweep / select / fuse / compare / efficiency runs; ``report``: HTML.
-- ``store``: per-plane features from ``orthodiff.open_store``.
+- ``runs``: the CLI's sweep / select / fuse / compare / efficiency runs; ``report``: HTML;
+  ``inputs``: catalog + store loading for a run.
+- ``store``: per-plane features from the tree ``orthodiff.open_store`` returns.
 - ``estimator``: ``MultiLabelClassifier``, the scikit-learn contract the classifiers share.
 
 The estimators are importable from here (``from orthodiff.heads import PlaneProbe``),

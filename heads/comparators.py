@@ -58,8 +58,13 @@ class _PerLabel(MultiLabelClassifier):
 
 
 class LightGBMComparator(_PerLabel):
+    """One LightGBM classifier per label on the concatenated vectors. ``n_jobs=1`` by default:
+    on cohorts of hundreds of exams a tree is microseconds of work, and LightGBM's OpenMP
+    threads cost more than they save, very much more on a busy machine
+    (`bench/heads_threads.py`); raise it for tens of thousands of exams."""
+
     def __init__(self, n_estimators: int = 200, learning_rate: float = 0.05, num_leaves: int = 15,
-                 min_child_samples: int = 10, n_jobs: int = 2, random_state: int = 0):
+                 min_child_samples: int = 10, n_jobs: int = 1, random_state: int = 0):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves

@@ -98,17 +98,17 @@ def models(random_state: int = 0, epochs: int = 200) -> dict:
 def usage_features(store: str, timestep: int | None = None, block: str | None = None) -> pd.DataFrame | None:
     """Per exam the stored GAP diffusion features of every plane (None if the store has none)."""
     from orthodiff import open_store
+    from orthodiff.heads.store import plane_nodes
 
     try:
-        ds = open_store(str(store))
+        per_plane = plane_nodes(open_store(str(store)), str(store))
     except OrthodiffError:
         return None
-    ds = ds.sel(timestep=timestep if timestep is not None else ds.timestep.values[0],
-                block=block if block is not None else ds.block.values[0])
-    gap = ds.gap.load()
     parts = []
-    for plane in np.unique(gap.plane.values):
-        sub = gap.isel(series=np.flatnonzero((gap.plane.values == plane) & (gap.scan.values == gap.scan.values.min())))
+    for plane, ds in sorted(per_plane.items()):
+        gap = ds.gap.sel(timestep=timestep if timestep is not None else ds.timestep.values[0],
+                         block=block if block is not None else ds.block.values[0]).load()
+        sub = gap.isel(series=np.flatnonzero(gap.scan.values == gap.scan.values.min()))
         frame = pd.DataFrame(sub.values, index=pd.Index(sub.case_id.values, name="case_id")).add_prefix(f"{plane}|gap")
         parts.append(frame[~frame.index.duplicated()])
     return pd.concat(parts, axis=1)

@@ -15,7 +15,7 @@ import itertools
 import numpy as np
 import pandas as pd
 import xarray as xr
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
 from orthodiff.catalogs.tasks import PLANES
@@ -79,17 +79,22 @@ class TwoStageFusion(BaseEstimator):
     is frozen and only the fusion head (``method``: a fusion method, or ``lightgbm`` /
     ``logistic`` on the concatenated pooled vectors) is trained on fusion samples.
 
+    ``probe`` (an unfitted ``PlaneProbe``) and ``head`` (an unfitted ``FusionHead``) carry the
+    training settings of each stage; they are cloned with this model's ``pooling``,
+    ``method`` and ``random_state``, so ``get_params(deep=True)`` and ``set_params`` reach
+    them (``probe__epochs``, ``head__lr``); the comparators use their own defaults.
+
     A scikit-learn estimator (``clone``, ``get_params``) over a catalog rather than arrays:
     ``fit(features, catalog, labels)`` and ``predict`` returns a per-exam table, so it has
     no ``ClassifierMixin`` score; the Stage I and II models are ``probes_`` and ``head_``."""
 
     def __init__(self, pooling: str = "sap", method: str = "concat", ehr: bool = False,
-                 probe_params: dict | None = None, fusion_params: dict | None = None, random_state: int = 0):
+                 probe: PlaneProbe | None = None, head: FusionHead | None = None, random_state: int = 0):
         self.pooling = pooling
         self.method = method
         self.ehr = ehr
-        self.probe_params = probe_params
-        self.fusion_params = fusion_params
+        self.probe = probe
+        self.head = head
         self.random_state = random_state
 
     def _pooled(self, features: dict, catalog: pd.DataFrame) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -114,15 +119,14 @@ class TwoStageFusion(BaseEstimator):
         check_labels(catalog, labels)
         self.labels_ = list(labels)
         self.planes_ = [p for p in PLANES if p in features]
-        probe = {"random_state": self.random_state, **(self.probe_params or {})}
-        if self.pooling == "gap":
-            probe["epochs"] = 0
+        probe = clone(self.probe if self.probe is not None else PlaneProbe()).set_params(
+            pooling=self.pooling, random_state=self.random_state, **({"epochs": 0} if self.pooling == "gap" else {}))
         self.probes_ = dict(probes or {})
         for plane in [p for p in self.planes_ if p not in self.probes_]:
             rows = catalog[catalog["plane"] == plane]
             X = select_series(features[plane], rows["series_id"], plane)
             y = rows.set_index("series_id").loc[X["series"].to_numpy(), labels].to_numpy()
-            self.probes_[plane] = PlaneProbe(self.pooling, **probe).fit(X.data, y)
+            self.probes_[plane] = clone(probe).fit(X.data, y)
         # the EHR-only baseline is scored on the same exams as fusion (those with every plane)
         self.uses_ehr_ = self.ehr or self.method == "ehr_only"
         if self.uses_ehr_:
@@ -130,11 +134,12 @@ class TwoStageFusion(BaseEstimator):
         X, combos, _ = self._pooled(features, catalog)
         exams = exam_table(catalog).loc[combos["case_id"]]
         y = exams[labels].to_numpy()
-        params = {"random_state": self.random_state, **(self.fusion_params or {})}
         if self.method in COMPARATORS:
             self.head_ = COMPARATORS[self.method](random_state=self.random_state).fit(X, y, combos["weight"].to_numpy())
         else:
-            self.head_ = FusionHead(self.method, **params).fit(X, y, combos["weight"].to_numpy(), groups=exams["patient_id"].to_numpy())
+            head = clone(self.head if self.head is not None else FusionHead())
+            self.head_ = head.set_params(method=self.method, random_state=self.random_state).fit(
+                X, y, combos["weight"].to_numpy(), groups=exams["patient_id"].to_numpy())
         return self
 
     def predict(self, features: dict, catalog: pd.DataFrame) -> pd.DataFrame:

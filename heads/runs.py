@@ -14,7 +14,9 @@ import xarray as xr
 
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
+from orthodiff.heads.fusion import FusionHead
 from orthodiff.heads.metrics import evaluate, macro_auroc, permutation_test, subgroup_table, youden_thresholds
+from orthodiff.heads.probe import PlaneProbe
 from orthodiff.heads.protocol import TwoStageFusion
 from orthodiff.heads.report import MIN_SUPPORT
 from orthodiff.heads.sweep import plot_heatmaps, sweep, top_configs
@@ -68,13 +70,7 @@ def inputs_fingerprint(features: dict, catalog: pd.DataFrame, labels, **settings
     blocks, series per plane), the split, the labels and the run's settings."""
     import hashlib
 
-    def canonical(value):  # JSON attributes (dicts in listing order) compare by content
-        try:
-            return json.loads(value) if isinstance(value, str) else value
-        except json.JSONDecodeError:
-            return value
-
-    stored = {p: {"attrs": {k: canonical(v) for k, v in ds.attrs.items()}, "series": ds.sizes["series"],
+    stored = {p: {"attrs": dict(ds.attrs), "series": ds.sizes["series"],
                   "timestep": ds["timestep"].to_numpy().tolist(), "block": ds["block"].to_numpy().tolist()}
               for p, ds in sorted(features.items())}
     text = json.dumps({"features": stored, "split": split_of(catalog), "labels": list(labels), **settings},
@@ -168,7 +164,7 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method="concat
     for combo in itertools.product(*per_plane):
         config = {"pooling": run["pooling"], "planes": dict(zip(planes, combo))}
         slabs = config_features(features, config, str(sweep_dir))
-        model = TwoStageFusion(run["pooling"], method, probe_params=run["probe_params"], fusion_params=fusion)
+        model = TwoStageFusion(run["pooling"], method, probe=PlaneProbe(**run["probe_params"]), head=FusionHead(**fusion))
         keys = {p: (p, c["timestep"], c["block"]) for p, c in zip(planes, combo)}
         model.fit(slabs, _split(catalog, "train"), labels, probes={p: stage_one[k] for p, k in keys.items() if k in stage_one})
         stage_one.update({k: model.probes_[p] for p, k in keys.items()})  # Stage I is frozen: reuse it
@@ -267,8 +263,8 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
                                      method=method, ehr=ehr, n_boot=n_boot, seed=seed, threshold=threshold)
     if reuse and not probes and completed(out, fingerprint, ("predictions", "metrics", "subgroups", "missing_planes")):
         return read_table(out / "metrics.parquet"), None
-    model = TwoStageFusion(config["pooling"], method, ehr=ehr, probe_params=config.get("probe_params"),
-                           fusion_params=fusion, random_state=seed)
+    model = TwoStageFusion(config["pooling"], method, ehr=ehr, probe=PlaneProbe(**config.get("probe_params", {})),
+                           head=FusionHead(**fusion), random_state=seed)
     model.fit(slabs, _split(catalog, "train"), labels, probes=probes)
     progress(stage="trained")
     test = _split(catalog, "test")
@@ -347,8 +343,8 @@ def run_efficiency(config, features, catalog, labels, subsets, out, method="conc
                 )
             part = train[train[column].astype(bool)]
         for head in (method, comparator):
-            model = TwoStageFusion(config["pooling"], head, probe_params=config.get("probe_params"),
-                                   fusion_params=fusion, random_state=seed)
+            model = TwoStageFusion(config["pooling"], head, probe=PlaneProbe(**config.get("probe_params", {})),
+                                   head=FusionHead(**fusion), random_state=seed)
             pred = model.fit(slabs, part, labels).predict(slabs, test)
             rows.append({"subset": str(size), "patients": part["patient_id"].nunique(), "head": head,
                          "test_macro_auroc": macro_auroc(pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy())})

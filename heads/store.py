@@ -1,13 +1,12 @@
 """Per-plane features from the feature store, for the heads tier (reads only, lazily).
 
-``plane_features`` turns what ``orthodiff.open_store`` returns into one Dataset per plane
-with ``gap(series, timestep, block, channel)`` and ``activation(series, timestep, block,
+``plane_features`` turns the tree that ``orthodiff.open_store`` returns into one Dataset per
+plane with ``gap(series, timestep, block, channel)`` and ``activation(series, timestep, block,
 channel, z, y, x)``, and checks that every catalog series of that plane has features.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +17,19 @@ from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 
 
-def _split_planes(ds) -> dict[str, xr.Dataset]:
-    """One Dataset per plane from a dict or DataTree keyed by plane, or from one Dataset
-    whose ``series`` carry a ``plane`` coordinate."""
-    if isinstance(ds, dict):
-        return dict(ds)
-    if isinstance(ds, xr.DataTree):
-        return {p: ds[p].to_dataset() for p in PLANES if p in ds.children}
-    if "plane" in ds.coords and "series" in ds["plane"].dims:
-        planes = ds["plane"].to_numpy()
-        held = json.loads(ds.attrs.get("configurations", "{}"))  # what each plane really holds
-        return {p: ds.isel(series=np.flatnonzero(planes == p)).sel(held.get(p, {}))
-                for p in PLANES if (planes == p).any()}
-    raise OrthodiffError("the store's features carry no 'plane' coordinate on 'series'")
+def plane_nodes(tree: xr.DataTree, source: str = "the store") -> dict[str, xr.Dataset]:
+    """One Dataset per plane from ``open_store``'s tree (``<backbone>/<plane>`` nodes); a plane
+    held by several of the tree's backbones is ambiguous: the error names them."""
+    held: dict[str, list[str]] = {}
+    for node in tree.subtree:
+        if node.name in PLANES and node.has_data:
+            held.setdefault(node.name, []).append(node.parent.name)
+    twice = {p: b for p, b in held.items() if len(b) > 1}
+    if twice:
+        plane, ids = next(iter(twice.items()))
+        raise OrthodiffError(f"{source}: {plane} features from backbones {', '.join(ids)}; choose with --backbone-id "
+                             "(one id per plane)")
+    return {p: tree[f"{b[0]}/{p}"].to_dataset() for p, b in held.items()}
 
 
 def plane_features(store: str | Path, catalog: pd.DataFrame, backbone: str | None = None, planes=None) -> dict[str, xr.Dataset]:
@@ -41,7 +40,7 @@ def plane_features(store: str | Path, catalog: pd.DataFrame, backbone: str | Non
     unknown = [p for p in planes if p not in PLANES]
     if unknown:
         raise OrthodiffError(f"unknown plane(s) {unknown}; expected {list(PLANES)}")
-    per_plane = _split_planes(open_store(str(store), backbone=backbone))
+    per_plane = plane_nodes(open_store(str(store), backbone=backbone), str(store))
     out = {}
     for plane in planes:
         wanted = catalog.loc[catalog["plane"] == plane, "series_id"]

@@ -200,7 +200,7 @@ def open_personas(store: str, plane: str, backbone: str | None = None) -> xr.Dat
         ids = [b for b in ids if b == backbone]
     if len(ids) != 1:
         raise OrthodiffError(f"{store}: {len(ids)} persona backbones hold {plane} personas "
-                             f"({sorted(root[GROUP].group_keys())}); name one with --backbone" if ids else
+                             f"({sorted(root[GROUP].group_keys())}); name one with --backbone-id" if ids else
                              f"{store}: no {plane} personas (run `orthodiff persona --plane {plane}` first)")
     bid = ids[0]
     with warnings.catch_warnings():

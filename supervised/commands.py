@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from orthodiff.errors import OrthodiffError
-from orthodiff.options import split_list, subset_sizes
+from orthodiff.options import ClassifierModel, Decoder, Plane, Pooling, SegmenterModel, UnetrSize, split_list, subset_sizes
 from orthodiff.tables import make_console
 
 console = make_console()
@@ -30,14 +29,14 @@ def _dice_table(dice, title):
 
 
 def finetune(
-    plane: Annotated[str, typer.Option(help="sagittal, coronal or axial: the backbone's plane.")],
+    plane: Annotated[Plane, typer.Option(help="The backbone's plane.")],
     store: Store,
     catalog: Catalog,
     backbone: Annotated[Path, typer.Option(help="Pretrained backbone checkpoint of that plane.")],
-    out: Annotated[Path, typer.Option(help="Fine-tuned checkpoint to write (a new backbone id).")],
+    out: Annotated[Path, typer.Option(metavar="FILE", help="Fine-tuned checkpoint to write (a new backbone id).")],
     timestep: Annotated[int, typer.Option(help="Diffusion timestep of the inputs.")] = 10,
     block: Annotated[str, typer.Option(help="Middle-block output the head pools.")] = "mid_2",
-    pooling: Annotated[str, typer.Option(help="gap | glp | sap")] = "sap",
+    pooling: Annotated[Pooling, typer.Option(help="Pooling of the head on the middle block.")] = Pooling.sap,
     epochs: Epochs = 5,
     lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block (paper: 0.05 x the head's).")] = 2.5e-5,
     head_lr: Annotated[float, typer.Option(help="Learning rate of the pooling head.")] = 5e-4,
@@ -77,18 +76,18 @@ def _segment(store, catalog, plane, model, out, backbone, timestep, block, epoch
 
 @segment_app.command("train")
 def segment_train(
-    plane: Annotated[str, typer.Option(help="A plane with masks (knee: sagittal or coronal).")],
+    plane: Annotated[Plane, typer.Option(help="A plane with masks (knee: sagittal or coronal).")],
     store: Store,
     catalog: Catalog,
     backbone: Annotated[Path, typer.Option(help="Pretrained (or fine-tuned) backbone checkpoint of that plane.")],
-    out: Annotated[Path, typer.Option(help="Run directory: model, Dice table, overlay PNG.")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Run folder: model, Dice table, overlay PNG.")],
     timestep: Annotated[int, typer.Option(help="Diffusion timestep of the inputs.")] = 10,
     block: Annotated[str, typer.Option(help="Middle-block output the decoder starts from.")] = "mid_2",
     epochs: Epochs = 30,
     lr: Annotated[float, typer.Option(help="Learning rate of the encoder and middle block (the head's is 1e-3, as the paper).")] = 5e-5,
     batch_size: Annotated[int, typer.Option(help="Series per step.")] = 10,
     subsets: Annotated[str, typer.Option(help="Label-efficiency subsets (catalog subset_<N> columns) and/or 'all', e.g. 50,100,200,500,all.")] = "",
-    decoder: Annotated[str, typer.Option(help="light: the paper's head on the middle block alone; skip: orthodiff's decoder with encoder skip connections.")] = "light",
+    decoder: Annotated[Decoder, typer.Option(help="light: the paper's head on the middle block alone; skip: orthodiff's decoder with encoder skip connections.")] = Decoder.light,
     timesteps: Annotated[str, typer.Option(help="Candidate timesteps, e.g. 10,50,100: each is trained, the best validation Dice is kept (default: --timestep).")] = "",
     blocks: Annotated[str, typer.Option(help="Candidate blocks, e.g. mid_0,mid_2 (default: --block).")] = "",
     seed: Seed = 0,
@@ -102,10 +101,10 @@ def segment_train(
 
 @segment_app.command("predict")
 def segment_predict(
-    model: Annotated[Path, typer.Option(help="Directory written by `segment train` or `baseline segment`.")],
+    run: Annotated[Path, typer.Option(metavar="DIR", help="Run folder written by `segment train` or `baseline segment`.")],
     store: Store,
     catalog: Catalog,
-    out: Annotated[Path, typer.Option(help="Directory for masks/<series>.nii.gz, biomarkers and agreement.")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for masks/<series>.nii.gz, biomarkers and agreement.")],
     split: Annotated[str, typer.Option(help="Catalog split to predict.")] = "test",
     device: Device = None,
 ) -> None:
@@ -115,7 +114,7 @@ def segment_predict(
     from orthodiff.tables import frame_table
 
     with progress_bar(console, "masks", None) as advance:
-        table = run_segment_predict(model, store, catalog, out, split, device, progress=advance)
+        table = run_segment_predict(run, store, catalog, out, split, device, progress=advance)
     if table.empty:
         console.print(f"wrote masks to {out / 'masks'}; no reference masks to compare biomarkers with")
     else:
@@ -124,10 +123,10 @@ def segment_predict(
 
 @baseline_app.command("classify")
 def baseline_classify(
-    model: Annotated[str, typer.Option(help="resnet18 | unet_encoder")],
+    model: Annotated[ClassifierModel, typer.Option(help="The architecture, trained from scratch.")],
     store: Store,
     catalog: Catalog,
-    out: Annotated[Path, typer.Option(help="Run directory: predictions, metrics, run.json.")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Run folder: predictions, metrics, run.json.")],
     planes: Annotated[str, typer.Option(help="Comma-separated planes; exam probabilities are averaged over them.")] = "sagittal,coronal,axial",
     epochs: Epochs = 5,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
@@ -141,7 +140,7 @@ def baseline_classify(
     from orthodiff.supervised.runs import run_baseline_classify
     from orthodiff.tables import frame_table
 
-    plane_list = split_list(planes, "--planes")
+    plane_list = split_list(planes, "--planes", choices=Plane)
     with progress_bar(console, f"{model}, one network per plane: training steps", None) as advance:
         metrics = run_baseline_classify(store, catalog, model, plane_list, out, epochs, lr, batch_size, seed=seed,
                                         n_boot=bootstrap, device=device, progress=advance)
@@ -150,29 +149,27 @@ def baseline_classify(
 
 @baseline_app.command("segment")
 def baseline_segment(
-    model: Annotated[str, typer.Option(help="unet | unetr (MONAI, 3D)")],
-    plane: Annotated[str, typer.Option(help="A plane with masks (knee: sagittal or coronal).")],
+    model: Annotated[SegmenterModel, typer.Option(help="The architecture (MONAI, 3D), trained from scratch.")],
+    plane: Annotated[Plane, typer.Option(help="A plane with masks (knee: sagittal or coronal).")],
     store: Store,
     catalog: Catalog,
-    out: Annotated[Path, typer.Option(help="Run directory: model, Dice table, overlay PNG.")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Run folder: model, Dice table, overlay PNG.")],
     epochs: Epochs = 5,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="Series per step.")] = 2,
     subsets: Annotated[str, typer.Option(help="Label-efficiency subsets and/or 'all'.")] = "",
-    unetr_size: Annotated[str, typer.Option(help="UNETR size: paper (hidden 768, 12 heads, MLP 3072) or small (192, 4, 384).")] = "paper",
+    unetr_size: Annotated[UnetrSize, typer.Option(help="UNETR size: paper (hidden 768, 12 heads, MLP 3072) or small (192, 4, 384).")] = UnetrSize.paper,
     seed: Seed = 0,
     device: Device = None,
 ) -> None:
     """Segmentation from scratch with the same splits and Dice."""
-    if model not in ("unet", "unetr"):
-        raise OrthodiffError(f"--model {model!r}: expected unet or unetr")
     _segment(store, catalog, plane, model, out, None, 0, "mid_2", epochs, lr, batch_size, subsets, seed, device,
              unetr_size=unetr_size)
 
 
 def table(
     runs: Annotated[list[Path], typer.Argument(help="Run directories of one task (fuse/baseline classify, or segment).")],
-    out: Annotated[Path | None, typer.Option(help="Also write the table here (Parquet + CSV).")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="FILE", help="Also write the table to this Parquet file (and a CSV beside it).")] = None,
 ) -> None:
     """One comparison table of runs of one task: probe, fine-tuned and baselines side by side."""
     from orthodiff.outputs import write_table

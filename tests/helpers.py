@@ -17,18 +17,27 @@ def make_volume_store(path, n: int = 8, size: int = 32, planes=("axial",), seed:
     return str(path)
 
 
-def random_checkpoint(path, plane: str, preset: str = "demo", seed: int = 0) -> str:
-    """An untrained backbone checkpoint of `plane` in the reference layout (no pretraining)."""
+def random_checkpoint(path, plane: str, preset: str = "demo", seed: int = 0, width: int | None = None) -> str:
+    """An untrained backbone checkpoint of `plane` in the reference layout (no pretraining);
+    `width` overrides the preset's base channel count (a backbone of another width)."""
+    import dataclasses
+
     import torch
 
     from orthodiff.backbone import PRESETS, DiffusionUNet
     from orthodiff.backbone.checkpoint import reference_state, save_atomic
     from orthodiff.backbone.diffusion import GaussianDiffusion
 
+    config = PRESETS[preset] if width is None else dataclasses.replace(PRESETS[preset], width=width)
     torch.manual_seed(seed)
-    state = reference_state(DiffusionUNet(PRESETS[preset]), dict(GaussianDiffusion().state_dict()))
-    save_atomic({"ema": state, "model": state, "plane": plane, "preset": preset, "config": PRESETS[preset].to_dict()}, path)
+    state = reference_state(DiffusionUNet(config), dict(GaussianDiffusion().state_dict()))
+    save_atomic({"ema": state, "model": state, "plane": plane, "preset": preset, "config": config.to_dict()}, path)
     return str(path)
+
+
+def series_count(tree) -> int:
+    """Series over every plane node of an `open_store` tree."""
+    return sum(node.to_dataset().sizes["series"] for node in tree.subtree if "series" in node.dims)
 
 
 def label_catalog(path, n: int = 8, planes=("axial",), sick=(0, 1, 2)) -> str:

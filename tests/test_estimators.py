@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -44,20 +44,27 @@ from orthodiff.supervised import VolumeClassifier, VolumeSegmenter
 LABELS = ["ACL", "MM"]
 ESTIMATORS = [
     PlaneProbe("glp", epochs=3), FusionHead("mpae", folds=3), LogisticComparator(C=0.5), LightGBMComparator(n_estimators=7),
-    TwoStageFusion("gap", "linear_concat", probe_params={"epochs": 2}, fusion_params={"lr": 1e-3}), EHREncoder(),
+    TwoStageFusion("gap", "linear_concat", probe=PlaneProbe(epochs=2), head=FusionHead(lr=1e-3)), EHREncoder(),
     EHROnlyHead(epochs=1), BatchedGAPProbes(epochs=4), BatchedSAPProbes(epochs=2), FingerprintClassifier(),
     VolumeClassifier("resnet18", epochs=1),
     VolumeSegmenter("unet", n_classes=3),
 ]
 
 
+def _comparable(params: dict) -> dict:
+    """Nested estimators compare by type and parameters (a clone is a new object)."""
+    return {k: (type(v), v.get_params()) if isinstance(v, BaseEstimator) else v for k, v in params.items()}
+
+
 @pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda e: type(e).__name__)
 def test_clone_keeps_parameters_and_copies_them(estimator):
     copy = clone(estimator)
     assert type(copy) is type(estimator) and copy is not estimator
-    assert copy.get_params(deep=True) == estimator.get_params(deep=True)
-    # dict parameters are copied, not shared
+    assert _comparable(copy.get_params(deep=True)) == _comparable(estimator.get_params(deep=True))
+    # dict and estimator parameters are copied, not shared
     for name, value in estimator.get_params().items():
+        if isinstance(value, BaseEstimator):
+            assert getattr(copy, name) is not value
         if isinstance(value, dict):
             assert getattr(copy, name) is not value
 
@@ -153,8 +160,12 @@ def test_batched_probes_keep_the_configuration_axis_for_a_binary_target(cohort):
 def test_two_stage_predict_keeps_the_fitted_state(cohort):
     catalog, data = cohort
     features = {plane: ds.gap.sel(timestep=100, block="mid_2") for plane, ds in data.items()}
-    model = TwoStageFusion("gap", "concat", probe_params={"batch_size": 32}, fusion_params={"epochs": 3, "lr": 1e-2})
+    model = TwoStageFusion("gap", "concat", probe=PlaneProbe(batch_size=32), head=FusionHead(epochs=3, lr=1e-2))
+    assert model.get_params()["probe__batch_size"] == 32 and model.get_params()["head__epochs"] == 3
+    model.set_params(head__lr=2e-2)  # the nested head's settings are reachable like any parameter
     model.fit(features, catalog[catalog.split == "train"], LABELS)
+    assert model.head_.lr == 2e-2 and model.head_.method == "concat" and model.probes_["axial"].batch_size == 32
+    assert model.probes_["axial"].pooling == "gap" and model.probes_["axial"].epochs == 0  # GAP: statistics only
     state = dict(vars(model))
     test = catalog[catalog.split == "test"]
     pred = model.predict(features, test)

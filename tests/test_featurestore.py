@@ -22,8 +22,8 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.extract import extract
 from orthodiff.featurestore.verify import store_info, verify_store
 from orthodiff.featurestore.volumes import open_volumes
-from orthodiff.heads.store import plane_features
-from helpers import make_volume_store, random_checkpoint
+from orthodiff.heads.store import plane_features, plane_nodes
+from helpers import make_volume_store, random_checkpoint, series_count
 
 TS = (10, 50)
 
@@ -71,7 +71,9 @@ def test_schema_queries_and_catalog_join(base, tmp_path):
 
     catalog = pd.DataFrame({"series_id": [f"s{i}-axial" for i in range(40)], "split": ["train"] * 30 + ["test"] * 10,
                             "ACL": np.arange(40) % 2, "path": "x"})
-    ds = orthodiff.open_store(store, catalog=catalog)
+    tree = orthodiff.open_store(store, catalog=catalog)
+    assert tree[summary["backbone"]].attrs["preset"] == "demo"  # the backbone node carries the provenance
+    ds = tree[f"{summary['backbone']}/axial"].to_dataset()
     assert ds.activation.chunks is not None  # lazy
     test = ds.gap.where(ds.split == "test", drop=True).sel(timestep=10, block="mid_2")
     assert test.sizes["series"] == 10 and "ACL" in ds.coords and "path" not in ds.coords
@@ -89,7 +91,7 @@ def test_rerun_skips_and_growth_leaves_existing_shards_untouched(base, tmp_path)
     assert grown["series"] == 40
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before}
     assert before == after
-    ds = orthodiff.open_store(store)
+    ds = plane_nodes(orthodiff.open_store(store))["axial"]
     assert ds.timestep.values.tolist() == [10, 50, 75] and verify_store(store) == []  # sorted after growth
     assert store_info(store).set_index("plane").at["axial", "timesteps"] == "10,50,75"
 
@@ -124,7 +126,7 @@ def test_simultaneous_jobs_same_and_different_planes(base, tmp_path):
     assert verify_store(store) == []
     info = store_info(store)
     assert set(info["series"]) == {"40/40", "80/80"} and set(info["plane"]) == {"all", "axial", "sagittal"}
-    assert orthodiff.open_store(store).sizes["series"] == 80
+    assert series_count(orthodiff.open_store(store)) == 80
 
 
 def test_planes_with_different_configurations_open_side_by_side(base, tmp_path):
@@ -132,14 +134,40 @@ def test_planes_with_different_configurations_open_side_by_side(base, tmp_path):
     store = fresh(base, tmp_path)
     extract(store, ckpt, "axial", (10,), ("mid_0",), progress=False)
     extract(store, random_checkpoint(tmp_path / "sag.pt", "sagittal"), "sagittal", (50,), ("mid_2",), progress=False)
-    ds = orthodiff.open_store(store)
-    assert ds.timestep.values.tolist() == [10, 50] and ds.block.values.tolist() == ["mid_0", "mid_2"]
-    axial = ds.gap.sel(series=ds.plane == "axial")
-    assert np.isfinite(axial.sel(timestep=10, block="mid_0").values).all()
-    assert np.isnan(axial.sel(timestep=50, block="mid_2").values).all()
-    catalog = pd.DataFrame({"series_id": ds.series.values, "plane": ds.plane.values})
+    nodes = plane_nodes(orthodiff.open_store(store))  # each plane as extracted: no union, no NaN padding
+    assert nodes["axial"].timestep.values.tolist() == [10] and nodes["axial"].block.values.tolist() == ["mid_0"]
+    assert nodes["sagittal"].timestep.values.tolist() == [50] and nodes["sagittal"].block.values.tolist() == ["mid_2"]
+    assert all(np.isfinite(ds.gap.values).all() for ds in nodes.values())
+    catalog = pd.DataFrame({"series_id": np.concatenate([ds.series.values for ds in nodes.values()]),
+                            "plane": np.concatenate([ds.plane.values for ds in nodes.values()])})
     per_plane = plane_features(store, catalog)
     assert per_plane["sagittal"].timestep.values.tolist() == [50] and per_plane["axial"].block.values.tolist() == ["mid_0"]
+
+
+def test_backbones_of_different_widths_open_side_by_side(base, tmp_path):
+    """A wider sagittal backbone beside the axial one (once an AlignmentError on `channel`); two
+    backbones of one plane open too, and the heads ask which one to read."""
+    root, _, ckpt = base
+    store = make_volume_store(tmp_path / "w.zarr", n=3, planes=("axial", "sagittal"))
+    axial = extract(store, ckpt, "axial", (10,), ("mid_0",), progress=False)["backbone"]
+    wide = random_checkpoint(tmp_path / "wide.pt", "sagittal", width=64)
+    sagittal = extract(store, wide, "sagittal", (10,), ("mid_0",), progress=False)["backbone"]
+    also = extract(store, random_checkpoint(tmp_path / "wide_ax.pt", "axial", seed=1, width=64), "axial", (10,), ("mid_0",),
+                   progress=False)["backbone"]
+    tree = orthodiff.open_store(store)
+    assert sorted(tree.children) == sorted([axial, sagittal, also])
+    widths = {key: tree[key].sizes["channel"] for key in (f"{axial}/axial", f"{sagittal}/sagittal", f"{also}/axial")}
+    assert widths == {f"{axial}/axial": 64, f"{sagittal}/sagittal": 128, f"{also}/axial": 128}
+    assert tree[sagittal].attrs["config"]["width"] == 64
+    gap = tree[f"{sagittal}/sagittal"].gap.sel(timestep=10, block="mid_0").values
+    act = tree[f"{sagittal}/sagittal"].activation.sel(timestep=10, block="mid_0").values.astype(np.float32)
+    np.testing.assert_allclose(gap, act.mean((2, 3, 4)), atol=2e-3)
+    catalog = pd.DataFrame({"series_id": [f"s{i}-{p}" for p in ("axial", "sagittal") for i in range(3)],
+                            "plane": ["axial"] * 3 + ["sagittal"] * 3})
+    with pytest.raises(OrthodiffError, match="axial features from backbones .*; choose with --backbone-id"):
+        plane_features(store, catalog)
+    per_plane = plane_features(store, catalog, backbone=[also, sagittal])
+    assert per_plane["axial"].sizes["channel"] == 128 and per_plane["sagittal"].sizes["channel"] == 128
 
 
 def test_dask_workers_match_in_process_extraction(base, tmp_path):
@@ -220,7 +248,7 @@ def test_new_series_are_extracted_by_the_same_command(base, tmp_path):
     summary = extract(store, ckpt, "axial", (10,), progress=False)
     assert summary["tasks"] == 1 and summary["series"] == 13  # the partly filled last run, redone whole
     assert {p: p.read_bytes() for p in before} == before  # the first full shard is untouched
-    assert verify_store(store) == [] and orthodiff.open_store(store).sizes["series"] == 45
+    assert verify_store(store) == [] and series_count(orthodiff.open_store(store)) == 45
 
 
 def test_resumed_task_writes_the_bytes_of_an_uninterrupted_run(base, tmp_path):

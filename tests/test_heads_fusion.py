@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.model_selection import GroupKFold
 
 from orthodiff.errors import OrthodiffError
@@ -18,8 +19,8 @@ from orthodiff.heads.protocol import TwoStageFusion, fusion_samples
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
 
 LABELS = ["ACL", "PCL", "MM", "LM"]
-FAST = dict(probe_params=dict(epochs=8, lr=5e-3, batch_size=32),
-            fusion_params=dict(epochs=25, lr=3e-3, batch_size=32, plane_epochs=25, plane_lr=3e-3, gate_epochs=200))
+FAST = dict(probe=PlaneProbe(epochs=8, lr=5e-3, batch_size=32),
+            head=FusionHead(epochs=25, lr=3e-3, batch_size=32, plane_epochs=25, plane_lr=3e-3, gate_epochs=200))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_stage_two_keeps_stage_one_pooling_frozen(cohort):
     model = TwoStageFusion("sap", "concat", random_state=1, **FAST).fit(features, train, LABELS)
     rows = train[train.plane == "coronal"]
     X = features["coronal"].sel(series=rows["series_id"].to_numpy())
-    alone = PlaneProbe("sap", random_state=1, **FAST["probe_params"]).fit(X.data, rows[LABELS].to_numpy())
+    alone = clone(FAST["probe"]).set_params(pooling="sap", random_state=1).fit(X.data, rows[LABELS].to_numpy())
     for name, value in alone.net_.state_dict().items():
         torch.testing.assert_close(model.probes_["coronal"].net_.state_dict()[name], value)
 

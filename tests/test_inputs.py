@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 from typer.testing import CliRunner
 
 import orthodiff
@@ -54,7 +55,7 @@ def test_duplicate_or_empty_request_is_refused_before_anything_is_written(small,
 
 
 def test_os_errors_are_one_error_line_naming_the_file(small, tmp_path):
-    result = cli("ingest", str(tmp_path / "none.parquet"), "--store", "/dev/null/s.zarr")
+    result = cli("ingest", "--catalog", str(tmp_path / "none.parquet"), "--store", "/dev/null/s.zarr")
     assert result.returncode == 2 and result.stderr.startswith("error:")
     import errno
 
@@ -136,11 +137,11 @@ def test_constant_kept_slices_are_rejected_with_reasons_shown_and_rejects_refres
     bad[4:20] = 1.0  # the 16 central slices are constant, the outer ones are not
     write_nifti(tmp_path / "P000-1-axial-0.nii.gz", bad, "axial", 0.6, 3.5)
     store = str(tmp_path / "s.zarr")
-    result = CliRunner().invoke(app, ["ingest", str(catalog), "--store", store, "--size", "16", "--on-error", "skip"])
+    result = CliRunner().invoke(app, ["ingest", "--catalog", str(catalog), "--store", store, "--size", "16", "--on-error", "skip"])
     assert result.exit_code == 0 and "P000-1-axial-0" in result.output and "central slices are" in result.output
     assert pd.read_parquet(Path(store, "rejects.parquet"))["series_id"].tolist() == ["P000-1-axial-0"]
     write_nifti(tmp_path / "P000-1-axial-0.nii.gz", phantom(slices=24), "axial", 0.6, 3.5)
-    result = CliRunner().invoke(app, ["ingest", str(catalog), "--store", store, "--size", "16", "--on-error", "skip"])
+    result = CliRunner().invoke(app, ["ingest", "--catalog", str(catalog), "--store", store, "--size", "16", "--on-error", "skip"])
     assert result.exit_code == 0 and not Path(store, "rejects.parquet").exists()
 
 
@@ -148,11 +149,12 @@ def test_heads_refuse_nan_features_and_record_an_absolute_store(monkeypatch, tmp
     from orthodiff.heads.synthetic import synthetic_features
 
     per_plane = synthetic_features(catalog, LABELS, channels=4, timesteps=(10,), blocks=("mid_2",), activation=False)
-    monkeypatch.setattr(orthodiff, "open_store", lambda path, backbone=None, catalog=None: per_plane, raising=False)
+    tree = xr.DataTree.from_dict({f"synthetic/{p}": ds for p, ds in per_plane.items()})
+    monkeypatch.setattr(orthodiff, "open_store", lambda path, backbone=None, catalog=None: tree, raising=False)
     path = tmp_path / "c.parquet"
     catalog.to_parquet(path, index=False)
     monkeypatch.chdir(tmp_path)
     assert load_inputs("rel.zarr", path)[3]["store"] == str(tmp_path / "rel.zarr")  # fuse works from any folder
-    per_plane["axial"].gap.values[2, 0, 0, 1] = np.nan
+    tree["synthetic/axial"].gap.values[2, 0, 0, 1] = np.nan
     with pytest.raises(OrthodiffError, match=r"axial GAP features of 1 series hold NaN or Inf, e\.g\. '.*-axial-0'"):
         load_inputs("rel.zarr", path)

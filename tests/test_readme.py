@@ -136,3 +136,33 @@ def test_a_changed_split_is_refused(readme_runs, tmp_path):
                                       "--out", str(tmp_path / "fuse")])
     assert "made under another train/val/test split" in str(result.exception)
     assert not (tmp_path / "fuse").exists()
+
+
+def readme_python_blocks() -> list[str]:
+    """Every ```python block of the README, as written."""
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_store_snippet_runs_as_written(demo_folder, monkeypatch, capsys):
+    """The README's reading block, run unchanged beside orthodiff-demo/ (the heads snippet runs
+    in tests/test_estimators.py); what it builds holds the stored values."""
+    import numpy as np
+    import xarray as xr
+
+    blocks = [b for b in readme_python_blocks() if "orthodiff.heads" not in b]
+    assert len(blocks) == 1 and "open_store" in blocks[0]
+    monkeypatch.chdir(demo_folder)
+    names: dict = {"__name__": "__readme__"}
+    exec(compile(blocks[0], "README.md", "exec"), names)
+    tree, axial, catalog = names["tree"], names["axial"], pd.read_parquet(demo_folder / "orthodiff-demo/cohort/catalog.parquet")
+    assert "/axial" in capsys.readouterr().out and sorted(tree[names["bid"]].children) == ["axial"]
+    assert set(axial.series.values) == set(catalog.loc[catalog.plane == "axial", "series_id"])
+    assert names["case"].sizes["series"] == len(catalog[(catalog.case_id == "P00017-1") & (catalog.plane == "axial")]) > 0
+    np.testing.assert_array_equal(names["slab"].values, names["plain"].activation.sel(timestep=50, block="mid_2").values)
+    table = names["table"]
+    assert table.shape == (axial.sizes["series"], axial.sizes["channel"] + 3)
+    expected = catalog.set_index("series_id").loc[table.index, ["split", "ACL", "age"]]
+    pd.testing.assert_frame_equal(table[["split", "ACL", "age"]], expected, check_dtype=False, check_names=False)
+    flat = names["flat"]
+    assert flat.sizes["series"] == len(catalog) and sorted(set(flat.plane.values)) == sorted(PLANES)
+    xr.testing.assert_equal(flat.gap.sel(series=axial.series.values).drop_vars("plane"), axial.gap.drop_vars("plane"))

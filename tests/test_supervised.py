@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
+from matplotlib import pyplot as plt
+from sklearn.metrics import roc_auc_score
 
 from orthodiff import open_store
 from orthodiff.backbone import backbone_id, load_backbone
@@ -24,6 +26,7 @@ from orthodiff.featurestore.extract import extract
 from orthodiff.featurestore.ingest import ingest
 from orthodiff.heads.runs import compare_runs
 from orthodiff.supervised.biomarkers import agreement, biomarkers, thickness_map
+from orthodiff.supervised.data import plane_volumes, split_rows
 from orthodiff.supervised.estimators import VolumeClassifier, segmentation_loss, soft_dice_loss
 from orthodiff.supervised.networks import SegHead
 from orthodiff.supervised.runs import (
@@ -67,7 +70,7 @@ def test_finetune_writes_a_new_backbone_whose_features_extract_into_their_own_gr
         finetuned_probes({"sagittal": cohort["backbone"]}, config)
 
     extract(cohort["store"], out, "sagittal", (10,), ("mid_1",), progress=False)
-    ds = open_store(cohort["store"], backbone=summary["backbone"])
+    ds = open_store(cohort["store"], backbone=summary["backbone"])[f"{summary['backbone']}/sagittal"].to_dataset()
     catalog = pd.read_parquet(cohort["catalog"])
     assert set(ds.series.values) == set(catalog.loc[catalog.plane == "sagittal", "series_id"])
     assert np.isfinite(ds.gap.sel(timestep=10, block="mid_1").values).all()
@@ -124,11 +127,22 @@ def test_segmentation_trains_scores_dice_and_writes_aligned_masks(cohort, tmp_pa
                        epochs=1, batch_size=4)
     knee = structures("knee")
     assert dice["structure"].tolist() == [s.abbr for s in knee.structures]
-    assert dice["dice"].between(0, 1).all() and (dice["series"] > 0).all()
-    assert (run / "overlay.png").stat().st_size > 0
     model, saved = load_segmenter(run)
     assert saved["plane"] == "sagittal" and saved["params"]["model"] == "diffusion"
     assert saved["params"]["decoder"] == "light" and any(k.startswith("head.net.2.block.") for k in saved["state"])
+    # the saved model's test predictions give the Dice table again, counted by hand
+    ds, rows = plane_volumes(cohort["store"], read_catalog(cohort["catalog"]), "sagittal", masks=True)
+    test_ds, _ = split_rows(ds, rows, "test")
+    pred, true = model.predict(test_ds.volume), test_ds.mask.to_numpy()
+    for row in dice.itertuples():
+        value = knee.values[[st.abbr for st in knee.structures].index(row.structure)]
+        a, b = pred == value, true == value
+        present = b.any(axis=(1, 2, 3))
+        by_series = 2 * (a & b).sum(axis=(1, 2, 3)) / (a.sum(axis=(1, 2, 3)) + b.sum(axis=(1, 2, 3)))
+        assert row.series == present.sum() > 0
+        np.testing.assert_allclose(row.dice, by_series[present].mean(), rtol=1e-5)
+    overlay = plt.imread(run / "overlay.png")  # image, reference, prediction for the first 3 test series
+    assert overlay.shape[:2] == (round(2.5 * min(3, len(true)) * 110), round(7.5 * 110))
 
     pred_dir = tmp_path / "pred"
     table = run_segment_predict(run, cohort["store"], cohort["catalog"], pred_dir)
@@ -140,7 +154,7 @@ def test_segmentation_trains_scores_dice_and_writes_aligned_masks(cohort, tmp_pa
         assert written.shape == image.shape and np.allclose(written.affine, image.affine)
         assert set(np.unique(np.asarray(written.dataobj))) <= {0, *knee.values}
     assert {"volume_Femur", "thickness_FC"} <= set(table["biomarker"])
-    assert (pred_dir / "thickness_maps.png").stat().st_size > 0 and (pred_dir / "bland_altman.png").stat().st_size > 0
+    assert plt.imread(pred_dir / "thickness_maps.png").std() > 0 and plt.imread(pred_dir / "bland_altman.png").std() > 0
     assert (table["n"] == len(test)).any()
 
 
@@ -210,7 +224,11 @@ def test_baseline_classification_runs_compare_and_tabulate(cohort, tmp_path):
     catalog = pd.read_parquet(cohort["catalog"])
     test_cases = catalog.loc[(catalog.split == "test") & catalog.plane.isin(["sagittal", "coronal"]), "case_id"]
     assert sorted(pred["case_id"]) == sorted(test_cases.unique())
-    assert pred.filter(like="p_").stack().between(0, 1).all()
+    metrics = pd.read_parquet(tmp_path / "resnet18" / "metrics.parquet").set_index(["metric", "label"])["value"]
+    labels = json.loads((tmp_path / "resnet18" / "run.json").read_text())["labels"]
+    scored = [c for c in labels if pred[c].nunique() == 2]
+    aurocs = [roc_auc_score(pred[c], pred[f"p_{c}"]) for c in scored]  # the metrics are the written predictions'
+    np.testing.assert_allclose(metrics[("macro_auroc", "all")], np.mean(aurocs), rtol=1e-9)
     assert "macro" in set(compare_runs(*runs, n_perm=20)["label"])
     table = comparison(runs)
     assert table["model"].tolist() == ["resnet18", "unet_encoder"] and table["macro_auroc"].notna().all()
@@ -266,7 +284,7 @@ def test_cli_segment_train_predict_and_table(cohort, tmp_path):
     curve = pd.read_csv(tmp_path / "unet" / "efficiency.csv")
     assert curve["subset"].astype(str).tolist() == ["4", "all"] and curve["series"].iloc[0] < curve["series"].iloc[1]
     assert (tmp_path / "unet" / "efficiency.png").is_file()
-    result = runner.invoke(app, ["segment", "predict", "--model", str(tmp_path / "unet"), *common, "--out", str(tmp_path / "p")])
+    result = runner.invoke(app, ["segment", "predict", "--run", str(tmp_path / "unet"), *common, "--out", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output
     assert "Biomarker agreement" in result.output and (tmp_path / "p" / "agreement.csv").is_file()
     result = runner.invoke(app, ["table", str(tmp_path / "unet"), "--out", str(tmp_path / "table")])

@@ -1,0 +1,148 @@
+"""One meaning per command-line option: every command's options walked through typer's click
+tree; choices are the library's own; bad values are refused before a command runs."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from enum import Enum
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from orthodiff import options
+from orthodiff.cli import app
+from orthodiff.errors import OrthodiffError
+from orthodiff.options import split_list, subset_sizes
+from orthodiff.outputs import read_run
+
+# `--model` names an architecture everywhere; which architectures depends on the task
+# (classifiers, segmenters, promptable models), so its Enum differs by command.
+ONE_MEANING_MANY_CHOICES = {"--model"}
+
+
+def commands(group=None, path=()):
+    """(command path, click command) for every leaf command of the app."""
+    group = group or typer.main.get_command(app)
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from commands(command, (*path, name))
+        else:
+            yield " ".join((*path, name)), command
+
+
+def option_table() -> dict[str, list[tuple[str, object, object]]]:
+    """Option name -> [(command, annotation, parameter)] over the whole CLI."""
+    table = defaultdict(list)
+    for name, command in commands():
+        for param in command.params:
+            if param.param_type_name == "option":
+                table[param.opts[0]].append((name, param.type_descriptor.annotation, param))
+    return table
+
+
+def test_every_option_name_has_one_type_across_commands():
+    table = option_table()
+    assert len(table) > 60 and len(list(commands())) > 25
+    clashes = {}
+    for option, uses in table.items():
+        kinds = {annotation for _, annotation, _ in uses}
+        if option in ONE_MEANING_MANY_CHOICES:
+            kinds = {"an Enum" if isinstance(a, type) and issubclass(a, Enum) else a for a in kinds}
+        if len(kinds) > 1:
+            clashes[option] = sorted(f"{command}: {annotation}" for command, annotation, _ in uses)
+    assert clashes == {}
+
+
+def test_the_options_that_once_meant_two_things_mean_one():
+    table = option_table()
+
+    def annotations(option):
+        return {annotation for _, annotation, _ in table[option]}
+
+    assert annotations("--backbone") == {Path}  # a checkpoint file ...
+    assert all("checkpoint" in param.help for _, _, param in table["--backbone"])
+    assert annotations("--backbone-id") == {str}  # ... an id of a backbone in the store
+    assert all("id" in param.help for _, _, param in table["--backbone-id"])
+    assert {command for command, _, _ in table["--backbone-id"]} >= {"sweep", "fuse", "radiomics", "persona-fidelity"}
+    assert annotations("--plane") == {options.Plane} and annotations("--planes") == {str}
+    assert all("omma" in param.help for _, _, param in table["--planes"])  # a comma-separated list
+    assert all(issubclass(a, Enum) for a in annotations("--model"))  # an architecture; a run folder is --run
+    assert [param.metavar for _, _, param in table["--run"]] == ["DIR"]
+    for command, _, param in table["--out"]:  # a file or a folder, and the help says which
+        assert param.metavar in ("FILE", "DIR"), command
+        assert ("older" in param.help) == (param.metavar == "DIR"), command
+    ingest = dict(commands())["ingest"]
+    assert [p.opts[0] for p in ingest.params if p.param_type_name == "option"][0] == "--catalog"  # an option everywhere
+    assert all(p.param_type_name == "option" for p in ingest.params)
+
+
+def test_choices_are_the_librarys_own():
+    from orthodiff.backbone.precision import PRECISIONS
+    from orthodiff.backbone.unet import PRESETS
+    from orthodiff.catalogs.tasks import PLANES, joints
+    from orthodiff.heads.fingerprint_cohort import TARGETS
+    from orthodiff.heads.fusion import METHODS
+    from orthodiff.heads.pooling import POOLINGS
+    from orthodiff.heads.protocol import COMPARATORS
+    from orthodiff.personas.store import ROI_KINDS
+    from orthodiff.supervised.networks import CLASSIFIERS, DECODERS, UNETR_SIZES
+
+    def values(choice):
+        return [member.value for member in choice]
+
+    assert values(options.Plane) == list(PLANES)
+    assert values(options.Pooling) == list(POOLINGS)
+    assert values(options.Method) == [*METHODS, *COMPARATORS]
+    assert values(options.Preset) == list(PRESETS)
+    assert values(options.Joint) == joints()
+    assert values(options.Precision) == list(PRECISIONS)
+    assert values(options.Roi) == list(ROI_KINDS)
+    assert values(options.Decoder) == list(DECODERS)
+    assert values(options.UnetrSize) == list(UNETR_SIZES)
+    assert values(options.FingerprintTask) == list(TARGETS)
+    assert set(values(options.ClassifierModel)) == set(CLASSIFIERS) - {"finetune"}
+
+
+@pytest.mark.parametrize("args, option", [
+    (["extract", "--plane", "oblique", "--store", "s.zarr", "--backbone", "a.pt"], "--plane"),
+    (["sweep", "--store", "s.zarr", "--catalog", "c.parquet", "--out", "o", "--pooling", "max"], "--pooling"),
+    (["fuse", "--config", "c.json", "--out", "o", "--method", "attention"], "--method"),
+    (["baseline", "classify", "--model", "vit", "--store", "s", "--catalog", "c", "--out", "o"], "--model"),
+])
+def test_a_bad_choice_is_refused_by_the_command_line(args, option, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and option in result.output and "is not one of" in result.output
+    assert list(tmp_path.iterdir()) == []  # nothing ran
+
+
+def test_choices_are_listed_in_help():
+    result = CliRunner().invoke(app, ["sweep", "--help"], terminal_width=200)
+    assert result.exit_code == 0 and "gap|glp|sap" in result.output
+
+
+def test_split_list_names_the_option_and_the_bad_item():
+    assert split_list(" 10, 50,,100 ", "--timesteps", int) == [10, 50, 100]
+    assert split_list(None, "--planes") == [] and split_list("axial", "--planes", choices=options.Plane) == ["axial"]
+    assert subset_sizes("50,all") == [50, "all"]
+    with pytest.raises(OrthodiffError, match=r"--timesteps '10,x': 'x' is not an integer"):
+        split_list("10,x", "--timesteps", int)
+    with pytest.raises(OrthodiffError, match=r"--planes 'axial,oblique': 'oblique' is not one of sagittal, coronal, axial"):
+        split_list("axial,oblique", "--planes", choices=options.Plane)
+    with pytest.raises(OrthodiffError, match=r"--subsets '5,al': 'al' is not an integer or 'all'"):
+        subset_sizes("5,al")
+
+
+def test_read_run_checks_the_kind(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "sweep", "pooling": "gap"}))
+    assert read_run(tmp_path, ("sweep",), "a sweep directory")["pooling"] == "gap"
+    with pytest.raises(OrthodiffError, match=r"not a fuse run \(its run.json is of kind 'sweep'; expected kind fuse\)"):
+        read_run(tmp_path, ("fuse",), "a fuse run")
+    with pytest.raises(OrthodiffError, match=r"not a sweep directory \(no readable run.json"):
+        read_run(tmp_path / "nowhere", ("sweep",), "a sweep directory")
+    (tmp_path / "run.json").write_text("{")
+    with pytest.raises(OrthodiffError, match="no readable run.json"):
+        read_run(tmp_path, ("sweep",), "a sweep directory")
