@@ -223,7 +223,7 @@ def sample(
 @app.command("export-encoder")
 def export_encoder(
     backbone: Annotated[Path, typer.Argument(help="Full backbone checkpoint (from pretrain).")],
-    out: Annotated[Path, typer.Option(help="Encoder checkpoint file to write.")],
+    out: Annotated[Path, typer.Option(metavar="FILE", help="Encoder checkpoint to write.")],
 ) -> None:
     """Keep what features need (EMA encoder and middle block, float16): a checkpoint small enough to ship."""
     from orthodiff.backbone import backbone_id
@@ -275,12 +275,13 @@ def persona(
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     workers: Annotated[int | None, typer.Option(help="Start a local Dask cluster of this many processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Use an existing Dask cluster (tcp://host:port).")] = None,
+    series_batch: Annotated[int, typer.Option(help="Series per forward pass.")] = 8,
 ) -> None:
     """Inpaint each series' ROIs with a healthy backbone: its healthy persona (reruns finish what is missing)."""
     from orthodiff.personas.store import make_personas
 
     summary = make_personas(store, backbone, plane, roi, grid, steps, jumps, seed, workers, scheduler,
-                            warn=lambda text: console.print(f"[yellow]warning:[/] {text}"))
+                            warn=lambda text: console.print(f"[yellow]warning:[/] {text}"), series_batch=series_batch)
     console.print(f"made {summary['series']} {plane} personas ({summary['rois']} ROIs, {summary['tasks']} tasks) "
                   f"in {summary['seconds']} s into personas/{summary['backbone']}/{plane}")
 
@@ -316,7 +317,8 @@ def radiomics(
     source: Annotated[str, typer.Option(help="Comma-separated: image, persona, residual.")] = "image,persona,residual",
     families: Annotated[str, typer.Option(help="Comma-separated IBSI families.")] = "first_order,histogram,shape,glcm,glrlm,glszm,ngtdm,gldm",
     bins: Annotated[int, typer.Option(help="Grey levels of the fixed-bin-number discretisation.")] = 32,
-    grid: Annotated[int, typer.Option(help="Box grid for --source image on a store without personas.")] = 3,
+    grid: Annotated[int, typer.Option(help="Cells per axis of the central box: 1, 2 or 3; 0: the box personas' "
+                                           "own grid, or 3 on a store without personas.")] = 0,
     backbone_id: Annotated[str | None, typer.Option(help="Backbone id in the store: the persona backbone, when several made personas.")] = None,
     workers: Annotated[int | None, typer.Option(help="Start a local Dask cluster of this many processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Use an existing Dask cluster (tcp://host:port).")] = None,

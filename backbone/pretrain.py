@@ -89,7 +89,8 @@ class Pretrainer:
         if steps < 0 or batch < 1 or every < 1:
             raise OrthodiffError(f"--steps must be at least 0, --batch and --every at least 1 (got {steps}, {batch}, {every})")
         self.out, self.steps, self.batch, self.every, self.seed = Path(out), steps, batch, every, seed
-        self.plane, self.progress, self.resume = plane, progress, resume
+        # str(): a CLI Plane enum member would make the checkpoint unreadable under weights_only=True
+        self.plane, self.progress, self.resume = str(plane), progress, resume
         if self.out.exists() and not resume:
             raise OrthodiffError(f"{self.out} exists: pass --resume to continue it, or choose another --out")
         self.config = PRESETS[preset]

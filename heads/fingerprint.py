@@ -16,6 +16,7 @@ r is z-scored with training statistics; undefined (NaN) features enter as 0 (the
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from orthodiff.errors import OrthodiffError
+from orthodiff.training import is_small, one_thread
 
 USAGES = ("mlp", "resnet18", "none")
 
@@ -115,12 +117,22 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         yt = torch.from_numpy(y)
         generator = torch.Generator().manual_seed(0 if self.random_state is None else self.random_state)
         self.loss_curve_ = []
+        small = is_small(nn.ParameterList(params), (rt, ut), self.batch_size)
+        with one_thread() if small else nullcontext():
+            self._train(rt, ut, yt, opt, loss_fn, generator)
+        if self.usage_net_ is not None:
+            self.usage_net_.eval()
+        Xv, yv = validation if validation is not None else (X, y)
+        self.threshold_ = youden_threshold(yv, self._proba(Xv))
+        return self
+
+    def _train(self, rt, ut, yt, opt, loss_fn, generator) -> None:
         for _ in range(self.epochs):
             if self.usage_net_ is not None:
                 self.usage_net_.train()
-            order = torch.randperm(len(y), generator=generator)
+            order = torch.randperm(len(yt), generator=generator)
             total = 0.0
-            for start in range(0, len(y), self.batch_size):
+            for start in range(0, len(yt), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 logit, u = self._forward(rt[idx], ut[idx])
                 loss = loss_fn(logit, yt[idx]) + self.lambda_u * u.abs().sum(1).mean() + self.lambda_beta * (self.beta_**2).sum()
@@ -128,12 +140,7 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)
-            self.loss_curve_.append(total / len(y))
-        if self.usage_net_ is not None:
-            self.usage_net_.eval()
-        Xv, yv = validation if validation is not None else (X, y)
-        self.threshold_ = youden_threshold(yv, self._proba(Xv))
-        return self
+            self.loss_curve_.append(total / len(yt))
 
     @torch.no_grad()
     def _proba(self, X) -> np.ndarray:

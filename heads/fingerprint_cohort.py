@@ -80,18 +80,25 @@ def binary_metrics(y, p, threshold: float, groups, n_boot: int = 500, seed: int 
 
 
 def models(random_state: int = 0, epochs: int = 200) -> dict:
-    """The fingerprint head and its comparators: name -> (estimator, sources, uses diffusion features)."""
+    """The fingerprint head and its comparators: name -> (estimator, sources, uses diffusion features).
+
+    Fingerprints on the image alone (the paper's NoPersona ablation), on image + persona (the
+    paper's model), on all three sources and on the residual; u = 1 (the paper's NoFS); L1
+    logistic regression (classical radiomics) on the image, persona, residual and all three."""
     l1 = make_pipeline(SimpleImputer(keep_empty_features=True), StandardScaler(),
                        LogisticRegression(l1_ratio=1.0, solver="saga", C=1.0, class_weight="balanced", max_iter=5000))
     fp = FingerprintClassifier(usage="mlp", epochs=epochs, random_state=random_state)
     return {
+        "fingerprint (image)": (fp, ("image",), True),
         "fingerprint (image+persona)": (fp, ("image", "persona"), True),
+        "fingerprint (image+persona+residual)": (fp, ("image", "persona", "residual"), True),
         "fingerprint (residual)": (fp, ("residual",), True),
         "u = 1 (no selection)": (FingerprintClassifier(usage="none", epochs=epochs, random_state=random_state),
                                   ("image", "persona"), False),
         "classical radiomics (L1 logistic, image)": (l1, ("image",), False),
         "L1 logistic, persona only": (l1, ("persona",), False),
         "L1 logistic, residual only": (l1, ("residual",), False),
+        "L1 logistic, all features (image+persona+residual)": (l1, ("image", "persona", "residual"), False),
     }
 
 
@@ -114,12 +121,14 @@ def usage_features(store: str, timestep: int | None = None, block: str | None = 
     return pd.concat(parts, axis=1)
 
 
-def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path) -> Path:
-    """Central slice of the exam's image, persona and residual per plane, ROI outlined."""
+def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path, planes=None) -> Path:
+    """Central slice of the exam's image, persona and residual per plane (of `planes`, default
+    all), ROI outlined."""
     from orthodiff.outputs import atomic_savefig, pyplot
     from orthodiff.personas.store import open_personas
 
-    series = catalog[(catalog.case_id == exam)].drop_duplicates("plane")
+    series = catalog[(catalog.case_id == exam) & (catalog.plane.isin(planes) if planes is not None else True)]
+    series = series.drop_duplicates("plane")
     plt = pyplot()
     fig, axes = plt.subplots(len(series), 3, figsize=(9, 3 * len(series)), squeeze=False)
     for row, (plane, sid) in zip(axes, zip(series.plane, series.series_id)):
@@ -207,7 +216,7 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
     table.to_csv(out / "metrics.csv", index=False)
     positives = [e for e in exams["test"] if y.get(e, 0) == 1]
     if positives:
-        persona_figure(store, catalog, positives[0], out / "persona_example.png")
+        persona_figure(store, catalog, positives[0], out / "persona_example.png", np.unique(radiomics.plane.values).tolist())
     (out / "run.json").write_text(json.dumps({"store": str(store), "catalog": str(catalog_path), "task": task,
                                               "settings": radiomics.attrs["settings_id"], "epochs": epochs, "seed": seed,
                                               "exams": {s: int(len(v)) for s, v in exams.items()}}, indent=1))

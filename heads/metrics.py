@@ -51,6 +51,25 @@ def auroc_per_label(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return np.where((pos > 0) & (neg > 0), auc, np.nan)
 
 
+def average_precision_per_label(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Average precision of every column, as ``average_precision_score`` computes it (the
+    sum over distinct thresholds, highest first, of precision times the recall gained);
+    NaN for a column with one class. For the bootstrap, where sklearn's per-call input
+    checks would cost more than the metric."""
+    out = np.full(y.shape[1], np.nan)
+    for j in range(y.shape[1]):
+        positives = y[:, j].sum()
+        if positives == 0 or positives == len(y):
+            continue
+        order = np.argsort(-p[:, j], kind="mergesort")
+        score, hit = p[order, j], y[order, j]
+        last = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]  # the end of each run of ties
+        tp = np.cumsum(hit)[last]
+        precision, recall = tp / (last + 1), tp / positives
+        out[j] = float(np.sum(np.diff(recall, prepend=0.0) * precision))
+    return out
+
+
 def macro_auroc(y, p) -> float:
     aucs = auroc_per_label(*_check(y, p))
     return float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan")
@@ -135,9 +154,27 @@ PER_LABEL_METRICS = ("auroc", "ap", "sensitivity", "specificity", "f1")
 
 
 def _tidy(y, p, labels, threshold=0.5) -> dict[tuple[str, str], float]:
-    table = per_label(y, p, labels, threshold)
-    values = {(m, r["label"]): r[m] for m in PER_LABEL_METRICS for r in table.to_dict("records")}
-    values |= {(name, "all"): v for name, v in summary(y, p, threshold).items()}
+    """Every per-label and summary metric of ``evaluate``, computed on whole arrays (the
+    bootstrap calls it hundreds of times); equal to ``per_label`` and ``summary``."""
+    _, tp, fp, fn, tn = _counts(y, p, threshold)
+    one_class = (y.sum(0) == 0) | (y.sum(0) == len(y))
+    per = {
+        "auroc": auroc_per_label(y, p),
+        "ap": average_precision_per_label(y, p),
+        "sensitivity": np.where(tp + fn > 0, _ratio(tp, tp + fn), np.nan),
+        "specificity": np.where(tn + fp > 0, _ratio(tn, tn + fp), np.nan),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+    values = {(m, label): float(per[m][j]) for m in PER_LABEL_METRICS for j, label in enumerate(labels)}
+    predicted, actual = tp + fp, tp + fn
+    op, or_ = float(_ratio(tp.sum(), predicted.sum())), float(_ratio(tp.sum(), actual.sum()))
+    aucs = np.where(one_class, np.nan, per["auroc"])
+    values |= {
+        ("macro_auroc", "all"): float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan"),
+        ("CP", "all"): float(_ratio(tp, predicted).mean()), ("CR", "all"): float(_ratio(tp, actual).mean()),
+        ("CF1", "all"): float(per["f1"].mean()), ("OP", "all"): op, ("OR", "all"): or_,
+        ("OF1", "all"): float(_ratio(2 * op * or_, op + or_)),
+    }
     return values
 
 

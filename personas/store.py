@@ -42,6 +42,7 @@ from orthodiff.personas.rois import box_grid
 GROUP = "personas"
 KEYS = ("backbone_id", "roi", "grid", "steps", "jumps", "noise_seed", "noise_policy", "schema")
 ROI_KINDS = ("box", "structures")
+SERIES_BATCH = 8  # series per forward pass; like extract's, it changes only float rounding
 
 
 def group_path(backbone: str, plane: str) -> str:
@@ -60,8 +61,10 @@ def roi_labels(roi: str, grid: int, volume_shape, structure_mask: np.ndarray | N
     return np.asarray(structure_mask, np.uint8)
 
 
-def run_task(task: Task, store: str, checkpoint: str, plane: str, prov: dict, device: str | None = None) -> int:
-    """Inpaint one shard's series, write persona and mask as whole shards, then the record."""
+def run_task(task: Task, store: str, checkpoint: str, plane: str, prov: dict, device: str | None = None,
+             series_batch: int = SERIES_BATCH) -> int:
+    """Inpaint one shard's series (`series_batch` per forward pass), write persona and mask
+    as whole shards, then the record."""
     model = _model(checkpoint, device)
     diffusion = GaussianDiffusion()
     group = zarr.open_group(str(store), path=group_path(prov["backbone_id"], plane), mode="r+", use_consolidated=False)
@@ -69,18 +72,18 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, prov: dict, de
     rows = (list(task.volume_rows),)
     volumes = vol_group["volume"].get_orthogonal_selection(rows).astype(np.float32)
     structure = vol_group["mask"].get_orthogonal_selection(rows) if prov["roi"] == "structures" else [None] * len(rows[0])
-    personas, masks = [], []
-    for i, series in enumerate(task.series):
-        labels = roi_labels(prov["roi"], prov["grid"], volumes.shape[1:], structure[i])
-        x0 = torch.from_numpy(volumes[i])[None, None]
-        known = torch.from_numpy(labels == 0)
+    masks = np.stack([roi_labels(prov["roi"], prov["grid"], volumes.shape[1:], structure[i]) for i in range(len(task.series))])
+    personas = []
+    for i in range(0, len(task.series), series_batch):  # fixed runs of the shard's series: reruns batch alike
+        ids = task.series[i:i + series_batch]
+        x0 = torch.from_numpy(volumes[i:i + len(ids)])[:, None]
+        known = torch.from_numpy(masks[i:i + len(ids)] == 0)[:, None]
         out = repaint(model, diffusion, x0, known, prov["steps"], prov["jumps"],
-                      series_generator(prov["noise_seed"], series))
-        personas.append(out[0, 0].numpy())
-        masks.append(labels)
+                      [series_generator(prov["noise_seed"], s) for s in ids])
+        personas.extend(out[:, 0].numpy())
     span = slice(task.start, task.start + len(task.series))
     group["persona"][span] = np.stack(personas).astype("float16")
-    group["mask"][span] = np.stack(masks)
+    group["mask"][span] = masks
     Records(store, f"{GROUP}/{prov['backbone_id']}", plane).write(
         f"{task.shard:06d}.json", {"fingerprint": fingerprint(prov, list(task.series), 0, "persona", "float16", KEYS),
                                    "series": len(task.series)})
@@ -173,7 +176,7 @@ def plan(store: str, checkpoint: str, plane: str, roi: str = "box", grid: int = 
 
 def make_personas(store: str, checkpoint: str, plane: str, roi: str = "box", grid: int = 3, steps: int = 50,
                   jumps: int = 2, seed: int = 0, workers: int | None = None, scheduler: str | None = None,
-                  device: str | None = None, progress: bool = True, warn=print) -> dict:
+                  device: str | None = None, progress: bool = True, warn=print, series_batch: int = SERIES_BATCH) -> dict:
     """Make the personas still missing for `plane`; returns counts, ids and the time."""
     store, checkpoint = str(store), str(checkpoint)
     prov, tasks, notes = plan(store, checkpoint, plane, roi, grid, steps, jumps, seed)
@@ -181,7 +184,7 @@ def make_personas(store: str, checkpoint: str, plane: str, roi: str = "box", gri
         warn(note)
     total = sum(len(t.series) for t in tasks)
     start = time.perf_counter()
-    run_tasks(run_task, tasks, (store, checkpoint, plane, prov, device), f"persona {plane}", total, workers, scheduler, progress)
+    run_tasks(run_task, tasks, (store, checkpoint, plane, prov, device, max(series_batch, 1)), f"persona {plane}", total, workers, scheduler, progress)
     consolidate(store)
     return {"backbone": prov["backbone_id"], "plane": plane, "series": total, "tasks": len(tasks),
             "rois": len(prov["roi_names"]), "seconds": round(time.perf_counter() - start, 2)}

@@ -9,7 +9,8 @@ Layout (`xarray.open_zarr(store, group="radiomics/<settings id>/<plane>")`):
         series, case_id, patient_id, scan
     _records/radiomics/<settings id>/<plane>/<shard>.json
 
-ROIs come from the plane's personas (their mask), or, for `--source image` on a store
+ROIs come from the plane's personas (their mask; box personas can be split into another
+`--grid`, as every grid splits the same inpainted box), or, for `--source image` on a store
 without personas, from the central box grid. Sources: `image`, `persona`, and `residual` =
 image - persona (eq. 13). The settings id hashes everything that changes a value, so other
 settings never mix. Planned, run (here or on Dask) and recorded like `extract`.
@@ -49,8 +50,10 @@ def feature_names(families, bins: int) -> list[str]:
     return list(roi_features(probe, mask, families, bins))
 
 
-def _inputs(store: str, plane: str, sources, grid: int, persona_backbone: str | None) -> tuple[xr.Dataset, dict]:
-    """(Dataset with `image`, `mask` [, `persona`] over series, ROI origin description)."""
+def _inputs(store: str, plane: str, sources, grid: int | None, persona_backbone: str | None) -> tuple[xr.Dataset, dict]:
+    """(Dataset with `image`, `mask` [, `persona`] over series, ROI origin description).
+
+    `grid`: cells per axis of the central box (default: the personas' own ROIs, or 3)."""
     from orthodiff.personas.store import GROUP as PERSONAS, open_personas
 
     root = open_root(store)
@@ -64,6 +67,7 @@ def _inputs(store: str, plane: str, sources, grid: int, persona_backbone: str | 
         ds = ds.isel(series=np.flatnonzero(ds.plane.values == plane))
         if not ds.sizes["series"]:
             raise OrthodiffError(f"{store}: no {plane} volumes (ingest them first)")
+        grid = grid or 3
         labels, names = box_grid((ds.sizes["z"], ds.sizes["y"], ds.sizes["x"]), grid)
         ds = ds[["volume"]].rename(volume="image")
         ds["mask"] = xr.DataArray(labels, dims=("z", "y", "x")).expand_dims(series=ds.series.values)
@@ -72,6 +76,17 @@ def _inputs(store: str, plane: str, sources, grid: int, persona_backbone: str | 
     ds = open_personas(store, plane, persona_backbone)
     if not ds.sizes["series"]:
         raise OrthodiffError(f"{store}: no complete {plane} personas yet (rerun `orthodiff persona` to finish them)")
+    if grid and grid != ds.attrs["grid"]:
+        # Every grid splits the same central box, and the persona inpaints the box as a whole,
+        # so one set of box personas serves all grids: only the cell labels change.
+        if ds.attrs["roi"] != "box":
+            raise OrthodiffError(f"{store}: --grid {grid} needs box personas; the {plane} personas are of "
+                                 f"{ds.attrs['roi']} ROIs (leave --grid out to use their ROIs)")
+        bid, labels, names = ds.attrs["backbone_id"], *box_grid((ds.sizes["z"], ds.sizes["y"], ds.sizes["x"]), grid)
+        ds = ds.drop_vars(["roi", "roi_name"]).assign(mask=xr.DataArray(labels, dims=("z", "y", "x")).expand_dims(
+            series=ds.series.values)).assign_coords(roi=np.arange(1, len(names) + 1), roi_name=("roi", np.asarray(names, object)))
+        return ds, {"rois": f"personas/{bid} (box, regridded {grid})", "grid": grid, "persona_backbone": bid,
+                    "roi_names": names}
     return ds, {"rois": f"personas/{ds.attrs['backbone_id']} ({ds.attrs['roi']}, grid {ds.attrs['grid']})",
                 "persona_backbone": ds.attrs["backbone_id"], "roi_names": ds.roi_name.values.tolist()}
 
@@ -79,7 +94,7 @@ def _inputs(store: str, plane: str, sources, grid: int, persona_backbone: str | 
 def run_task(task: Task, store: str, plane: str, prov: dict, persona_backbone: str | None) -> int:
     """Compute one shard's features for every ROI and source, write them, then the record."""
     s = prov["settings"]
-    ds, _ = _inputs(store, plane, s["sources"], s.get("grid", 0), persona_backbone)
+    ds, _ = _inputs(store, plane, s["sources"], s.get("grid"), persona_backbone)
     ds = ds.sel(series=list(task.series)).load()
     features = prov["features"]
     n_roi = len(s["roi_names"])
@@ -137,7 +152,7 @@ def _prepare(store: str, prov: dict, plane: str, series: list[dict]) -> zarr.Gro
     return group
 
 
-def plan(store: str, plane: str, sources=SOURCES, families=FAMILIES, bins: int = 32, grid: int = 3,
+def plan(store: str, plane: str, sources=SOURCES, families=FAMILIES, bins: int = 32, grid: int | None = None,
          persona_backbone: str | None = None) -> tuple[dict, list[Task]]:
     if plane not in PLANES:
         raise OrthodiffError(f"--plane {plane!r}: expected one of {list(PLANES)}")
@@ -164,7 +179,7 @@ def plan(store: str, plane: str, sources=SOURCES, families=FAMILIES, bins: int =
     return prov, tasks
 
 
-def extract_radiomics(store: str, plane: str, sources=SOURCES, families=FAMILIES, bins: int = 32, grid: int = 3,
+def extract_radiomics(store: str, plane: str, sources=SOURCES, families=FAMILIES, bins: int = 32, grid: int | None = None,
                       persona_backbone: str | None = None, workers: int | None = None, scheduler: str | None = None,
                       progress: bool = True) -> dict:
     """Compute the radiomic features still missing for `plane`; returns counts, the settings id and time."""

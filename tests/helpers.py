@@ -17,9 +17,11 @@ def make_volume_store(path, n: int = 8, size: int = 32, planes=("axial",), seed:
     return str(path)
 
 
-def random_checkpoint(path, plane: str, preset: str = "demo", seed: int = 0, width: int | None = None) -> str:
+def random_checkpoint(path, plane: str, preset: str = "demo", seed: int = 0, width: int | None = None,
+                      config=None) -> str:
     """An untrained backbone checkpoint of `plane` in the reference layout (no pretraining);
-    `width` overrides the preset's base channel count (a backbone of another width)."""
+    `width` overrides the preset's base channel count (a backbone of another width); `config`
+    (a UNetConfig) replaces the preset's architecture, e.g. a micro U-Net for fast tests."""
     import dataclasses
 
     import torch
@@ -28,7 +30,7 @@ def random_checkpoint(path, plane: str, preset: str = "demo", seed: int = 0, wid
     from orthodiff.backbone.checkpoint import reference_state, save_atomic
     from orthodiff.backbone.diffusion import GaussianDiffusion
 
-    config = PRESETS[preset] if width is None else dataclasses.replace(PRESETS[preset], width=width)
+    config = config or (PRESETS[preset] if width is None else dataclasses.replace(PRESETS[preset], width=width))
     torch.manual_seed(seed)
     state = reference_state(DiffusionUNet(config), dict(GaussianDiffusion().state_dict()))
     save_atomic({"ema": state, "model": state, "plane": plane, "preset": preset, "config": config.to_dict()}, path)

@@ -108,3 +108,23 @@ def test_vectorised_auroc_equals_scikit_learn_with_ties():
     expected = [roc_auc_score(y[:, j], p[:, j]) for j in range(4)]
     np.testing.assert_allclose(auroc_per_label(y, p), expected, rtol=1e-12)
     assert np.isnan(auroc_per_label(np.zeros((5, 1)), rng.random((5, 1)))[0])
+
+
+def test_bootstrap_metrics_equal_sklearns_per_label_table_and_summary():
+    from sklearn.metrics import average_precision_score
+
+    from orthodiff.heads.metrics import _tidy, average_precision_per_label
+
+    rng = np.random.default_rng(3)
+    y = (rng.random((40, 5)) < 0.35).astype(float)
+    y[:, 4] = 0  # one class: undefined AUROC and AP
+    p = np.round(rng.random((40, 5)), 1)  # many ties
+    labels = ["a", "b", "c", "d", "e"]
+    ap = average_precision_per_label(y, p)
+    assert np.isnan(ap[4])
+    np.testing.assert_allclose(ap[:4], [average_precision_score(y[:, j], p[:, j]) for j in range(4)], rtol=1e-12)
+    fast = _tidy(y, p, labels, threshold=[0.3, 0.5, 0.5, 0.7, 0.5])
+    table = per_label(y, p, labels, threshold=[0.3, 0.5, 0.5, 0.7, 0.5]).set_index("label")
+    for (metric, label), value in fast.items():
+        expected = table.loc[label, metric] if label != "all" else summary(y, p, [0.3, 0.5, 0.5, 0.7, 0.5])[metric]
+        np.testing.assert_allclose(value, expected, rtol=1e-12, err_msg=f"{metric} {label}")

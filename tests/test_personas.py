@@ -108,3 +108,94 @@ def test_fidelity_scores_identity_and_localisation():
     share = lesion.sum() / roi.sum()
     assert localisation_score(residual, lesion, roi) > 0.5 / share  # near 1 / share (random shifts may overlap it)
     assert localisation_score(np.ones(roi.shape), lesion, roi) == pytest.approx(1)  # uniform residual: no localisation
+
+
+def _micro():
+    """A micro U-Net on 16 x 8 x 8 volumes, so whole persona runs take seconds."""
+    from orthodiff.backbone.unet import UNetConfig
+
+    return UNetConfig(8, 16, 32, (1, 1))
+
+
+@pytest.fixture(scope="module")
+def micro_store(tmp_path_factory):
+    """34 axial series (3 shards of personas) of 16 x 8 x 8 voxels and a micro backbone."""
+    root = tmp_path_factory.mktemp("micro")
+    return make_volume_store(root / "base.zarr", n=34, size=8), random_checkpoint(root / "m.pt", "axial", config=_micro())
+
+
+def test_batched_repaint_matches_one_series_at_a_time():
+    from orthodiff.backbone import DiffusionUNet
+    from orthodiff.backbone.diffusion import GaussianDiffusion
+    from orthodiff.personas.inpaint import repaint, series_generator
+
+    torch.manual_seed(0)
+    model, diffusion = DiffusionUNet(_micro()).eval(), GaussianDiffusion()
+    x0 = torch.rand(3, 1, 16, 8, 8) * 2 - 1
+    known = torch.from_numpy(box_grid((16, 8, 8), 1)[0] == 0)
+    batch = repaint(model, diffusion, x0, known, 2, 2, [series_generator(0, f"s{i}") for i in range(3)])
+    alone = [repaint(model, diffusion, x0[i:i + 1], known, 2, 2, series_generator(0, f"s{i}")) for i in range(3)]
+    for i in range(3):  # each series keeps its own noise: only float rounding depends on the batch
+        torch.testing.assert_close(batch[i:i + 1], alone[i], atol=1e-4, rtol=0)
+    assert (alone[0] - alone[1])[0, 0][~known].abs().mean() > 0.1
+
+
+def _persona_bytes(store) -> dict[str, bytes]:
+    from pathlib import Path
+
+    root = Path(store)
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and "personas" in str(p) and ("/c/" in str(p) or "_records" in str(p))}
+
+
+def test_persona_kill_minus_9_then_rerun_is_byte_identical(micro_store, tmp_path):
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from orthodiff.personas.store import make_personas, open_personas
+
+    base, ckpt = micro_store
+    settings = dict(grid=2, steps=2, jumps=1, series_batch=4, progress=False, warn=lambda _: None)
+    reference = shutil.copytree(base, tmp_path / "reference.zarr")
+    assert make_personas(reference, ckpt, "axial", **settings)["tasks"] == 3
+    killed = shutil.copytree(base, tmp_path / "killed.zarr")
+    proc = subprocess.Popen([sys.executable, "-m", "orthodiff", "persona", "--plane", "axial", "--store", str(killed),
+                             "--backbone", ckpt, "--grid", "2", "--steps", "2", "--jumps", "1", "--series-batch", "4"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    records = Path(killed, "_records", "personas")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (records.exists() and any(records.rglob("*.json"))):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # kill -9 after the first shard's record, mid-run
+    assert proc.wait() == -signal.SIGKILL, proc.stderr.read()
+    written = len(list(records.rglob("*.json")))
+    assert 1 <= written < 3  # interrupted midway
+    assert open_personas(killed, "axial").sizes["series"] == 16 * written  # only recorded shards are visible
+    assert make_personas(killed, ckpt, "axial", **settings)["tasks"] == 3 - written
+    assert _persona_bytes(killed) == _persona_bytes(reference)  # same chunks and records as uninterrupted
+    assert open_personas(killed, "axial").sizes["series"] == 34
+
+
+def test_persona_figure_shows_only_planes_with_personas(tmp_path):
+    """Personas of one plane of a three-plane exam: the figure has that plane's row, no error."""
+    import matplotlib.image
+
+    from helpers import label_catalog
+    from orthodiff.catalogs.cohort import read_catalog
+    from orthodiff.heads.fingerprint_cohort import persona_figure
+    from orthodiff.personas.store import make_personas
+
+    planes = ("axial", "coronal", "sagittal")
+    store = make_volume_store(tmp_path / "s.zarr", n=2, size=8, planes=planes)
+    ckpt = random_checkpoint(tmp_path / "m.pt", "axial", config=_micro())
+    make_personas(store, ckpt, "axial", grid=1, steps=1, jumps=1, progress=False, warn=lambda _: None)
+    catalog = read_catalog(label_catalog(tmp_path / "c.parquet", n=2, planes=planes))
+    with pytest.raises(OrthodiffError, match="no coronal personas"):
+        persona_figure(store, catalog, "c0", tmp_path / "all.png")
+    png = persona_figure(store, catalog, "c0", tmp_path / "axial.png", planes=["axial"])
+    height, width, _ = matplotlib.image.imread(png).shape
+    assert width / height == pytest.approx(3, rel=0.05)  # one row: image, persona, residual

@@ -53,3 +53,30 @@ def test_radiomics_store_image_only_nan_reasons_and_resume(tmp_path, monkeypatch
     assert extract_radiomics(store, "axial", sources=("image",), families=("first_order",), grid=2, progress=False)["tasks"] == 0
     with pytest.raises(OrthodiffError, match="unknown source or family 'glcmx'"):
         extract_radiomics(store, "axial", families=("glcmx",), progress=False)
+
+
+def test_box_personas_serve_every_grid(tmp_path):
+    """One inpainting of the central box gives the radiomics of every grid: --grid re-splits it."""
+    from helpers import random_checkpoint
+    from orthodiff.backbone.unet import UNetConfig
+    from orthodiff.personas.store import make_personas, open_personas
+    from orthodiff.radiomics.store import extract_radiomics, open_radiomics
+
+    store = make_volume_store(tmp_path / "s.zarr", n=2, size=8)
+    ckpt = random_checkpoint(tmp_path / "m.pt", "axial", config=UNetConfig(8, 16, 32, (1, 1)))
+    make_personas(store, ckpt, "axial", grid=2, steps=1, jumps=1, progress=False, warn=lambda _: None)
+    own = extract_radiomics(store, "axial", families=("first_order",), progress=False)  # the personas' 8 cells
+    assert own["features"] == 8 * 3 * 18
+    same = extract_radiomics(store, "axial", families=("first_order",), grid=2, progress=False)
+    assert same["settings"] == own["settings"] and same["tasks"] == 0  # --grid 2 is their own grid
+    one = extract_radiomics(store, "axial", families=("first_order",), grid=1, progress=False)
+    assert one["settings"] != own["settings"] and one["features"] == 1 * 3 * 18
+    ds = open_radiomics(store, settings=one["settings"]).sel(series="s1-axial")
+    assert ds.roi_name.values.tolist() == ["box1_z0y0x0"]
+    p = open_personas(store, "axial").sel(series="s1-axial").load()
+    box = p["mask"].values > 0  # the union of the 8 cells is the single cell of grid 1
+    residual = p.image.values.astype(np.float64) - p.persona.values.astype(np.float64)
+    expected = roi_features(residual, box, ("first_order",))
+    for name in ("stat_mean", "stat_var", "stat_max"):
+        assert float(ds.value.sel(roi=1, source="residual", feature=name)) == pytest.approx(expected[name], rel=1e-5, abs=1e-6)
+    assert float(ds.value.sel(roi=1, source="residual", feature="stat_var")) > 0.01  # the box was inpainted
