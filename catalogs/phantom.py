@@ -23,6 +23,9 @@ where a radiologist looks for them:
 
 Cartilage degeneration (per compartment, more likely beside a torn meniscus) thins the
 cartilage, raises its T2 and, when advanced, opens a focal defect.
+
+The ankle and the shoulder are built the same way in frames centred on the talar dome and
+the humeral head (same axes); their lesions are listed in `ankle` and `shoulder`.
 """
 
 from __future__ import annotations
@@ -236,7 +239,7 @@ def _bone(r: Region, distance: np.ndarray, label: int | None, seed: int, cortex:
     r.paint(marrow, "marrow", label, pd=_trabecular(r, marrow, seed))
 
 
-def _cartilage(r: Region, distance, thickness, label: int, a: Anatomy, degeneration) -> None:
+def _cartilage(r: Region, distance, thickness, label: int | None, a: Anatomy, degeneration) -> None:
     """A shell of local `thickness` (mm) over a bone surface; T2 rises from the deep layer
     (near bone) to the surface and with `degeneration`. Records the area-weighted thickness:
     a shell voxel stands for area / thickness, so the harmonic mean over voxels is the mean
@@ -245,6 +248,8 @@ def _cartilage(r: Region, distance, thickness, label: int, a: Anatomy, degenerat
     depth = distance / np.maximum(thickness, 1e-3)
     t2 = a.cartilage_t2 - 7 + 14 * depth + 14 * degeneration
     r.paint(inside, "cartilage", label, t2=t2)
+    if label is None:  # not a segmented compartment: no true thickness
+        return
     count, inverse = r.volume.cartilage.setdefault(label, [0, 0.0]), (1.0 / thickness[inside]).sum()
     count[0] += int(inside.sum())
     count[1] += float(inverse)
@@ -347,7 +352,7 @@ def knee(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
     _patella(vol, a, labels, pat)
 
 
-def _torn_band(vol: Volume, start, end, width, thickness, across, label, torn: bool, gap=(0.38, 0.62)) -> None:
+def _torn_band(vol: Volume, start, end, width, thickness, across, label: int | None, torn: bool, gap=(0.38, 0.62)) -> None:
     lo, hi = np.minimum(start, end) - 12, np.maximum(start, end) + 12
     r = vol.region(lo, hi)
     radius, t = r.band(start, end, width, thickness, across)
@@ -471,57 +476,216 @@ def _patella(vol: Volume, a: Anatomy, labels, pat) -> None:
         medial.paint((medial.ellipsoid((-27, 31, 26), (6, 9, 10)) <= 1) & (vol.label[medial.box] == 0), "oedema")
 
 
-# --- ankle and shoulder: simple solids, no segmentation structures ----------------------
+# --- ankle and shoulder: the same solids and lesions at their own scale, no segmentation structures ---
 
-def _ligament(c: Region, start, end, radius: float, torn: bool) -> None:
-    inside, t = c.tube(start, end, radius)
-    c.paint(inside, "ligament")
-    if torn:  # a fluid-filled gap in the middle third, fibres retracted
-        c.paint(inside & (t > 0.4) & (t < 0.62), "fluid")
+TALUS_AXIS = (0.0, 0.0, -12.0)  # centre of the talar dome's sagittal curvature (patient mm)
 
 
-def _bone_solid(c: Region, inside: np.ndarray, seed: int) -> None:
-    c.paint(inside, "marrow", pd=_trabecular(c, inside, seed))
+def _soft_tissue(r: Region, outer: np.ndarray, fat: float, muscle: np.ndarray) -> None:
+    """Skin, subcutaneous fat and, where `muscle`, muscle under it, inside the body surface
+    given as a signed distance `outer` (mm, negative inside)."""
+    r.paint(outer <= 0, "skin")
+    r.paint(outer <= -1.5, "fat")
+    r.paint((outer <= -1.5 - fat) & muscle, "muscle")
+
+
+def _tendons(vol: Volume, paths, radius: float = 2.4) -> None:
+    """Round tendons along straight paths (start, end) in patient mm."""
+    for start, end in paths:
+        start, end = np.asarray(start, float), np.asarray(end, float)
+        r = vol.region(np.minimum(start, end) - radius, np.maximum(start, end) + radius)
+        r.paint(r.tube(start, end, radius)[0], "tendon")
 
 
 def ankle(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
-    c = vol.region((-90, -90, -120), (90, 90, 120))
-    c.limb(55, a.fat)
-    _bone_solid(c, (c.x**2 + (c.y - 2) ** 2 <= 14**2) & (c.z > 6), a.texture)  # tibia
-    _bone_solid(c, ((c.x - 20) ** 2 + (c.y + 6) ** 2 <= 6**2) & (c.z > -8), a.texture)  # fibula
-    _bone_solid(c, c.ellipsoid((0, 2, -6), (17, 20, 11)) <= 1, a.texture)  # talus
-    _bone_solid(c, c.ellipsoid((0, -14, -26), (15, 26, 12)) <= 1, a.texture)  # calcaneus
-    if labels.get("OLT"):  # bright osteochondral defect on the medial talar dome
-        c.paint(c.ellipsoid((-7, 4, 3.5), (4, 4, 3)) <= 1, "fluid")
-    _ligament(c, (21, 0, -8), (9, 16, -6), 2.2, bool(labels.get("ATFL")))
-    _ligament(c, (21, -6, -10), (14, -14, -26), 2.2, bool(labels.get("CFL")))
-    _ligament(c, (0, -34, 40), (0, -33, -22), 4.5, bool(labels.get("ATR")))
+    """Tibia with its plafond and medial malleolus, fibula with the lateral malleolus, the
+    talus (a dome of constant sagittal curvature, neck and head) under a cartilage-lined
+    mortise, calcaneus and navicular; Achilles, flexor, peroneal and extensor tendons;
+    Kager's fat; ATFL and CFL as flat bands. The foot is plantarflexed by a per-subject angle
+    about the talar dome's axis. Lesions: ATFL / CFL tears (fluid gap in lax fibres, oedema),
+    Achilles rupture (gap 3-6 cm above the insertion, retracted thickened stumps, oedema),
+    osteochondral lesion of the medial talar dome (cartilage defect over a subchondral cyst
+    in marrow oedema). No segmentation structures."""
+    foot = _about(_rotation(0, -0.5 * a.flexion), TALUS_AXIS)  # patient -> foot bones frame
+    foot_out = np.linalg.inv(foot)
+    r = vol.region((-90, -90, -120), (90, 90, 120))
+    leg = (np.hypot(r.x / 36, (r.y + 6) / 42) - 1) * 36
+    foot_box = np.maximum(np.maximum(np.abs(r.x) - 40, -r.y - 58), np.maximum(-r.z - 62, r.z + 12 + 0.3 * np.maximum(r.y - 20, 0)))
+    outer = _smin(np.maximum(leg, -r.z - 30), foot_box, 12.0)
+    _soft_tissue(r, outer, a.fat * 0.6, (r.z > 30) | (r.ellipsoid((0.0, 30.0, -55.0), (30.0, 50.0, 6.0)) <= 1))
+    _tendons(vol, [((-21, -8, 80), (-19, 4, -26)), ((-16, -14, 80), (-14, -4, -34)), ((-8, -22, 80), (-8, -10, -40)),
+                   ((24, -16, 80), (22, -8, -36)), ((27, -14, 80), (25, -4, -40)),
+                   ((-12, 22, 80), (-16, 46, -26)), ((2, 24, 80), (4, 48, -22))])
+    achilles = (np.array([0.0, -34.0, 90.0]), _apply(foot_out, (0.0, -47.0, -30.0)))
+    if labels.get("ATR"):
+        _torn_band(vol, *achilles, 8.0, 4.5, (1, 0, 0), None, True, gap=(0.55, 0.72))
+    else:
+        _torn_band(vol, *achilles, 7.0, 3.0, (1, 0, 0), None, False)
+    _ankle_bones(vol, a, labels, foot, foot_out)
+
+
+def _ankle_bones(vol: Volume, a: Anatomy, labels, foot, foot_out) -> None:
+    # Tibia in the patient frame: shaft flaring to a plafond that follows the dome 2.6 mm
+    # away (two cartilage layers), the medial malleolus beside the talus.
+    r = vol.region((-30, -25, -20), (25, 25, 120))
+    dome_here = _dome(r, foot_out)
+    flare = np.exp(-np.maximum(r.z - 8, 0) / 20)
+    ax, ay = 12 + 7 * flare, 11 + 6 * flare
+    shaft = (np.hypot(r.x / ax, r.y / ay) - 1) * np.minimum(ax, ay)
+    tibia = np.maximum(np.maximum(shaft, 2.6 - dome_here), -r.z - 2)
+    r.paint((dome_here > 0) & (dome_here < 2.6) & (shaft < 0) & (r.z > -2), "fluid")  # joint space
+    tibia = _smin(tibia, np.maximum(r.ellipsoid_distance((-19.0, 1.0, -2.0), (5.0, 9.0, 13.0)), 1.5 - dome_here), 2.0)
+    plafond = (1.3 * a.cartilage * np.clip(1 - (r.x / 16) ** 2 - (r.y / 15) ** 2, 0, 1) ** 0.5).astype(np.float32)
+    _cartilage(r, np.where(r.z < 10, tibia, 99.0).astype(np.float32), plafond, None, a, 0.0)
+    _bone(r, tibia, None, a.texture + 4)
+    r.paint(r.ellipsoid((0.0, 16.0, 2.0), (10.0, 2.5, 4.0)) <= 1, "fluid")  # anterior recess
+    # Fibula: shaft and the lateral malleolus, reaching below the mortise.
+    r = vol.region((10, -20, -30), (35, 10, 120))
+    fibula = _smin((np.hypot(r.x - 22, r.y + 6) - 6.0) + np.maximum(-r.z, 0),
+                   np.maximum(r.ellipsoid_distance((21.0, -5.0, -6.0), (6.0, 9.0, 15.0)), 1.5 - _dome(r, foot_out)), 3.0)
+    _bone(r, fibula, None, a.texture + 5)
+    # Talus in the foot frame: dome (a sphere about the axis in y-z, flattened across x)
+    # with a shallow central groove, neck and head; calcaneus below, navicular in front.
+    r = vol.region((-25, -60, -60), (25, 50, 10), foot)
+    talus = _smin(_dome(r, np.eye(4)), r.ellipsoid_distance((0.0, 24.0, -16.0), (11.0, 13.0, 9.0)), 4.0)
+    talus = np.maximum(talus, -24.0 - r.z)  # flat undersurface over the subtalar joint
+    calcaneus = _smin(r.ellipsoid_distance((0.0, -18.0, -36.0), (15.0, 30.0, 12.0)),
+                      r.ellipsoid_distance((0.0, -42.0, -34.0), (13.0, 9.0, 15.0)), 5.0)
+    navicular = r.ellipsoid_distance((0.0, 42.0, -16.0), (14.0, 5.0, 10.0))
+    upper = np.clip((r.z + 8) / 6, 0, 1)  # articular dome above its sides
+    thickness = (1.3 * a.cartilage * upper * np.sqrt(np.clip(1 - (r.x / 15) ** 2, 0, 1))).astype(np.float32)
+    olt = labels.get("OLT")
+    if olt:  # osteochondral lesion, medial talar dome: no cartilage over it
+        thickness = np.where(r.ellipsoid((-8.0, 2.0, 5.0), (4.5, 5.0, 5.0)) <= 1, 0.0, thickness).astype(np.float32)
+    _cartilage(r, talus, thickness, None, a, 0.0)
+    _bone(r, talus, None, a.texture + 1)
+    _bone(r, calcaneus, None, a.texture + 2)
+    _bone(r, navicular, None, a.texture + 3)
+    if olt:
+        r.paint((r.ellipsoid((-8.0, 2.0, 1.0), (9.0, 9.0, 8.0)) <= 1) & (talus < -1.0), "bruise")
+        r.paint((r.ellipsoid((-8.0, 2.0, 2.5), (3.5, 3.5, 3.0)) <= 1) & (talus < 0.5), "fluid")
+    for abbr, (start, end, width, thickness) in {
+        "ATFL": ((22.0, 3.0, -12.0), _apply(foot_out, (12.0, 17.0, -12.0)), 4.0, 1.4),
+        "CFL": ((21.0, -6.0, -20.0), _apply(foot_out, (16.0, -16.0, -34.0)), 3.0, 1.8),
+    }.items():
+        _torn_band(vol, np.asarray(start), np.asarray(end), width, thickness, (0, 0, 1) if abbr == "ATFL" else (0, 1, 0),
+                   None, bool(labels.get(abbr)))
+
+
+def _dome(r: Region, foot_out) -> np.ndarray:
+    """Distance (mm) to the talar dome with its shallow central groove, in the region's
+    frame (`foot_out` takes the foot frame there): the dome is round about its axis in y-z
+    and the groove runs along y, so plantarflexion only moves its centre."""
+    return r.ellipsoid_distance(_apply(foot_out, TALUS_AXIS), (15.0, 17.0, 17.0)) + 1.2 * np.exp(-((r.x / 5) ** 2))
+
+
+HUMERAL_HEAD = ((0.0, 0.0, 0.0), 24.0)  # centre (patient mm), radius
 
 
 def shoulder(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
-    c = vol.region((-90, -90, -120), (90, 90, 120))
-    c.limb(70, a.fat)
-    head = c.ellipsoid((0, 0, 0), (24, 24, 24))
-    c.paint(head <= 1.55, "muscle")
-    if labels.get("SASD"):  # fluid in the subacromial-subdeltoid bursa
-        c.paint((head <= 1.75) & (head > 1.5) & (c.z > 16) & (np.abs(c.y) < 14), "fluid")
-    rim = (head > 1) & (head <= 1.4)
-    for abbr, where, defect in (
-        ("SSP", (c.z > 12) & (np.abs(c.y) < 11), (8, 0, 25)),
-        ("ISP", (c.y < -10) & (c.z > -6) & (c.z < 14), (4, -25, 6)),
-        ("SSC", (c.y > 10) & (c.x < -4) & (c.z > -10) & (c.z < 10), (-8, 24, 0)),
+    """Humeral head (a sphere with tuberosities, bicipital groove and shaft) on a concave
+    glenoid with a fibrocartilage labrum, both cartilage-lined; acromion, clavicle and
+    coracoid; the rotator cuff as a tendon cap over the head (supraspinatus above,
+    infraspinatus behind, subscapularis in front) with muscle bellies medially; deltoid;
+    the long biceps tendon from the superior glenoid through the groove. The arm is rotated
+    by a per-subject angle about the humeral shaft. Lesions: SSP / ISP / SSC full-thickness
+    tears (a fluid-filled gap at the footprint, retracted tendon), LHBT tear (empty groove,
+    fluid), LHBT sheath effusion, SASD bursal fluid over the cuff, adhesive capsulitis
+    (thickened oedematous axillary capsule and rotator interval). No segmentation
+    structures."""
+    arm = _about(_rotation(2, a.flexion - 10.0), HUMERAL_HEAD[0])  # patient -> humerus frame
+    arm_out = np.linalg.inv(arm)
+    r = vol.region((-90, -90, -120), (90, 90, 120))
+    trunk = r.ellipsoid_distance((-45.0, 0.0, -60.0), (62.0, 58.0, 115.0))
+    limb = r.ellipsoid_distance((4.0, 0.0, -40.0), (46.0, 44.0, 88.0))  # deltoid rounding over the head
+    outer = _smin(trunk, limb, 14.0)
+    _soft_tissue(r, outer, a.fat * 0.7, np.ones(outer.shape, bool))
+    (cx, cy, cz), radius = HUMERAL_HEAD
+    head = np.hypot(np.hypot(r.x - cx, r.y - cy), r.z - cz) - radius
+    r.paint((head > 8) & (head < 10.5) & (r.x > -4) & (r.z > -25), "fat")  # fat plane under the deltoid
+    if labels.get("SASD"):  # bursal fluid between the cuff and the deltoid / acromion
+        r.paint((head > 6.5) & (head < 8.5) & (r.x > -8) & (r.z > 2) & (np.abs(r.y) < 20), "fluid")
+    _cuff(vol, a, labels, arm_out)
+    _scapula(vol, a, labels)
+    _humerus(vol, a, labels, arm)
+
+
+def _cuff(vol: Volume, a: Anatomy, labels, arm_out) -> None:
+    """Supraspinatus, infraspinatus and subscapularis: tendon over the head laterally,
+    muscle medially; a torn one has a fluid-filled full-thickness gap at its footprint and a
+    retracted, frayed edge."""
+    (cx, cy, cz), radius = HUMERAL_HEAD
+    r = vol.region((-60, -45, -30), (35, 45, 45))
+    x, y, z = r.x - cx, r.y - cy, r.z - cz
+    head = np.hypot(np.hypot(x, y), z) - radius
+    shell = (head > 0.6) & (head < 6.0)
+    for abbr, where, footprint in (
+        ("SSP", (z > 8) & (np.abs(y) < 12), (14.0, 2.0, 18.0)),
+        ("ISP", (y < -8) & (z > -12), (12.0, -17.0, 8.0)),
+        ("SSC", (y > 8) & (z < 10) & (z > -16), (4.0, 22.0, -2.0)),
     ):
-        c.paint(rim & where, "tendon")
-        if labels.get(abbr):  # a small full-thickness defect
-            c.paint(rim & where & (c.ellipsoid(defect, (6, 6, 6)) <= 1), "fluid")
-    _bone_solid(c, head <= 1, a.texture)
-    _bone_solid(c, c.ellipsoid((-30, 0, 0), (6, 14, 18)) <= 1, a.texture)  # glenoid
-    _bone_solid(c, (np.abs(c.z - 36) < 4) & (c.x > -30) & (c.x < 20) & (np.abs(c.y) < 16), a.texture)  # acromion
-    if labels.get("AC"):  # thickened, oedematous inferior capsule
-        c.paint((head > 1.1) & (head <= 1.5) & (c.z < -14), "oedema")
-    if labels.get("LHBT_EFFU"):
-        c.paint(c.tube((6, 27, 20), (6, 27, -30), 5.5)[0], "fluid")
-    _ligament(c, (6, 27, 20), (6, 27, -30), 2.5, bool(labels.get("LHBT")))
+        cap = shell & where & (x > -26)
+        r.paint(cap & (x < -12), "muscle")
+        r.paint(cap & (x >= -12), "tendon")
+        if labels.get(abbr):
+            gap = cap & (r.ellipsoid(footprint, (8.0, 8.0, 8.0)) <= 1)
+            r.paint(gap, "fluid")
+            r.paint(cap & ~gap & (r.ellipsoid(footprint, (12.0, 12.0, 12.0)) <= 1), "sprain")  # frayed stump
+    if labels.get("AC"):  # adhesive capsulitis: thick capsule in the axillary recess and rotator interval
+        r.paint((head > 0.4) & (head < 4.5) & (z < -14) & (x > -22), "oedema")
+        r.paint((head > 0.4) & (head < 4.5) & (y > 10) & (z > 8) & (x > -10), "sprain")
+    else:
+        r.paint((head > 0.4) & (head < 1.6) & (z < -14) & (x > -22), "capsule")
+
+
+def _scapula(vol: Volume, a: Anatomy, labels) -> None:
+    """Glenoid (concave, 2.6 mm from the head: two cartilage layers), labrum, scapular
+    neck, acromion, clavicle, coracoid."""
+    (cx, cy, cz), radius = HUMERAL_HEAD
+    r = vol.region((-70, -40, -30), (40, 40, 60))
+    head = np.hypot(np.hypot(r.x - cx, r.y - cy), r.z - cz) - radius
+    face = np.hypot(r.y / 13.0, (r.z - 1.0) / 18.0)
+    vault = r.ellipsoid_distance((-42.0, 0.0, 1.0), (24.0, 13.0, 18.0))  # narrowing into the scapular neck
+    glenoid = np.maximum(np.maximum(vault, 2.6 - head), r.x + 18.0)
+    thickness = (1.6 * a.cartilage * np.sqrt(np.clip(1 - face**2, 0, 1))).astype(np.float32)
+    _cartilage(r, np.where(r.x > -30, glenoid, 99.0).astype(np.float32), thickness, None, a, 0.0)
+    labrum = (np.abs(face - 1.0) < 0.17) & (head > 0.3) & (head < 5.0) & (r.x > -25)
+    r.paint(labrum, "meniscus")
+    acromion = np.maximum(np.maximum(np.abs(r.z - 36.0 - 0.1 * r.x) - 3.5, np.abs(r.y + 2.0) - 16.0),
+                          np.maximum(r.x - 22.0, -r.x - 60.0))
+    clavicle = np.maximum(np.hypot(r.y - 14.0, r.z - 40.0) - 7.0, r.x + 6.0)
+    coracoid = r.ellipsoid_distance((-22.0, 30.0, 16.0), (6.0, 10.0, 5.0))
+    for i, bone in enumerate((glenoid, acromion, clavicle, coracoid)):
+        _bone(r, bone, None, a.texture + 1 + i)
+
+
+def _humerus(vol: Volume, a: Anatomy, labels, arm) -> None:
+    (cx, cy, cz), radius = HUMERAL_HEAD
+    r = vol.region((-30, -30, -120), (40, 32, 30), arm)
+    x, y, z = r.x - cx, r.y - cy, r.z - cz
+    head = np.hypot(np.hypot(x, y), z) - radius
+    tuberosities = _smin(r.ellipsoid_distance((16.0, 2.0, 8.0), (10.0, 14.0, 14.0)),
+                         r.ellipsoid_distance((6.0, 19.0, -4.0), (7.0, 6.0, 9.0)), 2.0)
+    shaft = np.maximum(np.hypot(r.x - 6.0, r.y - 2.0) - 12.0, r.z + 10.0)
+    humerus = _smin(_smin(head, tuberosities, 3.0), shaft, 8.0)
+    groove = np.hypot(r.x - 13.0, r.y - 18.0) - 4.0  # bicipital groove between the tuberosities
+    humerus = np.maximum(humerus, -groove)
+    thickness = (1.3 * a.cartilage * _smoothstep((-x - 2.0) / 8.0)).astype(np.float32)  # facing the glenoid
+    _cartilage(r, head, thickness, None, a, 0.0)
+    _bone(r, humerus, None, a.texture + 6)
+    # Long head of the biceps: in the groove, over the head to the superior glenoid.
+    tendon = [(13.0, 19.0, -70.0), (13.0, 19.0, -2.0), (6.0, 14.0, 22.0), (-20.0, 1.0, 20.0)]
+    for start, end in zip(tendon[:-1], tendon[1:]):
+        start, end = _apply(np.linalg.inv(arm), start), _apply(np.linalg.inv(arm), end)
+        t = vol.region(np.minimum(start, end) - 9, np.maximum(start, end) + 9)
+        if labels.get("LHBT_EFFU"):
+            t.paint(t.tube(start, end, 5.0)[0], "fluid")
+        inside, along = t.tube(start, end, 2.6)
+        if labels.get("LHBT") and start[2] < -60:  # ruptured and retracted: an empty groove
+            t.paint(inside & (along > 0.6), "fluid")
+            t.paint(inside & (along <= 0.6), "tendon")
+        else:
+            t.paint(inside, "tendon")
 
 
 PHANTOMS = {"knee": knee, "ankle": ankle, "shoulder": shoulder}

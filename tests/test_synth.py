@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 
 import nibabel as nib
@@ -166,6 +167,57 @@ def test_dicom_cohort_reads_back_without_real_identifiers(tmp_path):
     assert float(ds.EchoTime) == row.echo_time and float(ds.RepetitionTime) == row.repetition_time
     assert float(ds.FlipAngle) == row.flip_angle and float(ds.PixelSpacing[0]) == pytest.approx(row.pixel_spacing, abs=1e-4)
     assert read_series(folder, expected_plane=row.plane).shape[0] >= 16
+
+
+# Where each ankle / shoulder lesion lies (patient mm from the joint centre: x lateral,
+# y anterior, z superior), judged on the median position of the voxels it changes.
+LESION_SITES = {
+    ("ankle", "ATFL"): lambda x, y, z: x > 8 and y > 0,  # lateral, in front of the malleolus
+    ("ankle", "CFL"): lambda x, y, z: x > 8 and z < -15,  # lateral, down to the calcaneus
+    ("ankle", "ATR"): lambda x, y, z: y < -30 and z > 0,  # Achilles, above its insertion
+    ("ankle", "OLT"): lambda x, y, z: x < -3 and abs(z) < 8,  # medial talar dome
+    ("shoulder", "SSP"): lambda x, y, z: z > 10,
+    ("shoulder", "ISP"): lambda x, y, z: y < -5,
+    ("shoulder", "SSC"): lambda x, y, z: y > 5,
+    ("shoulder", "LHBT"): lambda x, y, z: y > 10 and z < -10,  # in the bicipital groove
+    ("shoulder", "LHBT_EFFU"): lambda x, y, z: y > 5,
+    ("shoulder", "SASD"): lambda x, y, z: z > 0 and x > 0,  # over the cuff, under the deltoid
+    ("shoulder", "AC"): lambda x, y, z: x > -25,  # capsule around the head
+}
+
+
+@pytest.mark.parametrize("joint,abbr", list(LESION_SITES))
+def test_ankle_and_shoulder_lesions_are_local_bright_and_where_they_belong(joint, abbr):
+    spacing, half = 1.5, 60.0
+    n = int(2 * half / spacing) + 1
+    grid = np.diag([spacing, spacing, spacing, 1.0])
+    grid[:3, 3] = -half
+    healthy, lesion = (render(joint, Anatomy(), {abbr: v}, (n, n, n), grid) for v in (0, 1))
+    changed = healthy.tissue != lesion.tissue
+    assert 0 < changed.sum() < 0.01 * changed.size, abbr  # local, not a global change
+    assert lesion.t2[changed].mean() > healthy.t2[changed].mean() + 20, abbr  # fluid, oedema, sprain
+    z, y, x = (np.median(i) * spacing - half for i in np.nonzero(changed))
+    assert LESION_SITES[(joint, abbr)](x, y, z), (abbr, x, y, z)
+
+
+@pytest.mark.parametrize("joint,start,step", [("ankle", (-5.0, 0.0, 20.0), (0.0, 0.0, -0.1)),
+                                               ("shoulder", (-45.0, 0.0, 1.0), (0.1, 0.0, 0.0))])
+def test_ankle_and_shoulder_joints_are_cartilage_on_cartilage(joint, start, step):
+    """A line down through the tibial plafond into the talar dome (or from the glenoid into
+    the humeral head) crosses cortex, the two cartilage layers with at most a film of joint
+    fluid between them (2-3 mm together), cortex."""
+    grid = np.eye(4)
+    grid[:3, 0], grid[:3, 1] = (0.0, 1.0, 0.0), np.cross(step, (0.0, 1.0, 0.0)) * 10  # any other two axes
+    grid[:3, 2], grid[:3, 3] = step, start
+    names = [TISSUE_NAMES[t] for t in render(joint, Anatomy(), {}, (300, 1, 1), grid).tissue[:, 0, 0]]
+    joint_space = [(k, len(list(g))) for k, g in itertools.groupby(n if n in ("cortex", "cartilage", "fluid") else "other"
+                                                                  for n in names)]
+    cortices = [i for i, (k, _) in enumerate(joint_space) if k == "cortex"]
+    between = [joint_space[i + 1 : j] for i, j in zip(cortices, cortices[1:]) if j > i + 1]
+    between = [b for b in between if {k for k, _ in b} <= {"cartilage", "fluid"}]
+    assert len(between) == 1, joint_space
+    mm = {k: 0.1 * sum(n for name, n in between[0] if name == k) for k in ("cartilage", "fluid")}
+    assert 2.0 <= mm["cartilage"] + mm["fluid"] <= 3.0 and mm["fluid"] <= 0.5, between
 
 
 @pytest.mark.parametrize("joint", ["ankle", "shoulder"])
