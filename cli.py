@@ -206,17 +206,17 @@ def pretrain(
 @app.command()
 def sample(
     backbone: Annotated[Path, typer.Option(help="Backbone checkpoint.")],
-    png: Annotated[Path, typer.Option(help="PNG montage to write.")],
+    out: Annotated[Path, typer.Option(metavar="FILE", help="PNG montage to write.")],
     n: Annotated[int, typer.Option(help="Number of volumes to generate.")] = 4,
-    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 50,
+    sampling_steps: Annotated[int, typer.Option(help="DDIM steps.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of the starting noise.")] = 0,
 ) -> None:
     """Generate volumes with DDIM and save their central slices: did pretraining learn anatomy?"""
     from orthodiff.backbone.preview import sample_preview
     from orthodiff.progress import progress_bar
 
-    with progress_bar(console, f"DDIM sampling {n} volumes", steps) as advance:
-        path = sample_preview(backbone, png, n=n, steps=steps, seed=seed, progress=advance)
+    with progress_bar(console, f"DDIM sampling {n} volumes", sampling_steps) as advance:
+        path = sample_preview(backbone, out, n=n, steps=sampling_steps, seed=seed, progress=advance)
     console.print(f"wrote {path}")
 
 
@@ -270,7 +270,7 @@ def persona(
     backbone: Annotated[Path, typer.Option(help="Backbone checkpoint of that plane trained with `pretrain --healthy`.")],
     roi: Annotated[Roi, typer.Option(callback=plain, help="box (the paper's central box, split by --grid) or structures (stored masks).")] = Roi.box,
     grid: Annotated[int, typer.Option(help="Cells per axis of the central box: 1, 2 or 3.")] = 3,
-    steps: Annotated[int, typer.Option(help="Reverse diffusion steps of the inpainting.")] = 50,
+    sampling_steps: Annotated[int, typer.Option(help="Reverse diffusion steps of the inpainting.")] = 50,
     jumps: Annotated[int, typer.Option(help="RePaint resampling passes per step (1: none).")] = 2,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     workers: Annotated[int | None, typer.Option(help="Start a local Dask cluster of this many processes.")] = None,
@@ -280,7 +280,7 @@ def persona(
     """Inpaint each series' ROIs with a healthy backbone: its healthy persona (reruns finish what is missing)."""
     from orthodiff.personas.store import make_personas
 
-    summary = make_personas(store, backbone, plane, roi, grid, steps, jumps, seed, workers, scheduler,
+    summary = make_personas(store, backbone, plane, roi, grid, sampling_steps, jumps, seed, workers, scheduler,
                             warn=lambda text: console.print(f"[yellow]warning:[/] {text}"), series_batch=series_batch)
     console.print(f"made {summary['series']} {plane} personas ({summary['rois']} ROIs, {summary['tasks']} tasks) "
                   f"in {summary['seconds']} s into personas/{summary['backbone']}/{plane}")

@@ -19,7 +19,7 @@ from orthodiff.files import atomic_write
 def sample_volumes(checkpoint: str | Path, n: int = 4, steps: int = 50, seed: int = 0, progress=None) -> np.ndarray:
     """`n` generated volumes (n, D, H, W) in [-1, 1]; `progress()` after each DDIM step."""
     if n < 1 or steps < 1:
-        raise OrthodiffError(f"--n and --steps must be at least 1 (got {n}, {steps})")
+        raise OrthodiffError(f"--n and --sampling-steps must be at least 1 (got {n}, {steps})")
     model = load_backbone(checkpoint)
     c = model.config
     generator = torch.Generator().manual_seed(seed)

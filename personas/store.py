@@ -138,7 +138,7 @@ def plan(store: str, checkpoint: str, plane: str, roi: str = "box", grid: int = 
     if roi not in ROI_KINDS:
         raise OrthodiffError(f"--roi {roi!r}: expected one of {list(ROI_KINDS)}")
     if steps < 1 or jumps < 1:
-        raise OrthodiffError(f"--steps and --jumps must be at least 1 (got {steps}, {jumps})")
+        raise OrthodiffError(f"--sampling-steps and --jumps must be at least 1 (got {steps}, {jumps})")
     open_root(store)
     ckpt = read_checkpoint(checkpoint)
     if ckpt.get("plane") and ckpt["plane"] != plane:

@@ -90,7 +90,7 @@ def test_end_to_end_healthy_persona_radiomics_fingerprint(tmp_path):
              "--steps", 1, "--batch", 1, "--healthy", "--catalog", catalog)
     assert "trained on 3 healthy axial training series" in out
     out = ok("persona", "--plane", "axial", "--store", store, "--backbone", tmp_path / "h.pt", "--grid", 1,
-             "--steps", 1, "--jumps", 1)
+             "--sampling-steps", 1, "--jumps", 1)
     assert "made 12 axial personas (1 ROIs, 1 tasks)" in out and "warning" not in out
     out = ok("radiomics", "--plane", "axial", "--store", store, "--families", "first_order,histogram")
     assert "computed 111 features for 12 axial series" in out  # 1 ROI x 3 sources x (18 + 19)

@@ -164,7 +164,7 @@ def test_persona_kill_minus_9_then_rerun_is_byte_identical(micro_store, tmp_path
     assert make_personas(reference, ckpt, "axial", **settings)["tasks"] == 3
     killed = shutil.copytree(base, tmp_path / "killed.zarr")
     proc = subprocess.Popen([sys.executable, "-m", "orthodiff", "persona", "--plane", "axial", "--store", str(killed),
-                             "--backbone", ckpt, "--grid", "2", "--steps", "2", "--jumps", "1", "--series-batch", "4"],
+                             "--backbone", ckpt, "--grid", "2", "--sampling-steps", "2", "--jumps", "1", "--series-batch", "4"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     records = Path(killed, "_records", "personas")
     deadline = time.time() + 300

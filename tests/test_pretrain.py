@@ -89,7 +89,7 @@ def test_sample_preview_writes_a_png(store, tmp_path):
     ckpt = pretrain(open_volumes(store), "axial", "demo", steps=1, batch=1, out=tmp_path / "a.pt", every=1, progress=False)
     png = sample_preview(ckpt, tmp_path / "s.png", n=2, steps=2)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(OrthodiffError, match="--n and --steps must be at least 1"):
+    with pytest.raises(OrthodiffError, match="--n and --sampling-steps must be at least 1"):
         sample_preview(ckpt, tmp_path / "t.png", n=0)
 
 
