@@ -68,9 +68,10 @@ def run_heads(store, catalog_path, out, console: Console, backbone=None, pooling
     with progress_bar(console, f"{pooling} sweep", sweep_steps(features, pooling)) as advance:
         _, top = run_sweep(features, catalog, labels, pooling, out / "sweep", probe, provenance, advance, reuse=True)
     console.print(frame_table(top, f"{pooling.upper()} sweep: top 4 (timestep, block) per plane, validation macro AUROC"))
+    stage_one = {}  # Stage I probes, trained once and shared by the selection and every fusion run
     with progress_bar(console, "cross-plane combinations", selection_size(out / "sweep")) as advance:
         scored, config = run_select(out / "sweep", features, catalog, labels, out / "config.json", "concat", fusion,
-                                    progress=advance, reuse=True)
+                                    progress=advance, reuse=True, stage_one=stage_one)
     console.print(frame_table(scored.head(5), f"Cross-plane selection: best of {len(scored)} combinations (validation)"))
 
     rows, reused = [], []
@@ -78,7 +79,7 @@ def run_heads(store, catalog_path, out, console: Console, backbone=None, pooling
         for method, ehr in FUSIONS:
             name = _run_name(method, ehr)
             metrics, model = run_fuse(config, features, catalog, labels, method, out / name, ehr=ehr, n_boot=n_boot,
-                                      seed=seed, reuse=True)
+                                      seed=seed, reuse=True, stage_one=stage_one)
             if model is None:
                 reused.append(name)
             summary = metrics[metrics["label"] == "all"].set_index("metric")

@@ -142,11 +142,19 @@ def _split(catalog, name):
     return catalog[catalog["split"] == name]
 
 
+def stage_one_keys(config: dict, seed: int) -> dict:
+    """The key of each plane's Stage I probe in a ``stage_one`` cache: what it was trained on,
+    within one set of features, catalog and probe settings."""
+    return {p: (p, int(c["timestep"]), str(c["block"]), seed) for p, c in config["planes"].items()}
+
+
 def run_select(sweep_dir, features, catalog, labels, config_path, method="concat", fusion_params=None, top_k=4,
-               progress=None, reuse=False):
+               progress=None, reuse=False, stage_one=None):
     """Score every cross-plane combination of the per-plane top ``top_k`` on validation with the
     fusion head; freeze the best as the configuration file. Returns the scored table and the
-    configuration (``reuse``: those of a complete selection from the same inputs)."""
+    configuration (``reuse``: those of a complete selection from the same inputs).
+    ``stage_one``: a dict that collects the Stage I probes trained here (``stage_one_keys``), so
+    that fusion runs of the chosen configuration (``run_fuse(stage_one=...)``) reuse them."""
     sweep_dir, config_path = Path(sweep_dir), Path(config_path)
     run = read_run(sweep_dir, ("sweep",), "a sweep directory")
     check_split(run, catalog, f"the sweep {sweep_dir}")
@@ -159,13 +167,13 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method="concat
     top = read_table(sweep_dir / "top4.parquet")
     top = top[top["rank"] <= top_k]
     planes = [p for p in PLANES if p in set(top["plane"])]
-    rows, stage_one = [], {}
+    rows, stage_one = [], stage_one if stage_one is not None else {}
     per_plane = [top[top["plane"] == p][["timestep", "block"]].to_dict("records") for p in planes]
     for combo in itertools.product(*per_plane):
         config = {"pooling": run["pooling"], "planes": dict(zip(planes, combo))}
         slabs = config_features(features, config, str(sweep_dir))
         model = TwoStageFusion(run["pooling"], method, probe=PlaneProbe(**run["probe_params"]), head=FusionHead(**fusion))
-        keys = {p: (p, c["timestep"], c["block"]) for p, c in zip(planes, combo)}
+        keys = stage_one_keys(config, model.random_state)
         model.fit(slabs, _split(catalog, "train"), labels, probes={p: stage_one[k] for p, k in keys.items() if k in stage_one})
         stage_one.update({k: model.probes_[p] for p, k in keys.items()})  # Stage I is frozen: reuse it
         pred = model.predict(slabs, _split(catalog, "val"))
@@ -245,14 +253,16 @@ def flag_support(metrics: pd.DataFrame, y: np.ndarray, labels, split: str = "tes
 
 
 def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=500, seed=0, fusion_params=None,
-             threshold="0.5", probes=None, reuse=False, progress=None):
+             threshold="0.5", probes=None, reuse=False, progress=None, stage_one=None):
     """Train on train (two stages), evaluate on test: metrics with patient bootstrap CIs
     (thresholded metrics at ``threshold``, see ``decision_thresholds``), subgroups, exam
     predictions, exams left out, MPAE gating and EHR weights. ``probes``: fitted Stage I
     probes by plane used as they are (e.g. fine-tuned pooling heads) instead of new ones.
     Returns the metrics and the fitted model (``reuse``, without ``probes``: the metrics of a
-    complete run from the same inputs, and None). ``progress(stage=...)`` after training,
-    evaluation and writing."""
+    complete run from the same inputs, and None). ``stage_one``: a cache of Stage I probes
+    trained on the same inputs with the same settings (``run_select``, earlier runs), read and
+    filled here: the runs of one configuration train each plane's probe once. ``progress(stage=...)``
+    after training, evaluation and writing."""
     progress = progress or no_progress
     out = Path(out)
     check_split(config, catalog, "the configuration")
@@ -265,7 +275,11 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
         return read_table(out / "metrics.parquet"), None
     model = TwoStageFusion(config["pooling"], method, ehr=ehr, probe=PlaneProbe(**config.get("probe_params", {})),
                            head=FusionHead(**fusion), random_state=seed)
-    model.fit(slabs, _split(catalog, "train"), labels, probes=probes)
+    keys = stage_one_keys(config, seed)
+    cached = {p: stage_one[k] for p, k in keys.items() if k in stage_one} if stage_one is not None else {}
+    model.fit(slabs, _split(catalog, "train"), labels, probes=probes or cached)
+    if stage_one is not None and not probes:
+        stage_one.update({k: model.probes_[p] for p, k in keys.items()})
     progress(stage="trained")
     test = _split(catalog, "test")
     if test.empty:

@@ -4,6 +4,7 @@ synthetic features shaped like the store; and the configuration errors of item 8
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from orthodiff.errors import OrthodiffError
@@ -123,3 +124,21 @@ def test_youden_thresholds_come_from_validation_and_are_frozen_for_test(run):
     assert cf1 == pytest.approx(summary(pred[LABELS].to_numpy(), pred[[f"p_{c}" for c in LABELS]].to_numpy(), expected)["CF1"])
     with pytest.raises(OrthodiffError, match="expected a number in \\(0, 1\\) or 'youden'"):
         run_fuse(config, features, catalog, LABELS, "concat", out / "bad", threshold="otsu")
+
+
+def test_fusion_runs_share_the_stage_one_probes_of_the_selection(run, tmp_path):
+    """A Stage I cache filled by the selection is what `run_heads` hands every fusion run:
+    each plane's SAP probe is trained once, and the runs predict what they predict alone."""
+    out, catalog, features, _, config = run
+    sap = {**config, "pooling": "sap", "probe_params": {"epochs": 1, "lr": 1e-3, "batch_size": 32}}
+    cache = {}
+    _, first = run_fuse(sap, features, catalog, LABELS, "concat", tmp_path / "a", n_boot=0, fusion_params=FAST_FUSION,
+                        stage_one=cache)
+    assert len(cache) == 3
+    _, shared = run_fuse(sap, features, catalog, LABELS, "mpae", tmp_path / "b", n_boot=0, fusion_params=FAST_FUSION,
+                         stage_one=cache)
+    assert all(shared.probes_[p] is first.probes_[p] for p in first.probes_)
+    _, alone = run_fuse(sap, features, catalog, LABELS, "mpae", tmp_path / "c", n_boot=0, fusion_params=FAST_FUSION)
+    assert all(alone.probes_[p] is not first.probes_[p] for p in first.probes_)
+    pd.testing.assert_frame_equal(read_table(tmp_path / "b" / "predictions.parquet"), read_table(tmp_path / "c" / "predictions.parquet"))
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["stage_one"] == []  # not external probes
