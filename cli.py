@@ -50,12 +50,15 @@ def demo(
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for everything the demo makes.")] = Path(
         "orthodiff-demo"
     ),
-    steps: Annotated[int, typer.Option(help="Pretraining steps per plane (0 keeps the random initialisation: the baseline).")] = 30,
+    pretrain: Annotated[int | None, typer.Option(
+        metavar="STEPS", show_default="the shipped backbones",
+        help="Pretrain the backbones here for STEPS steps per plane instead of using the shipped ones "
+             "(0 keeps the random initialisation: the baseline).")] = None,
 ) -> None:
     """Run the pipeline end to end on the embedded synthetic cohort."""
     from orthodiff.demo import run_demo
 
-    run_demo(out, console, steps=steps)
+    run_demo(out, console, pretrain=pretrain)
 
 
 @catalog_app.command("validate")

@@ -6,6 +6,9 @@ so rerunning an interrupted demo finishes only what is missing.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -15,17 +18,15 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.tables import frame_table
 
 JOINT, CASES, SIZE, SEED = "knee", 120, 64, 0
-# The demo's backbones: the `demo` preset (16 x 32 x 32) briefly trained, so the whole
-# pipeline runs in minutes on two CPU cores (`--steps 0` keeps the random initialisation:
-# the baseline they are compared with). The real thing: README, "Real sizes".
-PRESET, INGEST_SIZE, STEPS, BATCH, LR = "demo", 32, 30, 4, 2e-4
+# The demo's backbones: by default the shipped `demo`-preset encoders (16 x 32 x 32), trained by
+# `bench/study.py` on another synthetic cohort (weights/demo.json says how; README "The demo's
+# backbones"). `--pretrain N` trains them here instead, briefly (0 keeps the random
+# initialisation: the baseline they are compared with).
+PRESET, INGEST_SIZE, BATCH, LR = "demo", 32, 4, 2e-4
+WEIGHTS = Path(__file__).parent / "weights"
 TIMESTEPS = (10, 50, 150, 300)
-# The heads sweep the stored GAP summaries: the SAP sweep (the paper's pooling, the default of
-# `orthodiff sweep`) and its Stage I probes read every activation and take the demo past its
-# ten minutes on two cores; `orthodiff sweep --pooling sap` runs it on the demo folder.
-POOLING = "gap"
-
-
+# The heads: the paper's SAP pooling (the SAP sweep is most of the demo's time)
+POOLING = "sap"
 def _disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -41,25 +42,57 @@ def volumes_table(store: Path) -> pd.DataFrame:
     return table
 
 
-def demo_backbone(out: Path, store: Path, plane: str, steps: int, console: Console) -> Path:
-    """`out/backbones/<plane>.pt`, pretrained here for `steps`; one of other steps is refused
-    rather than silently reused."""
+def shipped_weights(plane: str) -> Path:
+    """The shipped `demo`-preset encoder of `plane`, checked against the sha256 in weights/demo.json."""
+    try:
+        manifest = json.loads((WEIGHTS / "demo.json").read_text())
+    except (OSError, ValueError) as err:
+        raise OrthodiffError(f"{WEIGHTS / 'demo.json'}: the shipped weights' manifest is unreadable ({err}); "
+                             "reinstall orthodiff") from None
+    path = WEIGHTS / manifest["files"][plane]["file"]
+    if not path.is_file():
+        raise OrthodiffError(f"{path}: the shipped demo weights are missing (reinstall orthodiff, or train "
+                             "backbones here with `orthodiff demo --pretrain 30`)")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != manifest["files"][plane]["sha256"]:
+        raise OrthodiffError(f"{path}: sha256 {digest[:16]} is not the recorded {manifest['files'][plane]['sha256'][:16]}: "
+                             "the shipped weights are damaged; reinstall orthodiff")
+    return path
+
+
+def _made_by(ckpt: dict) -> str:
+    return "the shipped weights" if ckpt.get("parts") == "encoder" else f"{ckpt.get('step')} pretraining steps here"
+
+
+def demo_backbone(out: Path, store: Path, plane: str, steps: int | None, console: Console) -> Path:
+    """`out/backbones/<plane>.pt`: a copy of the shipped weights (`steps` None) or a backbone
+    pretrained here for `steps`. Backbones of the other kind, or other shipped weights, are
+    refused rather than silently reused."""
+    from orthodiff.backbone import backbone_id
     from orthodiff.backbone.checkpoint import read_checkpoint
     from orthodiff.backbone.pretrain import pretrain
     from orthodiff.featurestore.volumes import open_volumes
+    from orthodiff.files import atomic_write
 
     path = out / "backbones" / f"{plane}.pt"
     if not path.exists():
+        if steps is None:
+            shipped = shipped_weights(plane)
+            return atomic_write(path, lambda tmp: shutil.copyfile(shipped, tmp))
         return pretrain(open_volumes(str(store)), plane, PRESET, steps, BATCH, path, every=max(steps, 1), lr=LR, seed=SEED)
-    made = read_checkpoint(path).get("step")
-    if made != steps:
-        raise OrthodiffError(f"{path}: this demo folder's backbones had {made} pretraining steps, not {steps}; "
-                             "choose another --out")
+    ckpt = read_checkpoint(path)
+    made, wanted = _made_by(ckpt), "the shipped weights" if steps is None else f"{steps} pretraining steps here"
+    if made == wanted and steps is None and backbone_id(path, ckpt) != backbone_id(shipped_weights(plane)):
+        made = "other shipped weights"
+    if made != wanted:
+        raise OrthodiffError(f"{path}: this demo folder's backbones are {made}, not {wanted}; choose another --out")
     console.print(f"reusing {path}")
     return path
 
 
-def run_demo(out: Path, console: Console, steps: int = STEPS) -> None:
+def run_demo(out: Path, console: Console, pretrain: int | None = None) -> None:
+    """The pipeline on the embedded cohort, with the shipped backbones or (``pretrain``) ones
+    trained here for that many steps per plane."""
     from orthodiff.backbone import backbone_id
     from orthodiff.backbone.preview import sample_preview
     from orthodiff.catalogs.cohort import cohort_summary, read_catalog, validate_catalog
@@ -97,15 +130,21 @@ def run_demo(out: Path, console: Console, steps: int = STEPS) -> None:
     console.print(f"series {counts}; volumes take {_disk_bytes(store / 'volumes') / 2**20:.1f} MiB on disk")
     console.print(frame_table(volumes_table(store), f"{store}: volumes (16 x {INGEST_SIZE} x {INGEST_SIZE}, float16)"))
 
-    console.rule(f"3. pretrain one {PRESET}-preset backbone per plane ({steps} steps of {BATCH})")
-    checkpoints = {plane: demo_backbone(out, store, plane, steps, console) for plane in PLANES}
+    if pretrain is None:
+        console.rule(f"3. the shipped {PRESET}-preset backbones, one per plane")
+    else:
+        console.rule(f"3. pretrain one {PRESET}-preset backbone per plane ({pretrain} steps of {BATCH})")
+    checkpoints = {plane: demo_backbone(out, store, plane, pretrain, console) for plane in PLANES}
     for plane, path in checkpoints.items():
         console.print(f"{plane}: {path} (backbone id {backbone_id(path)})")
-    samples = out / "backbones" / "samples_sagittal.png"
-    if not samples.exists():
-        sample_preview(checkpoints["sagittal"], samples, n=4, steps=25)
-    console.print(f"DDIM samples: {samples} (after {steps} pretraining steps they are still noise; "
-                  "anatomy appears after thousands of steps, see README 'Real sizes')")
+    if pretrain is None:
+        console.print(f"they hold the encoders only, what extraction reads; how they were made: {WEIGHTS / 'demo.json'}")
+    else:
+        samples = out / "backbones" / "samples_sagittal.png"
+        if not samples.exists():
+            sample_preview(checkpoints["sagittal"], samples, n=4, steps=25)
+        console.print(f"DDIM samples: {samples} (after {pretrain} pretraining steps they are still noise; "
+                      "anatomy appears after thousands of steps, see README 'Real sizes')")
 
     console.rule(f"4. extract timesteps {', '.join(map(str, TIMESTEPS))} x blocks mid_0-2 for every plane")
     for plane in PLANES:

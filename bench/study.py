@@ -14,7 +14,15 @@ Stages:
    GAP by default, the batched sweep that takes seconds; a SAP sweep of 400 exams takes about
    7 minutes per plane and checkpoint on two cores), the best configuration frozen, then the
    single-plane probe scored on test (macro AUROC + CI);
-4. tables and figures in `--docs` (CSV + PNG): `pretraining_curve.csv/png`.
+4. tables and figures in `--docs` (CSV + PNG): `pretraining_curve.csv/png`;
+5. the fusion ablation, on all three planes of the longest-trained backbones and of the
+   initialisation (GAP sweep, cross-plane selection, then concat, linear concat, linear add,
+   cross-attention, MPAE, concat and MPAE with EHR, EHR-only and LightGBM on test):
+   `fusion.csv`, the paired permutation test of each against the initialisation
+   (`pretrained_vs_random.csv`) and the MPAE gate weights per label (`mpae_gates.csv/png`);
+6. `--ship STEPS`: the float16 encoders of that step count exported (`orthodiff export-encoder`)
+   to the package's `weights/`, with `demo.json` (command, cohort, settings, hashes): the
+   backbones `orthodiff demo` uses by default.
 """
 
 from __future__ import annotations
@@ -75,7 +83,11 @@ def backbone_id(path: Path) -> str:
 
 
 def validation_loss(store: Path, path: Path, plane: str, draws: int = 4) -> float:
-    """Mean denoising loss of the EMA weights over every validation series, fixed noise."""
+    """Mean denoising loss of the EMA weights over every validation series, fixed noise
+    (kept beside the checkpoint)."""
+    kept = path.with_suffix(".val_loss.json")
+    if kept.exists():
+        return json.loads(kept.read_text())["val_loss"]
     import torch
 
     from orthodiff.backbone import load_backbone
@@ -92,39 +104,139 @@ def validation_loss(store: Path, path: Path, plane: str, draws: int = 4) -> floa
             for start in range(0, len(val), 16):
                 x0 = val.batch(np.arange(start, min(start + 16, len(val))))
                 losses.append(float(diffusion.loss(model, x0, generator)) * len(x0))
-    return sum(losses) / (draws * len(val))
+    loss = sum(losses) / (draws * len(val))
+    kept.write_text(json.dumps({"val_loss": loss, "draws": draws, "series": len(val)}))
+    return loss
 
 
-def probe(out: Path, store: Path, catalog: Path, plane: str, count: int, timesteps: str, pooling: str, log: Path) -> dict:
+def head_flags(heads: str) -> tuple[list[str], list[str]]:
+    """`sweep` and `select` options of a heads setting: `small`, the demo's small-cohort settings
+    (README "Heads"), or `paper`, the paper's (the commands' defaults: probes at 5e-4, fusion at
+    5e-5 for 5 epochs, made for thousands of exams)."""
+    if heads == "paper":
+        return [], []
+    from orthodiff.heads.pipeline import SMALL_COHORT_FUSION, SMALL_COHORT_PROBE, settings_flags
+
+    return settings_flags(SMALL_COHORT_PROBE).split(), settings_flags(SMALL_COHORT_FUSION).split()
+
+
+def probe(out: Path, store: Path, catalog: Path, plane: str, count: int, timesteps: str, pooling: str, heads: str,
+          log: Path) -> dict:
     """Extraction, probe sweep on validation, frozen best configuration, test score of one plane."""
     ckpt = checkpoint(out, plane, count)
     bid = backbone_id(ckpt)
-    run = out / "probe" / f"{plane}_{count:05d}_{pooling}"
+    run = out / "probe" / f"{plane}_{count:05d}_{pooling}_{heads}"
+    sweep_flags, select_flags = head_flags(heads)
     metrics = run / "test" / "metrics.csv"
     if not metrics.exists():
         orthodiff(log, "extract", "--plane", plane, "--store", store, "--backbone", ckpt, "--timesteps", timesteps)
         if not (run / "sweep" / "top4.parquet").exists():
             orthodiff(log, "sweep", "--store", store, "--catalog", catalog, "--out", run / "sweep", "--planes", plane,
-                      "--backbone-id", bid, "--pooling", pooling)
+                      "--backbone-id", bid, "--pooling", pooling, *sweep_flags)
         if not (run / "config.json").exists():
-            orthodiff(log, "select", "--sweep", run / "sweep", "--out", run / "config.json")
+            orthodiff(log, "select", "--sweep", run / "sweep", "--out", run / "config.json", *select_flags)
         orthodiff(log, "fuse", "--config", run / "config.json", "--out", run / "test", "--method", "concat")
     table = pd.read_csv(metrics)
     macro = table[table["metric"] == "macro_auroc"].iloc[0]
     config = json.loads((run / "config.json").read_text())
     best = pd.read_parquet(run / "sweep" / "top4.parquet").iloc[0]
-    return {"plane": plane, "steps": count, "pooling": pooling, "backbone": bid, "timestep": int(best["timestep"]), "block": best["block"],
+    return {"plane": plane, "steps": count, "pooling": pooling, "heads": heads, "backbone": bid, "timestep": int(best["timestep"]), "block": best["block"],
             "val_auroc": float(best["auroc"]), "test_auroc": float(macro["value"]),
             "test_low": float(macro["ci_low"]), "test_high": float(macro["ci_high"]),
             "config": config.get("configuration", config.get("planes"))}
 
 
+FUSIONS = (("concat", False), ("linear_concat", False), ("linear_add", False), ("cross_attention", False),
+           ("mpae", False), ("concat", True), ("mpae", True), ("ehr_only", False), ("lightgbm", False))
+
+
+def macro_row(run: Path) -> dict:
+    table = pd.read_csv(run / "metrics.csv")
+    table = table[table["label"] == "all"].set_index("metric")
+    return {"test_auroc": table.at["macro_auroc", "value"], "test_low": table.at["macro_auroc", "ci_low"],
+            "test_high": table.at["macro_auroc", "ci_high"], "CF1": table.at["CF1", "value"], "OF1": table.at["OF1", "value"]}
+
+
+def fusion(out: Path, store: Path, catalog: Path, count: int, heads: str, log: Path) -> pd.DataFrame:
+    """All three planes of one step count: a GAP sweep, the cross-plane selection on validation,
+    then every fusion method (and EHR, EHR-only, LightGBM) on that configuration, scored on test."""
+    run = out / "fusion" / f"{count:05d}_{heads}"
+    sweep_flags, select_flags = head_flags(heads)
+    ids = ",".join(backbone_id(checkpoint(out, plane, count)) for plane in PLANES)
+    if not (run / "sweep" / "top4.parquet").exists():
+        orthodiff(log, "sweep", "--store", store, "--catalog", catalog, "--out", run / "sweep", "--backbone-id", ids,
+                  "--pooling", "gap", *sweep_flags)
+    if not (run / "config.json").exists():
+        orthodiff(log, "select", "--sweep", run / "sweep", "--out", run / "config.json", *select_flags)
+    rows = []
+    for method, ehr in FUSIONS:
+        name = method + ("_ehr" if ehr else "")
+        if not (run / name / "metrics.csv").exists():
+            orthodiff(log, "fuse", "--config", run / "config.json", "--out", run / name, "--method", method,
+                      *(["--ehr"] if ehr else []))
+        rows.append({"steps": count, "heads": heads, "run": name, **macro_row(run / name)})
+    return pd.DataFrame(rows)
+
+
+def pretrained_vs_random(out: Path, count: int, heads: str, log: Path) -> pd.DataFrame:
+    """Paired permutation test of each fusion run on the `count`-step backbones against the
+    same run on the initialisation (step 0): same cohort, split, heads and settings."""
+    rows = []
+    for method, ehr in FUSIONS:
+        name = method + ("_ehr" if ehr else "")
+        if name == "ehr_only":  # no image features: the same model on both sides
+            continue
+        a, b = out / "fusion" / f"{count:05d}_{heads}" / name, out / "fusion" / f"00000_{heads}" / name
+        table = out / "fusion" / f"{count:05d}_{heads}" / "vs_random" / f"{name}.parquet"
+        if not table.exists():
+            orthodiff(log, "compare", a, b, "--out", table)
+        macro = pd.read_parquet(table).set_index("label").loc["macro"]
+        rows.append({"run": name, "steps": count, "heads": heads, "delta": macro["delta"], "p_value": macro["p_value"]})
+    return pd.DataFrame(rows)
+
+
+def plot_gates(gating: pd.DataFrame, path: Path, title: str) -> None:
+    from orthodiff.outputs import pyplot
+
+    plt = pyplot()
+    table = gating.pivot(index="label", columns="plane", values="weight")[list(PLANES)]
+    ax = table.plot.bar(figsize=(8, 3.5), rot=0)
+    ax.axhline(1 / 3, color="grey", lw=0.8, ls="--")
+    ax.set_ylabel("mean MPAE gate weight (test)")
+    ax.set_title(title)
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=110)
+    plt.close(ax.figure)
+
+
+def ship(out: Path, steps: int, args: argparse.Namespace, log: Path) -> Path:
+    """Export each plane's `steps` checkpoint as the demo's shipped encoder, with its manifest."""
+    import hashlib
+
+    from orthodiff.outputs import write_json
+
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    files = {}
+    for plane in PLANES:
+        kept, shipped = checkpoint(out, plane, steps), weights / f"demo_{plane}.pt"
+        orthodiff(log, "export-encoder", kept, "--out", shipped)
+        files[plane] = {"file": shipped.name, "sha256": hashlib.sha256(shipped.read_bytes()).hexdigest(),
+                        "backbone_id": backbone_id(shipped), "source_backbone": backbone_id(kept)}
+    manifest = {
+        "made_by": f"python bench/study.py --cases {args.cases} --steps {args.steps} --ship {steps}",
+        "cohort": f"orthodiff synth --cases {args.cases} --size 64 --seed 1, ingested at {SIZE} px "
+                  "(another cohort than the demo's, which is seed 0)",
+        "pretraining": {"preset": PRESET, "steps": steps, "batch": BATCH, "lr": LR, "seed": 0},
+        "format": "orthodiff export-encoder: EMA time embedding, encoder and middle block in float16",
+        "files": files,
+    }
+    return write_json(manifest, weights / "demo.json")
+
+
 def plot_curve(curve: pd.DataFrame, path: Path) -> None:
-    import matplotlib
+    from orthodiff.outputs import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for plane, part in curve.groupby("plane", sort=False):
         x = part["steps"].clip(lower=10)  # log axis: the initialisation drawn at 10
@@ -153,6 +265,9 @@ def main() -> None:
     parser.add_argument("--steps", default="0,300,1000")
     parser.add_argument("--timesteps", default="10,50,150,300")
     parser.add_argument("--pooling", default="gap", choices=("gap", "glp", "sap"))
+    parser.add_argument("--heads", default="small", choices=("small", "paper"),
+                        help="heads settings: the demo's small-cohort ones or the paper's")
+    parser.add_argument("--ship", type=int, help="export this step count's encoders as the demo's weights")
     args = parser.parse_args()
     out, docs = args.out.resolve(), args.docs.resolve()
     (out / "backbones").mkdir(parents=True, exist_ok=True)
@@ -160,6 +275,7 @@ def main() -> None:
     log, cohort, store = out / "study.log", out / "cohort", out / "store.zarr"
     catalog = cohort / "catalog.parquet"
     steps = [int(s) for s in args.steps.split(",")]
+    suffix = "" if args.heads == "small" else "_paper"  # the tables of the paper's heads settings
 
     if not catalog.exists():
         orthodiff(log, "synth", "--out", cohort, "--cases", args.cases, "--size", 64, "--seed", 1)
@@ -168,12 +284,23 @@ def main() -> None:
     for count in steps:  # the curve fills one step count at a time, all planes
         pretrain_curve(out, store, [count], log)
         for plane in PLANES:
-            row = probe(out, store, catalog, plane, count, args.timesteps, args.pooling, log)
+            row = probe(out, store, catalog, plane, count, args.timesteps, args.pooling, args.heads, log)
             row["val_loss"] = validation_loss(store, checkpoint(out, plane, count), plane)
             rows.append(row)
         curve = pd.DataFrame(rows)
-        curve.to_csv(docs / "pretraining_curve.csv", index=False, float_format="%.4f")
-        plot_curve(curve, docs / "pretraining_curve.png")
+        curve.to_csv(docs / f"pretraining_curve{suffix}.csv", index=False, float_format="%.4f")
+        plot_curve(curve, docs / f"pretraining_curve{suffix}.png")
+    if len(steps) > 1:  # the fusion ablation on the longest-trained backbones and on the initialisation
+        best = max(steps)
+        table = pd.concat([fusion(out, store, catalog, count, args.heads, log) for count in (0, best)])
+        table.to_csv(docs / f"fusion{suffix}.csv", index=False, float_format="%.4f")
+        pretrained_vs_random(out, best, args.heads, log).to_csv(docs / f"pretrained_vs_random{suffix}.csv", index=False,
+                                                                 float_format="%.4f")
+        gating = pd.read_parquet(out / "fusion" / f"{best:05d}_{args.heads}" / "mpae" / "gating.parquet")
+        gating.to_csv(docs / f"mpae_gates{suffix}.csv", index=False, float_format="%.4f")
+        plot_gates(gating, docs / f"mpae_gates{suffix}.png", f"MPAE gate weights per label ({best}-step backbones)")
+    if args.ship is not None:
+        ship(out, args.ship, args, log)
 
 
 if __name__ == "__main__":

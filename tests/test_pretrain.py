@@ -164,5 +164,64 @@ def test_demo_backbone_of_other_steps_is_refused_not_reused(store, tmp_path):
     assert read_checkpoint(path)["step"] == 0
     first = backbone_id(path)
     assert demo_backbone(tmp_path, store, "axial", 0, console) == path and backbone_id(path) == first
-    with pytest.raises(OrthodiffError, match="had 0 pretraining steps, not 30"):
+    with pytest.raises(OrthodiffError, match="are 0 pretraining steps here, not 30 pretraining steps here"):
         demo_backbone(tmp_path, store, "axial", 30, console)
+    with pytest.raises(OrthodiffError, match="are 0 pretraining steps here, not the shipped weights"):
+        demo_backbone(tmp_path, store, "axial", None, console)
+
+
+def test_demo_uses_the_shipped_weights_checked_by_hash(store, tmp_path, monkeypatch):
+    """By default the demo copies the shipped encoder; a damaged file, or a folder made with
+    other weights, is refused by name."""
+    import hashlib
+    import json
+    import shutil
+
+    from rich.console import Console
+
+    from orthodiff import demo
+    from orthodiff.backbone.checkpoint import export_encoder
+
+    console = Console(quiet=True)
+    weights = tmp_path / "weights"
+    initial = pretrain(open_volumes(store), "axial", "demo", steps=0, out=tmp_path / "init.pt", progress=False)
+    export_encoder(initial, weights / "demo_axial.pt")
+    digest = hashlib.sha256((weights / "demo_axial.pt").read_bytes()).hexdigest()
+    (weights / "demo.json").write_text(json.dumps({"files": {"axial": {"file": "demo_axial.pt", "sha256": digest}}}))
+    monkeypatch.setattr(demo, "WEIGHTS", weights)
+
+    path = demo.demo_backbone(tmp_path / "run", store, "axial", None, console)
+    assert path.read_bytes() == (weights / "demo_axial.pt").read_bytes()
+    assert load_backbone(path, "cpu").output_blocks is None  # the encoder only
+    assert demo.demo_backbone(tmp_path / "run", store, "axial", None, console) == path
+    with pytest.raises(OrthodiffError, match="are the shipped weights, not 0 pretraining steps here"):
+        demo.demo_backbone(tmp_path / "run", store, "axial", 0, console)
+
+    other = pretrain(open_volumes(store), "axial", "demo", steps=0, seed=1, out=tmp_path / "other.pt", progress=False)
+    export_encoder(other, weights / "demo_axial.pt")
+    with pytest.raises(OrthodiffError, match="demo_axial.pt: sha256 .* is not the recorded .*damaged"):
+        demo.demo_backbone(tmp_path / "new", store, "axial", None, console)
+    (weights / "demo.json").write_text(json.dumps({"files": {"axial": {
+        "file": "demo_axial.pt", "sha256": hashlib.sha256((weights / "demo_axial.pt").read_bytes()).hexdigest()}}}))
+    with pytest.raises(OrthodiffError, match="are other shipped weights, not the shipped weights"):
+        demo.demo_backbone(tmp_path / "run", store, "axial", None, console)
+    shutil.rmtree(weights)
+    with pytest.raises(OrthodiffError, match="demo.json"):
+        demo.demo_backbone(tmp_path / "new", store, "axial", None, console)
+
+
+def test_the_shipped_demo_weights_are_intact_encoders_of_the_demo_preset():
+    import json
+
+    from orthodiff.backbone import PRESETS, backbone_id
+    from orthodiff.catalogs.tasks import PLANES
+    from orthodiff.demo import WEIGHTS, shipped_weights
+
+    manifest = json.loads((WEIGHTS / "demo.json").read_text())
+    assert manifest["pretraining"]["preset"] == "demo" and manifest["pretraining"]["steps"] > 0
+    for plane in PLANES:
+        path = shipped_weights(plane)  # sha256 checked
+        model = load_backbone(path, "cpu")
+        assert model.config == PRESETS["demo"] and model.output_blocks is None
+        assert backbone_id(path) == manifest["files"][plane]["backbone_id"]
+        assert path.stat().st_size < 3 * 2**20
