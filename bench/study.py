@@ -18,7 +18,8 @@ Stages:
 5. the fusion ablation, on all three planes of the longest-trained backbones and of the
    initialisation (GAP sweep, cross-plane selection, then concat, linear concat, linear add,
    cross-attention, MPAE, concat and MPAE with EHR, EHR-only and LightGBM on test):
-   `fusion.csv`, the paired permutation test of each against the initialisation
+   `fusion.csv`, its sweep's validation AUROC per plane, timestep and block (`sweep.csv`,
+   `heatmap_<plane>.png`), the paired permutation test of each against the initialisation
    (`pretrained_vs_random.csv`) and the MPAE gate weights per label (`mpae_gates.csv/png`);
 6. `--ship STEPS`: the float16 encoders of that step count exported (`orthodiff export-encoder`)
    to the package's `weights/`, with `demo.json` (command, cohort, settings, hashes): the
@@ -296,6 +297,10 @@ def main() -> None:
         table.to_csv(docs / f"fusion{suffix}.csv", index=False, float_format="%.4f")
         pretrained_vs_random(out, best, args.heads, log).to_csv(docs / f"pretrained_vs_random{suffix}.csv", index=False,
                                                                  float_format="%.4f")
+        sweep = out / "fusion" / f"{best:05d}_{args.heads}" / "sweep"  # the timestep x block heatmaps
+        pd.read_parquet(sweep / "sweep.parquet").to_csv(docs / f"sweep{suffix}.csv", index=False, float_format="%.4f")
+        for plane in PLANES:
+            shutil.copyfile(sweep / f"heatmap_{plane}.png", docs / f"heatmap_{plane}{suffix}.png")
         gating = pd.read_parquet(out / "fusion" / f"{best:05d}_{args.heads}" / "mpae" / "gating.parquet")
         gating.to_csv(docs / f"mpae_gates{suffix}.csv", index=False, float_format="%.4f")
         plot_gates(gating, docs / f"mpae_gates{suffix}.png", f"MPAE gate weights per label ({best}-step backbones)")
