@@ -27,6 +27,8 @@ WEIGHTS = Path(__file__).parent / "weights"
 TIMESTEPS = (10, 50, 150, 300)
 # The heads: the paper's SAP pooling (the SAP sweep is most of the demo's time)
 POOLING = "sap"
+
+
 def _disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
