@@ -197,7 +197,7 @@ def pretrained_vs_random(out: Path, count: int, heads: str, log: Path) -> pd.Dat
 
 
 def plot_gates(gating: pd.DataFrame, path: Path, title: str) -> None:
-    from orthodiff.outputs import pyplot
+    from orthodiff.outputs import atomic_savefig, pyplot
 
     plt = pyplot()
     table = gating.pivot(index="label", columns="plane", values="weight")[list(PLANES)]
@@ -206,7 +206,7 @@ def plot_gates(gating: pd.DataFrame, path: Path, title: str) -> None:
     ax.set_ylabel("mean MPAE gate weight (test)")
     ax.set_title(title)
     ax.figure.tight_layout()
-    ax.figure.savefig(path, dpi=110)
+    atomic_savefig(ax.figure, path)
     plt.close(ax.figure)
 
 
@@ -235,7 +235,7 @@ def ship(out: Path, steps: int, args: argparse.Namespace, log: Path) -> Path:
 
 
 def plot_curve(curve: pd.DataFrame, path: Path) -> None:
-    from orthodiff.outputs import pyplot
+    from orthodiff.outputs import atomic_savefig, pyplot
 
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -254,7 +254,7 @@ def plot_curve(curve: pd.DataFrame, path: Path) -> None:
     right.set_ylabel("denoising validation loss (EMA weights)")
     right.set_title("Denoising loss vs pretraining")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path)
     plt.close(fig)
 
 
