@@ -97,25 +97,51 @@ class TwoStageFusion(BaseEstimator):
         self.head = head
         self.random_state = random_state
 
-    def _pooled(self, features: dict, catalog: pd.DataFrame) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    def _pooled(self, features: dict, catalog: pd.DataFrame, stage_one: dict | None = None
+                ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
         combos, missing = fusion_samples(catalog, self.planes_)
         pooled = {}
         for plane in self.planes_:
             ids = catalog.loc[catalog["plane"] == plane, "series_id"]
             ids = ids[ids.isin(combos[plane])]
-            selected = select_series(features[plane], ids, plane)
-            vectors = self.probes_[plane].transform(selected.data)
+            if stage_one is not None and plane in stage_one:
+                selected = select_series(stage_one[plane], ids, plane)
+                vectors = selected.to_numpy()
+            else:
+                selected = select_series(features[plane], ids, plane)
+                vectors = self.probes_[plane].transform(selected.data)
             row = pd.Series(np.arange(len(selected)), index=selected["series"].to_numpy())
             pooled[plane] = vectors[row[combos[plane]].to_numpy()]
         if self.uses_ehr_:
             pooled["ehr"] = self.ehr_encoder_.transform(exam_rows(catalog, combos["case_id"]))
         return pooled, combos, missing
 
-    def fit(self, features: dict, catalog: pd.DataFrame, labels: list[str], probes: dict | None = None) -> "TwoStageFusion":
+    def fit(self, features: dict, catalog: pd.DataFrame, labels: list[str], probes: dict | None = None,
+            stage_one: dict | None = None) -> "TwoStageFusion":
         """``probes``: already fitted Stage I probes by plane (reused frozen, e.g. when many
-        cross-plane combinations share a plane's configuration)."""
+        cross-plane combinations share a plane's configuration). ``stage_one``: what those
+        probes output (``stage_one_outputs``), by plane, read instead of pooling the features again."""
         if self.method not in (*METHODS, *COMPARATORS):
             raise OrthodiffError(f"unknown fusion method {self.method!r}; expected one of {[*METHODS, *COMPARATORS]}")
+        self.fit_stage_one(features, catalog, labels, probes)
+        # the EHR-only baseline is scored on the same exams as fusion (those with every plane)
+        self.uses_ehr_ = self.ehr or self.method == "ehr_only"
+        if self.uses_ehr_:
+            self.ehr_encoder_ = EHREncoder().fit(catalog.drop_duplicates("case_id"))
+        X, combos, _ = self._pooled(features, catalog, stage_one)
+        exams = exam_table(catalog).loc[combos["case_id"]]
+        y = exams[labels].to_numpy()
+        if self.method in COMPARATORS:
+            self.head_ = COMPARATORS[self.method](random_state=self.random_state).fit(X, y, combos["weight"].to_numpy())
+        else:
+            head = clone(self.head if self.head is not None else FusionHead())
+            self.head_ = head.set_params(method=self.method, random_state=self.random_state).fit(
+                X, y, combos["weight"].to_numpy(), groups=exams["patient_id"].to_numpy())
+        return self
+
+    def fit_stage_one(self, features: dict, catalog: pd.DataFrame, labels: list[str], probes: dict | None = None
+                      ) -> "TwoStageFusion":
+        """Stage I alone: a probe per plane of ``features`` on its training series (``probes``: as in ``fit``)."""
         check_labels(catalog, labels)
         self.labels_ = list(labels)
         self.planes_ = [p for p in PLANES if p in features]
@@ -127,27 +153,14 @@ class TwoStageFusion(BaseEstimator):
             X = select_series(features[plane], rows["series_id"], plane)
             y = rows.set_index("series_id").loc[X["series"].to_numpy(), labels].to_numpy()
             self.probes_[plane] = clone(probe).fit(X.data, y)
-        # the EHR-only baseline is scored on the same exams as fusion (those with every plane)
-        self.uses_ehr_ = self.ehr or self.method == "ehr_only"
-        if self.uses_ehr_:
-            self.ehr_encoder_ = EHREncoder().fit(catalog.drop_duplicates("case_id"))
-        X, combos, _ = self._pooled(features, catalog)
-        exams = exam_table(catalog).loc[combos["case_id"]]
-        y = exams[labels].to_numpy()
-        if self.method in COMPARATORS:
-            self.head_ = COMPARATORS[self.method](random_state=self.random_state).fit(X, y, combos["weight"].to_numpy())
-        else:
-            head = clone(self.head if self.head is not None else FusionHead())
-            self.head_ = head.set_params(method=self.method, random_state=self.random_state).fit(
-                X, y, combos["weight"].to_numpy(), groups=exams["patient_id"].to_numpy())
         return self
 
-    def predict(self, features: dict, catalog: pd.DataFrame) -> pd.DataFrame:
+    def predict(self, features: dict, catalog: pd.DataFrame, stage_one: dict | None = None) -> pd.DataFrame:
         """One row per exam with all planes: case_id, patient_id, the labels, ``p_<label>``
         (mean over the exam's combinations) and, for MPAE, ``gate_<label>_<plane>``.
-        Exams missing a plane are left out (``missing_exams``)."""
+        Exams missing a plane are left out (``missing_exams``). ``stage_one``: as in ``fit``."""
         check_is_fitted(self)
-        X, combos, _ = self._pooled(features, catalog)
+        X, combos, _ = self._pooled(features, catalog, stage_one)
         if combos.empty:
             raise OrthodiffError("no exam has series in every plane: nothing to fuse")
         prob = pd.DataFrame(self.head_.predict_proba(X), columns=[f"p_{c}" for c in self.labels_])
@@ -160,6 +173,17 @@ class TwoStageFusion(BaseEstimator):
         per_exam = prob.groupby("case_id", sort=True).mean()
         exams = exam_table(catalog).loc[per_exam.index]
         return pd.concat([exams[["patient_id", *self.labels_]], per_exam], axis=1).reset_index()
+
+    def stage_one_outputs(self, features: dict, catalog: pd.DataFrame) -> dict[str, xr.DataArray]:
+        """The Stage I output (pooled, standardised vector) of every series of ``catalog``, by plane,
+        labelled by series: computed once, it serves every fit and predict on these probes."""
+        check_is_fitted(self, "probes_")
+        out = {}
+        for plane in [p for p in self.planes_ if p in features]:
+            selected = select_series(features[plane], catalog.loc[catalog["plane"] == plane, "series_id"], plane)
+            out[plane] = xr.DataArray(self.probes_[plane].transform(selected.data), dims=("series", "feature"),
+                                      coords={"series": selected["series"].to_numpy()})
+        return out
 
     def missing_exams(self, catalog: pd.DataFrame) -> pd.DataFrame:
         """The exams of ``catalog`` that ``predict`` leaves out: case_id, missing_planes."""

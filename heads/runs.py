@@ -168,15 +168,23 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method="concat
     top = top[top["rank"] <= top_k]
     planes = [p for p in PLANES if p in set(top["plane"])]
     rows, stage_one = [], stage_one if stage_one is not None else {}
+    outputs = {}  # Stage I outputs on train and validation per plane configuration, shared by its combinations
+    train, val = _split(catalog, "train"), _split(catalog, "val")
     per_plane = [top[top["plane"] == p][["timestep", "block"]].to_dict("records") for p in planes]
     for combo in itertools.product(*per_plane):
         config = {"pooling": run["pooling"], "planes": dict(zip(planes, combo))}
         slabs = config_features(features, config, str(sweep_dir))
         model = TwoStageFusion(run["pooling"], method, probe=PlaneProbe(**run["probe_params"]), head=FusionHead(**fusion))
         keys = stage_one_keys(config, model.random_state)
-        model.fit(slabs, _split(catalog, "train"), labels, probes={p: stage_one[k] for p, k in keys.items() if k in stage_one})
+        model.fit_stage_one(slabs, train, labels, probes={p: stage_one[k] for p, k in keys.items() if k in stage_one})
         stage_one.update({k: model.probes_[p] for p, k in keys.items()})  # Stage I is frozen: reuse it
-        pred = model.predict(slabs, _split(catalog, "val"))
+        new = [p for p, k in keys.items() if k not in outputs]
+        if new:  # and pool each series once per plane configuration
+            pooled = model.stage_one_outputs({p: slabs[p] for p in new}, pd.concat([train, val]))
+            outputs.update({keys[p]: pooled[p] for p in new})
+        shared = {p: outputs[k] for p, k in keys.items()}
+        model.fit(slabs, train, labels, probes=model.probes_, stage_one=shared)
+        pred = model.predict(slabs, val, stage_one=shared)
         row = {f"{p}_{k}": c[k] for p, c in zip(planes, combo) for k in ("timestep", "block")}
         rows.append({**row, "val_macro_auroc": macro_auroc(pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy())})
         if progress:

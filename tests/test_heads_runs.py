@@ -8,7 +8,10 @@ import pandas as pd
 import pytest
 
 from orthodiff.errors import OrthodiffError
-from orthodiff.heads.metrics import summary, youden_thresholds
+from orthodiff.heads.fusion import FusionHead
+from orthodiff.heads.metrics import macro_auroc, summary, youden_thresholds
+from orthodiff.heads.probe import PlaneProbe
+from orthodiff.heads.protocol import TwoStageFusion
 from orthodiff.heads.report import build_report
 from orthodiff.heads.runs import compare_runs, config_features, read_config, run_efficiency, run_fuse, run_select, run_sweep
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
@@ -142,3 +145,19 @@ def test_fusion_runs_share_the_stage_one_probes_of_the_selection(run, tmp_path):
     assert all(alone.probes_[p] is not first.probes_[p] for p in first.probes_)
     pd.testing.assert_frame_equal(read_table(tmp_path / "b" / "predictions.parquet"), read_table(tmp_path / "c" / "predictions.parquet"))
     assert json.loads((tmp_path / "b" / "run.json").read_text())["stage_one"] == []  # not external probes
+
+
+def test_selection_scores_each_combination_as_a_fusion_model_of_its_own(run):
+    """The selection pools each series once per plane configuration and shares the vectors
+    among that configuration's combinations; every score is the one a model fitted alone on
+    that combination gets."""
+    _, catalog, features, scored, _ = run
+    train, val = catalog[catalog.split == "train"], catalog[catalog.split == "val"]
+    for row in scored.itertuples():
+        config = {"pooling": "gap", "planes": {p: {"timestep": getattr(row, f"{p}_timestep"), "block": getattr(row, f"{p}_block")}
+                                               for p in ("sagittal", "coronal", "axial")}}
+        slabs = config_features(features, config)
+        model = TwoStageFusion("gap", "concat", probe=PlaneProbe(lr=5e-3, batch_size=32), head=FusionHead(**FAST_FUSION))
+        pred = model.fit(slabs, train, LABELS).predict(slabs, val)
+        alone = macro_auroc(pred[LABELS].to_numpy(), pred[[f"p_{c}" for c in LABELS]].to_numpy())
+        assert row.val_macro_auroc == pytest.approx(alone, abs=1e-6)
