@@ -341,9 +341,10 @@ def compare_runs(a, b, n_perm=1000, seed=0) -> pd.DataFrame:
 
 
 def run_efficiency(config, features, catalog, labels, subsets, out, method="concat", comparator="lightgbm",
-                   seed=0, progress=None, fusion_params=None):
-    """Test macro AUROC of the fusion head and the comparator trained on nested patient
-    subsets (catalog columns ``subset_<N>``; "all" = the whole training split)."""
+                   seed=0, progress=None, fusion_params=None, n_boot=500):
+    """Test macro AUROC (patient bootstrap CI) of the fusion head and the comparator trained on
+    nested patient subsets (catalog columns ``subset_<N>``; "all" = the whole training split);
+    their exam predictions are kept (``predictions``, with ``subset`` and ``head``) for paired tests."""
     from orthodiff.catalogs.cohort import SUBSET_PREFIX, subset_sizes
 
     out = Path(out)
@@ -351,7 +352,7 @@ def run_efficiency(config, features, catalog, labels, subsets, out, method="conc
     fusion = {**DEFAULT_FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
     slabs = config_features(features, config)
     train, test = _split(catalog, "train"), _split(catalog, "test")
-    rows = []
+    rows, predictions = [], []
     for size in subsets:
         if size == "all":
             part = train
@@ -368,11 +369,16 @@ def run_efficiency(config, features, catalog, labels, subsets, out, method="conc
             model = TwoStageFusion(config["pooling"], head, probe=PlaneProbe(**config.get("probe_params", {})),
                                    head=FusionHead(**fusion), random_state=seed)
             pred = model.fit(slabs, part, labels).predict(slabs, test)
+            metrics = evaluate(pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy(), labels,
+                               groups=pred["patient_id"].to_numpy(), n_boot=n_boot, seed=seed)
+            macro = metrics[metrics["metric"] == "macro_auroc"].iloc[0]
             rows.append({"subset": str(size), "patients": part["patient_id"].nunique(), "head": head,
-                         "test_macro_auroc": macro_auroc(pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy())})
+                         "test_macro_auroc": macro["value"], "ci_low": macro["ci_low"], "ci_high": macro["ci_high"]})
+            predictions.append(pred.assign(subset=str(size), head=head))
             if progress:
                 progress()
     curves = pd.DataFrame(rows)
+    write_table(pd.concat(predictions, ignore_index=True), out / "predictions")
     write_table(curves, out / "efficiency")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -390,6 +396,7 @@ def run_efficiency(config, features, catalog, labels, subsets, out, method="conc
     atomic_savefig(fig, out / "efficiency.png")
     plt.close(fig)
     write_json({"kind": "efficiency", "config": config, "method": method, "comparator": comparator,
-                "fusion_params": fusion, "subsets": [str(s) for s in subsets], "split_fingerprint": split_of(catalog)},
+                "fusion_params": fusion, "subsets": [str(s) for s in subsets], "n_boot": n_boot, "seed": seed,
+                "split_fingerprint": split_of(catalog)},
                out / "run.json")
     return curves

@@ -76,6 +76,11 @@ def test_compare_efficiency_and_report(run):
     curves = run_efficiency(config, features, catalog, LABELS, [40, "all"], out / "efficiency")
     assert set(curves["head"]) == {"concat", "lightgbm"} and list(curves["patients"].unique())[0] == 40
     assert (out / "efficiency" / "efficiency.png").is_file()
+    assert ((curves["ci_low"] <= curves["test_macro_auroc"]) & (curves["test_macro_auroc"] <= curves["ci_high"])).all()
+    kept = read_table(out / "efficiency" / "predictions.parquet")  # what a paired test of two curves needs
+    for row in curves.itertuples():
+        pred = kept[(kept["subset"] == row.subset) & (kept["head"] == row.head)]
+        assert macro_auroc(pred[LABELS].to_numpy(), pred[[f"p_{c}" for c in LABELS]].to_numpy()) == pytest.approx(row.test_macro_auroc)
     html = build_report(out).read_text()
     pngs = sorted(out.rglob("*.png"))  # how many depends on which tests ran first (module-scoped run)
     assert html.count("<img") == len(pngs) + 2 and len(pngs) >= 4 and "macro_auroc" in html  # + ROC and PR curves
