@@ -196,6 +196,88 @@ def pretrained_vs_random(out: Path, count: int, heads: str, log: Path) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+def pooling_ablation(out: Path, store: Path, catalog: Path, count: int, timesteps: str, heads: str, log: Path) -> pd.DataFrame:
+    """Each plane's probe of the `count`-step backbone with GAP, GLP and SAP pooling (its own
+    sweep and selection each), scored on test; GLP and SAP against GAP by paired permutation."""
+    rows = []
+    for plane in PLANES:
+        for pooling in ("gap", "glp", "sap"):
+            row = probe(out, store, catalog, plane, count, timesteps, pooling, heads, log)
+            run, gap = (out / "probe" / f"{plane}_{count:05d}_{name}_{heads}" / "test" for name in (pooling, "gap"))
+            if pooling != "gap":
+                table = run.parent / "vs_gap.parquet"
+                if not table.exists():
+                    orthodiff(log, "compare", run, gap, "--out", table)
+                macro = pd.read_parquet(table).set_index("label").loc["macro"]
+                row.update(delta_vs_gap=macro["delta"], p_vs_gap=macro["p_value"])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+SUBSETS = (25, 50, 100, 200)  # training patients of the label-efficiency curves (and "all")
+
+
+def label_efficiency(out: Path, catalog: Path, count: int, heads: str, log: Path) -> Path:
+    """The fusion head (concat) and LightGBM of the `count`-step configuration trained on nested
+    subsets of the training patients, scored on test. The subsets are added to a copy of the
+    catalog split exactly as `synth --seed 1` split it (so the frozen configuration accepts it)."""
+    subsets = out / "cohort" / "catalog.subsets.parquet"
+    if not subsets.exists():
+        orthodiff(log, "catalog", "split", catalog, "--seed", 1, "--val", 0.15, "--test", 0.2,
+                  "--subsets", ",".join(map(str, SUBSETS)), "--out", subsets)
+    run = out / "efficiency" / f"{count:05d}_{heads}"
+    if not (run / "run.json").exists():
+        orthodiff(log, "efficiency", "--config", out / "fusion" / f"{count:05d}_{heads}" / "config.json",
+                  "--catalog", subsets, "--subsets", ",".join(map(str, (*SUBSETS, "all"))), "--out", run)
+    return run
+
+
+def efficiency_vs_random(out: Path, count: int, heads: str) -> pd.DataFrame:
+    """Each label-efficiency point of the `count`-step backbones against the same point on the
+    initialisation: both AUROCs with their CIs, and the paired permutation test."""
+    from orthodiff.heads.metrics import permutation_test
+
+    runs = {n: out / "efficiency" / f"{n:05d}_{heads}" for n in (count, 0)}
+    curves = {n: pd.read_parquet(run / "efficiency.parquet").set_index(["subset", "head"]) for n, run in runs.items()}
+    predictions = {n: pd.read_parquet(run / "predictions.parquet") for n, run in runs.items()}
+    labels = json.loads((runs[count] / "run.json").read_text())["config"]["labels"]
+    rows = []
+    for subset, head in curves[count].index:
+        a, b = (predictions[n][(predictions[n]["subset"] == subset) & (predictions[n]["head"] == head)].set_index("case_id")
+                for n in (count, 0))
+        b = b.loc[a.index]
+        test = permutation_test(a[labels].to_numpy(), a[[f"p_{c}" for c in labels]].to_numpy(),
+                                b[[f"p_{c}" for c in labels]].to_numpy(), labels, a["patient_id"].to_numpy())
+        macro = test.set_index("label").loc["macro"]
+        pre, rand = curves[count].loc[(subset, head)], curves[0].loc[(subset, head)]
+        rows.append({"head": head, "subset": subset, "patients": int(pre["patients"]), "steps": count,
+                     "pretrained": pre["test_macro_auroc"], "pretrained_low": pre["ci_low"], "pretrained_high": pre["ci_high"],
+                     "random": rand["test_macro_auroc"], "random_low": rand["ci_low"], "random_high": rand["ci_high"],
+                     "delta": macro["delta"], "p_value": macro["p_value"]})
+    return pd.DataFrame(rows)
+
+
+def plot_efficiency(table: pd.DataFrame, path: Path) -> None:
+    from orthodiff.outputs import atomic_savefig, pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, (head, part) in zip(axes, table.groupby("head", sort=False)):
+        for column, label in (("pretrained", f"{part['steps'].iloc[0]}-step backbones"), ("random", "initialisation")):
+            ax.errorbar(part["patients"], part[column], yerr=[part[column] - part[f"{column}_low"], part[f"{column}_high"] - part[column]],
+                        marker="o", capsize=3, label=label)
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xticks(part["patients"], [str(n) for n in part["patients"]])
+        ax.minorticks_off()
+        ax.set_xlabel("training patients (log scale)")
+        ax.set_title(f"{head}: test macro AUROC (95% CI)")
+        ax.legend()
+    fig.tight_layout()
+    atomic_savefig(fig, path)
+    plt.close(fig)
+
+
 def plot_gates(gating: pd.DataFrame, path: Path, title: str) -> None:
     from orthodiff.outputs import atomic_savefig, pyplot
 
@@ -291,12 +373,18 @@ def main() -> None:
         curve = pd.DataFrame(rows)
         curve.to_csv(docs / f"pretraining_curve{suffix}.csv", index=False, float_format="%.4f")
         plot_curve(curve, docs / f"pretraining_curve{suffix}.png")
-    if len(steps) > 1:  # the fusion ablation on the longest-trained backbones and on the initialisation
-        best = max(steps)
-        table = pd.concat([fusion(out, store, catalog, count, args.heads, log) for count in (0, best)])
+    if len(steps) > 1:  # the fusion ablation at every step count; the best chosen on validation
+        table = pd.concat([fusion(out, store, catalog, count, args.heads, log) for count in steps])
         table.to_csv(docs / f"fusion{suffix}.csv", index=False, float_format="%.4f")
-        pretrained_vs_random(out, best, args.heads, log).to_csv(docs / f"pretrained_vs_random{suffix}.csv", index=False,
-                                                                 float_format="%.4f")
+        pd.concat([pretrained_vs_random(out, count, args.heads, log) for count in steps if count]).to_csv(
+            docs / f"pretrained_vs_random{suffix}.csv", index=False, float_format="%.4f")
+        best = max((count for count in steps if count), key=lambda count: json.loads(
+            (out / "fusion" / f"{count:05d}_{args.heads}" / "config.json").read_text())["val_macro_auroc"])
+        for count in (0, best):
+            label_efficiency(out, catalog, count, args.heads, log)
+        efficiency = efficiency_vs_random(out, best, args.heads)
+        efficiency.to_csv(docs / f"label_efficiency{suffix}.csv", index=False, float_format="%.4f")
+        plot_efficiency(efficiency, docs / f"label_efficiency{suffix}.png")
         sweep = out / "fusion" / f"{best:05d}_{args.heads}" / "sweep"  # the timestep x block heatmaps
         pd.read_parquet(sweep / "sweep.parquet").to_csv(docs / f"sweep{suffix}.csv", index=False, float_format="%.4f")
         for plane in PLANES:
@@ -304,6 +392,8 @@ def main() -> None:
         gating = pd.read_parquet(out / "fusion" / f"{best:05d}_{args.heads}" / "mpae" / "gating.parquet")
         gating.to_csv(docs / f"mpae_gates{suffix}.csv", index=False, float_format="%.4f")
         plot_gates(gating, docs / f"mpae_gates{suffix}.png", f"MPAE gate weights per label ({best}-step backbones)")
+        pooling_ablation(out, store, catalog, best, args.timesteps, args.heads, log).to_csv(
+            docs / f"pooling{suffix}.csv", index=False, float_format="%.4f")
     if args.ship is not None:
         ship(out, args.ship, args, log)
 
