@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from orthodiff.heads.estimator import MultiLabelClassifier
-from orthodiff.heads.probe import ProbeNet
+from orthodiff.heads.probe import PlaneProbe, ProbeNet
 from orthodiff.training import apply, one_thread, seeded, train
 
 # (batch x heads) rows per chunk of attention_mean: 64 x 128 x 128 floats (4 MiB) of scores.
@@ -154,3 +154,16 @@ class BatchedSAPProbes(MultiLabelClassifier):
     def _positive_proba(self, X) -> np.ndarray:
         check_is_fitted(self)
         return expit(apply(self.net_, [X], self.block_rows))
+
+    def probe(self, k: int) -> PlaneProbe:
+        """Configuration ``k`` as the fitted ``PlaneProbe("sap")`` it trained as (its predictions
+        match a probe trained alone up to float rounding): usable as a Stage I probe."""
+        check_is_fitted(self)
+        net, state = self.net_, {}
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            state[f"pool.{name}.weight"] = getattr(net, f"{name}_weight")[k].T
+            state[f"pool.{name}.bias"] = getattr(net, f"{name}_bias")[k]
+        state.update({"classifier.weight": net.classifier_weight[k].T, "classifier.bias": net.classifier_bias[k],
+                      "mean": net.mean[k], "scale": net.scale[k]})
+        params = {n: getattr(self, n) for n in ("epochs", "lr", "batch_size", "weight_decay", "block_rows", "random_state")}
+        return PlaneProbe.from_head("sap", {n: t.detach().clone().contiguous() for n, t in state.items()}, **params)

@@ -66,10 +66,11 @@ def run_heads(store, catalog_path, out, console: Console, backbone=None, pooling
     fusion = {**DEFAULT_FUSION, **(fusion_params or {})}
     features, catalog, labels, provenance = load_inputs(store, catalog_path, backbone)
 
+    stage_one = {}  # Stage I probes: the sweep's, shared by the selection and every fusion run
     with progress_bar(console, f"{pooling} sweep", sweep_steps(features, pooling)) as advance:
-        _, top = run_sweep(features, catalog, labels, pooling, out / "sweep", probe, provenance, advance, reuse=True)
+        _, top = run_sweep(features, catalog, labels, pooling, out / "sweep", probe, provenance, advance, reuse=True,
+                           stage_one=stage_one)
     console.print(frame_table(top, f"{pooling.upper()} sweep: top 4 (timestep, block) per plane, validation macro AUROC"))
-    stage_one = {}  # Stage I probes, trained once and shared by the selection and every fusion run
     with progress_bar(console, "cross-plane combinations", selection_size(out / "sweep")) as advance:
         scored, config = run_select(out / "sweep", features, catalog, labels, out / "config.json", "concat", fusion,
                                     progress=advance, reuse=True, stage_one=stage_one)

@@ -109,15 +109,22 @@ def config_features(features: dict[str, xr.Dataset], config: dict, source: str =
 
 
 def run_sweep(features, catalog, labels, pooling, out, probe_params=None, provenance=None, progress=None,
-              reuse=False):
+              reuse=False, stage_one=None):
     """Sweep every (plane, timestep, block); write sweep/top4 tables, heatmaps, run.json.
-    ``reuse``: return the tables of a complete sweep from the same inputs instead."""
+    ``reuse``: return the tables of a complete sweep from the same inputs instead.
+    ``stage_one``: a Stage I cache (``stage_one_keys``) filled with the sweep's GLP or SAP probes,
+    which are the Stage I probes of the selection and fusion runs on the same inputs."""
     out = Path(out)
     params = {**DEFAULT_PROBE, **(probe_params or {})}
     fingerprint = inputs_fingerprint(features, catalog, labels, kind="sweep", pooling=pooling, probe=params)
     if reuse and completed(out, fingerprint, ("sweep", "top4")):
         return read_table(out / "sweep.parquet"), read_table(out / "top4.parquet")
-    results = sweep(features, catalog, labels, pooling, probe_params=params, progress=progress)
+    probes = {}
+    results = sweep(features, catalog, labels, pooling, probe_params=params, progress=progress, probes=probes)
+    if stage_one is not None:
+        seed = params.get("random_state", 0)
+        stage_one.update({stage_one_keys({"planes": {p: {"timestep": t, "block": b}}}, seed)[p]: probe
+                          for (p, t, b), probe in probes.items()})
     top = top_configs(results, 4)
     write_table(results, out / "sweep")
     write_table(top, out / "top4")

@@ -111,11 +111,14 @@ def sweep(
     batched: bool = True,
     probe_params: dict | None = None,
     progress=None,
+    probes: dict | None = None,
 ) -> pd.DataFrame:
     """Tidy validation AUROC: columns plane, timestep, block, label (and "macro"), auroc.
 
     ``features[plane]`` holds ``gap(series, timestep, block, channel)`` (and
     ``activation`` for GLP/SAP). ``batched=False`` trains GAP and SAP probes one by one.
+    ``probes``: a dict filled with the fitted probe of each (plane, timestep, block) for GLP and
+    SAP, the Stage I probes of fusion on that configuration (GAP's costs nothing to refit).
     """
     check_labels(catalog, labels)
     if pooling not in POOLINGS:
@@ -146,6 +149,8 @@ def sweep(
                 return x.stack(configuration=("timestep", "block")).transpose("series", "configuration", ...).data
             model = BatchedSAPProbes(**params).fit(configurations(train_x), y)
             aucs = _exam_auroc(model.predict_proba(configurations(val_x)), val_rows, labels)
+            if probes is not None:
+                probes.update({(plane, int(t), str(b)): model.probe(k) for k, (t, b) in enumerate(configs)})
         else:
             aucs = []
             for t, b in configs:
@@ -157,6 +162,8 @@ def sweep(
 
                 probe = PlaneProbe(pooling, **params).fit(slab(train_x), y)
                 aucs.append(_exam_auroc(probe.predict_proba(slab(val_x)), val_rows, labels)[0])
+                if probes is not None and pooling != "gap":
+                    probes[(plane, int(t), str(b))] = probe
                 if progress:
                     progress()
             aucs = np.stack(aucs)

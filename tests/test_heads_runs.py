@@ -166,3 +166,23 @@ def test_selection_scores_each_combination_as_a_fusion_model_of_its_own(run):
         pred = model.fit(slabs, train, LABELS).predict(slabs, val)
         alone = macro_auroc(pred[LABELS].to_numpy(), pred[[f"p_{c}" for c in LABELS]].to_numpy())
         assert row.val_macro_auroc == pytest.approx(alone, abs=1e-6)
+
+
+def test_the_sap_sweep_hands_its_probes_to_the_selection(run, tmp_path):
+    """A SAP sweep's probes are the Stage I probes of the selection on its configurations:
+    nothing is trained again, and the scores are those of probes trained by the selection."""
+    _, catalog, features, _, _ = run
+    params = {"epochs": 2, "lr": 1e-3, "batch_size": 32}
+    cache = {}
+    run_sweep(features, catalog, LABELS, "sap", tmp_path / "sweep", probe_params=params, stage_one=cache)
+    assert sorted(cache) == sorted((p, t, b, 0) for p in ("sagittal", "coronal", "axial") for t in (10, 100)
+                                   for b in ("mid_0", "mid_2"))
+    kept = dict(cache)
+    shared, _ = run_select(tmp_path / "sweep", features, catalog, LABELS, tmp_path / "a.json", fusion_params=FAST_FUSION,
+                           top_k=2, stage_one=cache)
+    assert cache.keys() == kept.keys() and all(cache[k] is kept[k] for k in kept)
+    alone, _ = run_select(tmp_path / "sweep", features, catalog, LABELS, tmp_path / "b.json", fusion_params=FAST_FUSION, top_k=2)
+    columns = [c for c in alone.columns if c != "val_macro_auroc"]
+    both = shared.merge(alone, on=columns, suffixes=("_shared", "_alone"))
+    assert len(both) == 8
+    np.testing.assert_allclose(both["val_macro_auroc_shared"], both["val_macro_auroc_alone"], atol=2e-3)

@@ -70,11 +70,16 @@ def test_batched_sap_probes_match_one_probe_at_a_time():
     y = rng.integers(0, 2, (40, 2)).astype(np.float32)
     x = rng.normal(size=(40, 3, 32, 1, 2, 3)).astype(np.float32) + 3 * y[:, None, :1, None, None, None]
     params = dict(epochs=3, lr=5e-3, batch_size=8, random_state=4)
-    batched = BatchedSAPProbes(**params).fit(x, y).predict_proba(x)
+    model = BatchedSAPProbes(**params).fit(x, y)
+    batched = model.predict_proba(x)
     assert batched.shape == (40, 3, 2)
     for k in range(3):
-        alone = PlaneProbe("sap", **params).fit(x[:, k], y).predict_proba(x[:, k])
-        np.testing.assert_allclose(batched[:, k], alone, atol=1e-4)
+        alone = PlaneProbe("sap", **params).fit(x[:, k], y)
+        np.testing.assert_allclose(batched[:, k], alone.predict_proba(x[:, k]), atol=1e-4)
+        exported = model.probe(k)  # the configuration as a fitted single probe (a Stage I probe)
+        assert exported.get_params() == alone.get_params()
+        np.testing.assert_allclose(exported.predict_proba(x[:, k]), batched[:, k], atol=1e-6)
+        np.testing.assert_allclose(exported.transform(x[:, k]), alone.transform(x[:, k]), atol=1e-3)
     assert np.abs(batched[:, 0, 0] - batched[:, 0, 1]).max() > 0.05  # trained, not at the start
 
 
