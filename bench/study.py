@@ -214,6 +214,28 @@ def pooling_ablation(out: Path, store: Path, catalog: Path, count: int, timestep
     return pd.DataFrame(rows)
 
 
+BASELINES = ("resnet18", "unet_encoder")
+
+
+def baselines(out: Path, store: Path, catalog: Path, count: int, heads: str, log: Path) -> pd.DataFrame:
+    """The from-scratch networks (`baseline classify`: one per plane, 5 epochs at 1e-3, batch 4,
+    exam probabilities averaged over planes) on the same split, each against the concat fusion
+    of the `count`-step features, the selection's own method, by paired permutation."""
+    rows = []
+    fused = out / "fusion" / f"{count:05d}_{heads}" / "concat"
+    for model in BASELINES:
+        run = out / "baselines" / model
+        if not (run / "run.json").exists():
+            orthodiff(log, "baseline", "classify", "--model", model, "--store", store, "--catalog", catalog, "--out", run)
+        table = run / "vs_features.parquet"
+        if not table.exists():
+            orthodiff(log, "compare", fused, run, "--out", table)
+        macro = pd.read_parquet(table).set_index("label").loc["macro"]
+        rows.append({"model": model, **macro_row(run), "features_run": f"concat, {count} steps",
+                     "features_minus_model": macro["delta"], "p_value": macro["p_value"]})
+    return pd.DataFrame(rows)
+
+
 SUBSETS = (25, 50, 100, 200)  # training patients of the label-efficiency curves (and "all")
 
 
@@ -393,6 +415,8 @@ def main() -> None:
         gating = pd.read_parquet(out / "fusion" / f"{best:05d}_{args.heads}" / "mpae" / "gating.parquet")
         gating.to_csv(docs / f"mpae_gates{suffix}.csv", index=False, float_format="%.4f")
         plot_gates(gating, docs / f"mpae_gates{suffix}.png", f"MPAE gate weights per label ({best}-step backbones)")
+        baselines(out, store, catalog, best, args.heads, log).to_csv(docs / f"baselines{suffix}.csv", index=False,
+                                                                    float_format="%.4f")
         pooling_ablation(out, store, catalog, best, args.timesteps, args.heads, log).to_csv(
             docs / f"pooling{suffix}.csv", index=False, float_format="%.4f")
     if args.ship is not None:
