@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import xarray as xr
 
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
+from orthodiff.files import atomic_write
 from orthodiff.heads.fusion import FusionHead
 from orthodiff.heads.metrics import evaluate, macro_auroc, permutation_test, subgroup_table, youden_thresholds
 from orthodiff.heads.probe import PlaneProbe
@@ -26,6 +28,7 @@ from orthodiff.progress import no_progress
 # the paper's values (docs/paper.md)
 DEFAULT_PROBE = {"epochs": 10, "lr": 5e-4, "batch_size": 10}
 DEFAULT_FUSION = {"epochs": 5, "lr": 5e-5, "batch_size": 10}
+SWEEP_PROBES = "probes.pt"  # a GLP or SAP sweep's trained probes (``sweep_probes``)
 
 
 def _prob_columns(labels):
@@ -121,10 +124,13 @@ def run_sweep(features, catalog, labels, pooling, out, probe_params=None, proven
         return read_table(out / "sweep.parquet"), read_table(out / "top4.parquet")
     probes = {}
     results = sweep(features, catalog, labels, pooling, probe_params=params, progress=progress, probes=probes)
+    if probes:
+        state = {"inputs_fingerprint": fingerprint,
+                 "probes": {"|".join(map(str, key)): probe.net_.state_dict() for key, probe in probes.items()}}
+        atomic_write(out / SWEEP_PROBES, lambda tmp: torch.save(state, tmp))
     if stage_one is not None:
         seed = params.get("random_state", 0)
-        stage_one.update({stage_one_keys({"planes": {p: {"timestep": t, "block": b}}}, seed)[p]: probe
-                          for (p, t, b), probe in probes.items()})
+        stage_one.update({(p, t, b, seed): probe for (p, t, b), probe in probes.items()})
     top = top_configs(results, 4)
     write_table(results, out / "sweep")
     write_table(top, out / "top4")
@@ -132,6 +138,27 @@ def run_sweep(features, catalog, labels, pooling, out, probe_params=None, proven
     write_json({"kind": "sweep", "pooling": pooling, "labels": labels, "probe_params": params, **(provenance or {}),
                 "planes": [p for p in PLANES if p in features], "split_fingerprint": split_of(catalog), "inputs_fingerprint": fingerprint}, out / "run.json")
     return results, top
+
+
+def sweep_probes(sweep_dir, fingerprint: str) -> dict:
+    """The GLP or SAP probes a sweep trained, keyed as ``stage_one_keys``: the Stage I probes of
+    the selection and fusion runs on its configurations, so that the demo in one process and the
+    same commands one by one compute the same. Empty for a GAP sweep, or when the sweep folder
+    now holds a sweep of other inputs than ``fingerprint`` (the one a selection recorded)."""
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / SWEEP_PROBES
+    if not path.is_file():
+        return {}
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    run = read_run(sweep_dir, ("sweep",), "a sweep directory")
+    if saved.get("inputs_fingerprint") != fingerprint or run.get("inputs_fingerprint") != fingerprint:
+        return {}
+    params = run["probe_params"]
+    probes = {}
+    for name, state in saved["probes"].items():
+        plane, timestep, block = name.split("|")
+        probes[(plane, int(timestep), block, params.get("random_state", 0))] = PlaneProbe.from_head(run["pooling"], state, **params)
+    return probes
 
 
 def sweep_steps(features: dict, pooling: str) -> int:
@@ -161,7 +188,8 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method="concat
     fusion head; freeze the best as the configuration file. Returns the scored table and the
     configuration (``reuse``: those of a complete selection from the same inputs).
     ``stage_one``: a dict that collects the Stage I probes trained here (``stage_one_keys``), so
-    that fusion runs of the chosen configuration (``run_fuse(stage_one=...)``) reuse them."""
+    that fusion runs of the chosen configuration (``run_fuse(stage_one=...)``) reuse them; a
+    GLP or SAP sweep's own probes are Stage I wherever they apply (``sweep_probes``)."""
     sweep_dir, config_path = Path(sweep_dir), Path(config_path)
     run = read_run(sweep_dir, ("sweep",), "a sweep directory")
     check_split(run, catalog, f"the sweep {sweep_dir}")
@@ -175,6 +203,8 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method="concat
     top = top[top["rank"] <= top_k]
     planes = [p for p in PLANES if p in set(top["plane"])]
     rows, stage_one = [], stage_one if stage_one is not None else {}
+    for key, probe in sweep_probes(sweep_dir, run["inputs_fingerprint"]).items():
+        stage_one.setdefault(key, probe)
     outputs = {}  # Stage I outputs on train and validation per plane configuration, shared by its combinations
     train, val = _split(catalog, "train"), _split(catalog, "val")
     per_plane = [top[top["plane"] == p][["timestep", "block"]].to_dict("records") for p in planes]
@@ -207,6 +237,7 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method="concat
         "probe_params": run["probe_params"],
         "fusion_params": fusion,
         **{k: run[k] for k in ("store", "backbone", "catalog") if k in run},
+        "sweep": str(sweep_dir.resolve()), "sweep_fingerprint": run["inputs_fingerprint"],
         "split_fingerprint": split_of(catalog),
         "inputs_fingerprint": fingerprint,
     }
@@ -276,7 +307,8 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     Returns the metrics and the fitted model (``reuse``, without ``probes``: the metrics of a
     complete run from the same inputs, and None). ``stage_one``: a cache of Stage I probes
     trained on the same inputs with the same settings (``run_select``, earlier runs), read and
-    filled here: the runs of one configuration train each plane's probe once. ``progress(stage=...)``
+    filled here: the runs of one configuration train each plane's probe once. The configuration's
+    sweep's probes (``sweep_probes``) are used where they apply. ``progress(stage=...)``
     after training, evaluation and writing."""
     progress = progress or no_progress
     out = Path(out)
@@ -291,7 +323,9 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     model = TwoStageFusion(config["pooling"], method, ehr=ehr, probe=PlaneProbe(**config.get("probe_params", {})),
                            head=FusionHead(**fusion), random_state=seed)
     keys = stage_one_keys(config, seed)
-    cached = {p: stage_one[k] for p, k in keys.items() if k in stage_one} if stage_one is not None else {}
+    known = {**(sweep_probes(config["sweep"], config["sweep_fingerprint"]) if "sweep" in config else {}),
+             **(stage_one or {})}
+    cached = {p: known[k] for p, k in keys.items() if k in known}
     model.fit(slabs, _split(catalog, "train"), labels, probes=probes or cached)
     if stage_one is not None and not probes:
         stage_one.update({k: model.probes_[p] for p, k in keys.items()})

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.fusion import FusionHead
@@ -168,9 +169,11 @@ def test_selection_scores_each_combination_as_a_fusion_model_of_its_own(run):
         assert row.val_macro_auroc == pytest.approx(alone, abs=1e-6)
 
 
-def test_the_sap_sweep_hands_its_probes_to_the_selection(run, tmp_path):
-    """A SAP sweep's probes are the Stage I probes of the selection on its configurations:
-    nothing is trained again, and the scores are those of probes trained by the selection."""
+def test_the_sap_sweep_hands_its_probes_to_the_selection_and_the_fusion_runs(run, tmp_path):
+    """A SAP sweep's probes are the Stage I probes of the selection and fusion runs on its
+    configurations, in memory (the demo) and from its folder (the same commands one by one):
+    nothing is trained again, both ways compute the same, and the scores are those of probes
+    the selection trains itself, up to float rounding."""
     _, catalog, features, _, _ = run
     params = {"epochs": 2, "lr": 1e-3, "batch_size": 32}
     cache = {}
@@ -178,10 +181,19 @@ def test_the_sap_sweep_hands_its_probes_to_the_selection(run, tmp_path):
     assert sorted(cache) == sorted((p, t, b, 0) for p in ("sagittal", "coronal", "axial") for t in (10, 100)
                                    for b in ("mid_0", "mid_2"))
     kept = dict(cache)
-    shared, _ = run_select(tmp_path / "sweep", features, catalog, LABELS, tmp_path / "a.json", fusion_params=FAST_FUSION,
-                           top_k=2, stage_one=cache)
+    shared, config = run_select(tmp_path / "sweep", features, catalog, LABELS, tmp_path / "a.json", fusion_params=FAST_FUSION,
+                                top_k=2, stage_one=cache)
     assert cache.keys() == kept.keys() and all(cache[k] is kept[k] for k in kept)
-    alone, _ = run_select(tmp_path / "sweep", features, catalog, LABELS, tmp_path / "b.json", fusion_params=FAST_FUSION, top_k=2)
+    from_folder, _ = run_select(tmp_path / "sweep", features, catalog, LABELS, tmp_path / "b.json", fusion_params=FAST_FUSION, top_k=2)
+    pd.testing.assert_frame_equal(shared, from_folder)
+    _, in_memory = run_fuse(config, features, catalog, LABELS, "concat", tmp_path / "f1", n_boot=0, stage_one=cache)
+    _, from_sweep = run_fuse(config, features, catalog, LABELS, "concat", tmp_path / "f2", n_boot=0)
+    pd.testing.assert_frame_equal(read_table(tmp_path / "f1" / "predictions.parquet"), read_table(tmp_path / "f2" / "predictions.parquet"))
+    for plane, probe in from_sweep.probes_.items():
+        trained = in_memory.probes_[plane].net_.state_dict()
+        assert all(torch.equal(t, trained[name]) for name, t in probe.net_.state_dict().items())
+    (tmp_path / "sweep" / "probes.pt").unlink()
+    alone, _ = run_select(tmp_path / "sweep", features, catalog, LABELS, tmp_path / "c.json", fusion_params=FAST_FUSION, top_k=2)
     columns = [c for c in alone.columns if c != "val_macro_auroc"]
     both = shared.merge(alone, on=columns, suffixes=("_shared", "_alone"))
     assert len(both) == 8

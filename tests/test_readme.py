@@ -19,7 +19,7 @@ from orthodiff.catalogs.tasks import PLANES
 from orthodiff.cli import app
 from orthodiff.featurestore.extract import extract
 from orthodiff.featurestore.ingest import ingest
-from orthodiff.demo import POOLING
+from orthodiff.demo import POOLING, TEST, VAL
 from orthodiff.heads.pipeline import SMALL_COHORT_FUSION, SMALL_COHORT_PROBE, settings_flags, heads_commands, run_heads
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -37,11 +37,11 @@ def readme_block(heading: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo_folder(tmp_path_factory):
-    """orthodiff-demo/ in miniature: 64 exams (41 training patients), random demo-preset
-    backbones, one (timestep, block) per plane."""
+    """orthodiff-demo/ in miniature: 100 exams split as the demo's (50 training patients),
+    random demo-preset backbones, one (timestep, block) per plane."""
     root = tmp_path_factory.mktemp("readme")
     demo = root / "orthodiff-demo"
-    catalog = synthesize("knee", 64, 32, 0, demo / "cohort", progress=False, workers=1)
+    catalog = synthesize("knee", 100, 32, 0, demo / "cohort", progress=False, workers=1, val=VAL, test=TEST)
     store = str(demo / "store.zarr")
     ingest(catalog, store, size=32, progress=False)
     for plane in PLANES:
