@@ -392,7 +392,7 @@ def _shown(runs: _Runs) -> set[Path]:
     for run in runs.sweeps:
         shown |= {*run.glob("heatmap_*.png"), run / "top4.csv", run / "sweep.csv"}
     for run in runs.efficiency:
-        shown |= {run / "efficiency.png", run / "efficiency.csv"}
+        shown |= {run / "efficiency.png", run / "efficiency.csv", run / "predictions.csv"}
     for folder in runs.evaluations:  # the rest of an evaluation is in its own evaluation.html
         shown |= {p for p in folder.iterdir() if p.suffix in (".csv", ".png")}
     shown |= {p.with_name(p.stem + "_selection.csv") for p in runs.configs}

@@ -37,11 +37,11 @@ def readme_block(heading: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo_folder(tmp_path_factory):
-    """orthodiff-demo/ in miniature: 100 exams split as the demo's (50 training patients),
+    """orthodiff-demo/ in miniature: 120 exams split as the demo's (60 training patients),
     random demo-preset backbones, one (timestep, block) per plane."""
     root = tmp_path_factory.mktemp("readme")
     demo = root / "orthodiff-demo"
-    catalog = synthesize("knee", 100, 32, 0, demo / "cohort", progress=False, workers=1, val=VAL, test=TEST)
+    catalog = synthesize("knee", 120, 32, 0, demo / "cohort", progress=False, workers=1, val=VAL, test=TEST)
     store = str(demo / "store.zarr")
     ingest(catalog, store, size=32, progress=False)
     for plane in PLANES:
@@ -92,7 +92,7 @@ def test_readme_commands_reproduce_the_demo_and_rerun_reuses(readme_runs, demo_f
                                       pd.read_parquet(runs / name / "metrics.parquet"))
     assert json.loads((runs / "config.json").read_text())["planes"] == json.loads((demo / "heads" / "config.json").read_text())["planes"]
     curves = pd.read_parquet(runs / "efficiency" / "efficiency.parquet")
-    assert curves["patients"].tolist() == [20, 20, 40, 40, 41, 41]
+    assert curves["patients"].tolist() == [25, 25, 50, 50, 60, 60]
 
     stamp = (demo / "heads" / "mpae" / "metrics.parquet").stat().st_mtime_ns
     start = time.perf_counter()
