@@ -214,9 +214,16 @@ def evaluate(y, p, labels: list[str], groups=None, n_boot: int = 500, seed: int 
 def permutation_test(y, p_a, p_b, labels: list[str], groups, n_perm: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Paired permutation test of A vs B on the same rows: each patient's predictions are
     swapped between A and B at random. One row per label plus ``macro``: AUROC of A and B,
-    delta (A - B) and two-sided p-value."""
+    delta (A - B) and two-sided p-value.
+
+    Each model's scores are first replaced by their ranks per label (scaled to (0, 1]), which
+    leaves every AUROC as it is: two models seldom share a probability scale (a from-scratch
+    network against a probe, a calibrated head against LightGBM), and swapping raw scores
+    between scales makes the swapped AUROCs, and so the null distribution, depend on the scales.
+    With ranks the p-value depends only on each model's ordering of the rows."""
     y, p_a = _check(y, p_a)
     _, p_b = _check(y, p_b)
+    p_a, p_b = (rankdata(p, axis=0) / len(p) for p in (p_a, p_b))
 
     def stats(a, b):
         da, db = auroc_per_label(y, a), auroc_per_label(y, b)

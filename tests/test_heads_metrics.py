@@ -88,6 +88,20 @@ def test_permutation_test_separates_a_better_model_from_a_copy():
     assert same.loc["macro", "delta"] == 0 and same.loc["macro", "p_value"] == 1.0
 
 
+def test_permutation_test_depends_on_the_orderings_not_the_score_scales():
+    """A model compressed into a narrow band (another calibration, same ordering) gets the
+    same AUROCs and the same p-values: swapping raw scores between scales would not."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, (120, 3))
+    a = np.clip(y * 0.3 + rng.random((120, 3)), 0, 1)
+    b = np.clip(y * 0.25 + rng.random((120, 3)), 0, 1)
+    groups = np.arange(120)
+    plain = permutation_test(y, a, b, ["A", "B", "C"], groups, n_perm=300)
+    squeezed = permutation_test(y, a, 0.5 + 0.01 * b**3, ["A", "B", "C"], groups, n_perm=300)
+    pd.testing.assert_frame_equal(plain, squeezed)
+    assert plain["p_value"].between(0, 1).all() and (plain["delta"] != 0).all()
+
+
 def test_subgroups_by_center_field_strength_vendor():
     y = np.array([[1], [0], [1], [1], [1], [1]])
     p = np.array([[0.9], [0.1], [0.2], [0.8], [0.6], [0.7]])
