@@ -15,13 +15,17 @@ Stages:
    7 minutes per plane and checkpoint on two cores), the best configuration frozen, then the
    single-plane probe scored on test (macro AUROC + CI);
 4. tables and figures in `--docs` (CSV + PNG): `pretraining_curve.csv/png`;
-5. the fusion ablation, on all three planes of the longest-trained backbones and of the
-   initialisation (GAP sweep, cross-plane selection, then concat, linear concat, linear add,
-   cross-attention, MPAE, concat and MPAE with EHR, EHR-only and LightGBM on test):
-   `fusion.csv`, its sweep's validation AUROC per plane, timestep and block (`sweep.csv`,
-   `heatmap_<plane>.png`), the paired permutation test of each against the initialisation
-   (`pretrained_vs_random.csv`) and the MPAE gate weights per label (`mpae_gates.csv/png`);
-6. `--ship STEPS`: the float16 encoders of that step count exported (`orthodiff export-encoder`)
+5. the fusion ablation, on all three planes of every step count (GAP sweep, cross-plane
+   selection, then concat, linear concat, linear add, cross-attention, MPAE, concat and MPAE
+   with EHR, EHR-only and LightGBM on test): `fusion.csv`, and the paired permutation test of
+   each against the initialisation (`pretrained_vs_random.csv`);
+6. on the best checkpoint (the lowest denoising validation loss, a label-free choice): the
+   sweep's validation AUROC per plane, timestep and block (`sweep.csv`, `heatmap_<plane>.png`),
+   the MPAE gate weights per label (`mpae_gates.csv/png`), label efficiency of concat and
+   LightGBM on 25-200 training patients and all, against the initialisation
+   (`label_efficiency.csv/png`), the from-scratch baselines against concat (`baselines.csv`),
+   and each plane's probe with GAP, GLP and SAP pooling (`pooling.csv`);
+7. `--ship STEPS`: the float16 encoders of that step count exported (`orthodiff export-encoder`)
    to the package's `weights/`, with `demo.json` (command, cohort, settings, hashes): the
    backbones `orthodiff demo` uses by default.
 """
