@@ -24,7 +24,9 @@ Stages:
    the MPAE gate weights per label (`mpae_gates.csv/png`), label efficiency of concat and
    LightGBM on 25-200 training patients and all, against the initialisation
    (`label_efficiency.csv/png`), the from-scratch baselines against concat (`baselines.csv`),
-   and each plane's probe with GAP, GLP and SAP pooling (`pooling.csv`);
+   each plane's probe with GAP, GLP and SAP pooling (`pooling.csv`), and cross-joint transfer:
+   the fusion ablation on a synthetic ankle cohort (seed 2) with the knee backbones and the
+   initialisation, and ResNet-18 from scratch on the ankle (`transfer.csv`);
 7. `--ship STEPS`: the float16 encoders of that step count exported (`orthodiff export-encoder`)
    to the package's `weights/`, with `demo.json` (command, cohort, settings, hashes): the
    backbones `orthodiff demo` uses by default.
@@ -162,10 +164,12 @@ def macro_row(run: Path) -> dict:
             "test_high": table.at["macro_auroc", "ci_high"], "CF1": table.at["CF1", "value"], "OF1": table.at["OF1", "value"]}
 
 
-def fusion(out: Path, store: Path, catalog: Path, count: int, heads: str, log: Path) -> pd.DataFrame:
+def fusion(out: Path, store: Path, catalog: Path, count: int, heads: str, log: Path, runs: Path | None = None
+           ) -> pd.DataFrame:
     """All three planes of one step count: a GAP sweep, the cross-plane selection on validation,
-    then every fusion method (and EHR, EHR-only, LightGBM) on that configuration, scored on test."""
-    run = out / "fusion" / f"{count:05d}_{heads}"
+    then every fusion method (and EHR, EHR-only, LightGBM) on that configuration, scored on test
+    (under `runs`, by default `out/fusion`)."""
+    run = (runs or out / "fusion") / f"{count:05d}_{heads}"
     sweep_flags, select_flags = head_flags(heads)
     ids = ",".join(backbone_id(checkpoint(out, plane, count)) for plane in PLANES)
     if not (run / "sweep" / "top4.parquet").exists():
@@ -238,6 +242,44 @@ def baselines(out: Path, store: Path, catalog: Path, count: int, heads: str, log
         rows.append({"model": model, **macro_row(run), "features_run": f"concat, {count} steps",
                      "features_minus_model": macro["delta"], "p_value": macro["p_value"]})
     return pd.DataFrame(rows)
+
+
+def transfer(out: Path, count: int, cases: int, timesteps: str, heads: str, log: Path, joint: str = "ankle") -> pd.DataFrame:
+    """Cross-joint transfer: a synthetic `joint` cohort (seed 2) extracted with the knee backbones
+    of `count` steps and of the initialisation; the fusion ablation on each, the pretrained
+    runs against the initialisation's, and ResNet-18 from scratch against concat."""
+    root = out / "transfer" / joint
+    catalog, store = root / "cohort" / "catalog.parquet", root / "store.zarr"
+    if not catalog.exists():
+        orthodiff(log, "synth", "--joint", joint, "--out", root / "cohort", "--cases", cases, "--size", 64, "--seed", 2)
+    orthodiff(log, "ingest", "--catalog", catalog, "--store", store, "--size", SIZE)
+    tables = []
+    for steps in (0, count):
+        for plane in PLANES:
+            orthodiff(log, "extract", "--plane", plane, "--store", store, "--backbone", checkpoint(out, plane, steps),
+                      "--timesteps", timesteps)
+        tables.append(fusion(out, store, catalog, steps, heads, log, runs=root))
+    table = pd.concat(tables).assign(joint=joint)
+    pretrained, random = root / f"{count:05d}_{heads}", root / f"00000_{heads}"
+    for name in table["run"].unique():
+        if name == "ehr_only":
+            continue
+        versus = pretrained / "vs_random" / f"{name}.parquet"
+        if not versus.exists():
+            orthodiff(log, "compare", pretrained / name, random / name, "--out", versus)
+        macro = pd.read_parquet(versus).set_index("label").loc["macro"]
+        table.loc[(table["run"] == name) & (table["steps"] == count), ["delta_vs_random", "p_vs_random"]] = (
+            macro["delta"], macro["p_value"])
+    resnet = root / "resnet18"
+    if not (resnet / "run.json").exists():
+        orthodiff(log, "baseline", "classify", "--model", "resnet18", "--store", store, "--catalog", catalog, "--out", resnet)
+    versus = resnet / "vs_features.parquet"
+    if not versus.exists():
+        orthodiff(log, "compare", pretrained / "concat", resnet, "--out", versus)
+    macro = pd.read_parquet(versus).set_index("label").loc["macro"]
+    row = {"steps": None, "heads": None, "run": "resnet18", **macro_row(resnet), "joint": joint,
+           "delta_vs_random": None, "p_vs_random": None, "concat_minus_resnet18": macro["delta"], "p_vs_resnet18": macro["p_value"]}
+    return pd.concat([table, pd.DataFrame([row])], ignore_index=True)
 
 
 SUBSETS = (25, 50, 100, 200)  # training patients of the label-efficiency curves (and "all")
@@ -423,6 +465,8 @@ def main() -> None:
                                                                     float_format="%.4f")
         pooling_ablation(out, store, catalog, best, args.timesteps, args.heads, log).to_csv(
             docs / f"pooling{suffix}.csv", index=False, float_format="%.4f")
+        transfer(out, best, args.cases, args.timesteps, args.heads, log).to_csv(
+            docs / f"transfer{suffix}.csv", index=False, float_format="%.4f")
     if args.ship is not None:
         ship(out, args.ship, args, log)
 
