@@ -97,15 +97,15 @@ class TwoStageFusion(BaseEstimator):
         self.head = head
         self.random_state = random_state
 
-    def _pooled(self, features: dict, catalog: pd.DataFrame, stage_one: dict | None = None
+    def _pooled(self, features: dict, catalog: pd.DataFrame, outputs: dict | None = None
                 ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
         combos, missing = fusion_samples(catalog, self.planes_)
         pooled = {}
         for plane in self.planes_:
             ids = catalog.loc[catalog["plane"] == plane, "series_id"]
             ids = ids[ids.isin(combos[plane])]
-            if stage_one is not None and plane in stage_one:
-                selected = select_series(stage_one[plane], ids, plane)
+            if outputs is not None and plane in outputs:
+                selected = select_series(outputs[plane], ids, plane)
                 vectors = selected.to_numpy()
             else:
                 selected = select_series(features[plane], ids, plane)
@@ -117,9 +117,9 @@ class TwoStageFusion(BaseEstimator):
         return pooled, combos, missing
 
     def fit(self, features: dict, catalog: pd.DataFrame, labels: list[str], probes: dict | None = None,
-            stage_one: dict | None = None) -> "TwoStageFusion":
+            outputs: dict | None = None) -> "TwoStageFusion":
         """``probes``: already fitted Stage I probes by plane (reused frozen, e.g. when many
-        cross-plane combinations share a plane's configuration). ``stage_one``: what those
+        cross-plane combinations share a plane's configuration). ``outputs``: what those
         probes output (``stage_one_outputs``), by plane, read instead of pooling the features again."""
         if self.method not in (*METHODS, *COMPARATORS):
             raise OrthodiffError(f"unknown fusion method {self.method!r}; expected one of {[*METHODS, *COMPARATORS]}")
@@ -128,7 +128,7 @@ class TwoStageFusion(BaseEstimator):
         self.uses_ehr_ = self.ehr or self.method == "ehr_only"
         if self.uses_ehr_:
             self.ehr_encoder_ = EHREncoder().fit(catalog.drop_duplicates("case_id"))
-        X, combos, _ = self._pooled(features, catalog, stage_one)
+        X, combos, _ = self._pooled(features, catalog, outputs)
         exams = exam_table(catalog).loc[combos["case_id"]]
         y = exams[labels].to_numpy()
         if self.method in COMPARATORS:
@@ -155,12 +155,12 @@ class TwoStageFusion(BaseEstimator):
             self.probes_[plane] = clone(probe).fit(X.data, y)
         return self
 
-    def predict(self, features: dict, catalog: pd.DataFrame, stage_one: dict | None = None) -> pd.DataFrame:
+    def predict(self, features: dict, catalog: pd.DataFrame, outputs: dict | None = None) -> pd.DataFrame:
         """One row per exam with all planes: case_id, patient_id, the labels, ``p_<label>``
         (mean over the exam's combinations) and, for MPAE, ``gate_<label>_<plane>``.
-        Exams missing a plane are left out (``missing_exams``). ``stage_one``: as in ``fit``."""
+        Exams missing a plane are left out (``missing_exams``). ``outputs``: as in ``fit``."""
         check_is_fitted(self)
-        X, combos, _ = self._pooled(features, catalog, stage_one)
+        X, combos, _ = self._pooled(features, catalog, outputs)
         if combos.empty:
             raise OrthodiffError("no exam has series in every plane: nothing to fuse")
         prob = pd.DataFrame(self.head_.predict_proba(X), columns=[f"p_{c}" for c in self.labels_])

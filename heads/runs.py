@@ -220,8 +220,8 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method="concat
             pooled = model.stage_one_outputs({p: slabs[p] for p in new}, pd.concat([train, val]))
             outputs.update({keys[p]: pooled[p] for p in new})
         shared = {p: outputs[k] for p, k in keys.items()}
-        model.fit(slabs, train, labels, probes=model.probes_, stage_one=shared)
-        pred = model.predict(slabs, val, stage_one=shared)
+        model.fit(slabs, train, labels, probes=model.probes_, outputs=shared)
+        pred = model.predict(slabs, val, outputs=shared)
         row = {f"{p}_{k}": c[k] for p, c in zip(planes, combo) for k in ("timestep", "block")}
         rows.append({**row, "val_macro_auroc": macro_auroc(pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy())})
         if progress:
