@@ -23,7 +23,8 @@ Stages:
    sweep's validation AUROC per plane, timestep and block (`sweep.csv`, `heatmap_<plane>.png`),
    the MPAE gate weights per label (`mpae_gates.csv/png`), label efficiency of concat and
    LightGBM on 25-200 training patients and all, against the initialisation
-   (`label_efficiency.csv/png`), the from-scratch baselines against concat (`baselines.csv`),
+   (`label_efficiency.csv/png`), the from-scratch baselines against concat (`baselines.csv`;
+   ResNet-18 on each subset too, `baseline_efficiency.csv`),
    each plane's probe with GAP, GLP and SAP pooling (`pooling.csv`), and cross-joint transfer:
    the fusion ablation on a synthetic ankle cohort (seed 2) with the knee backbones and the
    initialisation, and ResNet-18 from scratch on the ankle (`transfer.csv`);
@@ -303,26 +304,50 @@ def label_efficiency(out: Path, catalog: Path, count: int, heads: str, log: Path
 def efficiency_vs_random(out: Path, count: int, heads: str) -> pd.DataFrame:
     """Each label-efficiency point of the `count`-step backbones against the same point on the
     initialisation: both AUROCs with their CIs, and the paired permutation test."""
-    from orthodiff.heads.metrics import permutation_test
-
-    runs = {n: out / "efficiency" / f"{n:05d}_{heads}" for n in (count, 0)}
-    curves = {n: pd.read_parquet(run / "efficiency.parquet").set_index(["subset", "head"]) for n, run in runs.items()}
-    predictions = {n: pd.read_parquet(run / "predictions.parquet") for n, run in runs.items()}
-    labels = json.loads((runs[count] / "run.json").read_text())["config"]["labels"]
+    predictions = {n: pd.read_parquet(out / "efficiency" / f"{n:05d}_{heads}" / "predictions.parquet") for n in (count, 0)}
+    curve = pd.read_parquet(out / "efficiency" / f"{count:05d}_{heads}" / "efficiency.parquet")
     rows = []
-    for subset, head in curves[count].index:
-        a, b = (predictions[n][(predictions[n]["subset"] == subset) & (predictions[n]["head"] == head)].set_index("case_id")
-                for n in (count, 0))
-        b = b.loc[a.index]
-        test = permutation_test(a[labels].to_numpy(), a[[f"p_{c}" for c in labels]].to_numpy(),
-                                b[[f"p_{c}" for c in labels]].to_numpy(), labels, a["patient_id"].to_numpy())
-        macro = test.set_index("label").loc["macro"]
-        pre, rand = curves[count].loc[(subset, head)], curves[0].loc[(subset, head)]
-        rows.append({"head": head, "subset": subset, "patients": int(pre["patients"]), "steps": count,
-                     "pretrained": pre["test_macro_auroc"], "pretrained_low": pre["ci_low"], "pretrained_high": pre["ci_high"],
-                     "random": rand["test_macro_auroc"], "random_low": rand["ci_low"], "random_high": rand["ci_high"],
-                     "delta": macro["delta"], "p_value": macro["p_value"]})
+    for subset, head, patients in curve[["subset", "head", "patients"]].itertuples(index=False):
+        a, b = (predictions[n][(predictions[n]["subset"] == subset) & (predictions[n]["head"] == head)] for n in (count, 0))
+        rows.append({"head": head, "subset": subset, "patients": patients, "steps": count, **paired(a, b, "pretrained", "random")})
     return pd.DataFrame(rows)
+
+
+def baseline_efficiency(out: Path, store: Path, count: int, heads: str, log: Path) -> pd.DataFrame:
+    """ResNet-18 from scratch on each label-efficiency subset (a copy of the catalog without the
+    other training patients), against concat of the `count`-step features on the same subset."""
+    subsets = pd.read_parquet(out / "cohort" / "catalog.subsets.parquet")
+    predictions = pd.read_parquet(out / "efficiency" / f"{count:05d}_{heads}" / "predictions.parquet")
+    rows = []
+    for size in SUBSETS:
+        run = out / "baselines" / f"resnet18_{size:03d}"
+        if not (run / "run.json").exists():
+            part = subsets[(subsets["split"] != "train") | subsets[f"subset_{size}"]]
+            path = out / "cohort" / f"catalog.subset_{size:03d}.parquet"
+            part.to_parquet(path, index=False)
+            orthodiff(log, "baseline", "classify", "--model", "resnet18", "--store", store, "--catalog", path, "--out", run)
+        features = predictions[(predictions["subset"] == str(size)) & (predictions["head"] == "concat")]
+        rows.append({"patients": size, **paired(features, pd.read_parquet(run / "predictions.parquet"), "concat", "resnet18")})
+    return pd.DataFrame(rows)
+
+
+def paired(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> dict:
+    """Macro AUROC of two exam-prediction tables on their common exams, and the paired permutation test."""
+    from orthodiff.heads.metrics import evaluate, permutation_test
+
+    labels = [c[2:] for c in a.columns if c.startswith("p_")]
+    a, b = a.set_index("case_id"), b.set_index("case_id")
+    common = a.index.intersection(b.index)
+    a, b = a.loc[common], b.loc[common]
+    row = {}
+    for name, table in ((name_a, a), (name_b, b)):
+        macro = evaluate(table[labels].to_numpy(), table[[f"p_{c}" for c in labels]].to_numpy(), labels,
+                         groups=table["patient_id"].to_numpy(), n_boot=500).set_index(["metric", "label"]).loc[("macro_auroc", "all")]
+        row.update({name: macro["value"], f"{name}_low": macro["ci_low"], f"{name}_high": macro["ci_high"]})
+    test = permutation_test(a[labels].to_numpy(), a[[f"p_{c}" for c in labels]].to_numpy(),
+                            b[[f"p_{c}" for c in labels]].to_numpy(), labels, a["patient_id"].to_numpy())
+    macro = test.set_index("label").loc["macro"]
+    return {**row, "delta": macro["delta"], "p_value": macro["p_value"], "exams": len(a)}
 
 
 def plot_efficiency(table: pd.DataFrame, path: Path) -> None:
@@ -463,6 +488,8 @@ def main() -> None:
         plot_gates(gating, docs / f"mpae_gates{suffix}.png", f"MPAE gate weights per label ({best}-step backbones)")
         baselines(out, store, catalog, best, args.heads, log).to_csv(docs / f"baselines{suffix}.csv", index=False,
                                                                     float_format="%.4f")
+        baseline_efficiency(out, store, best, args.heads, log).to_csv(docs / f"baseline_efficiency{suffix}.csv",
+                                                                      index=False, float_format="%.4f")
         pooling_ablation(out, store, catalog, best, args.timesteps, args.heads, log).to_csv(
             docs / f"pooling{suffix}.csv", index=False, float_format="%.4f")
         transfer(out, best, args.cases, args.timesteps, args.heads, log).to_csv(
