@@ -188,19 +188,25 @@ def fusion(out: Path, store: Path, catalog: Path, count: int, heads: str, log: P
     return pd.DataFrame(rows)
 
 
-def pretrained_vs_random(out: Path, count: int, heads: str, log: Path) -> pd.DataFrame:
+def compared(a: Path, b: Path, table: Path, log: Path) -> pd.Series:
+    """The macro row (delta, p_value) of `orthodiff compare A B`, kept in `table` and reused."""
+    if not table.exists():
+        orthodiff(log, "compare", a, b, "--out", table)
+    return pd.read_parquet(table).set_index("label").loc["macro"]
+
+
+def pretrained_vs_random(out: Path, count: int, heads: str, log: Path, runs: Path | None = None) -> pd.DataFrame:
     """Paired permutation test of each fusion run on the `count`-step backbones against the
-    same run on the initialisation (step 0): same cohort, split, heads and settings."""
+    same run on the initialisation (step 0): same cohort, split, heads and settings (runs
+    under `runs`, by default `out/fusion`)."""
+    runs = runs or out / "fusion"
+    pretrained, random = runs / f"{count:05d}_{heads}", runs / f"00000_{heads}"
     rows = []
     for method, ehr in FUSIONS:
         name = method + ("_ehr" if ehr else "")
         if name == "ehr_only":  # no image features: the same model on both sides
             continue
-        a, b = out / "fusion" / f"{count:05d}_{heads}" / name, out / "fusion" / f"00000_{heads}" / name
-        table = out / "fusion" / f"{count:05d}_{heads}" / "vs_random" / f"{name}.parquet"
-        if not table.exists():
-            orthodiff(log, "compare", a, b, "--out", table)
-        macro = pd.read_parquet(table).set_index("label").loc["macro"]
+        macro = compared(pretrained / name, random / name, pretrained / "vs_random" / f"{name}.parquet", log)
         rows.append({"run": name, "steps": count, "heads": heads, "delta": macro["delta"], "p_value": macro["p_value"]})
     return pd.DataFrame(rows)
 
@@ -214,10 +220,7 @@ def pooling_ablation(out: Path, store: Path, catalog: Path, count: int, timestep
             row = probe(out, store, catalog, plane, count, timesteps, pooling, heads, log)
             run, gap = (out / "probe" / f"{plane}_{count:05d}_{name}_{heads}" / "test" for name in (pooling, "gap"))
             if pooling != "gap":
-                table = run.parent / "vs_gap.parquet"
-                if not table.exists():
-                    orthodiff(log, "compare", run, gap, "--out", table)
-                macro = pd.read_parquet(table).set_index("label").loc["macro"]
+                macro = compared(run, gap, run.parent / "vs_gap.parquet", log)
                 row.update(delta_vs_gap=macro["delta"], p_vs_gap=macro["p_value"])
             rows.append(row)
     return pd.DataFrame(rows)
@@ -236,10 +239,7 @@ def baselines(out: Path, store: Path, catalog: Path, count: int, heads: str, log
         run = out / "baselines" / model
         if not (run / "run.json").exists():
             orthodiff(log, "baseline", "classify", "--model", model, "--store", store, "--catalog", catalog, "--out", run)
-        table = run / "vs_features.parquet"
-        if not table.exists():
-            orthodiff(log, "compare", fused, run, "--out", table)
-        macro = pd.read_parquet(table).set_index("label").loc["macro"]
+        macro = compared(fused, run, run / "vs_features.parquet", log)
         rows.append({"model": model, **macro_row(run), "features_run": f"concat, {count} steps",
                      "features_minus_model": macro["delta"], "p_value": macro["p_value"]})
     return pd.DataFrame(rows)
@@ -260,24 +260,13 @@ def transfer(out: Path, count: int, cases: int, timesteps: str, heads: str, log:
             orthodiff(log, "extract", "--plane", plane, "--store", store, "--backbone", checkpoint(out, plane, steps),
                       "--timesteps", timesteps)
         tables.append(fusion(out, store, catalog, steps, heads, log, runs=root))
-    table = pd.concat(tables).assign(joint=joint)
-    pretrained, random = root / f"{count:05d}_{heads}", root / f"00000_{heads}"
-    for name in table["run"].unique():
-        if name == "ehr_only":
-            continue
-        versus = pretrained / "vs_random" / f"{name}.parquet"
-        if not versus.exists():
-            orthodiff(log, "compare", pretrained / name, random / name, "--out", versus)
-        macro = pd.read_parquet(versus).set_index("label").loc["macro"]
-        table.loc[(table["run"] == name) & (table["steps"] == count), ["delta_vs_random", "p_vs_random"]] = (
-            macro["delta"], macro["p_value"])
+    versus = pretrained_vs_random(out, count, heads, log, runs=root).rename(
+        columns={"delta": "delta_vs_random", "p_value": "p_vs_random"})
+    table = pd.concat(tables).assign(joint=joint).merge(versus, on=["run", "steps", "heads"], how="left")
     resnet = root / "resnet18"
     if not (resnet / "run.json").exists():
         orthodiff(log, "baseline", "classify", "--model", "resnet18", "--store", store, "--catalog", catalog, "--out", resnet)
-    versus = resnet / "vs_features.parquet"
-    if not versus.exists():
-        orthodiff(log, "compare", pretrained / "concat", resnet, "--out", versus)
-    macro = pd.read_parquet(versus).set_index("label").loc["macro"]
+    macro = compared(root / f"{count:05d}_{heads}" / "concat", resnet, resnet / "vs_features.parquet", log)
     row = {"steps": None, "heads": None, "run": "resnet18", **macro_row(resnet), "joint": joint,
            "delta_vs_random": None, "p_vs_random": None, "concat_minus_resnet18": macro["delta"], "p_vs_resnet18": macro["p_value"]}
     return pd.concat([table, pd.DataFrame([row])], ignore_index=True)
