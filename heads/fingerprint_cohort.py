@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.fingerprint import FingerprintClassifier, youden_threshold
-from orthodiff.heads.metrics import _group_rows
+from orthodiff.heads.metrics import patient_resamples
 
 TARGETS = {"abnormal": None, "acl": ("ACL",), "meniscus": ("MM", "LM", "MEN")}
 
@@ -69,9 +69,7 @@ def binary_metrics(y, p, threshold: float, groups, n_boot: int = 500, seed: int 
                 "specificity": float((~pred[neg]).mean()) if neg.any() else np.nan}
 
     out = point(np.arange(len(y)))
-    rows = _group_rows(groups)
-    rng = np.random.default_rng(seed)
-    boots = [point(np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])) for _ in range(n_boot)]
+    boots = [point(idx) for idx in patient_resamples(groups, n_boot, seed)]
     for key in list(out):
         sample = np.array([b[key] for b in boots], float)
         sample = sample[np.isfinite(sample)]

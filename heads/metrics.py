@@ -178,10 +178,14 @@ def _tidy(y, p, labels, threshold=0.5) -> dict[tuple[str, str], float]:
     return values
 
 
-def _group_rows(groups) -> list[np.ndarray]:
+def patient_resamples(groups, n_boot: int, seed: int = 0):
+    """Yield `n_boot` bootstrap row-index arrays, each drawing whole groups (patients) with replacement."""
     codes = pd.factorize(np.asarray(groups))[0]
     order = np.argsort(codes, kind="stable")
-    return np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
+    rows = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
 
 
 def evaluate(y, p, labels: list[str], groups=None, n_boot: int = 500, seed: int = 0, threshold=0.5) -> pd.DataFrame:
@@ -193,10 +197,7 @@ def evaluate(y, p, labels: list[str], groups=None, n_boot: int = 500, seed: int 
     notes = dict(zip(labels, per_label(y, p, labels)["note"]))
     boots: dict[tuple[str, str], list[float]] = {key: [] for key in point}
     if groups is not None and n_boot > 0:
-        rows = _group_rows(groups)
-        rng = np.random.default_rng(seed)
-        for _ in range(n_boot):
-            idx = np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
+        for idx in patient_resamples(groups, n_boot, seed):
             for key, value in _tidy(y[idx], p[idx], labels, threshold).items():
                 boots[key].append(value)
     out = []

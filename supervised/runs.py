@@ -8,6 +8,7 @@ per-structure Dice, an overlay PNG, the model, and on request label-efficiency c
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from orthodiff.backbone.diffusion import GaussianDiffusion
 from orthodiff.catalogs.cohort import SUBSET_PREFIX, label_columns, read_catalog
 from orthodiff.catalogs.tasks import structures
 from orthodiff.errors import OrthodiffError
-from orthodiff.heads.metrics import evaluate, macro_auroc
+from orthodiff.heads.metrics import evaluate, macro_auroc, patient_resamples
 from orthodiff.heads.probe import PlaneProbe
 from orthodiff.outputs import atomic_savefig, pyplot, write_json, write_table
 from orthodiff.supervised.data import exam_predictions, plane_volumes, split_rows
@@ -135,21 +136,40 @@ def run_baseline_classify(store, catalog_path, model, planes, out, epochs=5, lr=
     return metrics
 
 
+def series_dice(pred: np.ndarray, true: np.ndarray, structure_set) -> np.ndarray:
+    """MONAI Dice of every (series, structure): NaN where the reference lacks the structure."""
+    from monai.metrics import DiceMetric
+
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True,
+                        num_classes=max(structure_set.values) + 1)
+    scores = metric(torch.from_numpy(pred.astype(np.int64))[:, None], torch.from_numpy(true.astype(np.int64))[:, None]).numpy()
+    return scores[:, [s.value - 1 for s in structure_set.structures]]
+
+
 def dice_table(pred: np.ndarray, true: np.ndarray, structure_set) -> pd.DataFrame:
     """Per-structure Dice (MONAI) over series: mean, SD and the number of series where the
     structure is in the reference (others are undefined and left out)."""
-    from monai.metrics import DiceMetric
-
-    n_classes = max(structure_set.values) + 1
-    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True, num_classes=n_classes)
-    scores = metric(torch.from_numpy(pred.astype(np.int64))[:, None], torch.from_numpy(true.astype(np.int64))[:, None]).numpy()
+    scores = series_dice(pred, true, structure_set)
     rows = []
-    for s in structure_set.structures:
-        column = scores[:, s.value - 1]
+    for s, column in zip(structure_set.structures, scores.T):
         ok = np.isfinite(column)
         rows.append({"structure": s.abbr, "name": s.name, "dice": float(column[ok].mean()) if ok.any() else float("nan"),
                      "sd": float(column[ok].std()) if ok.any() else float("nan"), "series": int(ok.sum())})
     return pd.DataFrame(rows)
+
+
+def macro_dice(scores: np.ndarray) -> float:
+    """The mean over structures of each structure's mean over the series that have it."""
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a structure absent from every resampled series
+        return float(np.nanmean(np.nanmean(scores, axis=0)))
+
+
+def efficiency_point(scores: np.ndarray, rows: pd.DataFrame, n_boot: int = 500, seed: int = 0) -> dict:
+    """Test macro Dice of one training subset with its 95% CI from resampling whole patients."""
+    boots = np.array([macro_dice(scores[idx]) for idx in patient_resamples(rows["patient_id"].to_numpy(), n_boot, seed)])
+    low, high = np.nanpercentile(boots, [2.5, 97.5])
+    return {"macro_dice": macro_dice(scores), "ci_low": float(low), "ci_high": float(high)}
 
 
 def plot_overlay(volumes: np.ndarray, true: np.ndarray, pred: np.ndarray, ids, path, n: int = 3) -> None:
@@ -224,16 +244,20 @@ def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=
     save_atomic({**est.state(), "plane": plane, "joint": structure_set.joint}, out / MODEL_FILE)
     write_table(dice, out / "dice")
     plot_overlay(test_ds.volume.to_numpy().astype(np.float32), true, pred, test_rows["series_id"].tolist(), out / "overlay.png")
-    curve = []
+    curve, per_series = [], []
     for size in subsets:
         if size == "all":
-            n, macro = n_train, float(dice["dice"].mean())
+            n, scores = n_train, series_dice(pred, true, structure_set)
         else:
             sub, n = fit(f"{SUBSET_PREFIX}{size}")
-            macro = float(dice_table(sub.predict(test_ds.volume), true, structure_set)["dice"].mean())
-        curve.append({"subset": str(size), "series": n, "macro_dice": macro})
+            scores = series_dice(sub.predict(test_ds.volume), true, structure_set)
+        curve.append({"subset": str(size), "series": n, **efficiency_point(scores, test_rows, seed=seed)})
+        per_series.append(pd.DataFrame(scores, columns=[s.abbr for s in structure_set.structures])
+                          .assign(subset=str(size), series_id=test_rows["series_id"].to_numpy(),
+                                  patient_id=test_rows["patient_id"].to_numpy()))
     if curve:
         _plot_efficiency(pd.DataFrame(curve), out)
+        write_table(pd.concat(per_series, ignore_index=True), out / "efficiency_series")
     write_json({"kind": "segment", "model": model, "plane": plane, "backbone": str(backbone) if backbone else None,
                 "decoder": decoder if model == "diffusion" else None, "timestep": timestep, "block": block, "epochs": epochs, "lr": lr, "train_series": n_train,
                 "test_series": len(test_rows), "train_seconds": round(seconds, 1), "store": str(store),
@@ -245,10 +269,11 @@ def _plot_efficiency(curve: pd.DataFrame, out: Path) -> None:
     write_table(curve, out / "efficiency")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(curve["series"], curve["macro_dice"], marker="o")
+    ax.errorbar(curve["series"], curve["macro_dice"], marker="o", capsize=3,
+                yerr=[curve["macro_dice"] - curve["ci_low"], curve["ci_high"] - curve["macro_dice"]])
     ax.set_xscale("log")
     ax.set_xlabel("training series")
-    ax.set_ylabel("test macro Dice")
+    ax.set_ylabel("test macro Dice (95% CI)")
     fig.tight_layout()
     atomic_savefig(fig, out / "efficiency.png")
     plt.close(fig)

@@ -283,6 +283,13 @@ def test_cli_segment_train_predict_and_table(cohort, tmp_path):
     assert "Test Dice per structure" in result.output and "Femur" in result.output
     curve = pd.read_csv(tmp_path / "unet" / "efficiency.csv")
     assert curve["subset"].astype(str).tolist() == ["4", "all"] and curve["series"].iloc[0] < curve["series"].iloc[1]
+    assert (curve["ci_low"] <= curve["macro_dice"]).all() and (curve["macro_dice"] <= curve["ci_high"]).all()
+    # the per-series Dice behind each point: the "all" point is the run's own test Dice
+    per_series = pd.read_parquet(tmp_path / "unet" / "efficiency_series.parquet")
+    full = per_series[per_series["subset"] == "all"]
+    dice = pd.read_csv(tmp_path / "unet" / "dice.csv").set_index("structure")["dice"]
+    assert full[dice.index].mean().to_numpy() == pytest.approx(dice.to_numpy(), nan_ok=True)
+    assert curve["macro_dice"].iloc[1] == pytest.approx(dice.mean())
     assert (tmp_path / "unet" / "efficiency.png").is_file()
     result = runner.invoke(app, ["segment", "predict", "--run", str(tmp_path / "unet"), *common, "--out", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output
@@ -298,3 +305,18 @@ def test_cli_segment_train_predict_and_table(cohort, tmp_path):
     evaluated = pd.read_parquet(tmp_path / "e" / "series_metrics.parquet").groupby("structure")["dice"].mean()
     trained = pd.read_csv(tmp_path / "unet" / "dice.csv").set_index("structure")["dice"]
     assert evaluated.reindex(trained.index).to_numpy() == pytest.approx(trained.to_numpy(), abs=1e-6)
+
+
+def test_macro_dice_skips_undefined_structures_and_its_ci_resamples_patients():
+    from orthodiff.supervised.runs import efficiency_point, macro_dice
+
+    scores = np.array([[1.0, np.nan], [0.5, 0.2], [0.0, 0.4]])
+    assert macro_dice(scores) == pytest.approx((0.5 + 0.3) / 2)
+    rows = pd.DataFrame({"patient_id": ["a", "b", "b"]})
+    point = efficiency_point(scores, rows, n_boot=200)
+    assert point["macro_dice"] == pytest.approx(0.4)
+    # patient b's two series are always drawn together, so b alone gives structure means 0.25 and 0.3
+    # and a alone 1.0 (its second structure undefined): no resample falls outside those extremes
+    assert 0.275 - 1e-9 <= point["ci_low"] <= point["macro_dice"] <= point["ci_high"] <= 1.0
+    same = efficiency_point(np.array([[0.6, 0.2], [0.6, 0.2]]), pd.DataFrame({"patient_id": ["a", "b"]}), n_boot=50)
+    assert same["ci_low"] == same["ci_high"] == pytest.approx(0.4)
