@@ -452,6 +452,7 @@ def fuse(
     backbone_id: Annotated[str | None, typer.Option(help="Backbone id(s) in the store, comma-separated, one per plane, e.g. fine-tuned backbones (default: the configuration's).")] = None,
     threshold: Annotated[str, typer.Option(help="Decision threshold for CP/CR/CF1, sensitivity, specificity: a number (paper: 0.5) or 'youden' (per label, Youden's J on validation, frozen for test).")] = "0.5",
     finetuned: Annotated[str | None, typer.Option(help="Fine-tuned checkpoints, plane=path comma-separated: their pooling heads are Stage I and their features (extracted into the store) are fused; default --backbone-id becomes their ids.")] = None,
+    subset: Annotated[int | None, typer.Option(help="Train on this label-efficiency subset of the training patients (the catalog's subset_<N> column, see `catalog split --subsets`), e.g. with backbones fine-tuned on it.")] = None,
 ) -> None:
     """Train the two-stage fusion head on train, report test metrics with 95% CIs."""
     from orthodiff.backbone import backbone_id as checkpoint_id
@@ -480,7 +481,7 @@ def fuse(
     with progress_bar(console, f"fuse {method}{' + EHR' if ehr else ''}: train, evaluate, write", 3) as advance:
         metrics, model = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed,
                                   fusion_params=_heads_params(epochs, lr, weight_decay, batch), threshold=threshold,
-                                  probes=probes, progress=advance)
+                                  probes=probes, progress=advance, subset=subset)
     console.print(frame_table(metrics.drop(columns="note"), f"Test metrics, {method}{' + EHR' if ehr else ''} — {out}"))
     for label, note in metrics.loc[metrics["note"] != "", ["label", "note"]].drop_duplicates().itertuples(index=False):
         console.print(f"[yellow]{label}[/]: {note}", highlight=False)

@@ -298,8 +298,26 @@ def flag_support(metrics: pd.DataFrame, y: np.ndarray, labels, split: str = "tes
     return out
 
 
+def training_part(catalog: pd.DataFrame, subset: int | str | None = None) -> pd.DataFrame:
+    """The training rows: all of them (``None`` or "all"), or the nested label-efficiency
+    subset of ``subset`` patients (the catalog's ``subset_<N>`` column)."""
+    from orthodiff.catalogs.cohort import SUBSET_PREFIX, subset_sizes
+
+    train = _split(catalog, "train")
+    if subset is None or subset == "all":
+        return train
+    column = f"{SUBSET_PREFIX}{subset}"
+    if column not in catalog.columns:
+        raise OrthodiffError(
+            f"the catalog has no subset column {column!r} (it has subsets {subset_sizes(catalog) or 'none'} of "
+            f"{train['patient_id'].nunique()} training patients); run `orthodiff catalog split --subsets` with sizes "
+            f"up to that number, or pass subsets from the ones it has"
+        )
+    return train[train[column].fillna(False).astype(bool)]
+
+
 def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=500, seed=0, fusion_params=None,
-             threshold="0.5", probes=None, reuse=False, progress=None, stage_one=None):
+             threshold="0.5", probes=None, reuse=False, progress=None, stage_one=None, subset=None):
     """Train on train (two stages), evaluate on test: metrics with patient bootstrap CIs
     (thresholded metrics at ``threshold``, see ``decision_thresholds``), subgroups, exam
     predictions, exams left out, MPAE gating and EHR weights. ``probes``: fitted Stage I
@@ -308,8 +326,9 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     complete run from the same inputs, and None). ``stage_one``: a cache of Stage I probes
     trained on the same inputs with the same settings (``run_select``, earlier runs), read and
     filled here: the runs of one configuration train each plane's probe once. The configuration's
-    sweep's probes (``sweep_probes``) are used where they apply. ``progress(stage=...)``
-    after training, evaluation and writing."""
+    sweep's probes (``sweep_probes``) are used where they apply. ``subset``: train on that
+    label-efficiency subset of the training patients only (``training_part``; neither cache
+    applies). ``progress(stage=...)`` after training, evaluation and writing."""
     progress = progress or no_progress
     out = Path(out)
     check_split(config, catalog, "the configuration")
@@ -317,7 +336,8 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     fusion = {**DEFAULT_FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
     fingerprint = inputs_fingerprint(features, catalog, labels, kind="fuse", config=config.get("planes"),
                                      pooling=config["pooling"], probe=config.get("probe_params"), fusion=fusion,
-                                     method=method, ehr=ehr, n_boot=n_boot, seed=seed, threshold=threshold)
+                                     method=method, ehr=ehr, n_boot=n_boot, seed=seed, threshold=threshold,
+                                     **({"subset": str(subset)} if subset not in (None, "all") else {}))
     if reuse and not probes and completed(out, fingerprint, ("predictions", "metrics", "subgroups", "missing_planes")):
         return read_table(out / "metrics.parquet"), None
     model = TwoStageFusion(config["pooling"], method, ehr=ehr, probe=PlaneProbe(**config.get("probe_params", {})),
@@ -325,9 +345,10 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     keys = stage_one_keys(config, seed)
     known = {**(sweep_probes(config["sweep"], config["sweep_fingerprint"]) if "sweep" in config else {}),
              **(stage_one or {})}
-    cached = {p: known[k] for p, k in keys.items() if k in known}
-    model.fit(slabs, _split(catalog, "train"), labels, probes=probes or cached)
-    if stage_one is not None and not probes:
+    whole = subset in (None, "all")  # the caches hold probes trained on the whole training split
+    cached = {p: known[k] for p, k in keys.items() if k in known} if whole else {}
+    model.fit(slabs, training_part(catalog, subset), labels, probes=probes or cached)
+    if stage_one is not None and not probes and whole:
         stage_one.update({k: model.probes_[p] for p, k in keys.items()})
     progress(stage="trained")
     test = _split(catalog, "test")
@@ -356,6 +377,7 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     write_json({"kind": "fuse", "method": method, "ehr": ehr, "config": config, "labels": labels,
                 "threshold": threshold, "thresholds": dict(zip(labels, cut.tolist())),
                 "stage_one": sorted(probes) if probes else [], "fusion_params": fusion, "test_exams": len(pred),
+                "subset": None if whole else str(subset),
                 "exams_missing_a_plane": len(missing), "split_fingerprint": split_of(catalog),
                 "inputs_fingerprint": fingerprint}, out / "run.json")
     progress(stage="written")
@@ -386,26 +408,14 @@ def run_efficiency(config, features, catalog, labels, subsets, out, method="conc
     """Test macro AUROC (patient bootstrap CI) of the fusion head and the comparator trained on
     nested patient subsets (catalog columns ``subset_<N>``; "all" = the whole training split);
     their exam predictions are kept (``predictions``, with ``subset`` and ``head``) for paired tests."""
-    from orthodiff.catalogs.cohort import SUBSET_PREFIX, subset_sizes
-
     out = Path(out)
     check_split(config, catalog, "the configuration")
     fusion = {**DEFAULT_FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
     slabs = config_features(features, config)
-    train, test = _split(catalog, "train"), _split(catalog, "test")
+    test = _split(catalog, "test")
     rows, predictions = [], []
     for size in subsets:
-        if size == "all":
-            part = train
-        else:
-            column = f"{SUBSET_PREFIX}{size}"
-            if column not in catalog.columns:
-                raise OrthodiffError(
-                    f"the catalog has no subset column {column!r} (it has subsets {subset_sizes(catalog) or 'none'} of "
-                    f"{train['patient_id'].nunique()} training patients); run `orthodiff catalog split --subsets` with sizes "
-                    f"up to that number, or pass --subsets from the ones it has"
-                )
-            part = train[train[column].astype(bool)]
+        part = training_part(catalog, size)
         for head in (method, comparator):
             model = TwoStageFusion(config["pooling"], head, probe=PlaneProbe(**config.get("probe_params", {})),
                                    head=FusionHead(**fusion), random_state=seed)

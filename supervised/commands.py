@@ -43,6 +43,7 @@ def finetune(
     batch_size: Annotated[int, typer.Option("--batch", help="Series per step.")] = 10,
     timesteps: Annotated[str, typer.Option(help="FT-Opt: candidate timesteps, e.g. 10,100,200: each is fine-tuned, the best validation macro AUROC is written (default: --timestep).")] = "",
     blocks: Annotated[str, typer.Option(help="FT-Opt: candidate blocks, e.g. mid_0,mid_2 (default: --block).")] = "",
+    subset: Annotated[int | None, typer.Option(help="Fine-tune on this label-efficiency subset of the training patients (the catalog's subset_<N> column).")] = None,
     seed: Seed = 0,
     device: Device = None,
 ) -> None:
@@ -54,7 +55,7 @@ def finetune(
         summary = run_finetune(store, catalog, plane, backbone, timestep, block, out, pooling, epochs, lr, head_lr,
                                batch_size, seed, device, progress=advance,
                                timesteps=split_list(timesteps, "--timesteps", int) or None,
-                               blocks=split_list(blocks, "--blocks") or None)
+                               blocks=split_list(blocks, "--blocks") or None, subset=subset)
     console.print(f"wrote {out}: backbone {summary['backbone']} (from {summary['finetuned_from']}) at timestep "
                   f"{summary['timestep']}, {summary['block']}, "
                   f"{summary['train_series']} training series, {summary['seconds']} s, "

@@ -36,17 +36,19 @@ def _catalog(catalog_path) -> tuple[pd.DataFrame, list[str]]:
 
 
 def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, pooling="sap", epochs=5, lr=2.5e-5,
-                 head_lr=5e-4, batch_size=10, seed=0, device=None, progress=None, timesteps=None, blocks=None) -> dict:
+                 head_lr=5e-4, batch_size=10, seed=0, device=None, progress=None, timesteps=None, blocks=None,
+                 subset=None) -> dict:
     """Stage I fine-tuning on the plane's training series (paper: head 5e-4, backbone
     0.05 x that, 5 epochs, batch 10); writes a new backbone checkpoint (same layout, new id,
     the fine-tuned pooling head under ``finetune_head``) and returns a summary with the
     validation macro AUROC (NaN without a validation split). With several ``timesteps`` /
     ``blocks`` (the paper's FT-Opt search), each pair is fine-tuned and the one with the
-    best validation macro AUROC is written (``selection`` in the summary)."""
+    best validation macro AUROC is written (``selection`` in the summary). ``subset``: only
+    that label-efficiency subset of the training patients (catalog column ``subset_<N>``)."""
     ckpt = _plane_checkpoint(backbone, plane)
     catalog, labels = _catalog(catalog_path)
     ds, rows = plane_volumes(store, catalog, plane)
-    train_ds, train_rows = split_rows(ds, rows, "train")
+    train_ds, train_rows = split_rows(ds, rows, "train", None if subset is None else f"{SUBSET_PREFIX}{subset}")
     has_val = (rows["split"] == "val").any()
     candidates = [(int(t), str(b)) for t in (timesteps or [timestep]) for b in (blocks or [block])]
     if len(candidates) > 1 and not has_val:
@@ -72,7 +74,8 @@ def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, poo
     tuned = {"ema": state, "model": state, **{k: ckpt[k] for k in ("step", "preset", "config", "plane") if k in ckpt},
              "finetuned_from": parent,
              "finetune": {"timestep": int(timestep), "block": block, "pooling": pooling, "epochs": epochs, "lr": lr,
-                          "head_lr": head_lr, "seed": seed, "train_series": len(train_rows), "selection": selection},
+                          "head_lr": head_lr, "seed": seed, "train_series": len(train_rows), "subset": subset,
+                          "selection": selection},
              "finetune_head": {k: v.detach().cpu() for k, v in model.net_.head.state_dict().items()}}
     save_atomic(tuned, out)
     return {"backbone": backbone_id(out, tuned), "finetuned_from": parent, "train_series": len(train_rows),

@@ -82,6 +82,12 @@ def test_compare_efficiency_and_report(run):
     for row in curves.itertuples():
         pred = kept[(kept["subset"] == row.subset) & (kept["head"] == row.head)]
         assert macro_auroc(pred[LABELS].to_numpy(), pred[[f"p_{c}" for c in LABELS]].to_numpy()) == pytest.approx(row.test_macro_auroc)
+    # `fuse --subset 40` trains what the curve's concat point trained: the same test predictions
+    run_fuse(config, features, catalog, LABELS, "concat", out / "subset_40", n_boot=0, subset=40)
+    alone = read_table(out / "subset_40" / "predictions.parquet").set_index("case_id")
+    point = kept[(kept["subset"] == "40") & (kept["head"] == "concat")].set_index("case_id").loc[alone.index]
+    np.testing.assert_allclose(alone[[f"p_{c}" for c in LABELS]], point[[f"p_{c}" for c in LABELS]], rtol=1e-6)
+    assert json.loads((out / "subset_40" / "run.json").read_text())["subset"] == "40"
     html = build_report(out).read_text()
     pngs = sorted(out.rglob("*.png"))  # how many depends on which tests ran first (module-scoped run)
     assert html.count("<img") == len(pngs) + 2 and len(pngs) >= 4 and "macro_auroc" in html  # + ROC and PR curves

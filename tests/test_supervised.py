@@ -76,6 +76,19 @@ def test_finetune_writes_a_new_backbone_whose_features_extract_into_their_own_gr
     assert np.isfinite(ds.gap.sel(timestep=10, block="mid_1").values).all()
 
 
+def test_finetune_on_a_label_efficiency_subset_trains_on_its_patients_only(cohort, tmp_path):
+    catalog = add_subsets(read_catalog(cohort["catalog"]), [3])
+    catalog.to_parquet(tmp_path / "catalog.parquet", index=False)
+    summary = run_finetune(cohort["store"], tmp_path / "catalog.parquet", "sagittal", cohort["backbone"], 10, "mid_1",
+                           tmp_path / "ft.pt", pooling="gap", epochs=1, batch_size=4, subset=3)
+    chosen = catalog[(catalog["plane"] == "sagittal") & catalog["subset_3"].fillna(False).astype(bool)]
+    assert summary["train_series"] == len(chosen) < (catalog[catalog["plane"] == "sagittal"]["split"] == "train").sum()
+    assert torch.load(tmp_path / "ft.pt", weights_only=True)["finetune"]["subset"] == 3
+    with pytest.raises(OrthodiffError, match="no column 'subset_7'"):
+        run_finetune(cohort["store"], tmp_path / "catalog.parquet", "sagittal", cohort["backbone"], 10, "mid_1",
+                     tmp_path / "x.pt", pooling="gap", epochs=1, subset=7)
+
+
 def test_ft_opt_keeps_the_timestep_and_block_best_on_validation(cohort, tmp_path):
     out = tmp_path / "ftopt.pt"
     summary = run_finetune(cohort["store"], cohort["catalog"], "sagittal", cohort["backbone"], 10, "mid_1", out,
