@@ -27,7 +27,12 @@ Stages:
    ResNet-18 on each subset too, `baseline_efficiency.csv`),
    each plane's probe with GAP, GLP and SAP pooling (`pooling.csv`), and cross-joint transfer:
    the fusion ablation on a synthetic ankle cohort (seed 2) with the knee backbones and the
-   initialisation, and ResNet-18 from scratch on the ankle (`transfer.csv`);
+   initialisation, and ResNet-18 from scratch on the ankle (`transfer.csv`); LP vs FT vs
+   ResNet-18 at every label count (`finetuning.csv`: Stage I fine-tuning of each plane at the
+   configuration's timestep and block, then concat fusion with the fine-tuned heads); and the
+   segmentation curve on 5-40 training patients and all, the published light head on the
+   sagittal backbone against MONAI's U-Net from scratch, `--segmentation-epochs` each
+   (`segmentation_efficiency.csv/png`);
 7. `--ship STEPS`: the float16 encoders of that step count exported (`orthodiff export-encoder`)
    to the package's `weights/`, with `demo.json` (command, cohort, settings, hashes): the
    backbones `orthodiff demo` uses by default.
@@ -320,6 +325,88 @@ def baseline_efficiency(out: Path, store: Path, count: int, heads: str, log: Pat
     return pd.DataFrame(rows)
 
 
+def finetuned(out: Path, store: Path, count: int, heads: str, log: Path, size: int | None = None) -> Path:
+    """Stage I fine-tuning (`finetune` at the paper's rates: head 5e-4, encoder 2.5e-5, 5 epochs,
+    batch 10) of each plane's `count`-step backbone at the frozen configuration's timestep, block
+    and pooling, on all training patients or the label-efficiency subset of `size`; extraction
+    of each fine-tuned backbone at that timestep; then concat fusion with the fine-tuned heads as
+    Stage I (`fuse --finetuned`, on the same subset). Returns the fusion run."""
+    config_path = out / "fusion" / f"{count:05d}_{heads}" / "config.json"
+    config = json.loads(config_path.read_text())
+    subsets = out / "cohort" / "catalog.subsets.parquet"
+    root = out / "finetune" / f"{count:05d}_{heads}" / ("all" if size is None else f"{size:03d}")
+    subset = ["--subset", size] if size is not None else []
+    tuned = {}
+    for plane, choice in config["planes"].items():
+        tuned[plane] = root / f"{plane}.pt"
+        if not tuned[plane].exists():
+            orthodiff(log, "finetune", "--plane", plane, "--store", store, "--catalog", subsets, "--backbone",
+                      checkpoint(out, plane, count), "--timestep", choice["timestep"], "--block", choice["block"],
+                      "--pooling", config["pooling"], "--out", tuned[plane], *subset)
+        orthodiff(log, "extract", "--plane", plane, "--store", store, "--backbone", tuned[plane],
+                  "--timesteps", choice["timestep"])
+    run = root / "concat"
+    if not (run / "run.json").exists():
+        orthodiff(log, "fuse", "--config", config_path, "--catalog", subsets, "--out", run, "--method", "concat",
+                  "--finetuned", ",".join(f"{plane}={path}" for plane, path in tuned.items()), *subset)
+    return run
+
+
+def finetuning(out: Path, store: Path, count: int, heads: str, log: Path) -> pd.DataFrame:
+    """LP vs FT vs ResNet-18 from scratch (5 epochs each) at every label count: the fine-tuned
+    concat fusion against the probe's concat fusion (the label-efficiency curve's point) and
+    against ResNet-18 trained on the same patients, each by paired permutation on the test exams."""
+    probed = pd.read_parquet(out / "efficiency" / f"{count:05d}_{heads}" / "predictions.parquet")
+    rows = []
+    for size in (*SUBSETS, None):
+        ft = pd.read_parquet(finetuned(out, store, count, heads, log, size) / "predictions.parquet")
+        lp = probed[(probed["subset"] == ("all" if size is None else str(size))) & (probed["head"] == "concat")]
+        resnet = pd.read_parquet(out / "baselines" / ("resnet18" if size is None else f"resnet18_{size:03d}") / "predictions.parquet")
+        versus_lp, versus_resnet = paired(ft, lp, "ft", "lp"), paired(ft, resnet, "ft", "resnet18")
+        rows.append({"patients": size or "all", "steps": count, **versus_lp, "ft_minus_lp": versus_lp.pop("delta"),
+                     "p_vs_lp": versus_lp.pop("p_value"), **{k: v for k, v in versus_resnet.items() if k.startswith("resnet18")},
+                     "ft_minus_resnet18": versus_resnet["delta"], "p_vs_resnet18": versus_resnet["p_value"]})
+    return pd.DataFrame(rows)
+
+
+SEGMENTATION_SUBSETS = (5, 10, 20, 40)  # training patients of the segmentation curve (and "all")
+
+
+def segmentation_efficiency(out: Path, store: Path, catalog: Path, count: int, epochs: int, log: Path) -> pd.DataFrame:
+    """Sagittal segmentation on nested subsets of training patients: the published light head
+    fine-tuning the `count`-step backbone (`segment train`, t = 10, mid_2, the paper's rates,
+    batch 10) against MONAI's 3D U-Net from scratch (`baseline segment`, lr 1e-3, batch 2), the
+    same `epochs` each; test macro Dice with patient-bootstrap CIs and, per subset, the paired
+    Wilcoxon signed-rank test of per-patient mean Dice (the evaluation framework's)."""
+    from orthodiff.evaluation.comparison import compare_models
+
+    subsets = out / "cohort" / "catalog.segmentation_subsets.parquet"
+    if not subsets.exists():
+        orthodiff(log, "catalog", "split", catalog, "--seed", 1, "--val", 0.15, "--test", 0.2,
+                  "--subsets", ",".join(map(str, SEGMENTATION_SUBSETS)), "--out", subsets)
+    sizes = ",".join(map(str, (*SEGMENTATION_SUBSETS, "all")))
+    root = out / "segmentation" / f"{count:05d}_e{epochs:03d}"
+    common = ["--plane", "sagittal", "--store", store, "--catalog", subsets, "--epochs", epochs, "--subsets", sizes]
+    runs = {"light_head": root / "light_head", "unet": root / "unet"}
+    if not (runs["light_head"] / "run.json").exists():
+        orthodiff(log, "segment", "train", *common, "--backbone", checkpoint(out, "sagittal", count), "--out", runs["light_head"])
+    if not (runs["unet"] / "run.json").exists():
+        orthodiff(log, "baseline", "segment", "--model", "unet", *common, "--out", runs["unet"])
+    curves, per_patient = [], []
+    for model, run in runs.items():
+        curves.append(pd.read_csv(run / "efficiency.csv", dtype={"subset": str}).assign(model=model))
+        series = pd.read_parquet(run / "efficiency_series.parquet")
+        dice = series.drop(columns=["subset", "series_id", "patient_id"]).mean(axis=1)  # over the structures present
+        per_patient.append(series[["subset", "patient_id"]].assign(dice=dice, model=model)
+                           .groupby(["subset", "patient_id", "model"], as_index=False)["dice"].mean())
+    per_patient = pd.concat(per_patient).rename(columns={"patient_id": "subject"})
+    tests = []
+    for subset, part in per_patient.groupby("subset"):  # light_head - unet, one subset at a time
+        _, pairwise = compare_models(part.assign(dataset=subset))
+        tests.append(pairwise.assign(subset=subset)[["subset", "subjects", "median_difference", "p"]])
+    return pd.concat(curves).merge(pd.concat(tests), on="subset", how="left")
+
+
 def paired(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> dict:
     """Macro AUROC of two exam-prediction tables on their common exams, and the paired permutation test."""
     from orthodiff.heads.metrics import evaluate, permutation_test
@@ -355,6 +442,25 @@ def plot_efficiency(table: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel("training patients (log scale)")
         ax.set_title(f"{head}: test macro AUROC (95% CI)")
         ax.legend()
+    fig.tight_layout()
+    atomic_savefig(fig, path)
+    plt.close(fig)
+
+
+def plot_segmentation(table: pd.DataFrame, path: Path) -> None:
+    from orthodiff.outputs import atomic_savefig, pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for model, part in table.groupby("model", sort=False):
+        ax.errorbar(part["series"], part["macro_dice"], yerr=[part["macro_dice"] - part["ci_low"], part["ci_high"] - part["macro_dice"]],
+                    marker="o", capsize=3, label=model)
+    ax.set_xscale("log")
+    ax.set_xticks(part["series"], [str(n) for n in part["series"]])
+    ax.minorticks_off()
+    ax.set_xlabel("training series, sagittal (log scale)")
+    ax.set_ylabel("test macro Dice (95% CI)")
+    ax.legend()
     fig.tight_layout()
     atomic_savefig(fig, path)
     plt.close(fig)
@@ -432,6 +538,8 @@ def main() -> None:
     parser.add_argument("--pooling", default="gap", choices=("gap", "glp", "sap"))
     parser.add_argument("--heads", default="small", choices=("small", "paper"),
                         help="heads settings: the demo's small-cohort ones or the paper's")
+    parser.add_argument("--segmentation-epochs", type=int, default=20,
+                        help="epochs of the light head and the U-Net in the segmentation curve (the paper: 30)")
     parser.add_argument("--ship", type=int, help="export this step count's encoders as the demo's weights")
     args = parser.parse_args()
     out, docs = args.out.resolve(), args.docs.resolve()
@@ -483,6 +591,10 @@ def main() -> None:
             docs / f"pooling{suffix}.csv", index=False, float_format="%.4f")
         transfer(out, best, args.cases, args.timesteps, args.heads, log).to_csv(
             docs / f"transfer{suffix}.csv", index=False, float_format="%.4f")
+        finetuning(out, store, best, args.heads, log).to_csv(docs / f"finetuning{suffix}.csv", index=False, float_format="%.4f")
+        segmentation = segmentation_efficiency(out, store, catalog, best, args.segmentation_epochs, log)
+        segmentation.to_csv(docs / "segmentation_efficiency.csv", index=False, float_format="%.4f")
+        plot_segmentation(segmentation, docs / "segmentation_efficiency.png")
     if args.ship is not None:
         ship(out, args.ship, args, log)
 
