@@ -29,7 +29,8 @@ Stages:
    the fusion ablation on a synthetic ankle cohort (seed 2) with the knee backbones and the
    initialisation, and ResNet-18 from scratch on the ankle (`transfer.csv`); LP vs FT vs
    ResNet-18 at every label count (`finetuning.csv`: Stage I fine-tuning of each plane at the
-   configuration's timestep and block, then concat fusion with the fine-tuned heads); and the
+   configuration's timestep and block, at the paper's rates and, on all patients, at the
+   probes' settings, then concat fusion with the fine-tuned heads); and the
    segmentation curve on 5-40 training patients and all, the published light head on the
    sagittal backbone against MONAI's U-Net from scratch, `--segmentation-epochs` each
    (`segmentation_efficiency.csv/png`);
@@ -325,24 +326,31 @@ def baseline_efficiency(out: Path, store: Path, count: int, heads: str, log: Pat
     return pd.DataFrame(rows)
 
 
-def finetuned(out: Path, store: Path, count: int, heads: str, log: Path, size: int | None = None) -> Path:
-    """Stage I fine-tuning (`finetune` at the paper's rates: head 5e-4, encoder 2.5e-5, 5 epochs,
-    batch 10) of each plane's `count`-step backbone at the frozen configuration's timestep, block
-    and pooling, on all training patients or the label-efficiency subset of `size`; extraction
-    of each fine-tuned backbone at that timestep; then concat fusion with the fine-tuned heads as
-    Stage I (`fuse --finetuned`, on the same subset). Returns the fusion run."""
+# Stage I fine-tuning settings: the paper's (head 5e-4, encoder 0.05 x that, 5 epochs) and the
+# probes' of the small-cohort heads (SMALL_COHORT_PROBE: 10 epochs at 3e-3), encoder again 0.05 x
+FINETUNE = {"paper": {"head_lr": 5e-4, "lr": 2.5e-5, "epochs": 5}, "small": {"head_lr": 3e-3, "lr": 1.5e-4, "epochs": 10}}
+
+
+def finetuned(out: Path, store: Path, count: int, heads: str, log: Path, size: int | None = None,
+              settings: str = "paper") -> Path:
+    """Stage I fine-tuning (`finetune`, batch 10, `FINETUNE[settings]`) of each plane's
+    `count`-step backbone at the frozen configuration's timestep, block and pooling, on all
+    training patients or the label-efficiency subset of `size`; extraction of each fine-tuned
+    backbone at that timestep; then concat fusion with the fine-tuned heads as Stage I
+    (`fuse --finetuned`, on the same subset). Returns the fusion run."""
     config_path = out / "fusion" / f"{count:05d}_{heads}" / "config.json"
     config = json.loads(config_path.read_text())
     subsets = out / "cohort" / "catalog.subsets.parquet"
-    root = out / "finetune" / f"{count:05d}_{heads}" / ("all" if size is None else f"{size:03d}")
+    root = out / "finetune" / f"{count:05d}_{heads}" / settings / ("all" if size is None else f"{size:03d}")
     subset = ["--subset", size] if size is not None else []
+    rates = [flag for key, value in FINETUNE[settings].items() for flag in (f"--{key.replace('_', '-')}", value)]
     tuned = {}
     for plane, choice in config["planes"].items():
         tuned[plane] = root / f"{plane}.pt"
         if not tuned[plane].exists():
             orthodiff(log, "finetune", "--plane", plane, "--store", store, "--catalog", subsets, "--backbone",
                       checkpoint(out, plane, count), "--timestep", choice["timestep"], "--block", choice["block"],
-                      "--pooling", config["pooling"], "--out", tuned[plane], *subset)
+                      "--pooling", config["pooling"], *rates, "--out", tuned[plane], *subset)
         orthodiff(log, "extract", "--plane", plane, "--store", store, "--backbone", tuned[plane],
                   "--timesteps", choice["timestep"])
     run = root / "concat"
@@ -353,19 +361,23 @@ def finetuned(out: Path, store: Path, count: int, heads: str, log: Path, size: i
 
 
 def finetuning(out: Path, store: Path, count: int, heads: str, log: Path) -> pd.DataFrame:
-    """LP vs FT vs ResNet-18 from scratch (5 epochs each) at every label count: the fine-tuned
-    concat fusion against the probe's concat fusion (the label-efficiency curve's point) and
-    against ResNet-18 trained on the same patients, each by paired permutation on the test exams."""
+    """LP vs FT vs ResNet-18 from scratch at every label count: the fine-tuned concat fusion
+    (the paper's rates; on all patients also the probes' settings) against the probe's concat
+    fusion (the label-efficiency curve's point) and against ResNet-18 (5 epochs) trained on the
+    same patients, each by paired permutation on the test exams."""
     probed = pd.read_parquet(out / "efficiency" / f"{count:05d}_{heads}" / "predictions.parquet")
     rows = []
-    for size in (*SUBSETS, None):
-        ft = pd.read_parquet(finetuned(out, store, count, heads, log, size) / "predictions.parquet")
+    for size, settings in [*((size, "paper") for size in (*SUBSETS, None)), (None, "small")]:
+        ft = pd.read_parquet(finetuned(out, store, count, heads, log, size, settings) / "predictions.parquet")
         lp = probed[(probed["subset"] == ("all" if size is None else str(size))) & (probed["head"] == "concat")]
         resnet = pd.read_parquet(out / "baselines" / ("resnet18" if size is None else f"resnet18_{size:03d}") / "predictions.parquet")
         versus_lp, versus_resnet = paired(ft, lp, "ft", "lp"), paired(ft, resnet, "ft", "resnet18")
-        rows.append({"patients": size or "all", "steps": count, **versus_lp, "ft_minus_lp": versus_lp.pop("delta"),
-                     "p_vs_lp": versus_lp.pop("p_value"), **{k: v for k, v in versus_resnet.items() if k.startswith("resnet18")},
-                     "ft_minus_resnet18": versus_resnet["delta"], "p_vs_resnet18": versus_resnet["p_value"]})
+        rows.append({"patients": size or "all", "steps": count, "ft_settings": settings,
+                     **{k: v for k, v in versus_lp.items() if k.startswith(("ft", "lp"))},
+                     "ft_minus_lp": versus_lp["delta"], "p_vs_lp": versus_lp["p_value"],
+                     **{k: v for k, v in versus_resnet.items() if k.startswith("resnet18")},
+                     "ft_minus_resnet18": versus_resnet["delta"], "p_vs_resnet18": versus_resnet["p_value"],
+                     "exams": versus_lp["exams"]})
     return pd.DataFrame(rows)
 
 
