@@ -550,8 +550,8 @@ def main() -> None:
     parser.add_argument("--pooling", default="gap", choices=("gap", "glp", "sap"))
     parser.add_argument("--heads", default="small", choices=("small", "paper"),
                         help="heads settings: the demo's small-cohort ones or the paper's")
-    parser.add_argument("--segmentation-epochs", type=int, default=30,
-                        help="epochs of the light head and the U-Net in the segmentation curve (the paper's 30)")
+    parser.add_argument("--segmentation-epochs", type=int, default=20,
+                        help="epochs of the light head and the U-Net in the segmentation curve (the paper: 30)")
     parser.add_argument("--ship", type=int, help="export this step count's encoders as the demo's weights")
     args = parser.parse_args()
     out, docs = args.out.resolve(), args.docs.resolve()
