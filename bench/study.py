@@ -605,7 +605,7 @@ def main() -> None:
             docs / f"transfer{suffix}.csv", index=False, float_format="%.4f")
         finetuning(out, store, best, args.heads, log).to_csv(docs / f"finetuning{suffix}.csv", index=False, float_format="%.4f")
         segmentation = segmentation_efficiency(out, store, catalog, best, args.segmentation_epochs, log)
-        segmentation.to_csv(docs / "segmentation_efficiency.csv", index=False, float_format="%.4f")
+        segmentation.to_csv(docs / "segmentation_efficiency.csv", index=False, float_format="%.4g")  # p far below 1e-4
         plot_segmentation(segmentation, docs / "segmentation_efficiency.png")
     if args.ship is not None:
         ship(out, args.ship, args, log)
