@@ -308,6 +308,11 @@ def efficiency_vs_random(out: Path, count: int, heads: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def resnet_run(out: Path, size: int | None = None) -> Path:
+    """ResNet-18 from scratch on all training patients, or on the label-efficiency subset of `size`."""
+    return out / "baselines" / ("resnet18" if size is None else f"resnet18_{size:03d}")
+
+
 def baseline_efficiency(out: Path, store: Path, count: int, heads: str, log: Path) -> pd.DataFrame:
     """ResNet-18 from scratch on each label-efficiency subset (a copy of the catalog without the
     other training patients), against concat of the `count`-step features on the same subset."""
@@ -315,7 +320,7 @@ def baseline_efficiency(out: Path, store: Path, count: int, heads: str, log: Pat
     predictions = pd.read_parquet(out / "efficiency" / f"{count:05d}_{heads}" / "predictions.parquet")
     rows = []
     for size in SUBSETS:
-        run = out / "baselines" / f"resnet18_{size:03d}"
+        run = resnet_run(out, size)
         if not (run / "run.json").exists():
             part = subsets[(subsets["split"] != "train") | subsets[f"subset_{size}"]]
             path = out / "cohort" / f"catalog.subset_{size:03d}.parquet"
@@ -370,7 +375,7 @@ def finetuning(out: Path, store: Path, count: int, heads: str, log: Path) -> pd.
     for size, settings in [*((size, "paper") for size in (*SUBSETS, None)), (None, "small")]:
         ft = pd.read_parquet(finetuned(out, store, count, heads, log, size, settings) / "predictions.parquet")
         lp = probed[(probed["subset"] == ("all" if size is None else str(size))) & (probed["head"] == "concat")]
-        resnet = pd.read_parquet(out / "baselines" / ("resnet18" if size is None else f"resnet18_{size:03d}") / "predictions.parquet")
+        resnet = pd.read_parquet(resnet_run(out, size) / "predictions.parquet")
         versus_lp, versus_resnet = paired(ft, lp, "ft", "lp"), paired(ft, resnet, "ft", "resnet18")
         rows.append({"patients": size or "all", "steps": count, "ft_settings": settings,
                      **{k: v for k, v in versus_lp.items() if k.startswith(("ft", "lp"))},

@@ -334,19 +334,21 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     check_split(config, catalog, "the configuration")
     slabs = config_features(features, config)
     fusion = {**DEFAULT_FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
+    whole = subset in (None, "all")  # the Stage I caches hold probes trained on the whole training split
     fingerprint = inputs_fingerprint(features, catalog, labels, kind="fuse", config=config.get("planes"),
                                      pooling=config["pooling"], probe=config.get("probe_params"), fusion=fusion,
                                      method=method, ehr=ehr, n_boot=n_boot, seed=seed, threshold=threshold,
-                                     **({"subset": str(subset)} if subset not in (None, "all") else {}))
+                                     **({} if whole else {"subset": str(subset)}))
     if reuse and not probes and completed(out, fingerprint, ("predictions", "metrics", "subgroups", "missing_planes")):
         return read_table(out / "metrics.parquet"), None
     model = TwoStageFusion(config["pooling"], method, ehr=ehr, probe=PlaneProbe(**config.get("probe_params", {})),
                            head=FusionHead(**fusion), random_state=seed)
     keys = stage_one_keys(config, seed)
-    known = {**(sweep_probes(config["sweep"], config["sweep_fingerprint"]) if "sweep" in config else {}),
-             **(stage_one or {})}
-    whole = subset in (None, "all")  # the caches hold probes trained on the whole training split
-    cached = {p: known[k] for p, k in keys.items() if k in known} if whole else {}
+    cached = {}
+    if whole and not probes:
+        known = {**(sweep_probes(config["sweep"], config["sweep_fingerprint"]) if "sweep" in config else {}),
+                 **(stage_one or {})}
+        cached = {p: known[k] for p, k in keys.items() if k in known}
     model.fit(slabs, training_part(catalog, subset), labels, probes=probes or cached)
     if stage_one is not None and not probes and whole:
         stage_one.update({k: model.probes_[p] for p, k in keys.items()})
