@@ -393,17 +393,23 @@ def sweep(
     lr: Lr = None,
     weight_decay: WeightDecay = None,
     batch: Batch = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Processes sweeping planes at once; the results do not depend on it.",
+        show_default="one per plane for sap and glp, 1 for gap")] = None,
 ) -> None:
     """One probe per (plane, timestep, block) on train, scored on validation; top 4 per plane."""
     from orthodiff.heads.inputs import load_inputs
-    from orthodiff.progress import progress_bar
     from orthodiff.heads.runs import run_sweep, sweep_steps
+    from orthodiff.heads.sweep import default_workers
+    from orthodiff.progress import progress_bar
     from orthodiff.tables import frame_table
 
     features, df, labels, provenance = load_inputs(store, catalog, split_list(backbone_id, "--backbone-id") or None,
                                                    split_list(planes, "--planes", choices=Plane))
+    workers = workers or default_workers(len(features), pooling)
     with progress_bar(console, f"{pooling} sweep", sweep_steps(features, pooling)) as advance:
-        _, top = run_sweep(features, df, labels, pooling, out, _heads_params(epochs, lr, weight_decay, batch), provenance, advance)
+        _, top = run_sweep(features, df, labels, pooling, out, _heads_params(epochs, lr, weight_decay, batch), provenance, advance,
+                           workers=workers)
     console.print(frame_table(top, f"Top 4 (timestep, block) per plane, validation macro AUROC — {out}"))
 
 

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from orthodiff.heads.inputs import load_inputs
 from orthodiff.heads.report import build_report
+from orthodiff.heads.sweep import default_workers
 from orthodiff.outputs import read_table, write_table
 from orthodiff.heads.runs import (
     DEFAULT_FUSION, DEFAULT_PROBE, MIN_SUPPORT, compare_runs, run_fuse, run_select, run_sweep, selection_size,
@@ -57,10 +58,11 @@ def heads_commands(store, catalog, out, probe_params, fusion_params, pooling="sa
 
 
 def run_heads(store, catalog_path, out, console: Console, backbone=None, pooling="sap",
-              probe_params=None, fusion_params=None, n_boot=500, seed=0) -> pd.DataFrame:
+              probe_params=None, fusion_params=None, n_boot=500, seed=0, workers=None) -> pd.DataFrame:
     """Run every step under ``out``; return the test summary (one row per fusion run).
     ``probe_params``/``fusion_params`` default to the paper's values (``DEFAULT_PROBE``,
-    ``DEFAULT_FUSION``); the demo passes ``SMALL_COHORT_PROBE``/``SMALL_COHORT_FUSION``."""
+    ``DEFAULT_FUSION``); the demo passes ``SMALL_COHORT_PROBE``/``SMALL_COHORT_FUSION``.
+    ``workers``: processes of the sweep (default: ``heads.sweep.default_workers``)."""
     out = Path(out)
     probe = {**DEFAULT_PROBE, **(probe_params or {})}
     fusion = {**DEFAULT_FUSION, **(fusion_params or {})}
@@ -69,7 +71,7 @@ def run_heads(store, catalog_path, out, console: Console, backbone=None, pooling
     stage_one = {}  # Stage I probes: the sweep's, shared by the selection and every fusion run
     with progress_bar(console, f"{pooling} sweep", sweep_steps(features, pooling)) as advance:
         _, top = run_sweep(features, catalog, labels, pooling, out / "sweep", probe, provenance, advance, reuse=True,
-                           stage_one=stage_one)
+                           stage_one=stage_one, workers=workers or default_workers(len(features), pooling))
     console.print(frame_table(top, f"{pooling.upper()} sweep: top 4 (timestep, block) per plane, validation macro AUROC"))
     with progress_bar(console, "cross-plane combinations", selection_size(out / "sweep")) as advance:
         scored, config = run_select(out / "sweep", features, catalog, labels, out / "config.json", "concat", fusion,

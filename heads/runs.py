@@ -21,7 +21,7 @@ from orthodiff.heads.metrics import evaluate, macro_auroc, permutation_test, sub
 from orthodiff.heads.probe import PlaneProbe
 from orthodiff.heads.protocol import TwoStageFusion
 from orthodiff.heads.report import MIN_SUPPORT
-from orthodiff.heads.sweep import plot_heatmaps, sweep, top_configs
+from orthodiff.heads.sweep import plane_units, plot_heatmaps, sweep, top_configs
 from orthodiff.outputs import atomic_savefig, pyplot, read_run, read_table, write_json, write_table
 from orthodiff.progress import no_progress
 
@@ -112,18 +112,20 @@ def config_features(features: dict[str, xr.Dataset], config: dict, source: str =
 
 
 def run_sweep(features, catalog, labels, pooling, out, probe_params=None, provenance=None, progress=None,
-              reuse=False, stage_one=None):
+              reuse=False, stage_one=None, workers=1):
     """Sweep every (plane, timestep, block); write sweep/top4 tables, heatmaps, run.json.
     ``reuse``: return the tables of a complete sweep from the same inputs instead.
     ``stage_one``: a Stage I cache (``stage_one_keys``) filled with the sweep's GLP or SAP probes,
-    which are the Stage I probes of the selection and fusion runs on the same inputs."""
+    which are the Stage I probes of the selection and fusion runs on the same inputs.
+    ``workers``: processes sweeping planes at once (:func:`sweep`); the results do not depend on it."""
     out = Path(out)
     params = {**DEFAULT_PROBE, **(probe_params or {})}
     fingerprint = inputs_fingerprint(features, catalog, labels, kind="sweep", pooling=pooling, probe=params)
     if reuse and completed(out, fingerprint, ("sweep", "top4")):
         return read_table(out / "sweep.parquet"), read_table(out / "top4.parquet")
     probes = {}
-    results = sweep(features, catalog, labels, pooling, probe_params=params, progress=progress, probes=probes)
+    results = sweep(features, catalog, labels, pooling, probe_params=params, progress=progress, probes=probes,
+                    workers=workers)
     if probes:
         state = {"inputs_fingerprint": fingerprint,
                  "probes": {"|".join(map(str, key)): probe.net_.state_dict() for key, probe in probes.items()}}
@@ -163,7 +165,7 @@ def sweep_probes(sweep_dir, fingerprint: str) -> dict:
 
 def sweep_steps(features: dict, pooling: str) -> int:
     """Progress units of a sweep: one per plane for the batched GAP and SAP sweeps, one per configuration otherwise."""
-    return len(features) if pooling in ("gap", "sap") else sum(ds.sizes["timestep"] * ds.sizes["block"] for ds in features.values())
+    return sum(plane_units(ds, pooling, batched=True) for ds in features.values())
 
 
 def selection_size(sweep_dir, top_k: int = 4) -> int:

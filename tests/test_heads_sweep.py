@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.report import build_report
@@ -86,7 +87,6 @@ def test_batched_sap_probes_match_one_probe_at_a_time():
 def test_attention_mean_is_the_mean_attention_and_its_gradient():
     """``attention_mean`` (chunked, P recomputed in backward) equals softmax(q^T k) averaged
     over the queries, and so do its gradients, across more rows than one chunk."""
-    import torch
 
     from orthodiff.heads import batched_sap
 
@@ -106,7 +106,21 @@ def test_attention_mean_is_the_mean_attention_and_its_gradient():
 def test_batched_sap_sweep_finds_the_signal():
     catalog = synthetic_catalog(120, LABELS, seed=5)
     features = synthetic_features(catalog, LABELS, channels=32, spatial=(1, 2, 2), timesteps=(10, 100), seed=5)
-    results = sweep(features, catalog, LABELS, "sap", probe_params=dict(epochs=4, lr=5e-3))
+    params = dict(epochs=4, lr=5e-3)
+    probes, advanced = {}, []
+    results = sweep(features, catalog, LABELS, "sap", probe_params=params, probes=probes)
     assert len(results) == 3 * 2 * 3 * (len(LABELS) + 1)
     best = top_configs(results, k=1)
     assert (best["timestep"] == 100).all() and (best["auroc"] > 0.6).all()
+
+    # planes swept in two processes at once: the same numbers and probes, one progress unit per plane
+    in_processes = {}
+    parallel = sweep(features, catalog, LABELS, "sap", probe_params=params, probes=in_processes, workers=2,
+                     progress=advanced.append)
+    assert parallel.equals(results) and advanced == [1, 1, 1]
+    assert in_processes.keys() == probes.keys()
+    for key, probe in probes.items():
+        for name, tensor in probe.net_.state_dict().items():
+            assert torch.equal(tensor, in_processes[key].net_.state_dict()[name]), (key, name)
+    with pytest.raises(OrthodiffError, match="--workers 0"):
+        sweep(features, catalog, LABELS, "sap", workers=0)
