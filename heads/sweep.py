@@ -137,7 +137,7 @@ def sweep(
     planes = [p for p in PLANES if p in features]
     jobs = {plane: (plane, features[plane], catalog, labels, pooling, batched, params) for plane in planes}
     workers = min(workers, len(planes))
-    if workers == 1:
+    if workers <= 1:  # one plane (or none) needs no pool
         done = {plane: _plane_sweep(*job, progress=progress) for plane, job in jobs.items()}
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
