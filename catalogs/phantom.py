@@ -415,8 +415,9 @@ def _menisci(vol: Volume, a: Anatomy, labels) -> None:
     A tear of extent e (`Anatomy.meniscus`) is an oblique cleft through the posterior horn to
     the inferior surface, 1.2 mm wide at e = 0 and 3.6 mm at 1; from e = 0.4 the horn's inner
     quarter (up to three quarters at e = 1) is also lost (a displaced fragment: fluid where it
-    was), and from e = 0.75 a parameniscal cyst lies at the horn's periphery. A healthy meniscus with degeneration d
-    carries intermediate mucoid signal inside the horn, not reaching a surface, from d = 0.3."""
+    was), and from e = 0.6 a parameniscal cyst, 9-13 mm across, lies at the horn's periphery.
+    A healthy meniscus with degeneration d carries intermediate mucoid signal inside the horn,
+    not reaching a surface, from d = 0.3."""
     for index, (side, label, abbr, gap) in enumerate(((-1, 8, "MM", 0.75), (1, 9, "LM", 0.45))):
         (cx, cy), (rx, ry) = PLATEAUS[side]
         r = vol.region((cx - rx - 4, cy - ry - 8, -8), (cx + rx + 4, cy + ry + 4, 8))
@@ -439,9 +440,9 @@ def _menisci(vol: Volume, a: Anatomy, labels) -> None:
         if extent > 0.4:
             lost = rho < inner + (0.25 + 0.5 * (extent - 0.4) / 0.6) * (1.06 - inner)
             r.paint(horn & lost, "fluid", 0)
-        if extent > 0.75:
-            grow = 4.0 * (extent - 0.75)
-            r.paint((r.ellipsoid((cx, cy - 1.12 * ry, 3.5), (4.0, 3.0, 3.0), grow) <= 1) & ~wedge, "fluid")
+        if extent > 0.6:
+            grow = 5.0 * (extent - 0.6)
+            r.paint((r.ellipsoid((cx, cy - 1.12 * ry, 3.5), (4.5, 3.5, 3.5), grow) <= 1) & ~wedge, "fluid")
 
 
 def _tibia(vol: Volume, a: Anatomy, labels) -> None:
