@@ -99,8 +99,9 @@ class Anatomy:
             cartilage=float(rng.uniform(0.85, 1.15)), cartilage_t2=float(rng.normal(CARTILAGE_T2, 2.5)),
             degeneration=degeneration, bruise=float(rng.random()), texture=int(rng.integers(2**31)),
         )
-        # Joint fluid overlaps between the classes: an ideal reader of the fluid volume alone
-        # ranks an effusion above a healthy knee 92% of the time.
+        # Joint fluid overlaps between the classes: an ideal reader of the fluid amount alone
+        # ranks an effusion above a healthy knee about 91% of the time (AUROC 0.909 on the
+        # study's 400 exams), the ceiling of the effusion task.
         fluid = 0.2 + 0.8 * rng.beta(2, 2) if labels.get("EFFU") else 0.8 * rng.beta(2, 4)
         return cls(**body, fluid=float(fluid), meniscus=(float(rng.random()), float(rng.random())),
                    tendon=float(rng.random()))
