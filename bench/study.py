@@ -152,12 +152,15 @@ def probe(out: Path, store: Path, catalog: Path, plane: str, count: int, timeste
         orthodiff(log, "fuse", "--config", run / "config.json", "--out", run / "test", "--method", "concat")
     table = pd.read_csv(metrics)
     macro = table[table["metric"] == "macro_auroc"].iloc[0]
+    # the configuration scored on test is the selection's (Stage II on validation among the
+    # sweep's top four), not necessarily the sweep's best single probe, reported beside it
     config = json.loads((run / "config.json").read_text())
+    selected = config["planes"][plane]
     best = pd.read_parquet(run / "sweep" / "top4.parquet").iloc[0]
-    return {"plane": plane, "steps": count, "pooling": pooling, "heads": heads, "backbone": bid, "timestep": int(best["timestep"]), "block": best["block"],
-            "val_auroc": float(best["auroc"]), "test_auroc": float(macro["value"]),
-            "test_low": float(macro["ci_low"]), "test_high": float(macro["ci_high"]),
-            "config": config.get("configuration", config.get("planes"))}
+    return {"plane": plane, "steps": count, "pooling": pooling, "heads": heads, "backbone": bid,
+            "timestep": int(selected["timestep"]), "block": selected["block"], "val_auroc": float(config["val_macro_auroc"]),
+            "sweep_timestep": int(best["timestep"]), "sweep_block": best["block"], "sweep_val_auroc": float(best["auroc"]),
+            "test_auroc": float(macro["value"]), "test_low": float(macro["ci_low"]), "test_high": float(macro["ci_high"])}
 
 
 FUSIONS = (("concat", False), ("linear_concat", False), ("linear_add", False), ("cross_attention", False),
