@@ -30,8 +30,9 @@ VAL, TEST = 0.1, 0.3
 PRESET, INGEST_SIZE, BATCH, LR = "demo", 32, 4, 2e-4
 WEIGHTS = Path(__file__).parent / "weights"
 TIMESTEPS = (10, 50, 150, 300)
-# The heads: GLP, the pooling the study found best (docs/study.md, pooling ablation); its sweep
-# takes about a minute where SAP's, the paper's choice, would take most of the demo's budget
+# The heads: GLP, the pooling that showed the shipped backbones' gain over their initialisation
+# most clearly on this cohort (README, "The demo's backbones"); its sweep takes under a minute
+# where SAP's, the paper's choice, would take most of the demo's budget
 POOLING = "glp"
 
 
