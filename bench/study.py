@@ -24,7 +24,8 @@ Stages:
    the MPAE gate weights per label (`mpae_gates.csv/png`), label efficiency of concat and
    LightGBM on 25-200 training patients and all, against the initialisation
    (`label_efficiency.csv/png`), the from-scratch baselines against concat (`baselines.csv`:
-   5 epochs each, and ResNet-18 for 20; ResNet-18 on each subset too, `baseline_efficiency.csv`),
+   5 epochs each, and ResNet-18 for 20; ResNet-18 for 5 and 20 on each subset too,
+   `baseline_efficiency.csv`),
    each plane's probe with GAP, GLP and SAP pooling (`pooling.csv`), and cross-joint transfer:
    the fusion ablation on a synthetic ankle cohort (seed 2) with the knee backbones and the
    initialisation, and ResNet-18 from scratch on the ankle (`transfer.csv`); LP vs FT vs
@@ -243,8 +244,10 @@ def pooling_ablation(out: Path, store: Path, catalog: Path, count: int, timestep
 BASELINES = (("resnet18", 5), ("unet_encoder", 5), ("resnet18", 20))
 
 
-def baseline_run(out: Path, model: str, epochs: int) -> Path:
-    return out / "baselines" / (model if epochs == 5 else f"{model}_{epochs}ep")
+def baseline_run(out: Path, model: str, epochs: int = 5, size: int | None = None) -> Path:
+    """A network from scratch trained for `epochs` on all training patients, or on the
+    label-efficiency subset of `size`."""
+    return out / "baselines" / (model + ("" if epochs == 5 else f"_{epochs}ep") + ("" if size is None else f"_{size:03d}"))
 
 
 def baselines(out: Path, store: Path, catalog: Path, count: int, heads: str, log: Path) -> pd.DataFrame:
@@ -321,26 +324,25 @@ def efficiency_vs_random(out: Path, count: int, heads: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def resnet_run(out: Path, size: int | None = None) -> Path:
-    """ResNet-18 from scratch on all training patients, or on the label-efficiency subset of `size`."""
-    return out / "baselines" / ("resnet18" if size is None else f"resnet18_{size:03d}")
-
-
 def baseline_efficiency(out: Path, store: Path, count: int, heads: str, log: Path) -> pd.DataFrame:
-    """ResNet-18 from scratch on each label-efficiency subset (a copy of the catalog without the
-    other training patients), against concat of the `count`-step features on the same subset."""
+    """ResNet-18 from scratch for 5 and 20 epochs on each label-efficiency subset (a copy of the
+    catalog without the other training patients), against concat of the `count`-step features
+    on the same subset."""
     subsets = pd.read_parquet(out / "cohort" / "catalog.subsets.parquet")
     predictions = pd.read_parquet(out / "efficiency" / f"{count:05d}_{heads}" / "predictions.parquet")
     rows = []
-    for size in SUBSETS:
-        run = resnet_run(out, size)
-        if not (run / "run.json").exists():
-            part = subsets[(subsets["split"] != "train") | subsets[f"subset_{size}"]]
-            path = out / "cohort" / f"catalog.subset_{size:03d}.parquet"
-            part.to_parquet(path, index=False)
-            orthodiff(log, "baseline", "classify", "--model", "resnet18", "--store", store, "--catalog", path, "--out", run)
-        features = predictions[(predictions["subset"] == str(size)) & (predictions["head"] == "concat")]
-        rows.append({"patients": size, **paired(features, pd.read_parquet(run / "predictions.parquet"), "concat", "resnet18")})
+    for epochs in (5, 20):
+        for size in SUBSETS:
+            run = baseline_run(out, "resnet18", epochs, size)
+            if not (run / "run.json").exists():
+                part = subsets[(subsets["split"] != "train") | subsets[f"subset_{size}"]]
+                path = out / "cohort" / f"catalog.subset_{size:03d}.parquet"
+                part.to_parquet(path, index=False)
+                orthodiff(log, "baseline", "classify", "--model", "resnet18", "--epochs", epochs, "--store", store,
+                          "--catalog", path, "--out", run)
+            features = predictions[(predictions["subset"] == str(size)) & (predictions["head"] == "concat")]
+            rows.append({"patients": size, "epochs": epochs,
+                         **paired(features, pd.read_parquet(run / "predictions.parquet"), "concat", "resnet18")})
     return pd.DataFrame(rows)
 
 
@@ -388,7 +390,7 @@ def finetuning(out: Path, store: Path, count: int, heads: str, log: Path) -> pd.
     for size, settings in [*((size, "paper") for size in (*SUBSETS, None)), (None, "small")]:
         ft = pd.read_parquet(finetuned(out, store, count, heads, log, size, settings) / "predictions.parquet")
         lp = probed[(probed["subset"] == ("all" if size is None else str(size))) & (probed["head"] == "concat")]
-        resnet = pd.read_parquet(resnet_run(out, size) / "predictions.parquet")
+        resnet = pd.read_parquet(baseline_run(out, "resnet18", 5, size) / "predictions.parquet")
         versus_lp, versus_resnet = paired(ft, lp, "ft", "lp"), paired(ft, resnet, "ft", "resnet18")
         rows.append({"patients": size or "all", "steps": count, "ft_settings": settings,
                      **{k: v for k, v in versus_lp.items() if k.startswith(("ft", "lp"))},
@@ -420,7 +422,8 @@ def headline(out: Path, count: int, heads: str) -> pd.DataFrame:
         features = {f"{head}, stored features": probed[(probed["subset"] == subset) & (probed["head"] == head)]
                     for head in probed.loc[probed["subset"] == subset, "head"].unique()}
         features["fine-tuned (paper's rates), concat"] = pd.read_parquet(tuned / "paper" / part / "concat" / "predictions.parquet")
-        scratch = {"resnet18, 5 epochs": pd.read_parquet(resnet_run(out, size) / "predictions.parquet")}
+        scratch = {f"resnet18, {epochs} epochs": pd.read_parquet(baseline_run(out, "resnet18", epochs, size) / "predictions.parquet")
+                   for epochs in (5, 20)}
         if size is None:
             features.update({f"{name}, stored features": pd.read_parquet(fused / name / "predictions.parquet")
                              for name in (m + ("_ehr" if ehr else "") for m, ehr in FUSIONS) if name != "ehr_only"})
