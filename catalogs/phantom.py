@@ -15,11 +15,16 @@ where a radiologist looks for them:
 - ACL / PCL: a fluid-filled discontinuity in the middle of the band with oedema around it
   (ACL tears often with bone bruises of the lateral femoral condyle and posterolateral tibia);
 - MM / LM: an oblique linear high signal through the posterior horn reaching the inferior
-  articular surface;
+  articular surface, in larger tears with a lost free edge and a parameniscal cyst; healthy
+  menisci may carry intrasubstance (mucoid) signal that reaches no surface;
 - MCL / LCL: a thickened ligament of intermediate signal in a cuff of oedema;
 - PD: the patella shifted and tilted laterally, with kissing bruises (medial patellar facet,
   lateral femoral condyle) and medial retinacular oedema;
-- EFFU: distended suprapatellar and posterior recesses.
+- EFFU: distended suprapatellar and posterior recesses. Every knee has some joint fluid;
+  its amount (`Anatomy.fluid`) overlaps between knees with and without an effusion.
+
+How far each lesion shows is drawn per subject (`Anatomy.fluid`, `meniscus`, `tendon`), so a
+label is a graded finding, as in a real cohort, not an on/off switch a network reads at a glance.
 
 Cartilage degeneration (per compartment, more likely beside a torn meniscus) thins the
 cartilage, raises its T2 and, when advanced, opens a focal defect.
@@ -53,6 +58,7 @@ TISSUES = {
     "tendon": (0.4, 800.0, 6.0, 0.0),
     "fluid": (1.0, 2500.0, 400.0, 0.0),
     "oedema": (0.95, 1500.0, 90.0, 0.1),
+    "mucoid": (0.65, 1000.0, 28.0, 0.0),  # intrasubstance degeneration of a meniscus or tendon
 }
 TISSUE_NAMES = list(TISSUES)
 TISSUE_TABLE = np.asarray(list(TISSUES.values()), np.float32)  # (tissues, 4)
@@ -75,6 +81,10 @@ class Anatomy:
     degeneration: tuple[float, float] = (0.0, 0.0)  # medial, lateral compartment, 0..1
     bruise: float = 1.0  # < 0.6: bone bruises come with an ACL tear
     texture: int = 0  # seed of the trabecular pattern
+    # How lesions show, 0..1, drawn after the fields above so those keep their values per seed.
+    fluid: float = 0.25  # joint fluid: 0 a film, 1 a tense effusion (healthy knees low, effusions high, overlapping)
+    meniscus: tuple[float, float] = (0.5, 0.5)  # medial, lateral: extent of a tear, or a healthy meniscus's mucoid degeneration
+    tendon: float = 0.5  # Achilles: extent of a rupture, or a healthy tendon's tendinopathy
 
     @classmethod
     def draw(cls, rng: np.random.Generator, labels: dict | None = None) -> Anatomy:
@@ -82,13 +92,19 @@ class Anatomy:
         degeneration = tuple(
             float(np.clip(rng.beta(1.2, 4.0) + (0.25 if labels.get(abbr) else 0.0), 0, 1)) for abbr in ("MM", "LM")
         )
-        return cls(
+        body = dict(
             scale=float(rng.uniform(0.9, 1.1)), width=float(rng.uniform(0.93, 1.07)),
             angle=float(rng.uniform(-0.08, 0.08)), shift=tuple(float(v) for v in rng.uniform(-3, 3, 3)),
             flexion=float(rng.uniform(0, 20)), varus=float(rng.normal(0, 2.5)), fat=float(rng.uniform(4, 14)),
             cartilage=float(rng.uniform(0.85, 1.15)), cartilage_t2=float(rng.normal(CARTILAGE_T2, 2.5)),
             degeneration=degeneration, bruise=float(rng.random()), texture=int(rng.integers(2**31)),
         )
+        # Joint fluid overlaps between the classes: an ideal reader of the fluid amount alone
+        # ranks an effusion above a healthy knee about 91% of the time (AUROC 0.909 on the
+        # study's 400 exams), the ceiling of the effusion task.
+        fluid = 0.2 + 0.8 * rng.beta(2, 2) if labels.get("EFFU") else 0.8 * rng.beta(2, 4)
+        return cls(**body, fluid=float(fluid), meniscus=(float(rng.random()), float(rng.random())),
+                   tendon=float(rng.random()))
 
     def world_to_patient(self) -> np.ndarray:
         """4x4: world mm -> the phantom's canonical patient frame."""
@@ -312,7 +328,6 @@ def knee(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
     """Paint the knee; structure values follow `structures.toml`."""
     fem, pat = femur_frame(a), patella_frame(a, bool(labels.get("PD")))
     fem_out, pat_out = np.linalg.inv(fem), np.linalg.inv(pat)
-    effusion = bool(labels.get("EFFU"))
 
     # Soft tissues: skin, subcutaneous fat, muscle; fat in front of the joint and behind it.
     r = vol.region((-90, -90, -120), (90, 90, 120))
@@ -327,13 +342,17 @@ def knee(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
     r.paint(r.ellipsoid((0, 24, -1), (19, 11, 12)) <= 1, "fat")  # infrapatellar (Hoffa) fat pad
     r.paint(r.ellipsoid((0, -4, 6), (40, 30, 16)) <= 1, "fat")  # fat around the cruciates and the capsule
 
-    # Fluid recesses in the femoral frame: suprapatellar pouch, posterior condylar recesses.
+    # Fluid recesses in the femoral frame: suprapatellar pouch, posterior condylar recesses,
+    # from a film (fluid 0) to distended (fluid 1).
     r = vol.region((-45, -45, -5), (45, 40, 80), fem)
-    pouch = ((0, 19.5, 44), (22, 7, 21)) if effusion else ((0, 19, 40), (18, 1.8, 12))
-    r.paint(r.ellipsoid(*pouch) <= 1, "fluid")
+
+    def recess(film, distended):
+        return [tuple(f + a.fluid * (d - f) for f, d in zip(*pair)) for pair in zip(film, distended)]
+
+    r.paint(r.ellipsoid(*recess(((0, 19, 40), (18, 1.8, 12)), ((0, 19.5, 44), (22, 7, 21)))) <= 1, "fluid")
     for side in (-1, 1):
-        recess = ((side * 21, -30, 18), (10, 4.5, 14)) if effusion else ((side * 21, -31, 16), (7, 1.5, 8))
-        r.paint(r.ellipsoid(*recess) <= 1, "fluid")
+        posterior = recess(((side * 21, -31, 16), (7, 1.5, 8)), ((side * 21, -30, 18), (10, 4.5, 14)))
+        r.paint(r.ellipsoid(*posterior) <= 1, "fluid")
 
     # Tendons: quadriceps (femoral frame) and patellar (patella to tibial tuberosity).
     r = vol.region((-20, 20, 30), (20, 50, 120), fem)
@@ -346,7 +365,7 @@ def knee(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
 
     _cruciates(vol, labels, fem_out)
     _collaterals(vol, labels, fem_out)
-    _menisci(vol, labels)
+    _menisci(vol, a, labels)
     _tibia(vol, a, labels)
     _femur(vol, a, labels, fem)
     _patella(vol, a, labels, pat)
@@ -391,11 +410,18 @@ def _collaterals(vol: Volume, labels, fem_out) -> None:
                 r.paint(r.band(start, end, width, thickness, across)[0] <= 1, "ligament")
 
 
-def _menisci(vol: Volume, labels) -> None:
-    """C-shaped wedges on the plateau rims, open toward the notch, posterior horn broader."""
-    for side, label, abbr, gap in ((-1, 8, "MM", 0.75), (1, 9, "LM", 0.45)):
+def _menisci(vol: Volume, a: Anatomy, labels) -> None:
+    """C-shaped wedges on the plateau rims, open toward the notch, posterior horn broader.
+
+    A tear of extent e (`Anatomy.meniscus`) is an oblique cleft through the posterior horn to
+    the inferior surface, 1.2 mm wide at e = 0 and 3.6 mm at 1; from e = 0.4 the horn's inner
+    quarter (up to three quarters at e = 1) is also lost (a displaced fragment: fluid where it
+    was), and from e = 0.6 a parameniscal cyst, 9-13 mm across, lies at the horn's periphery.
+    A healthy meniscus with degeneration d carries intermediate mucoid signal inside the horn,
+    not reaching a surface, from d = 0.3."""
+    for index, (side, label, abbr, gap) in enumerate(((-1, 8, "MM", 0.75), (1, 9, "LM", 0.45))):
         (cx, cy), (rx, ry) = PLATEAUS[side]
-        r = vol.region((cx - rx - 4, cy - ry - 4, -8), (cx + rx + 4, cy + ry + 4, 8))
+        r = vol.region((cx - rx - 4, cy - ry - 8, -8), (cx + rx + 4, cy + ry + 4, 8))
         rho = np.sqrt(((r.x - cx) / rx) ** 2 + ((r.y - cy) / ry) ** 2)
         angle = np.arctan2(r.y - cy, -side * (r.x - cx))  # 0 toward the notch
         inner = 0.6 + 0.08 * np.sin(angle)  # smaller inner radius (broader horn) posteriorly
@@ -404,9 +430,20 @@ def _menisci(vol: Volume, labels) -> None:
         wedge = (rho > inner) & (rho < 1.06) & (above > 0.2) & (above < 0.2 + height) & (np.abs(angle) > gap)
         r.paint((rho >= 1.0) & (rho < 1.16) & (above > -1) & (above < 9) & (np.abs(angle) > gap), "capsule")
         r.paint(wedge, "meniscus", label)
-        if labels.get(abbr):  # oblique cleft through the posterior horn to the inferior surface
-            cleft = np.abs(above - 0.2 - 0.45 * height + 1.0) < 0.6
-            r.paint(wedge & cleft & (r.y < cy - 0.45 * ry) & (rho < 0.97), "fluid")
+        extent, horn = a.meniscus[index], wedge & (r.y < cy - 0.45 * ry)
+        if not labels.get(abbr):
+            core = np.abs(above - 0.2 - 0.6 * height) < 0.1 * height
+            middle = np.abs(rho - 0.5 * (inner + 1.0)) < 0.18 * (1.0 - inner) * (extent - 0.3) / 0.7
+            r.paint(horn & core & middle & (height > 5.0), "mucoid", label)
+            continue
+        cleft = np.abs(above - 0.2 - 0.45 * height + 1.0) < 0.6 + 1.2 * extent
+        r.paint(horn & cleft & (rho < 0.97), "fluid")
+        if extent > 0.4:
+            lost = rho < inner + (0.25 + 0.5 * (extent - 0.4) / 0.6) * (1.06 - inner)
+            r.paint(horn & lost, "fluid", 0)
+        if extent > 0.6:
+            grow = 5.0 * (extent - 0.6)
+            r.paint((r.ellipsoid((cx, cy - 1.12 * ry, 3.5), (4.5, 3.5, 3.5), grow) <= 1) & ~wedge, "fluid")
 
 
 def _tibia(vol: Volume, a: Anatomy, labels) -> None:
@@ -503,7 +540,8 @@ def ankle(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
     mortise, calcaneus and navicular; Achilles, flexor, peroneal and extensor tendons;
     Kager's fat; ATFL and CFL as flat bands. The foot is plantarflexed by a per-subject angle
     about the talar dome's axis. Lesions: ATFL / CFL tears (fluid gap in lax fibres, oedema),
-    Achilles rupture (gap 3-6 cm above the insertion, retracted thickened stumps, oedema),
+    Achilles rupture (a gap of 5-22 mm about 5 cm above the insertion, thickened stumps, oedema;
+    healthy tendons may be thickened with intrasubstance signal: tendinopathy),
     osteochondral lesion of the medial talar dome (cartilage defect over a subchondral cyst
     in marrow oedema). No segmentation structures."""
     foot = _about(_rotation(0, -0.5 * a.flexion), TALUS_AXIS)  # patient -> foot bones frame
@@ -517,8 +555,15 @@ def ankle(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
                    ((24, -16, 80), (22, -8, -36)), ((27, -14, 80), (25, -4, -40)),
                    ((-12, 22, 80), (-16, 46, -26)), ((2, 24, 80), (4, 48, -22))])
     achilles = (np.array([0.0, -34.0, 90.0]), _apply(foot_out, (0.0, -47.0, -30.0)))
-    if labels.get("ATR"):
-        _torn_band(vol, *achilles, 8.0, 4.5, (1, 0, 0), None, True, gap=(0.55, 0.72))
+    if labels.get("ATR"):  # the gap from 5 mm (extent 0) to 22 mm (1), stumps thicker as it retracts
+        e = a.tendon
+        _torn_band(vol, *achilles, 7.0 + e, 3.5 + e, (1, 0, 0), None, True, gap=(0.58 - 0.07 * e, 0.62 + 0.07 * e))
+    elif a.tendon > 0.5:  # tendinopathy: thickened, with intermediate signal in its core
+        e = (a.tendon - 0.5) / 0.5
+        _torn_band(vol, *achilles, 7.0 + e, 3.0 + 1.5 * e, (1, 0, 0), None, False)
+        r = vol.region(np.minimum(*achilles) - 12, np.maximum(*achilles) + 12)
+        radius, t = r.band(*achilles, 4.0, 1.0 + e, (1, 0, 0))
+        r.paint((radius <= 1) & (t > 0.45) & (t < 0.75), "mucoid")
     else:
         _torn_band(vol, *achilles, 7.0, 3.0, (1, 0, 0), None, False)
     _ankle_bones(vol, a, labels, foot, foot_out)

@@ -37,7 +37,7 @@ def readme_block(heading: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo_folder(tmp_path_factory):
-    """orthodiff-demo/ in miniature: 120 exams split as the demo's (60 training patients),
+    """orthodiff-demo/ in miniature: 120 exams split as the demo's (72 training patients),
     random demo-preset backbones, one (timestep, block) per plane."""
     root = tmp_path_factory.mktemp("readme")
     demo = root / "orthodiff-demo"
@@ -92,7 +92,10 @@ def test_readme_commands_reproduce_the_demo_and_rerun_reuses(readme_runs, demo_f
                                       pd.read_parquet(runs / name / "metrics.parquet"))
     assert json.loads((runs / "config.json").read_text())["planes"] == json.loads((demo / "heads" / "config.json").read_text())["planes"]
     curves = pd.read_parquet(runs / "efficiency" / "efficiency.parquet")
-    assert curves["patients"].tolist() == [25, 25, 50, 50, 60, 60]
+    catalog = pd.read_parquet(demo / "cohort" / "catalog.parquet")
+    training = catalog.loc[catalog["split"] == "train", "patient_id"].nunique()
+    assert training == 72  # 60% of 120, the demo's training share
+    assert curves["patients"].tolist() == [25, 25, 50, 50, training, training]
 
     stamp = (demo / "heads" / "mpae" / "metrics.parquet").stat().st_mtime_ns
     start = time.perf_counter()

@@ -60,11 +60,48 @@ def test_bone_bruises_come_with_some_acl_tears_inside_the_bone():
 
 
 def test_meniscal_tear_is_a_cleft_in_the_posterior_horn():
-    healthy, torn = _knee({"MM": 0}, spacing=0.5, half=40), _knee({"MM": 1}, spacing=0.5, half=40)
+    small = Anatomy(meniscus=(0.1, 0.1))
+    healthy, torn = _knee({"MM": 0}, small, spacing=0.5, half=40), _knee({"MM": 1}, small, spacing=0.5, half=40)
     changed = healthy.tissue != torn.tissue
     assert changed.sum() > 50 and (healthy.label[changed] == 8).all()  # only the medial meniscus
     y = np.nonzero(changed)[1] * 0.5 - 40
     assert (y < -8).all()  # posterior horn
+
+
+def test_larger_meniscal_tears_lose_the_free_edge_and_grow_a_cyst():
+    fluid = TISSUE_NAMES.index("fluid")
+    healthy = _knee({"LM": 0}, spacing=0.5, half=40)
+    tears = {e: _knee({"LM": 1}, Anatomy(meniscus=(0.5, e)), spacing=0.5, half=40) for e in (0.1, 0.5, 0.95)}
+    changed = {e: (healthy.tissue != t.tissue) & (t.tissue == fluid) for e, t in tears.items()}
+    assert changed[0.1].sum() < changed[0.5].sum() < changed[0.95].sum()
+    meniscus = [(t.label == 9).sum() for t in tears.values()]
+    assert meniscus[0] == (healthy.label == 9).sum() > meniscus[1] > meniscus[2]  # the fragment is gone
+    cyst = changed[0.95] & (healthy.label != 9)  # fluid outside the meniscus: the parameniscal cyst
+    assert cyst.sum() > 100 and not (changed[0.5] & (healthy.label != 9)).any()
+    z, y, x = (np.median(i) * 0.5 - 40 for i in np.nonzero(cyst))
+    assert x > 10 and y < -15  # lateral, behind the posterior horn
+
+
+def test_healthy_menisci_may_carry_mucoid_signal_that_reaches_no_surface():
+    from scipy.ndimage import binary_dilation
+
+    plain, degenerate = (_knee({}, Anatomy(meniscus=(d, 0.0)), spacing=0.5, half=40) for d in (0.1, 0.9))
+    changed = plain.tissue != degenerate.tissue
+    assert changed.sum() > 20 and (degenerate.tissue[changed] == TISSUE_NAMES.index("mucoid")).all()
+    around = binary_dilation(changed) & ~changed
+    assert (degenerate.label[changed] == 8).all()  # in the medial meniscus,
+    assert set(np.unique(degenerate.label[around])) <= {8, 11}  # surrounded by it (the PCL passes behind the horn)
+
+
+def test_effusion_is_a_graded_amount_of_fluid_that_overlaps_healthy_knees():
+    fluid = TISSUE_NAMES.index("fluid")
+    amounts = [(_knee({}, Anatomy(fluid=f), spacing=1.0, half=60).tissue == fluid).sum() for f in (0.0, 0.3, 1.0)]
+    assert amounts[0] < amounts[1] < amounts[2] and amounts[2] > 5 * amounts[0]
+    rng = np.random.default_rng(0)
+    drawn = {v: np.array([Anatomy.draw(rng, {"EFFU": v}).fluid for _ in range(400)]) for v in (0, 1)}
+    assert drawn[1].min() < drawn[0].max()  # overlapping classes
+    auroc = (drawn[1][:, None] > drawn[0][None, :]).mean()  # an ideal reader of the fluid alone
+    assert 0.85 < auroc < 0.97
 
 
 def test_anatomy_is_layered_like_a_knee():
@@ -198,6 +235,24 @@ def test_ankle_and_shoulder_lesions_are_local_bright_and_where_they_belong(joint
     assert lesion.t2[changed].mean() > healthy.t2[changed].mean() + 20, abbr  # fluid, oedema, sprain
     z, y, x = (np.median(i) * spacing - half for i in np.nonzero(changed))
     assert LESION_SITES[(joint, abbr)](x, y, z), (abbr, x, y, z)
+
+
+def test_achilles_rupture_is_graded_and_tendinopathy_thickens_healthy_tendons():
+    spacing, half = 1.0, 60.0
+    n = int(2 * half / spacing) + 1
+    grid = np.diag([spacing, spacing, spacing, 1.0])
+    grid[:3, 3] = -half
+    fluid, mucoid = TISSUE_NAMES.index("fluid"), TISSUE_NAMES.index("mucoid")
+
+    def ankle(labels, tendon):
+        return render("ankle", Anatomy(tendon=tendon), labels, (n, n, n), grid).tissue
+
+    gaps = [(ankle({"ATR": 1}, e) == fluid).sum() - (ankle({}, 0.0) == fluid).sum() for e in (0.0, 1.0)]
+    assert 0 < gaps[0] < gaps[1] / 2  # a short partial gap to a long retracted one
+    healthy, tendinopathy = ankle({}, 0.2), ankle({}, 0.95)
+    changed = healthy != tendinopathy
+    assert changed.any() and set(np.unique(tendinopathy[changed])) <= {TISSUE_NAMES.index("ligament"), mucoid}  # band tissue
+    assert not (tendinopathy == fluid)[changed].any()
 
 
 @pytest.mark.parametrize("joint,start,step", [("ankle", (-5.0, 0.0, 20.0), (0.0, 0.0, -0.1)),
