@@ -290,7 +290,7 @@ def transfer(out: Path, count: int, cases: int, timesteps: str, heads: str, log:
         orthodiff(log, "baseline", "classify", "--model", "resnet18", "--store", store, "--catalog", catalog, "--out", resnet)
     macro = compared(root / f"{count:05d}_{heads}" / "concat", resnet, resnet / "vs_features.parquet", log)
     row = {"steps": None, "heads": None, "run": "resnet18", **macro_row(resnet), "joint": joint,
-           "delta_vs_random": None, "p_vs_random": None, "concat_minus_resnet18": macro["delta"], "p_vs_resnet18": macro["p_value"]}
+           "delta_vs_random": np.nan, "p_vs_random": np.nan, "concat_minus_resnet18": macro["delta"], "p_vs_resnet18": macro["p_value"]}
     return pd.concat([table, pd.DataFrame([row])], ignore_index=True)
 
 
