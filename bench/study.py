@@ -406,12 +406,11 @@ def headline(out: Path, count: int, heads: str) -> pd.DataFrame:
     scratch trained on the same patients, by paired permutation on their common test exams.
     Each side's best is picked by its own test macro AUROC, which flatters both, the features
     more: they have more runs to pick from (every fusion method on all patients)."""
-    from orthodiff.heads.metrics import evaluate
+    from orthodiff.heads.metrics import macro_auroc
 
     def macro(table: pd.DataFrame) -> float:
         labels = [c[2:] for c in table.columns if c.startswith("p_")]
-        scores = evaluate(table[labels].to_numpy(), table[[f"p_{c}" for c in labels]].to_numpy(), labels, n_boot=0)
-        return float(scores.set_index(["metric", "label"]).at[("macro_auroc", "all"), "value"])
+        return macro_auroc(table[labels].to_numpy(), table[[f"p_{c}" for c in labels]].to_numpy())
 
     probed = pd.read_parquet(out / "efficiency" / f"{count:05d}_{heads}" / "predictions.parquet")
     tuned, fused = out / "finetune" / f"{count:05d}_{heads}", out / "fusion" / f"{count:05d}_{heads}"
