@@ -12,7 +12,7 @@ from rich.console import Console
 from orthodiff.errors import OrthodiffError
 from orthodiff.evaluation.commands import register as register_evaluation
 from orthodiff.options import (
-    Dtype, FingerprintTask, ImageFormat, Joint, Method, OnError, Plane, Pooling, Precision, Preset, Roi, plain, split_list, subset_sizes,
+    Dtype, FingerprintTask, ImageFormat, JoinOn, Joint, Method, OnError, Plane, Pooling, Precision, Preset, Roi, plain, split_list, subset_sizes,
 )
 from orthodiff.supervised.commands import register as register_supervised
 from orthodiff.tables import make_console
@@ -127,6 +127,31 @@ def catalog_from_mrnet(
     validate_catalog(df, out)
     write_catalog(df, out)
     console.print(f"wrote {out}: {len(df)} series of {df['case_id'].nunique()} MRNet exams")
+
+
+@catalog_app.command("from-dicom")
+def catalog_from_dicom(
+    directory: Annotated[Path, typer.Argument(help="Folder tree of DICOM files (a PACS export, a DICOMDIR medium).")],
+    out: Annotated[Path, typer.Option(metavar="FILE", help="Catalog to write (Parquet); rejects and series manifests go beside it.")],
+    salt_file: Annotated[Path, typer.Option(metavar="FILE", help="The salt of the pseudonyms: created when missing; keep it, and keep it apart from what you share.")],
+    joint: Annotated[Joint, typer.Option(callback=plain, help="The joint (its task's labels are what --labels must hold).")] = Joint.knee,
+    labels: Annotated[Path | None, typer.Option(metavar="CSV", help="Exam labels: one row per exam, the task's 0/1 columns (and EHR columns if any).")] = None,
+    join_column: Annotated[str | None, typer.Option(help="The --labels column naming each exam.")] = None,
+    join_on: Annotated[JoinOn, typer.Option(callback=plain, help="What --join-column holds.")] = JoinOn.accession,
+    workers: Annotated[int | None, typer.Option(help="Processes reading headers (1 to the number of cores).", show_default="1")] = None,
+) -> None:
+    """Build a pseudonymous catalog of the usable MR series of a DICOM folder tree; every unused file is in the rejects table."""
+    from orthodiff.catalogs.dicom_archive import build_from_dicom, reject_summary, rejects_path
+    from orthodiff.progress import progress_bar
+
+    with progress_bar(console, "from-dicom", None, "files") as advance:
+        scan = build_from_dicom(directory, out, salt_file, joint, labels, join_column, join_on, workers or 1, advance)
+    df = scan.catalog
+    console.print(f"wrote {out}: {len(df)} series of {df['case_id'].nunique()} exams of {df['patient_id'].nunique()} patients "
+                  f"({', '.join(f'{p} {n}' for p, n in df['plane'].value_counts().items())})", highlight=False)
+    for row in reject_summary(scan.rejects).itertuples():
+        console.print(f"rejected {row.reason}: {row.files} files in {row.rows} rows", highlight=False)
+    console.print(f"rejects: {rejects_path(out)} (and .csv)", highlight=False)
 
 
 @app.command()

@@ -66,6 +66,7 @@ Method = _choices("Method", "concat linear_concat linear_add cross_attention mpa
 Preset = _choices("Preset", "paper small tiny demo", "A backbone architecture preset (backbone.unet.PRESETS).")
 Joint = _choices("Joint", "ankle knee shoulder", "A joint of the task catalog (catalogs.tasks.joints()).")
 ImageFormat = _choices("ImageFormat", "nifti dicom", "The file format of synthesized series.")
+JoinOn = _choices("JoinOn", "accession study-uid case-id", "What a label CSV's join column holds (catalogs.dicom_archive.JOIN_ON).")
 OnError = _choices("OnError", "fail skip", "What ingestion does with a bad series.")
 Dtype = _choices("Dtype", "float16 float32", "The stored dtype of activations.")
 Precision = _choices("Precision", "fp32 bf16 fp16", "The network's compute precision (backbone.precision).")

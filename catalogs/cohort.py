@@ -2,7 +2,7 @@
 
 Columns: `series_id`, `case_id` (exam), `patient_id`, `task`, `joint`, `plane`, `scan`,
 `path`, `mask_path`, `center`, `vendor`, `field_strength`, `slice_thickness`, `split`, one
-0/1 column per label of the task, the EHR columns of `ehr.toml`, and optionally nested
+0/1 column per label of the task (none at all in an unlabelled cohort for pretraining), the EHR columns of `ehr.toml`, and optionally nested
 label-efficiency subsets `subset_<N>` (booleans), a quantitative T2 map `t2_path` (NIfTI in
 ms on the series grid, empty where none), acquisition columns (`echo_time`,
 `repetition_time`, `flip_angle`, `fat_suppression`, `pixel_spacing`) and synthetic truth
@@ -65,11 +65,21 @@ def resolve_path(catalog_path: str | Path, value: str) -> Path:
 
 
 def label_columns(df: pd.DataFrame) -> list[str]:
-    """The label columns of the catalog's (single) task."""
+    """The label columns of the catalog's (single) task; an unlabelled catalog is an error here."""
     names = df["task"].dropna().unique()
     if len(names) != 1:
         raise OrthodiffError(f"catalog must hold exactly one task, found {sorted(names)}")
-    return get_task(str(names[0])).label_columns
+    columns = get_task(str(names[0])).label_columns
+    if not is_labelled(df):
+        raise OrthodiffError(f"the catalog has no label columns {columns} (an unlabelled cohort: fine for ingest, "
+                             "pretrain and extract); add labels, e.g. with `catalog from-dicom --labels`")
+    return columns
+
+
+def is_labelled(df: pd.DataFrame) -> bool:
+    """Whether the catalog carries its task's label columns (an unlabelled cohort, as
+    `catalog from-dicom` writes without `--labels`, has none of them)."""
+    return any(c in df.columns for task in df["task"].dropna().unique() for c in get_task(str(task)).label_columns)
 
 
 def subset_sizes(df: pd.DataFrame) -> list[int]:
@@ -141,7 +151,7 @@ def validate_catalog(df: pd.DataFrame, catalog_path: str | Path, check_files: bo
         i = int(next(r for r in rows if df.at[int(r), "split"] != first))
         raise _fail(i, "split", df.at[i, "split"], f"patient {patient!r} is also in split {first!r} (leakage)")
 
-    for name in df["task"].unique():
+    for name in df["task"].unique() if is_labelled(df) else ():  # an unlabelled cohort has no label column at all
         rows = np.flatnonzero(df["task"] == name)
         for column in get_task(name).label_columns:
             if column not in df.columns:

@@ -1,4 +1,4 @@
-"""Reading one series (NIfTI, DICOM folder or file, MRNet `.npy`) as a checked 3D array.
+"""Reading one series (NIfTI, DICOM folder, file or series manifest, MRNet `.npy`) as a checked 3D array.
 
 Every reader returns `(array, affine)`: a float32 array (slices, rows, columns) and the
 NIfTI-style affine mapping (column, row, slice) indices to RAS millimetres (None for `.npy`,
@@ -50,12 +50,30 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _dicom_files(path: Path) -> list[Path]:
+    """The files of one DICOM series: a folder's files, one file, or the files a series
+    manifest (`.json`, written by `catalog from-dicom`) lists relative to its `root`."""
+    if path.name.lower().endswith(".json"):
+        return _manifest_files(path)
     if path.is_file():
         return [path]
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise OrthodiffError(f"{path}: empty DICOM folder")
     return files
+
+
+def _manifest_files(path: Path) -> list[Path]:
+    import json
+
+    try:
+        manifest = json.loads(path.read_text())
+        root, files = Path(manifest["root"]), [Path(f) for f in manifest["files"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise OrthodiffError(f"{path}: not a readable DICOM series manifest ({type(err).__name__})") from None
+    root = root if root.is_absolute() else path.parent / root
+    if not files:
+        raise OrthodiffError(f"{path}: the series manifest lists no files")
+    return [root / f for f in files]
 
 
 def _dicom_slices(path: Path, pixels: bool = True) -> list[tuple[Path, object]]:

@@ -82,6 +82,7 @@ def test_the_options_that_once_meant_two_things_mean_one():
 def test_choices_are_the_librarys_own():
     from orthodiff.backbone.precision import PRECISIONS
     from orthodiff.backbone.unet import PRESETS
+    from orthodiff.catalogs.dicom_archive import JOIN_ON
     from orthodiff.catalogs.tasks import PLANES, joints
     from orthodiff.heads.fingerprint_cohort import TARGETS
     from orthodiff.heads.fusion import METHODS
@@ -98,6 +99,7 @@ def test_choices_are_the_librarys_own():
     assert values(options.Method) == [*METHODS, *COMPARATORS]
     assert values(options.Preset) == list(PRESETS)
     assert values(options.Joint) == joints()
+    assert values(options.JoinOn) == list(JOIN_ON)
     assert values(options.Precision) == list(PRECISIONS)
     assert values(options.Roi) == list(ROI_KINDS)
     assert values(options.Decoder) == list(DECODERS)
