@@ -52,6 +52,7 @@ from orthodiff.catalogs.cohort import write_catalog
 from orthodiff.catalogs.readers import MIN_SLICES, SPACING_TOLERANCE, plane_of
 from orthodiff.catalogs.tasks import ehr_schema, get_task
 from orthodiff.errors import OrthodiffError
+from orthodiff.faults import fault
 from orthodiff.files import atomic_write
 from orthodiff.outputs import write_table
 
@@ -512,11 +513,11 @@ def join_labels(catalog: pd.DataFrame, csv: str | Path, column: str, join_on: st
     matched = keys.map(exams)
     unmatched = lines[matched.isna().to_numpy() | (raw == "").to_numpy()]
     if len(unmatched):
-        raise OrthodiffError(f"{csv}: lines {_lines(unmatched)} match no exam of the archive (column {column!r}, "
+        raise OrthodiffError(f"{csv}: {_lines(unmatched)} match no exam of the archive (column {column!r}, "
                              f"joined on {join_on}); remove them or export the missing exams")
     twice = matched.duplicated(keep=False).to_numpy()
     if twice.any():
-        raise OrthodiffError(f"{csv}: lines {_lines(lines[twice])} match the same exam twice; keep one row per exam")
+        raise OrthodiffError(f"{csv}: {_lines(lines[twice])} match the same exam twice; keep one row per exam")
     ehr = [c for c in ehr_schema().columns if c in table.columns]
     values = table[labels + ehr].replace("", np.nan).assign(case_id=matched.to_numpy())
     for label in labels:
@@ -530,7 +531,8 @@ def join_labels(catalog: pd.DataFrame, csv: str | Path, column: str, join_on: st
 
 def _lines(lines: pd.Series) -> str:
     shown = [str(int(v)) for v in lines[:10]]
-    return ", ".join(shown) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
+    more = f" and {len(lines) - 10} more" if len(lines) > 10 else ""
+    return ("line " if len(lines) == 1 else "lines ") + ", ".join(shown) + more
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -548,6 +550,7 @@ def write_archive_catalog(scan: ArchiveScan, out: str | Path) -> Path:
     folder = out.parent / f"{out.stem}.series"
     for series_id, manifest in scan.manifests.items():
         atomic_write(folder / f"{series_id}.json", lambda tmp, m=manifest: Path(tmp).write_text(json.dumps(m, indent=1)))
+        fault("from-dicom.manifest")
     write_table(scan.rejects, rejects_path(out))
     write_catalog(scan.catalog.drop(columns="accession"), out)
     for stale in folder.glob("*.json"):
