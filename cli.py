@@ -150,7 +150,7 @@ def catalog_from_dicom(
     console.print(f"wrote {out}: {len(df)} series of {df['case_id'].nunique()} exams of {df['patient_id'].nunique()} patients "
                   f"({', '.join(f'{p} {n}' for p, n in df['plane'].value_counts().items())})", highlight=False)
     for row in reject_summary(scan.rejects).itertuples():
-        console.print(f"rejected {row.reason}: {row.files} files in {row.rows} rows", highlight=False)
+        console.print(f"rejected {row.reason}: {row.files} files ({row.rows} rejects-table rows)", highlight=False)
     console.print(f"rejects: {rejects_path(out)} (and .csv)", highlight=False)
 
 

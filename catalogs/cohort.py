@@ -5,7 +5,8 @@ Columns: `series_id`, `case_id` (exam), `patient_id`, `task`, `joint`, `plane`, 
 0/1 column per label of the task (none at all in an unlabelled cohort for pretraining), the EHR columns of `ehr.toml`, and optionally nested
 label-efficiency subsets `subset_<N>` (booleans), a quantitative T2 map `t2_path` (NIfTI in
 ms on the series grid, empty where none), acquisition columns (`echo_time`,
-`repetition_time`, `flip_angle`, `fat_suppression`, `pixel_spacing`) and synthetic truth
+`repetition_time`, `flip_angle`, `fat_suppression`, `pixel_spacing`; `catalog from-dicom` adds
+`slice_spacing`, `laterality`, `slices`, `rows`, `columns`) and synthetic truth
 (`true_thickness_<structure>`, mm). Relative paths are relative to the
 catalog file's directory, so a cohort folder can be moved as a whole.
 """

@@ -351,7 +351,7 @@ def _check_stack(members: list, orientation: tuple) -> tuple[str, str] | tuple[l
     if gaps.max() - gaps.min() > SPACING_TOLERANCE * gaps.mean():
         whole = np.round(gaps / step)
         if (whole >= 2).any() and np.allclose(gaps, whole * step, rtol=SPACING_TOLERANCE):
-            return Reject.MISSING_SLICES, f"{int((whole - 1).sum())} slices missing at {step:.2f} mm spacing"
+            return Reject.MISSING_SLICES, f"{int((whole - 1).sum())} missing at {step:.2f} mm slice spacing"
         return Reject.INCONSISTENT_SPACING, f"slice gaps {gaps.min():.2f} to {gaps.max():.2f} mm"
     return [members[i][0] for i in order], step
 
