@@ -185,20 +185,31 @@ def _decoder_missing(transfer_syntax) -> str:
 
 
 def _truncated(fp, ds, size: int) -> bool:
-    """Whether the pixel data that follows the header (at `fp`'s position) is cut short."""
+    """Whether the pixel data element that follows the header (at `fp`'s position) is cut
+    short: its declared length, or for encapsulated data its items up to the sequence
+    delimiter (PS3.5 A.4), run past the end of the file."""
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is None or syntax.is_deflated or not syntax.is_little_endian:
         return False  # the stream position does not map to the file's bytes
-    start = fp.tell()
-    if start >= size:
+    header = fp.read(8)
+    if len(header) < 8:
         return True  # no pixel data at all
-    if syntax.is_encapsulated:
-        fp.seek(size - len(_SEQUENCE_DELIMITER))
-        return fp.read(len(_SEQUENCE_DELIMITER)) != _SEQUENCE_DELIMITER
-    header = 8 if syntax.is_implicit_VR else 12
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated) // 8
-    return size - start < header + expected * frames
+    if header[4:6].isalpha():  # explicit VR (OB, OW): 2 reserved bytes, then a 4-byte length
+        header = fp.read(4)    # (the bytes decide: some files contradict their transfer syntax)
+    length = int.from_bytes(header[-4:], "little")
+    position = fp.tell()
+    if length != 0xFFFFFFFF:
+        return size - position < length
+    while True:  # items (FFFE,E000) until the sequence delimiter (FFFE,E0DD)
+        item = fp.read(8)
+        if len(item) < 8:
+            return True
+        if item[:4] == _SEQUENCE_DELIMITER[:4]:
+            return False
+        position += 8 + int.from_bytes(item[4:], "little")
+        if position > size:
+            return True
+        fp.seek(position)
 
 
 def _laterality(ds) -> str:

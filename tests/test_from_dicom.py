@@ -176,3 +176,64 @@ def test_an_unlabelled_catalog_validates_but_heads_need_labels(archive, tmp_path
         label_columns(df)
     with pytest.raises(OrthodiffError, match="missing label column 'PCL'"):
         validate_catalog(df.assign(ACL=0), tmp_path / "c.parquet", check_files=False)
+
+
+def test_each_series_fault_has_its_reason(tmp_path):
+    """Series that the PACS export does not plant: duplicate, irregular, mixed sizes, another
+    modality, no geometry; and a label CSV keyed by the catalog's own case ids."""
+    import pydicom
+
+    from orthodiff.catalogs.dicom_archive import join_labels
+    from orthodiff.catalogs.writers import write_dicom_series
+
+    rng = np.random.default_rng(0)
+
+    def series(name: str, edit=None, size: int = 16, uid: str | None = None) -> None:
+        folder = write_dicom_series(tmp_path / "a" / name, rng.random((16, size, size)), "axial", 0.5, 3.0,
+                                    "x", f"{uid or name}-1-0")
+        for k, path in enumerate(sorted(folder.iterdir())):
+            if edit is not None:
+                ds = pydicom.dcmread(path)
+                edit(k, ds)
+                ds.save_as(path, enforce_file_format=True)
+
+    def shifted(k, ds):
+        if k == 5:
+            ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], ds.ImagePositionPatient[2] + 1.0]
+
+    def duplicate(k, ds):
+        if k == 5:
+            ds.ImagePositionPatient = list(pydicom.dcmread(ds.filename.replace("0005", "0004")).ImagePositionPatient)
+
+    series("good")
+    series("shifted", shifted)
+    series("duplicate", duplicate)
+    series("ct", lambda k, ds: setattr(ds, "Modality", "CT"))
+    series("nogeometry", lambda k, ds: delattr(ds, "ImagePositionPatient"))
+    series("sizes")
+    series("sizes-8", size=8, uid="sizes")  # the same series, another matrix size
+    scan = scan_archive(tmp_path / "a", b"s" * 32)
+    reasons = scan.rejects.groupby("reason")["files"].sum().to_dict()
+    assert reasons == {"inconsistent_spacing": 16, "duplicate_slices": 16, "not_mr": 16, "no_geometry": 16, "mixed_size": 32}
+    assert len(scan.catalog) == 1
+
+    csv = tmp_path / "labels.csv"
+    labels = ["ACL", "PCL", "MM", "LM", "MCL", "LCL", "PD", "EFFU"]
+    pd.DataFrame({"exam": scan.catalog["case_id"], **{label: [1] for label in labels}}).to_csv(csv, index=False)
+    labelled, unlabelled = join_labels(scan.catalog, csv, "exam", "case-id", b"s" * 32)
+    assert labelled["ACL"].tolist() == [1] and unlabelled.empty
+
+
+def test_pydicom_test_files_are_each_accounted_for(tmp_path):
+    """pydicom's own test files (CT, RT, SR, JPEG, RLE, DICOMDIR media, files that contradict
+    their transfer syntax): none crashes the scan, each is a reject with a reason."""
+    from pydicom.data import get_testdata_file
+
+    root = Path(get_testdata_file("MR_truncated.dcm")).parent
+    scan = scan_archive(root, b"s" * 32)
+    rejects = scan.rejects.set_index("path")
+    assert scan.catalog.empty and rejects["files"].sum() == sum(1 for p in root.rglob("*") if p.is_file())
+    assert rejects.loc["MR_truncated.dcm", "reason"] == "unreadable"
+    assert rejects.loc["dicomdirtests/DICOMDIR", "reason"] == "non_image"
+    assert rejects.loc["CT_small.dcm", "reason"] == "not_mr"
+    assert (rejects.loc["dicomdirtests/98892003/MR2", "reason"] == "localizer").all()
