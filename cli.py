@@ -142,10 +142,8 @@ def catalog_from_dicom(
 ) -> None:
     """Build a pseudonymous catalog of the usable MR series of a DICOM folder tree; every unused file is in the rejects table."""
     from orthodiff.catalogs.dicom_archive import build_from_dicom, reject_summary, rejects_path
-    from orthodiff.progress import progress_bar
 
-    with progress_bar(console, "from-dicom", None, "files") as advance:
-        scan = build_from_dicom(directory, out, salt_file, joint, labels, join_column, join_on, workers or 1, advance)
+    scan = build_from_dicom(directory, out, salt_file, joint, labels, join_column, join_on, workers or 1, progress=True)
     df = scan.catalog
     console.print(f"wrote {out}: {len(df)} series of {df['case_id'].nunique()} exams of {df['patient_id'].nunique()} patients "
                   f"({', '.join(f'{p} {n}' for p, n in df['plane'].value_counts().items())})", highlight=False)

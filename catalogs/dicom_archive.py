@@ -38,11 +38,11 @@ import re
 import secrets
 import stat
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,7 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.faults import fault
 from orthodiff.files import atomic_write
 from orthodiff.outputs import write_table
+from orthodiff.progress import Advance, maybe_progress
 
 MANIFEST_FORMAT = "orthodiff-dicom-series"
 SALT_BYTES = 32
@@ -104,8 +105,14 @@ def read_salt(path: str | Path, create: bool = True) -> bytes:
     if not path.exists():
         if not create:
             raise OrthodiffError(f"{path}: salt file not found")
-        atomic_write(path, lambda tmp: Path(tmp).write_text(secrets.token_hex(SALT_BYTES) + "\n"))
-        path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # owner-only from the first byte; exclusive, so two runs cannot make two salts
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(SALT_BYTES) + "\n")
     text = path.read_text().strip()
     if len(text) < 32:
         raise OrthodiffError(f"{path}: a salt of at least 32 characters is needed (delete the file to create one)")
@@ -165,6 +172,7 @@ def _number(ds, keyword: str) -> float:
         return np.nan
 
 
+@cache
 def _decoder_missing(transfer_syntax) -> str:
     """'' when pixels of `transfer_syntax` can be decoded here, else the packages that would."""
     from pydicom.pixels import get_decoder
@@ -401,7 +409,7 @@ class ArchiveScan:
 
 
 def scan_archive(root: str | Path, salt: bytes, task: str = "knee", workers: int = 1,
-                 progress: Callable[..., None] | None = None, manifest_dir: str = "series") -> ArchiveScan:
+                 progress: bool | Advance = False, manifest_dir: str = "series") -> ArchiveScan:
     """Read every header under `root` and build the catalog rows (`split` train, no labels)
     and one reject row per unused file or series (`path`: the file, or the series' folders;
     `files`; `reason`; `detail`). `manifest_dir` is the manifests' folder relative to the
@@ -473,22 +481,18 @@ _CATALOG_COLUMNS = [
 ]
 
 
-def _scan(root: Path, salt: bytes, workers: int, progress) -> Iterator:
+def _scan(root: Path, salt: bytes, workers: int, progress: bool | Advance) -> Iterator:
     files = list(archive_files(root))
     chunks = [files[i : i + CHUNK] for i in range(0, len(files), CHUNK)]
     read = partial(_read_chunk, root, salt)
-    if workers == 1:
-        results = map(read, chunks)
-    else:
-        pool = ProcessPoolExecutor(workers)
-        results = pool.map(read, chunks)
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
-        for chunk, records in zip(chunks, results):
-            yield from records
-            if progress is not None:
-                progress(len(chunk))
+        with maybe_progress(progress, "from-dicom", len(files), "files") as advance:
+            for chunk, records in zip(chunks, pool.map(read, chunks) if pool else map(read, chunks)):
+                yield from records
+                advance(len(chunk))
     finally:
-        if workers > 1:
+        if pool is not None:
             pool.shutdown(cancel_futures=True)
 
 
@@ -572,8 +576,7 @@ def write_archive_catalog(scan: ArchiveScan, out: str | Path) -> Path:
 
 def build_from_dicom(root: str | Path, out: str | Path, salt_file: str | Path, task: str = "knee",
                      labels: str | Path | None = None, join_column: str | None = None,
-                     join_on: str = "accession", workers: int = 1,
-                     progress: Callable[..., None] | None = None) -> ArchiveScan:
+                     join_on: str = "accession", workers: int = 1, progress: bool | Advance = False) -> ArchiveScan:
     """`orthodiff catalog from-dicom`: scan, join labels, validate, write; returns what was written."""
     from orthodiff.catalogs.cohort import validate_catalog
 

@@ -14,7 +14,6 @@ Written by the project for its tests, benchmark and documentation; series come f
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
