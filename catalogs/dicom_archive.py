@@ -565,7 +565,7 @@ def write_archive_catalog(scan: ArchiveScan, out: str | Path) -> Path:
     folder = out.parent / f"{out.stem}.series"
     for series_id, manifest in scan.manifests.items():
         atomic_write(folder / f"{series_id}.json", lambda tmp, m=manifest: Path(tmp).write_text(json.dumps(m, indent=1)))
-        fault("from-dicom.manifest")
+        fault("from-dicom:manifest")
     write_table(scan.rejects, rejects_path(out))
     write_catalog(scan.catalog.drop(columns="accession"), out)
     for stale in folder.glob("*.json"):

@@ -157,7 +157,7 @@ def test_a_killed_run_leaves_no_catalog_and_a_rerun_finishes(archive, tmp_path):
     out = tmp_path / "catalog.parquet"
     command = [sys.executable, "-c", "import sys; from orthodiff.catalogs.dicom_archive import build_from_dicom; "
                "build_from_dicom(*sys.argv[1:])", str(root), str(out), str(tmp_path / "salt")]
-    env = {**os.environ, "ORTHODIFF_FAULT": "from-dicom.manifest@3"}
+    env = {**os.environ, "ORTHODIFF_FAULT": "from-dicom:manifest@3"}
     killed = subprocess.run(command, env=env, capture_output=True, text=True)
     assert killed.returncode == 86 and not out.exists() and len(list(tmp_path.glob("catalog.series/*.json"))) == 3
     assert not [p for p in tmp_path.rglob("*.tmp")]
