@@ -237,3 +237,21 @@ def test_pydicom_test_files_are_each_accounted_for(tmp_path):
     assert rejects.loc["dicomdirtests/DICOMDIR", "reason"] == "non_image"
     assert rejects.loc["CT_small.dcm", "reason"] == "not_mr"
     assert (rejects.loc["dicomdirtests/98892003/MR2", "reason"] == "localizer").all()
+
+
+@pytest.mark.parametrize("tags, side", [
+    ({"ImageLaterality": "R", "SeriesDescription": "left"}, "R"),  # the attribute wins over words
+    ({"SeriesDescription": "PD SAG LEFT KNEE"}, "L"),
+    ({"BodyPartExamined": "KNEE", "ProtocolName": "knee_rt"}, "R"),
+    ({"SeriesDescription": "left vs right"}, ""),
+    ({"SeriesDescription": "PD SAG", "Laterality": "B"}, ""),
+])
+def test_laterality_from_the_attribute_else_from_words(tags, side):
+    from pydicom.dataset import Dataset
+
+    from orthodiff.catalogs.dicom_archive import _laterality
+
+    ds = Dataset()
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    assert _laterality(ds) == side
