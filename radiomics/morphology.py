@@ -55,26 +55,30 @@ def _ellipsoid_densities(volume: float, area: float, semi: np.ndarray, name: str
 def _mvee_semi_axes(points: np.ndarray) -> np.ndarray:
     """Semi-axes of the minimum-volume enclosing ellipsoid of `points`: Khachiyan's algorithm
     with Todd and Yildirim's away steps, until every point's Mahalanobis term is within
-    `MVEE_TOLERANCE` (relative) of d + 1 (the optimality condition)."""
+    `MVEE_TOLERANCE` (relative) of d + 1 (the optimality condition). Each step changes the
+    moment matrix X by a rank one, so X^-1 and the terms m follow by Sherman-Morrison."""
     n, d = points.shape
     q = np.hstack([points, np.ones((n, 1))])
     u = np.full(n, 1 / n)
+    inv = np.linalg.inv(q.T @ (u[:, None] * q))
+    m = np.einsum("ij,ij->i", q @ inv, q)
     for _ in range(20_000):
-        m = np.einsum("ij,ij->i", q @ np.linalg.inv(q.T @ (u[:, None] * q)), q)
-        j = int(np.argmax(m))
-        k = int(np.flatnonzero(u > 0)[np.argmin(m[u > 0])])
+        j, k = int(np.argmax(m)), int(np.argmin(np.where(u > 0, m, np.inf)))
         up, down = m[j] / (d + 1) - 1, 1 - m[k] / (d + 1)
         if max(up, down) < MVEE_TOLERANCE:
             break
-        if up > down:
-            step = (m[j] - d - 1) / ((d + 1) * (m[j] - 1))
-            u *= 1 - step
-            u[j] += step
-        else:
-            step = min((d + 1 - m[k]) / ((d + 1) * (m[k] - 1)), u[k] / (1 - u[k]))
-            u *= 1 + step
-            u[k] -= step
-            u[k] = max(u[k], 0.0)
+        if up > down:  # towards the farthest point: X = (1 - s) X + s q_j q_j'
+            i, step = j, (m[j] - d - 1) / ((d + 1) * (m[j] - 1))
+            scale, rank = 1 - step, step
+        else:  # away from the nearest supporting point
+            i, step = k, min((d + 1 - m[k]) / ((d + 1) * (m[k] - 1)), u[k] / (1 - u[k]))
+            scale, rank = 1 + step, -step
+        u *= scale
+        u[i] = max(u[i] + rank, 0.0)
+        w = inv @ q[i]
+        c = (rank / scale) / (1 + (rank / scale) * m[i])
+        m = (m - c * (q @ w) ** 2) / scale
+        inv = (inv - c * w[:, None] * w[None, :]) / scale
     centre = u @ points
     shape = np.linalg.inv(points.T @ (u[:, None] * points) - np.outer(centre, centre)) / d
     return 1 / np.sqrt(np.linalg.eigvalsh(shape))
