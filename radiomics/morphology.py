@@ -42,7 +42,12 @@ def _ellipsoid_area(a: float, b: float, c: float) -> float:
     phi = np.arccos(c / a)
     m = (a**2 * (b**2 - c**2)) / (b**2 * (a**2 - c**2))
     s = np.sin(phi)
-    return float(2 * np.pi * c**2 + 2 * np.pi * a * b / s * (special.ellipeinc(phi, m) * s**2 + special.ellipkinc(phi, m) * (1 - s**2)))
+    elliptic = special.ellipeinc(phi, m) * s**2 + special.ellipkinc(phi, m) * (1 - s**2)
+    return float(2 * np.pi * c**2 + 2 * np.pi * a * b / s * elliptic)
+
+
+def _box_area(dims: np.ndarray) -> float:
+    return 2 * (dims[0] * dims[1] + dims[0] * dims[2] + dims[1] * dims[2])
 
 
 def _ellipsoid_densities(volume: float, area: float, semi: np.ndarray, name: str) -> dict[str, float]:
@@ -148,7 +153,7 @@ def morphology(mask: np.ndarray, image: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> 
                "integ_int": volume * x.mean(),
                "pca_maj_axis": 4 * np.sqrt(eig[2]), "pca_min_axis": 4 * np.sqrt(eig[1]), "pca_least_axis": 4 * np.sqrt(eig[0]),
                "pca_elongation": np.sqrt(eig[1] / eig[2]), "pca_flatness": np.sqrt(eig[0] / eig[2]),
-               "vol_dens_aabb": volume / aabb.prod(), "area_dens_aabb": area / (2 * (aabb[0] * aabb[1] + aabb[0] * aabb[2] + aabb[1] * aabb[2]))}
+               "vol_dens_aabb": volume / aabb.prod(), "area_dens_aabb": area / _box_area(aabb)}
         out |= _ellipsoid_densities(volume, area, 2 * np.sqrt(eig), "aee")
     try:
         hull = ConvexHull(verts)
@@ -157,7 +162,7 @@ def morphology(mask: np.ndarray, image: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> 
     if hull is not None:
         box = _ombb_dims(hull)
         out |= {"diam": float(pdist(verts[hull.vertices]).max()),
-                "vol_dens_ombb": volume / box.prod(), "area_dens_ombb": area / (2 * (box[0] * box[1] + box[0] * box[2] + box[1] * box[2])),
+                "vol_dens_ombb": volume / box.prod(), "area_dens_ombb": area / _box_area(box),
                 "vol_dens_conv_hull": volume / hull.volume, "area_dens_conv_hull": area / hull.area}
         out |= _ellipsoid_densities(volume, area, _mvee_semi_axes(verts[hull.vertices]), "mvee")
     else:

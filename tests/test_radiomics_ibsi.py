@@ -189,3 +189,15 @@ def test_every_feature_matches_mirp(what, image, mask, spacing, levels):
            and not np.isclose(own[k], ref[k], rtol=1e-4, atol=1e-9, equal_nan=True)}
     assert off == {}
     assert own["morph_vol_dens_ombb"] == pytest.approx(ref["morph_vol_dens_ombb"], rel=0.05)
+
+
+@pytest.mark.parametrize("voxels", [[(0, 0, 0)], [(0, 0, 0), (0, 0, 1)], [(0, y, x) for y in range(3) for x in range(3)]],
+                         ids=["one voxel", "two voxels", "one flat slice"])
+def test_tiny_rois_give_nan_where_undefined_not_errors(voxels):
+    image = np.random.default_rng(0).normal(size=(3, 4, 4))
+    mask = np.zeros(image.shape, bool)
+    mask[tuple(np.transpose(voxels))] = True
+    f = roi_features(image, mask, spacing=(3.0, 0.5, 0.5))
+    assert f["morph_vol_approx"] == pytest.approx(len(voxels) * 0.75) and f["morph_volume"] > 0
+    assert np.isnan(f["morph_pca_flatness"]) == (len(voxels) < 4)  # no covariance from fewer than 4 voxels
+    assert np.isnan(f["morph_vol_dens_aee"]) and all(isinstance(v, float) for v in f.values())  # a flat ROI has no 3rd axis
