@@ -8,11 +8,13 @@ shift and the Moran/Geary weights use voxel centres scaled by `spacing` as well.
 Written here rather than taken from a library because no maintained package computes these
 on our (mask, image, spacing) arrays without copying them into its own image objects
 (`mirp`, which we validate against, does; it is an oracle in the tests, not a dependency).
-Two features are our own algorithms where IBSI fixes none (its consensus lists no value for
-them): the oriented minimum bounding box (the smallest of the boxes with one face on a
-convex-hull face, each minimised in that face's plane by rotating calipers) and the minimum
-volume enclosing ellipsoid (Khachiyan's algorithm with away steps to `MVEE_TOLERANCE`, as
-mirp stops at 1e-3 too; tighter costs tenths of a second per ROI). Moran's I and
+Two pairs of features are our own algorithms where IBSI fixes none (its consensus lists no
+value for them). The oriented minimum bounding box: the smallest of the boxes with one face
+on a convex-hull face, each minimised in that face's plane by rotating calipers (its volume
+density agrees with mirp's to 1e-4 on our test ROIs; mirp 2.7 reports that volume density as
+the area density too). The minimum-volume enclosing ellipsoid: Khachiyan's algorithm with
+away steps to `MVEE_TOLERANCE` (mirp stops at 1e-3 too, yet its densities differ from ours
+by 0.5 to 14%; ours passes through a box's corners as it should). Moran's I and
 Geary's C are exact over all voxel pairs, computed as FFT convolutions with the 1/distance
 kernel (no sampling, unlike mirp's default above 1000 voxels).
 """
