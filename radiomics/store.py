@@ -184,11 +184,11 @@ def plan(store: str, plane: str, sources=SOURCES, families=FAMILIES, bins: int =
         raise OrthodiffError(f"unknown source or family {bad[0]!r}: sources {list(SOURCES)}, families {list(FAMILIES)}")
     if bins < 2:
         raise OrthodiffError(f"--bins {bins}: expected at least 2")
-    if discretisation not in DISCRETISATIONS or (discretisation == "fixed_bin_size") != (bin_width is not None):
-        raise OrthodiffError(f"--discretisation {discretisation} --bin-width {bin_width}: expected one of {list(DISCRETISATIONS)}, "
-                             f"with --bin-width (> 0, intensity units) for fixed_bin_size only")
-    if bin_width is not None and not bin_width > 0:
-        raise OrthodiffError(f"--bin-width {bin_width}: expected a width > 0 in intensity units")
+    if discretisation not in DISCRETISATIONS:
+        raise OrthodiffError(f"--discretisation {discretisation}: expected one of {list(DISCRETISATIONS)}")
+    if (discretisation == "fixed_bin_size") != (bin_width is not None) or (bin_width is not None and not bin_width > 0):
+        raise OrthodiffError(f"--discretisation {discretisation} --bin-width {bin_width}: fixed_bin_size needs --bin-width "
+                             f"(> 0, in intensity units), fixed_bin_number takes --bins instead")
     ds, origin = _inputs(store, plane, list(sources), grid, persona_backbone)
     names = feature_names(families, bins)
     # the feature list is hashed into the settings id, so a longer list is a new group, never mixed into an old one

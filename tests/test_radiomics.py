@@ -141,3 +141,23 @@ def test_a_longer_feature_list_is_a_new_group_and_the_old_one_still_opens(tmp_pa
     assert np.allclose(before.value.values, after.value.sel(feature=before.feature.values).values, equal_nan=True)
     with pytest.raises(OrthodiffError, match="several settings"):
         open_radiomics(store)
+
+
+def test_radiomics_command_fixed_bin_size(tmp_path):
+    """`--discretisation fixed_bin_size --bin-width W`: its own settings, levels of width W; without a width, one line."""
+    import zarr
+    from typer.testing import CliRunner
+
+    from orthodiff.cli import app
+    from orthodiff.radiomics.store import open_radiomics
+
+    store = make_volume_store(tmp_path / "s.zarr", n=2, size=8)
+    base = ["radiomics", "--plane", "axial", "--store", store, "--source", "image", "--grid", "1", "--families", "histogram"]
+    bad = CliRunner().invoke(app, [*base, "--discretisation", "fixed_bin_size"])
+    assert isinstance(bad.exception, OrthodiffError) and "fixed_bin_size needs --bin-width" in str(bad.exception)
+    result = CliRunner().invoke(app, [*base, "--discretisation", "fixed_bin_size", "--bin-width", "0.25"])
+    assert result.exit_code == 0, result.output
+    ds = open_radiomics(store)
+    settings = zarr.open_group(store, mode="r")[f"radiomics/{ds.attrs['settings_id']}/axial"].attrs["settings"]
+    assert settings["discretisation"] == "fixed_bin_size" and settings["bin_width"] == 0.25
+    assert (ds.value.sel(feature="ih_max") <= 8).all() and (ds.value.sel(feature="ih_max") >= 7).all()  # volumes span [-1, 1]
