@@ -36,7 +36,7 @@ def _moments(x: np.ndarray) -> dict[str, float]:
     inner = x[(x >= p10) & (x <= p90)]
     return {"mean": mu, "var": var, "skew": skew, "kurt": kurt, "median": med, "min": x.min(), "p10": p10,
             "p90": p90, "max": x.max(), "iqr": p75 - p25, "range": x.max() - x.min(), "mad": np.abs(x - mu).mean(),
-            "rmad": np.abs(inner - inner.mean()).mean(), "medad": np.abs(x - med).mean(),
+            "rmad": np.abs(inner - inner.mean()).mean() if inner.size else np.nan, "medad": np.abs(x - med).mean(),
             "_p25": p25, "_p75": p75}
 
 
