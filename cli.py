@@ -12,7 +12,7 @@ from rich.console import Console
 from orthodiff.errors import OrthodiffError
 from orthodiff.evaluation.commands import register as register_evaluation
 from orthodiff.options import (
-    Dtype, FingerprintTask, ImageFormat, JoinOn, Joint, Method, OnError, Plane, Pooling, Precision, Preset, Roi, plain, split_list, subset_sizes,
+    Discretisation, Dtype, FingerprintTask, ImageFormat, JoinOn, Joint, Method, OnError, Plane, Pooling, Precision, Preset, Roi, plain, split_list, subset_sizes,
 )
 from orthodiff.supervised.commands import register as register_supervised
 from orthodiff.tables import make_console
@@ -341,8 +341,10 @@ def radiomics(
     plane: Annotated[Plane, typer.Option(callback=plain, help="The plane of the series.")],
     store: Annotated[str, typer.Option(help="Store holding volumes (and personas).")],
     source: Annotated[str, typer.Option(help="Comma-separated: image, persona, residual.")] = "image,persona,residual",
-    families: Annotated[str, typer.Option(help="Comma-separated IBSI families.")] = "first_order,histogram,shape,glcm,glrlm,glszm,ngtdm,gldm",
+    families: Annotated[str, typer.Option(help="Comma-separated IBSI families.")] = "first_order,histogram,shape,glcm,glrlm,glszm,gldzm,ngtdm,gldm",
     bins: Annotated[int, typer.Option(help="Grey levels of the fixed-bin-number discretisation.")] = 32,
+    discretisation: Annotated[Discretisation, typer.Option(callback=plain, help="Fixed bin number (--bins) or fixed bin size (--bin-width).")] = Discretisation.fixed_bin_number,
+    bin_width: Annotated[float | None, typer.Option(help="Bin width in intensity units (fixed_bin_size only).")] = None,
     grid: Annotated[int, typer.Option(help="Cells per axis of the central box: 1, 2 or 3; 0: the box personas' "
                                            "own grid, or 3 on a store without personas.")] = 0,
     backbone_id: Annotated[str | None, typer.Option(help="Backbone id in the store: the persona backbone, when several made personas.")] = None,
@@ -352,7 +354,8 @@ def radiomics(
     """IBSI radiomic features per ROI of the image, its persona and the residual (reruns finish what is missing)."""
     from orthodiff.radiomics.store import extract_radiomics
 
-    summary = extract_radiomics(store, plane, split_list(source, "--source"), split_list(families, "--families"), bins, grid, backbone_id, workers, scheduler)
+    summary = extract_radiomics(store, plane, split_list(source, "--source"), split_list(families, "--families"), bins, grid, backbone_id,
+                                workers, scheduler, discretisation=discretisation, bin_width=bin_width)
     console.print(f"computed {summary['features']} features for {summary['series']} {plane} series in "
                   f"{summary['seconds']} s into radiomics/{summary['settings']}/{plane}")
 

@@ -78,4 +78,6 @@ ClassifierModel = _choices("ClassifierModel", "resnet18 unet_encoder", "A from-s
 SegmenterModel = _choices("SegmenterModel", "unet unetr", "A from-scratch segmentation architecture (MONAI).")
 PromptModel = _choices("PromptModel", "sam medsam sam2", "A promptable segmentation model.")
 Encoder = _choices("Encoder", "vit_b vit_l vit_h", "The SAM/MedSAM image encoder of a checkpoint.")
+Discretisation = _choices("Discretisation", "fixed_bin_number fixed_bin_size",
+                          "IBSI grey-level discretisation (radiomics.ibsi.DISCRETISATIONS).")
 PromptSource = _choices("PromptSource", "reference masks", "Where box prompts come from.")

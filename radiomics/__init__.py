@@ -1,7 +1,8 @@
 """IBSI radiomic features per ROI of the image, its healthy persona and the residual.
 
 `ibsi` computes the families (first order, intensity histogram, morphology, GLCM, GLRLM,
-GLSZM, NGTDM, NGLDM) for one ROI, vectorised with numpy/scipy and validated against `mirp`
-(`bench/radiomics.py`); `store` writes `radiomics/<settings id>/<plane>/value(series, roi,
-source, feature)` with the extract machinery.
+GLSZM, GLDZM, NGTDM, NGLDM) for one ROI, vectorised with numpy/scipy, morphology
+(`morphology`) in mm from the voxel size; `oracle` runs `mirp` on the same ROI for the tests
+and `bench/radiomics.py` (the extra `orthodiff[mirp]`); `store` writes
+`radiomics/<settings id>/<plane>/value(series, roi, source, feature)` with the extract machinery.
 """

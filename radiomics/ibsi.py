@@ -1,11 +1,13 @@
 """IBSI feature families of one ROI, our own vectorised implementation.
 
 Conventions follow IBSI (and `mirp`, which we validate against): intensities discretised
-to `bins` fixed bins between the ROI's minimum and maximum; texture matrices 3D with the
-13 unique directions (26-neighbourhood) merged into one matrix ("3d_volume_merge"); NGTDM
-and NGLDM over the 26-neighbourhood within the ROI (NGLDM coarseness 0); GLSZM zones
-26-connected; morphology from the marching-cubes mesh of the mask (unit voxels). Names
-carry mirp's prefixes (`stat_`, `ih_`, `morph_`, `cm_`, `rlm_`, `szm_`, `ngt_`, `ngl_`).
+to `bins` fixed bins between the ROI's minimum and maximum (fixed bin number, the default)
+or into bins of a fixed width from the ROI's minimum (fixed bin size); texture matrices 3D
+with the 13 unique directions (26-neighbourhood) merged into one matrix ("3d_volume_merge");
+NGTDM and NGLDM over the 26-neighbourhood within the ROI (NGLDM coarseness 0); GLSZM and
+GLDZM zones 26-connected, GLDZM distances 6-connected to the ROI's edge; morphology
+(`morphology.py`) from the marching-cubes mesh of the mask in world units (`spacing`). Names
+carry mirp's prefixes (`stat_`, `ih_`, `morph_`, `cm_`, `rlm_`, `szm_`, `dzm_`, `ngt_`, `ngl_`).
 A feature that is undefined for this ROI (skewness of a constant region, the coefficient of
 variation of a zero-mean residual) is NaN.
 """
@@ -17,7 +19,11 @@ import itertools
 import numpy as np
 from scipy import ndimage
 
-FAMILIES = ("first_order", "histogram", "shape", "glcm", "glrlm", "glszm", "ngtdm", "gldm")
+from orthodiff.errors import OrthodiffError
+from orthodiff.radiomics.morphology import morphology
+
+FAMILIES = ("first_order", "histogram", "shape", "glcm", "glrlm", "glszm", "gldzm", "ngtdm", "gldm")
+DISCRETISATIONS = ("fixed_bin_number", "fixed_bin_size")
 DIRECTIONS = [d for d in itertools.product((-1, 0, 1), repeat=3) if d > (0, 0, 0)]  # 13 unique
 
 
@@ -30,7 +36,7 @@ def _moments(x: np.ndarray) -> dict[str, float]:
     inner = x[(x >= p10) & (x <= p90)]
     return {"mean": mu, "var": var, "skew": skew, "kurt": kurt, "median": med, "min": x.min(), "p10": p10,
             "p90": p90, "max": x.max(), "iqr": p75 - p25, "range": x.max() - x.min(), "mad": np.abs(x - mu).mean(),
-            "rmad": np.abs(inner - inner.mean()).mean(), "medad": np.abs(x - med).mean(),
+            "rmad": np.abs(inner - inner.mean()).mean() if inner.size else np.nan, "medad": np.abs(x - med).mean(),
             "_p25": p25, "_p75": p75}
 
 
@@ -53,29 +59,10 @@ def histogram(g: np.ndarray, bins: int) -> dict[str, float]:
         out |= {"ih_mode": float(modes[np.argmin(np.abs(modes - m["mean"]))]), "ih_cov": np.sqrt(m["var"]) / m["mean"],
                 "ih_qcod": (m["_p75"] - m["_p25"]) / (m["_p75"] + m["_p25"]),
                 "ih_entropy": float(-(nz * np.log2(nz)).sum()), "ih_uniformity": float((p**2).sum())}
+    grad = np.gradient(p * g.size) if bins > 1 else np.zeros(1)  # of the counts: central inside, one-sided at the ends
+    out |= {"ih_max_grad": grad.max(), "ih_max_grad_g": float(np.argmax(grad) + 1),
+            "ih_min_grad": grad.min(), "ih_min_grad_g": float(np.argmin(grad) + 1)}
     return out
-
-
-def shape(mask: np.ndarray) -> dict[str, float]:
-    from skimage.measure import marching_cubes, mesh_surface_area
-
-    padded = np.pad(mask.astype(np.float32), 1)
-    verts, faces, _, _ = marching_cubes(padded, level=0.5)
-    area = mesh_surface_area(verts, faces)
-    tri = verts[faces]
-    volume = abs(np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])).sum()) / 6
-    pts = np.argwhere(mask).astype(np.float64)
-    eig = np.sort(np.linalg.eigvalsh(np.cov(pts.T))) if len(pts) > 3 else np.full(3, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return {"morph_volume": volume, "morph_vol_approx": float(mask.sum()), "morph_area_mesh": area,
-                "morph_av": area / volume, "morph_comp_1": volume / (np.pi**0.5 * area**1.5),
-                "morph_comp_2": 36 * np.pi * volume**2 / area**3,
-                "morph_sph_dispr": area / (36 * np.pi * volume**2) ** (1 / 3),
-                "morph_sphericity": (36 * np.pi * volume**2) ** (1 / 3) / area,
-                "morph_asphericity": (area**3 / (36 * np.pi * volume**2)) ** (1 / 3) - 1,
-                "morph_pca_maj_axis": 4 * np.sqrt(eig[2]), "morph_pca_min_axis": 4 * np.sqrt(eig[1]),
-                "morph_pca_least_axis": 4 * np.sqrt(eig[0]), "morph_pca_elongation": np.sqrt(eig[1] / eig[2]),
-                "morph_pca_flatness": np.sqrt(eig[0] / eig[2])}
 
 
 def _pairs(g: np.ndarray, d: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -140,9 +127,11 @@ def _size_features(m: np.ndarray, prefix: str, n_voxels: int, emphasis: str) -> 
     mu_i, mu_j = (i * p).sum(), (j * p).sum()
     q = p[p > 0]
     s, l_, name = emphasis
-    grey = {"szm": "z", "rlm": "r", "ngl": "c"}[prefix]
+    grey = {"szm": "z", "rlm": "r", "ngl": "c", "dzm": "z"}[prefix]
     out = {f"{s}e": (m / j**2).sum() / total, f"{l_}e": (m * j**2).sum() / total,
            f"lg{grey}e": (m / i**2).sum() / total, f"hg{grey}e": (m * i**2).sum() / total,
+           f"{s}lge": (m / (i**2 * j**2)).sum() / total, f"{s}hge": (m * i**2 / j**2).sum() / total,
+           f"{l_}lge": (m * j**2 / i**2).sum() / total, f"{l_}hge": (m * i**2 * j**2).sum() / total,
            "glnu": (m.sum(1) ** 2).sum() / total, "glnu_norm": (m.sum(1) ** 2).sum() / total**2,
            "gl_var": ((i - mu_i) ** 2 * p).sum(), f"{name}_var": ((j - mu_j) ** 2 * p).sum(),
            f"{name}_entr": float(-(q * np.log2(q)).sum()),
@@ -150,7 +139,7 @@ def _size_features(m: np.ndarray, prefix: str, n_voxels: int, emphasis: str) -> 
     if prefix == "ngl":
         out |= {"dc_perc": total / n_voxels, "dc_energy": (p**2).sum()}
     else:
-        out[f"{name[0]}_perc"] = total / n_voxels if prefix == "szm" else total / (n_voxels * len(DIRECTIONS))
+        out[f"{name[0]}_perc"] = total / n_voxels if prefix in ("szm", "dzm") else total / (n_voxels * len(DIRECTIONS))
     return {f"{prefix}_{k}": float(v) for k, v in out.items()}
 
 
@@ -170,16 +159,30 @@ def glrlm(g: np.ndarray, bins: int) -> dict[str, float]:
     return _size_features(m, "rlm", int((g > 0).sum()), ("sr", "lr", "rl"))
 
 
+def _zone_matrix(g: np.ndarray, bins: int, per_zone: np.ndarray | None = None) -> np.ndarray:
+    """(grey level, zone size) counts of the 26-connected zones of equal level, or (grey
+    level, minimum of `per_zone` over the zone) when a voxel map `per_zone` is given."""
+    from skimage.measure import label
+
+    zones = label(g, background=0, connectivity=3).ravel()  # equal-valued regions, all levels at once
+    ids, first = np.unique(zones, return_index=True)  # one voxel of each zone (label 0: outside the ROI)
+    ids, levels = ids[ids > 0], g.ravel()[first[ids > 0]]
+    values = (np.bincount(zones)[ids] if per_zone is None else
+              np.asarray(ndimage.minimum(per_zone.ravel(), zones, ids), np.int64))
+    m = np.zeros((bins, int(values.max())))
+    np.add.at(m, (levels - 1, values - 1), 1)
+    return m
+
+
 def glszm(g: np.ndarray, bins: int) -> dict[str, float]:
-    sizes_by_level = []
-    for level in np.unique(g[g > 0]):
-        labels, n = ndimage.label(g == level, structure=np.ones((3, 3, 3)))
-        sizes_by_level.append((level, np.bincount(labels.ravel())[1:]))
-    longest = max(int(s.max()) for _, s in sizes_by_level)
-    m = np.zeros((bins, longest))
-    for level, sizes in sizes_by_level:
-        np.add.at(m, (level - 1, sizes - 1), 1)
-    return _size_features(m, "szm", int((g > 0).sum()), ("sz", "lz", "zs"))
+    return _size_features(_zone_matrix(g, bins), "szm", int((g > 0).sum()), ("sz", "lz", "zs"))
+
+
+def gldzm(g: np.ndarray, bins: int) -> dict[str, float]:
+    """Grey level distance zone matrix: each zone at the smallest 6-connected (taxicab)
+    distance of its voxels to the ROI's edge, 1 on the edge."""
+    distance = ndimage.distance_transform_cdt(np.pad(g > 0, 1), metric="taxicab")[1:-1, 1:-1, 1:-1]
+    return _size_features(_zone_matrix(g, bins, distance), "dzm", int((g > 0).sum()), ("sd", "ld", "zd"))
 
 
 def _neighbours(g: np.ndarray):
@@ -230,32 +233,46 @@ def gldm(g: np.ndarray, bins: int) -> dict[str, float]:
     return _size_features(m, "ngl", int(inside.sum()), ("ld", "hd", "dc"))
 
 
-def discretise(x: np.ndarray, bins: int) -> np.ndarray:
-    """Fixed bin number: levels 1..bins over [min, max] of the ROI values `x`."""
+def discretise(x: np.ndarray, bins: int = 32, method: str = "fixed_bin_number", bin_width: float | None = None,
+               ) -> tuple[np.ndarray, int]:
+    """(levels, number of levels) of the ROI values `x`. Fixed bin number: levels 1..bins over
+    [min, max]. Fixed bin size: level floor((x - min) / bin_width) + 1, so as many levels as
+    bins of `bin_width` span the ROI (IBSI; its lower bound is the ROI's minimum here, as no
+    re-segmentation range is set)."""
     lo, hi = x.min(), x.max()
+    if method == "fixed_bin_size":
+        if not bin_width or bin_width <= 0:
+            raise OrthodiffError(f"fixed-bin-size discretisation needs a bin width > 0 (got {bin_width!r}): pass --bin-width")
+        g = np.floor((x - lo) / bin_width).astype(np.int64) + 1
+        return g, int(g.max())
+    if method != "fixed_bin_number":
+        raise OrthodiffError(f"discretisation {method!r}: expected one of {list(DISCRETISATIONS)}")
     if hi == lo:
-        return np.ones(x.shape, np.int64)
-    return np.minimum(np.floor(bins * (x - lo) / (hi - lo)).astype(np.int64) + 1, bins)
+        return np.ones(x.shape, np.int64), bins
+    return np.minimum(np.floor(bins * (x - lo) / (hi - lo)).astype(np.int64) + 1, bins), bins
 
 
-def roi_features(image: np.ndarray, mask: np.ndarray, families=FAMILIES, bins: int = 32) -> dict[str, float]:
+def roi_features(image: np.ndarray, mask: np.ndarray, families=FAMILIES, bins: int = 32, spacing=(1.0, 1.0, 1.0),
+                 discretisation: str = "fixed_bin_number", bin_width: float | None = None) -> dict[str, float]:
     """All features of `families` for the voxels of `image` where `mask` is true (cropped to
-    the mask's bounding box first). An empty mask gives an empty dict (the caller records why)."""
+    the mask's bounding box first). `spacing`: the voxel size (slice, row, column), in mm for
+    morphology in mm. `discretisation` (`DISCRETISATIONS`): `bins` levels, or bins of
+    `bin_width` intensity units. An empty mask gives an empty dict (the caller records why)."""
     if not mask.any():
         return {}
     box = ndimage.find_objects(mask.astype(np.int8))[0]
     image, mask = image[box].astype(np.float64), mask[box].astype(bool)
     x = image[mask]
     g = np.zeros(mask.shape, np.int64)
-    g[mask] = discretise(x, bins)
+    g[mask], levels = discretise(x, bins, discretisation, bin_width)
     out = {}
     for family in families:
         if family == "first_order":
             out |= first_order(x)
         elif family == "histogram":
-            out |= histogram(g[mask], bins)
+            out |= histogram(g[mask], levels)
         elif family == "shape":
-            out |= shape(mask)
+            out |= morphology(mask, image, spacing)
         else:
-            out |= {"glcm": glcm, "glrlm": glrlm, "glszm": glszm, "ngtdm": ngtdm, "gldm": gldm}[family](g, bins)
+            out |= {"glcm": glcm, "glrlm": glrlm, "glszm": glszm, "gldzm": gldzm, "ngtdm": ngtdm, "gldm": gldm}[family](g, levels)
     return {k: float(v) if np.isfinite(v) else np.nan for k, v in out.items()}  # e.g. cov of a zero-mean residual

@@ -2,7 +2,7 @@
 
 Layout (`xarray.open_zarr(store, group="radiomics/<settings id>/<plane>")`):
 
-    radiomics/<settings id>/<plane>/   attrs: settings (families, bins, sources, ROI origin)
+    radiomics/<settings id>/<plane>/   attrs: settings (families, discretisation, sources, ROI origin)
         value(series, roi, source, feature)       float32, NaN where undefined
         undefined(series, roi, source, feature)   uint8 code into `reason` (0: defined)
         reason(code), roi_name(roi), source, feature   coordinates
@@ -12,8 +12,11 @@ Layout (`xarray.open_zarr(store, group="radiomics/<settings id>/<plane>")`):
 ROIs come from the plane's personas (their mask; box personas can be split into another
 `--grid`, as every grid splits the same inpainted box), or, for `--source image` on a store
 without personas, from the central box grid. Sources: `image`, `persona`, and `residual` =
-image - persona (eq. 13). The settings id hashes everything that changes a value, so other
-settings never mix. Planned, run (here or on Dask) and recorded like `extract`.
+image - persona (eq. 13). The settings id hashes everything that changes a value (the
+feature list included), so other settings never mix. Morphology is in mm from the volumes'
+`stored_spacing` of each series; where that is NaN or absent the morphology features are NaN
+with reason 3, never computed on 1 mm voxels. Planned, run (here or on Dask) and recorded
+like `extract`.
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ from orthodiff.featurestore.features import SHARD_SERIES, Records, fingerprint, 
 from orthodiff.featurestore.store import consolidate, open_root
 from orthodiff.featurestore.volumes import open_volumes
 from orthodiff.personas.rois import box_grid
-from orthodiff.radiomics.ibsi import FAMILIES, roi_features
+from orthodiff.radiomics.ibsi import DISCRETISATIONS, FAMILIES, roi_features
 
 GROUP = "radiomics"
 SOURCES = ("image", "persona", "residual")
-REASONS = ("", "empty ROI (no voxels in this series)", "undefined for this ROI (e.g. constant intensity)")
+REASONS = ("", "empty ROI (no voxels in this series)", "undefined for this ROI (e.g. constant intensity)",
+           "voxel size unknown (volumes.stored_spacing is NaN or absent): no morphology in mm")
+AXES = ("slice", "row", "column")
 KEYS = ("settings",)
 
 
@@ -48,6 +53,18 @@ def feature_names(families, bins: int) -> list[str]:
     mask = np.zeros(probe.shape, bool)
     mask[1:5, 1:5, 1:5] = True
     return list(roi_features(probe, mask, families, bins))
+
+
+def stored_spacing(store: str, series) -> np.ndarray:
+    """The stored voxel size (slice, row, column) in mm of each of `series` from the volumes'
+    `stored_spacing(series, axis)`; NaN rows where it is unknown or the store has none."""
+    vols = open_volumes(store)
+    if "stored_spacing" not in vols.variables:
+        return np.full((len(series), len(AXES)), np.nan)
+    spacing = vols["stored_spacing"].sel(series=list(series))
+    if "axis" in spacing.coords:
+        spacing = spacing.sel(axis=list(AXES))
+    return spacing.transpose("series", ...).values.astype(np.float64)
 
 
 def _inputs(store: str, plane: str, sources, grid: int | None, persona_backbone: str | None) -> tuple[xr.Dataset, dict]:
@@ -96,7 +113,10 @@ def run_task(task: Task, store: str, plane: str, prov: dict, persona_backbone: s
     s = prov["settings"]
     ds, _ = _inputs(store, plane, s["sources"], s.get("grid"), persona_backbone)
     ds = ds.sel(series=list(task.series)).load()
+    spacings = stored_spacing(store, task.series)
     features = prov["features"]
+    morph = np.array([f.startswith("morph_") for f in features])
+    levels = {"bins": s["bins"], "discretisation": s.get("discretisation", DISCRETISATIONS[0]), "bin_width": s.get("bin_width")}
     n_roi = len(s["roi_names"])
     value = np.full((len(task.series), n_roi, len(s["sources"]), len(features)), np.nan, np.float32)
     code = np.zeros(value.shape, np.uint8)
@@ -107,15 +127,17 @@ def run_task(task: Task, store: str, plane: str, prov: dict, persona_backbone: s
             images["persona"] = ds.persona.values[i].astype(np.float64)
             images["residual"] = image - images["persona"]
         labels = ds["mask"].values[i]
+        known = bool(np.isfinite(spacings[i]).all())  # else no morphology: never a silent 1 mm
+        families = s["families"] if known else [f for f in s["families"] if f != "shape"]
         for j in range(n_roi):
             roi = labels == j + 1
             for k, source in enumerate(s["sources"]):
                 if not roi.any():
                     code[i, j, k] = 1
                     continue
-                got = roi_features(images[source], roi, s["families"], s["bins"])
+                got = roi_features(images[source], roi, families, spacing=tuple(spacings[i]) if known else None, **levels)
                 value[i, j, k] = [got.get(f, np.nan) for f in features]
-                code[i, j, k] = np.where(np.isfinite(value[i, j, k]), 0, 2)
+                code[i, j, k] = np.where(np.isfinite(value[i, j, k]), 0, np.where(morph & ~known, 3, 2))
     group = zarr.open_group(str(store), path=f"{GROUP}/{prov['settings_id']}/{plane}", mode="r+", use_consolidated=False)
     rows = slice(task.start, task.start + len(task.series))
     group["value"][rows] = value
@@ -153,7 +175,8 @@ def _prepare(store: str, prov: dict, plane: str, series: list[dict]) -> zarr.Gro
 
 
 def plan(store: str, plane: str, sources=SOURCES, families=FAMILIES, bins: int = 32, grid: int | None = None,
-         persona_backbone: str | None = None) -> tuple[dict, list[Task]]:
+         persona_backbone: str | None = None, discretisation: str = DISCRETISATIONS[0],
+         bin_width: float | None = None) -> tuple[dict, list[Task]]:
     if plane not in PLANES:
         raise OrthodiffError(f"--plane {plane!r}: expected one of {list(PLANES)}")
     bad = [s for s in sources if s not in SOURCES] or [f for f in families if f not in FAMILIES]
@@ -161,11 +184,20 @@ def plan(store: str, plane: str, sources=SOURCES, families=FAMILIES, bins: int =
         raise OrthodiffError(f"unknown source or family {bad[0]!r}: sources {list(SOURCES)}, families {list(FAMILIES)}")
     if bins < 2:
         raise OrthodiffError(f"--bins {bins}: expected at least 2")
+    if discretisation not in DISCRETISATIONS:
+        raise OrthodiffError(f"--discretisation {discretisation}: expected one of {list(DISCRETISATIONS)}")
+    if (discretisation == "fixed_bin_size") != (bin_width is not None) or (bin_width is not None and not bin_width > 0):
+        raise OrthodiffError(f"--discretisation {discretisation} --bin-width {bin_width}: fixed_bin_size needs --bin-width "
+                             f"(> 0, in intensity units), fixed_bin_number takes --bins instead")
     ds, origin = _inputs(store, plane, list(sources), grid, persona_backbone)
+    names = feature_names(families, bins)
+    # the feature list is hashed into the settings id, so a longer list is a new group, never mixed into an old one
     settings = {"families": list(families), "bins": bins, "sources": list(sources), **origin,
-                "discretisation": "fixed bin number over the ROI's [min, max]", "implementation": "orthodiff.radiomics.ibsi"}
+                "discretisation": discretisation, "bin_width": bin_width, "implementation": "orthodiff.radiomics.ibsi",
+                "spacing": "volumes.stored_spacing (mm); morphology NaN (reason 3) where unknown",
+                "feature_list": hashlib.sha256(",".join(names).encode()).hexdigest()[:12]}
     sid = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    prov = {"settings_id": sid, "settings": settings, "features": feature_names(families, bins)}
+    prov = {"settings_id": sid, "settings": settings, "features": names}
     series = [{"series_id": s, "case_id": c, "patient_id": p, "scan": int(k)} for s, c, p, k in
               zip(ds.series.values, ds.case_id.values, ds.patient_id.values, ds.scan.values)]
     group = _prepare(store, prov, plane, series)
@@ -181,10 +213,10 @@ def plan(store: str, plane: str, sources=SOURCES, families=FAMILIES, bins: int =
 
 def extract_radiomics(store: str, plane: str, sources=SOURCES, families=FAMILIES, bins: int = 32, grid: int | None = None,
                       persona_backbone: str | None = None, workers: int | None = None, scheduler: str | None = None,
-                      progress: bool = True) -> dict:
+                      progress: bool = True, discretisation: str = DISCRETISATIONS[0], bin_width: float | None = None) -> dict:
     """Compute the radiomic features still missing for `plane`; returns counts, the settings id and time."""
     store = str(store)
-    prov, tasks = plan(store, plane, sources, families, bins, grid, persona_backbone)
+    prov, tasks = plan(store, plane, sources, families, bins, grid, persona_backbone, discretisation, bin_width)
     total = sum(len(t.series) for t in tasks)
     start = time.perf_counter()
     run_tasks(run_task, tasks, (store, plane, prov, persona_backbone), f"radiomics {plane}", total, workers, scheduler, progress)

@@ -89,6 +89,7 @@ def test_choices_are_the_librarys_own():
     from orthodiff.heads.pooling import POOLINGS
     from orthodiff.heads.protocol import COMPARATORS
     from orthodiff.personas.store import ROI_KINDS
+    from orthodiff.radiomics.ibsi import DISCRETISATIONS
     from orthodiff.supervised.networks import CLASSIFIERS, DECODERS, UNETR_SIZES
 
     def values(choice):
@@ -102,6 +103,7 @@ def test_choices_are_the_librarys_own():
     assert values(options.JoinOn) == list(JOIN_ON)
     assert values(options.Precision) == list(PRECISIONS)
     assert values(options.Roi) == list(ROI_KINDS)
+    assert values(options.Discretisation) == list(DISCRETISATIONS)
     assert values(options.Decoder) == list(DECODERS)
     assert values(options.UnetrSize) == list(UNETR_SIZES)
     assert values(options.FingerprintTask) == list(TARGETS)

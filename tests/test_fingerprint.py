@@ -93,7 +93,7 @@ def test_end_to_end_healthy_persona_radiomics_fingerprint(tmp_path):
              "--sampling-steps", 1, "--jumps", 1)
     assert "made 12 axial personas (1 ROIs, 1 tasks)" in out and "warning" not in out
     out = ok("radiomics", "--plane", "axial", "--store", store, "--families", "first_order,histogram")
-    assert "computed 111 features for 12 axial series" in out  # 1 ROI x 3 sources x (18 + 19)
+    assert "computed 123 features for 12 axial series" in out  # 1 ROI x 3 sources x (18 + 23)
     out = ok("fingerprint", "--store", store, "--catalog", catalog, "--task", "acl", "--out", tmp_path / "fp",
              "--epochs", 30, "--bootstrap", 20)
     table = pd.read_csv(tmp_path / "fp" / "metrics.csv").set_index("model")
