@@ -70,6 +70,7 @@ class Reorientation:
     transform: np.ndarray  # nibabel orientation transform, rows = NIfTI axes (column, row, slice)
     affine: np.ndarray
     codes: str
+    shape: tuple[int, int, int]  # (slices, rows, columns) on the canonical grid
 
     @classmethod
     def of(cls, affine: np.ndarray, shape: tuple[int, int, int], plane: str, mirror: bool = False) -> Reorientation:
@@ -79,8 +80,12 @@ class Reorientation:
 
         codes = CANONICAL[plane].translate(_MIRROR) if mirror else CANONICAL[plane]
         transform = ornt_transform(nib.io_orientation(np.asarray(affine)), axcodes2ornt(codes[::-1]))
-        new = np.asarray(affine) @ inv_ornt_aff(transform, tuple(shape)[::-1])
-        return cls(transform, new, codes)
+        nifti = tuple(shape)[::-1]
+        new = np.asarray(affine) @ inv_ornt_aff(transform, nifti)
+        canonical = [0, 0, 0]
+        for size, (axis, _) in zip(nifti, transform):
+            canonical[int(axis)] = int(size)
+        return cls(transform, new, codes, tuple(canonical[::-1]))
 
     def apply(self, array: np.ndarray) -> np.ndarray:
         from nibabel.orientations import apply_orientation

@@ -31,7 +31,7 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from orthodiff.catalogs.geometry import AXES
+from orthodiff.catalogs.geometry import AXES, Reorientation
 from orthodiff.errors import OrthodiffError
 from orthodiff.faults import fault
 from orthodiff.featurestore.features import Records, content_digest
@@ -217,3 +217,14 @@ def plane_volumes(store: str, plane: str, image_size: int, checkpoint) -> tuple[
     if ds.sizes["x"] != image_size:
         raise OrthodiffError(f"{checkpoint}: backbone expects {image_size} px volumes, the store holds {ds.sizes['x']} px")
     return ds, row_of
+
+
+def stored_reorientation(volumes: xr.Dataset, series: str, affine: np.ndarray, shape: tuple[int, int, int],
+                         plane: str) -> Reorientation | None:
+    """How `series` (file geometry `affine`, (slices, rows, columns) `shape`) was turned into
+    its stored orientation, to map arrays between the file's grid and the store's; None
+    where it was stored as read (a `.npy` series, or a store older than the reorientation)."""
+    row = volumes.sel(series=series)
+    if not str(row.orientation.values):
+        return None
+    return Reorientation.of(affine, shape, plane, mirror=bool(row.mirrored.values))
