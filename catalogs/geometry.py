@@ -12,6 +12,10 @@ stored (slice, row, column) axes increase:
 | coronal  | A     | I   | R      | slices posterior to anterior, superior at the top, patient's right to the right |
 | axial    | I     | P   | R      | slices superior to inferior, anterior at the top, patient's right to the right |
 
+As with nibabel's `as_closest_canonical` or MONAI's `Orientation`, axes are only permuted
+and flipped, never resampled: each stored axis is the file's axis closest to its target
+direction, and an oblique series keeps its obliquity (the affine keeps it exactly).
+
 It is the order in which orthodiff's own writers (`catalogs.writers.DIRECTIONS`) have
 always stored the synthetic phantom, so the phantom's stored bytes did not change when
 the reorientation was introduced. With `mirror` (ingest `--mirror-left`) a left knee is

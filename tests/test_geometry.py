@@ -204,3 +204,25 @@ def test_a_store_without_geometry_opens_and_grows(tmp_path):
     assert np.isnan(grown.spacing.sel(series="a")).all() and "not recorded" in str(grown.spacing_reason.sel(series="a").values)
     np.testing.assert_allclose(grown.spacing.sel(series="b"), [SLICE, ROW, COLUMN], rtol=1e-4)
     assert str(grown.orientation.sel(series="b").values) == "IPR"
+
+
+def test_stored_reorientation_maps_between_the_file_grid_and_the_store(tmp_path):
+    """What `segment predict` uses to write masks back onto the input series' grid."""
+    from orthodiff.featurestore.volumes import stored_reorientation
+
+    image, _ = (a[:16] for a in volume())
+    data, aff = reordered(image, np.array([[1, -1], [0, 1], [2, -1]], float), grid("coronal"))
+    write_nifti(tmp_path / "s.nii.gz", data, "coronal", 0, 0, grid=aff)
+    np.save(tmp_path / "n.npy", data)
+    rows = [row("s", "coronal", "s.nii.gz", laterality="L"), row("n", "coronal", "n.npy", laterality="L")]
+    catalog = write_catalog(pd.DataFrame(rows), tmp_path / "catalog.parquet")
+    ds = open_volumes(_ingested(catalog, tmp_path, mirror_left=True)).load()
+
+    shape, file_affine = series_geometry(tmp_path / "s.nii.gz")
+    turn = stored_reorientation(ds, "s", file_affine, shape, "coronal")
+    assert shape == data.shape and turn.shape == image.shape and turn.codes == str(ds.orientation.sel(series="s").values) == "AIL"
+    np.testing.assert_array_equal(preprocess(turn.apply(data), SIZE), ds.volume.sel(series="s").values)
+    np.testing.assert_array_equal(turn.apply(data), image[:, :, ::-1])  # canonical, then mirrored left-right
+    np.testing.assert_array_equal(turn.undo(turn.apply(data)), data)
+    assert stored_reorientation(ds, "n", np.eye(4), data.shape, "coronal") is None  # stored as read
+    assert not bool(ds.mirrored.sel(series="n")) and str(ds.laterality.sel(series="n").values) == "left"
