@@ -2,7 +2,9 @@
 
 Every reader returns `(array, affine)`: a float32 array (slices, rows, columns) and the
 NIfTI-style affine mapping (column, row, slice) indices to RAS millimetres (None for `.npy`,
-which carries no geometry). The plane is read off the affine with nibabel's `io_orientation`.
+which carries no geometry); `read_series` hands both on as an `Image`, so that the voxel size
+and orientation travel with the array (`catalogs.geometry`). A DICOM series' slice step is
+the distance between its slice positions, not its SliceThickness. The plane is read off the affine with nibabel's `io_orientation`.
 DICOM headers are interpreted by nibabel's DICOM wrappers (orientation, position along the
 slice normal, rescale slope/intercept, series signature); MONAI's `PydicomReader` is not used
 because it stacks slices by InstanceNumber and measures spacing along z only, which is wrong
