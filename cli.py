@@ -182,12 +182,13 @@ def ingest(
     size: Annotated[int, typer.Option(help="In-plane size of the preprocessed volumes.")] = 256,
     on_error: Annotated[OnError, typer.Option(callback=plain, help="fail: stop at the first bad series; skip: go on and list rejects.")] = OnError.fail,
     repair: Annotated[bool, typer.Option("--repair", help="Read again the stored series that fail their checksum (see `store verify`).")] = False,
+    mirror_left: Annotated[bool, typer.Option("--mirror-left", help="Flip left knees (catalog column laterality) left-right to look like right knees; recorded per series.")] = False,
 ) -> None:
-    """Read, check and preprocess every catalog series into the store's volumes (reruns skip what is there)."""
+    """Read, check, reorient and preprocess every catalog series into the store's volumes (reruns skip what is there)."""
     from orthodiff.featurestore.ingest import REJECTS, ingest as run_ingest
     from orthodiff.tables import frame_table
 
-    result = run_ingest(catalog, store, size=size, on_error=on_error, repair=repair)
+    result = run_ingest(catalog, store, size=size, on_error=on_error, repair=repair, mirror_left=mirror_left)
     counts = result.groupby("status").size().rename("series").reset_index()
     console.print(frame_table(counts, f"ingest {catalog} -> {store}"))
     rejected = result[result["status"] == "rejected"]

@@ -2,7 +2,9 @@
 
 Every reader returns `(array, affine)`: a float32 array (slices, rows, columns) and the
 NIfTI-style affine mapping (column, row, slice) indices to RAS millimetres (None for `.npy`,
-which carries no geometry). The plane is read off the affine with nibabel's `io_orientation`.
+which carries no geometry); `read_series` hands both on as an `Image`, so that the voxel size
+and orientation travel with the array (`catalogs.geometry`). A DICOM series' slice step is
+the distance between its slice positions, not its SliceThickness. The plane is read off the affine with nibabel's `io_orientation`.
 DICOM headers are interpreted by nibabel's DICOM wrappers (orientation, position along the
 slice normal, rescale slope/intercept, series signature); MONAI's `PydicomReader` is not used
 because it stacks slices by InstanceNumber and measures spacing along z only, which is wrong
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -157,8 +160,18 @@ def _read_npy(path: Path) -> tuple[np.ndarray, None]:
     return data.astype(np.float32), None
 
 
-def read_series(path: str | Path, expected_plane: str | None = None) -> np.ndarray:
-    """The series at `path` as float32 (slices, rows, columns), checked for use.
+class Image(NamedTuple):
+    """A series as read: `data` float32 (slices, rows, columns) in its file's storage order,
+    and `affine`, the NIfTI-style affine of (column, row, slice) indices in RAS millimetres
+    (None for `.npy`, which carries no geometry; `catalogs.geometry` turns it into voxel
+    size and the canonical orientation)."""
+
+    data: np.ndarray
+    affine: np.ndarray | None
+
+
+def read_series(path: str | Path, expected_plane: str | None = None) -> Image:
+    """The series at `path` with its geometry, checked for use.
 
     Rejected: a missing or unreadable file, not 3D, fewer than 16 slices, NaN/Inf voxels,
     a constant image, inconsistent slice spacing (DICOM), or an orientation that is not
@@ -188,17 +201,28 @@ def read_series(path: str | Path, expected_plane: str | None = None) -> np.ndarr
             f"{path}: the image is {plane_of(affine)} but the catalog says {expected_plane} "
             f"(voxel axes point {axes}; the slice axis decides)"
         )
-    return data
+    return Image(data, affine)
 
 
-def read_mask(path: str | Path, shape: tuple[int, ...], allowed: list[int]) -> np.ndarray:
-    """A NIfTI label mask on the same grid as its series (`shape` as `read_series` gives it)."""
+GRID_TOLERANCE_MM = 0.01  # affines of one grid written by different tools (DICOM, NIfTI float32) agree to this
+
+
+def read_mask(path: str | Path, shape: tuple[int, ...], allowed: list[int], affine: np.ndarray | None = None) -> np.ndarray:
+    """A NIfTI label mask on the same grid as its series (`shape` as `read_series` gives it;
+    with the series' `affine`, the mask's affine must match it too, so that the mask can be
+    reoriented exactly as its image)."""
     path = Path(path)
     if not path.exists():
         raise OrthodiffError(f"{path}: mask file not found")
-    data, _ = _read_nifti(path)
+    data, own = _read_nifti(path)
     if data.shape != tuple(shape):
         raise OrthodiffError(f"{path}: mask shape {data.shape} differs from its series {tuple(shape)}")
+    if affine is not None and not np.allclose(own, affine, atol=GRID_TOLERANCE_MM):
+        import nibabel as nib
+
+        raise OrthodiffError(
+            f"{path}: the mask is on another grid than its series (axes {''.join(nib.aff2axcodes(own))} vs "
+            f"{''.join(nib.aff2axcodes(affine))}, or origin or voxel size differ); resample it onto the series")
     values = np.unique(data)
     if not np.array_equal(values, np.round(values)):
         raise OrthodiffError(f"{path}: mask values must be integer structure labels, found {values[values != np.round(values)][:3].tolist()}")

@@ -309,7 +309,7 @@ def preview(catalog_path: str | Path, png: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(first), figsize=(4 * len(first), 4.8))
     cmap, shown = plt.get_cmap("tab20"), set()
     for ax, row in zip(np.atleast_1d(axes), first.itertuples()):
-        image = read_series(resolve_path(catalog_path, row.path))
+        image = read_series(resolve_path(catalog_path, row.path)).data
         mid = image.shape[0] // 2
         ax.imshow(image[mid], cmap="gray")
         if isinstance(row.mask_path, str):

@@ -2,7 +2,9 @@
 
 A series array is (slices, rows, columns). Its geometry is given per plane by the world
 directions (RAS, millimetres) of a column step, a row step and a slice step; the slice
-step is the plane's normal, which is how `readers.read_series` recognises the plane.
+step is the plane's normal, which is how `readers.read_series` recognises the plane. This
+storage order is also the plane's canonical orientation (`catalogs.geometry.CANONICAL`);
+`grid` writes a series in any other (tests write every storage order of one volume).
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ def affine(plane: str, shape: tuple[int, int, int], pixel: float, thickness: flo
     return out
 
 
-def write_nifti(path: str | Path, data: np.ndarray, plane: str, pixel: float, thickness: float) -> Path:
-    """Write (slices, rows, columns) `data` as NIfTI with the plane's geometry."""
+def write_nifti(path: str | Path, data: np.ndarray, plane: str, pixel: float, thickness: float,
+                grid: np.ndarray | None = None) -> Path:
+    """Write (slices, rows, columns) `data` as NIfTI with the plane's geometry (or the affine `grid`)."""
     import nibabel as nib
 
-    image = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), affine(plane, data.shape, pixel, thickness))
+    grid = affine(plane, data.shape, pixel, thickness) if grid is None else grid
+    image = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), grid)
     image.header.set_xyzt_units("mm")
     nib.save(image, str(path))
     return Path(path)
@@ -44,13 +48,14 @@ def write_nifti(path: str | Path, data: np.ndarray, plane: str, pixel: float, th
 
 def write_dicom_series(
     folder: str | Path, data: np.ndarray, plane: str, pixel: float, thickness: float,
-    pseudonym: str, uid_seed: str, acquisition: dict | None = None,
+    pseudonym: str, uid_seed: str, acquisition: dict | None = None, grid: np.ndarray | None = None,
 ) -> Path:
     """Write (slices, rows, columns) `data` (scaled to 12-bit) as single-frame MR DICOM files.
 
     Identifying tags carry only `pseudonym`; UIDs are derived from `uid_seed`, so the same
     seed gives the same files. `acquisition` adds attributes by DICOM keyword (EchoTime,
-    RepetitionTime, FlipAngle, ...).
+    RepetitionTime, FlipAngle, ...). `grid` (a NIfTI affine of (column, row, slice)) replaces
+    the plane's geometry, `pixel` and `thickness`.
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import MRImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -59,8 +64,9 @@ def write_dicom_series(
     folder.mkdir(parents=True, exist_ok=True)
     lo, hi = float(data.min()), float(data.max())
     pixels = np.round((data - lo) / ((hi - lo) or 1.0) * 4095).astype(np.uint16)
-    grid = affine(plane, data.shape, pixel, thickness)
-    col, row, _ = (np.asarray(v) * _LPS for v in DIRECTIONS[plane])
+    grid = affine(plane, data.shape, pixel, thickness) if grid is None else np.asarray(grid, dtype=float)
+    steps = np.linalg.norm(grid[:3, :3], axis=0)  # column, row, slice spacing
+    col, row = (grid[:3, i] / steps[i] * _LPS for i in (0, 1))
     series_uid = generate_uid(entropy_srcs=[uid_seed, "series"])
     study_uid = generate_uid(entropy_srcs=[uid_seed.rsplit("-", 2)[0], "study"])
     date = datetime.date(2000, 1, 1).strftime("%Y%m%d")
@@ -79,8 +85,8 @@ def write_dicom_series(
         ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*col, *row)]
         position = (grid @ np.array([0.0, 0.0, k, 1.0]))[:3] * _LPS
         ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
-        ds.PixelSpacing = [f"{pixel:.4f}", f"{pixel:.4f}"]
-        ds.SliceThickness = f"{thickness:.4f}"
+        ds.PixelSpacing = [f"{steps[1]:.4f}", f"{steps[0]:.4f}"]  # between rows, between columns
+        ds.SliceThickness = f"{steps[2]:.4f}"
         for keyword, value in (acquisition or {}).items():
             setattr(ds, keyword, f"{value:g}" if isinstance(value, float) else value)
         ds.Rows, ds.Columns = frame.shape

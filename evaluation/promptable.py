@@ -245,7 +245,7 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
         if target.is_file():
             continue
         series = read_reference(row, catalog_path, structure_set)
-        image = read_series(resolve_path(catalog_path, row.path))
+        image = read_series(resolve_path(catalog_path, row.path)).data
         prompt = series.reference if source is None else load_mask(source.masks / f"{row.series_id}.nii.gz", series.shape,
                                                                     series.affine, structure_set)
         boxes = boxes_of(prompt, structure_set.values)
@@ -272,7 +272,7 @@ def training_pairs(sam, rows, catalog_path, structure_set, encoder: bool = False
     inputs, boxes, targets = [], [], []
     for row in rows.itertuples(index=False):
         reference = read_reference(row, catalog_path, structure_set).reference
-        image = read_series(resolve_path(catalog_path, row.path))
+        image = read_series(resolve_path(catalog_path, row.path)).data
         h, w = image.shape[1:]
         scale = np.array([SIZE / w, SIZE / h, SIZE / w, SIZE / h])
         prompts = boxes_of(reference, structure_set.values)

@@ -288,6 +288,19 @@ def _open_plane(store: str, backbone: str, plane: str, series_per_chunk: int) ->
     return ds.assign_coords({c: ds[c].load() for c in ("case_id", "patient_id", "scan")})
 
 
+def _volume_geometry(store: str) -> xr.Dataset | None:
+    """The stored series' geometry (`volumes.geometry_coords`) by series, None without volumes."""
+    from orthodiff.featurestore.volumes import geometry_coords, open_volumes  # volumes imports this module
+
+    try:
+        ds = open_volumes(store)
+    except OrthodiffError:
+        return None
+    coords = geometry_coords(ds)
+    return xr.Dataset({name: (v.dims, v.values) for name, v in coords.items() if name != "axis"},
+                      coords={"series": ds.series.values, "axis": coords["axis"].values})
+
+
 class IncompleteFeatures(UserWarning):
     """Some plane groups of the store are still being written (or their job was interrupted)."""
 
@@ -325,7 +338,9 @@ def open_store(path: str, backbone: str | list[str] | None = None, catalog=None,
 
     Each plane Dataset has `activation(series, timestep, block, channel, z, y, x)` and
     `gap(series, timestep, block, channel)`, with `plane`, `case_id`, `patient_id`, `scan`
-    on `series`, and with a catalog (path or DataFrame) its split, labels, acquisition and
+    on `series`, the series' geometry as the volumes hold it (`spacing` and
+    `stored_spacing` on (series, axis), `orientation`, `laterality`, `mirrored`,
+    `spacing_reason`; see `featurestore.volumes`), and with a catalog (path or DataFrame) its split, labels, acquisition and
     EHR columns too. Planes and backbones are independent nodes: they may hold different
     timesteps, blocks or channel widths. `backbone` (an id or a list) keeps only those.
 
@@ -367,6 +382,11 @@ def open_store(path: str, backbone: str | list[str] | None = None, catalog=None,
             rows = df.reindex(ds.series.values)
             extra = [c for c in rows.columns if c not in ds.coords and c not in ("path", "mask_path")]
             nodes[key] = ds.assign_coords({c: ("series", rows[c].to_numpy()) for c in extra})
+    geometry = _volume_geometry(path)
+    if geometry is not None:
+        nodes = {key: ds.assign_coords(axis=geometry.axis.values, **{
+            name: values.variable for name, values in geometry.sel(series=ds.series.values).data_vars.items()})
+            for key, ds in nodes.items()}
     tree = xr.DataTree.from_dict(nodes)
     tree.attrs = {"incomplete": incomplete}
     for b in {key.split("/")[0] for key in nodes}:

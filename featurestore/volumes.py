@@ -8,6 +8,14 @@ Layout (plain `xarray.open_zarr(store, group="volumes")` reads it):
   `has_mask(series)`.
 - `series` (dimension coordinate, the catalog's `series_id`) and the coordinates
   `case_id`, `patient_id`, `plane`, `scan`, `split` on it.
+- Geometry (`catalogs.geometry`): `spacing(series, axis)`, the series' voxel size in mm as
+  read, and `stored_spacing(series, axis)`, the stored volume's (after the in-plane resize),
+  with `axis` = ("slice", "row", "column"); `orientation(series)`, the anatomical directions
+  of the stored (slice, row, column) axes (the plane's canonical "LIA", "AIR" or "IPR", with
+  L and R swapped where `mirrored`); `laterality(series)` "left", "right" or "unknown";
+  `mirrored(series)` whether a left knee was flipped to look right; `spacing_reason(series)`,
+  empty where the spacing is known, else why it is NaN (a `.npy` series has no geometry).
+  Stores written before these arrays existed open with NaN spacing and that reason.
 
 The group grows by appending (one process at a time: ingestion). An append resizes the
 arrays, writes their new rows, and only then raises the group attribute `n_series`; the
@@ -23,6 +31,7 @@ import pandas as pd
 import xarray as xr
 import zarr
 
+from orthodiff.catalogs.geometry import AXES, Reorientation
 from orthodiff.errors import OrthodiffError
 from orthodiff.faults import fault
 from orthodiff.featurestore.features import Records, content_digest
@@ -32,15 +41,26 @@ GROUP = "volumes"
 DEPTH = 16
 COORDS = ("case_id", "patient_id", "plane", "scan", "split")
 _STRINGS = ("series", "case_id", "patient_id", "plane", "split")
+# per-series geometry, and what a row without it (an older store's, `append_volumes` without
+# geometry columns) holds
+GEOMETRY = {"spacing": np.nan, "stored_spacing": np.nan, "orientation": "", "laterality": "unknown",
+            "mirrored": False, "spacing_reason": "not recorded when stored (an older orthodiff, or volumes appended without geometry)"}
 
 
 def _array_specs(size: int) -> dict[str, dict]:
+    coords = " ".join((*COORDS, *GEOMETRY))
     grid = {"shape": (0, DEPTH, size, size), "chunks": (1, DEPTH, size, size),
-            "dimension_names": ["series", "z", "y", "x"], "attributes": {"coordinates": " ".join(COORDS)}, "fill_value": 0}
+            "dimension_names": ["series", "z", "y", "x"], "attributes": {"coordinates": coords}, "fill_value": 0}
     on_series = {"shape": (0,), "chunks": (4096,), "dimension_names": ["series"]}
+    on_axes = {"shape": (0, len(AXES)), "chunks": (4096, len(AXES)), "dimension_names": ["series", "axis"],
+               "dtype": "float64", "fill_value": np.nan}
     return {"volume": dict(dtype="float16", **grid), "mask": dict(dtype="uint8", **grid),
             "has_mask": dict(dtype="bool", **on_series), "scan": dict(dtype="int16", **on_series),
-            **{name: dict(dtype=str, **on_series) for name in _STRINGS}}
+            **{name: dict(dtype=str, **on_series) for name in _STRINGS},
+            "axis": {"shape": (len(AXES),), "chunks": (len(AXES),), "dimension_names": ["axis"], "dtype": str},
+            "spacing": on_axes, "stored_spacing": on_axes, "mirrored": dict(dtype="bool", **on_series),
+            **{name: dict(dtype=str, fill_value=GEOMETRY[name], **on_series)
+               for name in ("orientation", "laterality", "spacing_reason")}}
 
 
 def count(group: zarr.Group) -> int:
@@ -94,8 +114,9 @@ def append_volumes(store: str, volumes: np.ndarray, meta: pd.DataFrame, masks: n
     """Append series to the store's volumes (created on first use); returns the new count.
 
     `volumes` is (n, 16, S, S) in [-1, 1]; `meta` has `series_id`, `case_id`, `patient_id`,
-    `plane`, `scan`, `split` in the same order; `masks` (n, 16, S, S) uint8 or None, with
-    all-zero masks meaning "no mask" for that series.
+    `plane`, `scan`, `split` in the same order, and the geometry columns of `GEOMETRY`
+    where known (`spacing`, `stored_spacing` as (slice, row, column) triples); `masks`
+    (n, 16, S, S) uint8 or None, with all-zero masks meaning "no mask" for that series.
     """
     volumes = np.asarray(volumes)
     if volumes.ndim != 4 or volumes.shape[1] != DEPTH or volumes.shape[2] != volumes.shape[3]:
@@ -116,8 +137,10 @@ def append_volumes(store: str, volumes: np.ndarray, meta: pd.DataFrame, masks: n
     if clash:
         raise OrthodiffError(f"{store}: series {clash[0]!r} is already in the volumes")
     m = len(meta)
-    for array in arrays.values():  # cut back an interrupted append, then grow
+    on_rows = [*arrays.values(), *(group[name] for name in GEOMETRY)]
+    for array in on_rows:  # cut back an interrupted append, then grow (an older store's new arrays: their fill)
         array.resize((n + m, *array.shape[1:]))
+    group["axis"][:] = np.asarray(AXES, dtype=object)
     rows = slice(n, n + m)
     stored = volumes.astype("float16")
     arrays["volume"][rows] = stored
@@ -129,6 +152,12 @@ def append_volumes(store: str, volumes: np.ndarray, meta: pd.DataFrame, masks: n
     arrays["series"][rows] = meta["series_id"].astype(str).to_numpy(dtype=object)
     for name in ("case_id", "patient_id", "plane", "split"):
         arrays[name][rows] = meta[name].astype(str).to_numpy(dtype=object)
+    for name, default in GEOMETRY.items():
+        values = meta[name].tolist() if name in meta else [default] * m
+        if name in ("spacing", "stored_spacing"):
+            group[name][rows] = np.broadcast_to(np.asarray(values, dtype="float64").reshape(m, -1), (m, len(AXES)))
+        else:
+            group[name][rows] = np.asarray(values, dtype=bool if name == "mirrored" else object)
     _write_record(store, n, meta["series_id"].astype(str).tolist(), stored, masks)  # before the rows count
     fault("ingest:rows")
     group.attrs["n_series"] = n + m
@@ -159,7 +188,22 @@ def open_volumes(store: str, series_per_chunk: int = 8) -> xr.Dataset:
         raise OrthodiffError(f"{store}: no volumes in this store (run `orthodiff ingest` first)")
     ds = xr.open_zarr(str(store), group=GROUP, consolidated=True, chunks={})
     ds = ds.isel(series=slice(0, int(ds.attrs["n_series"]))).chunk(series=series_per_chunk)
-    return ds.assign_coords({name: ds[name].load() for name in (*COORDS, "has_mask")})
+    return ds.assign_coords({name: ds[name].load() for name in (*COORDS, "has_mask")} | geometry_coords(ds))
+
+
+def geometry_coords(ds: xr.Dataset) -> dict[str, xr.DataArray]:
+    """The geometry coordinates of a volumes Dataset, loaded (those an older store lacks:
+    NaN spacing, unknown orientation and laterality, with the reason)."""
+    n = ds.sizes["series"]
+    out = {"axis": xr.DataArray(list(AXES), dims="axis")}
+    for name, default in GEOMETRY.items():
+        if name in ds.variables:
+            out[name] = ds[name].load()
+        elif name in ("spacing", "stored_spacing"):
+            out[name] = xr.DataArray(np.full((n, len(AXES)), default), dims=("series", "axis"))
+        else:
+            out[name] = xr.DataArray(np.full(n, default, dtype=bool if name == "mirrored" else object), dims="series")
+    return out
 
 
 def plane_volumes(store: str, plane: str, image_size: int, checkpoint) -> tuple[xr.Dataset, dict[str, int]]:
@@ -173,3 +217,14 @@ def plane_volumes(store: str, plane: str, image_size: int, checkpoint) -> tuple[
     if ds.sizes["x"] != image_size:
         raise OrthodiffError(f"{checkpoint}: backbone expects {image_size} px volumes, the store holds {ds.sizes['x']} px")
     return ds, row_of
+
+
+def stored_reorientation(volumes: xr.Dataset, series: str, affine: np.ndarray, shape: tuple[int, int, int],
+                         plane: str) -> Reorientation | None:
+    """How `series` (file geometry `affine`, (slices, rows, columns) `shape`) was turned into
+    its stored orientation, to map arrays between the file's grid and the store's; None
+    where it was stored as read (a `.npy` series, or a store older than the reorientation)."""
+    row = volumes.sel(series=series)
+    if not str(row.orientation.values):
+        return None
+    return Reorientation.of(affine, shape, plane, mirror=bool(row.mirrored.values))

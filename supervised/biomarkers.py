@@ -1,6 +1,7 @@
 """Biomarkers from label masks (structure volumes, cartilage thickness) and their agreement.
 
-Masks are (slices, rows, columns) arrays with voxel spacing in mm in the same order.
+Masks are (slices, rows, columns) arrays with voxel spacing in mm in the same order, taken
+from the series' geometry (the store's `spacing`, `catalogs.geometry`), never a default.
 Cartilage thickness is measured along the image row axis (superior-inferior in sagittal
 and coronal knee series, close to the normal of the femoral and tibial cartilage plates):
 per (slice, column) line, the number of cartilage voxels times the row spacing. The map
@@ -12,13 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from orthodiff.catalogs.geometry import spacing_of  # noqa: F401  (evaluation reads it from here)
 from orthodiff.catalogs.tasks import StructureSet
-
-
-def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
-    """(slice, row, column) spacing in mm of a NIfTI affine whose axes are (column, row, slice)."""
-    col, row, sl = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-    return float(sl), float(row), float(col)
 
 
 def cartilage(structure_set: StructureSet) -> list:

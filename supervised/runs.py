@@ -298,11 +298,11 @@ def run_segment_predict(model_dir, store, catalog_path, out, split="test", devic
     from monai.transforms import Resize
 
     from orthodiff.catalogs.cohort import resolve_path
-    from orthodiff.catalogs.readers import series_geometry
+    from orthodiff.catalogs.geometry import spacing_of
+    from orthodiff.catalogs.readers import read_mask, series_geometry
     from orthodiff.featurestore.ingest import central_slices
-    from orthodiff.supervised.biomarkers import (
-        agreement, biomarkers, cartilage, plot_bland_altman, plot_thickness_maps, spacing_of,
-    )
+    from orthodiff.featurestore.volumes import stored_reorientation
+    from orthodiff.supervised.biomarkers import agreement, biomarkers, cartilage, plot_bland_altman, plot_thickness_maps
 
     out = Path(out)
     est, saved = load_segmenter(model_dir, device)
@@ -314,20 +314,26 @@ def run_segment_predict(model_dir, store, catalog_path, out, split="test", devic
     (out / "masks").mkdir(parents=True, exist_ok=True)
     measured, reference = {}, {}
     for row, mask in zip(rows.itertuples(index=False), pred):
-        shape, affine = series_geometry(resolve_path(catalog_path, row.path))
-        full = np.zeros(shape, np.uint8)
-        start = (shape[0] - mask.shape[0]) // 2
-        full[start : start + mask.shape[0]] = np.asarray(Resize(shape[1:], mode="nearest")(mask), dtype=np.uint8)
-        image = nib.Nifti1Image(np.ascontiguousarray(full.transpose(2, 1, 0)), affine)
+        path = resolve_path(catalog_path, row.path)
+        shape, affine = series_geometry(path)
+        turn = stored_reorientation(ds, row.series_id, affine, shape, row.plane)
+        grid = shape if turn is None else turn.shape  # the stored orientation, before the in-plane resize
+        full = np.zeros(grid, np.uint8)
+        start = (grid[0] - mask.shape[0]) // 2
+        full[start : start + mask.shape[0]] = np.asarray(Resize(grid[1:], mode="nearest")(mask), dtype=np.uint8)
+        image = nib.Nifti1Image(np.ascontiguousarray((full if turn is None else turn.undo(full)).transpose(2, 1, 0)), affine)
         image.header.set_xyzt_units("mm")
         target = out / "masks" / f"{row.series_id}.nii.gz"
         tmp = target.with_name(f".{target.name}.tmp.nii.gz")
         nib.save(image, str(tmp))
         tmp.replace(target)
-        spacing = spacing_of(affine)
+        spacing = tuple(ds.spacing.sel(series=row.series_id).values.tolist())
+        if not np.isfinite(spacing).all() and not path.name.endswith(".npy"):  # a store older than its geometry arrays
+            spacing = spacing_of(affine)
         measured[row.series_id] = biomarkers(central_slices(full), spacing, structure_set)
         if isinstance(row.mask_path, str) and row.mask_path:
-            true = np.asarray(nib.load(resolve_path(catalog_path, row.mask_path)).dataobj).transpose(2, 1, 0)
+            true = read_mask(resolve_path(catalog_path, row.mask_path), shape, structure_set.values)
+            true = true if turn is None else turn.apply(true)
             reference[row.series_id] = biomarkers(central_slices(true), spacing, structure_set)
             if len(reference) == 1 and cartilage(structure_set):  # maps of the first series with a reference
                 plot_thickness_maps({"predicted": central_slices(full), "reference": central_slices(true)}, spacing,

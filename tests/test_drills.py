@@ -117,8 +117,9 @@ def test_readers_during_a_first_extraction_get_the_complete_planes(drill, tmp_pa
     assert list(nodes) == ["axial"] and np.isfinite(nodes["axial"].gap.values).all() and nodes["axial"].sizes["series"] == 4
 
 
-INGEST_STEPS = ["ingest:group"] + [f"ingest:{a}" for a in
-               ("volume", "mask", "has_mask", "scan", "series", "case_id", "patient_id", "plane", "split")] + ["ingest:rows"]
+INGEST_STEPS = (["ingest:group"] + [f"ingest:{a}" for a in ("volume", "mask", "has_mask", "scan", "series", "case_id",
+                                                             "patient_id", "plane", "split", "axis", "spacing_reason")]
+                + ["ingest:rows"])
 
 
 @pytest.fixture(scope="module")

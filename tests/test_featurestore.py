@@ -77,6 +77,8 @@ def test_schema_queries_and_catalog_join(base, tmp_path):
     assert ds.activation.chunks is not None  # lazy
     test = ds.gap.where(ds.split == "test", drop=True).sel(timestep=10, block="mid_2")
     assert test.sizes["series"] == 10 and "ACL" in ds.coords and "path" not in ds.coords
+    assert ds.stored_spacing.dims == ("series", "axis") and list(ds.axis.values) == ["slice", "row", "column"]
+    assert np.isnan(ds.spacing.values).all() and "not recorded" in str(ds.spacing_reason.values[0])  # appended without
     one_case = ds.activation.sel(series="s3-axial")
     assert one_case.shape[:2] == (2, 3)
 

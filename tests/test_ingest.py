@@ -42,8 +42,9 @@ def test_pydicom_truncated_mr_is_rejected_as_truncated():
 
 
 def test_nibabel_anatomical_is_an_axial_3d_series():
-    data = read_series(NIBABEL_DATA / "anatomical.nii", expected_plane="axial")
+    data, affine = read_series(NIBABEL_DATA / "anatomical.nii", expected_plane="axial")
     assert data.shape == (25, 41, 33) and data.dtype == np.float32
+    np.testing.assert_array_equal(affine, nibabel.load(NIBABEL_DATA / "anatomical.nii").affine)  # the geometry travels with it
     with pytest.raises(OrthodiffError, match=r"anatomical.nii: the image is axial but the catalog says coronal \(voxel axes point LAS"):
         read_series(NIBABEL_DATA / "anatomical.nii", expected_plane="coronal")
 
@@ -75,7 +76,7 @@ def test_pydicom_ct_copies_stack_by_position_with_rescale_and_geometry(tmp_path)
 
     intercepts = ct_series(tmp_path / "ct")
     raw = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False)).pixel_array.astype(np.float32)
-    data = read_series(tmp_path / "ct", expected_plane="axial")
+    data, read_affine = read_series(tmp_path / "ct", expected_plane="axial")
     assert data.shape == (16, 128, 128)
     for k, intercept in enumerate(intercepts):
         np.testing.assert_array_equal(data[k], raw + intercept)
@@ -84,6 +85,7 @@ def test_pydicom_ct_copies_stack_by_position_with_rescale_and_geometry(tmp_path)
     pixel = 0.661468  # PixelSpacing; LPS -> RAS flips x and y, IOP is the identity
     expected = np.array([[-pixel, 0, 0, 158.135803], [0, -pixel, 0, 179.035797], [0, 0, 5.0, -75.699997], [0, 0, 0, 1]])
     np.testing.assert_allclose(affine, expected, atol=1e-5)
+    np.testing.assert_array_equal(read_affine, affine)
     with pytest.raises(OrthodiffError, match=r"the image is axial but the catalog says sagittal \(voxel axes point LPS"):
         read_series(tmp_path / "ct", expected_plane="sagittal")
 
@@ -115,8 +117,8 @@ def test_nifti_and_dicom_round_trip_with_their_plane(tmp_path, plane):
     data = phantom()
     write_nifti(tmp_path / "s.nii.gz", data, plane, pixel=0.6, thickness=3.5)
     write_dicom_series(tmp_path / "dcm", data, plane, 0.6, 3.5, pseudonym="P1", uid_seed="P1-1-x-0")
-    np.testing.assert_allclose(read_series(tmp_path / "s.nii.gz", plane), data)
-    from_dicom = read_series(tmp_path / "dcm", plane)
+    np.testing.assert_allclose(read_series(tmp_path / "s.nii.gz", plane).data, data)
+    from_dicom = read_series(tmp_path / "dcm", plane).data
     assert np.corrcoef(from_dicom.ravel(), data.ravel())[0, 1] > 0.9999  # 12-bit quantised
 
 
@@ -126,7 +128,7 @@ def test_dicom_slices_are_sorted_by_position_not_file_name(tmp_path):
     files = sorted(folder.iterdir())
     for i, f in enumerate(files):  # reverse the file order
         f.rename(folder / f"x{len(files) - i:04d}.dcm")
-    assert np.corrcoef(read_series(folder).ravel(), data.ravel())[0, 1] > 0.9999
+    assert np.corrcoef(read_series(folder).data.ravel(), data.ravel())[0, 1] > 0.9999
 
 
 def test_dicom_folder_problems_are_named(tmp_path):
@@ -158,7 +160,8 @@ def test_bad_voxels_and_shapes_are_named(tmp_path, data, message):
 
 def test_npy_series_and_missing_or_truncated_files(tmp_path):
     np.save(tmp_path / "0001.npy", (phantom() * 100).astype(np.uint8))
-    assert read_series(tmp_path / "0001.npy", expected_plane="sagittal").shape == (20, 24, 24)
+    data, affine = read_series(tmp_path / "0001.npy", expected_plane="sagittal")
+    assert data.shape == (20, 24, 24) and affine is None  # .npy has no geometry
     with pytest.raises(OrthodiffError, match="nope.nii.gz: file not found"):
         read_series(tmp_path / "nope.nii.gz")
     write_nifti(tmp_path / "t.nii.gz", phantom(), "axial", 0.6, 3.5)

@@ -203,7 +203,7 @@ def test_dicom_cohort_reads_back_without_real_identifiers(tmp_path):
     assert str(ds.PatientName) == row.patient_id == ds.PatientID
     assert float(ds.EchoTime) == row.echo_time and float(ds.RepetitionTime) == row.repetition_time
     assert float(ds.FlipAngle) == row.flip_angle and float(ds.PixelSpacing[0]) == pytest.approx(row.pixel_spacing, abs=1e-4)
-    assert read_series(folder, expected_plane=row.plane).shape[0] >= 16
+    assert read_series(folder, expected_plane=row.plane).data.shape[0] >= 16
 
 
 # Where each ankle / shoulder lesion lies (patient mm from the joint centre: x lateral,
