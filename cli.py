@@ -112,21 +112,36 @@ def catalog_split(
                       "sweeps and configurations made under the old split will refuse this catalog", highlight=False)
 
 
-@catalog_app.command("from-mrnet")
-def catalog_from_mrnet(
-    directory: Annotated[Path, typer.Argument(help="MRNet folder holding train/, valid/ and the label CSVs.")],
-    out: Annotated[Path, typer.Option(metavar="FILE", help="Catalog to write (Parquet).")],
-    seed: Annotated[int, typer.Option(help="Seed of the train/val patient split.")] = 0,
-    val: Annotated[float, typer.Option(help="Fraction of MRNet train patients held out for validation.")] = 0.06,
-) -> None:
-    """Build a catalog (task `mrnet`) from the MRNet knee dataset; `valid/` becomes the test split."""
-    from orthodiff.catalogs.cohort import validate_catalog, write_catalog
-    from orthodiff.catalogs.mrnet import mrnet_catalog
+# --- public knee datasets: `catalog from-<dataset>` (library: catalogs/datasets/) ---------
+DatasetRoot = Annotated[Path, typer.Argument(help="The dataset's folder, as downloaded and unpacked.")]
+DatasetOut = Annotated[Path, typer.Option(metavar="FILE", help="Catalog to write (Parquet); converted series go beside it, under its name without suffix.")]
+DatasetSeed = Annotated[int, typer.Option(help="Seed of the patient split of the dataset's training exams.")]
+DatasetVal = Annotated[float, typer.Option(help="Fraction of the dataset's training patients held out for validation.")]
 
-    df = mrnet_catalog(directory, seed=seed, val=val)
-    validate_catalog(df, out)
-    write_catalog(df, out)
-    console.print(f"wrote {out}: {len(df)} series of {df['case_id'].nunique()} MRNet exams")
+
+def _imported(out: Path, df, dataset: str) -> None:
+    from orthodiff.catalogs.datasets.common import finish
+
+    finish(df, out)
+    splits = df.groupby("split")["case_id"].nunique().to_dict()
+    console.print(f"wrote {out}: {len(df)} series of {df['case_id'].nunique()} {dataset} exams; exams per split {splits}")
+
+
+@catalog_app.command("from-mrnet")
+def catalog_from_mrnet(directory: DatasetRoot, out: DatasetOut, seed: DatasetSeed = 0, val: DatasetVal = 0.06) -> None:
+    """Build a catalog (task `mrnet`) from the MRNet knee dataset; `valid/` becomes the test split."""
+    from orthodiff.catalogs.datasets.mrnet import mrnet_catalog
+
+    _imported(out, mrnet_catalog(directory, seed=seed, val=val), "MRNet")
+
+
+@catalog_app.command("from-kneemri")
+def catalog_from_kneemri(directory: DatasetRoot, out: DatasetOut, seed: DatasetSeed = 0, val: DatasetVal = 0.06,
+                         test: Annotated[float, typer.Option(help="Fraction of patients for the test split (KneeMRI has none).")] = 0.12) -> None:
+    """Build a catalog (task `kneemri`, ACL grade) from KneeMRI; its pickles are read as numpy arrays only."""
+    from orthodiff.catalogs.datasets.kneemri import kneemri_catalog
+
+    _imported(out, kneemri_catalog(directory, out, seed=seed, val=val, test=test), "KneeMRI")
 
 
 @app.command()
