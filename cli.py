@@ -144,6 +144,19 @@ def catalog_from_kneemri(directory: DatasetRoot, out: DatasetOut, seed: DatasetS
     _imported(out, kneemri_catalog(directory, out, seed=seed, val=val, test=test), "KneeMRI")
 
 
+@catalog_app.command("from-fastmri")
+def catalog_from_fastmri(directory: DatasetRoot, out: DatasetOut,
+                         annotations: Annotated[Path, typer.Option(help="fastMRI+ Annotations/ folder (knee.csv, knee_file_list.csv).")],
+                         seed: DatasetSeed = 0, val: DatasetVal = 0.06) -> None:
+    """Build a catalog (task `fastmri`) from fastMRI knee HDF5 files labelled by fastMRI+; fastMRI val becomes test."""
+    from orthodiff.catalogs.datasets.fastmri import fastmri_catalog
+
+    df = fastmri_catalog(directory, out, annotations, seed=seed, val=val)
+    if df.attrs.get("unreviewed"):
+        console.print(f"left out {len(df.attrs['unreviewed'])} files fastMRI+ did not review (no labels)")
+    _imported(out, df, "fastMRI")
+
+
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder to write images/, masks/ and catalog.parquet into.")],

@@ -18,6 +18,7 @@ import pytest
 import xarray as xr
 
 from orthodiff.catalogs.cohort import read_catalog, validate_catalog
+from orthodiff.catalogs.tasks import get_task
 from orthodiff.catalogs.datasets.kneemri import kneemri_catalog, read_volume
 from orthodiff.catalogs.datasets.mrnet import mrnet_catalog
 from orthodiff.errors import OrthodiffError
@@ -211,3 +212,128 @@ def test_kneemri_bad_input_names_the_file_and_row(tmp_path):
     (root / "vol01" / "329637-8.pck").write_bytes(pickle.dumps(np.zeros((32, 32), np.uint16), protocol=2))
     with pytest.raises(OrthodiffError, match=r"329637-8.pck: uint16 array of shape \(32, 32\); expected a numeric 3D volume"):
         kneemri_catalog(root, tmp_path / "e.parquet")
+
+
+# --- fastMRI knee + fastMRI+ ----------------------------------------------------------------
+
+def ismrmrd_header(matrix=32, fov=14.0, thickness=3.0, tesla=2.89362) -> bytes:
+    """The parts of an ISMRMRD header that fastMRI's loader (github.com/facebookresearch/fastMRI
+    fastmri/data/mri_data.py, `et_query` in the http://www.ismrm.org/ISMRMRD namespace) and
+    fastMRI+'s DICOM export (github.com/microsoft/fastmri-plus ExampleScripts/fastmri_to_dicom.py:
+    pixel = reconSpace fieldOfView_mm / matrixSize, SliceThickness = fieldOfView_mm z, TR, TE,
+    flipAngle_deg) read."""
+    return f"""<?xml version="1.0" encoding="utf-8"?>
+<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">
+ <acquisitionSystemInformation><systemVendor>SIEMENS</systemVendor><systemModel>Skyra</systemModel>
+  <systemFieldStrength_T>{tesla}</systemFieldStrength_T><receiverChannels>15</receiverChannels></acquisitionSystemInformation>
+ <encoding>
+  <encodedSpace><matrixSize><x>{2 * matrix}</x><y>{matrix + 4}</y><z>1</z></matrixSize>
+   <fieldOfView_mm><x>{2 * fov}</x><y>{fov}</y><z>4.5</z></fieldOfView_mm></encodedSpace>
+  <reconSpace><matrixSize><x>{matrix}</x><y>{matrix}</y><z>1</z></matrixSize>
+   <fieldOfView_mm><x>{fov}</x><y>{fov}</y><z>{thickness}</z></fieldOfView_mm></reconSpace>
+  <encodingLimits><kspace_encoding_step_1><minimum>0</minimum><maximum>{matrix + 3}</maximum><center>{matrix // 2 + 2}</center></kspace_encoding_step_1></encodingLimits>
+ </encoding>
+ <sequenceParameters><TR>2750</TR><TE>27</TE><TI>100</TI><flipAngle_deg>140</flipAngle_deg><sequence_type>TurboSpinEcho</sequence_type></sequenceParameters>
+</ismrmrdHeader>""".encode()
+
+
+def write_fastmri_file(path, acquisition="CORPD_FBK", coils=0, slices=16, matrix=32, seed=0):
+    """One fastMRI knee volume as fastMRI publishes it (fastmri/data/README.md: single-coil train/val
+    files hold `kspace` (slices, h, w), `reconstruction_esc` and `reconstruction_rss` (slices, 320,
+    320); multi-coil ones `kspace` (slices, coils, h, w) and `reconstruction_rss`; attributes
+    `acquisition` (CORPD_FBK / CORPDFS_FBK), `max`, `norm`; the `ismrmrd_header` XML as a string
+    dataset), at 32 x 32."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rss = rng.random((slices, matrix, matrix), dtype=np.float32) + np.linspace(0, 1, matrix, dtype=np.float32)
+    kspace_shape = (slices, coils, matrix + 4, 2 * matrix) if coils else (slices, matrix + 4, 2 * matrix)
+    with h5py.File(path, "w") as f:
+        f["kspace"] = np.zeros(kspace_shape, np.complex64)
+        f["reconstruction_rss"] = rss
+        if not coils:
+            f["reconstruction_esc"] = rss * 0.9
+        f["ismrmrd_header"] = ismrmrd_header(matrix)
+        f.attrs["acquisition"] = acquisition
+        f.attrs["max"], f.attrs["norm"] = float(rss.max()), float(np.linalg.norm(rss))
+    return rss
+
+
+def write_fastmri(tmp_path):
+    """fastMRI knee folders plus fastMRI+ `Annotations/` (github.com/microsoft/fastmri-plus README:
+    `knee.csv` one row per box with header `file,slice,study_level,x,y,width,height,label`, label
+    text as published, e.g. 'Joint Effusion ' with its trailing space, study-level rows without a
+    box; `knee_file_list.csv` the reviewed files, no header). file1000003 is not reviewed."""
+    root = tmp_path / "fastMRI"
+    for k, stem in enumerate(["file1000000", "file1000001", "file1000002", "file1000003", "file1000005"]):
+        write_fastmri_file(root / "knee_singlecoil_train" / f"{stem}.h5", ("CORPD_FBK", "CORPDFS_FBK")[k % 2], seed=k)
+    write_fastmri_file(root / "knee_multicoil_val" / "file1000010.h5", "CORPDFS_FBK", coils=2, seed=9)
+    notes = tmp_path / "Annotations"
+    notes.mkdir()
+    (notes / "knee_file_list.csv").write_text("file1000000\nfile1000001\nfile1000002\nfile1000005\nfile1000010\nfile1009999\n")
+    (notes / "knee.csv").write_text(
+        "file,slice,study_level,x,y,width,height,label\n"
+        "file1000001,14,No,90,173,35,10,Cartilage - Partial Thickness loss/defect\n"
+        "file1000001,15,No,264,122,17,39,Ligament - MCL Low-Mod Grade Sprain\n"
+        "file1000001,15,No,215,189,30,9,Meniscus Tear\n"
+        "file1000002,7,No,100,100,20,20,Joint Effusion \n"
+        "file1000002,8,No,100,100,20,20,Ligament - ACL High Grade Sprain\n"
+        "file1000010,0,Yes,,,,,artifact\n"
+        "file1009999,3,No,1,1,2,2,Meniscus Tear\n"
+    )
+    return root, notes
+
+
+def test_fastmri_miniature_converts_with_geometry_validates_and_ingests(tmp_path):
+    import nibabel as nib
+
+    from orthodiff.catalogs.readers import read_series
+
+    root, notes = write_fastmri(tmp_path)
+    df, volumes = imported(tmp_path, "from-fastmri", str(root), "--annotations", str(notes), "--val", "0.25")
+    assert sorted(df["case_id"]) == [f"fastmri-file100000{i}" for i in (0, 1, 2, 5)] + ["fastmri-file1000010"]
+    exam = df.set_index("case_id")
+    assert exam.loc["fastmri-file1000001", ["MCL", "MEN", "CART_PARTIAL", "ACL", "EFFU"]].tolist() == [1, 1, 1, 0, 0]
+    assert exam.loc["fastmri-file1000002", ["ACL", "EFFU", "MEN"]].tolist() == [1, 1, 0]
+    assert exam.loc["fastmri-file1000000", get_task("fastmri").label_columns].sum() == 0  # reviewed, no finding
+    assert exam.loc["fastmri-file1000010", "ARTIFACT"] == 1 and exam.loc["fastmri-file1000010", "split"] == "test"
+    assert set(df.loc[df["case_id"] != "fastmri-file1000010", "split"]) == {"train", "val"}
+    assert exam.loc["fastmri-file1000001", "fat_suppression"] and not exam.loc["fastmri-file1000000", "fat_suppression"]
+    row = exam.loc["fastmri-file1000005"]
+    assert (row["vendor"], row["field_strength"], row["slice_thickness"], row["echo_time"]) == ("SIEMENS", 2.9, 3.0, 27.0)
+    image = nib.load(tmp_path / "out" / row["path"])
+    assert np.allclose(nib.affines.voxel_sizes(image.affine), [14 / 32, 14 / 32, 3.0])
+    assert "".join(nib.aff2axcodes(image.affine)) == "RSP"
+    data = read_series(tmp_path / "out" / row["path"], expected_plane="coronal")
+    rss = write_fastmri_file(tmp_path / "again.h5", seed=4)
+    assert np.array_equal(data, rss)
+    assert volumes.sizes["series"] == 5
+
+
+def test_fastmri_bad_input_names_the_file_and_row(tmp_path):
+    from orthodiff.catalogs.datasets.fastmri import fastmri_catalog
+
+    root, notes = write_fastmri(tmp_path)
+    out = tmp_path / "c.parquet"
+    boxes = (notes / "knee.csv").read_text()
+    (notes / "knee.csv").write_text(boxes + "file1000002,3,No,1,1,2,2,Tendon Snap\n")
+    with pytest.raises(OrthodiffError, match=r"knee.csv: row 7, column 'label', value 'Tendon Snap': no fastmri label"):
+        fastmri_catalog(root, out, notes)
+    (notes / "knee.csv").write_text(boxes + "file7777777,3,No,1,1,2,2,Meniscus Tear\n")
+    with pytest.raises(OrthodiffError, match=r"knee.csv: row 7, column 'file', value 'file7777777': not in knee_file_list.csv"):
+        fastmri_catalog(root, out, notes)
+    (notes / "knee.csv").write_text(boxes + "file1000005,16,No,1,1,2,2,Meniscus Tear\n")
+    with pytest.raises(OrthodiffError, match=r"file file1000005 has a box on slice 16 but .*file1000005.h5 has 16 slices"):
+        fastmri_catalog(root, out, notes)
+    (notes / "knee.csv").write_text(boxes)
+    write_fastmri_file(root / "knee_multicoil_train" / "file1000002.h5", coils=2)
+    with pytest.raises(OrthodiffError, match=r"file1000002.h5: the same fastMRI file is also at"):
+        fastmri_catalog(root, out, notes)
+    (root / "knee_multicoil_train" / "file1000002.h5").unlink()
+    write_fastmri_file(root / "knee_singlecoil_train" / "file1000005.h5", acquisition="AXT2")
+    with pytest.raises(OrthodiffError, match=r"file1000005.h5: acquisition 'AXT2' is not a fastMRI knee one"):
+        fastmri_catalog(root, out, notes)
+    (root / "knee_singlecoil_train" / "file1000005.h5").write_bytes(b"\x89HDF\r\n truncated")
+    with pytest.raises(OrthodiffError, match=r"file1000005.h5: unreadable or truncated HDF5"):
+        fastmri_catalog(root, out, notes)
