@@ -157,6 +157,15 @@ def catalog_from_fastmri(directory: DatasetRoot, out: DatasetOut,
     _imported(out, df, "fastMRI")
 
 
+@catalog_app.command("from-skmtea")
+def catalog_from_skmtea(directory: DatasetRoot, out: DatasetOut,
+                        version: Annotated[str, typer.Option(help="Annotation version (folder under annotations/) giving the official splits.")] = "v1.0.0") -> None:
+    """Build a catalog (task `skmtea`) from SKM-TEA: echo RSS images, tissue masks, qDESS T2 maps, official splits."""
+    from orthodiff.catalogs.datasets.skmtea import skmtea_catalog
+
+    _imported(out, skmtea_catalog(directory, out, version=version), "SKM-TEA")
+
+
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder to write images/, masks/ and catalog.parquet into.")],

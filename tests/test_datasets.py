@@ -337,3 +337,123 @@ def test_fastmri_bad_input_names_the_file_and_row(tmp_path):
     (root / "knee_singlecoil_train" / "file1000005.h5").write_bytes(b"\x89HDF\r\n truncated")
     with pytest.raises(OrthodiffError, match=r"file1000005.h5: unreadable or truncated HDF5"):
         fastmri_catalog(root, out, notes)
+
+
+# --- SKM-TEA ---------------------------------------------------------------------------------
+
+SKMTEA_PARAMS = {"RepetitionTime": 18.2, "EchoTime1": 5.8, "FlipAngle": 20.0, "SpoilerGradientArea": 3132.0,
+                 "SpoilerGradientTime": 1800.0}
+SKMTEA_T2 = {0: 60.0, 1: 30.0, 2: 35.0, 3: 40.0, 4: 45.0, 5: 12.0, 6: 15.0}  # ms per seg channel + 1 (0: none)
+
+
+def write_skmtea(root, scans=(("train", "MTR_001", 1), ("train", "MTR_002", 2), ("train", "MTR_003", 1),
+                              ("val", "MTR_004", 3), ("test", "MTR_005", 4)), shape=(20, 18, 16)):
+    """SKM-TEA as its DATASET.md (github.com/StanfordMIMI/skm-tea) describes it: `image_files/<scan>.h5`
+    with `echo1`, `echo2` (X=SI, Y=AP, Z=LR) and one-hot `seg` (X, Y, Z, 6; order PC, FC, medial and
+    lateral TC, medial and lateral meniscus) and `stats`; `annotations/v1.0.0/{train,val,test}.json`
+    with COCO-like `images` entries (`file_name`, `scan_id`, `subject_id`, `timepoint`,
+    `voxel_spacing`, `matrix_shape`, `orientation`); `all_metadata.csv` with `MTR_ID` and the
+    sequence parameters read by skm_tea/evaluation/qdess_evaluation.py. Echo 2 follows the qDESS
+    signal ratio for the T2 of `SKMTEA_T2` per tissue, so the T2 map has a known answer."""
+    import json
+
+    import h5py
+
+    rng = np.random.default_rng(2)
+    (root / "image_files").mkdir(parents=True)
+    images = {split: [] for split in ("train", "val", "test")}
+    for k, (split, scan, subject) in enumerate(scans):
+        labels = np.zeros(shape, np.int64)
+        for c in range(6):  # six slabs along SI, one per class, away from the edges
+            labels[3 + 2 * c : 5 + 2 * c, 4:14, 3:13] = c + 1
+        seg = np.stack([labels == c + 1 for c in range(6)], -1).astype(np.uint8)
+        echo1 = (200 + 100 * rng.random(shape)).astype(np.float32)
+        t2 = np.vectorize(SKMTEA_T2.get)(labels).astype(float)
+        t1 = np.where(labels >= 5, 1000.0, 1200.0)
+        p = SKMTEA_PARAMS  # echo2 / echo1 = k exp(-c1) exp(-2 (TR - TE) / T2), TR, TE, T2 in ms
+        echo2 = echo1 * _qdess_scale(t1, p) * np.exp(-2 * (p["RepetitionTime"] - p["EchoTime1"]) / t2)
+        with h5py.File(root / "image_files" / f"{scan}.h5", "w") as f:
+            f["echo1"], f["echo2"], f["seg"] = echo1, echo2.astype(np.float32), seg
+            for key, volume in (("echo1", echo1), ("echo2", echo2), ("rss", np.sqrt(echo1**2 + echo2**2))):
+                for stat in ("mean", "std", "min", "max"):
+                    f[f"stats/{key}/{stat}"] = getattr(np, stat)(volume)
+        images[split].append({"id": k + 1, "file_name": f"{scan}.h5", "msp_id": f"{k:07d}_V00", "scan_id": scan,
+                              "subject_id": subject, "timepoint": 0, "voxel_spacing": [0.3125, 0.3125, 0.8],
+                              "matrix_shape": list(shape), "orientation": ["SI", "AP", "LR"], "num_echoes": 2,
+                              "inspected": True})
+    for split, entries in images.items():
+        folder = root / "annotations" / "v1.0.0"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{split}.json").write_text(json.dumps({"info": {"version": "v1.0.0"}, "categories": [], "tissues": [],
+                                                          "images": entries, "annotations": []}))
+    header = "MTR_ID,MedialDirection," + ",".join(SKMTEA_PARAMS)
+    lines = [f"{scan},L," + ",".join(str(v) for v in SKMTEA_PARAMS.values()) for _, scan, _ in scans]
+    (root / "all_metadata.csv").write_text("\n".join([header, *lines]) + "\n")
+
+
+def _qdess_scale(t1_ms, p):
+    """k * exp(-c1) of Sveinsson et al. 2017: the echo ratio apart from its T2 term."""
+    tr, tg = p["RepetitionTime"] * 1e-3, p["SpoilerGradientTime"] * 1e-6
+    alpha, t1 = np.deg2rad(p["FlipAngle"]), t1_ms * 1e-3
+    dk = 4258 * 2 * np.pi * (p["SpoilerGradientArea"] / (tg * 1e6) * 100) * tg
+    e = np.exp(-tr / t1 - tr * dk**2 * 1.25e-9)
+    return np.sin(alpha / 2) ** 2 * (1 + e) / (1 - np.cos(alpha) * e) * np.exp(-(tr - tg / 3) * dk**2 * 1.25e-9)
+
+
+def test_skmtea_miniature_gives_images_masks_t2_and_the_official_split(tmp_path):
+    import nibabel as nib
+
+    from orthodiff.catalogs.readers import read_mask, read_series
+    from orthodiff.catalogs.tasks import structures
+
+    root = tmp_path / "skm-tea"
+    write_skmtea(root)
+    df, volumes = imported(tmp_path, "from-skmtea", str(root))
+    exam = df.set_index("case_id")
+    assert exam["split"].to_dict() == {"skmtea-MTR_001": "train", "skmtea-MTR_002": "train", "skmtea-MTR_003": "train",
+                                       "skmtea-MTR_004": "val", "skmtea-MTR_005": "test"}
+    assert exam.loc["skmtea-MTR_001", "patient_id"] == exam.loc["skmtea-MTR_003", "patient_id"]
+    row = exam.loc["skmtea-MTR_002"]
+    image = nib.load(tmp_path / "out" / row["path"])
+    assert "".join(nib.aff2axcodes(image.affine)) == "PIR"  # columns A->P, rows S->I, slices L->R
+    assert np.allclose(nib.affines.voxel_sizes(image.affine), [0.3125, 0.3125, 0.8])
+    data = read_series(tmp_path / "out" / row["path"], expected_plane="sagittal")
+    assert data.shape == (16, 20, 18)
+    knee = {s.abbr: s.value for s in structures("knee").structures}
+    mask = read_mask(tmp_path / "out" / row["mask_path"], data.shape, list(knee.values()))
+    order = ["PC", "FC", "MTC", "LTC", "MM", "LM"]
+    assert [int(mask[8, 3 + 2 * c, 8]) for c in range(6)] == [knee[a] for a in order]
+    t2 = np.asarray(nib.load(tmp_path / "out" / row["t2_path"]).dataobj).transpose(2, 1, 0)
+    for c in range(6):
+        assert t2[8, 3 + 2 * c, 8] == pytest.approx(SKMTEA_T2[c + 1], rel=1e-3)
+    assert t2[8, 0, 0] == pytest.approx(60.0, rel=1e-3)
+    assert volumes.sizes["series"] == 5 and int(volumes["mask"].max()) == knee["LM"]
+
+
+def test_skmtea_bad_input_names_the_file_and_row(tmp_path):
+    import json
+
+    from orthodiff.catalogs.datasets.skmtea import skmtea_catalog
+
+    root = tmp_path / "skm-tea"
+    write_skmtea(root, scans=(("train", "MTR_001", 1), ("val", "MTR_002", 2), ("test", "MTR_003", 3)))
+    val = root / "annotations" / "v1.0.0" / "val.json"
+    doc = json.loads(val.read_text())
+    doc["images"].append(dict(doc["images"][0], scan_id="MTR_001", file_name="MTR_001.h5"))
+    val.write_text(json.dumps(doc))
+    with pytest.raises(OrthodiffError, match=r"val.json: images\[1\], scan 'MTR_001': also in train.json images\[0\]"):
+        skmtea_catalog(root, tmp_path / "a.parquet")
+    doc["images"].pop()
+    val.write_text(json.dumps(doc))
+    with pytest.raises(OrthodiffError, match=r"no SKM-TEA annotation version 'v9'; found \['v1.0.0'\]"):
+        skmtea_catalog(root, tmp_path / "a.parquet", version="v9")
+    (root / "image_files" / "MTR_003.h5").unlink()
+    with pytest.raises(OrthodiffError, match=r"test.json: images\[0\]: file .*MTR_003.h5 not found"):
+        skmtea_catalog(root, tmp_path / "a.parquet")
+    import h5py
+
+    with h5py.File(root / "image_files" / "MTR_003.h5", "w") as f:
+        f["echo1"] = f["echo2"] = np.ones((20, 18, 16), np.float32)
+        f["seg"] = np.ones((20, 18, 16, 6), np.uint8)
+    with pytest.raises(OrthodiffError, match=r"MTR_003.h5: seg has voxels in two classes"):
+        skmtea_catalog(root, tmp_path / "a.parquet")
