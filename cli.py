@@ -166,6 +166,17 @@ def catalog_from_skmtea(directory: DatasetRoot, out: DatasetOut,
     _imported(out, skmtea_catalog(directory, out, version=version), "SKM-TEA")
 
 
+@catalog_app.command("from-oaizib")
+def catalog_from_oaizib(directory: DatasetRoot, out: DatasetOut,
+                        oai: Annotated[Path, typer.Option(help="OAI baseline folder where oai_mri_paths.txt's DICOM paths start.")],
+                        fold: Annotated[int, typer.Option(help="Cross-validation fold: 1 trains on List1 and tests on List2, 2 the reverse.")] = 1,
+                        seed: DatasetSeed = 0, val: DatasetVal = 0.06) -> None:
+    """Build a catalog (task `oaizib`) of OAI DESS series with OAI-ZIB bone and cartilage masks."""
+    from orthodiff.catalogs.datasets.oaizib import oaizib_catalog
+
+    _imported(out, oaizib_catalog(directory, oai, out, fold=fold, seed=seed, val=val), "OAI-ZIB")
+
+
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder to write images/, masks/ and catalog.parquet into.")],

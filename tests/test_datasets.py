@@ -457,3 +457,107 @@ def test_skmtea_bad_input_names_the_file_and_row(tmp_path):
         f["seg"] = np.ones((20, 18, 16, 6), np.uint8)
     with pytest.raises(OrthodiffError, match=r"MTR_003.h5: seg has voxels in two classes"):
         skmtea_catalog(root, tmp_path / "a.parquet")
+
+
+# --- OAI-ZIB ---------------------------------------------------------------------------------
+
+OAIZIB_IDS = {"9001104": 1, "9002430": 1, "9003126": 2}  # id -> cross-validation list
+
+
+def oaizib_truth(shape=(20, 24, 24)) -> np.ndarray:
+    """OAI-ZIB labels in the readers' (slices, rows, columns) order: femur, femoral cartilage,
+    tibia, and tibial cartilage on two plateaus (slices 2-7 and 11-17; one voxel on slice 9)."""
+    m = np.zeros(shape, np.uint8)
+    m[2:18, 2:9, 4:20] = 1
+    m[2:18, 9:11, 4:20] = 2
+    m[2:18, 14:22, 4:20] = 3
+    m[2:8, 12:14, 5:19] = 4
+    m[11:18, 12:14, 5:19] = 4
+    m[9, 12, 10] = 4
+    return m
+
+
+def write_oaizib(tmp_path):
+    """The OAI-ZIB archive as its README describes it (pubdata.zib.de; README quoted in public
+    copies): `segmentation/segmentation_masks/<id>.segmentation_masks.mhd` + `.raw` (labels 1 femoral
+    bone, 2 femoral cartilage, 3 tibial bone, 4 tibial cartilage, no pose), `segmentation/doc/
+    oai_mri_paths.txt` and `2foldCrossValidation-List{1,2}.txt`; the OAI baseline DICOM series they
+    name, sagittal, with OAI's SAG_3D_DESS_RIGHT series description. The MHD voxel order is the one
+    public converters undo (MHD array (rows, columns, slices), rows flipped and slices reversed
+    against the position-sorted series)."""
+    import itk
+
+    from orthodiff.catalogs.writers import write_dicom_series
+
+    root, oai = tmp_path / "OAI-ZIB", tmp_path / "OAI" / "00m"
+    (root / "segmentation" / "segmentation_masks").mkdir(parents=True)
+    (root / "segmentation" / "doc").mkdir()
+    truth = oaizib_truth()
+    paths, lists = [], {1: [], 2: []}
+    rng = np.random.default_rng(3)
+    for k, (ident, fold) in enumerate(OAIZIB_IDS.items()):
+        line = f"1.C.2/{ident}/2004090{k}/1042200{k}"
+        image = 100 * rng.random(truth.shape) + 1000 * (truth > 0)
+        write_dicom_series(oai / line, image.astype(np.float32), "sagittal", 0.36, 0.7, f"P{k}", f"oai{k}",
+                           {"SeriesDescription": "SAG_3D_DESS_RIGHT", "Manufacturer": "Siemens",
+                            "MagneticFieldStrength": 3.0})
+        native = np.ascontiguousarray(np.moveaxis(truth[::-1, ::-1, :], 0, -1))
+        itk.imwrite(itk.image_from_array(native), str(root / "segmentation" / "segmentation_masks" / f"{ident}.segmentation_masks.mhd"))
+        paths.append(line)
+        lists[fold].append(ident)
+    (root / "segmentation" / "doc" / "oai_mri_paths.txt").write_text("\n".join(paths) + "\n")
+    for fold, ids in lists.items():
+        (root / "segmentation" / "doc" / f"2foldCrossValidation-List{fold}.txt").write_text("\n".join(ids) + "\n")
+    return root, oai
+
+
+ITK_SWIG = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning")
+
+
+@ITK_SWIG
+def test_oaizib_masks_land_on_their_dicom_series_and_ingest(tmp_path):
+    import nibabel as nib
+
+    from orthodiff.catalogs.readers import read_series
+    from orthodiff.catalogs.tasks import structures
+
+    root, oai = write_oaizib(tmp_path)
+    df, volumes = imported(tmp_path, "from-oaizib", str(root), "--oai", str(oai), "--val", "0")
+    exam = df.set_index("case_id")
+    assert exam["split"].to_dict() == {"oaizib-9001104": "train", "oaizib-9002430": "train", "oaizib-9003126": "test"}
+    row = exam.loc["oaizib-9002430"]
+    assert (row["laterality"], row["vendor"], row["field_strength"]) == ("R", "Siemens", 3.0)
+    image = read_series(row["path"], expected_plane="sagittal")
+    mask = np.asarray(nib.load(tmp_path / "out" / row["mask_path"]).dataobj).transpose(2, 1, 0)
+    assert np.array_equal(mask > 0, image > 900)  # the mask sits on its image
+    knee = {s.abbr: s.value for s in structures("knee").structures}
+    truth = oaizib_truth()
+    for native, abbr in ((1, "Femur"), (2, "FC"), (3, "Tibia")):
+        assert np.array_equal(mask == knee[abbr], truth == native)
+    # sagittal slices run towards the patient's left, so a right knee's medial plateau is the higher one
+    assert set(np.unique(mask[11:18][truth[11:18] == 4])) == {knee["MTC"]}
+    assert set(np.unique(mask[2:8][truth[2:8] == 4])) == {knee["LTC"]}
+    assert volumes.sizes["series"] == 3
+
+
+@ITK_SWIG
+def test_oaizib_bad_input_is_named(tmp_path):
+    import pydicom
+
+    from orthodiff.catalogs.datasets.oaizib import oaizib_catalog
+
+    root, oai = write_oaizib(tmp_path)
+    doc = root / "segmentation" / "doc"
+    (doc / "2foldCrossValidation-List2.txt").write_text("9003126\n9001104\n")
+    with pytest.raises(OrthodiffError, match=r"id '9001104' is in both cross-validation lists"):
+        oaizib_catalog(root, oai, tmp_path / "a.parquet")
+    (doc / "2foldCrossValidation-List2.txt").write_text("9003126\n")
+    with pytest.raises(OrthodiffError, match=r"DICOM folder .*1.C.2/9001104/20040900/10422000 of mask 9001104 not found \(is --oai"):
+        oaizib_catalog(root, tmp_path, tmp_path / "a.parquet")
+    folder = oai / "1.C.2/9001104/20040900/10422000"
+    for file in folder.iterdir():
+        ds = pydicom.dcmread(file)
+        ds.SeriesDescription = "SAG_3D_DESS"
+        ds.save_as(file)
+    with pytest.raises(OrthodiffError, match=r"10422000: the knee's side is not in the DICOM header"):
+        oaizib_catalog(root, oai, tmp_path / "a.parquet")
