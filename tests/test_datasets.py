@@ -109,13 +109,30 @@ def test_mrnet_bad_input_names_the_file_and_row(tmp_path):
 
 # --- KneeMRI -------------------------------------------------------------------------------
 
+def py2_pickle(array: np.ndarray) -> bytes:
+    """A numpy array pickled as Python 2 wrote it (protocol 2, `numpy.core.multiarray._reconstruct`,
+    8-bit strings for the dtype code and the raw data), opcode by opcode: the form of pickles
+    written before Python 3 (KneeMRI dates from 2017); `pickletools.dis` shows the structure."""
+    import struct
+
+    def text(value: str) -> bytes:  # SHORT_BINSTRING
+        return b"U" + bytes([len(value)]) + value.encode()
+
+    out = b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + text("b") + b"\x87R("
+    out += b"K\x01(" + b"".join(b"J" + struct.pack("<i", d) for d in array.shape) + b"t"
+    out += b"cnumpy\ndtype\n" + text(array.dtype.str[1:]) + b"K\x00K\x01\x87R(K\x03" + text("<")
+    out += b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    data = array.astype(array.dtype.newbyteorder("<")).tobytes()
+    return out + b"\x89T" + struct.pack("<i", len(data)) + data + b"tb."
+
+
 def write_kneemri(root, exams=((329637, 8, 0, 1), (390116, 9, 1, 0), (412857, 8, 2, 1), (412865, 8, 1, 0),
                                (444503, 7, 0, 0), (455741, 8, 2, 1))):
     """KneeMRI as its page publishes it (http://www.riteh.uniri.hr/~istajduh/projects/kneeMRI/;
     layout as read by github.com/nicholasbien/MRNet loader.py: `metadata.csv` with a header,
     column 2 `aclDiagnosis` and column 10 `volumeFilename`, volumes `volNN/<examId>-<seriesNo>.pck`,
-    each a pickled numpy array (slices, rows, columns) of 12-bit values): rows
-    (examId, seriesNo, aclDiagnosis, kneeLR)."""
+    each a pickled numpy array (slices, rows, columns) of 12-bit values, here pickled as Python 2
+    did): rows (examId, seriesNo, aclDiagnosis, kneeLR)."""
     rng = np.random.default_rng(1)
     lines = ["examId,seriesNo,aclDiagnosis,kneeLR,roiX,roiY,roiZ,roiWidth,roiHeight,roiDepth,volumeFilename"]
     for k, (exam, series, grade, side) in enumerate(exams):
@@ -123,7 +140,7 @@ def write_kneemri(root, exams=((329637, 8, 0, 1), (390116, 9, 1, 0), (412857, 8,
         folder = root / f"vol{k % 2 + 1:02d}"
         folder.mkdir(parents=True, exist_ok=True)
         volume = rng.integers(0, 4096, (18, 32, 32)).astype(np.uint16)
-        (folder / name).write_bytes(pickle.dumps(volume, protocol=2))
+        (folder / name).write_bytes(py2_pickle(volume))
         lines.append(f"{exam},{series},{grade},{side},10,12,8,20,22,4,{name}")
     (root / "metadata.csv").write_text("\n".join(lines) + "\n")
 
@@ -179,8 +196,9 @@ def test_kneemri_refuses_a_malicious_pickle_without_running_it(tmp_path):
     evil.write_bytes(pickle.dumps({"volume": np.zeros((2, 2, 2))}, protocol=4))
     with pytest.raises(OrthodiffError, match=r"evil.pck: the pickle holds a dict, not a numpy array"):
         read_volume(evil)
-    evil.write_bytes(pickle.dumps(np.zeros((2, 2, 2), np.float32), protocol=5))  # numpy 2 pickles load
-    assert read_volume(evil).shape == (2, 2, 2)
+    for protocol in (2, 5):  # Python 3 pickles load too
+        evil.write_bytes(pickle.dumps(np.zeros((2, 2, 2), np.float32), protocol=protocol))
+        assert read_volume(evil).shape == (2, 2, 2)
 
 
 def test_kneemri_bad_input_names_the_file_and_row(tmp_path):
