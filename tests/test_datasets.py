@@ -319,7 +319,7 @@ def test_fastmri_miniature_converts_with_geometry_validates_and_ingests(tmp_path
     assert set(df.loc[df["case_id"] != "fastmri-file1000010", "split"]) == {"train", "val"}
     assert exam.loc["fastmri-file1000001", "fat_suppression"] and not exam.loc["fastmri-file1000000", "fat_suppression"]
     row = exam.loc["fastmri-file1000005"]
-    assert (row["vendor"], row["field_strength"], row["slice_thickness"], row["echo_time"]) == ("SIEMENS", 2.9, 3.0, 27.0)
+    assert (row["vendor"], row["field_strength"], row["slice_thickness"], row["echo_time"]) == ("SIEMENS", 3.0, 3.0, 27.0)
     image = nib.load(tmp_path / "out" / row["path"])
     assert np.allclose(nib.affines.voxel_sizes(image.affine), [14 / 32, 14 / 32, 3.0])
     assert "".join(nib.aff2axcodes(image.affine)) == "RSP"

@@ -8,7 +8,7 @@ carry no reconstruction, so they cannot be imported); the `acquisition` attribut
 proton density, CORPDFS_FBK: proton density fat-suppressed); and the ISMRMRD XML header in
 `ismrmrd_header`: voxel size = reconSpace fieldOfView_mm / matrixSize in plane, slice
 thickness = its fieldOfView_mm z (fastMRI+'s DICOM export uses it as the slice spacing too:
-no gap), field strength, vendor, TR, TE, flip angle. `kspace` is not read.
+no gap), field strength (nominal, to the nearest 0.5 T), vendor, TR, TE, flip angle. `kspace` is not read.
 
 Geometry: the files keep no slice positions or orientation, only the voxel size. The image is
 coronal; fastMRI+ flipped it up/down to show it as DICOM would, so rows are written to run from
@@ -100,7 +100,8 @@ def read_facts(path: Path, with_data: bool = False) -> tuple[np.ndarray | None, 
         "slices": int(shape[0]),
         "spacing": (fov[0], fov[1] / matrix[0], fov[2] / matrix[1]),
         "fat_suppression": ACQUISITIONS[acquisition],
-        "field_strength": round(_number(root, path, "acquisitionSystemInformation", "systemFieldStrength_T"), 1),
+        # nominal field (nearest 0.5 T): Siemens reports a 3 T magnet as 2.89362
+        "field_strength": round(2 * _number(root, path, "acquisitionSystemInformation", "systemFieldStrength_T")) / 2,
         "vendor": vendor.text.strip() if vendor is not None and vendor.text else "",
         "repetition_time": _number(root, path, "sequenceParameters", "TR"),
         "echo_time": _number(root, path, "sequenceParameters", "TE"),
