@@ -25,6 +25,20 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.ingest import ingest
 
 
+def test_dataset_catalogs_map_onto_the_knee_structures_and_their_own_labels():
+    from orthodiff.catalogs.tasks import dataset_structures, dataset_table, structures
+
+    knee = {s.abbr for s in structures("knee").structures}
+    for dataset in ("skmtea", "oaizib"):
+        assert get_task(dataset).joint == "knee"
+        for structure in dataset_structures(dataset):
+            assert set(structure.knee.split("+")) <= knee, (dataset, structure)
+    assert set(dataset_table("fastmri_plus").values()) == set(get_task("fastmri").label_columns)
+    paper = set(get_task("knee").label_columns)
+    assert paper & set(get_task("fastmri").label_columns) == {"ACL", "PCL", "MCL", "LCL", "EFFU"}
+    assert get_task("kneemri").label_columns == ["ACL", "ACL_RUPTURE"]
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "orthodiff", *args], capture_output=True, text=True, timeout=180)
 
@@ -160,16 +174,23 @@ def test_kneemri_miniature_converts_validates_and_ingests(tmp_path):
     assert set(df["split"]) == {"train", "val", "test"} and volumes.sizes["series"] == 6
 
 
-def test_kneemri_rerun_skips_converted_volumes(tmp_path):
+def test_kneemri_interrupted_import_reruns_and_skips_what_is_done(tmp_path):
     root = tmp_path / "kneeMRI"
     write_kneemri(root)
+    good = (root / "vol02" / "412865-8.pck").read_bytes()
+    (root / "vol02" / "412865-8.pck").write_bytes(good[:40])  # truncated: the import stops there
     out = tmp_path / "kneemri.parquet"
-    kneemri_catalog(root, out)
-    converted = sorted((tmp_path / "kneemri" / "images").iterdir())
-    stamps = [p.stat().st_mtime_ns for p in converted]
+    with pytest.raises(OrthodiffError, match=r"412865-8.pck: unreadable or truncated pickle"):
+        kneemri_catalog(root, out)
+    images = tmp_path / "kneemri" / "images"
+    done = sorted(images.iterdir())
+    assert [p.name for p in done] == ["329637-8.npy", "390116-9.npy", "412857-8.npy"]  # whole files only
+    stamps = [p.stat().st_mtime_ns for p in done]
+    (root / "vol02" / "412865-8.pck").write_bytes(good)
     (root / "vol01" / "329637-8.pck").write_bytes(b"not read again")
-    kneemri_catalog(root, out)
-    assert [p.stat().st_mtime_ns for p in converted] == stamps
+    df = kneemri_catalog(root, out)
+    assert len(df) == 6 and len(list(images.iterdir())) == 6
+    assert [p.stat().st_mtime_ns for p in done] == stamps
 
 
 class Shell:
@@ -345,6 +366,11 @@ def test_fastmri_bad_input_names_the_file_and_row(tmp_path):
     with pytest.raises(OrthodiffError, match=r"file file1000005 has a box on slice 16 but .*file1000005.h5 has 16 slices"):
         fastmri_catalog(root, out, notes)
     (notes / "knee.csv").write_text(boxes)
+    listing = (notes / "knee_file_list.csv").read_text()
+    (notes / "knee_file_list.csv").write_text(listing + "file1000001\n")
+    with pytest.raises(OrthodiffError, match=r"knee_file_list.csv: row 6, value 'file1000001': listed twice"):
+        fastmri_catalog(root, out, notes)
+    (notes / "knee_file_list.csv").write_text(listing)
     write_fastmri_file(root / "knee_multicoil_train" / "file1000002.h5", coils=2)
     with pytest.raises(OrthodiffError, match=r"file1000002.h5: the same fastMRI file is also at"):
         fastmri_catalog(root, out, notes)
@@ -495,6 +521,17 @@ def oaizib_truth(shape=(20, 24, 24)) -> np.ndarray:
     return m
 
 
+def write_mhd(path, array: np.ndarray) -> None:
+    """An uncompressed ITK MetaImage: a text header (DimSize in x y z order, i.e. the numpy axes
+    reversed) and the raw uint8 voxels in a `.raw` file beside it."""
+    path.with_suffix(".raw").write_bytes(np.ascontiguousarray(array, np.uint8).tobytes())
+    size = " ".join(str(n) for n in array.shape[::-1])
+    path.write_text("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+                    "CompressedData = False\nTransformMatrix = 1 0 0 0 1 0 0 0 1\nOffset = 0 0 0\n"
+                    "CenterOfRotation = 0 0 0\nElementSpacing = 0.36 0.36 0.7\n"
+                    f"DimSize = {size}\nElementType = MET_UCHAR\nElementDataFile = {path.with_suffix('.raw').name}\n")
+
+
 def write_oaizib(tmp_path):
     """The OAI-ZIB archive as its README describes it (pubdata.zib.de; README quoted in public
     copies): `segmentation/segmentation_masks/<id>.segmentation_masks.mhd` + `.raw` (labels 1 femoral
@@ -503,8 +540,6 @@ def write_oaizib(tmp_path):
     name, sagittal, with OAI's SAG_3D_DESS_RIGHT series description. The MHD voxel order is the one
     public converters undo (MHD array (rows, columns, slices), rows flipped and slices reversed
     against the position-sorted series)."""
-    import itk
-
     from orthodiff.catalogs.writers import write_dicom_series
 
     root, oai = tmp_path / "OAI-ZIB", tmp_path / "OAI" / "00m"
@@ -519,8 +554,8 @@ def write_oaizib(tmp_path):
         write_dicom_series(oai / line, image.astype(np.float32), "sagittal", 0.36, 0.7, f"P{k}", f"oai{k}",
                            {"SeriesDescription": "SAG_3D_DESS_RIGHT", "Manufacturer": "Siemens",
                             "MagneticFieldStrength": 3.0})
-        native = np.ascontiguousarray(np.moveaxis(truth[::-1, ::-1, :], 0, -1))
-        itk.imwrite(itk.image_from_array(native), str(root / "segmentation" / "segmentation_masks" / f"{ident}.segmentation_masks.mhd"))
+        write_mhd(root / "segmentation" / "segmentation_masks" / f"{ident}.segmentation_masks.mhd",
+                  np.moveaxis(truth[::-1, ::-1, :], 0, -1))
         paths.append(line)
         lists[fold].append(ident)
     (root / "segmentation" / "doc" / "oai_mri_paths.txt").write_text("\n".join(paths) + "\n")
@@ -529,10 +564,6 @@ def write_oaizib(tmp_path):
     return root, oai
 
 
-ITK_SWIG = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning")
-
-
-@ITK_SWIG
 def test_oaizib_masks_land_on_their_dicom_series_and_ingest(tmp_path):
     import nibabel as nib
 
@@ -558,7 +589,6 @@ def test_oaizib_masks_land_on_their_dicom_series_and_ingest(tmp_path):
     assert volumes.sizes["series"] == 3
 
 
-@ITK_SWIG
 def test_oaizib_bad_input_is_named(tmp_path):
     import pydicom
 

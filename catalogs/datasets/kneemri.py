@@ -41,13 +41,17 @@ NUMPY_GLOBALS = frozenset(
 ) | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle named a global outside `NUMPY_GLOBALS`."""
+
+
 class NumpyUnpickler(pickle.Unpickler):
     """Resolves only `NUMPY_GLOBALS`; any other global (os.system, builtins.eval, ...) raises
-    `pickle.UnpicklingError` when the pickle names it, before it could be called."""
+    `RefusedGlobal` when the pickle names it, before it could be called."""
 
     def find_class(self, module: str, name: str):
         if (module, name) not in NUMPY_GLOBALS:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed (numpy arrays only)")
+            raise RefusedGlobal(f"global {module}.{name} is not allowed (numpy arrays only)")
         return super().find_class(module, name)
 
 
@@ -58,7 +62,7 @@ def read_volume(path: str | Path) -> np.ndarray:
         with open(path, "rb") as handle:
             # latin1: pickles written by Python 2 hold the array bytes as 8-bit str
             value = NumpyUnpickler(handle, encoding="latin1").load()
-    except pickle.UnpicklingError as err:
+    except RefusedGlobal as err:
         raise OrthodiffError(f"{path}: refused, not a pickled numpy array ({err})") from None
     except Exception as err:
         raise OrthodiffError(f"{path}: unreadable or truncated pickle ({type(err).__name__}: {err})") from None
