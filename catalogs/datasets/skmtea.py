@@ -142,6 +142,26 @@ def _read_scan(path: Path, image: dict, h5py) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _write_scan(targets: dict[str, Path], raw: dict[str, np.ndarray], source: Path, order: list[int],
+                directions: np.ndarray, spacing: tuple, params: pd.Series) -> None:
+    """Write what is missing of a scan's mask, T2 map and RSS image (each atomically)."""
+    structures = dataset_structures("skmtea")
+    seg = raw["seg"] > 0
+    if (seg.sum(-1) > 1).any():
+        raise OrthodiffError(f"{source}: seg has voxels in two classes (one-hot expected)")
+    mask = np.zeros(seg.shape[:3], np.uint8)
+    for channel, structure in enumerate(structures):
+        mask[seg[..., channel]] = knee_values(structure.knee)[0]
+    mask = np.transpose(mask, order)
+    echo1, echo2 = (np.transpose(raw[k], order).astype(np.float32) for k in ("echo1", "echo2"))
+    affine = affine_from(directions, spacing, mask.shape)
+    meniscus = [knee_values(s.knee)[0] for s in structures if s.abbr in ("MM", "LM")]
+    t1 = np.where(np.isin(mask, meniscus), T1_MENISCUS_MS, T1_MS)
+    convert(targets["masks"], lambda: (mask, affine))
+    convert(targets["t2"], lambda: (qdess_t2(echo1, echo2, t1, *params[PARAMETERS]), affine))
+    convert(targets["images"], lambda: (np.sqrt(echo1**2 + echo2**2), affine))
+
+
 def skmtea_catalog(root: str | Path, out: str | Path, version: str = "v1.0.0") -> pd.DataFrame:
     """Convert SKM-TEA's DICOM-track scans into image, mask and T2 NIfTI files beside catalog
     `out`; returns the catalog (task `skmtea`, SKM-TEA's splits), written by `common.finish`."""
@@ -156,8 +176,6 @@ def skmtea_catalog(root: str | Path, out: str | Path, version: str = "v1.0.0") -
     stray = sorted(p for p in (root / "image_files").glob("*.h5") if p.name not in listed)
     if stray:
         raise OrthodiffError(f"{stray[0]}: scan in no {version} annotation file")
-    knee = [knee_values(s.knee)[0] for s in dataset_structures("skmtea")]
-    meniscus = [v for s, v in zip(dataset_structures("skmtea"), knee) if s.abbr in ("MM", "LM")]
     folder, rows = folder_of(out), []
     for split, i, image in scans:
         where = f"{root / 'annotations' / version / (split + '.json')}: images[{i}]"
@@ -171,43 +189,8 @@ def skmtea_catalog(root: str | Path, out: str | Path, version: str = "v1.0.0") -
         order, directions = _axes(image["orientation"], where)
         spacing = tuple(float(image["voxel_spacing"][a]) for a in order)
         targets = {kind: folder / kind / f"{scan}.nii.gz" for kind in ("images", "masks", "t2")}
-        cache: dict = {}
-
-        def arrays(source=source, image=image, order=order, cache=cache):
-            if not cache:
-                raw = _read_scan(source, image, h5py)
-                seg = raw["seg"] > 0
-                if (seg.sum(-1) > 1).any():
-                    raise OrthodiffError(f"{source}: seg has voxels in two classes (one-hot expected)")
-                labels = np.zeros(seg.shape[:3], np.uint8)
-                for channel, value in enumerate(knee):
-                    labels[seg[..., channel]] = value
-                cache.update({k: np.transpose(v, order) for k, v in
-                              (("echo1", raw["echo1"]), ("echo2", raw["echo2"]), ("mask", labels))})
-            return cache
-
-        def affine(shape, directions=directions, spacing=spacing):
-            return affine_from(directions, spacing, shape)
-
-        def image_of(arrays=arrays, affine=affine):
-            a = arrays()
-            rss = np.sqrt(a["echo1"].astype(np.float32) ** 2 + a["echo2"].astype(np.float32) ** 2)
-            return rss, affine(rss.shape)
-
-        def mask_of(arrays=arrays, affine=affine):
-            mask = arrays()["mask"]
-            return mask, affine(mask.shape)
-
-        def t2_of(arrays=arrays, affine=affine, p=params):
-            a = arrays()
-            t1 = np.where(np.isin(a["mask"], meniscus), T1_MENISCUS_MS, T1_MS)
-            t2 = qdess_t2(a["echo1"], a["echo2"], t1, p["RepetitionTime"], p["EchoTime1"], p["FlipAngle"],
-                          p["SpoilerGradientArea"], p["SpoilerGradientTime"])
-            return t2, affine(t2.shape)
-
-        convert(targets["masks"], mask_of)
-        convert(targets["t2"], t2_of)
-        convert(targets["images"], image_of)
+        if not all(t.is_file() for t in targets.values()):
+            _write_scan(targets, _read_scan(source, image, h5py), source, order, directions, spacing, params)
         case = f"skmtea-{scan}"
         rows.append({
             "series_id": f"{case}-sagittal-0", "case_id": case, "patient_id": f"skmtea-subject-{image['subject_id']}",
