@@ -126,36 +126,38 @@ def _read_metadata(path: Path) -> pd.DataFrame:
 
 
 def _read_scan(path: Path, image: dict, h5py) -> dict[str, np.ndarray]:
+    """`echo1`, `echo2` and `mask` (knee structure values) of one scan, in the file's axis order;
+    `seg` is read one channel at a time (at 512 x 512 x 160 x 6 it is 250 MB as uint8)."""
+    structures = dataset_structures("skmtea")
     try:
         with h5py.File(path, "r") as f:
             missing = [k for k in ("echo1", "echo2", "seg") if k not in f]
             if missing:
                 raise OrthodiffError(f"{path}: no {missing} (an SKM-TEA image_files scan holds echo1, echo2, seg)")
-            arrays = {k: f[k][()] for k in ("echo1", "echo2", "seg")}
+            expected = tuple(image.get("matrix_shape", f["echo1"].shape))
+            for key, want in (("echo1", expected), ("echo2", expected), ("seg", (*expected, len(structures)))):
+                if f[key].shape != tuple(want) or f[key].dtype.kind not in "uifb":
+                    raise OrthodiffError(f"{path}: {key} is {f[key].dtype} of shape {f[key].shape}; "
+                                         f"expected numbers of shape {tuple(want)}")
+            out = {k: f[k][()].astype(np.float32) for k in ("echo1", "echo2")}
+            mask = np.zeros(expected, np.uint8)
+            for channel, structure in enumerate(structures):
+                voxels = f["seg"][..., channel] > 0
+                if (voxels & (mask > 0)).any():
+                    raise OrthodiffError(f"{path}: seg has voxels in two classes (one-hot expected)")
+                mask[voxels] = knee_values(structure.knee)[0]
     except OSError as err:
         raise OrthodiffError(f"{path}: unreadable or truncated HDF5 ({err})") from None
-    shape = arrays["echo1"].shape
-    expected = tuple(image.get("matrix_shape", shape))
-    for key, want in (("echo1", expected), ("echo2", expected), ("seg", (*expected, 6))):
-        if arrays[key].shape != tuple(want) or arrays[key].dtype.kind not in "uif":
-            raise OrthodiffError(f"{path}: {key} is {arrays[key].dtype} of shape {arrays[key].shape}; expected numbers of shape {tuple(want)}")
-    return arrays
+    return {**out, "mask": mask}
 
 
-def _write_scan(targets: dict[str, Path], raw: dict[str, np.ndarray], source: Path, order: list[int],
+def _write_scan(targets: dict[str, Path], scan: dict[str, np.ndarray], order: list[int],
                 directions: np.ndarray, spacing: tuple, params: pd.Series) -> None:
-    """Write what is missing of a scan's mask, T2 map and RSS image (each atomically)."""
-    structures = dataset_structures("skmtea")
-    seg = raw["seg"] > 0
-    if (seg.sum(-1) > 1).any():
-        raise OrthodiffError(f"{source}: seg has voxels in two classes (one-hot expected)")
-    mask = np.zeros(seg.shape[:3], np.uint8)
-    for channel, structure in enumerate(structures):
-        mask[seg[..., channel]] = knee_values(structure.knee)[0]
-    mask = np.transpose(mask, order)
-    echo1, echo2 = (np.transpose(raw[k], order).astype(np.float32) for k in ("echo1", "echo2"))
+    """Write what is missing of a scan's mask, T2 map and RSS image (each atomically), in our
+    (slices, rows, columns) order."""
+    echo1, echo2, mask = (np.transpose(scan[k], order) for k in ("echo1", "echo2", "mask"))
     affine = affine_from(directions, spacing, mask.shape)
-    meniscus = [knee_values(s.knee)[0] for s in structures if s.abbr in ("MM", "LM")]
+    meniscus = [knee_values(s.knee)[0] for s in dataset_structures("skmtea") if s.abbr in ("MM", "LM")]
     t1 = np.where(np.isin(mask, meniscus), T1_MENISCUS_MS, T1_MS)
     convert(targets["masks"], lambda: (mask, affine))
     convert(targets["t2"], lambda: (qdess_t2(echo1, echo2, t1, *params[PARAMETERS]), affine))
@@ -190,7 +192,7 @@ def skmtea_catalog(root: str | Path, out: str | Path, version: str = "v1.0.0") -
         spacing = tuple(float(image["voxel_spacing"][a]) for a in order)
         targets = {kind: folder / kind / f"{scan}.nii.gz" for kind in ("images", "masks", "t2")}
         if not all(t.is_file() for t in targets.values()):
-            _write_scan(targets, _read_scan(source, image, h5py), source, order, directions, spacing, params)
+            _write_scan(targets, _read_scan(source, image, h5py), order, directions, spacing, params)
         case = f"skmtea-{scan}"
         rows.append({
             "series_id": f"{case}-sagittal-0", "case_id": case, "patient_id": f"skmtea-subject-{image['subject_id']}",
