@@ -55,18 +55,23 @@ ADC, T1_MS, T1_MENISCUS_MS, T2_MAX_MS = 1.25e-9, 1200.0, 1000.0, 100.0
 
 def qdess_t2(echo1: np.ndarray, echo2: np.ndarray, t1_ms: np.ndarray, tr_ms: float, te_ms: float,
              flip_deg: float, gl_area: float, tg_us: float) -> np.ndarray:
-    """T2 in ms from the two qDESS echoes (the model and constants of the module docstring)."""
-    tr, te, tg, t1 = tr_ms * 1e-3, te_ms * 1e-3, tg_us * 1e-6, np.asarray(t1_ms, float) * 1e-3
+    """T2 in ms from the two qDESS echoes (the model and constants of the module docstring),
+    float32; `t1_ms` takes few distinct values, so k is computed once per value."""
+    tr, te, tg = tr_ms * 1e-3, te_ms * 1e-3, tg_us * 1e-6
     alpha = np.deg2rad(flip_deg)
     dk = 4258 * 2 * np.pi * (gl_area / (tg * 1e6) * 100) * tg
-    e = np.exp(-tr / t1 - tr * dk**2 * ADC)
-    k = np.sin(alpha / 2) ** 2 * (1 + e) / (1 - np.cos(alpha) * e)
     c1 = (tr - tg / 3) * dk**2 * ADC
+    t1_ms = np.broadcast_to(np.asarray(t1_ms, np.float32), np.shape(echo1))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ratio = np.abs(np.asarray(echo2, float) / np.asarray(echo1, float))
-        t2 = -2000 * (tr - te) / (np.log(ratio / k) + c1)
+        t2 = np.abs(np.asarray(echo2, np.float32) / np.asarray(echo1, np.float32))
+        np.log(t2, out=t2)
+        for t1 in np.unique(t1_ms):
+            e = np.exp(-tr / (float(t1) * 1e-3) - tr * dk**2 * ADC)
+            log_k = np.log(np.sin(alpha / 2) ** 2 * (1 + e) / (1 - np.cos(alpha) * e))
+            t2[t1_ms == t1] -= np.float32(log_k - c1)
+        np.divide(np.float32(-2000 * (tr - te)), t2, out=t2)
     t2[~np.isfinite(t2) | (t2 <= 0) | (t2 > T2_MAX_MS)] = 0.0
-    return t2.astype(np.float32)
+    return t2
 
 
 def _axes(orientation, where: str) -> tuple[list[int], np.ndarray]:
@@ -158,7 +163,7 @@ def _write_scan(targets: dict[str, Path], scan: dict[str, np.ndarray], order: li
     echo1, echo2, mask = (np.transpose(scan[k], order) for k in ("echo1", "echo2", "mask"))
     affine = affine_from(directions, spacing, mask.shape)
     meniscus = [knee_values(s.knee)[0] for s in dataset_structures("skmtea") if s.abbr in ("MM", "LM")]
-    t1 = np.where(np.isin(mask, meniscus), T1_MENISCUS_MS, T1_MS)
+    t1 = np.where(np.isin(mask, meniscus), np.float32(T1_MENISCUS_MS), np.float32(T1_MS))
     convert(targets["masks"], lambda: (mask, affine))
     convert(targets["t2"], lambda: (qdess_t2(echo1, echo2, t1, *params[PARAMETERS]), affine))
     convert(targets["images"], lambda: (np.sqrt(echo1**2 + echo2**2), affine))
