@@ -112,21 +112,69 @@ def catalog_split(
                       "sweeps and configurations made under the old split will refuse this catalog", highlight=False)
 
 
-@catalog_app.command("from-mrnet")
-def catalog_from_mrnet(
-    directory: Annotated[Path, typer.Argument(help="MRNet folder holding train/, valid/ and the label CSVs.")],
-    out: Annotated[Path, typer.Option(metavar="FILE", help="Catalog to write (Parquet).")],
-    seed: Annotated[int, typer.Option(help="Seed of the train/val patient split.")] = 0,
-    val: Annotated[float, typer.Option(help="Fraction of MRNet train patients held out for validation.")] = 0.06,
-) -> None:
-    """Build a catalog (task `mrnet`) from the MRNet knee dataset; `valid/` becomes the test split."""
-    from orthodiff.catalogs.cohort import validate_catalog, write_catalog
-    from orthodiff.catalogs.mrnet import mrnet_catalog
+# --- public knee datasets: `catalog from-<dataset>` (library: catalogs/datasets/) ---------
+DatasetRoot = Annotated[Path, typer.Argument(help="The dataset's folder, as downloaded and unpacked.")]
+DatasetOut = Annotated[Path, typer.Option(metavar="FILE", help="Catalog to write (Parquet); converted series go beside it, under its name without suffix.")]
+DatasetSeed = Annotated[int, typer.Option(help="Seed of the patient split of the dataset's training exams.")]
+DatasetVal = Annotated[float, typer.Option(help="Fraction of the dataset's training patients held out for validation.")]
 
-    df = mrnet_catalog(directory, seed=seed, val=val)
-    validate_catalog(df, out)
-    write_catalog(df, out)
-    console.print(f"wrote {out}: {len(df)} series of {df['case_id'].nunique()} MRNet exams")
+
+def _imported(out: Path, df, dataset: str) -> None:
+    from orthodiff.catalogs.datasets.common import finish
+
+    finish(df, out)
+    splits = df.groupby("split")["case_id"].nunique().to_dict()
+    console.print(f"wrote {out}: {len(df)} series of {df['case_id'].nunique()} {dataset} exams; exams per split {splits}")
+
+
+@catalog_app.command("from-mrnet")
+def catalog_from_mrnet(directory: DatasetRoot, out: DatasetOut, seed: DatasetSeed = 0, val: DatasetVal = 0.06) -> None:
+    """Build a catalog (task `mrnet`) from the MRNet knee dataset; `valid/` becomes the test split."""
+    from orthodiff.catalogs.datasets.mrnet import mrnet_catalog
+
+    _imported(out, mrnet_catalog(directory, seed=seed, val=val), "MRNet")
+
+
+@catalog_app.command("from-kneemri")
+def catalog_from_kneemri(directory: DatasetRoot, out: DatasetOut, seed: DatasetSeed = 0, val: DatasetVal = 0.06,
+                         test: Annotated[float, typer.Option(help="Fraction of patients for the test split (KneeMRI has none).")] = 0.12) -> None:
+    """Build a catalog (task `kneemri`, ACL grade) from KneeMRI; its pickles are read as numpy arrays only."""
+    from orthodiff.catalogs.datasets.kneemri import kneemri_catalog
+
+    _imported(out, kneemri_catalog(directory, out, seed=seed, val=val, test=test), "KneeMRI")
+
+
+@catalog_app.command("from-fastmri")
+def catalog_from_fastmri(directory: DatasetRoot, out: DatasetOut,
+                         annotations: Annotated[Path, typer.Option(help="fastMRI+ Annotations/ folder (knee.csv, knee_file_list.csv).")],
+                         seed: DatasetSeed = 0, val: DatasetVal = 0.06) -> None:
+    """Build a catalog (task `fastmri`) from fastMRI knee HDF5 files labelled by fastMRI+; fastMRI val becomes test."""
+    from orthodiff.catalogs.datasets.fastmri import fastmri_catalog
+
+    df = fastmri_catalog(directory, out, annotations, seed=seed, val=val)
+    if df.attrs.get("unreviewed"):
+        console.print(f"left out {len(df.attrs['unreviewed'])} files fastMRI+ did not review (no labels)")
+    _imported(out, df, "fastMRI")
+
+
+@catalog_app.command("from-skmtea")
+def catalog_from_skmtea(directory: DatasetRoot, out: DatasetOut,
+                        version: Annotated[str, typer.Option(help="Annotation version (folder under annotations/) giving the official splits.")] = "v1.0.0") -> None:
+    """Build a catalog (task `skmtea`) from SKM-TEA: echo RSS images, tissue masks, qDESS T2 maps, official splits."""
+    from orthodiff.catalogs.datasets.skmtea import skmtea_catalog
+
+    _imported(out, skmtea_catalog(directory, out, version=version), "SKM-TEA")
+
+
+@catalog_app.command("from-oaizib")
+def catalog_from_oaizib(directory: DatasetRoot, out: DatasetOut,
+                        oai: Annotated[Path, typer.Option(help="OAI baseline folder where oai_mri_paths.txt's DICOM paths start.")],
+                        fold: Annotated[int, typer.Option(help="Cross-validation fold: 1 trains on List1 and tests on List2, 2 the reverse.")] = 1,
+                        seed: DatasetSeed = 0, val: DatasetVal = 0.06) -> None:
+    """Build a catalog (task `oaizib`) of OAI DESS series with OAI-ZIB bone and cartilage masks."""
+    from orthodiff.catalogs.datasets.oaizib import oaizib_catalog
+
+    _imported(out, oaizib_catalog(directory, oai, out, fold=fold, seed=seed, val=val), "OAI-ZIB")
 
 
 @catalog_app.command("from-dicom")

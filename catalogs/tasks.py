@@ -1,6 +1,8 @@
 """Task catalogs: label sets per task, segmentation structures, the EHR schema.
 
-The definitions live in the TOML files beside this module; this module only reads them.
+The definitions live in the TOML files beside this module (`tasks.toml`, `structures.toml`,
+`ehr.toml`, and `datasets.toml` for the public knee datasets' tasks and structure sets);
+this module only reads them.
 """
 
 from __future__ import annotations
@@ -72,10 +74,12 @@ class EHRSchema:
 
 
 def tasks() -> dict[str, Task]:
-    """Every task by name (`knee`, `ankle`, `shoulder`, `mrnet`)."""
+    """Every task by name (`knee`, `ankle`, `shoulder`, `mrnet`, and the public datasets'
+    `fastmri`, `kneemri`, `skmtea`, `oaizib`)."""
+    specs = {**_read("tasks.toml")["tasks"], **_read("datasets.toml")["tasks"]}
     return {
         name: Task(name, spec["joint"], tuple(Label(**label) for label in spec["labels"]))
-        for name, spec in _read("tasks.toml")["tasks"].items()
+        for name, spec in specs.items()
     }
 
 
@@ -100,6 +104,30 @@ def structures(joint: str) -> StructureSet:
         tuple(spec["mask_planes"]),
         tuple(Structure(**s) for s in spec["structures"]),
     )
+
+
+@dataclass(frozen=True)
+class DatasetStructure:
+    """A label of a public dataset's masks and the knee structure(s) (`structures.toml`
+    abbreviations, `+`-joined) its voxels are written as."""
+
+    value: int
+    abbr: str
+    name: str
+    knee: str
+
+
+def dataset_structures(dataset: str) -> tuple[DatasetStructure, ...]:
+    """The mask labels of a public dataset (`skmtea`, `oaizib`) in `datasets.toml`."""
+    table = _read("datasets.toml")["structures"]
+    if dataset not in table:
+        raise KeyError(f"no structure set for dataset {dataset!r}; known: {', '.join(table)}")
+    return tuple(DatasetStructure(**s) for s in table[dataset]["structures"])
+
+
+def dataset_table(name: str) -> dict:
+    """Another table of `datasets.toml` (e.g. `fastmri_plus`, the fastMRI+ label mapping)."""
+    return dict(_read("datasets.toml")[name])
 
 
 def ehr_schema() -> EHRSchema:

@@ -1,4 +1,4 @@
-"""Task catalogs, cohort catalog validation/splitting, and the MRNet importer."""
+"""Task catalogs and cohort catalog validation/splitting (the dataset importers: test_datasets.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from orthodiff.catalogs.cohort import (
     validate_catalog,
     write_catalog,
 )
-from orthodiff.catalogs.mrnet import mrnet_catalog
 from orthodiff.errors import OrthodiffError
 
 
@@ -157,50 +156,6 @@ def test_cli_split_with_subsets(tmp_path):
     assert {"subset_5", "subset_20"} <= set(df.columns)
     assert df.groupby("patient_id")["split"].nunique().max() == 1
     assert run_cli("catalog", "validate", str(split)).returncode == 0
-
-
-def write_mrnet(root, n_train: int = 12, n_valid: int = 4):
-    rng = np.random.default_rng(0)
-    for folder, ids in (("train", range(n_train)), ("valid", range(1130, 1130 + n_valid))):
-        for plane in ("axial", "coronal", "sagittal"):
-            (root / folder / plane).mkdir(parents=True)
-            for i in ids:
-                np.save(root / folder / plane / f"{i:04d}.npy", rng.integers(0, 255, (20, 8, 8), dtype=np.uint8))
-        for name in ("abnormal", "acl", "meniscus"):
-            lines = [f"{i:04d},{(i * 7 + len(name)) % 2}" for i in ids]
-            (root / f"{folder}-{name}.csv").write_text("\n".join(lines) + "\n")
-
-
-def test_mrnet_importer_builds_a_valid_catalog(tmp_path):
-    write_mrnet(tmp_path / "MRNet")
-    df = mrnet_catalog(tmp_path / "MRNet", seed=0, val=0.25)
-    validate_catalog(df, tmp_path / "catalog.parquet")
-    assert len(df) == (12 + 4) * 3
-    assert set(df.loc[df["case_id"].str.contains("valid"), "split"]) == {"test"}
-    assert set(df.loc[df["case_id"].str.contains("train"), "split"]) == {"train", "val"}
-    row = df.set_index("series_id").loc["mrnet-train-0003-coronal-0"]
-    assert row["path"].endswith("train/coronal/0003.npy")
-    assert (row["ABN"], row["ACL"], row["MEN"]) == ((3 * 7 + 8) % 2, (3 * 7 + 3) % 2, (3 * 7 + 8) % 2)
-
-
-def test_mrnet_importer_names_the_bad_file(tmp_path):
-    root = tmp_path / "MRNet"
-    write_mrnet(root)
-    (root / "train" / "axial" / "0005.npy").unlink()
-    with pytest.raises(OrthodiffError, match=r"train/axial/0005.npy: series file of labelled exam 0005"):
-        mrnet_catalog(root)
-    write_mrnet(other := tmp_path / "other")
-    (other / "valid-acl.csv").write_text("1130,1\n1131,yes\n")
-    with pytest.raises(OrthodiffError, match=r"valid-acl.csv: row 1, column 'label', value 'yes'"):
-        mrnet_catalog(other)
-
-
-def test_cli_from_mrnet(tmp_path):
-    write_mrnet(tmp_path / "MRNet")
-    out = tmp_path / "mrnet.parquet"
-    result = run_cli("catalog", "from-mrnet", str(tmp_path / "MRNet"), "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    assert read_catalog(out)["task"].unique().tolist() == ["mrnet"]
 
 
 def test_cohort_summary_counts_exams_not_series(tmp_path):

@@ -5,7 +5,9 @@ Layout: `train/` and `valid/`, each with `axial/`, `coronal/`, `sagittal/` folde
 `{train,valid}-{abnormal,acl,meniscus}.csv` (rows `id,label`, no header) beside them.
 MRNet's official test set is hidden, so its `valid` folder becomes our `test` split and
 `train` is split by patient into train and val. One exam per patient; a patient id is the
-exam id.
+exam id. The series files are used where they are (the readers read `.npy`); each one's
+header is checked (3D uint8, 256 x 256 slices, as MRNet publishes them) without reading its
+voxels, so a wrong file is named here rather than at ingest.
 """
 
 from __future__ import annotations
@@ -15,12 +17,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orthodiff.catalogs.cohort import split_catalog
-from orthodiff.catalogs.tasks import PLANES, ehr_schema, get_task
+from orthodiff.catalogs.datasets.common import catalog_frame, split_train
+from orthodiff.catalogs.tasks import PLANES, get_task
 from orthodiff.errors import OrthodiffError
 
 LABEL_FILES = {"ABN": "abnormal", "ACL": "acl", "MEN": "meniscus"}
 FOLDERS = {"train": "train", "valid": "test"}
+SLICE_SHAPE = (256, 256)
+
+
+def _check_series(path: Path) -> None:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as err:
+        raise OrthodiffError(f"{path}: unreadable or truncated .npy ({type(err).__name__})") from None
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[1:] != SLICE_SHAPE:
+        raise OrthodiffError(
+            f"{path}: {array.dtype} array of shape {array.shape}; MRNet series are uint8 (slices, 256, 256)"
+        )
 
 
 def _read_labels(path: Path) -> pd.Series:
@@ -61,6 +75,7 @@ def mrnet_catalog(root: str | Path, seed: int = 0, val: float = 0.06) -> pd.Data
                 path = root / folder / plane / f"{exam:04d}.npy"
                 if not path.is_file():
                     raise OrthodiffError(f"{path}: series file of labelled exam {exam:04d} not found")
+                _check_series(path)
                 rows.append(
                     {
                         "series_id": f"{case_id}-{plane}-0",
@@ -81,15 +96,7 @@ def mrnet_catalog(root: str | Path, seed: int = 0, val: float = 0.06) -> pd.Data
                     }
                 )
         _reject_unlabelled(root / folder, set(table.index))
-    df = pd.DataFrame(rows)
-    schema = ehr_schema()
-    for column in schema.numeric:
-        df[column] = np.nan
-    for column in schema.categorical:
-        df[column] = pd.Series([None] * len(df), dtype=object)
-    train = df["split"] == "train"
-    df.loc[train, "split"] = split_catalog(df[train], seed=seed, val=val, test=0.0)["split"]
-    return df
+    return split_train(catalog_frame(rows), seed=seed, val=val)
 
 
 def _reject_unlabelled(folder: Path, labelled: set[int]) -> None:
