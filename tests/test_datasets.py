@@ -343,7 +343,7 @@ def test_fastmri_miniature_converts_with_geometry_validates_and_ingests(tmp_path
     image = nib.load(tmp_path / "out" / row["path"])
     assert np.allclose(nib.affines.voxel_sizes(image.affine), [14 / 32, 14 / 32, 3.0])
     assert "".join(nib.aff2axcodes(image.affine)) == "RSP"
-    data = read_series(tmp_path / "out" / row["path"], expected_plane="coronal")
+    data = read_series(tmp_path / "out" / row["path"], expected_plane="coronal").data
     rss = write_fastmri_file(tmp_path / "again.h5", seed=4)
     assert np.array_equal(data, rss)
     assert volumes.sizes["series"] == 5
@@ -460,7 +460,7 @@ def test_skmtea_miniature_gives_images_masks_t2_and_the_official_split(tmp_path)
     image = nib.load(tmp_path / "out" / row["path"])
     assert "".join(nib.aff2axcodes(image.affine)) == "PIR"  # columns A->P, rows S->I, slices L->R
     assert np.allclose(nib.affines.voxel_sizes(image.affine), [0.3125, 0.3125, 0.8])
-    data = read_series(tmp_path / "out" / row["path"], expected_plane="sagittal")
+    data = read_series(tmp_path / "out" / row["path"], expected_plane="sagittal").data
     assert data.shape == (16, 20, 18)
     knee = {s.abbr: s.value for s in structures("knee").structures}
     mask = read_mask(tmp_path / "out" / row["mask_path"], data.shape, list(knee.values()))
@@ -575,7 +575,7 @@ def test_oaizib_masks_land_on_their_dicom_series_and_ingest(tmp_path):
     assert exam["split"].to_dict() == {"oaizib-9001104": "train", "oaizib-9002430": "train", "oaizib-9003126": "test"}
     row = exam.loc["oaizib-9002430"]
     assert (row["laterality"], row["vendor"], row["field_strength"]) == ("R", "Siemens", 3.0)
-    image = read_series(row["path"], expected_plane="sagittal")
+    image = read_series(row["path"], expected_plane="sagittal").data
     mask = np.asarray(nib.load(tmp_path / "out" / row["mask_path"]).dataobj).transpose(2, 1, 0)
     assert np.array_equal(mask > 0, image > 900)  # the mask sits on its image
     knee = {s.abbr: s.value for s in structures("knee").structures}
