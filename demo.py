@@ -24,7 +24,7 @@ JOINT, CASES, SIZE, SEED = "knee", 400, 64, 0
 # (README, "The demo's backbones").
 VAL, TEST = 0.1, 0.3
 # The demo's backbones: by default the shipped `demo`-preset encoders (16 x 32 x 32), trained by
-# `bench/study.py` on another synthetic cohort (weights/demo.json says how; README "The demo's
+# `bench/experiments/study.py` on another synthetic cohort (weights/demo.json says how; README "The demo's
 # backbones"). `--pretrain N` trains them here instead, briefly (0 keeps the random
 # initialisation: the baseline they are compared with).
 PRESET, INGEST_SIZE, BATCH, LR = "demo", 32, 4, 2e-4

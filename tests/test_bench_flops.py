@@ -1,9 +1,9 @@
-"""bench/flops.py counts on the meta device what a real forward counts."""
+"""bench/benchmarks/flops.py counts on the meta device what a real forward counts."""
 
 import importlib.util
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "flops.py"
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "benchmarks" / "flops.py"
 
 
 def test_meta_count_equals_the_count_of_a_real_forward(capsys):

@@ -1,11 +1,11 @@
-"""bench/gpu.py runs end to end (on the CPU here, at a tiny size) and reports its rows."""
+"""bench/benchmarks/gpu.py runs end to end (on the CPU here, at a tiny size) and reports its rows."""
 
 import importlib.util
 import json
 import math
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "benchmarks" / "gpu.py"
 
 
 def test_gpu_bench_runs_on_cpu_and_reports_every_row(tmp_path, capsys):

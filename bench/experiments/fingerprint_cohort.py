@@ -2,7 +2,7 @@
 folder `orthodiff demo` leaves), one plane, the box grids 1x1x1, 2x2x2 and 3x3x3.
 
     .venv/bin/orthodiff demo --out orthodiff-demo
-    .venv/bin/python bench/fingerprint_cohort.py --demo orthodiff-demo
+    .venv/bin/python bench/experiments/fingerprint_cohort.py --demo orthodiff-demo
 
 Steps (each resumable; a rerun reuses what is complete):
 1. `pretrain --healthy` of the plane (demo preset) on the training series of exams whose

@@ -4,7 +4,7 @@ Runs the `orthodiff` commands a user would run, on a synthetic knee cohort of 40
 (seed 1; 20% test by patient, i.e. 80 test exams, enough for bootstrap CIs of about +-0.06 on
 macro AUROC) ingested at 32 px for the `demo` preset. Every stage is skipped when its output
 is complete, so it can run for hours in the background and be continued after any
-interruption (`nohup .venv/bin/python bench/study.py --out study > study.log 2>&1 &`).
+interruption (`nohup .venv/bin/python bench/experiments/study.py --out study > study.log 2>&1 &`).
 
 Stages:
 1. cohort and ingestion;
@@ -553,7 +553,7 @@ def ship(out: Path, steps: int, args: argparse.Namespace, log: Path) -> Path:
 
     from orthodiff.outputs import write_json
 
-    weights = Path(__file__).resolve().parents[1] / "weights"
+    weights = Path(__file__).resolve().parents[2] / "weights"
     files = {}
     for plane in PLANES:
         kept, shipped = checkpoint(out, plane, steps), weights / f"demo_{plane}.pt"
@@ -561,7 +561,7 @@ def ship(out: Path, steps: int, args: argparse.Namespace, log: Path) -> Path:
         files[plane] = {"file": shipped.name, "sha256": hashlib.sha256(shipped.read_bytes()).hexdigest(),
                         "backbone_id": backbone_id(shipped), "source_backbone": backbone_id(kept)}
     manifest = {
-        "made_by": f"python bench/study.py --cases {args.cases} --steps {args.steps} --ship {steps}",
+        "made_by": f"python bench/experiments/study.py --cases {args.cases} --steps {args.steps} --ship {steps}",
         "cohort": f"orthodiff synth --cases {args.cases} --size 64 --seed 1, ingested at {SIZE} px "
                   "(another cohort than the demo's, which is seed 0)",
         "pretraining": {"preset": PRESET, "steps": steps, "batch": BATCH, "lr": LR, "seed": 0},
@@ -598,7 +598,7 @@ def plot_curve(curve: pd.DataFrame, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("study"))
-    parser.add_argument("--docs", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "study")
+    parser.add_argument("--docs", type=Path, default=Path(__file__).resolve().parents[2] / "docs" / "results" / "study")
     parser.add_argument("--cases", type=int, default=400)
     parser.add_argument("--steps", default="0,300,1000")
     parser.add_argument("--timesteps", default="10,50,150,300")

@@ -1,6 +1,6 @@
 """Bench: peak memory of `extract` does not grow with the number of series.
 
-    .venv/bin/python bench/extract_memory.py --series 1000,4000
+    .venv/bin/python bench/benchmarks/extract_memory.py --series 1000,4000
 
 For each size, a store of that many axial `tiny` volumes (64 px) is built, then `extract`
 runs in a fresh process whose peak RSS is read from the kernel. The backbone forward is

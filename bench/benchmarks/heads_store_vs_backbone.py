@@ -6,7 +6,7 @@ volumes at one (timestep, block). The reference runs encoder + middle block of t
 untrained backbone on every mini-batch of every epoch; the store path runs it once per
 series, writes the activation to a Zarr array, and then streams that array each epoch.
 
-    .venv/bin/python bench/heads_store_vs_backbone.py --preset tiny --series 64 --epochs 5
+    .venv/bin/python bench/benchmarks/heads_store_vs_backbone.py --preset tiny --series 64 --epochs 5
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Radiomics: our vectorised IBSI families vs `mirp` on the same ROIs (speed, largest disagreement).
 
-    .venv/bin/python bench/radiomics.py [--rois 3]
+    .venv/bin/python bench/benchmarks/radiomics.py [--rois 3]
 
 Draws a smooth random 16x32x32 volume, takes the first `--rois` cells of the 3x3x3 central box
 grid, computes every family with both, matches features by mirp's names and prints the

@@ -5,7 +5,7 @@ EHR weakly related), GAP Stage I, then each fusion head at one shared small-coho
 Runs against whichever orthodiff is importable, so the same script measures a branch before
 and after a change (methods the installed version lacks are skipped):
 
-    .venv/bin/python bench/fusion_parity.py --exams 400
+    .venv/bin/python bench/experiments/fusion_parity.py --exams 400
 """
 
 from __future__ import annotations

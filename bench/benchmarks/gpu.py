@@ -1,8 +1,8 @@
 """Bench for a GPU: extraction series/s (fp32, bf16, compiled) vs the reference workflow,
 pretraining steps/s, peak GPU memory; one command, one table.
 
-    .venv/bin/python bench/gpu.py                                  # paper preset on CUDA (~2 min on an H100)
-    .venv/bin/python bench/gpu.py --device cpu --preset demo --series 2 --timesteps 2 --train-steps 1 --no-compile
+    .venv/bin/python bench/benchmarks/gpu.py                                  # paper preset on CUDA (~2 min on an H100)
+    .venv/bin/python bench/benchmarks/gpu.py --device cpu --preset demo --series 2 --timesteps 2 --train-steps 1 --no-compile
 
 Extraction runs as `extract` does: per timestep, batches of `--batch` series, encoder +
 middle block once, all three blocks kept. The reference workflow runs encoder + middle

@@ -1,6 +1,6 @@
 """Bench: Stage I fine-tuning and segmentation training steps/s and peak memory, per preset.
 
-    .venv/bin/python bench/supervised_steps.py --presets tiny,small --steps 4
+    .venv/bin/python bench/benchmarks/supervised_steps.py --presets tiny,small --steps 4
 
 Each (preset, task) runs in a fresh process: a randomly initialised backbone of the preset,
 random volumes (and masks), one warm-up step, then `--steps` timed optimizer steps of

@@ -1,8 +1,8 @@
 """Persona generation time: seconds per series (and per ROI) at the demo and tiny presets, and
 its scaling with sampling steps. Untrained backbones (the cost does not depend on the weights).
 
-    .venv/bin/python bench/personas.py [--steps 2,4,8] [--jumps 1] [--series 2] [--series-batch 1]
-    .venv/bin/python bench/personas.py --presets demo --steps 1 --series 8 --series-batch 1,8
+    .venv/bin/python bench/benchmarks/personas.py [--steps 2,4,8] [--jumps 1] [--series 2] [--series-batch 1]
+    .venv/bin/python bench/benchmarks/personas.py --presets demo --steps 1 --series 8 --series-batch 1,8
 
 Calls `repaint` directly on the central box of random volumes (the 3x3x3 grid's union is that box,
 inpainted in one pass, so the per-ROI cost is the per-series cost / 27).

@@ -1,7 +1,7 @@
 """Bench: where `extract`'s wall time goes: the network's share, and extract vs a plain loop.
 
-    .venv/bin/python bench/extract_share.py --series 32 --timesteps 2
-    .venv/bin/python bench/extract_share.py --series 32 --timesteps 2 --precision bf16
+    .venv/bin/python bench/benchmarks/extract_share.py --series 32 --timesteps 2
+    .venv/bin/python bench/benchmarks/extract_share.py --series 32 --timesteps 2 --precision bf16
 
 A store of `--series` axial volumes at the `tiny` size and an untrained `tiny` backbone;
 `extract` (fresh process state, one in-process run) against a plain loop over the same

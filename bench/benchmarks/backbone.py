@@ -1,8 +1,8 @@
 """Bench: one-pass extraction vs the reference workflow, precision, FLOP/s, batching, page faults.
 
-    .venv/bin/python bench/backbone.py --preset tiny                       # every row below
-    .venv/bin/python bench/backbone.py --preset paper --timesteps 1 --series 1 --no-full
-    .venv/bin/python bench/backbone.py --preset small --train-steps 3      # + pretraining steps/s
+    .venv/bin/python bench/benchmarks/backbone.py --preset tiny                       # every row below
+    .venv/bin/python bench/benchmarks/backbone.py --preset paper --timesteps 1 --series 1 --no-full
+    .venv/bin/python bench/benchmarks/backbone.py --preset small --train-steps 3      # + pretraining steps/s
 
 Rows, all on the same random weights and inputs:
 - one pass: encoder + middle block once per (series, timestep), all three blocks kept.

@@ -1,6 +1,6 @@
 """Bench: `evaluate seg` seconds per series, and the promptable adapter's seconds per slice.
 
-    .venv/bin/python bench/evaluate.py --series 4 --size 256 --vit-b
+    .venv/bin/python bench/benchmarks/evaluate.py --series 4 --size 256 --vit-b
 
 A synthetic knee cohort at `--size` (20 slices, the central 16 evaluated as for
 `segment predict` runs) is made in a temporary folder; one "model" is the reference

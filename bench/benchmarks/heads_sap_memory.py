@@ -5,7 +5,7 @@ float16, 128 KiB per series) written to a local Zarr store with random activatio
 planted label signal. Each size trains in a fresh process (one epoch, 256-series blocks)
 and reports its peak RSS; the probe streams, so the peak should not grow with the series.
 
-    .venv/bin/python bench/heads_sap_memory.py --sizes 2000,8000
+    .venv/bin/python bench/benchmarks/heads_sap_memory.py --sizes 2000,8000
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 against ResNet-18 trained from scratch on those joints.
 
     .venv/bin/orthodiff demo --out orthodiff-demo
-    .venv/bin/python bench/transfer.py --demo orthodiff-demo --cases 120
+    .venv/bin/python bench/experiments/transfer.py --demo orthodiff-demo --cases 120
 
 Per joint: `orthodiff synth --joint J` (64 px, seed 0), ingest at the demo's 32 px, extract
 every plane with the demo's knee backbones, then the heads tier (GAP sweep, selection,

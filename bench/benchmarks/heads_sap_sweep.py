@@ -1,7 +1,7 @@
 """Bench: SAP sweep of one plane (8 timesteps x 3 blocks), batched vs one probe at a time.
 
-    .venv/bin/python bench/heads_sap_sweep.py --series 2000                    # the issue's size
-    .venv/bin/python bench/heads_sap_sweep.py --series 2000 --epochs 1 --alone 2  # a loaded 2-core machine
+    .venv/bin/python bench/benchmarks/heads_sap_sweep.py --series 2000                    # the issue's size
+    .venv/bin/python bench/benchmarks/heads_sap_sweep.py --series 2000 --epochs 1 --alone 2  # a loaded 2-core machine
 
 Synthetic float16 activations of the `tiny` middle shape (128 channels x 2 x 8 x 8) with a
 label signal in some configurations, held in memory (so the ratio is compute, not reads:

@@ -1,6 +1,6 @@
 """Bench: the feature store's storage path (random activations, no backbone needed).
 
-    .venv/bin/python bench/featurestore.py --series 512 --open-series 10000
+    .venv/bin/python bench/benchmarks/featurestore.py --series 512 --open-series 10000
 
 Prints: write throughput of whole-shard writes through the store's arrays vs one plain
 `zarr` write of the same data; read amplification (bytes read / bytes needed) for one

@@ -2,12 +2,12 @@
 its tasks are for networks from scratch, how much of each lesion survives ingestion, and
 cartilage thickness against its truth.
 
-    .venv/bin/python bench/phantom.py figure docs/phantom.png
-    .venv/bin/python bench/phantom.py time --sizes 64 256 --exams 6 3
-    .venv/bin/python bench/phantom.py difficulty --cohort before=OLD/cohort --cohort after=NEW/cohort --out runs \
+    .venv/bin/python bench/experiments/phantom.py figure docs/phantom.png
+    .venv/bin/python bench/experiments/phantom.py time --sizes 64 256 --exams 6 3
+    .venv/bin/python bench/experiments/phantom.py difficulty --cohort before=OLD/cohort --cohort after=NEW/cohort --out runs \
         --size 32 --epochs 3 10 --planes sagittal --threads 1
-    .venv/bin/python bench/phantom.py visibility --bodies 2 --sizes 32 64
-    .venv/bin/python bench/phantom.py thickness NEW/cohort
+    .venv/bin/python bench/experiments/phantom.py visibility --bodies 2 --sizes 32 64
+    .venv/bin/python bench/experiments/phantom.py thickness NEW/cohort
 
 `difficulty` takes cohorts made by `orthodiff synth` (e.g. one from the previous phantom's
 commit and one from this one), re-splits each by patient (`--val`, `--test`: a large test

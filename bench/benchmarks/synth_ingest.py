@@ -1,7 +1,7 @@
 """Bench: `orthodiff synth` wall time and `orthodiff ingest` series per second.
 
-    .venv/bin/python bench/synth_ingest.py --cases 200 --size 64       # synth target: < 2 min
-    .venv/bin/python bench/synth_ingest.py --cases 200 --size 256 --ingest-size 256
+    .venv/bin/python bench/benchmarks/synth_ingest.py --cases 200 --size 64       # synth target: < 2 min
+    .venv/bin/python bench/benchmarks/synth_ingest.py --cases 200 --size 256 --ingest-size 256
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Synthetic GAP summaries (256 channels, 8 labels) are written to a Zarr store and read back
 lazily, as a sweep reads the feature store's ``gap`` variables.
 
-    .venv/bin/python bench/heads_sweep.py --series 2000 --sequential   # ratio + equal AUROC
-    .venv/bin/python bench/heads_sweep.py --series 10000               # batched sweep time
+    .venv/bin/python bench/benchmarks/heads_sweep.py --series 2000 --sequential   # ratio + equal AUROC
+    .venv/bin/python bench/benchmarks/heads_sweep.py --series 10000               # batched sweep time
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Bench: what the content checksums cost `extract` and `ingest`.
 
-    .venv/bin/python bench/checksums.py --series 32 --ingest-series 256 --ingest-size 128
+    .venv/bin/python bench/benchmarks/checksums.py --series 32 --ingest-series 256 --ingest-size 128
 
 Runs a real extraction (the `demo` backbone, random weights: the cheapest forward there is,
 so the share of the checksum is as large as it gets) and appends of random volumes (the
@@ -25,7 +25,7 @@ import orthodiff.featurestore.volumes as volumes_module
 from orthodiff.featurestore.extract import extract
 from orthodiff.featurestore.volumes import append_volumes
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from helpers import make_volume_store, random_checkpoint  # noqa: E402
 
 

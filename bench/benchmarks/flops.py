@@ -1,6 +1,6 @@
 """Bench: FLOPs of encoder + middle block per series per timestep at every preset.
 
-    .venv/bin/python bench/flops.py
+    .venv/bin/python bench/benchmarks/flops.py
 
 Counted with `torch.utils.flop_counter` on one forward of `middle_features` built on the
 meta device: shapes only, no weights allocated and nothing computed, so the `paper` preset

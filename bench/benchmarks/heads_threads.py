@@ -5,8 +5,8 @@ Trains the demo-sized heads on synthetic data twice in one process, once with th
 the LightGBM comparator with `n_jobs` 1 (its default) and 2; prints the wall times, their
 ratio and the largest difference between the two fits' probabilities.
 
-    .venv/bin/python bench/heads_threads.py            # demo sizes: 78 exams, 3 planes x 64 channels
-    .venv/bin/python bench/heads_threads.py --exams 2000 --channels 256
+    .venv/bin/python bench/benchmarks/heads_threads.py            # demo sizes: 78 exams, 3 planes x 64 channels
+    .venv/bin/python bench/benchmarks/heads_threads.py --exams 2000 --channels 256
 """
 
 from __future__ import annotations

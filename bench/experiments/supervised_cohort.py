@@ -2,7 +2,7 @@
 their evaluation, on the default synthetic cohort (the folder `orthodiff demo` leaves).
 
     .venv/bin/orthodiff demo --out orthodiff-demo
-    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/supervised_cohort.py --demo orthodiff-demo
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/experiments/supervised_cohort.py --demo orthodiff-demo
 
 (one thread per process: on a loaded CPU machine torch's default thread pool spends far more
 CPU per step).
