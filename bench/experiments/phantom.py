@@ -2,7 +2,7 @@
 its tasks are for networks from scratch, how much of each lesion survives ingestion, and
 cartilage thickness against its truth.
 
-    .venv/bin/python bench/experiments/phantom.py figure docs/phantom.png
+    .venv/bin/python bench/experiments/phantom.py figure docs/images/phantom.png
     .venv/bin/python bench/experiments/phantom.py time --sizes 64 256 --exams 6 3
     .venv/bin/python bench/experiments/phantom.py difficulty --cohort before=OLD/cohort --cohort after=NEW/cohort --out runs \
         --size 32 --epochs 3 10 --planes sagittal --threads 1
