@@ -73,3 +73,20 @@ def test_guide_blocks_run(page, tmp_path):
         ran += 1
     if ran == 0:
         pytest.skip(f"{page.name} has no runnable block")
+
+
+def test_readme_is_short_current_and_its_links_resolve():
+    """The README stays a five-minute read: under 12 KB, no dated measurements (they live in
+    docs/results/), every relative link points at a file, and CI runs its setup and test command."""
+    root = DOCS.parent
+    readme = (root / "README.md").read_text()
+    assert len(readme.encode()) <= 12 * 1024
+    months = r"\b\d{1,2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\b"
+    assert not re.search(months, readme), "a dated measurement in the README: move it to docs/results/"
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme):
+        if "://" not in target:
+            assert (root / target).exists(), f"README links to a missing file: {target}"
+    setup, tests = FENCE.search(readme.split("## Quick start", 1)[1]).group(2).splitlines()
+    ci = (root / ".ci" / "run").read_text()
+    assert tests in ci.splitlines(), ".ci/run must run the README's test command"
+    assert ".venv/bin/pip install torch==2.13.0" in setup and ".venv/bin/pip install --quiet torch==2.13.0" in ci
