@@ -32,7 +32,7 @@ def test_fixture_checkpoint_reproduces_middle_blocks_and_eps(io):
         mids = model.middle_features(io["x_t"], io["t"])
         eps = model(io["x_t"], io["t"])
     for block in ("mid_0", "mid_1", "mid_2"):
-        torch.testing.assert_close(mids[block], io[block], atol=1e-5, rtol=0)  # README: "to 1e-5"
+        torch.testing.assert_close(mids[block], io[block], atol=1e-5, rtol=0)  # docs/guides/pretrain-extract.md: "to 1e-5"
     torch.testing.assert_close(eps, io["eps"], atol=1e-5, rtol=0)
 
 

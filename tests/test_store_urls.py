@@ -1,6 +1,6 @@
 """Stores at fsspec URLs: `memory://` and `s3://` (moto's S3 server on the loopback address).
 
-The README promises that `--store` may be any fsspec URL. Each URL store goes through
+The docs promise (docs/guides/pretrain-extract.md) that `--store` may be any fsspec URL. Each URL store goes through
 ingest, extract, open_store and sweep: the `memory://` volumes equal a local ingest's, and the
 S3 store holds the same values as the `memory://` one. `memory://` lives inside one process,
 so its extraction runs in-process; the S3 store is extracted by a local Dask cluster of two

@@ -1,4 +1,4 @@
-"""Bench: the knee phantom's picture (README figure), its generation time per exam, how hard
+"""Bench: the knee phantom's picture (docs/images/phantom.png), its generation time per exam, how hard
 its tasks are for networks from scratch, how much of each lesion survives ingestion, and
 cartilage thickness against its truth.
 

@@ -128,7 +128,7 @@ def validation_loss(store: Path, path: Path, plane: str, draws: int = 4) -> floa
 
 def head_flags(heads: str) -> tuple[list[str], list[str]]:
     """`sweep` and `select` options of a heads setting: `small`, the demo's small-cohort settings
-    (README "Heads"), or `paper`, the paper's (the commands' defaults: probes at 5e-4, fusion at
+    (docs/guides/sweeps-fusion.md), or `paper`, the paper's (the commands' defaults: probes at 5e-4, fusion at
     5e-5 for 5 epochs, made for thousands of exams)."""
     if heads == "paper":
         return [], []

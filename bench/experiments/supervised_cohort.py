@@ -42,7 +42,7 @@ EFFICIENCY = ("segment_light", "segment_unet")  # label-efficiency curves (issue
 
 
 def markdown(frame, digits: int = 3) -> str:
-    """A pipe table for the README (numbers rounded to ``digits``, NaN as a dash)."""
+    """A pipe table to print and to paste into docs/results/benchmarks.md (numbers rounded to ``digits``, NaN as a dash)."""
     import numpy as np
 
     def cell(v):
@@ -145,7 +145,7 @@ def segmentation(demo: Path, out: Path, args, console, timings: dict) -> None:
 
 
 def segmentation_tables(out: Path, dice, tables: dict, summary: dict) -> list[str]:
-    """The README's segmentation tables (markdown): Dice per structure, label efficiency,
+    """The segmentation tables of docs/results/benchmarks.md (markdown): Dice per structure, label efficiency,
     tissue tiers, thickness/T2 agreement, Friedman/Wilcoxon, acquisition fixed effects."""
     import pandas as pd
 
