@@ -3,9 +3,12 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "benchmarks" / "flops.py"
 
 
+@pytest.mark.slow
 def test_meta_count_equals_the_count_of_a_real_forward(capsys):
     spec = importlib.util.spec_from_file_location("bench_flops", BENCH)
     module = importlib.util.module_from_spec(spec)

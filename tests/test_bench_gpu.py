@@ -5,9 +5,12 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "benchmarks" / "gpu.py"
 
 
+@pytest.mark.slow
 def test_gpu_bench_runs_on_cpu_and_reports_every_row(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
     module = importlib.util.module_from_spec(spec)

@@ -24,6 +24,9 @@ from orthodiff.featurestore.ingest import ingest
 from orthodiff.demo import POOLING, TEST, VAL
 from orthodiff.heads.pipeline import SMALL_COHORT_FUSION, SMALL_COHORT_PROBE, settings_flags, heads_commands, run_heads
 
+# Every test here needs the demo-like folder (synthesis, ingestion, extraction, heads runs).
+pytestmark = pytest.mark.slow
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guides" / "sweeps-fusion.md"
 # The guide's settings are the demo's (100 fusion epochs); the test swaps in short ones.
