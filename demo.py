@@ -21,17 +21,17 @@ JOINT, CASES, SIZE, SEED = "knee", 400, 64, 0
 # Patients per split: 240 train, 40 validation, 120 test. The test split is what tells a trained
 # backbone from a random one; on the graded phantom the training split must be this large too:
 # with 140 training exams the shipped backbones did not beat their initialisation with any pooling
-# (README, "The demo's backbones").
+# (docs/results/benchmarks.md, "The demo's backbones").
 VAL, TEST = 0.1, 0.3
 # The demo's backbones: by default the shipped `demo`-preset encoders (16 x 32 x 32), trained by
-# `bench/study.py` on another synthetic cohort (weights/demo.json says how; README "The demo's
+# `bench/experiments/study.py` on another synthetic cohort (weights/demo.json says how; docs/results/benchmarks.md, "The demo's
 # backbones"). `--pretrain N` trains them here instead, briefly (0 keeps the random
 # initialisation: the baseline they are compared with).
 PRESET, INGEST_SIZE, BATCH, LR = "demo", 32, 4, 2e-4
 WEIGHTS = Path(__file__).parent / "weights"
 TIMESTEPS = (10, 50, 150, 300)
 # The heads: GLP, the pooling that showed the shipped backbones' gain over their initialisation
-# most clearly on this cohort (README, "The demo's backbones"); its sweep takes under a minute
+# most clearly on this cohort (docs/results/benchmarks.md, "The demo's backbones"); its sweep takes under a minute
 # where SAP's, the paper's choice, would take most of the demo's budget
 POOLING = "glp"
 
@@ -153,7 +153,7 @@ def run_demo(out: Path, console: Console, pretrain: int | None = None) -> None:
         if not samples.exists():
             sample_preview(checkpoints["sagittal"], samples, n=4, steps=25)
         console.print(f"DDIM samples: {samples} (after {pretrain} pretraining steps they are still noise; "
-                      "anatomy appears after thousands of steps, see README 'Real sizes')")
+                      "anatomy appears after thousands of steps, see docs/results/benchmarks.md, 'Real sizes')")
 
     console.rule(f"4. extract timesteps {', '.join(map(str, TIMESTEPS))} x blocks mid_0-2 for every plane")
     for plane in PLANES:

@@ -74,7 +74,7 @@ def weighted_bce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torc
 
 # Below these sizes a step's ops take microseconds, and a pool of intra-op threads costs more
 # in fork/join than it saves; on a loaded machine each join also waits for a descheduled
-# thread (`bench/heads_threads.py`).
+# thread (`bench/benchmarks/heads_threads.py`).
 SMALL_PARAMETERS, SMALL_BATCH_ELEMENTS = 2**20, 2**22
 
 

@@ -74,7 +74,7 @@ def done_name(shard: int, timestep: int, block: str) -> str:
 def content_digest(*arrays: np.ndarray) -> str:
     """Checksum of the values as stored (dtype and shape included), to catch damage, not
     tampering: CRC-32 finds every error burst up to 32 bits and misses other changes with
-    odds 2**-32, at a third of blake2b's cost (bench/checksums.py)."""
+    odds 2**-32, at a third of blake2b's cost (bench/benchmarks/checksums.py)."""
     crc = 0
     for a in arrays:
         a = np.ascontiguousarray(a)

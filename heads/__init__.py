@@ -17,7 +17,7 @@
 The estimators are importable from here (``from orthodiff.heads import PlaneProbe``),
 loaded on first use so that importing a submodule stays cheap. The whole-volume
 estimators (``VolumeClassifier``, ``VolumeSegmenter``) run a backbone and live in
-``orthodiff.supervised`` (the heads never import it, see ARCHITECTURE.md).
+``orthodiff.supervised`` (the heads never import it, see docs/development/architecture.md).
 """
 
 from importlib import import_module

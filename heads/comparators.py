@@ -61,7 +61,7 @@ class LightGBMComparator(_PerLabel):
     """One LightGBM classifier per label on the concatenated vectors. ``n_jobs=1`` by default:
     on cohorts of hundreds of exams a tree is microseconds of work, and LightGBM's OpenMP
     threads cost more than they save, very much more on a busy machine
-    (`bench/heads_threads.py`); raise it for tens of thousands of exams."""
+    (`bench/benchmarks/heads_threads.py`); raise it for tens of thousands of exams."""
 
     def __init__(self, n_estimators: int = 200, learning_rate: float = 0.05, num_leaves: int = 15,
                  min_child_samples: int = 10, n_jobs: int = 1, random_state: int = 0):

@@ -25,7 +25,7 @@ from orthodiff.heads.sweep import plane_units, plot_heatmaps, sweep, top_configs
 from orthodiff.outputs import atomic_savefig, pyplot, read_run, read_table, write_json, write_table
 from orthodiff.progress import no_progress
 
-# the paper's values (docs/paper.md)
+# the paper's values (docs/concepts/paper-parity.md)
 DEFAULT_PROBE = {"epochs": 10, "lr": 5e-4, "batch_size": 10}
 DEFAULT_FUSION = {"epochs": 5, "lr": 5e-5, "batch_size": 10}
 SWEEP_PROBES = "probes.pt"  # a GLP or SAP sweep's trained probes (``sweep_probes``)

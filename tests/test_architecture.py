@@ -1,4 +1,4 @@
-"""Imports between subpackages point the way ARCHITECTURE.md draws them.
+"""Imports between subpackages point the way docs/development/architecture.md draws them.
 
 Every `import` statement is read from the source (module level and inside functions, since
 lazy imports are still dependencies) and mapped to the part of the package it names.
@@ -99,7 +99,7 @@ def forbidden(root: Path = ROOT) -> list[str]:
 
 
 def test_every_import_between_parts_is_allowed():
-    assert forbidden() == [], "forbidden imports (see ARCHITECTURE.md)"
+    assert forbidden() == [], "forbidden imports (see docs/development/architecture.md)"
 
 
 def test_no_cycle_between_parts():
@@ -117,8 +117,8 @@ def test_no_cycle_between_parts():
 
 
 def test_the_graph_is_the_one_documented():
-    """ARCHITECTURE.md lists the edges between parts as they are; it is kept in step."""
-    drawn = (ROOT / "ARCHITECTURE.md").read_text()
+    """docs/development/architecture.md lists the edges between parts as they are; it is kept in step."""
+    drawn = (ROOT / "docs" / "development" / "architecture.md").read_text()
     for source, target in {(s, t) for s, t, _, _ in edges() if s in SUBPACKAGES and t in SUBPACKAGES}:
         assert f"{source} -> {target}" in drawn
 

@@ -24,6 +24,7 @@ def io():
     return {k: torch.from_numpy(v) for k, v in np.load(DATA / "orthodiffusion_format_micro_io.npz").items()}
 
 
+@pytest.mark.slow
 def test_fixture_checkpoint_reproduces_middle_blocks_and_eps(io):
     model = load_backbone(FIXTURE, device="cpu")
     # attention after one downsampling; the convolutional layers do not depend on image size
@@ -32,7 +33,7 @@ def test_fixture_checkpoint_reproduces_middle_blocks_and_eps(io):
         mids = model.middle_features(io["x_t"], io["t"])
         eps = model(io["x_t"], io["t"])
     for block in ("mid_0", "mid_1", "mid_2"):
-        torch.testing.assert_close(mids[block], io[block], atol=1e-5, rtol=0)  # README: "to 1e-5"
+        torch.testing.assert_close(mids[block], io[block], atol=1e-5, rtol=0)  # docs/guides/pretrain-extract.md: "to 1e-5"
     torch.testing.assert_close(eps, io["eps"], atol=1e-5, rtol=0)
 
 
@@ -44,6 +45,7 @@ def test_schedule_and_noising_match_the_reference_buffers(io):
     torch.testing.assert_close(diffusion.q_sample(io["x0"], io["t"], io["noise"]), io["x_t"], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_selected_blocks_only_and_unknown_block():
     model = DiffusionUNet(PRESETS["demo"]).eval()
     x, t = torch.randn(1, 1, 16, 32, 32), torch.tensor([10])
@@ -87,6 +89,7 @@ def test_bad_checkpoints_are_named(tmp_path):
         load_backbone(tmp_path / "absent.pt")
 
 
+@pytest.mark.slow
 def test_a_saved_config_decides_the_architecture_shapes_cannot_show(tmp_path):
     """Two attention heads give the same weight shapes as one: only the saved config tells."""
     config = UNetConfig(32, 16, 32, (1, 2, 2), num_heads=2)
@@ -108,6 +111,7 @@ def test_a_saved_config_decides_the_architecture_shapes_cannot_show(tmp_path):
         load_backbone(tmp_path / "bad.pt", device="cpu")
 
 
+@pytest.mark.slow
 def test_encoder_checkpoint_keeps_features_in_a_fifth_of_the_bytes(tmp_path):
     from orthodiff.backbone.checkpoint import export_encoder
     from helpers import random_checkpoint

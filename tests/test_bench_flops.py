@@ -1,11 +1,14 @@
-"""bench/flops.py counts on the meta device what a real forward counts."""
+"""bench/benchmarks/flops.py counts on the meta device what a real forward counts."""
 
 import importlib.util
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "flops.py"
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "benchmarks" / "flops.py"
 
 
+@pytest.mark.slow
 def test_meta_count_equals_the_count_of_a_real_forward(capsys):
     spec = importlib.util.spec_from_file_location("bench_flops", BENCH)
     module = importlib.util.module_from_spec(spec)

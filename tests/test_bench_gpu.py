@@ -1,13 +1,16 @@
-"""bench/gpu.py runs end to end (on the CPU here, at a tiny size) and reports its rows."""
+"""bench/benchmarks/gpu.py runs end to end (on the CPU here, at a tiny size) and reports its rows."""
 
 import importlib.util
 import json
 import math
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "benchmarks" / "gpu.py"
 
 
+@pytest.mark.slow
 def test_gpu_bench_runs_on_cpu_and_reports_every_row(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
     module = importlib.util.module_from_spec(spec)

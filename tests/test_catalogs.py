@@ -145,6 +145,7 @@ def test_cli_validate_reports_one_line_and_exit_code_2(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_split_with_subsets(tmp_path):
     path = write_catalog(make_catalog(tmp_path, n_patients=60), tmp_path / "catalog.parquet")
     before = path.read_bytes()

@@ -79,6 +79,7 @@ def test_the_options_that_once_meant_two_things_mean_one():
     assert all(p.param_type_name == "option" for p in ingest.params)
 
 
+@pytest.mark.slow
 def test_choices_are_the_librarys_own():
     from orthodiff.backbone.precision import PRECISIONS
     from orthodiff.backbone.unet import PRESETS

@@ -79,6 +79,7 @@ def drill(tmp_path_factory):
     return store, sag, feature_files(reference), reference
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", CREATE_STEPS)
 def test_extract_killed_while_creating_a_plane_is_finished_by_the_rerun(drill, tmp_path, point):
     base, sag, reference, _ = drill
@@ -104,6 +105,7 @@ def test_extract_killed_while_creating_a_plane_is_finished_by_the_rerun(drill, t
         assert series_count(orthodiff.open_store(store)) == 8
 
 
+@pytest.mark.slow
 def test_readers_during_a_first_extraction_get_the_complete_planes(drill, tmp_path):
     base, sag, _, _ = drill
     store = str(tmp_path / "s.zarr")
@@ -131,6 +133,7 @@ def cohort(tmp_path_factory):
     return catalog, open_volumes(reference).load()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", INGEST_STEPS)
 def test_first_ingest_killed_at_each_step_is_finished_by_the_rerun(cohort, tmp_path, point):
     catalog, reference = cohort
@@ -150,6 +153,7 @@ def _plan_at(go, store: str, checkpoint: str) -> None:
     plan(store, checkpoint, "sagittal", (10,), ("mid_0",))
 
 
+@pytest.mark.slow
 def test_many_simultaneous_first_extractions_of_one_plane(drill, tmp_path):
     """Eight jobs start the same first extraction at the same instant; every one succeeds."""
     base, sag, reference, _ = drill
@@ -168,6 +172,7 @@ def test_many_simultaneous_first_extractions_of_one_plane(drill, tmp_path):
     assert feature_files(store) == reference and verify_store(store) == []
 
 
+@pytest.mark.slow
 def test_temporary_file_of_a_killed_write_is_removed_by_the_rerun(drill, tmp_path):
     base, sag, reference, _ = drill
     store = str(tmp_path / "s.zarr")
@@ -213,6 +218,7 @@ def _truncate(path: Path) -> None:
 DAMAGE = {"flip one byte": _flip, "overwrite 64 bytes": _overwrite, "truncate": _truncate, "delete": Path.unlink}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_verify_names_a_damaged_feature_shard_and_repair_recomputes_it(drill, tmp_path, damage):
     _, sag, reference, reference_store = drill
@@ -228,6 +234,7 @@ def test_verify_names_a_damaged_feature_shard_and_repair_recomputes_it(drill, tm
     assert feature_files(store) == reference and verify_store(store) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_verify_names_a_damaged_volume_and_ingest_repair_reads_it_again(cohort, tmp_path, damage):
     catalog, reference = cohort
@@ -244,6 +251,7 @@ def test_verify_names_a_damaged_volume_and_ingest_repair_reads_it_again(cohort, 
     assert verify_store(store) == []
 
 
+@pytest.mark.slow
 def test_extract_from_a_truncated_volume_is_one_named_error(drill, tmp_path):
     base, sag, _, _ = drill
     store = str(tmp_path / "s.zarr")

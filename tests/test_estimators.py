@@ -191,6 +191,7 @@ SKIPPED_BY_SKLEARN = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.SkipTestWarning")  # the skips are asserted below
 @pytest.mark.parametrize("estimator", [
     LogisticComparator(), LightGBMComparator(n_estimators=20, n_jobs=1), PlaneProbe("gap", epochs=2, batch_size=32),
@@ -212,6 +213,7 @@ def _readme_snippets_using_heads() -> list[str]:
     return [b for b in blocks if "orthodiff.heads" in b]
 
 
+@pytest.mark.slow
 def test_readme_snippets_using_the_heads_run_as_written(tmp_path, monkeypatch, capsys):
     snippets = _readme_snippets_using_heads()
     assert snippets, "the README has no Python snippet that uses orthodiff.heads"

@@ -159,6 +159,7 @@ def test_acquisition_effects_recover_te_and_drop_collinear_tr():
     assert effect["ci_low"].iloc[0] < per_sd < effect["ci_high"].iloc[0]
 
 
+@pytest.mark.slow
 def test_evaluate_seg_end_to_end(cohort, tmp_path):
     from typer.testing import CliRunner
 

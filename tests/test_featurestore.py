@@ -25,6 +25,9 @@ from orthodiff.featurestore.volumes import open_volumes
 from orthodiff.heads.store import plane_features, plane_nodes
 from helpers import make_volume_store, random_checkpoint, series_count
 
+# Every test extracts features with a random backbone (the module's store): slow as a group.
+pytestmark = pytest.mark.slow
+
 TS = (10, 50)
 
 

@@ -36,6 +36,7 @@ def test_fingerprint_head_clone_fit_predict_and_explain():
     assert youden_threshold([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.8)
 
 
+@pytest.mark.slow
 def test_resnet18_usage_predictor_reads_the_image():
     """The paper's usage predictor: MONAI's 3D ResNet-18 on the volume gives each exam its own u."""
     rng = np.random.default_rng(0)
@@ -75,6 +76,7 @@ def _planted_cohort(root) -> tuple[str, str]:
     return str(root / "s.zarr"), str(root / "c.parquet")
 
 
+@pytest.mark.slow
 def test_end_to_end_healthy_persona_radiomics_fingerprint(tmp_path):
     from orthodiff.cli import app
 

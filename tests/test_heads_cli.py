@@ -41,6 +41,7 @@ def _ok(result):
     return result.output
 
 
+@pytest.mark.slow
 def test_sweep_select_fuse_compare_efficiency_report(fake_store):
     root = fake_store
     runner = CliRunner()

@@ -47,6 +47,7 @@ def test_fusion_samples_enumerate_combinations_weights_and_missing_planes():
     assert missing.to_dict("records") == [{"case_id": "B", "missing_planes": "axial"}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [*METHODS, "lightgbm", "logistic"])
 def test_every_fusion_method_learns_and_averages_multi_scan_exams(cohort, method):
     catalog, features = cohort

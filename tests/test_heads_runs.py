@@ -18,6 +18,9 @@ from orthodiff.heads.runs import compare_runs, config_features, read_config, run
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
 from orthodiff.outputs import read_table
 
+# Whole sweep/select/fuse runs on a synthetic store: integration tests, slow as a group.
+pytestmark = pytest.mark.slow
+
 LABELS = ["ACL", "PCL", "MM", "LM"]
 FAST_FUSION = dict(epochs=20, lr=3e-3, batch_size=32, plane_epochs=20, plane_lr=3e-3, gate_epochs=200)
 

@@ -21,6 +21,7 @@ def cohort():
     return catalog, features
 
 
+@pytest.mark.slow
 def test_batched_gap_sweep_matches_one_by_one_training(cohort):
     catalog, features = cohort
     batched = sweep(features, catalog, LABELS, batched=True, probe_params=PARAMS)
@@ -103,6 +104,7 @@ def test_attention_mean_is_the_mean_attention_and_its_gradient():
     torch.testing.assert_close(fast, (qt.grad, kt.grad))
 
 
+@pytest.mark.slow
 def test_batched_sap_sweep_finds_the_signal():
     catalog = synthetic_catalog(120, LABELS, seed=5)
     features = synthetic_features(catalog, LABELS, channels=32, spatial=(1, 2, 2), timesteps=(10, 100), seed=5)

@@ -38,6 +38,7 @@ def small(tmp_path_factory):
     return store, random_checkpoint(root / "ax.pt", "axial")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option, value, message", [
     ("--timesteps", "10,10", "--timesteps: 10 is given twice"),
     ("--blocks", "mid_0,mid_0", "--blocks: 'mid_0' is given twice"),
@@ -54,6 +55,7 @@ def test_duplicate_or_empty_request_is_refused_before_anything_is_written(small,
     assert not (target / "features").exists()
 
 
+@pytest.mark.slow
 def test_os_errors_are_one_error_line_naming_the_file(small, tmp_path):
     result = cli("ingest", "--catalog", str(tmp_path / "none.parquet"), "--store", "/dev/null/s.zarr")
     assert result.returncode == 2 and result.stderr.startswith("error:")
@@ -68,6 +70,7 @@ def test_os_errors_are_one_error_line_naming_the_file(small, tmp_path):
     assert result.returncode == 2 and result.stderr.startswith("error:") and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_foreign_checkpoint_is_one_named_error(small, tmp_path):
     import torch
 
@@ -77,6 +80,7 @@ def test_foreign_checkpoint_is_one_named_error(small, tmp_path):
     assert result.returncode == 2 and "weights do not fit the orthodiff U-Net" in result.stderr
 
 
+@pytest.mark.slow
 def test_read_only_commands_and_a_rerun_with_nothing_to_do_write_nothing(small, tmp_path):
     store, ckpt = small
     target = str(tmp_path / "s.zarr")
@@ -128,6 +132,7 @@ def test_ehr_message_shows_plain_values(catalog):
         EHREncoder().fit(df)
 
 
+@pytest.mark.slow
 def test_constant_kept_slices_are_rejected_with_reasons_shown_and_rejects_refreshed(tmp_path):
     from orthodiff.catalogs.writers import write_nifti
     from test_ingest import make_cohort, phantom

@@ -22,6 +22,7 @@ def test_box_grid_is_the_papers_central_box_split_into_cells():
         box_grid((16, 32, 32), 4)
 
 
+@pytest.mark.slow
 def test_repaint_keeps_known_voxels_and_is_seeded_per_series():
     from orthodiff.backbone import PRESETS, DiffusionUNet
     from orthodiff.backbone.diffusion import GaussianDiffusion
@@ -45,6 +46,7 @@ def persona_store(tmp_path_factory):
     return store, random_checkpoint(root / "b.pt", "axial")
 
 
+@pytest.mark.slow
 def test_personas_resume_after_a_failure_between_data_and_record(persona_store, monkeypatch):
     from orthodiff.featurestore.features import Records
     from orthodiff.featurestore.volumes import open_volumes
@@ -124,6 +126,7 @@ def micro_store(tmp_path_factory):
     return make_volume_store(root / "base.zarr", n=34, size=8), random_checkpoint(root / "m.pt", "axial", config=_micro())
 
 
+@pytest.mark.slow
 def test_batched_repaint_matches_one_series_at_a_time():
     from orthodiff.backbone import DiffusionUNet
     from orthodiff.backbone.diffusion import GaussianDiffusion
@@ -148,6 +151,7 @@ def _persona_bytes(store) -> dict[str, bytes]:
             if p.is_file() and "personas" in str(p) and ("/c/" in str(p) or "_records" in str(p))}
 
 
+@pytest.mark.slow
 def test_persona_kill_minus_9_then_rerun_is_byte_identical(micro_store, tmp_path):
     import shutil
     import signal
@@ -180,6 +184,7 @@ def test_persona_kill_minus_9_then_rerun_is_byte_identical(micro_store, tmp_path
     assert open_personas(killed, "axial").sizes["series"] == 34
 
 
+@pytest.mark.slow
 def test_persona_figure_shows_only_planes_with_personas(tmp_path):
     """Personas of one plane of a three-plane exam: the figure has that plane's row, no error."""
     import matplotlib.image

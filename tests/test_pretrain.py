@@ -25,6 +25,7 @@ def store(tmp_path_factory):
     return make_volume_store(tmp_path_factory.mktemp("store") / "s.zarr")
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_as_an_uninterrupted_run(store, tmp_path):
     pretrain(open_volumes(store), "axial", "demo", steps=4, batch=2, out=tmp_path / "full.pt", every=2, progress=False)
     pretrain(open_volumes(store), "axial", "demo", steps=2, batch=2, out=tmp_path / "half.pt", every=2, progress=False)
@@ -48,6 +49,7 @@ def _ddp_worker(rank: int, world: int, port: int, store: str, out_dir: str) -> N
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_ranks_end_with_identical_weights(store, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -61,6 +63,7 @@ def test_ddp_ranks_end_with_identical_weights(store, tmp_path):
     assert start["lr"] == pytest.approx(1e-5 * 1 * 2)  # the reference rule scales with processes
 
 
+@pytest.mark.slow
 def test_bad_input_is_named_and_nothing_is_overwritten(store, tmp_path):
     with pytest.raises(OrthodiffError, match="--steps must be at least 0, --batch and --every at least 1"):
         Pretrainer(open_volumes(store), "axial", "demo", steps=-1)
@@ -85,6 +88,7 @@ def test_bad_input_is_named_and_nothing_is_overwritten(store, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and "--steps" in result.stderr
 
 
+@pytest.mark.slow
 def test_sample_preview_writes_a_png(store, tmp_path):
     ckpt = pretrain(open_volumes(store), "axial", "demo", steps=1, batch=1, out=tmp_path / "a.pt", every=1, progress=False)
     png = sample_preview(ckpt, tmp_path / "s.png", n=2, steps=2)
@@ -93,6 +97,7 @@ def test_sample_preview_writes_a_png(store, tmp_path):
         sample_preview(ckpt, tmp_path / "t.png", n=0)
 
 
+@pytest.mark.slow
 def test_healthy_pretraining_uses_only_all_negative_exams(store, tmp_path):
     from orthodiff.backbone.pretrain import healthy_series
     from helpers import label_catalog
@@ -122,6 +127,7 @@ def _ddp_resume_worker(rank: int, world: int, port: int, store: str, out_dir: st
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_resume_restores_each_ranks_generators(store, tmp_path):
     """Two gloo ranks: stop at step 2, resume to 4, and match an uninterrupted 2-rank run."""
     with socket.socket() as s:
@@ -138,6 +144,7 @@ def test_ddp_resume_restores_each_ranks_generators(store, tmp_path):
         Pretrainer(open_volumes(store), "axial", "demo", steps=6, batch=1, out=tmp_path / "half.pt", resume=True, progress=False).run()
 
 
+@pytest.mark.slow
 def test_zero_steps_writes_the_initialisation_of_the_trained_run(store, tmp_path):
     """`--steps 0` is the random-init baseline: exactly the weights a run of the same seed starts from."""
     from orthodiff.backbone import PRESETS, DiffusionUNet
@@ -152,6 +159,7 @@ def test_zero_steps_writes_the_initialisation_of_the_trained_run(store, tmp_path
         torch.testing.assert_close(value, fresh[key], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_demo_backbone_of_other_steps_is_refused_not_reused(store, tmp_path):
     from rich.console import Console
 
@@ -170,6 +178,7 @@ def test_demo_backbone_of_other_steps_is_refused_not_reused(store, tmp_path):
         demo_backbone(tmp_path, store, "axial", None, console)
 
 
+@pytest.mark.slow
 def test_demo_uses_the_shipped_weights_checked_by_hash(store, tmp_path, monkeypatch):
     """By default the demo copies the shipped encoder; a damaged file, or a folder made with
     other weights, is refused by name."""

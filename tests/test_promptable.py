@@ -69,6 +69,7 @@ def test_boxes_shifts_and_postprocessing():
     assert (labels[:, 4:] == 4).all()
 
 
+@pytest.mark.slow
 def test_box_oracle_end_to_end_through_evaluate(rectangles, tmp_path):
     from orthodiff.evaluation.run import run_evaluate_seg
 
@@ -85,6 +86,7 @@ def test_box_oracle_end_to_end_through_evaluate(rectangles, tmp_path):
     assert 0.5 < dice["shifted"] < 1.0
 
 
+@pytest.mark.slow
 def test_tiny_sam_from_the_package_modules(rectangles, tmp_path):
     torch.manual_seed(0)
     sam = build_sam("tiny")
@@ -110,6 +112,7 @@ def test_prompt_needs_a_checkpoint_and_a_known_model(rectangles, tmp_path):
         run_prompt(rectangles, tmp_path / "x", prompts="masks", predictor=box_oracle)
 
 
+@pytest.mark.slow
 def test_finetune_decoder_on_the_train_split(rectangles, tmp_path):
     from orthodiff.catalogs.cohort import read_catalog
 

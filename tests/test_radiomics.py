@@ -55,6 +55,7 @@ def test_radiomics_store_image_only_nan_reasons_and_resume(tmp_path, monkeypatch
         extract_radiomics(store, "axial", families=("glcmx",), progress=False)
 
 
+@pytest.mark.slow
 def test_box_personas_serve_every_grid(tmp_path):
     """One inpainting of the central box gives the radiomics of every grid: --grid re-splits it."""
     from helpers import random_checkpoint

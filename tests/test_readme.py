@@ -1,6 +1,8 @@
-"""The README's heads commands, run as written on a small folder laid out like the one
+"""The heads commands the demo prints (in the sweeps guide, docs/guides/sweeps-fusion.md) and
+the README's store snippet, run as written on a small folder laid out like the one
 `orthodiff demo` leaves; they reproduce what the demo's step 5 computes; the demo's rerun
-reuses its runs; the HTML report tells the story in order; a changed split is refused."""
+reuses its runs; the HTML report tells the story in order; a changed split is refused.
+The guides' other blocks run in tests/test_docs.py on folders they make themselves."""
 
 import json
 import re
@@ -22,15 +24,19 @@ from orthodiff.featurestore.ingest import ingest
 from orthodiff.demo import POOLING, TEST, VAL
 from orthodiff.heads.pipeline import SMALL_COHORT_FUSION, SMALL_COHORT_PROBE, settings_flags, heads_commands, run_heads
 
+# Every test here needs the demo-like folder (synthesis, ingestion, extraction, heads runs).
+pytestmark = pytest.mark.slow
+
 README = Path(__file__).resolve().parents[1] / "README.md"
-# The README's settings are the demo's (100 fusion epochs); the test swaps in short ones.
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guides" / "sweeps-fusion.md"
+# The guide's settings are the demo's (100 fusion epochs); the test swaps in short ones.
 FAST_PROBE = {"epochs": 2, "lr": 3e-3, "batch_size": 16, "weight_decay": 1e-2}
 FAST_FUSION = {"epochs": 2, "lr": 3e-3, "batch_size": 16, "weight_decay": 1e-2}
 
 
-def readme_block(heading: str) -> list[str]:
-    """The lines of the first bash block under ``## heading``, continuations joined."""
-    section = README.read_text().split(f"## {heading}\n", 1)[1]
+def guide_block(heading: str) -> list[str]:
+    """The lines of the first bash block under the guide's ``## heading``, continuations joined."""
+    section = GUIDE.read_text().split(f"## {heading}\n", 1)[1]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     return [line.split("  #")[0].strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
@@ -52,10 +58,10 @@ def demo_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def readme_runs(demo_folder):
-    """Every line of the README's heads block through the CLI, in the folder's parent."""
+    """Every line of the guide's block for the demo's folder through the CLI, in the folder's parent."""
     import os
 
-    lines = readme_block("Heads")
+    lines = guide_block("On the demo's folder")
     probe, fusion = settings_flags(SMALL_COHORT_PROBE), settings_flags(SMALL_COHORT_FUSION)
     outputs = []
     cwd = os.getcwd()
@@ -73,7 +79,7 @@ def readme_runs(demo_folder):
     return demo_folder / "runs", lines, outputs
 
 
-def test_readme_heads_block_is_what_the_demo_prints(readme_runs):
+def test_guide_heads_block_is_what_the_demo_prints(readme_runs):
     _, lines, _ = readme_runs
     printed = heads_commands(Path("orthodiff-demo/store.zarr"), Path("orthodiff-demo/cohort/catalog.parquet"), Path("runs"),
                              SMALL_COHORT_PROBE, SMALL_COHORT_FUSION, POOLING)
@@ -81,7 +87,7 @@ def test_readme_heads_block_is_what_the_demo_prints(readme_runs):
     assert len(steps) == 4 and all(line in printed for line in steps)
 
 
-def test_readme_commands_reproduce_the_demo_and_rerun_reuses(readme_runs, demo_folder):
+def test_guide_commands_reproduce_the_demo_and_rerun_reuses(readme_runs, demo_folder):
     runs, _, outputs = readme_runs
     demo = demo_folder / "orthodiff-demo"
     console = Console(record=True, width=200)

@@ -1,6 +1,6 @@
 """Stores at fsspec URLs: `memory://` and `s3://` (moto's S3 server on the loopback address).
 
-The README promises that `--store` may be any fsspec URL. Each URL store goes through
+The docs promise (docs/guides/pretrain-extract.md) that `--store` may be any fsspec URL. Each URL store goes through
 ingest, extract, open_store and sweep: the `memory://` volumes equal a local ingest's, and the
 S3 store holds the same values as the `memory://` one. `memory://` lives inside one process,
 so its extraction runs in-process; the S3 store is extracted by a local Dask cluster of two
@@ -86,6 +86,7 @@ def memory_run(cohort):
         fsspec.filesystem("memory").rm(url.split("://")[1].split("/")[0], recursive=True)
 
 
+@pytest.mark.slow
 def test_memory_store_matches_a_local_store_and_reads_its_own_features(cohort, memory_run, tmp_path):
     _, catalog, _ = cohort
     assert memory_run["ingested"]["status"].tolist() == ["ingested"] * 4
@@ -135,6 +136,7 @@ def s3_server(tmp_path_factory):
             server.stop()
 
 
+@pytest.mark.slow
 def test_s3_store_with_two_dask_workers_holds_the_same_values(cohort, memory_run, s3_server):
     import s3fs
 

@@ -46,6 +46,7 @@ def cohort(tmp_path_factory):
     return {"root": root, "catalog": catalog, "store": store, "backbone": ckpt}
 
 
+@pytest.mark.slow
 def test_finetune_writes_a_new_backbone_whose_features_extract_into_their_own_group(cohort, tmp_path):
     out = tmp_path / "sagittal_ft.pt"
     summary = run_finetune(cohort["store"], cohort["catalog"], "sagittal", cohort["backbone"], 10, "mid_1", out,
@@ -76,6 +77,7 @@ def test_finetune_writes_a_new_backbone_whose_features_extract_into_their_own_gr
     assert np.isfinite(ds.gap.sel(timestep=10, block="mid_1").values).all()
 
 
+@pytest.mark.slow
 def test_finetune_on_a_label_efficiency_subset_trains_on_its_patients_only(cohort, tmp_path):
     catalog = add_subsets(read_catalog(cohort["catalog"]), [3])
     catalog.to_parquet(tmp_path / "catalog.parquet", index=False)
@@ -89,6 +91,7 @@ def test_finetune_on_a_label_efficiency_subset_trains_on_its_patients_only(cohor
                      tmp_path / "x.pt", pooling="gap", epochs=1, subset=7)
 
 
+@pytest.mark.slow
 def test_ft_opt_keeps_the_timestep_and_block_best_on_validation(cohort, tmp_path):
     out = tmp_path / "ftopt.pt"
     summary = run_finetune(cohort["store"], cohort["catalog"], "sagittal", cohort["backbone"], 10, "mid_1", out,
@@ -100,6 +103,7 @@ def test_ft_opt_keeps_the_timestep_and_block_best_on_validation(cohort, tmp_path
     assert torch.load(out, weights_only=True)["finetune"]["timestep"] == best["timestep"]
 
 
+@pytest.mark.slow
 def test_finetune_and_segmentation_refuse_bad_planes(cohort, tmp_path):
     with pytest.raises(OrthodiffError, match="trained on sagittal series cannot be used for coronal series"):
         run_finetune(cohort["store"], cohort["catalog"], "coronal", cohort["backbone"], 10, "mid_2", tmp_path / "x.pt")
@@ -116,6 +120,7 @@ def test_finetune_and_segmentation_refuse_bad_planes(cohort, tmp_path):
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "seg").exists()
 
 
+@pytest.mark.slow
 def test_bad_masks_are_named_at_ingestion(cohort, tmp_path):
     catalog = pd.read_parquet(cohort["catalog"])
     row = catalog[catalog.mask_path.notna()].iloc[0]
@@ -134,6 +139,7 @@ def test_bad_masks_are_named_at_ingestion(cohort, tmp_path):
             mask_file.write_bytes(saved)
 
 
+@pytest.mark.slow
 def test_segmentation_trains_scores_dice_and_writes_aligned_masks(cohort, tmp_path):
     run = tmp_path / "diffusion"
     dice = run_segment(cohort["store"], cohort["catalog"], "sagittal", "diffusion", run, backbone=cohort["backbone"],
@@ -207,6 +213,7 @@ def test_light_head_and_soft_dice_reproduce_the_reference():
         SegHead(20, 3, upsamplings=2)
 
 
+@pytest.mark.slow
 def test_skip_decoder_and_timestep_block_selection_on_validation(cohort, tmp_path):
     run = tmp_path / "skip"
     run_segment(cohort["store"], cohort["catalog"], "sagittal", "diffusion", run, backbone=cohort["backbone"],
@@ -220,12 +227,14 @@ def test_skip_decoder_and_timestep_block_selection_on_validation(cohort, tmp_pat
     assert saved["params"]["decoder"] == "skip" and saved["params"]["timestep"] == best["timestep"]
 
 
+@pytest.mark.slow
 def test_segmentation_baseline_learns_the_large_bones(cohort, tmp_path):
     dice = run_segment(cohort["store"], cohort["catalog"], "sagittal", "unet", tmp_path / "unet", epochs=8, batch_size=2)
     bones = dice.set_index("structure").loc[["Femur", "Tibia"], "dice"]
     assert (bones > 0.5).all(), bones
 
 
+@pytest.mark.slow
 def test_baseline_classification_runs_compare_and_tabulate(cohort, tmp_path):
     runs = []
     for model, planes in (("resnet18", ["sagittal", "coronal"]), ("unet_encoder", ["sagittal"])):
@@ -280,6 +289,7 @@ def test_series_geometry_agrees_between_nifti_and_dicom(tmp_path):
         np.testing.assert_allclose(affine_d, affine_n, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_cli_segment_train_predict_and_table(cohort, tmp_path):
     from typer.testing import CliRunner
 

@@ -59,6 +59,7 @@ def test_bone_bruises_come_with_some_acl_tears_inside_the_bone():
     assert changed.sum() > 500 and set(np.unique(bruised.label[changed])) <= {1, 2}
 
 
+@pytest.mark.slow
 def test_meniscal_tear_is_a_cleft_in_the_posterior_horn():
     small = Anatomy(meniscus=(0.1, 0.1))
     healthy, torn = _knee({"MM": 0}, small, spacing=0.5, half=40), _knee({"MM": 1}, small, spacing=0.5, half=40)
@@ -68,6 +69,7 @@ def test_meniscal_tear_is_a_cleft_in_the_posterior_horn():
     assert (y < -8).all()  # posterior horn
 
 
+@pytest.mark.slow
 def test_larger_meniscal_tears_lose_the_free_edge_and_grow_a_cyst():
     fluid = TISSUE_NAMES.index("fluid")
     healthy = _knee({"LM": 0}, spacing=0.5, half=40)
@@ -82,6 +84,7 @@ def test_larger_meniscal_tears_lose_the_free_edge_and_grow_a_cyst():
     assert x > 10 and y < -15  # lateral, behind the posterior horn
 
 
+@pytest.mark.slow
 def test_healthy_menisci_may_carry_mucoid_signal_that_reaches_no_surface():
     from scipy.ndimage import binary_dilation
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -21,6 +22,7 @@ def threads_seen(model: nn.Module, X: np.ndarray) -> set[int]:
     return seen
 
 
+@pytest.mark.slow
 def test_small_models_train_on_one_thread_and_the_pool_is_restored():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
