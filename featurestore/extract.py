@@ -27,7 +27,7 @@ import zarr
 from orthodiff.backbone import MIDDLE_BLOCKS, backbone_id, load_backbone
 from orthodiff.backbone.allocator import reuse_freed_memory
 from orthodiff.backbone.checkpoint import read_checkpoint
-from orthodiff.backbone.diffusion import NUM_TIMESTEPS, GaussianDiffusion, keyed_noise, noise_key
+from orthodiff.backbone.diffusion import NUM_TIMESTEPS, NoiseScheduler, keyed_noise, noise_key
 from orthodiff.backbone.precision import autocast, check_precision
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
@@ -86,13 +86,13 @@ def forward_timestep(model, volumes: np.ndarray, series: tuple[str, ...], timest
     not depend on which other units are missing: a resumed task writes the same bytes as an
     uninterrupted one.
     """
-    diffusion, parts, network = GaussianDiffusion(), {b: [] for b in blocks}, 0.0
+    scheduler, parts, network = NoiseScheduler(), {b: [] for b in blocks}, 0.0
     for i in range(0, len(series), series_batch):
         ids = series[i : i + series_batch]
         x0 = torch.from_numpy(volumes[i : i + len(ids)])[:, None]
         t = torch.full((len(ids),), timestep, dtype=torch.long)
         noise = keyed_noise([noise_key(seed, s, timestep) for s in ids], x0.shape[1:])
-        x_t = diffusion.q_sample(x0, t, noise).to(model.device)
+        x_t = scheduler.add_noise(x0, noise, t).to(model.device)
         start = time.perf_counter()
         with torch.no_grad(), autocast(model.device, precision):
             feats = model.middle_features(x_t, t.to(model.device), blocks)

@@ -29,7 +29,7 @@ import zarr
 
 from orthodiff.backbone import backbone_id, load_backbone
 from orthodiff.backbone.checkpoint import read_checkpoint
-from orthodiff.backbone.diffusion import GaussianDiffusion
+from orthodiff.backbone.diffusion import NoiseScheduler
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.extract import Task, run_tasks
@@ -66,7 +66,7 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, prov: dict, de
     """Inpaint one shard's series (`series_batch` per forward pass), write persona and mask
     as whole shards, then the record."""
     model = _model(checkpoint, device)
-    diffusion = GaussianDiffusion()
+    scheduler = NoiseScheduler()
     group = zarr.open_group(str(store), path=group_path(prov["backbone_id"], plane), mode="r+", use_consolidated=False)
     vol_group = zarr.open_group(str(store), path=VOLUMES, mode="r")
     rows = (list(task.volume_rows),)
@@ -78,7 +78,7 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, prov: dict, de
         ids = task.series[i:i + series_batch]
         x0 = torch.from_numpy(volumes[i:i + len(ids)])[:, None]
         known = torch.from_numpy(masks[i:i + len(ids)] == 0)[:, None]
-        out = repaint(model, diffusion, x0, known, prov["steps"], prov["jumps"],
+        out = repaint(model, scheduler, x0, known, prov["steps"], prov["jumps"],
                       [series_generator(prov["noise_seed"], s) for s in ids])
         personas.extend(out[:, 0].numpy())
     span = slice(task.start, task.start + len(task.series))

@@ -17,7 +17,7 @@ import torch
 
 from orthodiff.backbone import backbone_id
 from orthodiff.backbone.checkpoint import read_checkpoint, reference_state, save_atomic
-from orthodiff.backbone.diffusion import GaussianDiffusion
+from orthodiff.backbone.diffusion import NoiseScheduler
 from orthodiff.catalogs.cohort import SUBSET_PREFIX, label_columns, read_catalog
 from orthodiff.catalogs.tasks import structures
 from orthodiff.errors import OrthodiffError
@@ -70,7 +70,7 @@ def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, poo
             best = (val_auroc, timestep, block, model, seconds)
     val_auroc, timestep, block, model, seconds = best
     parent = backbone_id(backbone, ckpt)
-    state = reference_state(model.backbone_, dict(GaussianDiffusion().state_dict()))
+    state = reference_state(model.backbone_, dict(NoiseScheduler().state_dict()))
     tuned = {"ema": state, "model": state, **{k: ckpt[k] for k in ("step", "preset", "config", "plane") if k in ckpt},
              "finetuned_from": parent,
              "finetune": {"timestep": int(timestep), "block": block, "pooling": pooling, "epochs": epochs, "lr": lr,
