@@ -32,8 +32,8 @@ from orthodiff.backbone.checkpoint import read_checkpoint
 from orthodiff.backbone.diffusion import NoiseScheduler
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.extract import Task, run_tasks
 from orthodiff.featurestore.features import COMPRESSOR, SHARD_SERIES, Records, fingerprint, grow_series
+from orthodiff.featurestore.jobs import Task, run_tasks
 from orthodiff.featurestore.store import consolidate, open_root
 from orthodiff.featurestore.volumes import GROUP as VOLUMES, open_volumes, plane_volumes
 from orthodiff.personas.inpaint import POLICY, repaint, series_generator

@@ -29,8 +29,8 @@ import zarr
 
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.extract import Task, run_tasks
 from orthodiff.featurestore.features import SHARD_SERIES, Records, fingerprint, grow_series
+from orthodiff.featurestore.jobs import Task, run_tasks
 from orthodiff.featurestore.store import consolidate, open_root
 from orthodiff.featurestore.volumes import open_volumes
 from orthodiff.personas.rois import box_grid
