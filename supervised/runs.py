@@ -56,8 +56,8 @@ def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, poo
     best, selection = None, []
     for timestep, block in candidates:
         start = time.perf_counter()
-        model = VolumeClassifier("finetune", str(backbone), timestep, block, pooling, epochs=epochs, lr=lr,
-                                 head_lr=head_lr, batch_size=batch_size, random_state=seed, device=device)
+        model = VolumeClassifier("finetune", str(backbone), timestep, block, pooling, epochs=epochs, lr=head_lr,
+                                 encoder_lr=lr, batch_size=batch_size, random_state=seed, device=device)
         model.fit(train_ds.volume, train_rows[labels].to_numpy(), on_step=progress)
         seconds = time.perf_counter() - start
         val_auroc = float("nan")
@@ -123,7 +123,7 @@ def run_baseline_classify(store, catalog_path, model, planes, out, epochs=5, lr=
         ds, rows = plane_volumes(store, catalog, plane)
         train_ds, train_rows = split_rows(ds, rows, "train")
         test_ds, test_rows = split_rows(ds, rows, "test")
-        est = VolumeClassifier(model, pooling=pooling, epochs=epochs, lr=lr, head_lr=lr, batch_size=batch_size,
+        est = VolumeClassifier(model, pooling=pooling, epochs=epochs, lr=lr, batch_size=batch_size,
                                random_state=seed, device=device)
         est.fit(train_ds.volume, train_rows[labels].to_numpy(), on_step=progress)
         parts.append((test_rows, est.predict_proba(test_ds.volume)))
@@ -219,7 +219,7 @@ def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=
     def fit(column=None):
         train_ds, train_rows = split_rows(ds, rows, "train", column)
         est = VolumeSegmenter(model, str(backbone) if backbone else None, timestep, block, max(structure_set.values) + 1,
-                              epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, random_state=seed, device=device,
+                              epochs=epochs, lr=head_lr if model == "diffusion" else lr, encoder_lr=lr, batch_size=batch_size, random_state=seed, device=device,
                               decoder=decoder, unetr_size=unetr_size)
         est.fit(train_ds.volume, train_ds.mask, on_step=progress)
         return est, len(train_rows)
