@@ -12,14 +12,12 @@ from rich.console import Console
 
 from orthodiff.heads.defaults import FUSION, POOLING, PROBE
 from orthodiff.heads.inputs import load_inputs
+from orthodiff.heads.metrics import MIN_SUPPORT
 from orthodiff.heads.report import build_report
 from orthodiff.heads.sweep import default_workers
 from orthodiff.options import Method
 from orthodiff.outputs import read_table, write_table
-from orthodiff.heads.runs import (
-    MIN_SUPPORT, compare_runs, run_fuse, run_select, run_sweep, selection_size,
-    sweep_steps,
-)
+from orthodiff.heads.runs import compare_runs, run_fuse, run_select, run_sweep, selection_size, sweep_steps
 from orthodiff.progress import progress_bar
 from orthodiff.tables import frame_table
 

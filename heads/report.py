@@ -20,11 +20,8 @@ import pandas as pd
 
 from orthodiff.errors import OrthodiffError
 from orthodiff.files import atomic_write
+from orthodiff.heads.metrics import MIN_SUPPORT
 from orthodiff.outputs import pyplot, read_table
-
-# Below this many positives (or negatives) in a split, a label's AUROC and its CI rest on a
-# handful of exams: the tables and the report flag it.
-MIN_SUPPORT = 5
 
 METRIC_DEFINITIONS = {
     "macro AUROC": "area under the ROC curve of each label, averaged over the labels where it is defined "

@@ -18,10 +18,9 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.files import atomic_write
 from orthodiff.heads.defaults import FUSION, METHOD, PROBE
 from orthodiff.heads.fusion import FusionHead
-from orthodiff.heads.metrics import evaluate, macro_auroc, permutation_test, subgroup_table, youden_thresholds
+from orthodiff.heads.metrics import MIN_SUPPORT, evaluate, macro_auroc, permutation_test, subgroup_table, youden_thresholds
 from orthodiff.heads.probe import PlaneProbe
 from orthodiff.heads.protocol import TwoStageFusion
-from orthodiff.heads.report import MIN_SUPPORT
 from orthodiff.heads.sweep import plane_units, plot_heatmaps, sweep, top_configs
 from orthodiff.options import Method, Pooling
 from orthodiff.outputs import atomic_savefig, pyplot, read_run, read_table, write_json, write_table
