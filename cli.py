@@ -301,7 +301,7 @@ def persona_fidelity(
     """Persona fidelity: SSIM/MSE in the ROI on healthy exams, residual localisation on lesions."""
     from orthodiff.catalogs.cohort import read_catalog
     from orthodiff.personas.fidelity import localisation, reproduction
-    from orthodiff.personas.store import open_personas
+    from orthodiff.personas.reader import open_personas
     from orthodiff.tables import frame_table
 
     ds, df = open_personas(store, plane, backbone_id), read_catalog(catalog)

@@ -123,7 +123,7 @@ def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path, plan
     """Central slice of the exam's image, persona and residual per plane (of `planes`, default
     all), ROI outlined."""
     from orthodiff.outputs import atomic_savefig, pyplot
-    from orthodiff.personas.store import open_personas
+    from orthodiff.personas.reader import open_personas
 
     series = catalog[(catalog.case_id == exam) & (catalog.plane.isin(planes) if planes is not None else True)]
     series = series.drop_duplicates("plane")
@@ -149,7 +149,7 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
                     epochs: int = 200, n_boot: int = 500, seed: int = 0, top: int = 5, progress=None) -> pd.DataFrame:
     """Fit every model on train, threshold on val, score test; write metrics, explanations, betas to `out`."""
     from orthodiff.catalogs.cohort import read_catalog
-    from orthodiff.radiomics.store import open_radiomics
+    from orthodiff.radiomics.reader import open_radiomics
 
     catalog = read_catalog(catalog_path)
     y = target(catalog, task)

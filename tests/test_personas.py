@@ -48,7 +48,8 @@ def persona_store(tmp_path_factory):
 def test_personas_resume_after_a_failure_between_data_and_record(persona_store, monkeypatch):
     from orthodiff.featurestore.features import Records
     from orthodiff.featurestore.volumes import open_volumes
-    from orthodiff.personas.store import make_personas, open_personas
+    from orthodiff.personas.reader import open_personas
+    from orthodiff.personas.store import make_personas
 
     store, ckpt = persona_store
     warnings = []
@@ -81,7 +82,8 @@ def test_personas_resume_after_a_failure_between_data_and_record(persona_store, 
 
 
 def test_persona_bad_input_is_named(persona_store, tmp_path):
-    from orthodiff.personas.store import make_personas, open_personas
+    from orthodiff.personas.reader import open_personas
+    from orthodiff.personas.store import make_personas
 
     store, ckpt = persona_store
     with pytest.raises(OrthodiffError, match="has no structure mask"):
@@ -156,7 +158,8 @@ def test_persona_kill_minus_9_then_rerun_is_byte_identical(micro_store, tmp_path
     import time
     from pathlib import Path
 
-    from orthodiff.personas.store import make_personas, open_personas
+    from orthodiff.personas.reader import open_personas
+    from orthodiff.personas.store import make_personas
 
     base, ckpt = micro_store
     settings = dict(grid=2, steps=2, jumps=1, series_batch=4, progress=False, warn=lambda _: None)
