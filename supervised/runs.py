@@ -23,7 +23,7 @@ from orthodiff.catalogs.tasks import structures
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.metrics import evaluate, macro_auroc, patient_resamples
 from orthodiff.heads.probe import PlaneProbe
-from orthodiff.outputs import atomic_savefig, pyplot, write_json, write_table
+from orthodiff.outputs import atomic_savefig, pyplot, write_json, write_mask, write_table
 from orthodiff.supervised.data import exam_predictions, plane_volumes, split_rows
 from orthodiff.supervised.estimators import VolumeClassifier, VolumeSegmenter
 
@@ -318,12 +318,7 @@ def run_segment_predict(model_dir, store, catalog_path, out, split="test", devic
         full = np.zeros(shape, np.uint8)
         start = (shape[0] - mask.shape[0]) // 2
         full[start : start + mask.shape[0]] = np.asarray(Resize(shape[1:], mode="nearest")(mask), dtype=np.uint8)
-        image = nib.Nifti1Image(np.ascontiguousarray(full.transpose(2, 1, 0)), affine)
-        image.header.set_xyzt_units("mm")
-        target = out / "masks" / f"{row.series_id}.nii.gz"
-        tmp = target.with_name(f".{target.name}.tmp.nii.gz")
-        nib.save(image, str(tmp))
-        tmp.replace(target)
+        write_mask(out / "masks" / f"{row.series_id}.nii.gz", full, affine)
         spacing = spacing_of(affine)
         measured[row.series_id] = biomarkers(central_slices(full), spacing, structure_set)
         if isinstance(row.mask_path, str) and row.mask_path:

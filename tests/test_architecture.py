@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SUBPACKAGES = ("catalogs", "featurestore", "backbone", "heads", "supervised", "personas", "radiomics", "evaluation")
 # leaf modules anyone may use (they import only each other)
-SHARED = ("errors", "files", "tables", "devices", "progress", "faults", "training", "outputs", "options")
+SHARED = ("errors", "files", "tables", "devices", "progress", "faults", "training", "outputs", "options", "pages")
 
 # Which parts each part may import (besides itself and SHARED). "orthodiff" is the package
 # root (`orthodiff.open_store`, `orthodiff.__version__`).
