@@ -1,6 +1,8 @@
 """The job machinery every stored kind's writer uses: a `Task` (one shard's run of series)
 and `run_tasks`, which runs a writer's task function here, on a local Dask cluster or on a
-remote one. Shared by feature extraction, personas and radiomics."""
+remote one; and `completed_series`, which tells a reader which series lie in shards
+recorded complete. Shared by feature extraction, personas and radiomics; it runs no
+network itself (torch is imported only to set a worker's threads)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
+from orthodiff.featurestore.features import SHARD_SERIES, Records, fingerprint
 from orthodiff.progress import Advance, maybe_progress
 
 
@@ -26,8 +29,25 @@ class Task:
     volume_rows: tuple[int, ...]
 
 
+def completed_series(store: str, group: str, plane: str, prov: dict, series: list[str], unit: str, dtype: str,
+                     keys: tuple[str, ...]) -> np.ndarray:
+    """Which of ``series`` (in stored order, ``SHARD_SERIES`` per shard) lie in a shard whose
+    completion record under ``_records/<group>/<plane>`` matches its fingerprint (``unit``,
+    ``dtype`` and the provenance ``keys``): what a reader returns, as a boolean mask. A shard
+    being written, or left half-written by a killed job, has no matching record."""
+    done = Records(store, group, plane).read()
+    complete = np.zeros(len(series), bool)
+    for shard, start in enumerate(range(0, len(series), SHARD_SERIES)):
+        run = series[start:start + SHARD_SERIES]
+        record = done.get(f"{shard:06d}.json", {}).get("fingerprint")
+        complete[start:start + len(run)] = record == fingerprint(prov, run, 0, unit, dtype, keys)
+    return complete
+
+
 def _with_threads(function, threads: int | None, *args, **kwargs):
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
     return function(*args, **kwargs)
 

@@ -9,7 +9,8 @@ import numpy as np
 import xarray as xr
 
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.features import SHARD_SERIES, Records, fingerprint
+from orthodiff.featurestore.features import SHARD_SERIES
+from orthodiff.featurestore.jobs import completed_series
 from orthodiff.featurestore.store import open_root
 from orthodiff.featurestore.volumes import open_volumes
 
@@ -41,12 +42,7 @@ def open_personas(store: str, plane: str, backbone: str | None = None) -> xr.Dat
         warnings.filterwarnings("ignore", message="The specified chunks separate", category=UserWarning)
         ds = xr.open_zarr(str(store), group=group_path(bid, plane), consolidated=False, chunks={"series": SHARD_SERIES})
     prov = dict(root[group_path(bid, plane)].attrs)
-    done = Records(store, f"{GROUP}/{bid}", plane).read()
-    series = ds.series.values.tolist()
-    complete = np.zeros(len(series), bool)
-    for shard, start in enumerate(range(0, len(series), SHARD_SERIES)):
-        run = series[start:start + SHARD_SERIES]
-        complete[start:start + len(run)] = done.get(f"{shard:06d}.json", {}).get("fingerprint") == fingerprint(prov, run, 0, "persona", "float16", KEYS)
+    complete = completed_series(store, f"{GROUP}/{bid}", plane, prov, ds.series.values.tolist(), "persona", "float16", KEYS)
     ds = ds.isel(series=np.flatnonzero(complete))
     volumes = open_volumes(store)
     ds["image"] = volumes.volume.sel(series=ds.series.values).astype("float16")

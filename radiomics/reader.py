@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.features import SHARD_SERIES, Records, fingerprint
+from orthodiff.featurestore.jobs import completed_series
 from orthodiff.featurestore.store import open_root
 
 GROUP = "radiomics"
@@ -39,12 +39,7 @@ def open_radiomics(store: str, plane: str | None = None, settings: str | None = 
             warnings.filterwarnings("ignore", category=UserWarning)
             ds = xr.open_zarr(str(store), group=f"{GROUP}/{sid}/{p}", consolidated=False).load()
         prov = dict(root[f"{GROUP}/{sid}/{p}"].attrs)
-        done = Records(store, f"{GROUP}/{sid}", p).read()
-        series = ds.series.values.tolist()
-        keep = np.zeros(len(series), bool)
-        for shard, start in enumerate(range(0, len(series), SHARD_SERIES)):
-            run = series[start:start + SHARD_SERIES]
-            keep[start:start + len(run)] = done.get(f"{shard:06d}.json", {}).get("fingerprint") == fingerprint(prov, run, 0, "radiomics", "float32", KEYS)
+        keep = completed_series(store, f"{GROUP}/{sid}", p, prov, ds.series.values.tolist(), "radiomics", "float32", KEYS)
         ds = ds.isel(series=np.flatnonzero(keep))
         parts.append(ds.assign_coords(plane=("series", np.full(ds.sizes["series"], p, dtype=object))))
     out = xr.concat(parts, dim="series") if len(parts) > 1 else parts[0]
