@@ -10,7 +10,6 @@ bootstrap CIs resampling patients.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.fingerprint import FingerprintClassifier, youden_threshold
 from orthodiff.heads.metrics import patient_resamples
+from orthodiff.outputs import write_json, write_table
 
 TARGETS = {"abnormal": None, "acl": ("ACL",), "meniscus": ("MM", "LM", "MEN")}
 
@@ -194,9 +194,9 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
                      "threshold": threshold, **metrics})
         if isinstance(model, FingerprintClassifier) and model.usage != "none":
             slug = name.split("(")[1].rstrip(")").replace("+", "_")
-            model.explain(inputs(exams["test"]), top=top, exams=exams["test"]).to_csv(out / f"explain_{slug}.csv", index=False)
-            pd.DataFrame({"feature": model.feature_names_, "beta": model.beta_.detach().numpy()}).sort_values(
-                "beta", key=np.abs, ascending=False).to_csv(out / f"beta_{slug}.csv", index=False)
+            write_table(model.explain(inputs(exams["test"]), top=top, exams=exams["test"]), out / f"explain_{slug}")
+            write_table(pd.DataFrame({"feature": model.feature_names_, "beta": model.beta_.detach().numpy()}).sort_values(
+                "beta", key=np.abs, ascending=False), out / f"beta_{slug}")
         if progress:
             progress()
     if gap is not None:  # the diffusion-feature probe: L2 logistic regression on the stored GAP features
@@ -211,11 +211,10 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
                      "threshold": threshold, **binary_metrics(y.reindex(exams["test"]), p, threshold,
                                                               patient.reindex(exams["test"]).to_numpy(), n_boot, seed)})
     table = pd.DataFrame(rows)
-    table.to_csv(out / "metrics.csv", index=False)
+    write_table(table, out / "metrics")
     positives = [e for e in exams["test"] if y.get(e, 0) == 1]
     if positives:
         persona_figure(store, catalog, positives[0], out / "persona_example.png", np.unique(radiomics.plane.values).tolist())
-    (out / "run.json").write_text(json.dumps({"store": str(store), "catalog": str(catalog_path), "task": task,
-                                              "settings": radiomics.attrs["settings_id"], "epochs": epochs, "seed": seed,
-                                              "exams": {s: int(len(v)) for s, v in exams.items()}}, indent=1))
+    write_json({"store": str(store), "catalog": str(catalog_path), "task": task, "settings": radiomics.attrs["settings_id"],
+                "epochs": epochs, "seed": seed, "exams": {s: int(len(v)) for s, v in exams.items()}}, out / "run.json")
     return table
