@@ -34,10 +34,9 @@ def _crop(array, central: int):
 def measure(models, catalog_path, split="test", central=0, dataset_by=("joint", "plane"), nsd_tolerance=1.0, progress=None,
             plane=None):
     """(per-series metrics, per-series biomarkers incl. the reference's, notes) for `models`."""
-    from orthodiff.evaluation.biomarkers import series_biomarkers
+    from orthodiff.evaluation.biomarkers import series_biomarkers, spacing_of
     from orthodiff.evaluation.inputs import check_complete, load_mask, read_series, reference_rows
     from orthodiff.evaluation.metrics import series_metrics
-    from orthodiff.supervised.biomarkers import spacing_of
 
     rows, structure_set = reference_rows(catalog_path, split, plane)
     rows = rows.assign(dataset=dataset_names(rows, dataset_by))

@@ -299,10 +299,10 @@ def run_segment_predict(model_dir, store, catalog_path, out, split="test", devic
 
     from orthodiff.catalogs.cohort import resolve_path
     from orthodiff.catalogs.readers import series_geometry
-    from orthodiff.featurestore.ingest import central_slices
-    from orthodiff.supervised.biomarkers import (
+    from orthodiff.evaluation.biomarkers import (
         agreement, biomarkers, cartilage, plot_bland_altman, plot_thickness_maps, spacing_of,
     )
+    from orthodiff.featurestore.ingest import central_slices
 
     out = Path(out)
     est, saved = load_segmenter(model_dir, device)

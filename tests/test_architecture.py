@@ -24,10 +24,10 @@ ALLOWED = {
     "featurestore": {"catalogs", "backbone", "orthodiff"},  # extraction (tier 1) runs the backbone
     "backbone": {"catalogs"},  # networks, schedules, checkpoints: pretraining takes opened volumes
     "heads": {"catalogs", "featurestore", "orthodiff", "personas", "radiomics"},  # never a network of tier 1
-    "supervised": {"catalogs", "featurestore", "backbone", "heads", "orthodiff"},
+    "supervised": {"catalogs", "featurestore", "backbone", "heads", "evaluation", "orthodiff"},  # biomarkers of its masks
     "personas": {"catalogs", "featurestore", "backbone", "orthodiff"},  # inpainting runs the healthy backbone (tier 1)
     "radiomics": {"catalogs", "featurestore", "personas"},  # features of images, personas and residuals
-    "evaluation": {"catalogs", "featurestore", "supervised", "heads"},
+    "evaluation": {"catalogs", "featurestore", "heads"},  # measures masks, trains nothing of tier 1
     "orthodiff": {"featurestore"},
     "cli": {"catalogs", "featurestore", "backbone", "heads", "supervised", "personas", "radiomics", "evaluation", "demo"},
     "demo": {"catalogs", "featurestore", "backbone", "heads", "supervised"},
