@@ -11,6 +11,7 @@ from rich.console import Console
 
 from orthodiff.errors import OrthodiffError
 from orthodiff.evaluation.commands import register as register_evaluation
+from orthodiff.heads import defaults as PAPER
 from orthodiff.options import (
     Discretisation, Dtype, FingerprintTask, ImageFormat, JoinOn, Joint, Method, OnError, Plane, Pooling, Precision, Preset, Roi, plain, split_list, subset_sizes,
 )
@@ -33,8 +34,8 @@ console = make_console()
 
 # Heads training settings, one meaning on every heads command (None: the library's defaults,
 # the paper's values; or, for fuse and efficiency, the configuration's).
-Epochs = Annotated[int | None, typer.Option(help="Training epochs.", show_default="the paper's")]
-Lr = Annotated[float | None, typer.Option(help="Learning rate (Adam, cosine schedule).", show_default="the paper's")]
+Epochs = Annotated[int | None, typer.Option(help="Training epochs.", show_default=f"the paper's: {PAPER.PROBE['epochs']} (probes), {PAPER.FUSION['epochs']} (fusion)")]
+Lr = Annotated[float | None, typer.Option(help="Learning rate (Adam, cosine schedule).", show_default=f"the paper's: {PAPER.PROBE['lr']} (probes), {PAPER.FUSION['lr']} (fusion)")]
 WeightDecay = Annotated[float | None, typer.Option(help="Adam weight decay (L2).", show_default="the paper's: 0")]
 Batch = Annotated[int | None, typer.Option(help="Exams (or series) per optimizer step.", show_default="the paper's")]
 
@@ -372,7 +373,7 @@ def persona_fidelity(
     """Persona fidelity: SSIM/MSE in the ROI on healthy exams, residual localisation on lesions."""
     from orthodiff.catalogs.cohort import read_catalog
     from orthodiff.personas.fidelity import localisation, reproduction
-    from orthodiff.personas.store import open_personas
+    from orthodiff.personas.reader import open_personas
     from orthodiff.tables import frame_table
 
     ds, df = open_personas(store, plane, backbone_id), read_catalog(catalog)
@@ -459,7 +460,7 @@ def sweep(
     store: Annotated[str, typer.Option(help="Feature store (path or fsspec URL).")],
     catalog: Annotated[Path, typer.Option(help="Cohort catalog (Parquet) of the stored series.")],
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for sweep tables, heatmaps and run.json.")],
-    pooling: Annotated[Pooling, typer.Option(callback=plain, help="sap (the paper's default), glp, or gap (fastest: one batched sweep over the stored GAP summaries).")] = Pooling.sap,
+    pooling: Annotated[Pooling, typer.Option(callback=plain, help="sap (the paper's default), glp, or gap (fastest: one batched sweep over the stored GAP summaries).")] = Pooling(PAPER.POOLING),
     planes: Annotated[str, typer.Option(help="Comma-separated planes.")] = "sagittal,coronal,axial",
     backbone_id: Annotated[str | None, typer.Option(
         help="Backbone id(s) in the store, comma-separated, one per plane (see `orthodiff store info`).",
@@ -492,7 +493,7 @@ def sweep(
 def select(
     sweep_dir: Annotated[Path, typer.Option("--sweep", help="Directory written by `orthodiff sweep`.")],
     out: Annotated[Path, typer.Option(metavar="FILE", help="Configuration file (JSON) to freeze the choice in.")],
-    method: Annotated[Method, typer.Option(callback=plain, help="Fusion head used to score the combinations.")] = Method.concat,
+    method: Annotated[Method, typer.Option(callback=plain, help="Fusion head used to score the combinations.")] = Method(PAPER.METHOD),
     epochs: Epochs = None,
     lr: Lr = None,
     weight_decay: WeightDecay = None,
@@ -520,7 +521,7 @@ def select(
 def fuse(
     config: Annotated[Path, typer.Option(help="Configuration frozen by `orthodiff select`.")],
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for metrics, predictions and plots.")],
-    method: Annotated[Method, typer.Option(callback=plain, help="Fusion head, or a comparator (lightgbm, logistic; ehr_only: the paper's EHR-only baseline).")] = Method.concat,
+    method: Annotated[Method, typer.Option(callback=plain, help="Fusion head, or a comparator (lightgbm, logistic; ehr_only: the paper's EHR-only baseline).")] = Method(PAPER.METHOD),
     ehr: Annotated[bool, typer.Option(metavar="", help="Late-fuse an EHR head per label.")] = False,
     store: Annotated[str | None, typer.Option(help="Feature store (default: the configuration's).")] = None,
     catalog: Annotated[Path | None, typer.Option(help="Catalog (default: the configuration's).")] = None,
@@ -595,7 +596,7 @@ def efficiency(
     config: Annotated[Path, typer.Option(help="Configuration frozen by `orthodiff select`.")],
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for the curves table and PNG.")],
     subsets: Annotated[str, typer.Option(help="Nested training subsets (the catalog's subset_<N> columns, see `catalog split --subsets`) and/or 'all'.")] = "all",
-    method: Annotated[Method, typer.Option(callback=plain, help="Fusion head.")] = Method.concat,
+    method: Annotated[Method, typer.Option(callback=plain, help="Fusion head.")] = Method(PAPER.METHOD),
     store: Annotated[str | None, typer.Option(help="Feature store (default: the configuration's).")] = None,
     catalog: Annotated[Path | None, typer.Option(help="Catalog (default: the configuration's).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Fusion epochs.", show_default="the configuration's")] = None,

@@ -53,6 +53,74 @@ def plain(value: StrEnum | None) -> str | None:
     return None if value is None else str(value)
 
 
+def choice(kind: type[StrEnum], value, name: str) -> StrEnum:
+    """``value`` as a member of ``kind``; anything else is an OrthodiffError naming ``name``
+    and the choices (library calls get the same message as typer gives on the command line)."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise OrthodiffError(f"unknown {name} {value!r}: expected one of {[str(m) for m in kind]}") from None
+
+
+class Pooling(StrEnum):
+    """Pooling of a middle-block activation into one vector per series (``heads.pooling``)."""
+
+    gap = "gap"
+    glp = "glp"
+    sap = "sap"
+
+    @property
+    def variable(self) -> str:
+        """The stored variable it reads: GAP the pooled summaries, GLP and SAP the activations."""
+        return "gap" if self is Pooling.gap else "activation"
+
+    @property
+    def trained(self) -> bool:
+        """Whether pooling has weights to train (GLP, SAP): only then is a fitted probe worth keeping."""
+        return self is not Pooling.gap
+
+    @property
+    def batched(self) -> bool:
+        """Whether a sweep can train all (timestep, block) configurations at once (GAP, SAP)."""
+        return self in (Pooling.gap, Pooling.sap)
+
+
+class Method(StrEnum):
+    """A fusion head (``heads.fusion``) or a comparator on the fused inputs (``heads.protocol``)."""
+
+    concat = "concat"
+    linear_concat = "linear_concat"
+    linear_add = "linear_add"
+    cross_attention = "cross_attention"
+    mpae = "mpae"
+    lightgbm = "lightgbm"
+    logistic = "logistic"
+    ehr_only = "ehr_only"
+
+    @property
+    def comparator(self) -> bool:
+        """A baseline estimator rather than a ``FusionHead`` (LightGBM, logistic, EHR only)."""
+        return self in (Method.lightgbm, Method.logistic, Method.ehr_only)
+
+    @property
+    def gated(self) -> bool:
+        """MPAE: plane heads weighted by a learned gate (gate weights reported per label)."""
+        return self is Method.mpae
+
+    @property
+    def combines_planes(self) -> bool:
+        """Needs at least two planes: the gate and cross-attention weigh planes against each other."""
+        return self in (Method.mpae, Method.cross_attention)
+
+
+class Precision(StrEnum):
+    """The network's compute precision (``backbone.precision``)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 def _choices(name: str, values: str, doc: str) -> type[StrEnum]:
     choice = StrEnum(name, [(v, v) for v in values.split()])
     choice.__doc__ = doc
@@ -60,16 +128,12 @@ def _choices(name: str, values: str, doc: str) -> type[StrEnum]:
 
 
 Plane = _choices("Plane", "sagittal coronal axial", "An acquisition plane (catalogs.tasks.PLANES).")
-Pooling = _choices("Pooling", "gap glp sap", "Pooling of a middle-block activation (heads.pooling.POOLINGS).")
-Method = _choices("Method", "concat linear_concat linear_add cross_attention mpae lightgbm logistic ehr_only",
-                  "A fusion head or comparator (heads.fusion.METHODS and heads.protocol.COMPARATORS).")
 Preset = _choices("Preset", "paper small tiny demo", "A backbone architecture preset (backbone.unet.PRESETS).")
 Joint = _choices("Joint", "ankle knee shoulder", "A joint of the task catalog (catalogs.tasks.joints()).")
 ImageFormat = _choices("ImageFormat", "nifti dicom", "The file format of synthesized series.")
 JoinOn = _choices("JoinOn", "accession study-uid case-id", "What a label CSV's join column holds (catalogs.dicom_archive.JOIN_ON).")
 OnError = _choices("OnError", "fail skip", "What ingestion does with a bad series.")
 Dtype = _choices("Dtype", "float16 float32", "The stored dtype of activations.")
-Precision = _choices("Precision", "fp32 bf16 fp16", "The network's compute precision (backbone.precision).")
 Roi = _choices("Roi", "box structures", "Where personas are inpainted (personas.store.ROI_KINDS).")
 Decoder = _choices("Decoder", "light skip", "The segmentation decoder (supervised.networks.DECODERS).")
 UnetrSize = _choices("UnetrSize", "paper small", "A UNETR size (supervised.networks.UNETR_SIZES).")

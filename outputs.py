@@ -1,4 +1,4 @@
-"""Run outputs written atomically: tables (Parquet + CSV), JSON and PNG figures.
+"""Run outputs written atomically: tables (Parquet + CSV), JSON, PNG figures and NIfTI masks.
 
 Every command that leaves results in a folder writes them through these, so a reader (or a
 resumed job) never sees half a file.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from orthodiff.errors import OrthodiffError
@@ -61,3 +62,16 @@ def read_run(run_dir: str | Path, kinds: tuple[str, ...], what: str) -> dict:
                  else "no readable run.json" if run is None else "a malformed run.json")
         raise OrthodiffError(f"{run_dir}: not {what} ({found}; expected kind {' or '.join(kinds)})")
     return run
+
+
+def write_mask(path: Path, mask, affine) -> Path:
+    """(slices, rows, columns) labels as a uint8 NIfTI with its series' affine, atomically."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.ascontiguousarray(np.asarray(mask, np.uint8).transpose(2, 1, 0)), affine)
+    image.header.set_xyzt_units("mm")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+    nib.save(image, str(tmp))
+    tmp.replace(path)
+    return path

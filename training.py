@@ -22,8 +22,11 @@ from torch.nn import functional as F
 from orthodiff.errors import OrthodiffError
 
 
-def is_lazy(x) -> bool:
-    return not isinstance(x, (np.ndarray, torch.Tensor))
+def in_memory(x) -> bool:
+    """Whether ``x`` is a numpy array or tensor (used whole); any other array-like (xarray,
+    Dask, Zarr) is read in row blocks. Not ``heads.estimator.is_lazy``, which asks whether
+    an input must be left unvalidated so that it stays lazy."""
+    return isinstance(x, (np.ndarray, torch.Tensor))
 
 
 def read_rows(x, start: int, stop: int) -> torch.Tensor:
@@ -43,7 +46,7 @@ def n_rows(inputs: Sequence) -> int:
 
 
 def _block_size(inputs: Sequence, block_rows: int | None, n: int, stream: bool = False) -> int:
-    if stream or any(is_lazy(x) for x in inputs):
+    if stream or not all(in_memory(x) for x in inputs):
         return max(1, min(block_rows or 256, n))
     return max(n, 1)
 
@@ -126,7 +129,7 @@ def train(
     (progress bars).
     """
     n = n_rows(inputs)
-    y = y if is_lazy(y) else np.asarray(y, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32) if in_memory(y) else y
     w = np.ones(n, np.float32) if sample_weight is None else np.asarray(sample_weight, dtype=np.float32)
     if len(y) != n or len(w) != n:
         raise OrthodiffError(f"{n} input rows but {len(y)} label rows and {len(w)} weights")

@@ -1,15 +1,25 @@
-"""Gaussian diffusion: cosine noise schedule, forward noising, epsilon loss, DDIM sampling.
+"""The noise schedule as a scheduler object, in the manner of diffusers' schedulers.
 
-Kept apart from the network so schedules, samplers and models can be swapped.
+`NoiseScheduler` owns the cosine schedule's buffers (named and shaped as the reference
+checkpoints store them) and three operations: `add_noise` (the forward process),
+`set_timesteps` (the reverse process's timesteps) and `step` (one reverse step, DDIM with
+`eta = 0`, DDPM's ancestral step with `eta = 1`). It holds no training logic and no loop:
+pretraining's loss (`backbone/pretrain.py`), extraction's noising, DDIM sampling
+(`backbone/preview.py`) and RePaint (`personas/inpaint.py`) all take one.
+
+Why not diffusers' own schedulers: the checkpoints' buffers and the stored features'
+noising (`add_noise` from the precomputed square roots, bit for bit the reference's
+`q_sample`) are part of the store's format, and RePaint's resampling needs `undo_step`
+over our strided timesteps; the tests check `step` against diffusers' schedulers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 NUM_TIMESTEPS = 1000  # diffusion steps of the published checkpoints (their buffers have this length)
@@ -38,14 +48,25 @@ def cosine_betas(steps: int = NUM_TIMESTEPS, s: float = 0.008, max_beta: float =
     )
 
 
-class GaussianDiffusion(nn.Module):
-    """The schedule as buffers (`betas`, `alphas_cumprod`, ...), as checkpoints store them."""
+class StepOutput(NamedTuple):
+    prev_sample: torch.Tensor  # x at the previous timestep of the reverse process
+    pred_original_sample: torch.Tensor  # the clipped x0 the step predicted
 
-    def __init__(self, steps: int = NUM_TIMESTEPS):
+
+class NoiseScheduler(nn.Module):
+    """The cosine schedule (buffers `betas`, `alphas_cumprod`, `sqrt_alphas_cumprod`,
+    `sqrt_one_minus_alphas_cumprod`, float32, as checkpoints store them beside the network).
+
+    A module only so that `state_dict()` gives the checkpoint's buffers; it has no parameters.
+    `step` computes in the sample's dtype from `alphas_cumprod` (so a float64 loop stays
+    float64); `add_noise` uses the stored square roots, as the reference's `q_sample`.
+    """
+
+    def __init__(self, num_train_timesteps: int = NUM_TIMESTEPS):
         super().__init__()
-        betas = cosine_betas(steps)
+        betas = cosine_betas(num_train_timesteps)
         alphas_cumprod = torch.cumprod(1 - betas, 0)
-        self.num_timesteps = steps
+        self.num_train_timesteps = num_train_timesteps
         for name, value in {
             "betas": betas,
             "alphas_cumprod": alphas_cumprod,
@@ -53,42 +74,69 @@ class GaussianDiffusion(nn.Module):
             "sqrt_one_minus_alphas_cumprod": (1 - alphas_cumprod).sqrt(),
         }.items():
             self.register_buffer(name, value.float())
+        self.set_timesteps(num_train_timesteps)
 
-    @staticmethod
-    def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return values.to(like.device)[t].to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+    def set_timesteps(self, num_inference_steps: int) -> torch.Tensor:
+        """`num_inference_steps` timesteps evenly spaced from T - 1 down to 0 (rounded), in
+        `self.timesteps`; `step` goes from each to the next (after the last: x0)."""
+        self.timesteps = torch.linspace(self.num_train_timesteps - 1, 0, num_inference_steps).round().long()
+        times = self.timesteps.tolist()
+        self._previous = dict(zip(times, times[1:] + [-1]))
+        return self.timesteps
 
-    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
-        return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+    def previous_timestep(self, timestep: int) -> int:
+        """The timestep `step` goes to from `timestep` (-1: the clean image)."""
+        if int(timestep) not in self._previous:
+            raise ValueError(f"timestep {timestep} is not one of set_timesteps' {self.timesteps.tolist()}")
+        return self._previous[int(timestep)]
 
-    def loss(self, model: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Epsilon-prediction L2 loss at uniformly drawn timesteps.
+    def alpha_bar(self, timestep: int, like: torch.Tensor) -> torch.Tensor:
+        """abar_t as a scalar of `like`'s dtype and device; 1 at t = -1 (the clean image)."""
+        if timestep < 0:
+            return torch.tensor(1.0, dtype=like.dtype, device=like.device)
+        return self.alphas_cumprod.to(like.device).to(like.dtype)[timestep]
 
-        Timesteps and noise are drawn on the CPU from `generator`, so a run is reproducible
-        (and resumable) whatever the device.
-        """
-        t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
-        return F.mse_loss(model(self.q_sample(x0, t, noise), t), noise)
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, one timestep per sample.
 
-    @torch.no_grad()
-    def ddim_sample(
-        self, model: nn.Module, shape: tuple[int, ...], steps: int = 50, generator: torch.Generator | None = None,
-        progress=None,
-    ) -> torch.Tensor:
-        """Deterministic DDIM (eta = 0) from pure noise over `steps` evenly spaced timesteps;
-        `progress()` is called after each step."""
-        device = next(model.parameters()).device
-        x = torch.randn(shape, generator=generator).to(device)
-        times = torch.linspace(self.num_timesteps - 1, 0, steps).round().long().tolist()
-        abar = self.alphas_cumprod.to(device)
-        for i, t in enumerate(times):
-            eps = model(x, torch.full((shape[0],), t, device=device, dtype=torch.long))
-            a_t = abar[t]
-            x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
-            a_prev = abar[times[i + 1]] if i + 1 < len(times) else torch.tensor(1.0, device=device)
-            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-            if progress:
-                progress()
-        return x
+        Below float64 the square roots are the stored buffers (bit for bit the reference's
+        `q_sample`, which the stored features depend on); in float64 they are taken from
+        `alphas_cumprod` in float64, as `step` does."""
+        x0, t = original_samples, torch.as_tensor(timesteps)
+        if x0.dtype == torch.float64:
+            abar = self.alphas_cumprod.to(x0.device).double()[t]
+            roots = abar.sqrt(), (1 - abar).sqrt()
+        else:
+            roots = self.sqrt_alphas_cumprod.to(x0.device)[t], self.sqrt_one_minus_alphas_cumprod.to(x0.device)[t]
+        a, b = (r.to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1))) for r in roots)
+        return a * x0 + b * noise
+
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, eta: float = 0.0,
+             use_clipped_model_output: bool = False, variance_noise: torch.Tensor | None = None) -> StepOutput:
+        """One reverse step from `timestep` to `previous_timestep(timestep)` for an
+        epsilon-predicting model: x0 is predicted and clipped to [-1, 1], then (DDIM, Song
+        et al. 2021, eq. 12) x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - s^2) eps + s z,
+        s = eta sqrt((1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev)).
+
+        `eta = 0` is deterministic DDIM; `eta = 1` with `use_clipped_model_output` (eps
+        recomputed from the clipped x0) is DDPM's ancestral step with the posterior variance.
+        `variance_noise` z is required when `eta > 0`."""
+        a_t = self.alpha_bar(int(timestep), sample)
+        a_prev = self.alpha_bar(self.previous_timestep(timestep), sample)
+        eps = model_output
+        x0 = ((sample - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+        if use_clipped_model_output:
+            eps = (sample - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        if not eta:
+            return StepOutput(a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps, x0)
+        if variance_noise is None:
+            raise ValueError("step with eta > 0 needs variance_noise")
+        std = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
+        prev = a_prev.sqrt() * x0 + (1 - a_prev - std**2).clamp(min=0).sqrt() * eps + std * variance_noise
+        return StepOutput(prev, x0)
+
+    def undo_step(self, sample: torch.Tensor, timestep: int, noise: torch.Tensor) -> torch.Tensor:
+        """The forward process from `previous_timestep(timestep)` back to `timestep`
+        (RePaint's resampling): sqrt(abar_t / abar_prev) x + sqrt(1 - abar_t / abar_prev) noise."""
+        ratio = self.alpha_bar(int(timestep), sample) / self.alpha_bar(self.previous_timestep(timestep), sample)
+        return ratio.sqrt() * sample + (1 - ratio).sqrt() * noise

@@ -10,20 +10,19 @@ import contextlib
 
 import torch
 
-from orthodiff.errors import OrthodiffError
+from orthodiff.options import Precision, choice
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 
 def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise OrthodiffError(f"--precision {precision!r}: expected one of {list(PRECISIONS)}")
+    choice(Precision, precision, "--precision")
 
 
 def autocast(device: torch.device | str, precision: str):
     """The autocast context of `precision` on `device` (a no-op for fp32)."""
     check_precision(precision)
-    dtype = PRECISIONS[precision]
+    dtype = PRECISIONS[Precision(precision)]
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)

@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 import xarray as xr
 
 from orthodiff.backbone.checkpoint import (
     read_checkpoint, reference_state, save_atomic, strip_prefix, unet_state,
 )
-from orthodiff.backbone.diffusion import GaussianDiffusion
+from orthodiff.backbone.diffusion import NoiseScheduler
 from orthodiff.backbone.unet import PRESETS, DiffusionUNet, preset_name
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.devices import resolve_device
@@ -34,6 +35,18 @@ from orthodiff.progress import Advance, maybe_progress
 EMA_DECAY = 0.995
 CLIP_NORM = 1.0
 VAL_SERIES = 16  # validation loss over at most this many series, with fixed noise
+
+
+def denoising_loss(model: torch.nn.Module, scheduler: NoiseScheduler, x0: torch.Tensor,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Epsilon-prediction L2 loss at uniformly drawn timesteps.
+
+    Timesteps and noise are drawn on the CPU from `generator`, so a run is reproducible
+    (and resumable) whatever the device.
+    """
+    t = torch.randint(0, scheduler.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    return F.mse_loss(model(scheduler.add_noise(x0, noise, t), t), noise)
 
 
 @dataclass
@@ -110,7 +123,7 @@ class Pretrainer:
         self.rank, self.world = _world()
         self.device = resolve_device(device)
         self.lr = lr if lr is not None else 1e-5 * batch * self.world
-        self.diffusion = GaussianDiffusion()
+        self.scheduler = NoiseScheduler()
 
     def _rng_states(self, generator) -> list[dict]:
         """Every rank's random-generator states (each rank draws its own batches and noise);
@@ -123,7 +136,7 @@ class Pretrainer:
         return states
 
     def _checkpoint(self, step, model, ema, opt, rng: list[dict], history) -> dict:
-        buffers = dict(self.diffusion.state_dict())
+        buffers = dict(self.scheduler.state_dict())
         return {
             "ema": reference_state(ema, buffers), "model": reference_state(model, buffers),
             "optimizer": opt.state_dict(), "step": step, "preset": preset_name(self.config),
@@ -157,7 +170,7 @@ class Pretrainer:
             return float("nan")
         generator = torch.Generator().manual_seed(self.seed + 10_000)
         x0 = self.val.batch(np.arange(min(len(self.val), VAL_SERIES))).to(self.device)
-        return float(self.diffusion.loss(model, x0, generator))
+        return float(denoising_loss(model, self.scheduler, x0, generator))
 
     def run(self) -> DiffusionUNet:
         torch.manual_seed(self.seed)
@@ -178,7 +191,7 @@ class Pretrainer:
                 index = torch.randint(0, len(self.train), (self.batch,), generator=generator).numpy()
                 x0 = self.train.batch(index).to(self.device)
                 with autocast:
-                    loss = self.diffusion.loss(net, x0, generator)
+                    loss = denoising_loss(net, self.scheduler, x0, generator)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)

@@ -11,9 +11,24 @@ import numpy as np
 import torch
 
 from orthodiff.backbone.checkpoint import load_backbone
-from orthodiff.backbone.diffusion import GaussianDiffusion
+from orthodiff.backbone.diffusion import NoiseScheduler
 from orthodiff.errors import OrthodiffError
 from orthodiff.files import atomic_write
+
+
+@torch.no_grad()
+def ddim_sample(model: torch.nn.Module, scheduler: NoiseScheduler, shape: tuple[int, ...], steps: int = 50,
+                generator: torch.Generator | None = None, progress=None) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) from pure noise drawn from `generator` over `steps`
+    timesteps of `scheduler`; `progress()` is called after each step."""
+    device = next(model.parameters()).device
+    x = torch.randn(shape, generator=generator).to(device)
+    for t in scheduler.set_timesteps(steps).tolist():
+        eps = model(x, torch.full((shape[0],), t, device=device, dtype=torch.long))
+        x = scheduler.step(eps, t, x).prev_sample
+        if progress:
+            progress()
+    return x
 
 
 def sample_volumes(checkpoint: str | Path, n: int = 4, steps: int = 50, seed: int = 0, progress=None) -> np.ndarray:
@@ -23,7 +38,7 @@ def sample_volumes(checkpoint: str | Path, n: int = 4, steps: int = 50, seed: in
     model = load_backbone(checkpoint)
     c = model.config
     generator = torch.Generator().manual_seed(seed)
-    x = GaussianDiffusion().ddim_sample(model, (n, 1, c.depth, c.image_size, c.image_size), steps, generator, progress)
+    x = ddim_sample(model, NoiseScheduler(), (n, 1, c.depth, c.image_size, c.image_size), steps, generator, progress)
     return x[:, 0].clamp(-1, 1).cpu().numpy()
 
 

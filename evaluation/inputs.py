@@ -111,16 +111,3 @@ def read_series(row, catalog_path, structure_set: StructureSet) -> Series:
     t2_value = getattr(row, "t2_path", None)
     t2 = load_t2(resolve_path(catalog_path, t2_value), shape, affine) if isinstance(t2_value, str) and t2_value else None
     return Series(shape, affine, reference, t2)
-
-
-def write_mask(path: Path, mask: np.ndarray, affine: np.ndarray) -> Path:
-    """(slices, rows, columns) labels as a uint8 NIfTI with its series' affine, atomically."""
-    import nibabel as nib
-
-    image = nib.Nifti1Image(np.ascontiguousarray(np.asarray(mask, np.uint8).transpose(2, 1, 0)), affine)
-    image.header.set_xyzt_units("mm")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    nib.save(image, str(tmp))
-    tmp.replace(path)
-    return path

@@ -211,7 +211,8 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
     from orthodiff.catalogs.cohort import resolve_path
     from orthodiff.catalogs.readers import read_series
     from orthodiff.evaluation.inputs import check_complete, load_mask, model_of, read_series as read_reference
-    from orthodiff.evaluation.inputs import reference_rows, write_mask
+    from orthodiff.evaluation.inputs import reference_rows
+    from orthodiff.outputs import write_mask
     from orthodiff.outputs import write_json
 
     out = Path(out)

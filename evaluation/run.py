@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from orthodiff import pages
 from orthodiff.outputs import write_json, write_table
 
 REFERENCE = "reference"
@@ -33,10 +34,9 @@ def _crop(array, central: int):
 def measure(models, catalog_path, split="test", central=0, dataset_by=("joint", "plane"), nsd_tolerance=1.0, progress=None,
             plane=None):
     """(per-series metrics, per-series biomarkers incl. the reference's, notes) for `models`."""
-    from orthodiff.evaluation.biomarkers import series_biomarkers
+    from orthodiff.evaluation.biomarkers import series_biomarkers, spacing_of
     from orthodiff.evaluation.inputs import check_complete, load_mask, read_series, reference_rows
     from orthodiff.evaluation.metrics import series_metrics
-    from orthodiff.supervised.biomarkers import spacing_of
 
     rows, structure_set = reference_rows(catalog_path, split, plane)
     rows = rows.assign(dataset=dataset_names(rows, dataset_by))
@@ -68,21 +68,10 @@ def measure(models, catalog_path, split="test", central=0, dataset_by=("joint", 
 
 def _html(out: Path, tables: dict[str, pd.DataFrame], figures: list[str], summary: dict) -> Path:
     """evaluation.html: every table inline, every figure as a data URI (one file to send)."""
-    import base64
-    import html
-
-    from orthodiff.files import atomic_write
-
-    parts = ["<!doctype html><meta charset='utf-8'><title>Segmentation evaluation</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:2px 6px}</style><h1>Segmentation evaluation</h1>",
-             f"<pre>{html.escape(str(summary))}</pre>"]
-    for name, table in tables.items():
-        parts.append(f"<h2>{html.escape(name)}</h2>" + table.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="NaN"))
-    for name in figures:
-        data = base64.b64encode((out / name).read_bytes()).decode()
-        parts.append(f"<h2>{html.escape(name)}</h2><img src='data:image/png;base64,{data}'>")
-    return atomic_write(out / "evaluation.html", lambda tmp: Path(tmp).write_text("\n".join(parts)))
+    parts = ["<h1>Segmentation evaluation</h1>", f"<pre>{pages.esc(summary)}</pre>"]
+    parts += [f"<h2>{pages.esc(name)}</h2>" + pages.table(table, float_format="{:.4g}") for name, table in tables.items()]
+    parts += [f"<h2>{pages.esc(name)}</h2>" + pages.png((out / name).read_bytes(), name) for name in figures]
+    return pages.write_page(out / "evaluation.html", "Segmentation evaluation", parts)
 
 
 def run_evaluate_seg(model_dirs, catalog_path, out, split="test", central=0, dataset_by=("joint", "plane"), group="center",

@@ -13,11 +13,8 @@ existing one (`scheduler`).
 from __future__ import annotations
 
 import functools
-import os
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -27,7 +24,7 @@ import zarr
 from orthodiff.backbone import MIDDLE_BLOCKS, backbone_id, load_backbone
 from orthodiff.backbone.allocator import reuse_freed_memory
 from orthodiff.backbone.checkpoint import read_checkpoint
-from orthodiff.backbone.diffusion import NUM_TIMESTEPS, GaussianDiffusion, keyed_noise, noise_key
+from orthodiff.backbone.diffusion import NUM_TIMESTEPS, NoiseScheduler, keyed_noise, noise_key
 from orthodiff.backbone.precision import autocast, check_precision
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
@@ -36,10 +33,11 @@ from orthodiff.featurestore.features import (
     SHARD_SERIES, Records, content_digest, done_name, drop_temporaries, fingerprint, plane_path, prepare_plane,
     provenance, remove_unit, view_is_current,
 )
+from orthodiff.featurestore.jobs import Task, run_tasks
 from orthodiff.featurestore.store import consolidate, open_root
 from orthodiff.featurestore.verify import check_plane
 from orthodiff.featurestore.volumes import GROUP as VOLUMES, plane_volumes
-from orthodiff.progress import Advance, maybe_progress
+from orthodiff.progress import Advance
 
 TIMESTEPS = (10, 30, 50, 100, 150, 200, 300, 500)
 PRECISION = "fp32"
@@ -49,18 +47,6 @@ PRECISION = "fp32"
 def _model(checkpoint: str, device: str | None):
     """One loaded backbone per worker process, reused across its tasks."""
     return load_backbone(checkpoint, device)
-
-
-@dataclass(frozen=True)
-class Task:
-    """One run of series (one shard index), their rows in the volumes, and the (timestep,
-    block) units it still lacks."""
-
-    shard: int
-    start: int
-    series: tuple[str, ...]
-    units: tuple[tuple[int, str], ...]
-    volume_rows: tuple[int, ...]
 
 
 def task_volumes(store: str, task: Task) -> np.ndarray:
@@ -86,13 +72,13 @@ def forward_timestep(model, volumes: np.ndarray, series: tuple[str, ...], timest
     not depend on which other units are missing: a resumed task writes the same bytes as an
     uninterrupted one.
     """
-    diffusion, parts, network = GaussianDiffusion(), {b: [] for b in blocks}, 0.0
+    scheduler, parts, network = NoiseScheduler(), {b: [] for b in blocks}, 0.0
     for i in range(0, len(series), series_batch):
         ids = series[i : i + series_batch]
         x0 = torch.from_numpy(volumes[i : i + len(ids)])[:, None]
         t = torch.full((len(ids),), timestep, dtype=torch.long)
         noise = keyed_noise([noise_key(seed, s, timestep) for s in ids], x0.shape[1:])
-        x_t = diffusion.q_sample(x0, t, noise).to(model.device)
+        x_t = scheduler.add_noise(x0, noise, t).to(model.device)
         start = time.perf_counter()
         with torch.no_grad(), autocast(model.device, precision):
             feats = model.middle_features(x_t, t.to(model.device), blocks)
@@ -241,51 +227,3 @@ def extract(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks
     network = sum(r["network_s"] for r in results)
     return {"backbone": bid, "plane": plane, "series": total, "tasks": len(tasks), "seconds": round(seconds, 2),
             "network_share": round(network / seconds, 3) if tasks and not (workers or scheduler) else None}
-
-
-def _with_threads(function, threads: int | None, *args, **kwargs):
-    if threads:
-        torch.set_num_threads(threads)
-    return function(*args, **kwargs)
-
-
-def run_tasks(function, tasks: list, args: tuple, description: str, total: int, workers: int | None = None,
-              scheduler: str | None = None, progress: bool | Advance = True, read_ahead=None) -> list:
-    """Run `function(task, *args)` for every task and return its results (each an int, the
-    series it did, or a dict with a `series` count): here, on a local Dask cluster of
-    `workers` processes (sharing the cores), or on the cluster at `scheduler`; `progress`
-    counts series. In this process, `read_ahead(task)` (the task's input) runs for the next
-    task while the current one computes and is passed as `volumes=`. Shared by extract,
-    persona and radiomics."""
-    results = []
-    with maybe_progress(progress, description, total, "series") as advance:
-
-        def done(result) -> None:
-            results.append(result)
-            advance(result if isinstance(result, int) else result["series"])
-
-        if workers or scheduler:
-            from dask.distributed import Client, LocalCluster, as_completed
-
-            cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
-            # local workers share the cores instead of each starting one torch thread per core
-            threads = max(1, (os.cpu_count() or 1) // workers) if workers and not scheduler else None
-            with Client(scheduler or cluster) as client:
-                # keys named after `function`, as a dashboard shows them
-                futures = [client.submit(_with_threads, function, threads, t, *args, key=f"{function.__name__}-{uuid.uuid4().hex}")
-                           for t in tasks]
-                for future in as_completed(futures):
-                    done(future.result())
-            if cluster is not None:
-                cluster.close()
-        elif read_ahead is None:
-            for task in tasks:
-                done(function(task, *args))
-        else:
-            with ThreadPoolExecutor(1, thread_name_prefix="orthodiff-prefetch") as reader:
-                upcoming = reader.submit(read_ahead, tasks[0]) if tasks else None
-                for i, task in enumerate(tasks):
-                    volumes = upcoming.result()
-                    upcoming = reader.submit(read_ahead, tasks[i + 1]) if i + 1 < len(tasks) else None
-                    done(function(task, *args, volumes=volumes))
-    return results

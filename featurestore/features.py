@@ -41,6 +41,7 @@ from zarr.codecs import BloscCodec, BloscShuffle
 from orthodiff.errors import OrthodiffError
 from orthodiff.faults import fault
 from orthodiff.featurestore.store import complete, ensure_arrays, ensure_group, open_root
+from orthodiff.options import Precision
 
 GROUP = "features"
 SHARD_SERIES = 16
@@ -63,7 +64,7 @@ def fingerprint(provenance: dict, series: list[str], timestep: int, block: str, 
     compute precision (left out of the hash for fp32, so fp32 stores written before
     `--precision` existed stay complete)."""
     parts = [{k: provenance.get(k) for k in keys}, series, timestep, block, dtype, COMPRESSOR.to_dict()]
-    payload = json.dumps(parts + ([precision] if precision != "fp32" else []), sort_keys=True, default=str)
+    payload = json.dumps(parts + ([] if Precision(precision) is Precision.fp32 else [precision]), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -29,6 +29,7 @@ from scipy.special import expit
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from orthodiff.heads.defaults import PROBE
 from orthodiff.heads.estimator import MultiLabelClassifier
 from orthodiff.heads.probe import PlaneProbe, ProbeNet
 from orthodiff.training import apply, one_thread, seeded, train
@@ -126,8 +127,8 @@ class BatchedSAPProbes(MultiLabelClassifier):
     (numpy or lazy, streamed in blocks of ``block_rows`` series); outputs carry the
     configuration axis: ``predict_proba`` (N, K, labels), or (N, K, 2) for a 1-D binary ``y``."""
 
-    def __init__(self, epochs: int = 10, lr: float = 5e-4, batch_size: int = 10, weight_decay: float = 0.0,
-                 block_rows: int = 256, random_state: int = 0):
+    def __init__(self, epochs: int = PROBE["epochs"], lr: float = PROBE["lr"], batch_size: int = PROBE["batch_size"],
+                 weight_decay: float = 0.0, block_rows: int = 256, random_state: int = 0):
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size

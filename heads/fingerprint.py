@@ -104,22 +104,24 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
             self.mean_ = np.nan_to_num(np.nanmean(r, 0)).astype(np.float32)
             self.scale_ = np.nan_to_num(np.nanstd(r, 0), nan=1.0).astype(np.float32)
         self.scale_[self.scale_ == 0] = 1.0
-        torch.manual_seed(0 if self.random_state is None else self.random_state)
-        rt, ut = self._tensors(X)
-        self.usage_net_ = None if self.usage == "none" else _Usage(self.usage, tuple(ut.shape[1:]), r.shape[1],
-                                                                    self.hidden, self.dropout)
-        self.beta_ = nn.Parameter(torch.zeros(r.shape[1]))
-        self.bias_ = nn.Parameter(torch.zeros(()))
-        params = [self.beta_, self.bias_] + ([] if self.usage_net_ is None else list(self.usage_net_.parameters()))
-        opt = torch.optim.Adam(params, lr=self.lr)
-        pos = max(y.sum(), 1.0)
-        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(y) - pos) / pos))
-        yt = torch.from_numpy(y)
-        generator = torch.Generator().manual_seed(0 if self.random_state is None else self.random_state)
-        self.loss_curve_ = []
-        small = is_small(nn.ParameterList(params), (rt, ut), self.batch_size)
-        with one_thread() if small else nullcontext():
-            self._train(rt, ut, yt, opt, loss_fn, generator)
+        seed = int(np.random.default_rng().integers(2**31)) if self.random_state is None else int(self.random_state)
+        with torch.random.fork_rng(devices=[]):  # weights and dropout from random_state; torch's global RNG untouched
+            torch.manual_seed(seed)
+            rt, ut = self._tensors(X)
+            self.usage_net_ = None if self.usage == "none" else _Usage(self.usage, tuple(ut.shape[1:]), r.shape[1],
+                                                                        self.hidden, self.dropout)
+            self.beta_ = nn.Parameter(torch.zeros(r.shape[1]))
+            self.bias_ = nn.Parameter(torch.zeros(()))
+            params = [self.beta_, self.bias_] + ([] if self.usage_net_ is None else list(self.usage_net_.parameters()))
+            opt = torch.optim.Adam(params, lr=self.lr)
+            pos = max(y.sum(), 1.0)
+            loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(y) - pos) / pos))
+            yt = torch.from_numpy(y)
+            generator = torch.Generator().manual_seed(seed)
+            self.loss_curve_ = []
+            small = is_small(nn.ParameterList(params), (rt, ut), self.batch_size)
+            with one_thread() if small else nullcontext():
+                self._train(rt, ut, yt, opt, loss_fn, generator)
         if self.usage_net_ is not None:
             self.usage_net_.eval()
         Xv, yv = validation if validation is not None else (X, y)

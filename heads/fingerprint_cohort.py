@@ -10,7 +10,6 @@ bootstrap CIs resampling patients.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.fingerprint import FingerprintClassifier, youden_threshold
 from orthodiff.heads.metrics import patient_resamples
+from orthodiff.outputs import write_json, write_table
 
 TARGETS = {"abnormal": None, "acl": ("ACL",), "meniscus": ("MM", "LM", "MEN")}
 
@@ -123,7 +123,7 @@ def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path, plan
     """Central slice of the exam's image, persona and residual per plane (of `planes`, default
     all), ROI outlined."""
     from orthodiff.outputs import atomic_savefig, pyplot
-    from orthodiff.personas.store import open_personas
+    from orthodiff.personas.reader import open_personas
 
     series = catalog[(catalog.case_id == exam) & (catalog.plane.isin(planes) if planes is not None else True)]
     series = series.drop_duplicates("plane")
@@ -149,7 +149,7 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
                     epochs: int = 200, n_boot: int = 500, seed: int = 0, top: int = 5, progress=None) -> pd.DataFrame:
     """Fit every model on train, threshold on val, score test; write metrics, explanations, betas to `out`."""
     from orthodiff.catalogs.cohort import read_catalog
-    from orthodiff.radiomics.store import open_radiomics
+    from orthodiff.radiomics.reader import open_radiomics
 
     catalog = read_catalog(catalog_path)
     y = target(catalog, task)
@@ -194,9 +194,9 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
                      "threshold": threshold, **metrics})
         if isinstance(model, FingerprintClassifier) and model.usage != "none":
             slug = name.split("(")[1].rstrip(")").replace("+", "_")
-            model.explain(inputs(exams["test"]), top=top, exams=exams["test"]).to_csv(out / f"explain_{slug}.csv", index=False)
-            pd.DataFrame({"feature": model.feature_names_, "beta": model.beta_.detach().numpy()}).sort_values(
-                "beta", key=np.abs, ascending=False).to_csv(out / f"beta_{slug}.csv", index=False)
+            write_table(model.explain(inputs(exams["test"]), top=top, exams=exams["test"]), out / f"explain_{slug}")
+            write_table(pd.DataFrame({"feature": model.feature_names_, "beta": model.beta_.detach().numpy()}).sort_values(
+                "beta", key=np.abs, ascending=False), out / f"beta_{slug}")
         if progress:
             progress()
     if gap is not None:  # the diffusion-feature probe: L2 logistic regression on the stored GAP features
@@ -211,11 +211,10 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
                      "threshold": threshold, **binary_metrics(y.reindex(exams["test"]), p, threshold,
                                                               patient.reindex(exams["test"]).to_numpy(), n_boot, seed)})
     table = pd.DataFrame(rows)
-    table.to_csv(out / "metrics.csv", index=False)
+    write_table(table, out / "metrics")
     positives = [e for e in exams["test"] if y.get(e, 0) == 1]
     if positives:
         persona_figure(store, catalog, positives[0], out / "persona_example.png", np.unique(radiomics.plane.values).tolist())
-    (out / "run.json").write_text(json.dumps({"store": str(store), "catalog": str(catalog_path), "task": task,
-                                              "settings": radiomics.attrs["settings_id"], "epochs": epochs, "seed": seed,
-                                              "exams": {s: int(len(v)) for s, v in exams.items()}}, indent=1))
+    write_json({"store": str(store), "catalog": str(catalog_path), "task": task, "settings": radiomics.attrs["settings_id"],
+                "epochs": epochs, "seed": seed, "exams": {s: int(len(v)) for s, v in exams.items()}}, out / "run.json")
     return table

@@ -15,11 +15,13 @@ from torch import nn
 
 from orthodiff.catalogs.tasks import PLANES, ehr_schema
 from orthodiff.errors import OrthodiffError
+from orthodiff.heads.defaults import FUSION, METHOD
 from orthodiff.heads.ehr import EHRNet, LateFusion
 from orthodiff.heads.estimator import MultiLabelClassifier
+from orthodiff.options import Method
 from orthodiff.training import apply, seeded, train
 
-METHODS = ("concat", "linear_concat", "linear_add", "cross_attention", "mpae")
+METHODS = tuple(m for m in Method if not m.comparator)
 
 
 def _zero_linear(d_in: int, d_out: int) -> nn.Linear:
@@ -34,19 +36,19 @@ class PlaneFusion(nn.Module):
 
     def __init__(self, method: str, dims: list[int], n_labels: int, shared_dim: int = 512):
         super().__init__()
-        self.method, n = method, len(dims)
-        if method == "concat":
+        self.method, n = Method(method), len(dims)
+        if self.method is Method.concat:
             self.classifier = _zero_linear(sum(dims), n_labels)
         else:
             self.project = nn.ModuleList(nn.Linear(d, shared_dim) for d in dims)
-            width = shared_dim if method == "linear_add" else n * shared_dim
+            width = shared_dim if self.method is Method.linear_add else n * shared_dim
             self.classifier = _zero_linear(width, n_labels)
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        if self.method == "concat":
+        if self.method is Method.concat:
             return self.classifier(torch.cat(xs, dim=1))
         projected = [p(x) for p, x in zip(self.project, xs)]
-        if self.method == "linear_add":
+        if self.method is Method.linear_add:
             return self.classifier(torch.stack(projected).sum(0))
         return self.classifier(torch.cat(projected, dim=1))
 
@@ -186,14 +188,14 @@ class FusionHead(MultiLabelClassifier):
 
     def __init__(
         self,
-        method: str = "concat",
+        method: str = METHOD,
         shared_dim: int = 512,
         heads: int = 4,
         cross_mode: str = "mean",
         gate_hidden: int = 32,
-        epochs: int = 5,
-        lr: float = 5e-5,
-        batch_size: int = 10,
+        epochs: int = FUSION["epochs"],
+        lr: float = FUSION["lr"],
+        batch_size: int = FUSION["batch_size"],
         weight_decay: float = 0.0,
         plane_epochs: int = 5,
         plane_lr: float = 5e-5,
@@ -256,9 +258,10 @@ class FusionHead(MultiLabelClassifier):
         """``groups``: patient of each row (MPAE's folds keep a patient's rows together)."""
         if self.method not in METHODS:
             raise OrthodiffError(f"unknown fusion method {self.method!r}; expected one of {list(METHODS)}")
+        method = Method(self.method)
         self.planes_ = [p for p in PLANES if p in X]
-        if len(self.planes_) < (2 if self.method in ("mpae", "cross_attention") else 1):
-            raise OrthodiffError(f"{self.method} fusion needs at least two planes, got {self.planes_}")
+        if len(self.planes_) < (2 if method.combines_planes else 1):
+            raise OrthodiffError(f"{method} fusion needs at least two planes, got {self.planes_}")
         self.ehr_ = "ehr" in X
         self.keys_ = self.planes_ + (["ehr"] if self.ehr_ else [])
         inputs = self._inputs(X)
@@ -266,19 +269,19 @@ class FusionHead(MultiLabelClassifier):
         w = np.ones(len(y), np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32)
         n_labels, planes = y.shape[1], inputs[: len(self.planes_)]
         dims = [x.shape[1] for x in planes]
-        if self.method == "mpae":
+        if method.gated:
             fusion = self._fit_mpae(planes, y, w, groups)
-        elif self.method == "cross_attention":
+        elif method is Method.cross_attention:
             fusion = seeded(self.random_state, lambda: CrossAttentionClassifier(
                 dims, n_labels, self.shared_dim, self.heads, self.cross_mode))
         else:
-            fusion = seeded(self.random_state, lambda: PlaneFusion(self.method, dims, n_labels, self.shared_dim))
+            fusion = seeded(self.random_state, lambda: PlaneFusion(method, dims, n_labels, self.shared_dim))
 
         def build() -> FusionNet:
             return FusionNet(fusion, EHRNet.from_schema(ehr_schema(), n_labels) if self.ehr_ else None, n_labels)
 
         self.net_ = seeded(self.random_state, build)
-        if self.method != "mpae" or self.ehr_:
+        if not method.gated or self.ehr_:
             train(self.net_, inputs, y, w, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
                   random_state=self.random_state, weight_decay=self.weight_decay)
         self.net_.eval()
@@ -294,7 +297,7 @@ class FusionHead(MultiLabelClassifier):
     def gating_weights(self, X: dict) -> np.ndarray:
         """MPAE only: (N, labels, planes) gate weights, planes in ``planes_`` order."""
         check_is_fitted(self)
-        if self.method != "mpae":
+        if not Method(self.method).gated:
             raise OrthodiffError(f"gating weights exist for the mpae method only, not {self.method!r}")
         weights = apply(self.net_.fusion.gating_weights, self._inputs(X)[: len(self.planes_)])
         return weights.transpose(0, 2, 1)

@@ -20,6 +20,9 @@ from orthodiff.errors import OrthodiffError
 SUMMARY_METRICS = ("macro_auroc", "CP", "CR", "CF1", "OP", "OR", "OF1")
 THRESHOLD_RULES = ("youden",)
 SUBGROUP_COLUMNS = ("center", "field_strength", "vendor")
+# Below this many positives (or negatives) in a split, a label's AUROC and its CI rest on a
+# handful of exams: the tables and the report flag it.
+MIN_SUPPORT = 5
 
 
 def _check(y, p) -> tuple[np.ndarray, np.ndarray]:

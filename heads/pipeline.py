@@ -10,14 +10,14 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
+from orthodiff.heads.defaults import FUSION, POOLING, PROBE
 from orthodiff.heads.inputs import load_inputs
+from orthodiff.heads.metrics import MIN_SUPPORT
 from orthodiff.heads.report import build_report
 from orthodiff.heads.sweep import default_workers
+from orthodiff.options import Method
 from orthodiff.outputs import read_table, write_table
-from orthodiff.heads.runs import (
-    DEFAULT_FUSION, DEFAULT_PROBE, MIN_SUPPORT, compare_runs, run_fuse, run_select, run_sweep, selection_size,
-    sweep_steps,
-)
+from orthodiff.heads.runs import compare_runs, run_fuse, run_select, run_sweep, selection_size, sweep_steps
 from orthodiff.progress import progress_bar
 from orthodiff.tables import frame_table
 
@@ -27,7 +27,7 @@ from orthodiff.tables import frame_table
 SMALL_COHORT_PROBE = {"epochs": 10, "lr": 3e-3, "batch_size": 10, "weight_decay": 1e-2}
 SMALL_COHORT_FUSION = {"epochs": 100, "lr": 3e-3, "batch_size": 16, "weight_decay": 1e-2,
                        "plane_epochs": 100, "plane_lr": 3e-3, "gate_epochs": 200}
-FUSIONS = (("concat", False), ("concat", True), ("mpae", False), ("mpae", True), ("lightgbm", False))
+FUSIONS = ((Method.concat, False), (Method.concat, True), (Method.mpae, False), (Method.mpae, True), (Method.lightgbm, False))
 COMPARISONS = (("concat", "lightgbm"), ("mpae", "concat"), ("concat_ehr", "concat"))
 OPTION_NAMES = {"epochs": "--epochs", "lr": "--lr", "weight_decay": "--weight-decay", "batch_size": "--batch",
                 "plane_epochs": "--plane-epochs", "plane_lr": "--plane-lr", "gate_epochs": "--gate-epochs"}
@@ -41,7 +41,7 @@ def settings_flags(params: dict) -> str:
     return " ".join(f"{OPTION_NAMES[k]} {v:g}" for k, v in params.items() if k in OPTION_NAMES)
 
 
-def heads_commands(store, catalog, out, probe_params, fusion_params, pooling="sap") -> list[str]:
+def heads_commands(store, catalog, out, probe_params, fusion_params, pooling=POOLING) -> list[str]:
     """The `orthodiff` commands that make what :func:`run_heads` makes, step by step."""
     out = Path(out)
     lines = [
@@ -57,15 +57,15 @@ def heads_commands(store, catalog, out, probe_params, fusion_params, pooling="sa
     return lines
 
 
-def run_heads(store, catalog_path, out, console: Console, backbone=None, pooling="sap",
+def run_heads(store, catalog_path, out, console: Console, backbone=None, pooling=POOLING,
               probe_params=None, fusion_params=None, n_boot=500, seed=0, workers=None) -> pd.DataFrame:
     """Run every step under ``out``; return the test summary (one row per fusion run).
-    ``probe_params``/``fusion_params`` default to the paper's values (``DEFAULT_PROBE``,
-    ``DEFAULT_FUSION``); the demo passes ``SMALL_COHORT_PROBE``/``SMALL_COHORT_FUSION``.
+    ``probe_params``/``fusion_params`` default to the paper's values (``heads.defaults.PROBE``,
+    ``FUSION``); the demo passes ``SMALL_COHORT_PROBE``/``SMALL_COHORT_FUSION``.
     ``workers``: processes of the sweep (default: ``heads.sweep.default_workers``)."""
     out = Path(out)
-    probe = {**DEFAULT_PROBE, **(probe_params or {})}
-    fusion = {**DEFAULT_FUSION, **(fusion_params or {})}
+    probe = {**PROBE, **(probe_params or {})}
+    fusion = {**FUSION, **(fusion_params or {})}
     features, catalog, labels, provenance = load_inputs(store, catalog_path, backbone)
 
     stage_one = {}  # Stage I probes: the sweep's, shared by the selection and every fusion run

@@ -12,8 +12,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from orthodiff.errors import OrthodiffError
+from orthodiff.options import Pooling, choice
 
-POOLINGS = ("gap", "glp", "sap")
+POOLINGS = tuple(Pooling)
 
 
 def tokens(x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +76,5 @@ class SAP(nn.Module):
 
 
 def make_pooling(name: str, channels: int) -> nn.Module:
-    classes = {"gap": GAP, "glp": GLP, "sap": SAP}
-    if name not in classes:
-        raise OrthodiffError(f"unknown pooling {name!r}; expected one of {list(POOLINGS)}")
-    return classes[name](channels)
+    classes = {Pooling.gap: GAP, Pooling.glp: GLP, Pooling.sap: SAP}
+    return classes[choice(Pooling, name, "pooling")](channels)

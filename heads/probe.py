@@ -10,7 +10,9 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from orthodiff.heads.estimator import MultiLabelClassifier, check_weights, check_X
+from orthodiff.heads.defaults import POOLING, PROBE
 from orthodiff.heads.pooling import make_pooling
+from orthodiff.options import Pooling
 from orthodiff.training import apply, seeded, train
 
 
@@ -73,10 +75,10 @@ class PlaneProbe(TransformerMixin, MultiLabelClassifier):
 
     def __init__(
         self,
-        pooling: str = "sap",
-        epochs: int = 10,
-        lr: float = 5e-4,
-        batch_size: int = 10,
+        pooling: str = POOLING,
+        epochs: int = PROBE["epochs"],
+        lr: float = PROBE["lr"],
+        batch_size: int = PROBE["batch_size"],
         weight_decay: float = 0.0,
         block_rows: int = 256,
         random_state: int = 0,
@@ -106,7 +108,7 @@ class PlaneProbe(TransformerMixin, MultiLabelClassifier):
         fine-tuning run saved with its checkpoint)."""
         n_labels, width = state["classifier.weight"].shape
         probe = cls(pooling, **params)
-        channels = width if pooling == "gap" else width // 2
+        channels = width if Pooling(pooling) is Pooling.gap else width // 2  # GLP and SAP: [GAP, pooled]
         net = ProbeNet(pooling, channels, n_labels)
         net.load_state_dict(state)
         probe.net_ = net.eval()

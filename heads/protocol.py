@@ -21,12 +21,14 @@ from sklearn.utils.validation import check_is_fitted
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.comparators import LightGBMComparator, LogisticComparator
+from orthodiff.heads.defaults import METHOD, POOLING
 from orthodiff.heads.ehr import EHREncoder, EHROnlyHead
-from orthodiff.heads.fusion import METHODS, FusionHead
+from orthodiff.heads.fusion import FusionHead
 from orthodiff.heads.probe import PlaneProbe
+from orthodiff.options import Method, Pooling, choice
 
 # heads on the fusion input other than the fusion methods; ehr_only is the paper's EHR-only baseline
-COMPARATORS = {"lightgbm": LightGBMComparator, "logistic": LogisticComparator, "ehr_only": EHROnlyHead}
+COMPARATORS = {Method.lightgbm: LightGBMComparator, Method.logistic: LogisticComparator, Method.ehr_only: EHROnlyHead}
 
 
 def fusion_samples(series: pd.DataFrame, planes=PLANES) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -88,7 +90,7 @@ class TwoStageFusion(BaseEstimator):
     ``fit(features, catalog, labels)`` and ``predict`` returns a per-exam table, so it has
     no ``ClassifierMixin`` score; the Stage I and II models are ``probes_`` and ``head_``."""
 
-    def __init__(self, pooling: str = "sap", method: str = "concat", ehr: bool = False,
+    def __init__(self, pooling: str = POOLING, method: str = METHOD, ehr: bool = False,
                  probe: PlaneProbe | None = None, head: FusionHead | None = None, random_state: int = 0):
         self.pooling = pooling
         self.method = method
@@ -121,18 +123,17 @@ class TwoStageFusion(BaseEstimator):
         """``probes``: already fitted Stage I probes by plane (reused frozen, e.g. when many
         cross-plane combinations share a plane's configuration). ``outputs``: what those
         probes output (``stage_one_outputs``), by plane, read instead of pooling the features again."""
-        if self.method not in (*METHODS, *COMPARATORS):
-            raise OrthodiffError(f"unknown fusion method {self.method!r}; expected one of {[*METHODS, *COMPARATORS]}")
+        method = choice(Method, self.method, "fusion method")
         self.fit_stage_one(features, catalog, labels, probes)
         # the EHR-only baseline is scored on the same exams as fusion (those with every plane)
-        self.uses_ehr_ = self.ehr or self.method == "ehr_only"
+        self.uses_ehr_ = self.ehr or method is Method.ehr_only
         if self.uses_ehr_:
             self.ehr_encoder_ = EHREncoder().fit(catalog.drop_duplicates("case_id"))
         X, combos, _ = self._pooled(features, catalog, outputs)
         exams = exam_table(catalog).loc[combos["case_id"]]
         y = exams[labels].to_numpy()
-        if self.method in COMPARATORS:
-            self.head_ = COMPARATORS[self.method](random_state=self.random_state).fit(X, y, combos["weight"].to_numpy())
+        if method.comparator:
+            self.head_ = COMPARATORS[method](random_state=self.random_state).fit(X, y, combos["weight"].to_numpy())
         else:
             head = clone(self.head if self.head is not None else FusionHead())
             self.head_ = head.set_params(method=self.method, random_state=self.random_state).fit(
@@ -146,7 +147,7 @@ class TwoStageFusion(BaseEstimator):
         self.labels_ = list(labels)
         self.planes_ = [p for p in PLANES if p in features]
         probe = clone(self.probe if self.probe is not None else PlaneProbe()).set_params(
-            pooling=self.pooling, random_state=self.random_state, **({"epochs": 0} if self.pooling == "gap" else {}))
+            pooling=self.pooling, random_state=self.random_state, **({} if Pooling(self.pooling).trained else {"epochs": 0}))
         self.probes_ = dict(probes or {})
         for plane in [p for p in self.planes_ if p not in self.probes_]:
             rows = catalog[catalog["plane"] == plane]
@@ -164,7 +165,7 @@ class TwoStageFusion(BaseEstimator):
         if combos.empty:
             raise OrthodiffError("no exam has series in every plane: nothing to fuse")
         prob = pd.DataFrame(self.head_.predict_proba(X), columns=[f"p_{c}" for c in self.labels_])
-        if self.method == "mpae":
+        if Method(self.method).gated:
             gates = self.head_.gating_weights(X)
             for j, label in enumerate(self.labels_):
                 for k, plane in enumerate(self.planes_):

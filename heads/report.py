@@ -8,9 +8,6 @@ differences are real (permutation p-values); then per-label curves and tables, s
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import os
 from pathlib import Path
@@ -18,13 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from orthodiff import pages
 from orthodiff.errors import OrthodiffError
-from orthodiff.files import atomic_write
+from orthodiff.heads.metrics import MIN_SUPPORT
 from orthodiff.outputs import pyplot, read_table
-
-# Below this many positives (or negatives) in a split, a label's AUROC and its CI rest on a
-# handful of exams: the tables and the report flag it.
-MIN_SUPPORT = 5
 
 METRIC_DEFINITIONS = {
     "macro AUROC": "area under the ROC curve of each label, averaged over the labels where it is defined "
@@ -42,60 +36,10 @@ METRIC_DEFINITIONS = {
     "low support": f"a label with fewer than {MIN_SUPPORT} positive (or negative) exams in the split: its AUROC and "
                    "CI rest on a handful of exams and can be 1.000 or 0.500 by chance.",
 }
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1180px;color:#222;line-height:1.4}
-table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1em}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f0f0f0}
-td:first-child,th:first-child{text-align:left}
-h1{margin-bottom:0.2em}h2{border-bottom:2px solid #888;margin-top:2em}h3{margin-bottom:0.3em}
-img{max-width:100%;display:block;margin:0.5em 0}figure{margin:1em 0}figcaption{font-size:13px;color:#555}
-.warn{background:#fff3cd}.note{color:#555;font-size:13px}details{margin:0.4em 0}summary{cursor:pointer}
-dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:13px}dt{font-weight:600}dd{margin:0}
-nav a{margin-right:1em}
-"""
-
-
-# ---- HTML pieces ---------------------------------------------------------------------------
-
-def _esc(text) -> str:
-    return html.escape(str(text))
-
-
-def _table(df: pd.DataFrame, warn_rows=None) -> str:
-    """A plain HTML table; rows where ``warn_rows`` is true are highlighted."""
-    def cell(v):
-        if isinstance(v, float | np.floating):
-            return "—" if np.isnan(v) else f"{v:.3f}"
-        return _esc(v)
-
-    head = "".join(f"<th>{_esc(c)}</th>" for c in df.columns)
-    warn = np.zeros(len(df), bool) if warn_rows is None else np.asarray(warn_rows, bool)
-    body = "".join(f"<tr{' class=warn' if w else ''}>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
-                   for row, w in zip(df.itertuples(index=False), warn))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _png(data: bytes, alt: str, caption: str = "") -> str:
-    src = base64.b64encode(data).decode()
-    cap = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
-    return f"<figure><img alt='{_esc(alt)}' src='data:image/png;base64,{src}'>{cap}</figure>"
-
-
-def _fig_png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    pyplot().close(fig)
-    return buffer.getvalue()
-
-
-def _details(summary: str, body: str, open_: bool = False) -> str:
-    return f"<details{' open' if open_ else ''}><summary>{_esc(summary)}</summary>{body}</details>"
-
-
 def _csv_table(path: Path, limit: int = 200) -> str:
     df = pd.read_csv(path)
     more = f"<p class=note>first {limit} of {len(df)} rows</p>" if len(df) > limit else ""
-    return more + _table(df.head(limit))
+    return more + pages.table(df.head(limit))
 
 
 # ---- what a run directory holds ------------------------------------------------------------
@@ -160,9 +104,9 @@ def _cohort(runs: _Runs) -> str:
            or table[c].min() == 0]
     warn = (f"<p class='warn'>Low support: {', '.join(low)} have fewer than {MIN_SUPPORT} positive (or negative) exams "
             "in some split; their per-label numbers are flagged below.</p>") if low else ""
-    return (f"<p>Catalog <code>{_esc(path)}</code> (split fingerprint <code>{split_fingerprint(df)}</code>): "
+    return (f"<p>Catalog <code>{pages.esc(path)}</code> (split fingerprint <code>{split_fingerprint(df)}</code>): "
             f"{len(df)} series, {len(exams)} exams, {df['patient_id'].nunique()} patients. "
-            "Label columns count positive exams per split.</p>" + _table(table) + warn)
+            "Label columns count positive exams per split.</p>" + pages.table(table) + warn)
 
 
 def _configuration(runs: _Runs) -> str:
@@ -170,11 +114,11 @@ def _configuration(runs: _Runs) -> str:
     for path, config in runs.configs.items():
         planes = pd.DataFrame([{"plane": p, **c} for p, c in config["planes"].items()])
         settings = {k: config[k] for k in ("pooling", "selection_method", "val_macro_auroc", "split_fingerprint") if k in config}
-        params = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(json.dumps(config[k]))}</dd>"
+        params = "".join(f"<dt>{pages.esc(k)}</dt><dd>{pages.esc(json.dumps(config[k]))}</dd>"
                          for k in ("probe_params", "fusion_params") if k in config)
-        items = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v if not isinstance(v, float) else f'{v:.3f}')}</dd>"
+        items = "".join(f"<dt>{pages.esc(k)}</dt><dd>{pages.esc(v if not isinstance(v, float) else f'{v:.3f}')}</dd>"
                         for k, v in settings.items())
-        parts.append(f"<h3>{_esc(runs.name(path))}</h3><dl>{items}{params}</dl>" + _table(planes))
+        parts.append(f"<h3>{pages.esc(runs.name(path))}</h3><dl>{items}{params}</dl>" + pages.table(planes))
     return "".join(parts) or "<p class=note>No configuration file (written by <code>orthodiff select</code>).</p>"
 
 
@@ -201,7 +145,7 @@ def _headline(runs: _Runs) -> str:
     if not rows:
         return "<p class=note>No classification runs (<code>orthodiff fuse</code>) here.</p>"
     return ("<p>Test split; macro AUROC with its 95% patient-bootstrap CI; the other metrics at a 0.5 threshold "
-            "(definitions below). Highlighted: runs with low-support labels.</p>" + _table(pd.DataFrame(rows), warn))
+            "(definitions below). Highlighted: runs with low-support labels.</p>" + pages.table(pd.DataFrame(rows), warn))
 
 
 def _comparisons(runs: _Runs) -> str:
@@ -216,11 +160,11 @@ def _comparisons(runs: _Runs) -> str:
         return "<p class=note>No comparisons (<code>orthodiff compare ... --out</code>) here.</p>"
     df = pd.DataFrame(rows)
     return ("<p>Macro AUROC on the test exams both runs scored; per-label deltas and p-values are in each table. "
-            "Highlighted: p &lt; 0.05.</p>" + _table(df, df["p (permutation)"] < 0.05))
+            "Highlighted: p &lt; 0.05.</p>" + pages.table(df, df["p (permutation)"] < 0.05))
 
 
 def _definitions() -> str:
-    return "<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in METRIC_DEFINITIONS.items()) + "</dl>"
+    return "<dl>" + "".join(f"<dt>{pages.esc(k)}</dt><dd>{pages.esc(v)}</dd>" for k, v in METRIC_DEFINITIONS.items()) + "</dl>"
 
 
 def _curves(runs: _Runs) -> str:
@@ -264,7 +208,7 @@ def _curves(runs: _Runs) -> str:
         handles, names = axes.flat[0].get_legend_handles_labels()
         fig.legend(handles, names, loc="outside upper right", ncol=min(len(names), 5), fontsize=8)
         fig.suptitle(f"{kind} curves per label, test split", x=0.01, ha="left", fontsize=11)
-        out.append(_png(_fig_png(fig), f"{kind} curves per label"))
+        out.append(pages.png(pages.fig_png(fig), f"{kind} curves per label"))
     return "".join(out)
 
 
@@ -288,12 +232,12 @@ def _per_label(runs: _Runs) -> str:
         table = pd.DataFrame(rows)
         extra = ""
         if (run / "gating.png").is_file():
-            extra += _png((run / "gating.png").read_bytes(), f"{runs.name(run)} gating",
+            extra += pages.png((run / "gating.png").read_bytes(), f"{runs.name(run)} gating",
                           "MPAE: mean gating weight of each plane per label on the test exams.")
         if (run / "ehr_weight.csv").is_file():
             extra += "<p>EHR late fusion: weight of the MRI head per label (1 - weight goes to the EHR head).</p>"
             extra += _csv_table(run / "ehr_weight.csv")
-        parts.append(f"<h3>{_esc(runs.name(run))}</h3>" + _table(table, table["note"] != "") + extra)
+        parts.append(f"<h3>{pages.esc(runs.name(run))}</h3>" + pages.table(table, table["note"] != "") + extra)
     return "".join(parts)
 
 
@@ -305,24 +249,24 @@ def _subgroups(runs: _Runs) -> str:
             df = read_table(path)
             macro = df[df["label"] == "macro"].drop(columns="label").rename(columns={"auroc": "macro AUROC"})
             body = ("<p>Macro AUROC per subgroup (rows with fewer than 10 exams highlighted); the per-label values are in "
-                    f"<code>{_esc(runs.name(path.with_suffix('.csv')))}</code>.</p>" + _table(macro, macro["n"] < 10))
-            parts.append(_details(f"{runs.name(run)}: by center, field strength and vendor", body))
+                    f"<code>{pages.esc(runs.name(path.with_suffix('.csv')))}</code>.</p>" + pages.table(macro, macro["n"] < 10))
+            parts.append(pages.details(f"{runs.name(run)}: by center, field strength and vendor", body))
     return "".join(parts)
 
 
 def _sweeps(runs: _Runs) -> str:
     parts = []
     for run in runs.sweeps:
-        body = "".join(_png(p.read_bytes(), p.stem, f"{runs.name(run)}: {p.stem.replace('_', ' ')}")
+        body = "".join(pages.png(p.read_bytes(), p.stem, f"{runs.name(run)}: {p.stem.replace('_', ' ')}")
                        for p in sorted(run.glob("heatmap_*.png")))
         if (run / "top4.csv").is_file():
             body += "<p>Top 4 (timestep, block) per plane, validation macro AUROC:</p>" + _csv_table(run / "top4.csv")
-        parts.append(f"<h3>{_esc(runs.name(run))}</h3>{body}")
+        parts.append(f"<h3>{pages.esc(runs.name(run))}</h3>{body}")
     for path in runs.configs:
         selection = path.with_name(path.stem + "_selection.csv")
         if selection.is_file():
-            parts.append(_details(f"cross-plane selection ({runs.name(selection)}), best 20",
-                                  _table(pd.read_csv(selection).head(20))))
+            parts.append(pages.details(f"cross-plane selection ({runs.name(selection)}), best 20",
+                                  pages.table(pd.read_csv(selection).head(20))))
     return "".join(parts)
 
 
@@ -330,7 +274,7 @@ def _efficiency(runs: _Runs) -> str:
     parts = []
     for run in runs.efficiency:
         if (run / "efficiency.png").is_file():
-            parts.append(_png((run / "efficiency.png").read_bytes(), f"{runs.name(run)} efficiency"))
+            parts.append(pages.png((run / "efficiency.png").read_bytes(), f"{runs.name(run)} efficiency"))
         if (run / "efficiency.csv").is_file():
             parts.append(_csv_table(run / "efficiency.csv"))
     return "".join(parts)
@@ -352,17 +296,17 @@ def _evaluations(runs: _Runs, target: Path) -> str:
     for folder in runs.evaluations:
         link = Path(os.path.relpath(folder / "evaluation.html", target.parent)).as_posix()
         summary = _json(folder / "evaluation.json")
-        parts.append(f"<h3>{_esc(runs.name(folder))}</h3><p>{_esc(', '.join(summary.get('models', [])))}: "
+        parts.append(f"<h3>{pages.esc(runs.name(folder))}</h3><p>{pages.esc(', '.join(summary.get('models', [])))}: "
                      f"{summary.get('series', '?')} series of {summary.get('subjects', '?')} subjects. "
-                     f"<a href='{_esc(link)}'>Every table: evaluation.html</a></p>")
+                     f"<a href='{pages.esc(link)}'>Every table: evaluation.html</a></p>")
         for name, title in EVALUATION_TABLES:
             path = folder / f"{name}.parquet"
             table = read_table(path) if path.is_file() else pd.DataFrame()
             if name == "agreement" and not table.empty:  # volumes stay in evaluation.html
                 table = table[table["biomarker"].str.contains("thickness|t2_")].reindex(columns=AGREEMENT_COLUMNS)
             if not table.empty:
-                parts.append(f"<h4>{_esc(title)}</h4>" + _table(table))
-        parts += [_png(p.read_bytes(), p.name, p.name) for pattern in EVALUATION_FIGURES for p in sorted(folder.glob(pattern))]
+                parts.append(f"<h4>{pages.esc(title)}</h4>" + pages.table(table))
+        parts += [pages.png(p.read_bytes(), p.name, p.name) for pattern in EVALUATION_FIGURES for p in sorted(folder.glob(pattern))]
     return "".join(parts)
 
 
@@ -371,14 +315,14 @@ def _other(runs: _Runs, shown: set[Path]) -> str:
     parts = []
     for path in sorted(p for p in runs.root.rglob("*") if p.suffix in (".png", ".csv") and p not in shown
                        and not p.name.startswith(".")):
-        body = _png(path.read_bytes(), path.name) if path.suffix == ".png" else _csv_table(path)
-        parts.append(_details(runs.name(path), body, open_=path.suffix == ".png"))
+        body = pages.png(path.read_bytes(), path.name) if path.suffix == ".png" else _csv_table(path)
+        parts.append(pages.details(runs.name(path), body, open_=path.suffix == ".png"))
     return "".join(parts)
 
 
 def _artefacts(runs: _Runs, target: Path) -> str:
     files = sorted(p for p in runs.root.rglob("*") if p.is_file() and not p.name.startswith(".") and p != target)
-    items = "".join(f"<li><a href='{_esc(Path(os.path.relpath(p, target.parent)).as_posix())}'>{_esc(runs.name(p))}</a>"
+    items = "".join(f"<li><a href='{pages.esc(Path(os.path.relpath(p, target.parent)).as_posix())}'>{pages.esc(runs.name(p))}</a>"
                     f" <span class=note>({p.stat().st_size / 1024:.1f} KiB)</span></li>" for p in files)
     return f"<ul>{items}</ul>"
 
@@ -436,10 +380,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if other:
         sections.append(("other", "Other figures and tables", other))
     sections.append(("files", "All files", _artefacts(runs, target)))
-    nav = "".join(f"<a href='#{key}'>{_esc(title)}</a>" for key, title, _ in sections)
-    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>orthodiff report: {_esc(run_dir.name)}</title>"
-            f"<style>{STYLE}</style></head><body>",
-            f"<h1>orthodiff report: {_esc(run_dir.name)}</h1><p class=note>{_esc(run_dir.resolve())}</p><nav>{nav}</nav>"]
-    page += [f"<section id='{key}'><h2>{_esc(title)}</h2>{body}</section>" for key, title, body in sections]
-    page.append("</body></html>")
-    return atomic_write(target, lambda tmp: Path(tmp).write_text("\n".join(page), encoding="utf-8"))
+    nav = "".join(f"<a href='#{key}'>{pages.esc(title)}</a>" for key, title, _ in sections)
+    parts = [f"<h1>orthodiff report: {pages.esc(run_dir.name)}</h1><p class=note>{pages.esc(run_dir.resolve())}</p><nav>{nav}</nav>"]
+    parts += [f"<section id='{key}'><h2>{pages.esc(title)}</h2>{body}</section>" for key, title, body in sections]
+    return pages.write_page(target, f"orthodiff report: {run_dir.name}", parts)

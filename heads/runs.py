@@ -16,18 +16,16 @@ import xarray as xr
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.files import atomic_write
+from orthodiff.heads.defaults import FUSION, METHOD, PROBE
 from orthodiff.heads.fusion import FusionHead
-from orthodiff.heads.metrics import evaluate, macro_auroc, permutation_test, subgroup_table, youden_thresholds
+from orthodiff.heads.metrics import MIN_SUPPORT, evaluate, macro_auroc, permutation_test, subgroup_table, youden_thresholds
 from orthodiff.heads.probe import PlaneProbe
 from orthodiff.heads.protocol import TwoStageFusion
-from orthodiff.heads.report import MIN_SUPPORT
 from orthodiff.heads.sweep import plane_units, plot_heatmaps, sweep, top_configs
+from orthodiff.options import Method, Pooling
 from orthodiff.outputs import atomic_savefig, pyplot, read_run, read_table, write_json, write_table
 from orthodiff.progress import no_progress
 
-# the paper's values (docs/concepts/paper-parity.md)
-DEFAULT_PROBE = {"epochs": 10, "lr": 5e-4, "batch_size": 10}
-DEFAULT_FUSION = {"epochs": 5, "lr": 5e-5, "batch_size": 10}
 SWEEP_PROBES = "probes.pt"  # a GLP or SAP sweep's trained probes (``sweep_probes``)
 
 
@@ -100,7 +98,7 @@ def config_features(features: dict[str, xr.Dataset], config: dict, source: str =
         if plane not in features:
             raise OrthodiffError(f"{source}: plane {plane!r} is not in the store (it has {sorted(features)})")
         ds = features[plane]
-        var = "gap" if config["pooling"] == "gap" else "activation"
+        var = Pooling(config["pooling"]).variable
         if var not in ds:
             raise OrthodiffError(f"{source}: the store has no {var!r} variable for plane {plane}")
         for dim in ("timestep", "block"):
@@ -119,7 +117,7 @@ def run_sweep(features, catalog, labels, pooling, out, probe_params=None, proven
     which are the Stage I probes of the selection and fusion runs on the same inputs.
     ``workers``: processes sweeping planes at once (:func:`sweep`); the results do not depend on it."""
     out = Path(out)
-    params = {**DEFAULT_PROBE, **(probe_params or {})}
+    params = {**PROBE, **(probe_params or {})}
     fingerprint = inputs_fingerprint(features, catalog, labels, kind="sweep", pooling=pooling, probe=params)
     if reuse and completed(out, fingerprint, ("sweep", "top4")):
         return read_table(out / "sweep.parquet"), read_table(out / "top4.parquet")
@@ -184,7 +182,7 @@ def stage_one_keys(config: dict, seed: int) -> dict:
     return {p: (p, int(c["timestep"]), str(c["block"]), seed) for p, c in config["planes"].items()}
 
 
-def run_select(sweep_dir, features, catalog, labels, config_path, method="concat", fusion_params=None, top_k=4,
+def run_select(sweep_dir, features, catalog, labels, config_path, method=METHOD, fusion_params=None, top_k=4,
                progress=None, reuse=False, stage_one=None):
     """Score every cross-plane combination of the per-plane top ``top_k`` on validation with the
     fusion head; freeze the best as the configuration file. Returns the scored table and the
@@ -195,7 +193,7 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method="concat
     sweep_dir, config_path = Path(sweep_dir), Path(config_path)
     run = read_run(sweep_dir, ("sweep",), "a sweep directory")
     check_split(run, catalog, f"the sweep {sweep_dir}")
-    fusion = {**DEFAULT_FUSION, **(fusion_params or {})}
+    fusion = {**FUSION, **(fusion_params or {})}
     selection = config_path.with_name(config_path.stem + "_selection")
     fingerprint = inputs_fingerprint(features, catalog, labels, kind="select", sweep=run.get("inputs_fingerprint"),
                                      method=method, fusion=fusion, top_k=top_k)
@@ -335,7 +333,7 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     out = Path(out)
     check_split(config, catalog, "the configuration")
     slabs = config_features(features, config)
-    fusion = {**DEFAULT_FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
+    fusion = {**FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
     whole = subset in (None, "all")  # the Stage I caches hold probes trained on the whole training split
     fingerprint = inputs_fingerprint(features, catalog, labels, kind="fuse", config=config.get("planes"),
                                      pooling=config["pooling"], probe=config.get("probe_params"), fusion=fusion,
@@ -370,7 +368,7 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     write_table(subgroups, out / "subgroups")
     missing = model.missing_exams(test)
     write_table(missing, out / "missing_planes")
-    if method == "mpae":
+    if Method(method).gated:
         gating = pd.DataFrame(
             [{"label": c, "plane": pl, "weight": float(pred[f"gate_{c}_{pl}"].mean())} for c in labels for pl in model.planes_]
         )
@@ -407,14 +405,14 @@ def compare_runs(a, b, n_perm=1000, seed=0) -> pd.DataFrame:
                             labels, joined["patient_id"].to_numpy(), n_perm=n_perm, seed=seed)
 
 
-def run_efficiency(config, features, catalog, labels, subsets, out, method="concat", comparator="lightgbm",
+def run_efficiency(config, features, catalog, labels, subsets, out, method=METHOD, comparator="lightgbm",
                    seed=0, progress=None, fusion_params=None, n_boot=500):
     """Test macro AUROC (patient bootstrap CI) of the fusion head and the comparator trained on
     nested patient subsets (catalog columns ``subset_<N>``; "all" = the whole training split);
     their exam predictions are kept (``predictions``, with ``subset`` and ``head``) for paired tests."""
     out = Path(out)
     check_split(config, catalog, "the configuration")
-    fusion = {**DEFAULT_FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
+    fusion = {**FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
     slabs = config_features(features, config)
     test = _split(catalog, "test")
     rows, predictions = [], []

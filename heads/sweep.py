@@ -26,11 +26,12 @@ from torch import nn
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.batched_sap import BatchedSAPProbes
+from orthodiff.heads.defaults import PROBE
 from orthodiff.heads.estimator import MultiLabelClassifier
 from orthodiff.heads.metrics import auroc_per_label
-from orthodiff.heads.pooling import POOLINGS
 from orthodiff.heads.probe import PlaneProbe, channel_statistics
 from orthodiff.heads.protocol import check_labels, select_series
+from orthodiff.options import Pooling, choice
 from orthodiff.outputs import atomic_savefig, pyplot
 from orthodiff.training import apply, train
 
@@ -61,7 +62,8 @@ class BatchedGAPProbes(MultiLabelClassifier):
     outputs carry the configuration axis: ``predict_proba`` (N, K, labels), or (N, K, 2) for
     a 1-D binary ``y``."""
 
-    def __init__(self, epochs: int = 10, lr: float = 5e-4, batch_size: int = 10, weight_decay: float = 0.0, random_state: int = 0):
+    def __init__(self, epochs: int = PROBE["epochs"], lr: float = PROBE["lr"], batch_size: int = PROBE["batch_size"],
+                 weight_decay: float = 0.0, random_state: int = 0):
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
@@ -129,8 +131,7 @@ def sweep(
     rounding). It pays on CPU, where a SAP step keeps about one core busy.
     """
     check_labels(catalog, labels)
-    if pooling not in POOLINGS:
-        raise OrthodiffError(f"unknown pooling {pooling!r}; expected one of {list(POOLINGS)}")
+    pooling = choice(Pooling, pooling, "pooling")
     if workers < 1:
         raise OrthodiffError(f"--workers {workers}: need at least 1")
     params = probe_params or {}
@@ -163,20 +164,21 @@ def default_workers(planes: int, pooling: str) -> int:
     fewer cores. On two cores the demo's SAP sweep took 3:37 in three processes; one plane
     alone takes 2:07 and two at once 2:17, so two processes would take about 4:24 and one about
     6:20. One for GAP, whose batched sweep takes seconds, less than starting a process."""
-    return 1 if pooling == "gap" else max(1, planes)
+    return max(1, planes) if Pooling(pooling).trained else 1
 
 
 def plane_units(ds: xr.Dataset, pooling: str, batched: bool) -> int:
     """Progress units of one plane: one for a batched sweep, one per configuration otherwise."""
-    return 1 if pooling in ("gap", "sap") and batched else ds.sizes["timestep"] * ds.sizes["block"]
+    return 1 if Pooling(pooling).batched and batched else ds.sizes["timestep"] * ds.sizes["block"]
 
 
 def _plane_sweep(plane, ds, catalog, labels, pooling, batched, params, progress=None) -> tuple[list[dict], dict]:
     """One plane of :func:`sweep`: its tidy rows and its fitted GLP/SAP probes."""
     timesteps, blocks = ds["timestep"].to_numpy().tolist(), ds["block"].to_numpy().tolist()
     configs = [(t, b) for t in timesteps for b in blocks]
-    var = ds["gap" if pooling == "gap" else "activation"]
-    if pooling == "gap" and batched:  # GAP summaries are kilobytes per series: one read
+    pooling = Pooling(pooling)
+    var = ds[pooling.variable]
+    if pooling is Pooling.gap and batched:  # GAP summaries are kilobytes per series: one read
         var = var.load()
     parts = {}
     for split in ("train", "val"):
@@ -186,12 +188,12 @@ def _plane_sweep(plane, ds, catalog, labels, pooling, batched, params, progress=
     (train_rows, train_x), (val_rows, val_x) = parts["train"], parts["val"]
     y = train_rows[labels].to_numpy()
     probes = {}
-    if pooling == "gap" and batched:
+    if pooling is Pooling.gap and batched:
         def flat(x):
             return x.transpose("series", "timestep", "block", "channel").to_numpy().reshape(len(x), len(configs), -1)
         model = BatchedGAPProbes(**params).fit(flat(train_x), y)
         aucs = _exam_auroc(model.predict_proba(flat(val_x)), val_rows, labels)
-    elif pooling == "sap" and batched:
+    elif pooling is Pooling.sap and batched:
         def configurations(x):  # lazy (series, configuration, channel, z, y, x), configs in order
             return x.stack(configuration=("timestep", "block")).transpose("series", "configuration", ...).data
         model = BatchedSAPProbes(**params).fit(configurations(train_x), y)
@@ -204,11 +206,11 @@ def _plane_sweep(plane, ds, catalog, labels, pooling, batched, params, progress=
             # configuration; GAP slabs are small enough to load, activations stream
             def slab(x):
                 part = x.sel(timestep=t, block=b)
-                return (part.load() if pooling == "gap" else part).data
+                return (part if pooling.trained else part.load()).data
 
             probe = PlaneProbe(pooling, **params).fit(slab(train_x), y)
             aucs.append(_exam_auroc(probe.predict_proba(slab(val_x)), val_rows, labels)[0])
-            if pooling != "gap":
+            if pooling.trained:
                 probes[(plane, int(t), str(b))] = probe
             if progress:
                 progress()
@@ -218,7 +220,7 @@ def _plane_sweep(plane, ds, catalog, labels, pooling, batched, params, progress=
         macro = np.nanmean(row) if np.isfinite(row).any() else np.nan
         for label, value in [*zip(labels, row), ("macro", macro)]:
             out.append({"plane": plane, "timestep": int(t), "block": str(b), "label": label, "auroc": float(value)})
-    if progress and pooling in ("gap", "sap") and batched:
+    if progress and pooling.batched and batched:
         progress()
     return out, probes
 

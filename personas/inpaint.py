@@ -21,50 +21,43 @@ from collections.abc import Sequence
 
 import torch
 
-from orthodiff.backbone.diffusion import GaussianDiffusion, noise_key
+from orthodiff.backbone.diffusion import NoiseScheduler, noise_key
 
 POLICY = "RePaint: known voxels = q_sample(x0, t); reverse DDIM(eta=1) steps; `jumps` resampling per step; " \
          "noise from torch.Generator(sha256(seed, series, -1)), CPU"
 
 
 @torch.no_grad()
-def repaint(model: torch.nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor, known: torch.Tensor,
+def repaint(model: torch.nn.Module, scheduler: NoiseScheduler, x0: torch.Tensor, known: torch.Tensor,
             steps: int = 50, jumps: int = 2,
             generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """Inpaint where `known` is False in the series `x0` (B, 1, D, H, W) in [-1, 1].
 
     `known` is (B, 1, D, H, W) or one (D, H, W) mask for all; `generator` one per series
     (a single one for B = 1). Returns x0 with the unknown voxels replaced by their healthy
-    completion."""
+    completion. The loop runs in float64 on the CPU; `scheduler.set_timesteps(steps)` is
+    called here."""
     device = next(model.parameters()).device
     shape = x0.shape
     known = known.to(torch.bool).expand(shape) if known.dim() == 3 else known.to(torch.bool).reshape(shape)
     generators = list(generator) if isinstance(generator, Sequence) else [generator] * shape[0]
     if len(generators) != shape[0]:
         raise ValueError(f"{len(generators)} noise generators for {shape[0]} series")
-    abar = diffusion.alphas_cumprod.double()
-    times = torch.linspace(diffusion.num_timesteps - 1, 0, steps).round().long().tolist()
 
     def randn() -> torch.Tensor:
         return torch.stack([torch.randn(shape[1:], generator=g, dtype=torch.float64) for g in generators])
 
     x0d = x0.double()
     x = randn()
-    for i, t in enumerate(times):
-        a_prev = abar[times[i + 1]] if i + 1 < len(times) else torch.tensor(1.0, dtype=torch.float64)
+    for t in scheduler.set_timesteps(steps).tolist():
+        prev = scheduler.previous_timestep(t)
         for jump in range(jumps):
             eps = model(x.float().to(device), torch.full((shape[0],), t, device=device, dtype=torch.long)).double().cpu()
-            a_t = abar[t]
-            pred = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
-            eps = (x - a_t.sqrt() * pred) / (1 - a_t).sqrt()
-            sigma = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
-            unknown = a_prev.sqrt() * pred + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps + sigma * randn()
-            known_part = a_prev.sqrt() * x0d + (1 - a_prev).sqrt() * randn() if i + 1 < len(times) else x0d
+            unknown = scheduler.step(eps, t, x, eta=1.0, use_clipped_model_output=True, variance_noise=randn()).prev_sample
+            known_part = scheduler.add_noise(x0d, randn(), torch.full((shape[0],), prev)) if prev >= 0 else x0d
             x_prev = torch.where(known, known_part, unknown)
-            if jump + 1 < jumps:  # resample: back to step t by the forward process, then again
-                x = (a_t / a_prev).sqrt() * x_prev + (1 - a_t / a_prev).sqrt() * randn()
-            else:
-                x = x_prev
+            # resample: back to step t by the forward process, then again
+            x = scheduler.undo_step(x_prev, t, randn()) if jump + 1 < jumps else x_prev
     return torch.where(known, x0d, x.clamp(-1, 1)).to(x0.dtype)
 
 

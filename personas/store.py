@@ -20,33 +20,26 @@ from __future__ import annotations
 import datetime
 import functools
 import time
-import warnings
 
 import numpy as np
 import torch
-import xarray as xr
 import zarr
 
 from orthodiff.backbone import backbone_id, load_backbone
 from orthodiff.backbone.checkpoint import read_checkpoint
-from orthodiff.backbone.diffusion import GaussianDiffusion
+from orthodiff.backbone.diffusion import NoiseScheduler
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.extract import Task, run_tasks
 from orthodiff.featurestore.features import COMPRESSOR, SHARD_SERIES, Records, fingerprint, grow_series
+from orthodiff.featurestore.jobs import Task, run_tasks
 from orthodiff.featurestore.store import consolidate, open_root
-from orthodiff.featurestore.volumes import GROUP as VOLUMES, open_volumes, plane_volumes
+from orthodiff.featurestore.volumes import GROUP as VOLUMES, plane_volumes
 from orthodiff.personas.inpaint import POLICY, repaint, series_generator
+from orthodiff.personas.reader import GROUP, KEYS, group_path
 from orthodiff.personas.rois import box_grid
 
-GROUP = "personas"
-KEYS = ("backbone_id", "roi", "grid", "steps", "jumps", "noise_seed", "noise_policy", "schema")
 ROI_KINDS = ("box", "structures")
 SERIES_BATCH = 8  # series per forward pass; like extract's, it changes only float rounding
-
-
-def group_path(backbone: str, plane: str) -> str:
-    return f"{GROUP}/{backbone}/{plane}"
 
 
 @functools.lru_cache(maxsize=2)
@@ -66,7 +59,7 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, prov: dict, de
     """Inpaint one shard's series (`series_batch` per forward pass), write persona and mask
     as whole shards, then the record."""
     model = _model(checkpoint, device)
-    diffusion = GaussianDiffusion()
+    scheduler = NoiseScheduler()
     group = zarr.open_group(str(store), path=group_path(prov["backbone_id"], plane), mode="r+", use_consolidated=False)
     vol_group = zarr.open_group(str(store), path=VOLUMES, mode="r")
     rows = (list(task.volume_rows),)
@@ -78,7 +71,7 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, prov: dict, de
         ids = task.series[i:i + series_batch]
         x0 = torch.from_numpy(volumes[i:i + len(ids)])[:, None]
         known = torch.from_numpy(masks[i:i + len(ids)] == 0)[:, None]
-        out = repaint(model, diffusion, x0, known, prov["steps"], prov["jumps"],
+        out = repaint(model, scheduler, x0, known, prov["steps"], prov["jumps"],
                       [series_generator(prov["noise_seed"], s) for s in ids])
         personas.extend(out[:, 0].numpy())
     span = slice(task.start, task.start + len(task.series))
@@ -188,38 +181,3 @@ def make_personas(store: str, checkpoint: str, plane: str, roi: str = "box", gri
     consolidate(store)
     return {"backbone": prov["backbone_id"], "plane": plane, "series": total, "tasks": len(tasks),
             "rois": len(prov["roi_names"]), "seconds": round(time.perf_counter() - start, 2)}
-
-
-def open_personas(store: str, plane: str, backbone: str | None = None) -> xr.Dataset:
-    """The personas of `plane` (lazy), with the matching volume as `image` and its structure
-    mask as `structure` beside them.
-
-    Only series whose shard is recorded complete are returned."""
-    root = open_root(store)
-    if GROUP not in root or not list(root[GROUP].group_keys()):
-        raise OrthodiffError(f"{store}: no personas in this store (run `orthodiff persona` first)")
-    ids = [b for b in root[GROUP].group_keys() if plane in root[f"{GROUP}/{b}"]]
-    if backbone is not None:
-        ids = [b for b in ids if b == backbone]
-    if len(ids) != 1:
-        raise OrthodiffError(f"{store}: {len(ids)} persona backbones hold {plane} personas "
-                             f"({sorted(root[GROUP].group_keys())}); name one with --backbone-id" if ids else
-                             f"{store}: no {plane} personas (run `orthodiff persona --plane {plane}` first)")
-    bid = ids[0]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The specified chunks separate", category=UserWarning)
-        ds = xr.open_zarr(str(store), group=group_path(bid, plane), consolidated=False, chunks={"series": SHARD_SERIES})
-    prov = dict(root[group_path(bid, plane)].attrs)
-    done = Records(store, f"{GROUP}/{bid}", plane).read()
-    series = ds.series.values.tolist()
-    complete = np.zeros(len(series), bool)
-    for shard, start in enumerate(range(0, len(series), SHARD_SERIES)):
-        run = series[start:start + SHARD_SERIES]
-        complete[start:start + len(run)] = done.get(f"{shard:06d}.json", {}).get("fingerprint") == fingerprint(prov, run, 0, "persona", "float16", KEYS)
-    ds = ds.isel(series=np.flatnonzero(complete))
-    volumes = open_volumes(store)
-    ds["image"] = volumes.volume.sel(series=ds.series.values).astype("float16")
-    ds["structure"] = volumes["mask"].sel(series=ds.series.values)  # stored structure labels (0: none)
-    ds = ds.assign_coords({c: ds[c].load() for c in ("case_id", "patient_id", "scan", "roi_name")})
-    ds.attrs = prov
-    return ds

@@ -24,27 +24,21 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import warnings
 
 import numpy as np
 import xarray as xr
 import zarr
 
+from orthodiff.catalogs.geometry import AXES
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.extract import Task, run_tasks
 from orthodiff.featurestore.features import SHARD_SERIES, Records, fingerprint, grow_series
+from orthodiff.featurestore.jobs import Task, run_tasks
 from orthodiff.featurestore.store import consolidate, open_root
 from orthodiff.featurestore.volumes import open_volumes
 from orthodiff.personas.rois import box_grid
 from orthodiff.radiomics.ibsi import DISCRETISATIONS, FAMILIES, roi_features
-
-GROUP = "radiomics"
-SOURCES = ("image", "persona", "residual")
-REASONS = ("", "empty ROI (no voxels in this series)", "undefined for this ROI (e.g. constant intensity)",
-           "voxel size unknown (volumes.stored_spacing is NaN or absent): no morphology in mm")
-AXES = ("slice", "row", "column")
-KEYS = ("settings",)
+from orthodiff.radiomics.reader import GROUP, KEYS, REASONS, SOURCES
 
 
 def feature_names(families, bins: int) -> list[str]:
@@ -71,7 +65,7 @@ def _inputs(store: str, plane: str, sources, grid: int | None, persona_backbone:
     """(Dataset with `image`, `mask` [, `persona`] over series, ROI origin description).
 
     `grid`: cells per axis of the central box (default: the personas' own ROIs, or 3)."""
-    from orthodiff.personas.store import GROUP as PERSONAS, open_personas
+    from orthodiff.personas.reader import GROUP as PERSONAS, open_personas
 
     root = open_root(store)
     has_personas = PERSONAS in root and any(plane in root[f"{PERSONAS}/{b}"] for b in root[PERSONAS].group_keys())
@@ -224,37 +218,3 @@ def extract_radiomics(store: str, plane: str, sources=SOURCES, families=FAMILIES
     return {"settings": prov["settings_id"], "plane": plane, "series": total, "tasks": len(tasks),
             "features": len(prov["features"]) * len(prov["settings"]["roi_names"]) * len(prov["settings"]["sources"]),
             "seconds": round(time.perf_counter() - start, 2)}
-
-
-def open_radiomics(store: str, plane: str | None = None, settings: str | None = None) -> xr.Dataset:
-    """Complete radiomic features as one Dataset over the planes' series (`value`, `undefined`),
-    with `plane` on series; name `settings` when the store holds several."""
-    root = open_root(store)
-    ids = sorted(root[GROUP].group_keys()) if GROUP in root else []
-    if settings is not None:
-        ids = [i for i in ids if i == settings]
-    if len(ids) != 1:
-        raise OrthodiffError(f"{store}: no radiomic features (run `orthodiff radiomics` first)" if not ids else
-                             f"{store}: radiomic features of several settings {ids}; choose one with --settings")
-    sid = ids[0]
-    planes = [plane] if plane else sorted(root[f"{GROUP}/{sid}"].group_keys())
-    parts = []
-    for p in planes:
-        if p not in root[f"{GROUP}/{sid}"]:
-            raise OrthodiffError(f"{store}: no {p} radiomic features under radiomics/{sid}")
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning)
-            ds = xr.open_zarr(str(store), group=f"{GROUP}/{sid}/{p}", consolidated=False).load()
-        prov = dict(root[f"{GROUP}/{sid}/{p}"].attrs)
-        done = Records(store, f"{GROUP}/{sid}", p).read()
-        series = ds.series.values.tolist()
-        keep = np.zeros(len(series), bool)
-        for shard, start in enumerate(range(0, len(series), SHARD_SERIES)):
-            run = series[start:start + SHARD_SERIES]
-            keep[start:start + len(run)] = done.get(f"{shard:06d}.json", {}).get("fingerprint") == fingerprint(prov, run, 0, "radiomics", "float32", KEYS)
-        ds = ds.isel(series=np.flatnonzero(keep))
-        parts.append(ds.assign_coords(plane=("series", np.full(ds.sizes["series"], p, dtype=object))))
-    out = xr.concat(parts, dim="series") if len(parts) > 1 else parts[0]
-    out = out.set_coords([v for v in ("reason", "roi_name") if v in out.data_vars])
-    out.attrs = {"settings_id": sid}
-    return out

@@ -1,4 +1,5 @@
-"""Supervised training on whole volumes: Stage I fine-tuning, segmentation, baselines, biomarkers.
+"""Supervised training on whole volumes: Stage I fine-tuning, segmentation, baselines
+(the biomarkers of predicted masks are measured by `evaluation.biomarkers`).
 
 Unlike the heads tier, these run the backbone (or a baseline network) on the stored
 volumes: `VolumeClassifier` and `VolumeSegmenter` are the estimators, `runs` the commands.

@@ -27,12 +27,12 @@ def _keys(X, seed: int, timestep: int) -> np.ndarray:
     return np.array([noise_key(seed, str(s), timestep) for s in X["series"].to_numpy()], dtype=np.int64)
 
 
-def encoder_head_groups(net: torch.nn.Module, lr: float, head_lr: float) -> list[dict]:
-    """The pretrained encoder at ``lr``; every other trainable parameter (new heads) at ``head_lr``."""
+def encoder_head_groups(net: torch.nn.Module, encoder_lr: float, lr: float) -> list[dict]:
+    """The pretrained encoder at ``encoder_lr``; every other trainable parameter (new heads) at ``lr``."""
     encoder = getattr(net, "encoder", None)
     pretrained = {id(p) for p in encoder.unet.encoder_parameters()} if encoder is not None else set()
     rest = [p for p in net.parameters() if p.requires_grad and id(p) not in pretrained]
-    groups = [{"params": [p for p in net.parameters() if id(p) in pretrained], "lr": lr}, {"params": rest, "lr": head_lr}]
+    groups = [{"params": [p for p in net.parameters() if id(p) in pretrained], "lr": encoder_lr}, {"params": rest, "lr": lr}]
     return [g for g in groups if g["params"]]
 
 
@@ -61,7 +61,7 @@ class _VolumeEstimator:
     def _fit(self, net, X, y, loss=None, sample_weight=None, on_step=None):
         self.net_ = net.to(resolve_device(self.device))
         kwargs = {"loss": loss} if loss else {}
-        groups = encoder_head_groups(self.net_, self.lr, self.head_lr) if self.model in ("finetune", "diffusion") else None
+        groups = encoder_head_groups(self.net_, self.encoder_lr, self.lr) if self.model in ("finetune", "diffusion") else None
         train(self.net_, self._inputs(X), y, sample_weight, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
               random_state=self.random_state, block_rows=self.block_rows, param_groups=groups, on_step=on_step,
               **kwargs)
@@ -73,7 +73,7 @@ class VolumeClassifier(_VolumeEstimator, MultiLabelClassifier):
     binary (``heads.estimator``).
 
     ``model="finetune"``: Stage I fine-tuning of a pretrained ``backbone`` (checkpoint path):
-    encoder and middle block up to ``block`` at ``lr`` with a ``pooling`` head at ``head_lr``,
+    encoder and middle block up to ``block`` at ``encoder_lr`` with a ``pooling`` head at ``lr``,
     on inputs noised to ``timestep``; ``backbone_`` is the fine-tuned U-Net after ``fit``.
     Defaults are the paper's (head 5e-4, encoder 0.05 x 5e-4, 5 epochs, batch 10); inputs
     are noised with fresh noise every step while training (seeded by ``random_state``) and
@@ -83,10 +83,10 @@ class VolumeClassifier(_VolumeEstimator, MultiLabelClassifier):
     """
 
     def __init__(self, model: str = "finetune", backbone: str | None = None, timestep: int = 10, block: str = "mid_2",
-                 pooling: str = "sap", epochs: int = 5, lr: float = 2.5e-5, head_lr: float = 5e-4, batch_size: int = 10,
+                 pooling: str = "sap", epochs: int = 5, lr: float = 5e-4, encoder_lr: float = 2.5e-5, batch_size: int = 10,
                  block_rows: int = 32, noise_seed: int = 0, random_state: int = 0, device: str | None = None):
         self.model, self.backbone, self.timestep, self.block, self.pooling = model, backbone, timestep, block, pooling
-        self.epochs, self.lr, self.head_lr, self.batch_size = epochs, lr, head_lr, batch_size
+        self.epochs, self.lr, self.encoder_lr, self.batch_size = epochs, lr, encoder_lr, batch_size
         self.block_rows, self.noise_seed, self.random_state, self.device = block_rows, noise_seed, random_state, device
 
     def fit(self, X, y, sample_weight=None, on_step=None) -> "VolumeClassifier":
@@ -136,18 +136,18 @@ def segmentation_loss(logits: torch.Tensor, y: torch.Tensor, w=None) -> torch.Te
 class VolumeSegmenter(_VolumeEstimator, BaseEstimator):
     """Structure segmentation (``n_classes`` including background 0) with cross-entropy +
     soft Dice (``segmentation_loss``). ``model="diffusion"``: a pretrained ``backbone``'s
-    encoder and middle block (at ``lr``) with the paper's light head on the middle block
+    encoder and middle block (at ``encoder_lr``) with the paper's light head on the middle block
     (``decoder="light"``) or orthodiff's skip-connection decoder (``"skip"``) (at
-    ``head_lr``), on inputs noised to ``timestep``; ``"unet"`` and ``"unetr"``: MONAI
+    ``lr``), on inputs noised to ``timestep``; ``"unet"`` and ``"unetr"``: MONAI
     baselines from scratch (all at ``lr``)."""
 
     def __init__(self, model: str = "diffusion", backbone: str | None = None, timestep: int = 10, block: str = "mid_2",
-                 n_classes: int = 12, epochs: int = 30, lr: float = 5e-5, head_lr: float = 1e-3, batch_size: int = 10,
+                 n_classes: int = 12, epochs: int = 30, lr: float = 1e-3, encoder_lr: float = 5e-5, batch_size: int = 10,
                  block_rows: int = 32, noise_seed: int = 0, random_state: int = 0, device: str | None = None,
                  decoder: str = "light", unetr_size: str = "paper"):
         self.model, self.backbone, self.timestep, self.block, self.n_classes = model, backbone, timestep, block, n_classes
         self.decoder, self.unetr_size = decoder, unetr_size
-        self.epochs, self.lr, self.head_lr, self.batch_size = epochs, lr, head_lr, batch_size
+        self.epochs, self.lr, self.encoder_lr, self.batch_size = epochs, lr, encoder_lr, batch_size
         self.block_rows, self.noise_seed, self.random_state, self.device = block_rows, noise_seed, random_state, device
 
     def _build(self, image_size: int, unet: DiffusionUNet | None):

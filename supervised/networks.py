@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from orthodiff.backbone import MIDDLE_BLOCKS, PRESETS, DiffusionUNet
-from orthodiff.backbone.diffusion import GaussianDiffusion, keyed_noise
+from orthodiff.backbone.diffusion import NoiseScheduler, keyed_noise
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.probe import ProbeNet
 
@@ -33,7 +33,7 @@ class NoisedEncoder(nn.Module):
         if block not in MIDDLE_BLOCKS:
             raise OrthodiffError(f"--block {block!r}: expected one of {list(MIDDLE_BLOCKS)}")
         self.unet, self.timestep, self.block = unet, int(timestep), block
-        self.diffusion = GaussianDiffusion()
+        self.diffusion = NoiseScheduler()  # named as in saved segmentation models' state dicts
         trainable = {id(p) for p in unet.encoder_parameters()}
         for p in unet.parameters():
             p.requires_grad_(id(p) in trainable)
@@ -48,7 +48,7 @@ class NoisedEncoder(nn.Module):
         else:
             noise = keyed_noise(keys.tolist(), x0.shape[1:]).to(x0.device)
         t = torch.full((len(x0),), self.timestep, device=x0.device)
-        return self.diffusion.q_sample(x0, t, noise)
+        return self.diffusion.add_noise(x0, noise, t)
 
     def forward(self, x0: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """The middle block's output at `block`."""

@@ -17,13 +17,13 @@ import torch
 
 from orthodiff.backbone import backbone_id
 from orthodiff.backbone.checkpoint import read_checkpoint, reference_state, save_atomic
-from orthodiff.backbone.diffusion import GaussianDiffusion
+from orthodiff.backbone.diffusion import NoiseScheduler
 from orthodiff.catalogs.cohort import SUBSET_PREFIX, label_columns, read_catalog
 from orthodiff.catalogs.tasks import structures
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.metrics import evaluate, macro_auroc, patient_resamples
 from orthodiff.heads.probe import PlaneProbe
-from orthodiff.outputs import atomic_savefig, pyplot, write_json, write_table
+from orthodiff.outputs import atomic_savefig, pyplot, write_json, write_mask, write_table
 from orthodiff.supervised.data import exam_predictions, plane_volumes, split_rows
 from orthodiff.supervised.estimators import VolumeClassifier, VolumeSegmenter
 
@@ -56,8 +56,8 @@ def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, poo
     best, selection = None, []
     for timestep, block in candidates:
         start = time.perf_counter()
-        model = VolumeClassifier("finetune", str(backbone), timestep, block, pooling, epochs=epochs, lr=lr,
-                                 head_lr=head_lr, batch_size=batch_size, random_state=seed, device=device)
+        model = VolumeClassifier("finetune", str(backbone), timestep, block, pooling, epochs=epochs, lr=head_lr,
+                                 encoder_lr=lr, batch_size=batch_size, random_state=seed, device=device)
         model.fit(train_ds.volume, train_rows[labels].to_numpy(), on_step=progress)
         seconds = time.perf_counter() - start
         val_auroc = float("nan")
@@ -70,7 +70,7 @@ def run_finetune(store, catalog_path, plane, backbone, timestep, block, out, poo
             best = (val_auroc, timestep, block, model, seconds)
     val_auroc, timestep, block, model, seconds = best
     parent = backbone_id(backbone, ckpt)
-    state = reference_state(model.backbone_, dict(GaussianDiffusion().state_dict()))
+    state = reference_state(model.backbone_, dict(NoiseScheduler().state_dict()))
     tuned = {"ema": state, "model": state, **{k: ckpt[k] for k in ("step", "preset", "config", "plane") if k in ckpt},
              "finetuned_from": parent,
              "finetune": {"timestep": int(timestep), "block": block, "pooling": pooling, "epochs": epochs, "lr": lr,
@@ -123,7 +123,7 @@ def run_baseline_classify(store, catalog_path, model, planes, out, epochs=5, lr=
         ds, rows = plane_volumes(store, catalog, plane)
         train_ds, train_rows = split_rows(ds, rows, "train")
         test_ds, test_rows = split_rows(ds, rows, "test")
-        est = VolumeClassifier(model, pooling=pooling, epochs=epochs, lr=lr, head_lr=lr, batch_size=batch_size,
+        est = VolumeClassifier(model, pooling=pooling, epochs=epochs, lr=lr, batch_size=batch_size,
                                random_state=seed, device=device)
         est.fit(train_ds.volume, train_rows[labels].to_numpy(), on_step=progress)
         parts.append((test_rows, est.predict_proba(test_ds.volume)))
@@ -219,7 +219,7 @@ def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=
     def fit(column=None):
         train_ds, train_rows = split_rows(ds, rows, "train", column)
         est = VolumeSegmenter(model, str(backbone) if backbone else None, timestep, block, max(structure_set.values) + 1,
-                              epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, random_state=seed, device=device,
+                              epochs=epochs, lr=head_lr if model == "diffusion" else lr, encoder_lr=lr, batch_size=batch_size, random_state=seed, device=device,
                               decoder=decoder, unetr_size=unetr_size)
         est.fit(train_ds.volume, train_ds.mask, on_step=progress)
         return est, len(train_rows)
@@ -300,9 +300,9 @@ def run_segment_predict(model_dir, store, catalog_path, out, split="test", devic
     from orthodiff.catalogs.cohort import resolve_path
     from orthodiff.catalogs.geometry import spacing_of
     from orthodiff.catalogs.readers import read_mask, series_geometry
+    from orthodiff.evaluation.biomarkers import agreement, biomarkers, cartilage, plot_bland_altman, plot_thickness_maps
     from orthodiff.featurestore.ingest import central_slices
     from orthodiff.featurestore.volumes import stored_reorientation
-    from orthodiff.supervised.biomarkers import agreement, biomarkers, cartilage, plot_bland_altman, plot_thickness_maps
 
     out = Path(out)
     est, saved = load_segmenter(model_dir, device)
@@ -321,12 +321,7 @@ def run_segment_predict(model_dir, store, catalog_path, out, split="test", devic
         full = np.zeros(grid, np.uint8)
         start = (grid[0] - mask.shape[0]) // 2
         full[start : start + mask.shape[0]] = np.asarray(Resize(grid[1:], mode="nearest")(mask), dtype=np.uint8)
-        image = nib.Nifti1Image(np.ascontiguousarray((full if turn is None else turn.undo(full)).transpose(2, 1, 0)), affine)
-        image.header.set_xyzt_units("mm")
-        target = out / "masks" / f"{row.series_id}.nii.gz"
-        tmp = target.with_name(f".{target.name}.tmp.nii.gz")
-        nib.save(image, str(tmp))
-        tmp.replace(target)
+        write_mask(out / "masks" / f"{row.series_id}.nii.gz", full if turn is None else turn.undo(full), affine)
         spacing = tuple(ds.spacing.sel(series=row.series_id).values.tolist())
         if not np.isfinite(spacing).all() and not path.name.endswith(".npy"):  # a store older than its geometry arrays
             spacing = spacing_of(affine)

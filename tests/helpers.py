@@ -28,11 +28,11 @@ def random_checkpoint(path, plane: str, preset: str = "demo", seed: int = 0, wid
 
     from orthodiff.backbone import PRESETS, DiffusionUNet
     from orthodiff.backbone.checkpoint import reference_state, save_atomic
-    from orthodiff.backbone.diffusion import GaussianDiffusion
+    from orthodiff.backbone.diffusion import NoiseScheduler
 
     config = config or (PRESETS[preset] if width is None else dataclasses.replace(PRESETS[preset], width=width))
     torch.manual_seed(seed)
-    state = reference_state(DiffusionUNet(config), dict(GaussianDiffusion().state_dict()))
+    state = reference_state(DiffusionUNet(config), dict(NoiseScheduler().state_dict()))
     save_atomic({"ema": state, "model": state, "plane": plane, "preset": preset, "config": config.to_dict()}, path)
     return str(path)
 

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SUBPACKAGES = ("catalogs", "featurestore", "backbone", "heads", "supervised", "personas", "radiomics", "evaluation")
 # leaf modules anyone may use (they import only each other)
-SHARED = ("errors", "files", "tables", "devices", "progress", "faults", "training", "outputs", "options")
+SHARED = ("errors", "files", "tables", "devices", "progress", "faults", "training", "outputs", "options", "pages")
 
 # Which parts each part may import (besides itself and SHARED). "orthodiff" is the package
 # root (`orthodiff.open_store`, `orthodiff.__version__`).
@@ -23,11 +23,11 @@ ALLOWED = {
     "catalogs": set(),
     "featurestore": {"catalogs", "backbone", "orthodiff"},  # extraction (tier 1) runs the backbone
     "backbone": {"catalogs"},  # networks, schedules, checkpoints: pretraining takes opened volumes
-    "heads": {"catalogs", "featurestore", "orthodiff", "personas", "radiomics"},  # never a network of tier 1
-    "supervised": {"catalogs", "featurestore", "backbone", "heads", "orthodiff"},
+    "heads": {"catalogs", "featurestore", "orthodiff", "personas", "radiomics"},  # their readers only (transitive test)
+    "supervised": {"catalogs", "featurestore", "backbone", "heads", "evaluation", "orthodiff"},  # biomarkers of its masks
     "personas": {"catalogs", "featurestore", "backbone", "orthodiff"},  # inpainting runs the healthy backbone (tier 1)
     "radiomics": {"catalogs", "featurestore", "personas"},  # features of images, personas and residuals
-    "evaluation": {"catalogs", "featurestore", "supervised", "heads"},
+    "evaluation": {"catalogs", "featurestore", "heads"},  # measures masks, trains nothing of tier 1
     "orthodiff": {"featurestore"},
     "cli": {"catalogs", "featurestore", "backbone", "heads", "supervised", "personas", "radiomics", "evaluation", "demo"},
     "demo": {"catalogs", "featurestore", "backbone", "heads", "supervised"},
@@ -135,3 +135,74 @@ def test_a_forbidden_import_is_caught(tmp_path, source, target):
     rel = path.relative_to(tmp_path).as_posix()
     part = "shared" if source in SHARED else source
     assert forbidden(tmp_path) == [f"{rel}: imports orthodiff.{target}.x ({part} -> {target})"]
+
+
+def module_name(path: Path, root: Path) -> str:
+    rel = path.relative_to(root).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(("orthodiff", *parts))
+
+
+def module_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the orthodiff modules importing it runs: what it imports (module level and
+    inside functions), each resolved to a module of ours (`from a.b import c` is `a.b.c` when
+    `c` is a submodule), plus the packages above each (their `__init__` runs first)."""
+    files = {module_name(p, root): p for p in sources(root)}
+    graph = {}
+    for name, path in files.items():
+        targets = set()
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("orthodiff") and not node.level:
+                targets |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+        targets |= set(imports(path, root))
+        resolved = set()
+        for target in targets:
+            parts = target.split(".")
+            resolved |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)} & files.keys()
+        graph[name] = resolved - {name}
+    return graph
+
+
+# the reader of each stored kind: what tier-2 code opens the store with
+READERS = ("orthodiff.featurestore.features", "orthodiff.featurestore.volumes", "orthodiff.personas.reader",
+           "orthodiff.radiomics.reader")
+
+
+def tier_breaches(root: Path = ROOT, banned=("backbone", "supervised")) -> list[str]:
+    """For each module of `heads` (and each reader) that reaches a banned part through any
+    chain of imports, one chain that does (the shortest)."""
+    graph, out = module_graph(root), []
+    for start in sorted(m for m in graph if m.split(".")[1:2] == ["heads"] or m in READERS):
+        paths, queue = {start: [start]}, [start]
+        while queue:
+            module = queue.pop(0)
+            if module.split(".")[1:2] and module.split(".")[1] in banned:
+                out.append(" -> ".join(paths[module]))
+                break
+            for nxt in sorted(graph.get(module, ())):
+                if nxt not in paths:
+                    paths[nxt] = [*paths[module], nxt]
+                    queue.append(nxt)
+    return out
+
+
+def test_tier_two_never_reaches_a_tier_one_network():
+    """No module of `heads`, and no reader of a stored kind, reaches `backbone` or
+    `supervised` through its imports, followed transitively (a lazy import inside a
+    function counts: it runs when that function does). On main before the readers were
+    split off it failed: heads.fingerprint_cohort -> personas.store -> backbone."""
+    assert tier_breaches() == []
+
+
+def test_a_transitive_breach_is_caught(tmp_path):
+    """heads -> featurestore is allowed, featurestore -> backbone too, but together they
+    let tier 2 run a network: the transitive check names the chain."""
+    for rel, text in {"heads/probe.py": "from orthodiff.featurestore.reader import x\n",
+                      "featurestore/reader.py": "def f():\n    from orthodiff.backbone import unet\n",
+                      "backbone/unet.py": ""}.items():
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert forbidden(tmp_path) == []
+    assert tier_breaches(tmp_path) == [
+        "orthodiff.heads.probe -> orthodiff.featurestore.reader -> orthodiff.backbone.unet"]

@@ -285,5 +285,5 @@ def test_precision_is_recorded_fingerprinted_and_close_to_fp32(base, tmp_path):
     error = np.abs(bf16 - fp32).max() / np.abs(fp32).max()
     assert 0 < error < 0.05 and verify_store(store) == []
     assert extract(store, ckpt, "axial", (10,), precision="bf16", progress=False)["series"] == 0
-    with pytest.raises(OrthodiffError, match=r"--precision 'int8': expected one of \['fp32', 'bf16', 'fp16'\]"):
+    with pytest.raises(OrthodiffError, match=r"unknown --precision 'int8': expected one of \['fp32', 'bf16', 'fp16'\]"):
         extract(store, ckpt, "axial", (10,), precision="int8", progress=False)

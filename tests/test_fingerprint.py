@@ -36,6 +36,20 @@ def test_fingerprint_head_clone_fit_predict_and_explain():
     assert youden_threshold([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.8)
 
 
+def test_fingerprint_randomness_comes_from_random_state_only():
+    import torch
+
+    rng = np.random.default_rng(1)
+    r = pd.DataFrame(rng.normal(size=(40, 4)), columns=[f"f{i}" for i in range(4)])
+    y = (r["f1"] > 0).astype(int).to_numpy()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    fits = [FingerprintClassifier(hidden=4, epochs=3, random_state=s).fit(r, y).predict_proba(r) for s in (7, 7, 8)]
+    assert torch.equal(torch.get_rng_state(), before)  # fit leaves torch's global generator as it was
+    np.testing.assert_array_equal(fits[0], fits[1])
+    assert not np.array_equal(fits[0], fits[2])
+
+
 @pytest.mark.slow
 def test_resnet18_usage_predictor_reads_the_image():
     """The paper's usage predictor: MONAI's 3D ResNet-18 on the volume gives each exam its own u."""

@@ -25,15 +25,15 @@ def test_box_grid_is_the_papers_central_box_split_into_cells():
 @pytest.mark.slow
 def test_repaint_keeps_known_voxels_and_is_seeded_per_series():
     from orthodiff.backbone import PRESETS, DiffusionUNet
-    from orthodiff.backbone.diffusion import GaussianDiffusion
+    from orthodiff.backbone.diffusion import NoiseScheduler
     from orthodiff.personas.inpaint import repaint, series_generator
 
     torch.manual_seed(0)
     model = DiffusionUNet(PRESETS["demo"]).eval()
     x0 = torch.rand(1, 1, 16, 32, 32) * 2 - 1
     known = torch.from_numpy(box_grid((16, 32, 32), 1)[0] == 0)
-    a = repaint(model, GaussianDiffusion(), x0, known, steps=2, jumps=2, generator=series_generator(0, "s0"))
-    b = repaint(model, GaussianDiffusion(), x0, known, steps=2, jumps=2, generator=series_generator(0, "s0"))
+    a = repaint(model, NoiseScheduler(), x0, known, steps=2, jumps=2, generator=series_generator(0, "s0"))
+    b = repaint(model, NoiseScheduler(), x0, known, steps=2, jumps=2, generator=series_generator(0, "s0"))
     assert torch.equal(a[0, 0][known], x0[0, 0][known]) and torch.equal(a, b)
     changed = (a - x0)[0, 0][~known].abs()
     assert changed.mean() > 0.1 and a.abs().max() <= 1
@@ -50,7 +50,8 @@ def persona_store(tmp_path_factory):
 def test_personas_resume_after_a_failure_between_data_and_record(persona_store, monkeypatch):
     from orthodiff.featurestore.features import Records
     from orthodiff.featurestore.volumes import open_volumes
-    from orthodiff.personas.store import make_personas, open_personas
+    from orthodiff.personas.reader import open_personas
+    from orthodiff.personas.store import make_personas
 
     store, ckpt = persona_store
     warnings = []
@@ -83,7 +84,8 @@ def test_personas_resume_after_a_failure_between_data_and_record(persona_store, 
 
 
 def test_persona_bad_input_is_named(persona_store, tmp_path):
-    from orthodiff.personas.store import make_personas, open_personas
+    from orthodiff.personas.reader import open_personas
+    from orthodiff.personas.store import make_personas
 
     store, ckpt = persona_store
     with pytest.raises(OrthodiffError, match="has no structure mask"):
@@ -129,15 +131,15 @@ def micro_store(tmp_path_factory):
 @pytest.mark.slow
 def test_batched_repaint_matches_one_series_at_a_time():
     from orthodiff.backbone import DiffusionUNet
-    from orthodiff.backbone.diffusion import GaussianDiffusion
+    from orthodiff.backbone.diffusion import NoiseScheduler
     from orthodiff.personas.inpaint import repaint, series_generator
 
     torch.manual_seed(0)
-    model, diffusion = DiffusionUNet(_micro()).eval(), GaussianDiffusion()
+    model, scheduler = DiffusionUNet(_micro()).eval(), NoiseScheduler()
     x0 = torch.rand(3, 1, 16, 8, 8) * 2 - 1
     known = torch.from_numpy(box_grid((16, 8, 8), 1)[0] == 0)
-    batch = repaint(model, diffusion, x0, known, 2, 2, [series_generator(0, f"s{i}") for i in range(3)])
-    alone = [repaint(model, diffusion, x0[i:i + 1], known, 2, 2, series_generator(0, f"s{i}")) for i in range(3)]
+    batch = repaint(model, scheduler, x0, known, 2, 2, [series_generator(0, f"s{i}") for i in range(3)])
+    alone = [repaint(model, scheduler, x0[i:i + 1], known, 2, 2, series_generator(0, f"s{i}")) for i in range(3)]
     for i in range(3):  # each series keeps its own noise: only float rounding depends on the batch
         torch.testing.assert_close(batch[i:i + 1], alone[i], atol=1e-4, rtol=0)
     assert (alone[0] - alone[1])[0, 0][~known].abs().mean() > 0.1
@@ -160,7 +162,8 @@ def test_persona_kill_minus_9_then_rerun_is_byte_identical(micro_store, tmp_path
     import time
     from pathlib import Path
 
-    from orthodiff.personas.store import make_personas, open_personas
+    from orthodiff.personas.reader import open_personas
+    from orthodiff.personas.store import make_personas
 
     base, ckpt = micro_store
     settings = dict(grid=2, steps=2, jumps=1, series_batch=4, progress=False, warn=lambda _: None)

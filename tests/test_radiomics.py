@@ -29,7 +29,8 @@ def test_ibsi_values_on_a_known_roi():
 
 def test_radiomics_store_image_only_nan_reasons_and_resume(tmp_path, monkeypatch):
     from orthodiff.featurestore.features import Records
-    from orthodiff.radiomics.store import extract_radiomics, open_radiomics
+    from orthodiff.radiomics.reader import open_radiomics
+    from orthodiff.radiomics.store import extract_radiomics
 
     store = make_volume_store(tmp_path / "s.zarr", n=2)
     with pytest.raises(OrthodiffError, match="needs axial personas, and this store has none"):
@@ -60,8 +61,10 @@ def test_box_personas_serve_every_grid(tmp_path):
     """One inpainting of the central box gives the radiomics of every grid: --grid re-splits it."""
     from helpers import random_checkpoint
     from orthodiff.backbone.unet import UNetConfig
-    from orthodiff.personas.store import make_personas, open_personas
-    from orthodiff.radiomics.store import extract_radiomics, open_radiomics
+    from orthodiff.personas.reader import open_personas
+    from orthodiff.personas.store import make_personas
+    from orthodiff.radiomics.reader import open_radiomics
+    from orthodiff.radiomics.store import extract_radiomics
 
     store = make_volume_store(tmp_path / "s.zarr", n=2, size=8)
     ckpt = random_checkpoint(tmp_path / "m.pt", "axial", config=UNetConfig(8, 16, 32, (1, 1)))

@@ -25,7 +25,7 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.extract import extract
 from orthodiff.featurestore.ingest import ingest
 from orthodiff.heads.runs import compare_runs
-from orthodiff.supervised.biomarkers import agreement, biomarkers, thickness_map
+from orthodiff.evaluation.biomarkers import agreement, biomarkers, thickness_map
 from orthodiff.supervised.data import plane_volumes, split_rows
 from orthodiff.supervised.estimators import VolumeClassifier, segmentation_loss, soft_dice_loss
 from orthodiff.supervised.networks import SegHead

@@ -34,7 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from memory import peak_rss_mib
 from orthodiff.backbone import MIDDLE_BLOCKS, PRESETS, DiffusionUNet
 from orthodiff.backbone.allocator import reuse_freed_memory
-from orthodiff.backbone.diffusion import GaussianDiffusion
+from orthodiff.backbone.diffusion import NoiseScheduler
+from orthodiff.backbone.pretrain import denoising_loss
 from orthodiff.backbone.precision import autocast
 
 
@@ -188,11 +189,11 @@ def main() -> None:
           f"{runs['reuse']['faults']:.0f} faults, {runs['reuse']['sys_share']:.0%} system, {runs['reuse']['wall']:.2f} s")
 
     if args.train_steps:
-        diffusion, opt = GaussianDiffusion(), torch.optim.Adam(model.train().parameters(), 1e-4)
+        scheduler, opt = NoiseScheduler(), torch.optim.Adam(model.train().parameters(), 1e-4)
         batch = torch.randn(4, 1, config.depth, config.image_size, config.image_size)
         start = time.perf_counter()
         for _ in range(args.train_steps):
-            loss = diffusion.loss(model, batch)
+            loss = denoising_loss(model, scheduler, batch)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 
 from orthodiff.backbone import MIDDLE_BLOCKS, PRESETS, DiffusionUNet
-from orthodiff.backbone.diffusion import GaussianDiffusion
+from orthodiff.backbone.diffusion import NoiseScheduler
+from orthodiff.backbone.pretrain import denoising_loss
 from orthodiff.backbone.precision import autocast
 from orthodiff.tables import frame_table, make_console
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ours_fp32, ref_fp32 = outputs[("orthodiff", "fp32")], outputs[("reference workflow", "fp32")]
     equal = all(torch.equal(ours_fp32[b], ref_fp32[b]) for b in MIDDLE_BLOCKS)
 
-    diffusion = GaussianDiffusion().to(device)
+    scheduler = NoiseScheduler().to(device)
     for precision in ("fp32", "bf16"):
         net = DiffusionUNet(config).to(device).train()
         opt = torch.optim.Adam(net.parameters(), 1e-4)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         def step():
             with autocast(device, precision):
-                loss = diffusion.loss(net, batch)
+                loss = denoising_loss(net, scheduler, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

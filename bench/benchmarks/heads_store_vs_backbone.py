@@ -20,7 +20,7 @@ import dask.array as da
 import numpy as np
 import torch
 
-from orthodiff.backbone.diffusion import GaussianDiffusion
+from orthodiff.backbone.diffusion import NoiseScheduler
 from orthodiff.backbone.unet import PRESETS, DiffusionUNet
 from orthodiff.heads.probe import ProbeNet
 from orthodiff.training import apply, train
@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     config = PRESETS[args.preset]
-    backbone, diffusion = DiffusionUNet(config).eval(), GaussianDiffusion()
+    backbone, scheduler = DiffusionUNet(config).eval(), NoiseScheduler()
     rng = np.random.default_rng(0)
     volumes = rng.uniform(-1, 1, (args.series, 1, config.depth, config.image_size, config.image_size)).astype(np.float32)
     y = (rng.random((args.series, 8)) < 0.3).astype(np.float32)
@@ -48,7 +48,7 @@ def main() -> None:
     @torch.no_grad()
     def features(x0: torch.Tensor) -> torch.Tensor:
         t = torch.full((len(x0),), args.timestep, dtype=torch.long)
-        x_t = diffusion.q_sample(x0, t, torch.randn_like(x0))
+        x_t = scheduler.add_noise(x0, torch.randn_like(x0), t)
         return backbone.middle_features(x_t, t, (args.block,))[args.block]
 
     net = ProbeNet(args.pooling, channels, y.shape[1])

@@ -16,7 +16,7 @@ import time
 import torch
 
 from orthodiff.backbone import PRESETS, DiffusionUNet
-from orthodiff.backbone.diffusion import GaussianDiffusion
+from orthodiff.backbone.diffusion import NoiseScheduler
 from orthodiff.personas.inpaint import repaint, series_generator
 from orthodiff.personas.rois import box_grid
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--series-batch", default="1", help="series per forward pass, comma-separated to compare")
     parser.add_argument("--presets", default="demo,tiny")
     args = parser.parse_args()
-    diffusion = GaussianDiffusion()
+    scheduler = NoiseScheduler()
     print(f"torch threads {torch.get_num_threads()}, jumps {args.jumps}")
     print("preset  batch  steps  s/series  s/ROI(27)  s/forward")
     for preset, batch in [(p, int(b)) for p in args.presets.split(",") for b in args.series_batch.split(",")]:
@@ -43,7 +43,7 @@ def main() -> None:
             for i in range(0, args.series, batch):
                 ids = [f"s{j}" for j in range(i, min(i + batch, args.series))]
                 x0 = torch.rand(len(ids), 1, 16, size, size) * 2 - 1
-                repaint(model, diffusion, x0, known, steps, args.jumps, [series_generator(0, s) for s in ids])
+                repaint(model, scheduler, x0, known, steps, args.jumps, [series_generator(0, s) for s in ids])
             per = (time.perf_counter() - start) / args.series
             print(f"{preset:6s}  {batch:5d}  {steps:5d}  {per:8.2f}  {per / 27:9.3f}  {per * batch / (steps * args.jumps):9.3f}",
                   flush=True)

@@ -50,7 +50,7 @@ def fidelity(store: str, catalog: pd.DataFrame, plane: str) -> tuple[pd.DataFram
     """(SSIM / MSE of personas and of the mean-filled box on healthy exams per split, localisation scores)."""
     from orthodiff.errors import OrthodiffError
     from orthodiff.personas.fidelity import localisation, reproduction, roi_ssim_mse
-    from orthodiff.personas.store import open_personas
+    from orthodiff.personas.reader import open_personas
 
     ds = open_personas(store, plane)
     split_of = catalog.set_index("series_id")["split"]
@@ -160,7 +160,7 @@ def markdown(table: pd.DataFrame, tasks, counts: dict[str, tuple[int, int]]) -> 
 
     `counts`: task -> (positive, negative) test exams; a task with fewer than MIN_SUPPORT of
     either is flagged in its header (its AUC rests on a handful of exams)."""
-    from orthodiff.heads.report import MIN_SUPPORT
+    from orthodiff.heads.metrics import MIN_SUPPORT
 
     def header(task):
         pos, neg = counts[task]

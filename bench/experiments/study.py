@@ -108,11 +108,11 @@ def validation_loss(store: Path, path: Path, plane: str, draws: int = 4) -> floa
     import torch
 
     from orthodiff.backbone import load_backbone
-    from orthodiff.backbone.diffusion import GaussianDiffusion
-    from orthodiff.backbone.pretrain import PlaneVolumes
+    from orthodiff.backbone.diffusion import NoiseScheduler
+    from orthodiff.backbone.pretrain import PlaneVolumes, denoising_loss
     from orthodiff.featurestore.volumes import open_volumes
 
-    model, diffusion = load_backbone(path, "cpu").eval(), GaussianDiffusion()
+    model, scheduler = load_backbone(path, "cpu").eval(), NoiseScheduler()
     val = PlaneVolumes.select(open_volumes(str(store)), plane, "val")
     generator = torch.Generator().manual_seed(12345)
     losses = []
@@ -120,7 +120,7 @@ def validation_loss(store: Path, path: Path, plane: str, draws: int = 4) -> floa
         for _ in range(draws):
             for start in range(0, len(val), 16):
                 x0 = val.batch(np.arange(start, min(start + 16, len(val))))
-                losses.append(float(diffusion.loss(model, x0, generator)) * len(x0))
+                losses.append(float(denoising_loss(model, scheduler, x0, generator)) * len(x0))
     loss = sum(losses) / (draws * len(val))
     kept.write_text(json.dumps({"val_loss": loss, "draws": draws, "series": len(val)}))
     return loss

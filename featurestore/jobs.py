@@ -1,0 +1,94 @@
+"""The job machinery every stored kind's writer uses: a `Task` (one shard's run of series)
+and `run_tasks`, which runs a writer's task function here, on a local Dask cluster or on a
+remote one; and `completed_series`, which tells a reader which series lie in shards
+recorded complete. Shared by feature extraction, personas and radiomics; it runs no
+network itself (torch is imported only to set a worker's threads)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from orthodiff.featurestore.features import SHARD_SERIES, Records, fingerprint
+from orthodiff.progress import Advance, maybe_progress
+
+
+@dataclass(frozen=True)
+class Task:
+    """One run of series (one shard index), their rows in the volumes, and the (timestep,
+    block) units it still lacks."""
+
+    shard: int
+    start: int
+    series: tuple[str, ...]
+    units: tuple[tuple[int, str], ...]
+    volume_rows: tuple[int, ...]
+
+
+def completed_series(store: str, group: str, plane: str, prov: dict, series: list[str], unit: str, dtype: str,
+                     keys: tuple[str, ...]) -> np.ndarray:
+    """Which of ``series`` (in stored order, ``SHARD_SERIES`` per shard) lie in a shard whose
+    completion record under ``_records/<group>/<plane>`` matches its fingerprint (``unit``,
+    ``dtype`` and the provenance ``keys``): what a reader returns, as a boolean mask. A shard
+    being written, or left half-written by a killed job, has no matching record."""
+    done = Records(store, group, plane).read()
+    complete = np.zeros(len(series), bool)
+    for shard, start in enumerate(range(0, len(series), SHARD_SERIES)):
+        run = series[start:start + SHARD_SERIES]
+        record = done.get(f"{shard:06d}.json", {}).get("fingerprint")
+        complete[start:start + len(run)] = record == fingerprint(prov, run, 0, unit, dtype, keys)
+    return complete
+
+
+def _with_threads(function, threads: int | None, *args, **kwargs):
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return function(*args, **kwargs)
+
+
+def run_tasks(function, tasks: list, args: tuple, description: str, total: int, workers: int | None = None,
+              scheduler: str | None = None, progress: bool | Advance = True, read_ahead=None) -> list:
+    """Run `function(task, *args)` for every task and return its results (each an int, the
+    series it did, or a dict with a `series` count): here, on a local Dask cluster of
+    `workers` processes (sharing the cores), or on the cluster at `scheduler`; `progress`
+    counts series. In this process, `read_ahead(task)` (the task's input) runs for the next
+    task while the current one computes and is passed as `volumes=`. Shared by extract,
+    persona and radiomics."""
+    results = []
+    with maybe_progress(progress, description, total, "series") as advance:
+
+        def done(result) -> None:
+            results.append(result)
+            advance(result if isinstance(result, int) else result["series"])
+
+        if workers or scheduler:
+            from dask.distributed import Client, LocalCluster, as_completed
+
+            cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+            # local workers share the cores instead of each starting one torch thread per core
+            threads = max(1, (os.cpu_count() or 1) // workers) if workers and not scheduler else None
+            with Client(scheduler or cluster) as client:
+                # keys named after `function`, as a dashboard shows them
+                futures = [client.submit(_with_threads, function, threads, t, *args, key=f"{function.__name__}-{uuid.uuid4().hex}")
+                           for t in tasks]
+                for future in as_completed(futures):
+                    done(future.result())
+            if cluster is not None:
+                cluster.close()
+        elif read_ahead is None:
+            for task in tasks:
+                done(function(task, *args))
+        else:
+            with ThreadPoolExecutor(1, thread_name_prefix="orthodiff-prefetch") as reader:
+                upcoming = reader.submit(read_ahead, tasks[0]) if tasks else None
+                for i, task in enumerate(tasks):
+                    volumes = upcoming.result()
+                    upcoming = reader.submit(read_ahead, tasks[i + 1]) if i + 1 < len(tasks) else None
+                    done(function(task, *args, volumes=volumes))
+    return results

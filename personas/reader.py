@@ -1,0 +1,52 @@
+"""Reading the stored personas (`open_personas`): no network, no torch model; tier-2 code
+imports this module, `personas.store` writes what it reads. Layout: see `personas.store`."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import xarray as xr
+
+from orthodiff.errors import OrthodiffError
+from orthodiff.featurestore.features import SHARD_SERIES
+from orthodiff.featurestore.jobs import completed_series
+from orthodiff.featurestore.store import open_root
+from orthodiff.featurestore.volumes import open_volumes
+
+GROUP = "personas"
+KEYS = ("backbone_id", "roi", "grid", "steps", "jumps", "noise_seed", "noise_policy", "schema")
+
+
+def group_path(backbone: str, plane: str) -> str:
+    return f"{GROUP}/{backbone}/{plane}"
+
+
+def open_personas(store: str, plane: str, backbone: str | None = None) -> xr.Dataset:
+    """The personas of `plane` (lazy), with the matching volume as `image` and its structure
+    mask as `structure` beside them.
+
+    Only series whose shard is recorded complete are returned."""
+    root = open_root(store)
+    if GROUP not in root or not list(root[GROUP].group_keys()):
+        raise OrthodiffError(f"{store}: no personas in this store (run `orthodiff persona` first)")
+    ids = [b for b in root[GROUP].group_keys() if plane in root[f"{GROUP}/{b}"]]
+    if backbone is not None:
+        ids = [b for b in ids if b == backbone]
+    if len(ids) != 1:
+        raise OrthodiffError(f"{store}: {len(ids)} persona backbones hold {plane} personas "
+                             f"({sorted(root[GROUP].group_keys())}); name one with --backbone-id" if ids else
+                             f"{store}: no {plane} personas (run `orthodiff persona --plane {plane}` first)")
+    bid = ids[0]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified chunks separate", category=UserWarning)
+        ds = xr.open_zarr(str(store), group=group_path(bid, plane), consolidated=False, chunks={"series": SHARD_SERIES})
+    prov = dict(root[group_path(bid, plane)].attrs)
+    complete = completed_series(store, f"{GROUP}/{bid}", plane, prov, ds.series.values.tolist(), "persona", "float16", KEYS)
+    ds = ds.isel(series=np.flatnonzero(complete))
+    volumes = open_volumes(store)
+    ds["image"] = volumes.volume.sel(series=ds.series.values).astype("float16")
+    ds["structure"] = volumes["mask"].sel(series=ds.series.values)  # stored structure labels (0: none)
+    ds = ds.assign_coords({c: ds[c].load() for c in ("case_id", "patient_id", "scan", "roi_name")})
+    ds.attrs = prov
+    return ds
