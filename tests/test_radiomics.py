@@ -153,7 +153,7 @@ def test_radiomics_command_fixed_bin_size(tmp_path):
     from typer.testing import CliRunner
 
     from orthodiff.cli import app
-    from orthodiff.radiomics.store import open_radiomics
+    from orthodiff.radiomics.reader import open_radiomics
 
     store = make_volume_store(tmp_path / "s.zarr", n=2, size=8)
     base = ["radiomics", "--plane", "axial", "--store", store, "--source", "image", "--grid", "1", "--families", "histogram"]
