@@ -107,7 +107,8 @@ def test_radiomics_morphology_in_mm_from_stored_spacing_and_nan_where_unknown(tm
     """Series 0 has 2 x 0.5 x 0.5 mm voxels: its volumes are in mm³. Series 1's spacing is
     unknown: its morphology is NaN with reason 3 (not computed on 1 mm voxels), the rest is not."""
     from orthodiff.personas.rois import box_grid
-    from orthodiff.radiomics.store import extract_radiomics, open_radiomics
+    from orthodiff.radiomics.reader import open_radiomics
+    from orthodiff.radiomics.store import extract_radiomics
 
     store = make_volume_store(tmp_path / "s.zarr", n=2, size=8)
     without = extract_radiomics(store, "axial", sources=("image",), families=("first_order", "shape"), grid=1, progress=False)
@@ -130,7 +131,8 @@ def test_a_longer_feature_list_is_a_new_group_and_the_old_one_still_opens(tmp_pa
     """Radiomics written before features were added: their group keeps its settings id and
     stays complete; a rerun writes a new group from scratch instead of mixing feature lists."""
     from orthodiff.radiomics import store as radiomics_store
-    from orthodiff.radiomics.store import extract_radiomics, open_radiomics
+    from orthodiff.radiomics.reader import open_radiomics
+    from orthodiff.radiomics.store import extract_radiomics
 
     store = make_volume_store(tmp_path / "s.zarr", n=2, size=8)
     older = radiomics_store.feature_names(("first_order",), 32)[:-2]
