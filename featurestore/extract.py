@@ -257,6 +257,9 @@ def run_tasks(function, tasks: list, args: tuple, description: str, total: int, 
     counts series. In this process, `read_ahead(task)` (the task's input) runs for the next
     task while the current one computes and is passed as `volumes=`. Shared by extract,
     persona and radiomics."""
+    cores = os.cpu_count() or 1
+    if workers is not None and not scheduler and not 1 <= workers <= cores:
+        raise OrthodiffError(f"--workers {workers}: expected 1 to {cores} (this machine's cores), or a cluster's --scheduler")
     results = []
     with maybe_progress(progress, description, total, "series") as advance:
 
