@@ -21,6 +21,7 @@ from orthodiff.backbone.diffusion import GaussianDiffusion
 from orthodiff.catalogs.cohort import SUBSET_PREFIX, label_columns, read_catalog
 from orthodiff.catalogs.tasks import structures
 from orthodiff.errors import OrthodiffError
+from orthodiff.files import read_weights, series_file
 from orthodiff.heads.metrics import evaluate, macro_auroc, patient_resamples
 from orthodiff.heads.probe import PlaneProbe
 from orthodiff.outputs import atomic_savefig, pyplot, write_json, write_table
@@ -284,10 +285,18 @@ def _plot_efficiency(curve: pd.DataFrame, out: Path) -> None:
 
 def load_segmenter(model_dir, device=None) -> tuple[VolumeSegmenter, dict]:
     path = Path(model_dir) / MODEL_FILE
+    hint = "run `orthodiff segment train` (or `baseline segment`) into a new folder"
     if not path.is_file():
-        raise OrthodiffError(f"{model_dir}: not a segmentation run (no {MODEL_FILE}); run `orthodiff segment train`")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    return VolumeSegmenter.from_state(saved, device), saved
+        raise OrthodiffError(f"{model_dir}: not a segmentation run (no {MODEL_FILE}); {hint}")
+    saved = read_weights(path, "segmentation model", hint)
+    missing = [k for k in ("params", "image_size", "unet", "state", "plane", "joint") if k not in saved]
+    if missing:
+        raise OrthodiffError(f"{path}: not a segmentation model (no {', '.join(missing)}); {hint}")
+    try:
+        return VolumeSegmenter.from_state(saved, device), saved
+    except (RuntimeError, TypeError, KeyError, ValueError) as err:
+        raise OrthodiffError(f"{path}: the weights do not fit the model it names ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:120]}); {hint}") from None
 
 
 def run_segment_predict(model_dir, store, catalog_path, out, split="test", device=None, progress=None) -> pd.DataFrame:
@@ -298,15 +307,15 @@ def run_segment_predict(model_dir, store, catalog_path, out, split="test", devic
     from monai.transforms import Resize
 
     from orthodiff.catalogs.cohort import resolve_path
-    from orthodiff.catalogs.readers import series_geometry
+    from orthodiff.catalogs.readers import read_mask, series_geometry
     from orthodiff.featurestore.ingest import central_slices
     from orthodiff.supervised.biomarkers import (
         agreement, biomarkers, cartilage, plot_bland_altman, plot_thickness_maps, spacing_of,
     )
 
     out = Path(out)
+    catalog, _ = _catalog(catalog_path)  # first: its series ids name the files written below
     est, saved = load_segmenter(model_dir, device)
-    catalog, _ = _catalog(catalog_path)
     ds, rows = plane_volumes(store, catalog, saved["plane"])
     ds, rows = split_rows(ds, rows, split)
     structure_set = structures(saved["joint"])
@@ -320,14 +329,14 @@ def run_segment_predict(model_dir, store, catalog_path, out, split="test", devic
         full[start : start + mask.shape[0]] = np.asarray(Resize(shape[1:], mode="nearest")(mask), dtype=np.uint8)
         image = nib.Nifti1Image(np.ascontiguousarray(full.transpose(2, 1, 0)), affine)
         image.header.set_xyzt_units("mm")
-        target = out / "masks" / f"{row.series_id}.nii.gz"
+        target = series_file(out / "masks", row.series_id)
         tmp = target.with_name(f".{target.name}.tmp.nii.gz")
         nib.save(image, str(tmp))
         tmp.replace(target)
         spacing = spacing_of(affine)
         measured[row.series_id] = biomarkers(central_slices(full), spacing, structure_set)
         if isinstance(row.mask_path, str) and row.mask_path:
-            true = np.asarray(nib.load(resolve_path(catalog_path, row.mask_path)).dataobj).transpose(2, 1, 0)
+            true = read_mask(resolve_path(catalog_path, row.mask_path), full.shape, structure_set.values)
             reference[row.series_id] = biomarkers(central_slices(true), spacing, structure_set)
             if len(reference) == 1 and cartilage(structure_set):  # maps of the first series with a reference
                 plot_thickness_maps({"predicted": central_slices(full), "reference": central_slices(true)}, spacing,
