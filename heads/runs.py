@@ -15,7 +15,7 @@ import xarray as xr
 
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
-from orthodiff.files import atomic_write
+from orthodiff.files import atomic_write, read_weights
 from orthodiff.heads.fusion import FusionHead
 from orthodiff.heads.metrics import evaluate, macro_auroc, permutation_test, subgroup_table, youden_thresholds
 from orthodiff.heads.probe import PlaneProbe
@@ -151,8 +151,10 @@ def sweep_probes(sweep_dir, fingerprint: str) -> dict:
     path = sweep_dir / SWEEP_PROBES
     if not path.is_file():
         return {}
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = read_weights(path, "sweep's probe file", "rerun `orthodiff sweep` into this folder to make it again")
     run = read_run(sweep_dir, ("sweep",), "a sweep directory")
+    if not isinstance(saved.get("probes"), dict):
+        raise OrthodiffError(f"{path}: not a sweep's probe file (no 'probes'); rerun `orthodiff sweep` into this folder")
     if saved.get("inputs_fingerprint") != fingerprint or run.get("inputs_fingerprint") != fingerprint:
         return {}
     params = run["probe_params"]
