@@ -214,7 +214,7 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
     from orthodiff.catalogs.readers import read_series
     from orthodiff.evaluation.inputs import check_complete, load_mask, model_of, read_series as read_reference
     from orthodiff.evaluation.inputs import reference_rows, write_mask
-    from orthodiff.outputs import write_json
+    from orthodiff.outputs import write_run
 
     out = Path(out)
     if prompts not in ("reference", "masks"):
@@ -255,10 +255,10 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
             boxes = shift_boxes(boxes, shift, image.shape[1:], np.random.default_rng((seed, i)))  # same on a rerun
         write_mask(target, segmenter.segment(image, boxes, progress), series.affine)
         written += 1
-    write_json({"kind": "prompt_predict", "model": model, "size": size, "checkpoint": str(checkpoint) if checkpoint else None,
+    write_run({"kind": "prompt_predict", "model": model, "size": size, "checkpoint": str(checkpoint) if checkpoint else None,
                 "prompts": prompts, "prompt_masks": str(prompt_masks) if prompt_masks else None, "shift": shift,
                 "split": split, "min_size": min_size, "series": len(rows), "finetune_epochs": finetune_epochs,
-                "finetune_encoder": finetune_encoder}, out / "run.json")
+                "finetune_encoder": finetune_encoder}, out)
     return written
 
 

@@ -10,7 +10,6 @@ bootstrap CIs resampling patients.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.fingerprint import FingerprintClassifier, youden_threshold
 from orthodiff.heads.metrics import patient_resamples
+from orthodiff.outputs import write_run
 
 TARGETS = {"abnormal": None, "acl": ("ACL",), "meniscus": ("MM", "LM", "MEN")}
 
@@ -215,7 +215,6 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
     positives = [e for e in exams["test"] if y.get(e, 0) == 1]
     if positives:
         persona_figure(store, catalog, positives[0], out / "persona_example.png", np.unique(radiomics.plane.values).tolist())
-    (out / "run.json").write_text(json.dumps({"store": str(store), "catalog": str(catalog_path), "task": task,
-                                              "settings": radiomics.attrs["settings_id"], "epochs": epochs, "seed": seed,
-                                              "exams": {s: int(len(v)) for s, v in exams.items()}}, indent=1))
+    write_run({"store": str(store), "catalog": str(catalog_path), "task": task, "settings": radiomics.attrs["settings_id"],
+               "epochs": epochs, "seed": seed, "exams": {s: int(len(v)) for s, v in exams.items()}}, out)
     return table

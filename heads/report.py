@@ -20,7 +20,7 @@ import pandas as pd
 
 from orthodiff.errors import OrthodiffError
 from orthodiff.files import atomic_write
-from orthodiff.outputs import pyplot, read_table
+from orthodiff.outputs import pyplot, read_table, resolved
 
 # Below this many positives (or negatives) in a split, a label's AUROC and its CI rest on a
 # handful of exams: the tables and the report flag it.
@@ -132,7 +132,8 @@ class _Runs:
         return str(rel) if str(rel) != "." else self.root.name
 
     def catalog(self) -> Path | None:
-        for record in [*self.configs.values(), *self.records.values()]:
+        records = [*((p.parent, c) for p, c in self.configs.items()), *self.records.items()]
+        for folder, record in ((f, resolved(r, f)) for f, r in records):
             path = record.get("catalog") or record.get("config", {}).get("catalog")
             if path and Path(path).is_file():
                 return Path(path)
@@ -160,7 +161,7 @@ def _cohort(runs: _Runs) -> str:
            or table[c].min() == 0]
     warn = (f"<p class='warn'>Low support: {', '.join(low)} have fewer than {MIN_SUPPORT} positive (or negative) exams "
             "in some split; their per-label numbers are flagged below.</p>") if low else ""
-    return (f"<p>Catalog <code>{_esc(path)}</code> (split fingerprint <code>{split_fingerprint(df)}</code>): "
+    return (f"<p>Catalog <code>{_esc(os.path.relpath(path, runs.root))}</code> (split fingerprint <code>{split_fingerprint(df)}</code>): "
             f"{len(df)} series, {len(exams)} exams, {df['patient_id'].nunique()} patients. "
             "Label columns count positive exams per split.</p>" + _table(table) + warn)
 
@@ -345,12 +346,19 @@ AGREEMENT_COLUMNS = ["model", "biomarker", "n", "method", "icc", "icc_low", "icc
 EVALUATION_FIGURES = ("raincloud.png", "agreement_*.png", "forest.png")
 
 
+def _href(path: Path, target: Path) -> str:
+    """A link from the report `target` to `path`, `./`-relative, so that no folder name (say
+    `javascript:...`) can read as a URL scheme."""
+    rel = Path(os.path.relpath(path, target.parent)).as_posix()
+    return rel if rel.startswith("../") else f"./{rel}"
+
+
 def _evaluations(runs: _Runs, target: Path) -> str:
     """Each `orthodiff evaluate seg` folder: its headline tables and figures, and a link to
     its own evaluation.html (which has every table)."""
     parts = []
     for folder in runs.evaluations:
-        link = Path(os.path.relpath(folder / "evaluation.html", target.parent)).as_posix()
+        link = _href(folder / "evaluation.html", target)
         summary = _json(folder / "evaluation.json")
         parts.append(f"<h3>{_esc(runs.name(folder))}</h3><p>{_esc(', '.join(summary.get('models', [])))}: "
                      f"{summary.get('series', '?')} series of {summary.get('subjects', '?')} subjects. "
@@ -378,7 +386,7 @@ def _other(runs: _Runs, shown: set[Path]) -> str:
 
 def _artefacts(runs: _Runs, target: Path) -> str:
     files = sorted(p for p in runs.root.rglob("*") if p.is_file() and not p.name.startswith(".") and p != target)
-    items = "".join(f"<li><a href='{_esc(Path(os.path.relpath(p, target.parent)).as_posix())}'>{_esc(runs.name(p))}</a>"
+    items = "".join(f"<li><a href='{_esc(_href(p, target))}'>{_esc(runs.name(p))}</a>"
                     f" <span class=note>({p.stat().st_size / 1024:.1f} KiB)</span></li>" for p in files)
     return f"<ul>{items}</ul>"
 

@@ -22,7 +22,7 @@ from orthodiff.heads.probe import PlaneProbe
 from orthodiff.heads.protocol import TwoStageFusion
 from orthodiff.heads.report import MIN_SUPPORT
 from orthodiff.heads.sweep import plane_units, plot_heatmaps, sweep, top_configs
-from orthodiff.outputs import atomic_savefig, pyplot, read_run, read_table, write_json, write_table
+from orthodiff.outputs import atomic_savefig, portable, pyplot, read_run, read_table, resolved, write_json, write_run, write_table
 from orthodiff.progress import no_progress
 
 # the paper's values (docs/paper.md)
@@ -46,7 +46,7 @@ def read_config(path: str | Path) -> dict:
     for key in ("pooling", "planes"):
         if key not in config:
             raise OrthodiffError(f"{path}: configuration lacks {key!r}")
-    return config
+    return resolved(config, path.parent)
 
 
 def split_of(catalog: pd.DataFrame) -> str:
@@ -137,8 +137,8 @@ def run_sweep(features, catalog, labels, pooling, out, probe_params=None, proven
     write_table(results, out / "sweep")
     write_table(top, out / "top4")
     plot_heatmaps(results, out)
-    write_json({"kind": "sweep", "pooling": pooling, "labels": labels, "probe_params": params, **(provenance or {}),
-                "planes": [p for p in PLANES if p in features], "split_fingerprint": split_of(catalog), "inputs_fingerprint": fingerprint}, out / "run.json")
+    write_run({"kind": "sweep", "pooling": pooling, "labels": labels, "probe_params": params, **(provenance or {}),
+                "planes": [p for p in PLANES if p in features], "split_fingerprint": split_of(catalog), "inputs_fingerprint": fingerprint}, out)
     return results, top
 
 
@@ -246,7 +246,7 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method="concat
         "inputs_fingerprint": fingerprint,
     }
     write_table(scored, selection)
-    write_json(config, config_path)
+    write_json(portable(config, config_path.parent), config_path)
     return scored, config
 
 
@@ -380,12 +380,12 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
         plot_gating(gating, out / "gating.png", f"MPAE gating weights per label — {out.name}")
     if ehr:
         write_table(pd.DataFrame({"label": labels, "mri_weight": model.head_.mri_weight_}), out / "ehr_weight")
-    write_json({"kind": "fuse", "method": method, "ehr": ehr, "config": config, "labels": labels,
+    write_run({"kind": "fuse", "method": method, "ehr": ehr, "config": config, "labels": labels,
                 "threshold": threshold, "thresholds": dict(zip(labels, cut.tolist())),
                 "stage_one": sorted(probes) if probes else [], "fusion_params": fusion, "test_exams": len(pred),
                 "subset": None if whole else str(subset),
                 "exams_missing_a_plane": len(missing), "split_fingerprint": split_of(catalog),
-                "inputs_fingerprint": fingerprint}, out / "run.json")
+                "inputs_fingerprint": fingerprint}, out)
     progress(stage="written")
     return metrics, model
 
@@ -452,8 +452,7 @@ def run_efficiency(config, features, catalog, labels, subsets, out, method="conc
     fig.tight_layout()
     atomic_savefig(fig, out / "efficiency.png")
     plt.close(fig)
-    write_json({"kind": "efficiency", "config": config, "method": method, "comparator": comparator,
-                "fusion_params": fusion, "subsets": [str(s) for s in subsets], "n_boot": n_boot, "seed": seed,
-                "split_fingerprint": split_of(catalog)},
-               out / "run.json")
+    write_run({"kind": "efficiency", "config": config, "method": method, "comparator": comparator,
+               "fusion_params": fusion, "subsets": [str(s) for s in subsets], "n_boot": n_boot, "seed": seed,
+               "split_fingerprint": split_of(catalog)}, out)
     return curves

@@ -24,7 +24,7 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.files import read_weights, series_file
 from orthodiff.heads.metrics import evaluate, macro_auroc, patient_resamples
 from orthodiff.heads.probe import PlaneProbe
-from orthodiff.outputs import atomic_savefig, pyplot, write_json, write_table
+from orthodiff.outputs import atomic_savefig, pyplot, write_run, write_table
 from orthodiff.supervised.data import exam_predictions, plane_volumes, split_rows
 from orthodiff.supervised.estimators import VolumeClassifier, VolumeSegmenter
 
@@ -134,9 +134,9 @@ def run_baseline_classify(store, catalog_path, model, planes, out, epochs=5, lr=
     metrics = evaluate(y, p, labels, groups=pred["patient_id"].to_numpy(), n_boot=n_boot, seed=seed)
     write_table(pred, out / "predictions")
     write_table(metrics, out / "metrics")
-    write_json({"kind": "baseline", "task": "classify", "model": model, "planes": list(planes), "labels": labels,
+    write_run({"kind": "baseline", "task": "classify", "model": model, "planes": list(planes), "labels": labels,
                 "epochs": epochs, "lr": lr, "test_exams": len(pred), "store": str(store),
-                "catalog": str(Path(catalog_path).resolve())}, out / "run.json")
+                "catalog": str(catalog_path)}, out)
     return metrics
 
 
@@ -262,10 +262,10 @@ def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=
     if curve:
         _plot_efficiency(pd.DataFrame(curve), out)
         write_table(pd.concat(per_series, ignore_index=True), out / "efficiency_series")
-    write_json({"kind": "segment", "model": model, "plane": plane, "backbone": str(backbone) if backbone else None,
+    write_run({"kind": "segment", "model": model, "plane": plane, "backbone": str(backbone) if backbone else None,
                 "decoder": decoder if model == "diffusion" else None, "timestep": timestep, "block": block, "epochs": epochs, "lr": lr, "train_series": n_train,
                 "test_series": len(test_rows), "train_seconds": round(seconds, 1), "store": str(store),
-                "catalog": str(Path(catalog_path).resolve())}, out / "run.json")
+                "catalog": str(catalog_path)}, out)
     return dice
 
 
@@ -351,8 +351,8 @@ def run_segment_predict(model_dir, store, catalog_path, out, split="test", devic
         table = agreement(measured, reference)
         write_table(table, out / "agreement")
         plot_bland_altman(measured, reference, table, out / "bland_altman.png")
-    write_json({"kind": "segment_predict", "model": str(model_dir), "split": split, "series": len(rows),
-                "with_reference": len(reference)}, out / "run.json")
+    write_run({"kind": "segment_predict", "model": str(model_dir), "split": split, "series": len(rows),
+                "with_reference": len(reference)}, out)
     return table
 
 
