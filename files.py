@@ -96,8 +96,10 @@ LOCK = ".orthodiff.lock"
 def folder_lock(folder: str | Path):
     """Hold `folder` for one job: a second job writing the same folder stops with one error
     instead of silently replacing the first one's results. The lock file names the holder
-    (host and process id); a lock left by a process that is gone (killed) is taken over."""
+    (host and process id); a lock left by a process that is gone (killed) is taken over.
+    Folders made only to hold the lock are removed again if the job left nothing in them."""
     folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
     lock, me = folder / LOCK, f"{socket.gethostname()} {os.getpid()}"
     for _ in range(3):
@@ -119,6 +121,11 @@ def folder_lock(folder: str | Path):
     finally:
         if lock.is_file() and lock.read_text().strip() == me:
             lock.unlink()
+        for path in made:
+            try:
+                path.rmdir()  # only if empty
+            except OSError:
+                break
 
 
 def _alive(pid: int) -> bool:

@@ -204,6 +204,7 @@ def test_a_second_job_writing_the_same_output_folder_stops_with_one_error(tmp_pa
     from orthodiff.files import LOCK, folder_lock
 
     out = tmp_path / "out"
+    out.mkdir()
     args = ["segment", "predict", "--run", "r", "--store", "s", "--catalog", str(tmp_path / "none.parquet"), "--out", str(out)]
     with folder_lock(out):  # a job is writing `out`
         result = CliRunner().invoke(app, args)
