@@ -129,7 +129,8 @@ def check_group(store: str, root: zarr.Group, path: str) -> tuple[list[str], lis
             problems.append(f"{path}: {unit}: content does not match its checksum")
             damaged.append(shard)
     if damaged:
-        problems.append(f"{path}: `{_rerun(path)} --repair` recomputes the {len(damaged)} damaged shard(s)")
+        problems.append(f"{path}: `{_rerun(path)} --store STORE --repair` (with the settings it was made with) "
+                        f"recomputes the {len(damaged)} damaged shard(s)")
     return problems, damaged
 
 
