@@ -13,7 +13,7 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.evaluation.commands import register as register_evaluation
 from orthodiff.heads import defaults as PAPER
 from orthodiff.options import (
-    Discretisation, Dtype, FingerprintTask, ImageFormat, JoinOn, Joint, Method, OnError, Plane, Pooling, Precision, Preset, Roi, plain, split_list, subset_sizes,
+    BoundedGroup, Discretisation, Dtype, FingerprintTask, ImageFormat, JoinOn, Joint, Method, OnError, Plane, Pooling, Precision, Preset, Roi, plain, split_list, subset_sizes,
 )
 from orthodiff.supervised.commands import register as register_supervised
 from orthodiff.tables import make_console
@@ -24,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
+    cls=BoundedGroup,
 )
 catalog_app = typer.Typer(help="Cohort catalogs: validate, split, import.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
@@ -352,12 +353,14 @@ def persona(
     workers: Annotated[int | None, typer.Option(help="Start a local Dask cluster of this many processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Use an existing Dask cluster (tcp://host:port).")] = None,
     series_batch: Annotated[int, typer.Option(help="Series per forward pass.")] = 8,
+    repair: Annotated[bool, typer.Option("--repair", help="Also redo the shards that fail their checksum (see `store verify`).")] = False,
 ) -> None:
     """Inpaint each series' ROIs with a healthy backbone: its healthy persona (reruns finish what is missing)."""
     from orthodiff.personas.store import make_personas
 
     summary = make_personas(store, backbone, plane, roi, grid, sampling_steps, jumps, seed, workers, scheduler,
-                            warn=lambda text: console.print(f"[yellow]warning:[/] {text}"), series_batch=series_batch)
+                            warn=lambda text: console.print(f"[yellow]warning:[/] {text}"), series_batch=series_batch,
+                            repair=repair)
     console.print(f"made {summary['series']} {plane} personas ({summary['rois']} ROIs, {summary['tasks']} tasks) "
                   f"in {summary['seconds']} s into personas/{summary['backbone']}/{plane}")
 
@@ -400,12 +403,13 @@ def radiomics(
     backbone_id: Annotated[str | None, typer.Option(help="Backbone id in the store: the persona backbone, when several made personas.")] = None,
     workers: Annotated[int | None, typer.Option(help="Start a local Dask cluster of this many processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Use an existing Dask cluster (tcp://host:port).")] = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Also redo the shards that fail their checksum (see `store verify`).")] = False,
 ) -> None:
     """IBSI radiomic features per ROI of the image, its persona and the residual (reruns finish what is missing)."""
     from orthodiff.radiomics.store import extract_radiomics
 
     summary = extract_radiomics(store, plane, split_list(source, "--source"), split_list(families, "--families"), bins, grid, backbone_id,
-                                workers, scheduler, discretisation=discretisation, bin_width=bin_width)
+                                workers, scheduler, discretisation=discretisation, bin_width=bin_width, repair=repair)
     console.print(f"computed {summary['features']} features for {summary['series']} {plane} series in "
                   f"{summary['seconds']} s into radiomics/{summary['settings']}/{plane}")
 
@@ -656,6 +660,19 @@ def _os_error(err: OSError) -> str:
     return f"{where}: {err.strerror or err}; {advice}"
 
 
+def _outside_error(err: Exception) -> str | None:
+    """One line for what the machine or a storage service did (not a bug of ours), else None:
+    a write that failed for lack of space inside torch's writer, or an object store that still
+    failed after its client's retries (botocore, s3fs, gcsfs, aiohttp)."""
+    first = (str(err).strip().splitlines() or [""])[-1][:200]
+    if isinstance(err, RuntimeError) and ("write failed" in first or "No space left" in first):
+        return f"writing a file failed ({first}); is the disk full? free some space and rerun the command: finished work is kept"
+    if type(err).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs", "gcsfs", "aiohttp"):
+        return (f"the object store failed after retries ({type(err).__name__}: {first}); check that it is reachable "
+                "and rerun the command: finished work is kept")
+    return None
+
+
 def main() -> None:
     try:
         app()
@@ -664,4 +681,10 @@ def main() -> None:
         sys.exit(2)
     except OSError as err:
         Console(stderr=True).print(f"[bold red]error:[/] {_os_error(err)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as err:
+        line = _outside_error(err)
+        if line is None:
+            raise
+        Console(stderr=True).print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
         sys.exit(2)

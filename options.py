@@ -11,10 +11,15 @@ with `split_list`, so a bad item is named the same way by every command.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 
+import typer
+from typer.core import TyperGroup
+
 from orthodiff.errors import OrthodiffError
+from orthodiff.files import folder_lock
 
 
 def split_list(text: str | None, option: str, cast: Callable = str, choices: Iterable[str] | None = None,
@@ -145,3 +150,75 @@ Encoder = _choices("Encoder", "vit_b vit_l vit_h", "The SAM/MedSAM image encoder
 Discretisation = _choices("Discretisation", "fixed_bin_number fixed_bin_size",
                           "IBSI grey-level discretisation (radiomics.ibsi.DISCRETISATIONS).")
 PromptSource = _choices("PromptSource", "reference masks", "Where box prompts come from.")
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+# The range of every numeric option, by name (one meaning per name on every command): values
+# outside are refused by the parser, before any work starts. Upper bounds are far above any
+# real use; they catch typos (`--bootstrap 1000000000`) that would run for ever or allocate
+# terabytes. `cores` is this machine's CPU count (local processes; a cluster takes
+# `--scheduler`).
+LIMITS: dict[str, tuple[float, float | str, bool]] = {  # name -> (min, max, min excluded)
+    "workers": (1, "cores", False), "threads": (1, "cores", False),
+    "series_batch": (1, 4096, False), "batch": (1, 100_000, False), "batch_size": (1, 100_000, False),
+    "epochs": (1, 100_000, False), "plane_epochs": (1, 100_000, False), "gate_epochs": (1, 100_000, False),
+    "finetune_epochs": (0, 100_000, False), "steps": (0, 100_000_000, False),
+    "lr": (0, 10, True), "head_lr": (0, 10, True), "plane_lr": (0, 10, True), "weight_decay": (0, 10, False),
+    "bootstrap": (1, 100_000, False), "sampling_steps": (1, 1000, False), "jumps": (1, 100, False),
+    "bins": (2, 1024, False), "size": (8, 1024, False), "ingest_size": (8, 1024, False),
+    "cases": (1, 1_000_000, False), "seed": (0, 2**32 - 1, False), "min_size": (0, 10**6, False),
+    "shift": (0, 1024, False), "central": (0, 10_000, False), "grid": (0, 3, False), "timestep": (0, 999, False),
+    "every": (1, 100_000_000, False), "pretrain": (0, 100_000_000, False), "n": (1, 10_000, False),
+    "permutations": (1, 1_000_000, False), "nsd_tolerance": (0, 100, False), "subset": (1, 10_000_000, False),
+    "val": (0, 1, False), "test": (0, 1, False),
+}
+
+
+def _in_range(name: str, previous: Callable | None) -> Callable:
+    low, high, open_low = LIMITS[name]
+
+    def check(ctx, param, value):
+        top = _cores() if high == "cores" else high
+        if value is not None and not isinstance(value, bool) and isinstance(value, (int, float)):
+            if (value <= low if open_low else value < low) or value > top:
+                left = f"{low} <" if open_low else f"{low} <="
+                raise typer.BadParameter(f"{value} is outside {left} x <= {top}"
+                                         + (" (this machine's cores)" if high == "cores" else ""))
+        return previous(ctx, param, value) if previous else value
+
+    check.orthodiff_range = True
+    return check
+
+
+def _locked(callback: Callable) -> Callable:
+    def run(*args, **kwargs):
+        with folder_lock(kwargs["out"]):
+            return callback(*args, **kwargs)
+
+    run.orthodiff_lock = True
+    return run
+
+
+def bound(command) -> None:
+    """Give every numeric option of `command` (and its subcommands) named in `LIMITS` its range
+    check, and every command writing an output folder (`--out DIR`) that folder's lock."""
+    for sub in getattr(command, "commands", {}).values():
+        bound(sub)
+    for param in command.params:
+        if param.name in LIMITS and not getattr(param.callback, "orthodiff_range", False):
+            param.callback = _in_range(param.name, param.callback)
+        if (param.name == "out" and param.metavar == "DIR" and command.callback is not None
+                and not getattr(command.callback, "orthodiff_lock", False)):
+            command.callback = _locked(command.callback)
+
+
+class BoundedGroup(TyperGroup):
+    """The command group of `orthodiff`: numeric options are checked against `LIMITS` when
+    parsed, and a command's output folder is locked while it runs (`files.folder_lock`)."""
+
+    def main(self, *args, **kwargs):
+        bound(self)
+        return super().main(*args, **kwargs)

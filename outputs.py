@@ -7,6 +7,7 @@ resumed job) never sees half a file.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,39 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 def write_json(obj, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+PATH_KEYS = ("store", "catalog", "sweep", "checkpoint", "prompt_masks")  # recorded paths of inputs
+
+
+def _paths(record: dict, change) -> dict:
+    out = dict(record)
+    for key, value in record.items():
+        if key in PATH_KEYS and isinstance(value, str) and value and "://" not in value:
+            out[key] = change(value) or value
+        elif key == "config" and isinstance(value, dict):
+            out[key] = _paths(value, change)
+    return out
+
+
+def portable(record: dict, folder: str | Path) -> dict:
+    """`record` with its input paths (`PATH_KEYS`, also inside `config`) relative to `folder`,
+    the folder it is written in: a shared run folder carries no home directory or user name,
+    and moves with its inputs. URLs and names that are no local path stay as they are."""
+    base = Path(folder).resolve()
+    return _paths(record, lambda value: Path(value).exists() and Path(os.path.relpath(Path(value).resolve(), base)).as_posix())
+
+
+def resolved(record: dict, folder: str | Path) -> dict:
+    """`record` read from a file in `folder`, with its relative input paths made usable from
+    anywhere (absolute paths of older runs, and names that are no path there, stay as they are)."""
+    return _paths(record, lambda value: not Path(value).is_absolute() and (Path(folder) / value).exists()
+                  and str((Path(folder) / value).resolve()))
+
+
+def write_run(record: dict, folder: str | Path) -> Path:
+    """`folder`/run.json: the run's record, input paths relative to the folder (`portable`)."""
+    return write_json(portable(record, folder), Path(folder) / "run.json")
 
 
 def pyplot():
@@ -61,7 +95,7 @@ def read_run(run_dir: str | Path, kinds: tuple[str, ...], what: str) -> dict:
         found = (f"its run.json is of kind {run.get('kind')!r}" if isinstance(run, dict)
                  else "no readable run.json" if run is None else "a malformed run.json")
         raise OrthodiffError(f"{run_dir}: not {what} ({found}; expected kind {' or '.join(kinds)})")
-    return run
+    return resolved(run, run_dir)
 
 
 def write_mask(path: Path, mask, affine) -> Path:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from orthodiff.catalogs.tasks import PLANES, ehr_schema, get_task, joints, tasks
 from orthodiff.errors import OrthodiffError
-from orthodiff.files import atomic_write
+from orthodiff.files import atomic_write, unsafe_reason
 
 SPLITS = ("train", "val", "test")
 ID_COLUMNS = ["series_id", "case_id", "patient_id"]
@@ -49,9 +49,11 @@ def read_catalog(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise OrthodiffError(f"{path}: catalog file not found")
     try:
-        return pd.read_parquet(path)
+        df = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for non-Parquet input
         raise OrthodiffError(f"{path}: not a readable Parquet catalog ({err})") from err
+    check_names(df)
+    return df
 
 
 def write_catalog(df: pd.DataFrame, path: str | Path) -> Path:
@@ -92,6 +94,18 @@ def plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+def check_names(df: pd.DataFrame, columns=ID_COLUMNS) -> None:
+    """Raise naming the first row whose id in `columns` cannot be a file name (`safe_name`):
+    series ids name the files written per series, so unsafe ones are refused on reading."""
+    for column in [c for c in columns if c in df.columns]:
+        for i, value in enumerate(df[column].tolist()):
+            if value is None or (isinstance(value, float) and np.isnan(value)) or not str(value).strip():
+                continue  # missing ids are reported by `validate_catalog`
+            why = unsafe_reason(value)
+            if why:
+                raise _fail(i, column, value, f"cannot name a file ({why}); use letters, digits, '-', '_' and '.'")
+
+
 def _fail(row: int, column: str, value, reason: str) -> OrthodiffError:
     return OrthodiffError(f"row {row}, column {column!r}, value {plain(value)!r}: {reason}")
 
@@ -125,6 +139,7 @@ def validate_catalog(df: pd.DataFrame, catalog_path: str | Path, check_files: bo
         if blank.any():
             i = int(np.flatnonzero(blank)[0])
             raise _fail(i, column, df.at[i, column], "empty value")
+    check_names(df, [c for c in ID_COLUMNS if c in columns])
     dup = df.duplicated("series_id", keep="first")
     if dup.any():
         i = int(np.flatnonzero(dup)[0])

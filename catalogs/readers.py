@@ -25,6 +25,21 @@ from orthodiff.errors import OrthodiffError
 
 MIN_SLICES = 16
 SPACING_TOLERANCE = 0.05  # relative spread of slice gaps still called "consistent"
+MAX_VOXELS = 2**27  # 134 M voxels (512 MiB as float32): far above any MRI series; ORTHODIFF_MAX_VOXELS overrides
+MAX_VOXELS_ENV = "ORTHODIFF_MAX_VOXELS"
+
+
+def check_voxels(path, shape) -> None:
+    """Refuse an image whose header claims more voxels than `MAX_VOXELS` (or the environment's
+    `ORTHODIFF_MAX_VOXELS`), before any of its voxels is read: a corrupt or hostile header
+    must not make a reader allocate gigabytes."""
+    import os
+
+    limit = int(os.environ.get(MAX_VOXELS_ENV) or MAX_VOXELS)
+    count = int(np.prod([int(n) for n in shape], dtype=object))
+    if count > limit:
+        raise OrthodiffError(f"{path}: the header claims {' x '.join(str(int(n)) for n in shape)} = {count:,} voxels, over "
+                             f"the limit of {limit:,} (a damaged header? set {MAX_VOXELS_ENV} to allow larger images)")
 
 
 def plane_of(affine: np.ndarray) -> str:
@@ -41,7 +56,11 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
     try:
-        image = nib.load(path)
+        image = nib.load(path)  # the header only
+    except Exception as err:
+        raise OrthodiffError(f"{path}: unreadable or truncated NIfTI ({type(err).__name__})") from None
+    check_voxels(path, image.shape)
+    try:
         data = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as err:
         raise OrthodiffError(f"{path}: unreadable or truncated NIfTI ({type(err).__name__})") from None
@@ -141,6 +160,7 @@ def _dicom_affine(slices: list[tuple[Path, object]]) -> np.ndarray:
 
 def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray]:
     slices = _dicom_slices(path)
+    check_voxels(path, (len(slices), int(slices[0][1].get("Rows") or 0), int(slices[0][1].get("Columns") or 0)))
     arrays = []
     for file, wrapper in slices:
         try:
@@ -151,6 +171,14 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_npy(path: Path) -> tuple[np.ndarray, None]:
+    try:
+        with open(path, "rb") as f:  # the header alone first (numpy's format module)
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape = read(f)[0]
+    except Exception as err:
+        raise OrthodiffError(f"{path}: unreadable or truncated .npy ({type(err).__name__})") from None
+    check_voxels(path, shape)
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as err:

@@ -14,7 +14,8 @@ transform (in mm, anisotropic pixels respected); the distance at each skeleton p
 half the local thickness, so twice the mean distance along the skeletons of all slices is
 the compartment's thickness (the paper reports the distance itself; the factor of two makes
 both methods read in mm of cartilage, and cancels in ICC and correlations). T2 (`t2_<abbr>`)
-is the mean of the T2 map clipped to 0-100 ms inside each cartilage compartment.
+is the mean of the T2 map clipped to 0-100 ms inside each cartilage compartment; map voxels without a value (NaN,
+Inf) are left out of every mask's mean and noted per series and structure.
 """
 
 from __future__ import annotations
@@ -159,9 +160,14 @@ def skeleton_thickness(mask: np.ndarray, spacing) -> float:
     return skeleton_thicknesses(np.asarray(mask, np.uint8), [1], spacing)[1]
 
 
-def mean_t2(t2: np.ndarray, mask: np.ndarray) -> float:
-    inside = np.asarray(mask, bool)
-    return float(np.clip(t2[inside], *T2_RANGE_MS).mean()) if inside.any() else float("nan")
+def mean_t2(t2: np.ndarray, mask: np.ndarray) -> tuple[float, int]:
+    """(mean T2 of the finite map voxels inside `mask`, clipped to `T2_RANGE_MS`; how many voxels
+    inside had no value, NaN or Inf, and were left out). A voxel without a value is left out of
+    every mask's mean alike, so reference and model are compared on the same map."""
+    values = np.asarray(t2)[np.asarray(mask, bool)]
+    finite = np.isfinite(values)
+    mean = float(np.clip(values[finite], *T2_RANGE_MS).mean()) if finite.any() else float("nan")
+    return mean, int((~finite).sum())
 
 
 def series_biomarkers(mask: np.ndarray, spacing, structure_set: StructureSet,
@@ -175,7 +181,10 @@ def series_biomarkers(mask: np.ndarray, spacing, structure_set: StructureSet,
         compartment = mask == s.value
         out[f"skeleton_thickness_{s.abbr}"] = thickness[s.value]
         if t2 is not None:
-            out[f"t2_{s.abbr}"] = mean_t2(t2, compartment)
+            out[f"t2_{s.abbr}"], missing = mean_t2(t2, compartment)
+            if missing:
+                notes.append(f"{missing} of {int(compartment.sum())} {s.abbr} voxels have no T2 value (NaN or Inf in the "
+                             f"map): left out of T2 of {s.abbr}" + (" (undefined, NaN)" if missing == compartment.sum() else ""))
         if not compartment.any():
             notes.append(f"no {s.abbr} voxels: thickness{' and T2' if t2 is not None else ''} of {s.abbr} undefined (NaN)")
     return out, notes

@@ -13,6 +13,7 @@ from orthodiff.catalogs.cohort import read_catalog, resolve_path
 from orthodiff.catalogs.readers import read_mask, series_geometry
 from orthodiff.catalogs.tasks import StructureSet, structures
 from orthodiff.errors import OrthodiffError
+from orthodiff.files import series_file
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def reference_rows(catalog_path, split: str | None, plane: str | None = None) ->
 
 
 def check_complete(model: Model, series_ids) -> None:
-    missing = [s for s in series_ids if not (model.masks / f"{s}.nii.gz").is_file()]
+    missing = [s for s in series_ids if not series_file(model.masks, s).is_file()]
     if missing:
         raise OrthodiffError(
             f"{model.masks}: model {model.name!r} has no mask for {len(missing)} of {len(series_ids)} series "
@@ -87,10 +88,11 @@ def load_t2(path: Path, shape, affine: np.ndarray) -> np.ndarray:
 
     if not path.is_file():
         raise OrthodiffError(f"{path}: T2 map not found (catalog column t2_path)")
-    data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    image = nib.load(path)  # the header: its shape is checked before any voxel is read
+    if tuple(image.shape[:3][::-1]) != tuple(shape) or int(np.prod(image.shape[3:])) != 1:
+        raise OrthodiffError(f"{path}: T2 map shape {tuple(image.shape[:3][::-1])} differs from its series {tuple(shape)}")
+    data = np.asarray(image.dataobj, dtype=np.float32)
     data = data.reshape(data.shape[:3]).transpose(2, 1, 0)
-    if data.shape != tuple(shape):
-        raise OrthodiffError(f"{path}: T2 map shape {data.shape} differs from its series {tuple(shape)}")
     _on_grid(path, affine, "the T2 map")
     return data
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from orthodiff.errors import OrthodiffError
+from orthodiff.files import read_weights, series_file
 
 SIZE = 1024
 # (embed dim, depth, heads, global attention blocks, prompt dim, decoder MLP, decoder heads)
@@ -78,7 +79,8 @@ def build_sam(size: str = "vit_b", checkpoint=None, medsam: bool = False):
         pixel_std=[255.0, 255.0, 255.0] if medsam else [58.395, 57.12, 57.375],
     )
     if checkpoint is not None:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = read_weights(checkpoint, f"{'MedSAM' if medsam else 'SAM'} checkpoint",
+                             "pass the published weights file (a state dict; nothing is downloaded)")
         try:
             sam.load_state_dict(state)
         except RuntimeError as err:
@@ -212,8 +214,7 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
     from orthodiff.catalogs.readers import read_series
     from orthodiff.evaluation.inputs import check_complete, load_mask, model_of, read_series as read_reference
     from orthodiff.evaluation.inputs import reference_rows
-    from orthodiff.outputs import write_mask
-    from orthodiff.outputs import write_json
+    from orthodiff.outputs import write_mask, write_run
 
     out = Path(out)
     if prompts not in ("reference", "masks"):
@@ -242,22 +243,22 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
     segmenter = PromptedSegmenter(predictor, min_size)
     written = 0
     for i, row in enumerate(rows.itertuples(index=False)):
-        target = out / "masks" / f"{row.series_id}.nii.gz"
+        target = series_file(out / "masks", row.series_id)
         if target.is_file():
             continue
         series = read_reference(row, catalog_path, structure_set)
         image = read_series(resolve_path(catalog_path, row.path)).data
-        prompt = series.reference if source is None else load_mask(source.masks / f"{row.series_id}.nii.gz", series.shape,
+        prompt = series.reference if source is None else load_mask(series_file(source.masks, row.series_id), series.shape,
                                                                     series.affine, structure_set)
         boxes = boxes_of(prompt, structure_set.values)
         if shift:
             boxes = shift_boxes(boxes, shift, image.shape[1:], np.random.default_rng((seed, i)))  # same on a rerun
         write_mask(target, segmenter.segment(image, boxes, progress), series.affine)
         written += 1
-    write_json({"kind": "prompt_predict", "model": model, "size": size, "checkpoint": str(checkpoint) if checkpoint else None,
+    write_run({"kind": "prompt_predict", "model": model, "size": size, "checkpoint": str(checkpoint) if checkpoint else None,
                 "prompts": prompts, "prompt_masks": str(prompt_masks) if prompt_masks else None, "shift": shift,
                 "split": split, "min_size": min_size, "series": len(rows), "finetune_epochs": finetune_epochs,
-                "finetune_encoder": finetune_encoder}, out / "run.json")
+                "finetune_encoder": finetune_encoder}, out)
     return written
 
 
@@ -330,7 +331,11 @@ def _finetuned(sam, path, catalog_path, structure_set, epochs, encoder, lr, seed
     from orthodiff.files import atomic_write
 
     if path.is_file():
-        sam.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        hint = "delete it to fine-tune again"
+        try:
+            sam.load_state_dict(read_weights(path, "fine-tuned SAM", hint))
+        except RuntimeError as err:
+            raise OrthodiffError(f"{path}: not this SAM's weights ({str(err).splitlines()[0]}); {hint}") from None
         return
     rows, _ = reference_rows(catalog_path, "train")
     inputs, boxes, targets = training_pairs(sam, rows, catalog_path, structure_set, encoder)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from orthodiff import pages
+from orthodiff.files import series_file
 from orthodiff.outputs import write_json, write_table
 
 REFERENCE = "reference"
@@ -50,7 +51,7 @@ def measure(models, catalog_path, split="test", central=0, dataset_by=("joint", 
         ids = {"series_id": row.series_id, "subject": row.patient_id, "dataset": row.dataset}
         masks = {REFERENCE: reference}
         for model in models:
-            masks[model.name] = _crop(load_mask(model.masks / f"{row.series_id}.nii.gz", series.shape, series.affine,
+            masks[model.name] = _crop(load_mask(series_file(model.masks, row.series_id), series.shape, series.affine,
                                                 structure_set), central)
             table = series_metrics(masks[model.name], reference, spacing, structure_set, nsd_tolerance)
             metrics.append(table.assign(model=model.name, **ids))

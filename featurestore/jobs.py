@@ -1,8 +1,8 @@
 """The job machinery every stored kind's writer uses: a `Task` (one shard's run of series)
 and `run_tasks`, which runs a writer's task function here, on a local Dask cluster or on a
-remote one; and `completed_series`, which tells a reader which series lie in shards
-recorded complete. Shared by feature extraction, personas and radiomics; it runs no
-network itself (torch is imported only to set a worker's threads)."""
+remote one (which series of a stored kind are complete is `series_groups.complete_rows`).
+Shared by feature extraction, personas and radiomics; it runs no network itself (torch is
+imported only to set a worker's threads)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-
-from orthodiff.featurestore.features import SHARD_SERIES, Records, fingerprint
+from orthodiff.errors import OrthodiffError
 from orthodiff.progress import Advance, maybe_progress
 
 
@@ -27,21 +25,6 @@ class Task:
     series: tuple[str, ...]
     units: tuple[tuple[int, str], ...]
     volume_rows: tuple[int, ...]
-
-
-def completed_series(store: str, group: str, plane: str, prov: dict, series: list[str], unit: str, dtype: str,
-                     keys: tuple[str, ...]) -> np.ndarray:
-    """Which of ``series`` (in stored order, ``SHARD_SERIES`` per shard) lie in a shard whose
-    completion record under ``_records/<group>/<plane>`` matches its fingerprint (``unit``,
-    ``dtype`` and the provenance ``keys``): what a reader returns, as a boolean mask. A shard
-    being written, or left half-written by a killed job, has no matching record."""
-    done = Records(store, group, plane).read()
-    complete = np.zeros(len(series), bool)
-    for shard, start in enumerate(range(0, len(series), SHARD_SERIES)):
-        run = series[start:start + SHARD_SERIES]
-        record = done.get(f"{shard:06d}.json", {}).get("fingerprint")
-        complete[start:start + len(run)] = record == fingerprint(prov, run, 0, unit, dtype, keys)
-    return complete
 
 
 def _with_threads(function, threads: int | None, *args, **kwargs):
@@ -60,6 +43,9 @@ def run_tasks(function, tasks: list, args: tuple, description: str, total: int, 
     counts series. In this process, `read_ahead(task)` (the task's input) runs for the next
     task while the current one computes and is passed as `volumes=`. Shared by extract,
     persona and radiomics."""
+    cores = os.cpu_count() or 1
+    if workers is not None and not scheduler and not 1 <= workers <= cores:
+        raise OrthodiffError(f"--workers {workers}: expected 1 to {cores} (this machine's cores), or a cluster's --scheduler")
     results = []
     with maybe_progress(progress, description, total, "series") as advance:
 

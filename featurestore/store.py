@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import zarr
 
 from orthodiff.errors import OrthodiffError
@@ -48,14 +49,26 @@ def ensure_arrays(group: zarr.Group, specs: dict[str, dict], point: str) -> None
 
     Each array's metadata is one object written whole, so a group is complete exactly when
     all its arrays exist: a job killed between two arrays, or one racing another job that
-    creates the same group, leaves a group that this call finishes."""
+    creates the same group, leaves a group that this call finishes. A spec's `values` (the
+    content of a constant coordinate such as ROI names) is written right after its array and
+    rewritten whenever the stored content differs (a kill between the two)."""
     have = set(group.array_keys())
     for name, spec in specs.items():
-        if name not in have:
+        spec = dict(spec)
+        values = spec.pop("values", None)
+        made = name not in have
+        if made:
             try:
                 group.create_array(name, overwrite=False, **spec)
             except zarr.errors.ContainsArrayError:
                 pass  # another job made it first: array metadata is written atomically
+        if values is not None:
+            values = np.asarray(values, dtype=object if spec.get("dtype") is str else spec.get("dtype"))
+            stored = group[name][:]
+            if stored.shape != values.shape or not (stored == values).all():
+                group[name][:] = values
+                made = True
+        if made:
             fault(f"{point}:{name}")
 
 

@@ -1,4 +1,5 @@
-"""`orthodiff store info` and `orthodiff store verify`."""
+"""`orthodiff store info` and `orthodiff store verify`: every stored kind (volumes, features,
+personas, radiomics)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from orthodiff.featurestore.features import (
     GROUP, SHARD_SERIES, Records, backbones, content_digest, done_name, fingerprint, plane_path, planes,
     readable_planes,
 )
+from orthodiff.featurestore.series_groups import check_group, info_rows, kind_groups
 from orthodiff.featurestore.store import complete, open_root
 from orthodiff.featurestore.volumes import ARRAYS, GROUP as VOLUMES, count, row_digest, volume_records
 
@@ -53,12 +55,13 @@ def store_info(store: str) -> pd.DataFrame:
             rows.append({"group": f"features/{backbone}", "plane": plane,
                          "timesteps": ",".join(map(str, sorted(timesteps))), "blocks": ",".join(blocks),
                          "series": f"{finished}/{n}", "MiB": disk / 2**20, "ratio": raw / disk if disk else np.nan})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows + info_rows(store, root, _disk_bytes))
 
 
 def verify_store(store: str) -> list[str]:
     """Problems found (empty when the store is sound): shapes, completion records, content
-    checksums of volumes and feature units, NaN/Inf, provenance. Every damaged unit is named."""
+    checksums of volumes, feature units and the shards of personas and radiomics, NaN/Inf,
+    provenance. Every damaged unit is named."""
     root = open_root(store)
     problems = check_volumes(store, root)[0]
     for backbone in backbones(store):
@@ -72,6 +75,8 @@ def verify_store(store: str) -> list[str]:
                      for p in unfinished + [p for p in done_planes if p not in readable]]
         for plane in done_planes:
             problems += check_plane(store, root, prov, plane)[0]
+    for path in kind_groups(root):
+        problems += check_group(store, root, path)[0]
     return problems
 
 

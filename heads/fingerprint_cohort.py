@@ -23,7 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.fingerprint import FingerprintClassifier, youden_threshold
 from orthodiff.heads.metrics import patient_resamples
-from orthodiff.outputs import write_json, write_table
+from orthodiff.outputs import write_run, write_table
 
 TARGETS = {"abnormal": None, "acl": ("ACL",), "meniscus": ("MM", "LM", "MEN")}
 
@@ -215,6 +215,6 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
     positives = [e for e in exams["test"] if y.get(e, 0) == 1]
     if positives:
         persona_figure(store, catalog, positives[0], out / "persona_example.png", np.unique(radiomics.plane.values).tolist())
-    write_json({"store": str(store), "catalog": str(catalog_path), "task": task, "settings": radiomics.attrs["settings_id"],
-                "epochs": epochs, "seed": seed, "exams": {s: int(len(v)) for s, v in exams.items()}}, out / "run.json")
+    write_run({"store": str(store), "catalog": str(catalog_path), "task": task, "settings": radiomics.attrs["settings_id"],
+               "epochs": epochs, "seed": seed, "exams": {s: int(len(v)) for s, v in exams.items()}}, out)
     return table

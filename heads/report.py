@@ -18,7 +18,7 @@ import pandas as pd
 from orthodiff import pages
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.metrics import MIN_SUPPORT
-from orthodiff.outputs import pyplot, read_table
+from orthodiff.outputs import pyplot, read_table, resolved
 
 METRIC_DEFINITIONS = {
     "macro AUROC": "area under the ROC curve of each label, averaged over the labels where it is defined "
@@ -76,7 +76,8 @@ class _Runs:
         return str(rel) if str(rel) != "." else self.root.name
 
     def catalog(self) -> Path | None:
-        for record in [*self.configs.values(), *self.records.values()]:
+        records = [*((p.parent, c) for p, c in self.configs.items()), *self.records.items()]
+        for folder, record in ((f, resolved(r, f)) for f, r in records):
             path = record.get("catalog") or record.get("config", {}).get("catalog")
             if path and Path(path).is_file():
                 return Path(path)
@@ -104,7 +105,7 @@ def _cohort(runs: _Runs) -> str:
            or table[c].min() == 0]
     warn = (f"<p class='warn'>Low support: {', '.join(low)} have fewer than {MIN_SUPPORT} positive (or negative) exams "
             "in some split; their per-label numbers are flagged below.</p>") if low else ""
-    return (f"<p>Catalog <code>{pages.esc(path)}</code> (split fingerprint <code>{split_fingerprint(df)}</code>): "
+    return (f"<p>Catalog <code>{pages.esc(os.path.relpath(path, runs.root))}</code> (split fingerprint <code>{split_fingerprint(df)}</code>): "
             f"{len(df)} series, {len(exams)} exams, {df['patient_id'].nunique()} patients. "
             "Label columns count positive exams per split.</p>" + pages.table(table) + warn)
 
@@ -289,12 +290,19 @@ AGREEMENT_COLUMNS = ["model", "biomarker", "n", "method", "icc", "icc_low", "icc
 EVALUATION_FIGURES = ("raincloud.png", "agreement_*.png", "forest.png")
 
 
+def _href(path: Path, target: Path) -> str:
+    """A link from the report `target` to `path`, `./`-relative, so that no folder name (say
+    `javascript:...`) can read as a URL scheme."""
+    rel = Path(os.path.relpath(path, target.parent)).as_posix()
+    return rel if rel.startswith("../") else f"./{rel}"
+
+
 def _evaluations(runs: _Runs, target: Path) -> str:
     """Each `orthodiff evaluate seg` folder: its headline tables and figures, and a link to
     its own evaluation.html (which has every table)."""
     parts = []
     for folder in runs.evaluations:
-        link = Path(os.path.relpath(folder / "evaluation.html", target.parent)).as_posix()
+        link = _href(folder / "evaluation.html", target)
         summary = _json(folder / "evaluation.json")
         parts.append(f"<h3>{pages.esc(runs.name(folder))}</h3><p>{pages.esc(', '.join(summary.get('models', [])))}: "
                      f"{summary.get('series', '?')} series of {summary.get('subjects', '?')} subjects. "
@@ -322,7 +330,7 @@ def _other(runs: _Runs, shown: set[Path]) -> str:
 
 def _artefacts(runs: _Runs, target: Path) -> str:
     files = sorted(p for p in runs.root.rglob("*") if p.is_file() and not p.name.startswith(".") and p != target)
-    items = "".join(f"<li><a href='{pages.esc(Path(os.path.relpath(p, target.parent)).as_posix())}'>{pages.esc(runs.name(p))}</a>"
+    items = "".join(f"<li><a href='{pages.esc(_href(p, target))}'>{pages.esc(runs.name(p))}</a>"
                     f" <span class=note>({p.stat().st_size / 1024:.1f} KiB)</span></li>" for p in files)
     return f"<ul>{items}</ul>"
 

@@ -15,7 +15,7 @@ import xarray as xr
 
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
-from orthodiff.files import atomic_write
+from orthodiff.files import atomic_write, read_weights
 from orthodiff.heads.defaults import FUSION, METHOD, PROBE
 from orthodiff.heads.fusion import FusionHead
 from orthodiff.heads.metrics import MIN_SUPPORT, evaluate, macro_auroc, permutation_test, subgroup_table, youden_thresholds
@@ -23,7 +23,7 @@ from orthodiff.heads.probe import PlaneProbe
 from orthodiff.heads.protocol import TwoStageFusion
 from orthodiff.heads.sweep import plane_units, plot_heatmaps, sweep, top_configs
 from orthodiff.options import Method, Pooling
-from orthodiff.outputs import atomic_savefig, pyplot, read_run, read_table, write_json, write_table
+from orthodiff.outputs import atomic_savefig, portable, pyplot, read_run, read_table, resolved, write_json, write_run, write_table
 from orthodiff.progress import no_progress
 
 SWEEP_PROBES = "probes.pt"  # a GLP or SAP sweep's trained probes (``sweep_probes``)
@@ -44,7 +44,7 @@ def read_config(path: str | Path) -> dict:
     for key in ("pooling", "planes"):
         if key not in config:
             raise OrthodiffError(f"{path}: configuration lacks {key!r}")
-    return config
+    return resolved(config, path.parent)
 
 
 def split_of(catalog: pd.DataFrame) -> str:
@@ -135,8 +135,8 @@ def run_sweep(features, catalog, labels, pooling, out, probe_params=None, proven
     write_table(results, out / "sweep")
     write_table(top, out / "top4")
     plot_heatmaps(results, out)
-    write_json({"kind": "sweep", "pooling": pooling, "labels": labels, "probe_params": params, **(provenance or {}),
-                "planes": [p for p in PLANES if p in features], "split_fingerprint": split_of(catalog), "inputs_fingerprint": fingerprint}, out / "run.json")
+    write_run({"kind": "sweep", "pooling": pooling, "labels": labels, "probe_params": params, **(provenance or {}),
+                "planes": [p for p in PLANES if p in features], "split_fingerprint": split_of(catalog), "inputs_fingerprint": fingerprint}, out)
     return results, top
 
 
@@ -149,8 +149,10 @@ def sweep_probes(sweep_dir, fingerprint: str) -> dict:
     path = sweep_dir / SWEEP_PROBES
     if not path.is_file():
         return {}
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = read_weights(path, "sweep's probe file", "rerun `orthodiff sweep` into this folder to make it again")
     run = read_run(sweep_dir, ("sweep",), "a sweep directory")
+    if not isinstance(saved.get("probes"), dict):
+        raise OrthodiffError(f"{path}: not a sweep's probe file (no 'probes'); rerun `orthodiff sweep` into this folder")
     if saved.get("inputs_fingerprint") != fingerprint or run.get("inputs_fingerprint") != fingerprint:
         return {}
     params = run["probe_params"]
@@ -242,7 +244,7 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method=METHOD,
         "inputs_fingerprint": fingerprint,
     }
     write_table(scored, selection)
-    write_json(config, config_path)
+    write_json(portable(config, config_path.parent), config_path)
     return scored, config
 
 
@@ -376,12 +378,12 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
         plot_gating(gating, out / "gating.png", f"MPAE gating weights per label — {out.name}")
     if ehr:
         write_table(pd.DataFrame({"label": labels, "mri_weight": model.head_.mri_weight_}), out / "ehr_weight")
-    write_json({"kind": "fuse", "method": method, "ehr": ehr, "config": config, "labels": labels,
+    write_run({"kind": "fuse", "method": method, "ehr": ehr, "config": config, "labels": labels,
                 "threshold": threshold, "thresholds": dict(zip(labels, cut.tolist())),
                 "stage_one": sorted(probes) if probes else [], "fusion_params": fusion, "test_exams": len(pred),
                 "subset": None if whole else str(subset),
                 "exams_missing_a_plane": len(missing), "split_fingerprint": split_of(catalog),
-                "inputs_fingerprint": fingerprint}, out / "run.json")
+                "inputs_fingerprint": fingerprint}, out)
     progress(stage="written")
     return metrics, model
 
@@ -448,8 +450,7 @@ def run_efficiency(config, features, catalog, labels, subsets, out, method=METHO
     fig.tight_layout()
     atomic_savefig(fig, out / "efficiency.png")
     plt.close(fig)
-    write_json({"kind": "efficiency", "config": config, "method": method, "comparator": comparator,
-                "fusion_params": fusion, "subsets": [str(s) for s in subsets], "n_boot": n_boot, "seed": seed,
-                "split_fingerprint": split_of(catalog)},
-               out / "run.json")
+    write_run({"kind": "efficiency", "config": config, "method": method, "comparator": comparator,
+               "fusion_params": fusion, "subsets": [str(s) for s in subsets], "n_boot": n_boot, "seed": seed,
+               "split_fingerprint": split_of(catalog)}, out)
     return curves

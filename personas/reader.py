@@ -9,8 +9,8 @@ import numpy as np
 import xarray as xr
 
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.features import SHARD_SERIES
-from orthodiff.featurestore.jobs import completed_series
+from orthodiff.featurestore.features import SHARD_SERIES, fingerprint
+from orthodiff.featurestore.series_groups import complete_rows
 from orthodiff.featurestore.store import open_root
 from orthodiff.featurestore.volumes import open_volumes
 
@@ -20,6 +20,11 @@ KEYS = ("backbone_id", "roi", "grid", "steps", "jumps", "noise_seed", "noise_pol
 
 def group_path(backbone: str, plane: str) -> str:
     return f"{GROUP}/{backbone}/{plane}"
+
+
+def shard_fingerprint(prov: dict, run) -> str:
+    """What a shard's completion record must carry (written by `personas.store`)."""
+    return fingerprint(prov, list(run), 0, "persona", "float16", KEYS)
 
 
 def open_personas(store: str, plane: str, backbone: str | None = None) -> xr.Dataset:
@@ -42,7 +47,7 @@ def open_personas(store: str, plane: str, backbone: str | None = None) -> xr.Dat
         warnings.filterwarnings("ignore", message="The specified chunks separate", category=UserWarning)
         ds = xr.open_zarr(str(store), group=group_path(bid, plane), consolidated=False, chunks={"series": SHARD_SERIES})
     prov = dict(root[group_path(bid, plane)].attrs)
-    complete = completed_series(store, f"{GROUP}/{bid}", plane, prov, ds.series.values.tolist(), "persona", "float16", KEYS)
+    complete = complete_rows(store, group_path(bid, plane), ds.series.values.tolist(), lambda run: shard_fingerprint(prov, run))
     ds = ds.isel(series=np.flatnonzero(complete))
     volumes = open_volumes(store)
     ds["image"] = volumes.volume.sel(series=ds.series.values).astype("float16")

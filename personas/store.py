@@ -11,8 +11,9 @@ Layout (`xarray.open_zarr(store, group="personas/<backbone id>/<plane>")`):
     _records/personas/<backbone id>/<plane>/<shard>.json   completion records
 
 The union of the ROIs is inpainted in one pass (as the paper masks the union, sec. 5.2.1).
-Work is planned, run (here or on Dask) and recorded exactly as `extract` does, with its
-`Task`, `run_tasks` and `Records`: one task owns one shard of `SHARD_SERIES` series.
+Work is planned and run (here or on Dask) as `extract` does, with its `Task` and `run_tasks`,
+and created, recorded and verified through `featurestore.series_groups`: one task owns one
+shard of `SHARD_SERIES` series.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ from orthodiff.backbone.checkpoint import read_checkpoint
 from orthodiff.backbone.diffusion import NoiseScheduler
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.features import COMPRESSOR, SHARD_SERIES, Records, fingerprint, grow_series
+from orthodiff.featurestore.features import COMPRESSOR, SHARD_SERIES
 from orthodiff.featurestore.jobs import Task, run_tasks
+from orthodiff.featurestore.series_groups import complete_rows, prepare_group, repair_group, series_specs, shard_runs, write_shard
 from orthodiff.featurestore.store import consolidate, open_root
 from orthodiff.featurestore.volumes import GROUP as VOLUMES, plane_volumes
 from orthodiff.personas.inpaint import POLICY, repaint, series_generator
-from orthodiff.personas.reader import GROUP, KEYS, group_path
+from orthodiff.personas.reader import KEYS, group_path, shard_fingerprint
 from orthodiff.personas.rois import box_grid
 
 ROI_KINDS = ("box", "structures")
@@ -74,12 +76,9 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, prov: dict, de
         out = repaint(model, scheduler, x0, known, prov["steps"], prov["jumps"],
                       [series_generator(prov["noise_seed"], s) for s in ids])
         personas.extend(out[:, 0].numpy())
-    span = slice(task.start, task.start + len(task.series))
-    group["persona"][span] = np.stack(personas).astype("float16")
-    group["mask"][span] = masks
-    Records(store, f"{GROUP}/{prov['backbone_id']}", plane).write(
-        f"{task.shard:06d}.json", {"fingerprint": fingerprint(prov, list(task.series), 0, "persona", "float16", KEYS),
-                                   "series": len(task.series)})
+    path = group_path(prov["backbone_id"], plane)
+    write_shard(store, group, path, task.shard, task.start, {"persona": np.stack(personas), "mask": masks},
+                shard_fingerprint(prov, task.series), "persona")
     return len(task.series)
 
 
@@ -94,36 +93,26 @@ def _provenance(bid: str, ckpt: dict, checkpoint: str, roi: str, grid: int, step
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
+
 def _prepare(store: str, prov: dict, plane: str, series: list[dict], shape: tuple[int, ...]) -> zarr.Group:
-    """Create the plane's persona group once (exclusively), or check that it matches and grow it."""
-    root = open_root(store)
-    path = group_path(prov["backbone_id"], plane)
-    try:
-        group = root.create_group(path, attributes=prov, overwrite=False)
-        chunks = dict(chunks=(1, *shape), shards=(SHARD_SERIES, *shape), compressors=COMPRESSOR, fill_value=0,
-                      dimension_names=["series", "z", "y", "x"], attributes={"coordinates": "case_id patient_id scan"})
-        group.create_array("persona", shape=(0, *shape), dtype="float16", **chunks)
-        group.create_array("mask", shape=(0, *shape), dtype="uint8", **chunks)
-        for name in ("series", "case_id", "patient_id"):
-            group.create_array(name, shape=(0,), chunks=(4096,), dtype=str, dimension_names=["series"])
-        group.create_array("scan", shape=(0,), chunks=(4096,), dtype="int16", dimension_names=["series"])
-        names = prov["roi_names"]
-        group.create_array("roi_name", shape=(len(names),), dtype=str, dimension_names=["roi"])[:] = np.asarray(names, object)
-        group.create_array("roi", shape=(len(names),), dtype="int16", dimension_names=["roi"])[:] = np.arange(1, len(names) + 1)
-    except zarr.errors.ContainsGroupError:
-        group = root[path]
-        have = dict(group.attrs)
-        differ = [k for k in (*KEYS, "roi_names") if have.get(k) != prov.get(k)]
-        if differ:
-            raise OrthodiffError(f"{store}: {path} holds personas made with other settings ({', '.join(differ)}: "
-                                 f"{[have.get(k) for k in differ]}); use another store or the same settings")
-    grow_series(group, series, ("persona", "mask"))
-    return group
+    """Create the plane's persona group (or finish one whose creation was cut short), check
+    that it matches, and grow it (`prepare_group`)."""
+    chunks = dict(chunks=(1, *shape), shards=(SHARD_SERIES, *shape), compressors=COMPRESSOR, fill_value=0,
+                  dimension_names=["series", "z", "y", "x"], attributes={"coordinates": "case_id patient_id scan"})
+    names = prov["roi_names"]
+    specs = {"persona": dict(shape=(0, *shape), dtype="float16", **chunks),
+             "mask": dict(shape=(0, *shape), dtype="uint8", **chunks),
+             "roi_name": dict(shape=(len(names),), dtype=str, dimension_names=["roi"], values=names),
+             "roi": dict(shape=(len(names),), dtype="int16", dimension_names=["roi"], values=np.arange(1, len(names) + 1)),
+             **series_specs()}
+    return prepare_group(store, group_path(prov["backbone_id"], plane), prov, specs, series, ("persona", "mask"),
+                         (*KEYS, "roi_names"), "persona")
 
 
 def plan(store: str, checkpoint: str, plane: str, roi: str = "box", grid: int = 3, steps: int = 50, jumps: int = 2,
-         seed: int = 0) -> tuple[dict, list[Task], list[str]]:
-    """Check the request, create or grow the persona group, list the shards still missing.
+         seed: int = 0, repair: bool = False) -> tuple[dict, list[Task], list[str]]:
+    """Check the request, create or grow the persona group, list the shards still missing
+    (with `repair`, also those whose content fails its checksum).
 
     Returns (provenance, tasks, warnings)."""
     if plane not in PLANES:
@@ -155,24 +144,26 @@ def plan(store: str, checkpoint: str, plane: str, roi: str = "box", grid: int = 
     prov = _provenance(bid, ckpt, checkpoint, roi, grid, steps, jumps, seed, names)
     series = [{"series_id": s, "case_id": c, "patient_id": p, "scan": int(k)} for s, c, p, k in
               zip(ds.series.values, ds.case_id.values, ds.patient_id.values, ds.scan.values)]
+    path = group_path(bid, plane)
+    if repair:  # a damaged shard is forgotten (record and objects), then redone below
+        repair_group(store, path)
     group = _prepare(store, prov, plane, series, shape)
     prov = dict(group.attrs)
-    ids = group["series"][:].tolist()
-    done = Records(store, f"{GROUP}/{bid}", plane).read()
     tasks = []
-    for shard, start in enumerate(range(0, len(ids), SHARD_SERIES)):
-        run = tuple(ids[start:start + SHARD_SERIES])
-        if done.get(f"{shard:06d}.json", {}).get("fingerprint") != fingerprint(prov, list(run), 0, "persona", "float16", KEYS):
-            tasks.append(Task(shard, start, run, ((0, "persona"),), tuple(row_of[s] for s in run)))
+    done = complete_rows(store, path, group["series"][:].tolist(), lambda run: shard_fingerprint(prov, run))
+    for shard, start, run in shard_runs(group["series"][:].tolist()):
+        if not done[start:start + len(run)].all():
+            tasks.append(Task(shard, start, tuple(run), ((0, "persona"),), tuple(row_of[s] for s in run)))
     return prov, tasks, notes
 
 
 def make_personas(store: str, checkpoint: str, plane: str, roi: str = "box", grid: int = 3, steps: int = 50,
                   jumps: int = 2, seed: int = 0, workers: int | None = None, scheduler: str | None = None,
-                  device: str | None = None, progress: bool = True, warn=print, series_batch: int = SERIES_BATCH) -> dict:
+                  device: str | None = None, progress: bool = True, warn=print, series_batch: int = SERIES_BATCH,
+                  repair: bool = False) -> dict:
     """Make the personas still missing for `plane`; returns counts, ids and the time."""
     store, checkpoint = str(store), str(checkpoint)
-    prov, tasks, notes = plan(store, checkpoint, plane, roi, grid, steps, jumps, seed)
+    prov, tasks, notes = plan(store, checkpoint, plane, roi, grid, steps, jumps, seed, repair)
     for note in notes:
         warn(note)
     total = sum(len(t.series) for t in tasks)

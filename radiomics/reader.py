@@ -10,7 +10,8 @@ import numpy as np
 import xarray as xr
 
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.jobs import completed_series
+from orthodiff.featurestore.features import fingerprint
+from orthodiff.featurestore.series_groups import complete_rows
 from orthodiff.featurestore.store import open_root
 
 GROUP = "radiomics"
@@ -18,6 +19,11 @@ SOURCES = ("image", "persona", "residual")
 REASONS = ("", "empty ROI (no voxels in this series)", "undefined for this ROI (e.g. constant intensity)",
            "voxel size unknown (volumes.stored_spacing is NaN or absent): no morphology in mm")
 KEYS = ("settings",)
+
+
+def shard_fingerprint(prov: dict, run) -> str:
+    """What a shard's completion record must carry (written by `radiomics.store`)."""
+    return fingerprint(prov, list(run), 0, "radiomics", "float32", KEYS)
 
 
 def open_radiomics(store: str, plane: str | None = None, settings: str | None = None) -> xr.Dataset:
@@ -40,7 +46,7 @@ def open_radiomics(store: str, plane: str | None = None, settings: str | None = 
             warnings.filterwarnings("ignore", category=UserWarning)
             ds = xr.open_zarr(str(store), group=f"{GROUP}/{sid}/{p}", consolidated=False).load()
         prov = dict(root[f"{GROUP}/{sid}/{p}"].attrs)
-        keep = completed_series(store, f"{GROUP}/{sid}", p, prov, ds.series.values.tolist(), "radiomics", "float32", KEYS)
+        keep = complete_rows(store, f"{GROUP}/{sid}/{p}", ds.series.values.tolist(), lambda run: shard_fingerprint(prov, run))
         ds = ds.isel(series=np.flatnonzero(keep))
         parts.append(ds.assign_coords(plane=("series", np.full(ds.sizes["series"], p, dtype=object))))
     out = xr.concat(parts, dim="series") if len(parts) > 1 else parts[0]

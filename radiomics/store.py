@@ -32,13 +32,14 @@ import zarr
 from orthodiff.catalogs.geometry import AXES
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.features import SHARD_SERIES, Records, fingerprint, grow_series
+from orthodiff.featurestore.features import SHARD_SERIES
 from orthodiff.featurestore.jobs import Task, run_tasks
+from orthodiff.featurestore.series_groups import complete_rows, prepare_group, repair_group, series_specs, shard_runs, write_shard
 from orthodiff.featurestore.store import consolidate, open_root
 from orthodiff.featurestore.volumes import open_volumes
 from orthodiff.personas.rois import box_grid
 from orthodiff.radiomics.ibsi import DISCRETISATIONS, FAMILIES, roi_features
-from orthodiff.radiomics.reader import GROUP, KEYS, REASONS, SOURCES
+from orthodiff.radiomics.reader import GROUP, REASONS, SOURCES, shard_fingerprint
 
 
 def feature_names(families, bins: int) -> list[str]:
@@ -132,45 +133,35 @@ def run_task(task: Task, store: str, plane: str, prov: dict, persona_backbone: s
                 got = roi_features(images[source], roi, families, spacing=tuple(spacings[i]) if known else None, **levels)
                 value[i, j, k] = [got.get(f, np.nan) for f in features]
                 code[i, j, k] = np.where(np.isfinite(value[i, j, k]), 0, np.where(morph & ~known, 3, 2))
-    group = zarr.open_group(str(store), path=f"{GROUP}/{prov['settings_id']}/{plane}", mode="r+", use_consolidated=False)
-    rows = slice(task.start, task.start + len(task.series))
-    group["value"][rows] = value
-    group["undefined"][rows] = code
-    Records(store, f"{GROUP}/{prov['settings_id']}", plane).write(
-        f"{task.shard:06d}.json", {"fingerprint": fingerprint(prov, list(task.series), 0, "radiomics", "float32", KEYS),
-                                   "series": len(task.series)})
+    path = f"{GROUP}/{prov['settings_id']}/{plane}"
+    group = zarr.open_group(str(store), path=path, mode="r+", use_consolidated=False)
+    write_shard(store, group, path, task.shard, task.start, {"value": value, "undefined": code},
+                shard_fingerprint(prov, task.series), "radiomics")
     return len(task.series)
 
 
+
 def _prepare(store: str, prov: dict, plane: str, series: list[dict]) -> zarr.Group:
-    root = open_root(store)
-    path = f"{GROUP}/{prov['settings_id']}/{plane}"
+    """Create the plane's group (or finish one whose creation was cut short) and grow it (`prepare_group`)."""
     s, features = prov["settings"], prov["features"]
     shape = (len(s["roi_names"]), len(s["sources"]), len(features))
-    try:
-        group = root.create_group(path, attributes=prov, overwrite=False)
-        for name, dtype, fill in (("value", "float32", np.nan), ("undefined", "uint8", 0)):
-            group.create_array(name, shape=(0, *shape), chunks=(SHARD_SERIES, *shape), dtype=dtype, fill_value=fill,
-                               dimension_names=["series", "roi", "source", "feature"],
-                               attributes={"coordinates": "case_id patient_id scan"})
-        for name, values in (("roi_name", s["roi_names"]), ("source", s["sources"]), ("feature", features),
-                             ("reason", list(REASONS))):
-            dim = {"roi_name": "roi", "reason": "code"}.get(name, name)
-            group.create_array(name, shape=(len(values),), dtype=str, dimension_names=[dim])[:] = np.asarray(values, object)
-        group.create_array("roi", shape=(shape[0],), dtype="int16", dimension_names=["roi"])[:] = np.arange(1, shape[0] + 1)
-        group.create_array("code", shape=(len(REASONS),), dtype="uint8", dimension_names=["code"])[:] = np.arange(len(REASONS))
-        for name in ("series", "case_id", "patient_id"):
-            group.create_array(name, shape=(0,), chunks=(4096,), dtype=str, dimension_names=["series"])
-        group.create_array("scan", shape=(0,), chunks=(4096,), dtype="int16", dimension_names=["series"])
-    except zarr.errors.ContainsGroupError:
-        group = root[path]
-    grow_series(group, series, ("value", "undefined"))
-    return group
+    specs = {name: dict(shape=(0, *shape), chunks=(SHARD_SERIES, *shape), dtype=dtype, fill_value=fill,
+                        dimension_names=["series", "roi", "source", "feature"],
+                        attributes={"coordinates": "case_id patient_id scan"})
+             for name, dtype, fill in (("value", "float32", np.nan), ("undefined", "uint8", 0))}
+    for name, values in (("roi_name", s["roi_names"]), ("source", s["sources"]), ("feature", features),
+                         ("reason", list(REASONS))):
+        dim = {"roi_name": "roi", "reason": "code"}.get(name, name)
+        specs[name] = dict(shape=(len(values),), dtype=str, dimension_names=[dim], values=values)
+    specs["roi"] = dict(shape=(shape[0],), dtype="int16", dimension_names=["roi"], values=np.arange(1, shape[0] + 1))
+    specs["code"] = dict(shape=(len(REASONS),), dtype="uint8", dimension_names=["code"], values=np.arange(len(REASONS)))
+    return prepare_group(store, f"{GROUP}/{prov['settings_id']}/{plane}", prov, {**specs, **series_specs()}, series,
+                         ("value", "undefined"), ("settings_id",), "radiomics")
 
 
 def plan(store: str, plane: str, sources=SOURCES, families=FAMILIES, bins: int = 32, grid: int | None = None,
          persona_backbone: str | None = None, discretisation: str = DISCRETISATIONS[0],
-         bin_width: float | None = None) -> tuple[dict, list[Task]]:
+         bin_width: float | None = None, repair: bool = False) -> tuple[dict, list[Task]]:
     if plane not in PLANES:
         raise OrthodiffError(f"--plane {plane!r}: expected one of {list(PLANES)}")
     bad = [s for s in sources if s not in SOURCES] or [f for f in families if f not in FAMILIES]
@@ -194,23 +185,23 @@ def plan(store: str, plane: str, sources=SOURCES, families=FAMILIES, bins: int =
     prov = {"settings_id": sid, "settings": settings, "features": names}
     series = [{"series_id": s, "case_id": c, "patient_id": p, "scan": int(k)} for s, c, p, k in
               zip(ds.series.values, ds.case_id.values, ds.patient_id.values, ds.scan.values)]
-    group = _prepare(store, prov, plane, series)
-    ids = group["series"][:].tolist()
-    done = Records(store, f"{GROUP}/{sid}", plane).read()
-    tasks = []
-    for shard, start in enumerate(range(0, len(ids), SHARD_SERIES)):
-        run = tuple(ids[start:start + SHARD_SERIES])
-        if done.get(f"{shard:06d}.json", {}).get("fingerprint") != fingerprint(prov, list(run), 0, "radiomics", "float32", KEYS):
-            tasks.append(Task(shard, start, run, ((0, "radiomics"),), ()))
+    path = f"{GROUP}/{sid}/{plane}"
+    if repair:  # a damaged shard is forgotten (record and objects), then redone below
+        repair_group(store, path)
+    ids = _prepare(store, prov, plane, series)["series"][:].tolist()
+    done = complete_rows(store, path, ids, lambda run: shard_fingerprint(prov, run))
+    tasks = [Task(shard, start, tuple(run), ((0, "radiomics"),), ())
+             for shard, start, run in shard_runs(ids) if not done[start:start + len(run)].all()]
     return prov, tasks
 
 
 def extract_radiomics(store: str, plane: str, sources=SOURCES, families=FAMILIES, bins: int = 32, grid: int | None = None,
                       persona_backbone: str | None = None, workers: int | None = None, scheduler: str | None = None,
-                      progress: bool = True, discretisation: str = DISCRETISATIONS[0], bin_width: float | None = None) -> dict:
+                      progress: bool = True, discretisation: str = DISCRETISATIONS[0], bin_width: float | None = None,
+                      repair: bool = False) -> dict:
     """Compute the radiomic features still missing for `plane`; returns counts, the settings id and time."""
     store = str(store)
-    prov, tasks = plan(store, plane, sources, families, bins, grid, persona_backbone, discretisation, bin_width)
+    prov, tasks = plan(store, plane, sources, families, bins, grid, persona_backbone, discretisation, bin_width, repair)
     total = sum(len(t.series) for t in tasks)
     start = time.perf_counter()
     run_tasks(run_task, tasks, (store, plane, prov, persona_backbone), f"radiomics {plane}", total, workers, scheduler, progress)

@@ -177,8 +177,10 @@ class VolumeSegmenter(_VolumeEstimator, BaseEstimator):
         # models saved before the light head existed used the skip decoder
         est = cls(**{"decoder": "skip", "unetr_size": "small", **saved["params"]}, device=device)
         unet = None
-        if saved["unet"]:
-            unet = DiffusionUNet(UNetConfig(**{**saved["unet"], "channel_mult": tuple(saved["unet"]["channel_mult"])}))
+        if saved["unet"]:  # as trained: a full denoiser, or the encoder and middle block alone (`export-encoder`)
+            decoder = any(".output_blocks." in f".{key}" for key in saved["state"])
+            unet = DiffusionUNet(UNetConfig(**{**saved["unet"], "channel_mult": tuple(saved["unet"]["channel_mult"])}),
+                                 decoder=decoder)
         est.image_size_ = saved["image_size"]
         est.net_ = est._build(est.image_size_, unet)
         est.net_.load_state_dict(saved["state"])

@@ -21,9 +21,10 @@ from orthodiff.backbone.diffusion import NoiseScheduler
 from orthodiff.catalogs.cohort import SUBSET_PREFIX, label_columns, read_catalog
 from orthodiff.catalogs.tasks import structures
 from orthodiff.errors import OrthodiffError
+from orthodiff.files import read_weights, series_file
 from orthodiff.heads.metrics import evaluate, macro_auroc, patient_resamples
 from orthodiff.heads.probe import PlaneProbe
-from orthodiff.outputs import atomic_savefig, pyplot, write_json, write_mask, write_table
+from orthodiff.outputs import atomic_savefig, pyplot, write_mask, write_run, write_table
 from orthodiff.supervised.data import exam_predictions, plane_volumes, split_rows
 from orthodiff.supervised.estimators import VolumeClassifier, VolumeSegmenter
 
@@ -133,9 +134,9 @@ def run_baseline_classify(store, catalog_path, model, planes, out, epochs=5, lr=
     metrics = evaluate(y, p, labels, groups=pred["patient_id"].to_numpy(), n_boot=n_boot, seed=seed)
     write_table(pred, out / "predictions")
     write_table(metrics, out / "metrics")
-    write_json({"kind": "baseline", "task": "classify", "model": model, "planes": list(planes), "labels": labels,
+    write_run({"kind": "baseline", "task": "classify", "model": model, "planes": list(planes), "labels": labels,
                 "epochs": epochs, "lr": lr, "test_exams": len(pred), "store": str(store),
-                "catalog": str(Path(catalog_path).resolve())}, out / "run.json")
+                "catalog": str(catalog_path)}, out)
     return metrics
 
 
@@ -261,10 +262,10 @@ def run_segment(store, catalog_path, plane, model, out, backbone=None, timestep=
     if curve:
         _plot_efficiency(pd.DataFrame(curve), out)
         write_table(pd.concat(per_series, ignore_index=True), out / "efficiency_series")
-    write_json({"kind": "segment", "model": model, "plane": plane, "backbone": str(backbone) if backbone else None,
+    write_run({"kind": "segment", "model": model, "plane": plane, "backbone": str(backbone) if backbone else None,
                 "decoder": decoder if model == "diffusion" else None, "timestep": timestep, "block": block, "epochs": epochs, "lr": lr, "train_series": n_train,
                 "test_series": len(test_rows), "train_seconds": round(seconds, 1), "store": str(store),
-                "catalog": str(Path(catalog_path).resolve())}, out / "run.json")
+                "catalog": str(catalog_path)}, out)
     return dice
 
 
@@ -284,17 +285,24 @@ def _plot_efficiency(curve: pd.DataFrame, out: Path) -> None:
 
 def load_segmenter(model_dir, device=None) -> tuple[VolumeSegmenter, dict]:
     path = Path(model_dir) / MODEL_FILE
+    hint = "run `orthodiff segment train` (or `baseline segment`) into a new folder"
     if not path.is_file():
-        raise OrthodiffError(f"{model_dir}: not a segmentation run (no {MODEL_FILE}); run `orthodiff segment train`")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    return VolumeSegmenter.from_state(saved, device), saved
+        raise OrthodiffError(f"{model_dir}: not a segmentation run (no {MODEL_FILE}); {hint}")
+    saved = read_weights(path, "segmentation model", hint)
+    missing = [k for k in ("params", "image_size", "unet", "state", "plane", "joint") if k not in saved]
+    if missing:
+        raise OrthodiffError(f"{path}: not a segmentation model (no {', '.join(missing)}); {hint}")
+    try:
+        return VolumeSegmenter.from_state(saved, device), saved
+    except (RuntimeError, TypeError, KeyError, ValueError) as err:
+        raise OrthodiffError(f"{path}: the weights do not fit the model it names ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:120]}); {hint}") from None
 
 
 def run_segment_predict(model_dir, store, catalog_path, out, split="test", device=None, progress=None) -> pd.DataFrame:
     """Predict masks for a split's series, write them as NIfTI on each input series' grid
     (`out/masks/<series_id>.nii.gz`), and compare biomarkers with the reference masks
     (`biomarkers`, `agreement`, `bland_altman.png`, `thickness_maps.png`)."""
-    import nibabel as nib
     from monai.transforms import Resize
 
     from orthodiff.catalogs.cohort import resolve_path
@@ -305,8 +313,8 @@ def run_segment_predict(model_dir, store, catalog_path, out, split="test", devic
     from orthodiff.featurestore.volumes import stored_reorientation
 
     out = Path(out)
+    catalog, _ = _catalog(catalog_path)  # first: its series ids name the files written below
     est, saved = load_segmenter(model_dir, device)
-    catalog, _ = _catalog(catalog_path)
     ds, rows = plane_volumes(store, catalog, saved["plane"])
     ds, rows = split_rows(ds, rows, split)
     structure_set = structures(saved["joint"])
@@ -321,7 +329,7 @@ def run_segment_predict(model_dir, store, catalog_path, out, split="test", devic
         full = np.zeros(grid, np.uint8)
         start = (grid[0] - mask.shape[0]) // 2
         full[start : start + mask.shape[0]] = np.asarray(Resize(grid[1:], mode="nearest")(mask), dtype=np.uint8)
-        write_mask(out / "masks" / f"{row.series_id}.nii.gz", full if turn is None else turn.undo(full), affine)
+        write_mask(series_file(out / "masks", row.series_id), full if turn is None else turn.undo(full), affine)
         spacing = tuple(ds.spacing.sel(series=row.series_id).values.tolist())
         if not np.isfinite(spacing).all() and not path.name.endswith(".npy"):  # a store older than its geometry arrays
             spacing = spacing_of(affine)
@@ -343,8 +351,8 @@ def run_segment_predict(model_dir, store, catalog_path, out, split="test", devic
         table = agreement(measured, reference)
         write_table(table, out / "agreement")
         plot_bland_altman(measured, reference, table, out / "bland_altman.png")
-    write_json({"kind": "segment_predict", "model": str(model_dir), "split": split, "series": len(rows),
-                "with_reference": len(reference)}, out / "run.json")
+    write_run({"kind": "segment_predict", "model": str(model_dir), "split": split, "series": len(rows),
+                "with_reference": len(reference)}, out)
     return table
 
 

@@ -175,3 +175,64 @@ def test_cohort_summary_counts_exams_not_series(tmp_path):
     assert sites.loc["B", "1.5T"] == 1 and sites.loc["B", "3T"] == 1 and sites.loc["A", "exams"] == 8
     planes = summary["planes"].set_index("plane")
     assert planes.loc["axial", "scan_1"] == 1 and planes.loc["coronal", "exams_missing"] == 1
+
+
+UNSAFE_IDS = ["../../elsewhere/x", "/abs/x", "a\\b", "c:x", ".", "..", "CON", "nul.txt", "com1", "a\x00b", "tab\tx",
+              "trailing.", "x" * 201]
+
+
+@pytest.mark.parametrize("column", ["series_id", "case_id", "patient_id"])
+@pytest.mark.parametrize("value", UNSAFE_IDS)
+def test_ids_that_cannot_name_a_file_are_refused(tmp_path, column, value):
+    """Ids become file names (`<out>/masks/<series_id>.nii.gz`): traversal, absolute paths,
+    separators, NUL, `.`/`..` and Windows device names (Microsoft's "Naming Files, Paths, and
+    Namespaces") are refused by `catalog validate` and by every command reading the catalog."""
+    df = make_catalog(tmp_path)
+    df.loc[df[column] == df.at[3, column], column] = value  # the whole patient/case, so no other check fires first
+    with pytest.raises(OrthodiffError, match=rf"row 3, column '{column}'.*cannot name a file"):
+        validate_catalog(df, tmp_path / "c.parquet")
+    df.to_parquet(tmp_path / "c.parquet")
+    with pytest.raises(OrthodiffError, match=rf"row 3, column '{column}'.*cannot name a file"):
+        read_catalog(tmp_path / "c.parquet")
+
+
+def test_empty_id_is_refused(tmp_path):
+    df = make_catalog(tmp_path)
+    df.at[2, "series_id"] = ""
+    with pytest.raises(OrthodiffError, match=r"row 2, column 'series_id', value '': empty value"):
+        validate_catalog(df, tmp_path / "c.parquet")
+    from orthodiff.files import series_file
+
+    with pytest.raises(OrthodiffError, match="cannot name a file"):
+        series_file(tmp_path, "")
+
+
+@pytest.mark.parametrize("command", [
+    ["segment", "predict", "--run", "run", "--store", "s.zarr", "--out", "out", "--catalog"],
+    ["evaluate", "prompt", "--out", "out", "--catalog"],
+    ["evaluate", "seg", ".", "--out", "eval", "--catalog"],
+])
+def test_commands_writing_per_series_files_refuse_a_traversal_id(tmp_path, command, monkeypatch):
+    from typer.testing import CliRunner
+
+    from orthodiff.cli import app
+
+    df = make_catalog(tmp_path)
+    df.at[0, "series_id"] = "../../elsewhere/x"
+    df.at[0, "mask_path"] = "P000-1-sagittal-0.nii"
+    df.to_parquet(tmp_path / "c.parquet")
+    monkeypatch.chdir(tmp_path)
+    before = set(tmp_path.parent.rglob("*"))
+    result = CliRunner().invoke(app, [*command, str(tmp_path / "c.parquet")])
+    assert isinstance(result.exception, OrthodiffError)
+    assert "row 0, column 'series_id', value '../../elsewhere/x': cannot name a file" in str(result.exception)
+    assert set(tmp_path.parent.rglob("*")) == before  # nothing written, not even an empty output folder
+
+
+def test_catalog_validate_refuses_a_traversal_id_in_one_line(tmp_path):
+    df = make_catalog(tmp_path)
+    df.at[0, "series_id"] = "../../elsewhere/x"
+    df.to_parquet(tmp_path / "c.parquet")
+    result = run_cli("catalog", "validate", str(tmp_path / "c.parquet"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "row 0, column 'series_id', value '../../elsewhere/x': cannot name a file (contains '/')" in result.stderr

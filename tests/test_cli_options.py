@@ -168,3 +168,54 @@ def test_read_run_checks_the_kind(tmp_path):
     (tmp_path / "run.json").write_text("{")
     with pytest.raises(OrthodiffError, match="no readable run.json"):
         read_run(tmp_path, ("sweep",), "a sweep directory")
+
+
+ABSURD = [
+    ("extract", "--workers", "-1"), ("extract", "--workers", "500"), ("radiomics", "--workers", "0"),
+    ("synth", "--size", "100000"), ("ingest", "--size", "100000"), ("radiomics", "--bins", "1000000"),
+    ("sweep", "--epochs", "-1"), ("sweep", "--batch", "0"), ("sweep", "--lr", "-1"), ("sweep", "--lr", "0"),
+    ("persona", "--sampling-steps", "100000000"), ("persona", "--series-batch", "-4"),
+    ("fuse", "--bootstrap", "1000000000"), ("fuse", "--bootstrap", "-1"),
+]
+
+
+@pytest.mark.parametrize(("command", "option", "value"), ABSURD)
+def test_absurd_numbers_are_refused_before_the_command_runs(command, option, value, tmp_path):
+    """Each of these hung (`--workers -1`), ran for ever, divided by zero or asked for terabytes."""
+    result = CliRunner().invoke(app, [*command.split(), option, value], catch_exceptions=False)
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}': {value if option != '--lr' else float(value)} is outside" in result.output
+
+
+def test_every_numeric_option_has_a_range():
+    """A numeric option added later gets its range in `options.LIMITS`."""
+    missing = sorted({option for option, uses in option_table().items() for _, annotation, param in uses
+                      if annotation in (int, float, int | None, float | None) and param.name not in options.LIMITS})
+    assert missing == []
+
+
+def test_run_tasks_refuses_workers_the_machine_cannot_start():
+    from orthodiff.featurestore.extract import run_tasks
+
+    for workers in (-1, 0, 10_000):
+        with pytest.raises(OrthodiffError, match=rf"--workers {workers}: expected 1 to"):
+            run_tasks(print, [], (), "x", 0, workers=workers, progress=False)
+
+
+def test_a_second_job_writing_the_same_output_folder_stops_with_one_error(tmp_path):
+    """Two `fuse` runs into one folder both exited 0, the second silently replacing the first."""
+    import socket
+
+    from orthodiff.files import LOCK, folder_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["segment", "predict", "--run", "r", "--store", "s", "--catalog", str(tmp_path / "none.parquet"), "--out", str(out)]
+    with folder_lock(out):  # a job is writing `out`
+        result = CliRunner().invoke(app, args)
+        assert isinstance(result.exception, OrthodiffError) and "another orthodiff job" in str(result.exception)
+        assert (out / LOCK).is_file()
+    assert not (out / LOCK).exists()  # released when that job ends
+    (out / LOCK).write_text(f"{socket.gethostname()} 999999999")  # left by a job that was killed
+    result = CliRunner().invoke(app, args)
+    assert "catalog file not found" in str(result.exception) and not (out / LOCK).exists()  # taken over, then released

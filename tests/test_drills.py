@@ -26,6 +26,8 @@ from orthodiff.featurestore.features import IncompleteFeatures
 from orthodiff.featurestore.ingest import ingest
 from orthodiff.featurestore.verify import store_info, verify_store
 from orthodiff.featurestore.volumes import open_volumes
+from orthodiff.personas.store import make_personas
+from orthodiff.radiomics.store import extract_radiomics
 from orthodiff.heads.store import plane_nodes
 from helpers import make_volume_store, random_checkpoint, series_count
 from test_ingest import make_cohort
@@ -41,7 +43,8 @@ def _forkserver():
     """Children forked from a fresh server that imported orthodiff but never ran torch (forking
     a process whose thread pools have run can hang the child)."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["orthodiff.featurestore.extract", "orthodiff.featurestore.ingest"])
+    ctx.set_forkserver_preload(["orthodiff.featurestore.extract", "orthodiff.featurestore.ingest",
+                                "orthodiff.personas.store", "orthodiff.radiomics.store"])
     return ctx
 
 
@@ -260,3 +263,119 @@ def test_extract_from_a_truncated_volume_is_one_named_error(drill, tmp_path):
     chunk.write_bytes(chunk.read_bytes()[:50])
     with pytest.raises(OrthodiffError, match=r"volumes of series s0-sagittal\.\.s3-sagittal are unreadable.*ingest --repair"):
         extract(store, sag, **EXTRACT)
+
+
+# Personas and radiomics: the same creation path (`series_groups.prepare_group`), so the same drills.
+PERSONA = dict(grid=1, steps=1, jumps=1, progress=False, warn=lambda _: None)
+RADIOMICS = dict(sources=("image",), families=("first_order",), grid=1, progress=False)
+GROUP_STEPS = ["group", "case_id", "patient_id", "scan", "series"]
+GROW_STEPS = ["grow:series:data", "grow:series:case_id", "grow:series:patient_id", "grow:series:scan"]
+PERSONA_STEPS = [f"persona:{s}" for s in ("group", "persona", "mask", "roi_name", "roi", *GROUP_STEPS[1:], "record")]
+RADIOMICS_STEPS = [f"radiomics:{s}" for s in ("group", "value", "undefined", "roi_name", "source", "feature", "reason",
+                                               "roi", "code", *GROUP_STEPS[1:], "record")]
+
+
+def _micro_checkpoint(path) -> str:
+    from orthodiff.backbone.unet import UNetConfig
+
+    return random_checkpoint(path, "axial", config=UNetConfig(8, 16, 32, (1, 1)))
+
+
+def _persona_job(store, ckpt, repair=False):
+    return make_personas(store, ckpt, "axial", **PERSONA, repair=repair)
+
+
+def _radiomics_job(store, repair=False):
+    return extract_radiomics(store, "axial", **RADIOMICS, repair=repair)
+
+
+def _kind_files(store: str, kind: str) -> dict[str, bytes]:
+    root = Path(store)
+    files = {str(p.relative_to(root)): p for p in root.rglob("*") if p.is_file()}
+    return {name: p.read_bytes() for name, p in files.items() if kind in name and ("/c/" in name or "_records" in name)}
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory):
+    """3 axial series of 16 x 8 x 8, a micro backbone, and reference stores: personas alone,
+    radiomics alone (of the box grid), both (radiomics of the personas)."""
+    root = tmp_path_factory.mktemp("kinds")
+    base = make_volume_store(root / "base.zarr", n=3, size=8)
+    ckpt = _micro_checkpoint(root / "m.pt")
+    reference = {name: shutil.copytree(base, root / f"{name}.zarr") for name in ("personas", "radiomics", "both")}
+    _persona_job(reference["personas"], ckpt)
+    _radiomics_job(reference["radiomics"])
+    _persona_job(reference["both"], ckpt)
+    _radiomics_job(reference["both"])
+    return base, ckpt, {name: str(path) for name, path in reference.items()}
+
+
+@pytest.mark.parametrize("point", PERSONA_STEPS + GROW_STEPS)
+def test_persona_killed_at_each_creation_step_is_finished_by_the_rerun(kinds, tmp_path, point):
+    base, ckpt, reference = kinds
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(base, store)
+    killed_at(point, _persona_job, store, ckpt)
+    store_info(store)  # no traceback, whatever step was cut
+    problems = verify_store(store)
+    assert all("personas/" in p for p in problems), problems
+    if point in PERSONA_STEPS[:PERSONA_STEPS.index("persona:series")]:
+        assert any("creation not finished" in p for p in problems), problems
+    assert _persona_job(store, ckpt)["series"] == 3
+    assert _kind_files(store, "personas") == _kind_files(reference["personas"], "personas") and verify_store(store) == []
+
+
+@pytest.mark.parametrize("point", RADIOMICS_STEPS + GROW_STEPS)
+def test_radiomics_killed_at_each_creation_step_is_finished_by_the_rerun(kinds, tmp_path, point):
+    base, _, reference = kinds
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(base, store)
+    killed_at(point, _radiomics_job, store)
+    store_info(store)
+    problems = verify_store(store)
+    assert all("radiomics/" in p for p in problems), problems
+    if point in RADIOMICS_STEPS[:RADIOMICS_STEPS.index("radiomics:series")]:
+        assert any("creation not finished" in p for p in problems), problems
+    assert _radiomics_job(store)["series"] == 3
+    assert _kind_files(store, "radiomics") == _kind_files(reference["radiomics"], "radiomics") and verify_store(store) == []
+
+
+def test_a_persona_or_radiomics_group_left_without_arrays_does_not_wedge_the_store(kinds, tmp_path):
+    """What a kill right after the group's creation left before: a group with no arrays, on
+    which every later run failed (`KeyError: 'series'`, `'Dataset' object has no attribute 'series'`)."""
+    import zarr
+
+    base, ckpt, reference = kinds
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(base, store)
+    root = zarr.open_group(store, mode="r+")
+    for kind in ("personas", "radiomics"):  # the group with its provenance, as the old code created it
+        made = zarr.open_group(reference["both"], mode="r")
+        gid = next(iter(made[kind].group_keys()))
+        attrs = {k: v for k, v in made[f"{kind}/{gid}/axial"].attrs.items() if k != "arrays"}
+        root.create_group(f"{kind}/{gid}/axial", attributes=attrs)
+    assert _persona_job(store, ckpt)["series"] == 3 and _radiomics_job(store)["series"] == 3
+    assert verify_store(store) == []
+
+
+def _first_chunk(store: str, array: str) -> Path:
+    return sorted(p for p in Path(store).rglob("*") if p.is_file() and f"/{array}/c/" in str(p))[0]
+
+
+@pytest.mark.parametrize("kind,array", [("personas", "persona"), ("personas", "mask"),
+                                        ("radiomics", "value")])
+def test_verify_names_a_flipped_byte_in_personas_and_radiomics_and_repair_redoes_it(kinds, tmp_path, kind, array):
+    _, ckpt, reference = kinds
+    store = str(tmp_path / "s.zarr")
+    shutil.copytree(reference["both"], store)
+    _flip(_first_chunk(store, array))
+    problems = verify_store(store)
+    assert any(re.search(rf"{kind}/\w+/axial: series 0-2: (content does not match its checksum|unreadable)", p)
+               for p in problems) and any("--repair" in p for p in problems), problems
+    info = store_info(store)
+    assert set(info["group"].str.split("/").str[0]) == {"volumes", "personas", "radiomics"}
+    job = _persona_job if kind == "personas" else _radiomics_job
+    args = (store, ckpt) if kind == "personas" else (store,)
+    assert job(*args)["series"] == 0  # a plain rerun trusts the records
+    assert job(*args, repair=True)["series"] == 3
+    assert _kind_files(store, kind) == _kind_files(reference["both"], kind) and verify_store(store) == []

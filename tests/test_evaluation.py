@@ -197,7 +197,7 @@ def test_evaluate_seg_end_to_end(cohort, tmp_path):
 
     report = build_report(tmp_path).read_text()  # the main report gains the evaluation's section and a link
     section = report.split("<section id='evaluation'>")[1].split("</section>")[0]
-    assert "href='eval/evaluation.html'" in section and "copy, shifted, no_fc" in section.replace("&#x27;", "")
+    assert "href='./eval/evaluation.html'" in section and "copy, shifted, no_fc" in section.replace("&#x27;", "")
     assert "Friedman" in section and "skeleton_thickness_FC" in section and "volume_" not in section
     assert section.count("data:image/png;base64,") == 5 == report.count("data:image/png;base64,")  # shown once
 
@@ -238,3 +238,22 @@ def test_bad_model_folders_are_named(cohort, tmp_path):
                          tmp_path / "o3", split=None)
     with pytest.raises(OrthodiffError, match="shape"):
         run_evaluate_seg([variant("cropped", lambda p: _save_like(p, mask[:, :-2], like))], catalog_path, tmp_path / "o4", split=None)
+
+
+def test_nan_in_a_t2_map_is_noted_and_left_out_for_reference_and_model_alike():
+    """A NaN voxel made the reference's T2 NaN while a model that missed the voxel scored a number."""
+    from orthodiff.evaluation.biomarkers import series_biomarkers
+
+    reference = np.zeros((2, 8, 8), np.uint8)
+    reference[:, 2:6, 2:6] = 4  # FC
+    model = reference.copy()
+    model[0, 2, 2] = 0  # the model misses the voxel whose T2 is NaN
+    t2 = np.full(reference.shape, 30.0, np.float32)
+    t2[0, 2, 2], t2[1, 3, 3] = np.nan, 50.0
+    spacing = (1.0, 1.0, 1.0)
+    ref_values, ref_notes = series_biomarkers(reference, spacing, KNEE, t2)
+    model_values, model_notes = series_biomarkers(model, spacing, KNEE, t2)
+    assert ref_values["t2_FC"] == pytest.approx((30.0 * 30 + 50.0) / 31)  # the 31 voxels with a value
+    assert model_values["t2_FC"] == ref_values["t2_FC"]  # the same voxels: the NaN one counts for neither
+    assert "1 of 32 FC voxels have no T2 value (NaN or Inf in the map): left out of T2 of FC" in ref_notes
+    assert not any("T2 value" in n for n in model_notes)  # its FC holds no voxel without a value

@@ -207,3 +207,32 @@ def test_the_sap_sweep_hands_its_probes_to_the_selection_and_the_fusion_runs(run
     both = shared.merge(alone, on=columns, suffixes=("_shared", "_alone"))
     assert len(both) == 8
     np.testing.assert_allclose(both["val_macro_auroc_shared"], both["val_macro_auroc_alone"], atol=2e-3)
+
+
+def test_report_links_are_dot_relative_so_a_folder_name_is_never_a_url(tmp_path):
+    """A run folder named `javascript:alert(1)` became a live `javascript:` link (WHATWG URL
+    standard: a relative URL whose first segment has a colon parses as a scheme)."""
+    folder = tmp_path / "javascript:alert(1)"
+    folder.mkdir()
+    (folder / "notes.csv").write_text("a,b\n1,2\n")
+    html = build_report(tmp_path).read_text()
+    assert "href='./javascript:alert(1)/notes.csv'" in html and "href='javascript:" not in html
+
+
+def test_run_records_hold_input_paths_relative_to_their_folder(tmp_path, monkeypatch):
+    """run.json and configurations carried absolute paths (a user name under a home folder);
+    they are relative to the run folder now, and readers resolve them from anywhere."""
+    from orthodiff.outputs import read_run, write_run
+
+    (tmp_path / "data" / "store.zarr").mkdir(parents=True)
+    (tmp_path / "data" / "c.parquet").write_text("")
+    out = tmp_path / "home" / "runs" / "sweep"
+    out.mkdir(parents=True)
+    write_run({"kind": "sweep", "store": str(tmp_path / "data" / "store.zarr"), "catalog": str(tmp_path / "data" / "c.parquet"),
+               "config": {"sweep": str(out)}, "backbone": "b1"}, out)
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["store"] == "../../../data/store.zarr" and saved["catalog"] == "../../../data/c.parquet"
+    assert saved["config"]["sweep"] == "." and saved["backbone"] == "b1" and str(tmp_path) not in json.dumps(saved)
+    monkeypatch.chdir(tmp_path / "home")  # read from another folder
+    run = read_run(out, ("sweep",), "a sweep")
+    assert run["store"] == str((tmp_path / "data" / "store.zarr").resolve()) and run["config"]["sweep"] == str(out.resolve())

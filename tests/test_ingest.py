@@ -266,3 +266,60 @@ def test_interrupted_append_is_cut_back_on_the_next_one(tmp_path):
     assert float(ds.volume.sel(series="c").mean()) == 1.0
     with pytest.raises(OrthodiffError, match="series 'a' is already in the volumes"):
         append_volumes(store, np.ones((1, 16, 8, 8)), meta.iloc[:1])
+
+
+def _lying_nifti(path: Path) -> Path:
+    """A NIfTI-1 header (NIfTI-1 standard, nifti.nimh.nih.gov) claiming 1500 x 1500 x 1200
+    int16 voxels, with no voxel data behind it: about 100 bytes gzipped."""
+    header = nibabel.Nifti1Header()
+    header.set_data_shape((1500, 1500, 1200))
+    header.set_data_dtype(np.int16)
+    header.set_qform(np.eye(4), 1)
+    import gzip
+
+    path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4))
+    return path
+
+
+def _lying_npy(path: Path) -> Path:
+    """A `.npy` header (numpy's NEP 1 format) claiming 100000 x 100000 x 100 float32 voxels, and 8 bytes."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (100000, 100000, 100)})
+        f.write(b"\0" * 8)
+    return path
+
+
+def _lying_dicom(folder: Path) -> Path:
+    """A DICOM series (PS3.3 Image Pixel module) whose Rows and Columns claim 60000 each."""
+    import pydicom
+
+    write_dicom_series(folder, phantom(), "axial", 0.6, 3.5, "P", "u")
+    for file in folder.iterdir():
+        ds = pydicom.dcmread(file)
+        ds.Rows = ds.Columns = 60000
+        ds.save_as(file)
+    return folder
+
+
+@pytest.mark.parametrize("make", [_lying_nifti, _lying_npy, _lying_dicom])
+def test_a_header_claiming_a_huge_image_is_refused_before_any_voxel_is_read(tmp_path, make, monkeypatch):
+    import resource
+
+    name = {"_lying_nifti": "big.nii.gz", "_lying_npy": "big.npy", "_lying_dicom": "big"}[make.__name__]
+    path = make(tmp_path / name)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(OrthodiffError, match=r"header claims .* voxels, over the limit .*ORTHODIFF_MAX_VOXELS"):
+        read_series(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200_000  # KiB: nothing near the claimed size
+    monkeypatch.setenv("ORTHODIFF_MAX_VOXELS", "1000")  # the limit is the user's: a small one refuses a real image
+    with pytest.raises(OrthodiffError, match="over the limit of 1,000"):
+        read_series(write_nifti(tmp_path / "real.nii.gz", phantom(), "axial", 0.6, 3.5))
+
+
+def test_ingest_skip_rejects_a_lying_header_in_one_line(tmp_path):
+    catalog = make_cohort(tmp_path)
+    _lying_nifti(tmp_path / "P001-1-axial-0.nii.gz")
+    result = ingest(catalog, str(tmp_path / "store.zarr"), size=16, on_error="skip", progress=False)
+    assert (result["status"] == "ingested").sum() == 8
+    rejects = pd.read_parquet(tmp_path / "store.zarr" / "rejects.parquet").set_index("series_id")
+    assert "over the limit" in rejects.loc["P001-1-axial-0", "reason"]

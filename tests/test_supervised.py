@@ -343,3 +343,17 @@ def test_macro_dice_skips_undefined_structures_and_its_ci_resamples_patients():
     assert 0.275 - 1e-9 <= point["ci_low"] <= point["macro_dice"] <= point["ci_high"] <= 1.0
     same = efficiency_point(np.array([[0.6, 0.2], [0.6, 0.2]]), pd.DataFrame({"patient_id": ["a", "b"]}), n_boot=50)
     assert same["ci_low"] == same["ci_high"] == pytest.approx(0.4)
+
+
+def test_segment_predict_loads_a_run_trained_on_the_shipped_encoder_only_weights(cohort, tmp_path):
+    """`segment train --backbone weights/demo_sagittal.pt` (encoder and middle block only) made
+    runs that `segment predict` could not load (missing `output_blocks` keys)."""
+    shipped = Path(__file__).resolve().parents[1] / "weights" / "demo_sagittal.pt"
+    run = tmp_path / "encoder_only"
+    run_segment(cohort["store"], cohort["catalog"], "sagittal", "diffusion", run, backbone=shipped, epochs=1, batch_size=4)
+    model, saved = load_segmenter(run)
+    assert not any("output_blocks" in key for key in saved["state"])
+    table = run_segment_predict(run, cohort["store"], cohort["catalog"], tmp_path / "pred")
+    test = read_catalog(cohort["catalog"]).query("plane == 'sagittal' and split == 'test'")
+    assert all((tmp_path / "pred" / "masks" / f"{s}.nii.gz").is_file() for s in test.series_id)
+    assert not table.empty
