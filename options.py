@@ -78,3 +78,16 @@ SegmenterModel = _choices("SegmenterModel", "unet unetr", "A from-scratch segmen
 PromptModel = _choices("PromptModel", "sam medsam sam2", "A promptable segmentation model.")
 Encoder = _choices("Encoder", "vit_b vit_l vit_h", "The SAM/MedSAM image encoder of a checkpoint.")
 PromptSource = _choices("PromptSource", "reference masks", "Where box prompts come from.")
+OverlapLevel = _choices("OverlapLevel", "slice series", "Where Dice and IoU are computed before the subject mean (evaluation.metrics.LEVELS).")
+
+
+class IccForm(StrEnum):
+    """An intraclass correlation form, Shrout & Fleiss (1979) names; McGraw & Wong (1996)
+    call (2,*) absolute agreement A and (3,*) consistency C (evaluation.agreement.icc)."""
+
+    ICC1 = "ICC(1,1)"
+    ICC2 = "ICC(2,1)"
+    ICC3 = "ICC(3,1)"
+    ICC1k = "ICC(1,k)"
+    ICC2k = "ICC(2,k)"
+    ICC3k = "ICC(3,k)"

@@ -167,7 +167,8 @@ def test_evaluate_seg_end_to_end(cohort, tmp_path):
     catalog_path, models = cohort
     out = tmp_path / "eval"
     result = CliRunner().invoke(app, ["evaluate", "seg", *map(str, models), "--catalog", str(catalog_path), "--out", str(out),
-                                      "--split", "", "--plane", "sagittal", "--bootstrap", "200"])
+                                      "--split", "", "--plane", "sagittal", "--bootstrap", "200",
+                                      "--min-pixels", "0", "--min-voxels", "0"])  # the 64-px phantom's structures are small
     assert result.exit_code == 0, result.output
     assert set(pd.read_parquet(out / "series_metrics.parquet")["dataset"]) == {"knee_sagittal"}
     tier = pd.read_parquet(out / "tier_dataset.parquet").set_index(["model", "dataset"])
@@ -189,6 +190,11 @@ def test_evaluate_seg_end_to_end(cohort, tmp_path):
     assert (wilcoxon["p_adjusted"] >= wilcoxon["p"] - 1e-12).all() and len(pd.read_parquet(out / "friedman.parquet"))
     effects = pd.read_parquet(out / "acquisition_effects.parquet").set_index("effect")
     assert effects.loc["model_shifted", "coefficient"] < effects.loc["model_no_fc", "coefficient"] < 0
+    counts = pd.read_parquet(out / "case_counts.parquet").set_index(["model", "structure"])
+    assert counts.loc[("no_fc", "FC"), "missed_series"] == counts.loc[("copy", "FC"), "scored_series"] > 0
+    assert (counts["false_positive_series"] == 0).all()
+    label = pd.read_parquet(out / "tier_label.parquet")
+    assert {"missed_series", "false_positive_series", "both_empty_series", "both_empty_slices"} <= set(label.columns)
     page = (out / "evaluation.html").read_text()
     assert page.count("data:image/png;base64,") == 5 and "tier_label" in page
 

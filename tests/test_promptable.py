@@ -79,7 +79,7 @@ def test_box_oracle_end_to_end_through_evaluate(rectangles, tmp_path):
     run_prompt(rectangles, shifted, predictor=box_oracle, shift=3, min_size=1)
     chained = tmp_path / "chained"  # boxes from another model's masks: no reference needed
     run_prompt(rectangles, chained, predictor=box_oracle, prompts="masks", prompt_masks=out, min_size=1)
-    tables = run_evaluate_seg([out, shifted, chained], rectangles, tmp_path / "eval", n_boot=50)
+    tables = run_evaluate_seg([out, shifted, chained], rectangles, tmp_path / "eval", n_boot=50, min_pixels=0, min_voxels=0)
     dice = tables["tier_dataset"].set_index("model")["dice"]
     assert dice["oracle"] == 1.0 and dice["chained"] == 1.0
     assert 0.5 < dice["shifted"] < 1.0
