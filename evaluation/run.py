@@ -149,6 +149,11 @@ def run_evaluate_seg(model_dirs, catalog_path, out, split="test", central=0, dat
     summary = {"models": [m.name for m in models], "split": split, "plane": plane or "all", "series": len(rows), "subjects": int(rows["patient_id"].nunique()),
                "central_slices": central or "all", "nsd_tolerance_mm": nsd_tolerance, "dataset_by": list(dataset_by),
                "overlap_level": overlap_level, "reference_cleaning": {"min_pixels_per_slice": min_pixels, "min_voxels": min_voxels},
+               "agreement_icc": "parametric: ICC(3,1) (consistency, the paper's) with its F-distribution CI; non-parametric: "
+                                "the mixed model's between-subject variance share, bootstrap median and 2.5-97.5 percentiles; "
+                                "every row also gives ICC(2,1) = McGraw-Wong ICC(A,1) (absolute agreement) as icc_a1. "
+                                "ICC(1,*) (raters not identified) and the k-rater averages do not fit one model against "
+                                "one fixed reference.",
                "empty_structures": "reference empty, prediction not: Dice = IoU = NSD = 0, HD95 NaN; both empty: NaN, "
                                    "left out of means (counted in case_counts)"}
     series_dice = per_series.groupby(["model", "series_id"])["dice"].mean().reset_index()

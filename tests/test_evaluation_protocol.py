@@ -95,3 +95,75 @@ def test_reference_cleaning_drops_small_components_per_slice_then_volume():
     assert set(np.unique(cleaned)) == {0, 1, 3} and (cleaned[:, 0:12, 0:12] == 1).all()
     # the island is a small volume too: the volume step alone removes it as well
     assert clean_mask(mask, 0, 0)[1] == 0 and clean_mask(mask, 0, 1000)[1] == 881 and clean_mask(mask, 100, 0)[1] == 81
+
+
+# Shrout & Fleiss (1979), Psychological Bulletin 86(2):420-428, Table 2: 6 targets x 4 judges,
+# with the six ICCs of their Table 4 to two decimals.
+SHROUT_FLEISS = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], float)
+PUBLISHED = {"ICC(1,1)": 0.17, "ICC(2,1)": 0.29, "ICC(3,1)": 0.71, "ICC(1,k)": 0.44, "ICC(2,k)": 0.62, "ICC(3,k)": 0.91}
+PINGOUIN_NAMES = {"ICC(1,1)": "ICC1", "ICC(2,1)": "ICC2", "ICC(3,1)": "ICC3", "ICC(1,k)": "ICC1k", "ICC(2,k)": "ICC2k",
+                  "ICC(3,k)": "ICC3k"}
+
+
+def _pingouin(ratings):
+    import pingouin as pg
+
+    n, k = ratings.shape
+    long = pd.DataFrame({"s": np.repeat(np.arange(n), k), "r": np.tile(np.arange(k), n), "v": ratings.ravel()})
+    table = pg.intraclass_corr(long, targets="s", raters="r", ratings="v")
+    table["form"] = ["ICC(1,1)", "ICC(2,1)", "ICC(3,1)", "ICC(1,k)", "ICC(2,k)", "ICC(3,k)"]  # pingouin's row order
+    return table.set_index("form")
+
+
+def test_icc_forms_reproduce_shrout_fleiss_and_pingouin():
+    from orthodiff.evaluation.agreement import icc
+    from orthodiff.options import IccForm
+
+    assert [f.value for f in IccForm] == list(PUBLISHED)
+    rng = np.random.default_rng(3)
+    other = rng.normal(0, 1, (15, 1)) + rng.normal(0, 0.6, (15, 3)) + [0.0, 0.4, -0.2]
+    for ratings in (SHROUT_FLEISS, other):
+        oracle = _pingouin(ratings)
+        for form in IccForm:
+            got = icc(ratings, form)
+            assert got.form == form.value and got.reason == ""
+            assert got.value == pytest.approx(oracle.loc[form.value, "ICC"], abs=1e-9)
+            ci = oracle.loc[form.value, "CI95"] if "CI95" in oracle else oracle.loc[form.value, "CI95%"]
+            assert [got.low, got.high] == pytest.approx(list(ci), abs=5e-3)  # pingouin prints CIs to 2 decimals
+            assert got.low < got.value < got.high
+    for form, value in PUBLISHED.items():
+        assert round(icc(SHROUT_FLEISS, form).value, 2) == value
+
+
+def test_icc_bad_input_and_constant_ratings():
+    from orthodiff.errors import OrthodiffError
+    from orthodiff.evaluation.agreement import agree, bootstrap_icc, icc
+
+    for bad, message in ((np.ones(5), "subjects x raters"), (np.ones((1, 2)), "1 subject"),
+                         (np.array([[1.0, np.nan], [2, 3]]), "finite")):
+        with pytest.raises(OrthodiffError, match=message):
+            icc(bad)
+    with pytest.raises(ValueError):
+        icc(SHROUT_FLEISS, "ICC(4,1)")
+    constant = np.full((6, 2), 3.0)
+    result = icc(constant, "ICC(2,1)")
+    assert np.isnan(result.value) and "no between-subject variance" in result.reason
+    assert np.isnan(bootstrap_icc(constant, 100).value) and "constant" in bootstrap_icc(constant, 100).reason
+    row = agree(np.full(8, 2.0), np.arange(8.0))
+    assert row["method"] == "none" and "constant model values" in row["reason"]
+    assert "at least 4" in agree(np.array([1.0]), np.array([2.0]))["reason"]  # a single subject
+
+
+def test_nonparametric_icc_is_the_mixed_models_variance_ratio_over_draws():
+    from orthodiff.evaluation.agreement import bootstrap_icc, mixed_model_icc, variance_ratio
+
+    rng = np.random.default_rng(5)
+    truth = rng.exponential(2.0, 12) ** 2
+    pairs = np.stack([truth * 1.05 + rng.normal(0, 0.3, 12), truth], axis=-1)
+    draws = pairs[rng.integers(0, 12, size=(4, 12))]
+    noise = rng.normal(0, 1, (12, 2))  # no subject effect: REML's subject variance sits at its bound, 0
+    for ratings in [pairs, *draws, noise]:
+        assert variance_ratio(ratings) == pytest.approx(mixed_model_icc(ratings), abs=2e-3)
+    result = bootstrap_icc(pairs, 2000, seed=1)
+    assert result.low <= result.value <= result.high <= 1 and result.value > 0.9
+    assert bootstrap_icc(pairs, 2000, seed=1) == result  # seeded
