@@ -91,3 +91,5 @@ class IccForm(StrEnum):
     ICC1k = "ICC(1,k)"
     ICC2k = "ICC(2,k)"
     ICC3k = "ICC(3,k)"
+PromptWindow = _choices("PromptWindow", "volume slice", "Where a promptable model's 1st-99th percentile window is taken (evaluation.promptable.WINDOWS).")
+Interpolation = _choices("Interpolation", "cubic linear", "How slices are resized for a promptable model (evaluation.promptable.INTERPOLATIONS).")

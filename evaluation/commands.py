@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from orthodiff.options import Encoder, OverlapLevel, Plane, PromptModel, PromptSource, plain, split_list
+from orthodiff.options import Encoder, Interpolation, OverlapLevel, Plane, PromptModel, PromptSource, PromptWindow, plain, split_list
 from orthodiff.tables import make_console
 
 console = make_console()
@@ -77,6 +77,8 @@ def prompt(
     finetune_epochs: Annotated[int, typer.Option(help="SAM/MedSAM: first fine-tune the mask decoder on the train split (Dice + BCE).")] = 0,
     finetune_encoder: Annotated[bool, typer.Option(help="Fine-tune the image encoder too.")] = False,
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 1e-4,
+    window: Annotated[PromptWindow, typer.Option(callback=plain, help="1st-99th percentile window of the volume's non-zero voxels (the paper) or of each slice.")] = PromptWindow.volume,
+    interpolation: Annotated[Interpolation, typer.Option(callback=plain, help="Resize of each slice to 1024: cubic spline (the paper) or linear.")] = Interpolation.cubic,
 ) -> None:
     """Segment every structure slice by slice with SAM, MedSAM or SAM2 from box prompts."""
     from orthodiff.evaluation.promptable import run_prompt
@@ -85,7 +87,8 @@ def prompt(
     with progress_bar(console, "slices", None) as advance:
         written = run_prompt(catalog, out, checkpoint, model, encoder, prompts, prompt_masks, shift, split or None, min_size,
                              sam2_config, seed, device, progress=advance, finetune_epochs=finetune_epochs,
-                             finetune_encoder=finetune_encoder, lr=lr, plane=plane)
+                             finetune_encoder=finetune_encoder, lr=lr, plane=plane, window=window,
+                             interpolation=interpolation)
     console.print(f"wrote {written} masks to {out / 'masks'}; evaluate them with `orthodiff evaluate seg {out} ...`")
 
 

@@ -133,3 +133,46 @@ def test_finetune_decoder_on_the_train_split(rectangles, tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(decoder, sam.mask_decoder.parameters()))
     saved = build_sam("tiny", out / "sam_finetuned.pt")
     assert all(torch.equal(a, b) for a, b in zip(sam.state_dict().values(), saved.state_dict().values()))
+
+
+def test_paper_preprocessing_windows_the_volume_and_resizes_by_cubic_spline():
+    from orthodiff.evaluation.promptable import intensity_windows
+
+    rng = np.random.default_rng(1)
+    volume = np.zeros((3, 20, 24))
+    volume[:, 4:16, 4:20] = rng.uniform(10, 20, (3, 12, 16))
+    volume[2] *= 3  # a brighter slice: the volume window keeps it brighter, a slice window would not
+    windows = intensity_windows(volume)
+    assert (windows == np.percentile(volume[volume != 0], [1, 99])).all()  # the background's zeros are left out
+    assert (intensity_windows(volume, "slice")[:, 0] == 0).all()
+    with pytest.raises(OrthodiffError, match="unknown intensity window"):
+        intensity_windows(volume, "global")
+    dark, bright = (preprocess_slice(volume[z], windows[z]) for z in (0, 2))
+    assert dark.mean() < bright.mean()
+    step = np.zeros((8, 8))
+    step[:, 4:] = 1.0
+    cubic, linear = preprocess_slice(step, (0, 1))[0], preprocess_slice(step, (0, 1), "linear")[0]
+    row = cubic[SIZE // 2].astype(int)
+    assert row[:300].max() < 10 and row[-300:].min() > 245 and abs(row[SIZE // 2] - 128) <= 4
+    assert (cubic != linear).any()  # a cubic spline rings at the edge where linear does not
+    with pytest.raises(OrthodiffError, match="unknown interpolation"):
+        preprocess_slice(step, (0, 1), "nearest")
+
+
+def test_tiny_random_sam2_runs_on_the_cpu_without_torchvision(rectangles, tmp_path):
+    """SAM2 (the `sam2` package, installed without its torchvision requirement) from its
+    tiny Hiera config shrunk by hydra overrides, random weights, box prompts end to end."""
+    pytest.importorskip("sam2", reason="sam2 not installed: SAM2_BUILD_CUDA=0 pip install --no-deps sam2")
+    from orthodiff.evaluation.promptable import Sam2BoxPredictor, build_sam2_model
+    torch.manual_seed(0)
+    shrink = ["++model.image_size=256", "++model.image_encoder.trunk.embed_dim=16", "++model.image_encoder.trunk.num_heads=1",
+              "++model.image_encoder.trunk.stages=[1,1,1,1]", "++model.image_encoder.trunk.global_att_blocks=[]",
+              "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]"]
+    model = build_sam2_model("configs/sam2.1/sam2.1_hiera_t.yaml", overrides=shrink)
+    predictor = Sam2BoxPredictor(model)
+    logits = predictor(preprocess_slice(np.random.rand(40, 48)), np.array([[100.0, 100, 600, 500], [0, 0, 50, 50]]), (40, 48))
+    assert logits.shape == (2, 40, 48) and np.isfinite(logits).all() and logits.std() > 0
+    assert not np.allclose(logits[0], logits[1])  # each box its own mask
+    assert run_prompt(rectangles, tmp_path / "sam2", predictor=predictor, min_size=1) == 2
+    with pytest.raises(OrthodiffError, match="SAM2 config 'configs/none.yaml'"):
+        build_sam2_model("configs/none.yaml")
