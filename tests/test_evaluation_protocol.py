@@ -167,3 +167,18 @@ def test_nonparametric_icc_is_the_mixed_models_variance_ratio_over_draws():
     result = bootstrap_icc(pairs, 2000, seed=1)
     assert result.low <= result.value <= result.high <= 1 and result.value > 0.9
     assert bootstrap_icc(pairs, 2000, seed=1) == result  # seeded
+
+
+def test_split_stratified_by_sex_keeps_each_sexs_fractions():
+    from orthodiff.catalogs.cohort import split_catalog
+    from orthodiff.errors import OrthodiffError
+
+    patients = [f"p{i:02d}" for i in range(40)]
+    sex = ["F"] * 30 + ["M"] * 10
+    df = pd.DataFrame({"patient_id": np.repeat(patients, 2), "sex": np.repeat(sex, 2), "series_id": range(80)})
+    split = split_catalog(df, seed=4, val=0.2, test=0.2, stratify="sex").groupby("patient_id").first()
+    counts = split.groupby(["sex", "split"]).size()
+    assert counts[("F", "test")] == counts[("F", "val")] == 6 and counts[("M", "test")] == counts[("M", "val")] == 2
+    assert split_catalog(df, seed=4).equals(split_catalog(df.assign(one="x"), seed=4, stratify="one").drop(columns="one"))
+    with pytest.raises(OrthodiffError, match="no column 'gender'"):
+        split_catalog(df, stratify="gender")
