@@ -64,7 +64,7 @@ Pooling = _choices("Pooling", "gap glp sap", "Pooling of a middle-block activati
 Method = _choices("Method", "concat linear_concat linear_add cross_attention mpae lightgbm logistic ehr_only",
                   "A fusion head or comparator (heads.fusion.METHODS and heads.protocol.COMPARATORS).")
 Preset = _choices("Preset", "paper small tiny demo", "A backbone architecture preset (backbone.unet.PRESETS).")
-Joint = _choices("Joint", "ankle knee shoulder", "A joint of the task catalog (catalogs.tasks.joints()).")
+Joint = _choices("Joint", "ankle knee shoulder spine thigh", "A joint of the task catalog (catalogs.tasks.joints()).")
 ImageFormat = _choices("ImageFormat", "nifti dicom", "The file format of synthesized series.")
 OnError = _choices("OnError", "fail skip", "What ingestion does with a bad series.")
 Dtype = _choices("Dtype", "float16 float32", "The stored dtype of activations.")

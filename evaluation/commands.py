@@ -47,11 +47,13 @@ def seg(
                                   nsd_tolerance, bootstrap, seed, progress=advance, plane=plane,
                                   overlap_level=overlap_level, min_pixels=min_pixels, min_voxels=min_voxels)
     console.print(frame_table(tables["tier_dataset"], f"Subject Dice, IoU, HD95 (mm), NSD by dataset — {out}"))
+    from orthodiff.evaluation.biomarkers import CLINICAL
+
     agreement = tables["agreement"]
-    shown = agreement[agreement["biomarker"].str.contains("thickness|t2_")]
+    shown = agreement[agreement["biomarker"].str.contains(CLINICAL)]
     columns = ["model", "biomarker", "n", "method", "icc", "icc_low", "icc_high", "icc_a1", "bias", "loa_low", "loa_high"]
     console.print(frame_table(shown.reindex(columns=columns),  # statistics are absent when too few subjects
-                              "Biomarker agreement with the reference (thickness, T2); icc: ICC(3,1) or the bootstrap "
+                              "Biomarker agreement with the reference (thickness, relaxation, disc height, muscle volume); icc: ICC(3,1) or the bootstrap "
                               "mixed-model ratio, icc_a1: absolute agreement ICC(2,1)", "{:.2f}"))
     if not tables["wilcoxon"].empty:
         console.print(frame_table(tables["wilcoxon"], "Pairwise Wilcoxon on subject Dice (Benjamini-Hochberg)", "{:.3g}"))

@@ -81,17 +81,17 @@ def load_mask(path: Path, shape, affine: np.ndarray, structure_set: StructureSet
     return mask
 
 
-def load_t2(path: Path, shape, affine: np.ndarray) -> np.ndarray:
-    """A T2 map in ms on its series' grid, (slices, rows, columns) float32."""
+def load_map(path: Path, shape, affine: np.ndarray, column: str = "t2_path") -> np.ndarray:
+    """A relaxation map (T2, T1rho) in ms on its series' grid, (slices, rows, columns) float32."""
     import nibabel as nib
 
     if not path.is_file():
-        raise OrthodiffError(f"{path}: T2 map not found (catalog column t2_path)")
+        raise OrthodiffError(f"{path}: map not found (catalog column {column})")
     data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
     data = data.reshape(data.shape[:3]).transpose(2, 1, 0)
     if data.shape != tuple(shape):
-        raise OrthodiffError(f"{path}: T2 map shape {data.shape} differs from its series {tuple(shape)}")
-    _on_grid(path, affine, "the T2 map")
+        raise OrthodiffError(f"{path}: map shape {data.shape} differs from its series {tuple(shape)} (catalog column {column})")
+    _on_grid(path, affine, f"the map of {column}")
     return data
 
 
@@ -122,20 +122,26 @@ def clean_mask(mask: np.ndarray, min_pixels: int = MIN_PIXELS, min_voxels: int =
 
 @dataclass
 class Series:
-    """One series' reference mask, geometry and optional T2 map."""
+    """One series' reference mask, geometry and relaxation maps (`t2`, `t1rho`: those the
+    catalog row has)."""
 
     shape: tuple
     affine: np.ndarray
     reference: np.ndarray
-    t2: np.ndarray | None
+    maps: dict
 
 
 def read_series(row, catalog_path, structure_set: StructureSet) -> Series:
+    from orthodiff.evaluation.biomarkers import MAPS
+
     shape, affine = series_geometry(resolve_path(catalog_path, row.path))
     reference = load_mask(resolve_path(catalog_path, row.mask_path), shape, affine, structure_set)
-    t2_value = getattr(row, "t2_path", None)
-    t2 = load_t2(resolve_path(catalog_path, t2_value), shape, affine) if isinstance(t2_value, str) and t2_value else None
-    return Series(shape, affine, reference, t2)
+    maps = {}
+    for name in MAPS:
+        value = getattr(row, f"{name}_path", None)
+        if isinstance(value, str) and value:
+            maps[name] = load_map(resolve_path(catalog_path, value), shape, affine, f"{name}_path")
+    return Series(shape, affine, reference, maps)
 
 
 def write_mask(path: Path, mask: np.ndarray, affine: np.ndarray) -> Path:

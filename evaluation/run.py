@@ -53,7 +53,7 @@ def measure(models, catalog_path, split="test", central=0, dataset_by=("joint", 
             notes.append({"model": REFERENCE, "series_id": row.series_id,
                           "note": f"removed {removed} voxels in components under {min_pixels} pixels per slice or "
                                   f"{min_voxels} voxels per volume before scoring"})
-        reference, t2 = _crop(cleaned, central), _crop(series.t2, central)
+        reference, maps = _crop(cleaned, central), {k: _crop(v, central) for k, v in series.maps.items()}
         ids = {"series_id": row.series_id, "subject": row.patient_id, "dataset": row.dataset}
         masks = {REFERENCE: reference}
         for model in models:
@@ -63,7 +63,7 @@ def measure(models, catalog_path, split="test", central=0, dataset_by=("joint", 
             metrics.append(table.assign(model=model.name, **ids))
             slices.append(slice_overlap(masks[model.name], reference, structure_set).assign(model=model.name, **ids))
         for name, mask in masks.items():
-            values, why = series_biomarkers(mask, spacing, structure_set, t2)
+            values, why = series_biomarkers(mask, spacing, structure_set, maps)
             markers.append({"model": name, **ids, **values})
             notes += [{"model": name, "series_id": row.series_id, "note": n} for n in why]
         if progress:
@@ -105,6 +105,7 @@ def run_evaluate_seg(model_dirs, catalog_path, out, split="test", central=0, dat
     from orthodiff.catalogs.cohort import read_catalog
     from orthodiff.evaluation.acquisition import acquisition_effects
     from orthodiff.evaluation.agreement import agreement_table
+    from orthodiff.evaluation.biomarkers import CLINICAL
     from orthodiff.evaluation.comparison import compare_models
     from orthodiff.evaluation.inputs import models_of
     from orthodiff.errors import OrthodiffError
@@ -134,7 +135,7 @@ def run_evaluate_seg(model_dirs, catalog_path, out, split="test", central=0, dat
     for model in models:
         table = agreement_table(subject_markers.loc[model.name], reference, n_boot, seed)
         agreement.append(table.assign(model=model.name))
-        clinical = table[table["biomarker"].str.contains("thickness|t2_")]  # volumes: in the table only
+        clinical = table[table["biomarker"].str.contains(CLINICAL)]
         if "method" in clinical and clinical["method"].isin(["parametric", "nonparametric"]).any():
             agreement_panels(subject_markers.loc[model.name], reference, clinical, out / f"agreement_{model.name}.png",
                              f"{model.name} vs reference, per subject")

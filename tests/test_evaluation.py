@@ -90,7 +90,7 @@ def test_cartilage_thickness_two_ways_and_t2():
     mask[:, 10:15, 5:25] = 4  # femoral cartilage: 5 rows of 0.5 mm
     spacing = (3.0, 0.5, 0.7)
     t2 = np.full(mask.shape, 150.0, np.float32)
-    values, notes = series_biomarkers(mask, spacing, KNEE, t2)
+    values, notes = series_biomarkers(mask, spacing, KNEE, {"t2": t2, "t1rho": t2 / 3})
     assert values["thickness_FC"] == pytest.approx(2.5)  # row axis: 5 voxels x 0.5 mm
     # skeleton: the centre row lies 3 rows (1.5 mm) from the nearest background row (EDT to
     # background pixel centres, so 2 x EDT counts one row more than the 5 of the strip);
@@ -100,7 +100,7 @@ def test_cartilage_thickness_two_ways_and_t2():
     mask[1, 20:25, 5:25] = 7
     assert skeleton_thickness(mask == 4, spacing) == pytest.approx(values["skeleton_thickness_FC"])
     assert series_biomarkers(mask, spacing, KNEE)[0]["skeleton_thickness_PC"] == pytest.approx(2.5)
-    assert values["t2_FC"] == 100.0  # clipped to 0-100 ms
+    assert values["t2_FC"] == 100.0 and values["t1rho_FC"] == 50.0  # clipped to 0-100 ms
     assert values["volume_FC"] == pytest.approx(3 * 5 * 20 * 3.0 * 0.5 * 0.7)
     assert np.isnan(values["skeleton_thickness_PC"]) and np.isnan(values["t2_PC"])
     assert "no PC voxels" in " ".join(notes) and not any("FC" in n for n in notes)

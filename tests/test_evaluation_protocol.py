@@ -182,3 +182,56 @@ def test_split_stratified_by_sex_keeps_each_sexs_fractions():
     assert split_catalog(df, seed=4).equals(split_catalog(df.assign(one="x"), seed=4, stratify="one").drop(columns="one"))
     with pytest.raises(OrthodiffError, match="no column 'gender'"):
         split_catalog(df, stratify="gender")
+
+
+def test_disc_height_is_the_minimum_rectangles_short_side():
+    from orthodiff.evaluation.biomarkers import disc_height
+
+    rows, cols = np.mgrid[0:80, 0:80]
+    angle = np.radians(20)  # a disc tilted by 20 degrees: 40 px long, 10 px high
+    u = (cols - 40) * np.cos(angle) + (rows - 40) * np.sin(angle)
+    v = -(cols - 40) * np.sin(angle) + (rows - 40) * np.cos(angle)
+    disc = ((np.abs(u) <= 20) & (np.abs(v) <= 5))[None]
+    spacing = (3.0, 0.5, 0.5)
+    assert disc_height(disc, None, spacing) == pytest.approx(11 * 0.5, abs=0.5)  # 11 rows of pixels, within a pixel
+    upright = np.zeros((2, 30, 30), bool)
+    upright[0, 10:14, 5:25], upright[1, 10:17, 5:25] = True, True  # 4 and 7 rows: the maximum over slices
+    assert disc_height(upright, None, (3.0, 0.8, 0.5)) == pytest.approx(7 * 0.8)
+    assert np.isnan(disc_height(np.zeros((2, 5, 5), bool)))
+
+
+@pytest.mark.parametrize("joint", ["spine", "thigh"])
+def test_spine_and_thigh_phantoms_biomarkers_match_their_truth(joint, tmp_path):
+    """Disc heights and thigh volumes measured on the phantoms' reference masks agree with the
+    geometry they were drawn from: disc heights within one pixel, volumes within 3%."""
+    import nibabel as nib
+
+    from orthodiff.catalogs.cohort import read_catalog, resolve_path
+    from orthodiff.catalogs.readers import read_series
+    from orthodiff.catalogs.synth import synthesize
+    from orthodiff.evaluation.biomarkers import series_biomarkers
+    from orthodiff.supervised.biomarkers import spacing_of
+
+    catalog_path = synthesize(joint, 3, 128, 1, tmp_path / joint, progress=False, workers=1)
+    catalog = read_catalog(catalog_path)
+    assert set(catalog["joint"]) == {joint} and catalog["mask_path"].notna().all()
+    checked = 0
+    for row in catalog.itertuples():
+        image = nib.load(resolve_path(catalog_path, row.mask_path))
+        mask = np.asarray(image.dataobj).transpose(2, 1, 0)
+        spacing = spacing_of(image.affine)
+        values, _ = series_biomarkers(mask, spacing, structures(joint))
+        for column in [c for c in catalog.columns if c.startswith("true_")]:
+            truth, measured = getattr(row, column), values[column.removeprefix("true_")]
+            if joint == "spine":
+                assert abs(measured - truth) <= spacing[1] + 1e-6, (row.series_id, column, measured, truth)
+            else:
+                assert measured == pytest.approx(truth, rel=0.03), (row.series_id, column)
+            checked += 1
+    assert checked == (4 * 6 if joint == "spine" else 5 * 3)
+    if joint == "spine":  # sagittal T1 and T2 of each subject: discs dark on T1, bright on T2, against the bodies
+        first = catalog[catalog["patient_id"] == catalog["patient_id"].iloc[0]].set_index("sequence")
+        mask = np.asarray(nib.load(resolve_path(catalog_path, first.loc["T1", "mask_path"])).dataobj).transpose(2, 1, 0)
+        for sequence, brighter in (("T1", False), ("T2", True)):
+            image = read_series(resolve_path(catalog_path, first.loc[sequence, "path"]))
+            assert (image[mask >= 2].mean() > image[mask == 1].mean()) == brighter, sequence
