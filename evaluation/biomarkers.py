@@ -145,7 +145,7 @@ BIOMARKERS = (
 MAPS = tuple(sorted({b.image for b in BIOMARKERS if b.image}))  # catalog columns `<map>_path`
 # What the paper plots per biomarker (its Fig. 5b): thickness, relaxation, disc height and
 # muscle volume; other volumes stay in the tables.
-CLINICAL = r"thickness_|^t2_|^t1rho_|^disc_height_|^volume_(QUAD|HAM|ADD)$"
+CLINICAL = r"thickness_|^t2_|^t1rho_|^disc_height_|^volume_(?:QUAD|HAM|ADD)$"
 
 
 def series_biomarkers(mask: np.ndarray, spacing, structure_set: StructureSet,

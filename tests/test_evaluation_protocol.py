@@ -235,3 +235,22 @@ def test_spine_and_thigh_phantoms_biomarkers_match_their_truth(joint, tmp_path):
         for sequence, brighter in (("T1", False), ("T2", True)):
             image = read_series(resolve_path(catalog_path, first.loc[sequence, "path"]))
             assert (image[mask >= 2].mean() > image[mask == 1].mean()) == brighter, sequence
+
+
+def test_gaussian_process_regression_follows_a_curved_relation(tmp_path):
+    from orthodiff.evaluation.agreement import agree
+    from orthodiff.evaluation.plots import agreement_panels, gaussian_process_fit
+
+    rng = np.random.default_rng(0)
+    model = np.sort(rng.exponential(2.0, 40))
+    reference = np.sqrt(model) * 3 + rng.normal(0, 0.05, 40)
+    mean, sd = gaussian_process_fit(model, reference, model)  # at the observed values: a sparse tail reverts to the mean
+    assert np.abs(mean - np.sqrt(model) * 3).max() < 0.3 and (sd > 0).all()
+    linear = np.polyval(np.polyfit(model, reference, 1), model)
+    assert np.abs(mean - reference).mean() < np.abs(linear - reference).mean() / 3  # it follows the curve a line misses
+    row = {"biomarker": "volume_QUAD", **agree(model, reference, n_boot=200)}
+    assert row["method"] == "nonparametric"
+    index = pd.Index([f"s{i}" for i in range(40)])
+    agreement_panels(pd.DataFrame({"volume_QUAD": model}, index), pd.DataFrame({"volume_QUAD": reference}, index),
+                     pd.DataFrame([row]), tmp_path / "panels.png", "test")
+    assert (tmp_path / "panels.png").stat().st_size > 5000
