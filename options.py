@@ -93,3 +93,4 @@ class IccForm(StrEnum):
     ICC3k = "ICC(3,k)"
 PromptWindow = _choices("PromptWindow", "volume slice", "Where a promptable model's 1st-99th percentile window is taken (evaluation.promptable.WINDOWS).")
 Interpolation = _choices("Interpolation", "cubic linear", "How slices are resized for a promptable model (evaluation.promptable.INTERPOLATIONS).")
+Recipe = _choices("Recipe", "paper plain", "A promptable model's fine-tuning recipe (evaluation.promptable.RECIPES).")

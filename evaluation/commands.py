@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from orthodiff.options import Encoder, Interpolation, OverlapLevel, Plane, PromptModel, PromptSource, PromptWindow, plain, split_list
+from orthodiff.options import Encoder, Interpolation, OverlapLevel, Plane, PromptModel, PromptSource, PromptWindow, Recipe, plain, split_list
 from orthodiff.tables import make_console
 
 console = make_console()
@@ -81,6 +81,8 @@ def prompt(
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 1e-4,
     window: Annotated[PromptWindow, typer.Option(callback=plain, help="1st-99th percentile window of the volume's non-zero voxels (the paper) or of each slice.")] = PromptWindow.volume,
     interpolation: Annotated[Interpolation, typer.Option(callback=plain, help="Resize of each slice to 1024: cubic spline (the paper) or linear.")] = Interpolation.cubic,
+    recipe: Annotated[Recipe, typer.Option(callback=plain, help="Fine-tuning: paper (AdamW, warm restarts, early stopping on val, clipping, accumulation) or plain (Adam, cosine).")] = Recipe.paper,
+    train_shift: Annotated[int, typer.Option(help="Fine-tuning augmentation: move training box corners by up to this many pixels of 1024 (the paper: 0 or 20).")] = 0,
 ) -> None:
     """Segment every structure slice by slice with SAM, MedSAM or SAM2 from box prompts."""
     from orthodiff.evaluation.promptable import run_prompt
@@ -90,7 +92,7 @@ def prompt(
         written = run_prompt(catalog, out, checkpoint, model, encoder, prompts, prompt_masks, shift, split or None, min_size,
                              sam2_config, seed, device, progress=advance, finetune_epochs=finetune_epochs,
                              finetune_encoder=finetune_encoder, lr=lr, plane=plane, window=window,
-                             interpolation=interpolation)
+                             interpolation=interpolation, recipe=recipe, train_shift=train_shift)
     console.print(f"wrote {written} masks to {out / 'masks'}; evaluate them with `orthodiff evaluate seg {out} ...`")
 
 

@@ -254,3 +254,35 @@ def test_gaussian_process_regression_follows_a_curved_relation(tmp_path):
     agreement_panels(pd.DataFrame({"volume_QUAD": model}, index), pd.DataFrame({"volume_QUAD": reference}, index),
                      pd.DataFrame([row]), tmp_path / "panels.png", "test")
     assert (tmp_path / "panels.png").stat().st_size > 5000
+
+
+def _linear_fit(**options):
+    from orthodiff.training import train
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 3)).astype(np.float32), rng.normal(size=(32, 1)).astype(np.float32)
+    steps = []
+    options = {"epochs": 2, "lr": 0.05, "batch_size": 8, "random_state": 0, **options}
+    train(model, [x], y, None, loss=lambda out, t, w: torch.nn.functional.mse_loss(out, t), on_step=lambda: steps.append(1),
+          **options)
+    return torch.cat([p.detach().ravel() for p in model.parameters()]), len(steps)
+
+
+def test_the_papers_fine_tuning_recipe_options_of_the_training_loop():
+    plain, steps = _linear_fit()
+    accumulated, fewer = _linear_fit(batch_size=2, accumulate=4)  # 4 batches of 2 = one batch of 8
+    assert torch.allclose(plain, accumulated, atol=1e-6) and fewer == steps == 8
+    clipped, _ = _linear_fit(clip_norm=1e-3)
+    assert not torch.allclose(plain, clipped)
+    adam, _ = _linear_fit(weight_decay=0.5)
+    adamw, _ = _linear_fit(weight_decay=0.5, optimizer="adamw")  # decoupled decay: another path
+    assert not torch.allclose(adam, adamw)
+    restarted, _ = _linear_fit(warm_restarts=1, optimizer="adamw", weight_decay=0.01)
+    assert not torch.allclose(restarted, plain)
+    losses = iter([1.0, 0.5, 0.6, 0.55, 0.7, 0.2])  # best after epoch 2, then 3 epochs without a 0.1 improvement
+    stopped, epochs_run = _linear_fit(epochs=6, validate=lambda: next(losses), patience=3, min_delta=0.1, cosine=False)
+    assert epochs_run == 5 * 4  # stopped after epoch 5 (4 steps an epoch)
+    best, _ = _linear_fit(epochs=2, cosine=False)
+    assert torch.allclose(stopped, best)  # the weights of epoch 2 restored

@@ -176,3 +176,31 @@ def test_tiny_random_sam2_runs_on_the_cpu_without_torchvision(rectangles, tmp_pa
     assert run_prompt(rectangles, tmp_path / "sam2", predictor=predictor, min_size=1) == 2
     with pytest.raises(OrthodiffError, match="SAM2 config 'configs/none.yaml'"):
         build_sam2_model("configs/none.yaml")
+
+
+def test_finetune_with_the_papers_recipe_stops_early_on_the_val_split(monkeypatch):
+    import orthodiff.training as training
+    from orthodiff.evaluation.promptable import finetune_sam
+
+    torch.manual_seed(0)
+    sam = build_sam("tiny")
+    image = torch.as_tensor(preprocess_slice(np.random.rand(40, 48)))[None]
+    with torch.no_grad():
+        embedding = sam.image_encoder(sam.preprocess(image.float()))
+    inputs, boxes, targets = embedding.repeat(3, 1, 1, 1), torch.tensor([[100.0, 100, 600, 500]] * 3), torch.zeros(3, 1, 256, 256)
+    targets[:, :, 25:125, 25:150] = 1
+    seen, steps = {}, []
+    original = training.train
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train", spy)  # finetune_sam imports the loop when called
+    # a validation set it can only get worse on: the best epoch is the first, and 10 more end it
+    finetune_sam(sam, inputs, boxes, targets, epochs=30, lr=1e-3, shift=20, val=(inputs[:1], boxes[:1], 1 - targets[:1]),
+                 on_step=lambda: steps.append(1))
+    assert seen["optimizer"] == "adamw" and seen["accumulate"] == 4 and seen["clip_norm"] == 1.0 and seen["patience"] == 10
+    assert len(steps) == 11  # 3 pairs in batches of 2 accumulated: one step an epoch; stopped after epoch 11
+    with pytest.raises(OrthodiffError, match="unknown fine-tuning recipe"):
+        finetune_sam(sam, inputs, boxes, targets, recipe="fast")
