@@ -36,6 +36,7 @@ def seg(
     overlap_level: Annotated[OverlapLevel, typer.Option(callback=plain, help="Dice and IoU per slice (the paper) or per 3D series, then per subject.")] = OverlapLevel.slice,
     min_pixels: Annotated[int, typer.Option(help="Reference cleaning: drop components under this many pixels per slice (0: off).")] = 100,
     min_voxels: Annotated[int, typer.Option(help="Reference cleaning: drop components under this many voxels per volume (0: off).")] = 1000,
+    interactions: Annotated[bool, typer.Option(help="Acquisition x model interactions in the mixed-effects model (the paper's).")] = True,
 ) -> None:
     """Dice, IoU, HD95, NSD; tiered tables; biomarkers and agreement; Friedman/Wilcoxon; acquisition effects."""
     from orthodiff.evaluation.run import run_evaluate_seg
@@ -45,7 +46,8 @@ def seg(
     with progress_bar(console, "series", None) as advance:
         tables = run_evaluate_seg(models, catalog, out, split or None, central, tuple(split_list(dataset_by, "--dataset-by")), group,
                                   nsd_tolerance, bootstrap, seed, progress=advance, plane=plane,
-                                  overlap_level=overlap_level, min_pixels=min_pixels, min_voxels=min_voxels)
+                                  overlap_level=overlap_level, min_pixels=min_pixels, min_voxels=min_voxels,
+                                  interactions=interactions)
     console.print(frame_table(tables["tier_dataset"], f"Subject Dice, IoU, HD95 (mm), NSD by dataset — {out}"))
     from orthodiff.evaluation.biomarkers import CLINICAL
 

@@ -76,6 +76,22 @@ def measure(models, catalog_path, split="test", central=0, dataset_by=("joint", 
     return metrics, slices, pd.DataFrame(markers), notes, rows
 
 
+def model_covariates(models) -> pd.DataFrame | None:
+    """Fine-tuning covariates of the models whose run records them (`evaluate prompt`'s
+    run.json): `encoder_finetuned` (0/1) and `box_shift` (training box shift, pixels)."""
+    import json
+
+    rows = {}
+    for model in models:
+        run = (model.masks.parent if model.masks.name == "masks" else model.masks) / "run.json"
+        if run.is_file():
+            record = json.loads(run.read_text())
+            tuned = bool(record.get("finetune_epochs"))
+            rows[model.name] = {"encoder_finetuned": float(tuned and bool(record.get("finetune_encoder"))),
+                                "box_shift": float(record.get("train_shift") or 0) if tuned else 0.0}
+    return pd.DataFrame.from_dict(rows, orient="index") if rows else None
+
+
 def _html(out: Path, tables: dict[str, pd.DataFrame], figures: list[str], summary: dict) -> Path:
     """evaluation.html: every table inline, every figure as a data URI (one file to send)."""
     import base64
@@ -97,7 +113,7 @@ def _html(out: Path, tables: dict[str, pd.DataFrame], figures: list[str], summar
 
 def run_evaluate_seg(model_dirs, catalog_path, out, split="test", central=0, dataset_by=("joint", "plane"), group="center",
                      nsd_tolerance=1.0, n_boot=10000, seed=0, progress=None, plane=None, overlap_level="slice",
-                     min_pixels=100, min_voxels=1000) -> dict[str, pd.DataFrame]:
+                     min_pixels=100, min_voxels=1000, interactions=True) -> dict[str, pd.DataFrame]:
     """Evaluate every model folder; write the tables (Parquet + CSV), figures and
     `evaluation.html` under `out`; return the tables by name. `overlap_level` "slice"
     (the paper) averages Dice and IoU over each subject's slices, "series" over its 3D
@@ -160,7 +176,7 @@ def run_evaluate_seg(model_dirs, catalog_path, out, split="test", central=0, dat
     series_dice = per_series.groupby(["model", "series_id"])["dice"].mean().reset_index()
     catalog = read_catalog(catalog_path).assign(dataset=lambda c: dataset_names(c, dataset_by))
     try:
-        effects, fit = acquisition_effects(series_dice, catalog, group, seed)
+        effects, fit = acquisition_effects(series_dice, catalog, group, seed, model_covariates(models), interactions)
     except np.linalg.LinAlgError as err:  # e.g. fewer series than parameters: reported, not fatal
         summary["acquisition_model"] = {"fit": f"not fitted ({err})"}
     else:

@@ -286,3 +286,32 @@ def test_the_papers_fine_tuning_recipe_options_of_the_training_loop():
     assert epochs_run == 5 * 4  # stopped after epoch 5 (4 steps an epoch)
     best, _ = _linear_fit(epochs=2, cosine=False)
     assert torch.allclose(stopped, best)  # the weights of epoch 2 restored
+
+
+def test_mixed_model_scales_discrete_parameters_tests_its_imputation_and_fits_interactions():
+    from orthodiff.evaluation.acquisition import acquisition_effects, design_matrix
+
+    rng = np.random.default_rng(1)
+    n = 90
+    catalog = pd.DataFrame({"series_id": [f"s{i}" for i in range(n)], "center": [f"c{i % 6}" for i in range(n)],
+                            "echo_time": rng.uniform(10, 50, n), "flip_angle": rng.choice([70.0, 90.0, 120.0], n)})
+    observed = catalog.copy()
+    catalog.loc[::9, "echo_time"] = np.nan
+    design, dropped, ks = design_matrix(catalog)
+    assert design["flip_angle"].min() == 0 and design["flip_angle"].max() == 1  # MinMax
+    assert abs(design["echo_time"].mean()) < 1e-9 and design["echo_time"].std(ddof=0) == pytest.approx(1)
+    assert ks.loc[0, "parameter"] == "echo_time" and ks.loc[0, "imputed"] == 10 and 0 <= ks.loc[0, "p"] <= 1
+    te = observed["echo_time"]
+    rows = []
+    for model, slope in (("a", 0.0), ("b", -0.006)):  # model b loses Dice with TE, model a does not
+        rows.append(pd.DataFrame({"model": model, "series_id": catalog["series_id"],
+                                  "dice": 0.8 + slope * (te - 30) + rng.normal(0, 0.005, n)}))
+    covariates = pd.DataFrame({"encoder_finetuned": [0.0, 1.0], "box_shift": [0.0, 0.0]}, index=["a", "b"])
+    table, fit = acquisition_effects(pd.concat(rows), catalog.fillna({"echo_time": 30.0}), "center",
+                                     model_covariates=covariates)
+    effects = table.set_index("effect")
+    assert effects.loc["echo_time:model_b", "ci_high"] < 0 < effects.loc["echo_time", "ci_high"]
+    assert fit["interactions"] and "box_shift" not in effects.index and "encoder_finetuned" not in effects.index
+    assert len(fit["covariates_left_out"]) == 2  # constant, or one per model: the model effect holds it already
+    without, _ = acquisition_effects(pd.concat(rows), catalog.fillna({"echo_time": 30.0}), "center", interactions=False)
+    assert not without["effect"].str.contains(":").any()
