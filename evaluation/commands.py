@@ -85,6 +85,8 @@ def prompt(
     interpolation: Annotated[Interpolation, typer.Option(callback=plain, help="Resize of each slice to 1024: cubic spline (the paper) or linear.")] = Interpolation.cubic,
     recipe: Annotated[Recipe, typer.Option(callback=plain, help="Fine-tuning: paper (AdamW, warm restarts, early stopping on val, clipping, accumulation) or plain (Adam, cosine).")] = Recipe.paper,
     train_shift: Annotated[int, typer.Option(help="Fine-tuning augmentation: move training box corners by up to this many pixels of 1024 (the paper: 0 or 20).")] = 0,
+    train_subjects: Annotated[int, typer.Option(help="Fine-tune on at most this many train subjects per catalog, nested (the paper's ablation: 5, 10, 20, 40); 0 for all.")] = 0,
+    mix: Annotated[list[Path] | None, typer.Option(help="Another catalog whose train (and val) split joins the fine-tuning (dataset mixing); repeatable.")] = None,
 ) -> None:
     """Segment every structure slice by slice with SAM, MedSAM or SAM2 from box prompts."""
     from orthodiff.evaluation.promptable import run_prompt
@@ -94,7 +96,8 @@ def prompt(
         written = run_prompt(catalog, out, checkpoint, model, encoder, prompts, prompt_masks, shift, split or None, min_size,
                              sam2_config, seed, device, progress=advance, finetune_epochs=finetune_epochs,
                              finetune_encoder=finetune_encoder, lr=lr, plane=plane, window=window,
-                             interpolation=interpolation, recipe=recipe, train_shift=train_shift)
+                             interpolation=interpolation, recipe=recipe, train_shift=train_shift,
+                             train_subjects=train_subjects, mix=tuple(mix or ()))
     console.print(f"wrote {written} masks to {out / 'masks'}; evaluate them with `orthodiff evaluate seg {out} ...`")
 
 

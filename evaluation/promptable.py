@@ -260,7 +260,7 @@ class PromptedSegmenter:
 def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", prompts="reference", prompt_masks=None,
                shift=0, split="test", min_size=20, sam2_config=None, seed=0, device=None, progress=None, predictor=None,
                finetune_epochs=0, finetune_encoder=False, lr=1e-4, sam=None, plane=None, window="volume",
-               interpolation="cubic", recipe="paper", train_shift=0) -> int:
+               interpolation="cubic", recipe="paper", train_shift=0, train_subjects=0, mix=()) -> int:
     """Segment every series of `split` that has a reference mask (its grid and the series
     to evaluate) with box prompts from the reference (`prompts="reference"`) or from
     `prompt_masks` (a `segment predict` run or mask folder, `prompts="masks"`); write
@@ -297,7 +297,7 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
             sam = (sam or build_sam(size, checkpoint, medsam=model == "medsam")).to(device or "cpu")
             if finetune_epochs:
                 _finetuned(sam, out / "sam_finetuned.pt", catalog_path, structure_set, finetune_epochs, finetune_encoder, lr,
-                           seed, progress, window, interpolation, recipe, train_shift)
+                           seed, progress, window, interpolation, recipe, train_shift, train_subjects, mix)
             predictor = SamBoxPredictor(sam)
         else:
             raise OrthodiffError(f"unknown promptable model {model!r}; choose sam, medsam or sam2")
@@ -320,7 +320,8 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
                 "prompts": prompts, "prompt_masks": str(prompt_masks) if prompt_masks else None, "shift": shift,
                 "split": split, "min_size": min_size, "series": len(rows), "finetune_epochs": finetune_epochs,
                 "finetune_encoder": finetune_encoder, "window": window, "interpolation": interpolation,
-                "recipe": recipe, "train_shift": train_shift},
+                "recipe": recipe, "train_shift": train_shift, "train_subjects": train_subjects,
+                "mix": [str(m) for m in mix]},
                out / "run.json")
     return written
 
@@ -419,24 +420,47 @@ def finetune_sam(sam, inputs, boxes, targets, encoder: bool = False, epochs: int
     return sam.eval()
 
 
-def _finetuned(sam, path, catalog_path, structure_set, epochs, encoder, lr, seed, progress, window="volume",
-               interpolation="cubic", recipe="paper", shift=0) -> None:
-    """Fine-tune `sam` in place on the train split (the val split, where it has reference
-    masks, for early stopping), or load the result of an earlier run."""
+def training_subjects(rows, limit: int, seed: int):
+    """`rows` of at most `limit` subjects (0: all), the first of one seeded order of its
+    patients, so smaller sets nest in larger ones (the paper's 5, 10, 20, 40, all)."""
+    if not limit:
+        return rows
+    patients = np.sort(rows["patient_id"].unique())
+    keep = patients[np.random.default_rng(seed).permutation(len(patients))[:limit]]
+    return rows[rows["patient_id"].isin(keep)]
+
+
+def _pairs_of(sam, catalogs, split, encoder, window, interpolation, limit=0, seed=0):
+    """`training_pairs` of `split` over several catalogs (dataset mixing), each limited to
+    `limit` subjects; None where no catalog has reference masks in `split`."""
     from orthodiff.evaluation.inputs import reference_rows
+
+    parts = []
+    for catalog in catalogs:
+        try:
+            rows, structure_set = reference_rows(catalog, split)
+        except OrthodiffError:  # no series with masks in this split
+            continue
+        parts.append(training_pairs(sam, training_subjects(rows, limit, seed), catalog, structure_set, encoder, window,
+                                    interpolation))
+    return [torch.cat(t) for t in zip(*parts)] if parts else None
+
+
+def _finetuned(sam, path, catalog_path, structure_set, epochs, encoder, lr, seed, progress, window="volume",
+               interpolation="cubic", recipe="paper", shift=0, subjects=0, mix=()) -> None:
+    """Fine-tune `sam` in place on the train split of `catalog_path` and of the `mix`
+    catalogs (each up to `subjects` subjects), early-stopped on their val splits where they
+    have reference masks; or load the result of an earlier run."""
     from orthodiff.files import atomic_write
 
     if path.is_file():
         sam.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return
-    rows, _ = reference_rows(catalog_path, "train")
-    inputs, boxes, targets = training_pairs(sam, rows, catalog_path, structure_set, encoder, window, interpolation)
-    try:
-        val_rows, _ = reference_rows(catalog_path, "val")
-    except OrthodiffError:  # no validation series with masks: no early stopping
-        val = None
-    else:
-        val = training_pairs(sam, val_rows, catalog_path, structure_set, encoder, window, interpolation)
-    finetune_sam(sam, inputs, boxes, targets, encoder, epochs, lr, random_state=seed, on_step=progress, recipe=recipe,
-                 shift=shift, val=val)
+    catalogs = [catalog_path, *mix]
+    train_pairs = _pairs_of(sam, catalogs, "train", encoder, window, interpolation, subjects, seed)
+    if train_pairs is None:
+        raise OrthodiffError(f"{catalog_path}: no train series with a reference mask_path to fine-tune on")
+    val = _pairs_of(sam, catalogs, "val", encoder, window, interpolation)
+    finetune_sam(sam, *train_pairs, encoder, epochs, lr, random_state=seed, on_step=progress, recipe=recipe, shift=shift,
+                 val=val)
     atomic_write(path, lambda tmp: torch.save(sam.state_dict(), tmp))

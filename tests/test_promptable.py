@@ -204,3 +204,26 @@ def test_finetune_with_the_papers_recipe_stops_early_on_the_val_split(monkeypatc
     assert len(steps) == 11  # 3 pairs in batches of 2 accumulated: one step an epoch; stopped after epoch 11
     with pytest.raises(OrthodiffError, match="unknown fine-tuning recipe"):
         finetune_sam(sam, inputs, boxes, targets, recipe="fast")
+
+
+def test_training_set_size_ablation_nests_and_datasets_mix(rectangles, tmp_path):
+    import shutil
+
+    from orthodiff.catalogs.cohort import read_catalog
+    from orthodiff.evaluation.promptable import _pairs_of, training_subjects
+
+    rows = pd.DataFrame({"patient_id": [f"p{i // 2}" for i in range(80)], "series_id": range(80)})
+    sizes = {n: set(training_subjects(rows, n, seed=3)["patient_id"]) for n in (5, 10, 20, 40)}
+    assert [len(sizes[n]) for n in (5, 10, 20, 40)] == [5, 10, 20, 40]
+    assert sizes[5] < sizes[10] < sizes[20] < sizes[40]  # nested
+    assert len(training_subjects(rows, 100, seed=3)) == 80  # fewer subjects than asked: all of them
+    catalog = read_catalog(rectangles)
+    catalog["split"] = "train"
+    write_catalog(catalog, rectangles)
+    other = tmp_path / "other"
+    shutil.copytree(rectangles.parent, other, ignore=shutil.ignore_patterns("other"))
+    sam = build_sam("tiny")
+    one = _pairs_of(sam, [rectangles], "train", False, "volume", "cubic", limit=1)
+    both = _pairs_of(sam, [rectangles, other / "catalog.parquet"], "train", False, "volume", "cubic", limit=1)
+    assert len(both[0]) == 2 * len(one[0]) > 0  # each dataset contributes up to the limit
+    assert _pairs_of(sam, [rectangles], "val", False, "volume", "cubic") is None
