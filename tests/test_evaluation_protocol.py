@@ -315,3 +315,32 @@ def test_mixed_model_scales_discrete_parameters_tests_its_imputation_and_fits_in
     assert len(fit["covariates_left_out"]) == 2  # constant, or one per model: the model effect holds it already
     without, _ = acquisition_effects(pd.concat(rows), catalog.fillna({"echo_time": 30.0}), "center", interactions=False)
     assert not without["effect"].str.contains(":").any()
+
+
+def test_all_empty_predictions_and_a_single_subject_are_reported_not_raised(tmp_path):
+    import nibabel as nib
+
+    from orthodiff.catalogs.cohort import read_catalog, resolve_path, write_catalog
+    from orthodiff.catalogs.synth import synthesize
+    from orthodiff.evaluation.run import run_evaluate_seg
+
+    catalog_path = synthesize("thigh", 2, 32, 0, tmp_path / "cohort", progress=False, workers=1)
+    catalog = read_catalog(catalog_path)
+    empty, copy = tmp_path / "empty", tmp_path / "copy"
+    for folder in (empty, copy):
+        folder.mkdir()
+    for row in catalog.itertuples():
+        image = nib.load(resolve_path(catalog_path, row.mask_path))
+        nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), image.affine), empty / f"{row.series_id}.nii.gz")
+        nib.save(image, copy / f"{row.series_id}.nii.gz")
+    tables = run_evaluate_seg([empty, copy], catalog_path, tmp_path / "e", split=None, n_boot=50, min_pixels=0, min_voxels=0)
+    tier = tables["tier_dataset"].set_index("model")
+    assert tier.loc["empty", "dice"] == 0.0 and np.isnan(tier.loc["empty", "hd95"]) and tier.loc["copy", "dice"] == 1.0
+    assert (tables["case_counts"].query("model == 'empty'")["missed_series"] == 2).all()
+    assert tables["notes"]["note"].str.contains("no QUAD voxels").sum() == 0  # volumes only: 0 mm^3, not undefined
+    assert tables["agreement"]["reason"].str.contains("agreement needs at least 4").all()
+    write_catalog(catalog.iloc[:1], tmp_path / "cohort" / "one.parquet")  # paths resolve beside the catalog
+    one = run_evaluate_seg([copy], tmp_path / "cohort" / "one.parquet", tmp_path / "e1", split=None, n_boot=50, min_pixels=0,
+                           min_voxels=0)
+    assert one["tier_dataset"]["subjects"].tolist() == [1] and one["friedman"].empty
+    assert (tmp_path / "e1" / "evaluation.html").is_file()
