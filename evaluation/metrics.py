@@ -131,3 +131,17 @@ def tiered_tables(per_subject: pd.DataFrame) -> dict[str, pd.DataFrame]:
         table = table.join(grouped["dice"].std().rename("dice_sd")).join(grouped["subject"].nunique().rename("subjects"))
         out[tier] = table.reset_index()
     return out
+
+
+def dice_tiers(tiers: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The paper's tiered Dice table: one row per dataset (tier `dataset`), per dataset and
+    tissue (`tissue`) and per dataset and structure (`label`), one column of mean subject
+    Dice per model."""
+    parts = []
+    for tier, table in tiers.items():
+        keys = ["dataset", *[c for c in ("tissue", "structure") if c in table.columns]]
+        wide = table.pivot(index=keys, columns="model", values="dice").reset_index()
+        parts.append(wide.assign(tier=tier))
+    out = pd.concat(parts, ignore_index=True).rename_axis(columns=None)
+    first = ["tier", "dataset", "tissue", "structure"]
+    return out.reindex(columns=first + [c for c in out.columns if c not in first])

@@ -125,7 +125,7 @@ def run_evaluate_seg(model_dirs, catalog_path, out, split="test", central=0, dat
     from orthodiff.evaluation.comparison import compare_models
     from orthodiff.evaluation.inputs import models_of
     from orthodiff.errors import OrthodiffError
-    from orthodiff.evaluation.metrics import LEVELS, case_counts, subject_dice, subject_scores, tiered_tables
+    from orthodiff.evaluation.metrics import LEVELS, case_counts, dice_tiers, subject_dice, subject_scores, tiered_tables
     from orthodiff.evaluation.plots import agreement_panels, forest, raincloud
 
     out = Path(out)
@@ -140,8 +140,8 @@ def run_evaluate_seg(model_dirs, catalog_path, out, split="test", central=0, dat
     counts = case_counts(per_series).merge(case_counts(per_slice, "slices"), on=["model", "dataset", "structure"])
     tiers = tiered_tables(per_subject)
     tiers["label"] = tiers["label"].merge(counts, on=["model", "dataset", "structure"], how="left")
-    tables = {"series_metrics": per_series, "slice_metrics": per_slice, "subject_dice": subjects, "case_counts": counts,
-              **{f"tier_{k}": v for k, v in tiers.items()}}
+    tables = {"dice_tiers": dice_tiers(tiers), "series_metrics": per_series, "slice_metrics": per_slice,
+              "subject_dice": subjects, "case_counts": counts, **{f"tier_{k}": v for k, v in tiers.items()}}
     figures = ["raincloud.png"]
     raincloud(subjects, out / "raincloud.png")
 

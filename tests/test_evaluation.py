@@ -193,6 +193,10 @@ def test_evaluate_seg_end_to_end(cohort, tmp_path):
     counts = pd.read_parquet(out / "case_counts.parquet").set_index(["model", "structure"])
     assert counts.loc[("no_fc", "FC"), "missed_series"] == counts.loc[("copy", "FC"), "scored_series"] > 0
     assert (counts["false_positive_series"] == 0).all()
+    wide = pd.read_parquet(out / "dice_tiers.parquet")  # the paper's table: a column per model, three tiers of rows
+    assert list(wide.columns[:4]) == ["tier", "dataset", "tissue", "structure"] and {"copy", "shifted", "no_fc"} <= set(wide.columns)
+    row = wide[(wide["tier"] == "label") & (wide["structure"] == "FC")].iloc[0]
+    assert row["copy"] == 1.0 and row["no_fc"] == 0.0 and (wide["tier"] == "dataset").sum() == 1
     label = pd.read_parquet(out / "tier_label.parquet")
     assert {"missed_series", "false_positive_series", "both_empty_series", "both_empty_slices"} <= set(label.columns)
     page = (out / "evaluation.html").read_text()
