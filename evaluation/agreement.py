@@ -193,6 +193,7 @@ def agree(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: int = 0) -> d
         consistency = icc(pairs, IccForm.ICC3)
         sd = diff.std(ddof=1)
         bias = diff.mean()
+        out["reason"] = "; ".join(r for r in (consistency.reason, absolute.reason) if r)  # e.g. identical values: no CI
         return {**out, "method": "parametric", "icc_form": consistency.form, "icc": consistency.value,
                 "icc_low": consistency.low, "icc_high": consistency.high, "bias": float(bias),
                 "loa_low": float(bias - 1.96 * sd), "loa_high": float(bias + 1.96 * sd)}

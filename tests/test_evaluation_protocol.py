@@ -152,6 +152,9 @@ def test_icc_bad_input_and_constant_ratings():
     row = agree(np.full(8, 2.0), np.arange(8.0))
     assert row["method"] == "none" and "constant model values" in row["reason"]
     assert "at least 4" in agree(np.array([1.0]), np.array([2.0]))["reason"]  # a single subject
+    same = np.linspace(1, 2, 8)
+    identical = agree(same, same.copy())
+    assert identical["icc"] == 1.0 and np.isnan(identical["icc_low"]) and "no CI" in identical["reason"]
 
 
 def test_nonparametric_icc_is_the_mixed_models_variance_ratio_over_draws():
