@@ -91,6 +91,7 @@ def catalog_split(
     ] = "",
     out: Annotated[Path | None, typer.Option(metavar="FILE", help="New catalog to write (Parquet).", show_default="PATH with a .split suffix, e.g. catalog.split.parquet")] = None,
     in_place: Annotated[bool, typer.Option(metavar="", help="Rewrite PATH itself (runs made under its old split then refuse it).")] = False,
+    stratify: Annotated[str, typer.Option(help="Catalog column whose values are split alike (the MSK evaluation paper: sex); '' for none.")] = "sex",
 ) -> None:
     """Split a catalog by patient (no leakage) into a new catalog; optionally add nested training subsets.
 
@@ -102,7 +103,7 @@ def catalog_split(
     if out is not None and in_place:
         raise OrthodiffError("--out and --in-place: give one of them")
     old = read_catalog(path)
-    df = split_catalog(old, seed=seed, val=val, test=test)
+    df = split_catalog(old, seed=seed, val=val, test=test, stratify=stratify or None)
     if subsets.strip():
         df = add_subsets(df, split_list(subsets, "--subsets", int), seed=seed)
     target = write_catalog(df, path if in_place else out or path.with_suffix(".split.parquet"))

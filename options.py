@@ -134,7 +134,7 @@ def _choices(name: str, values: str, doc: str) -> type[StrEnum]:
 
 Plane = _choices("Plane", "sagittal coronal axial", "An acquisition plane (catalogs.tasks.PLANES).")
 Preset = _choices("Preset", "paper small tiny demo", "A backbone architecture preset (backbone.unet.PRESETS).")
-Joint = _choices("Joint", "ankle knee shoulder", "A joint of the task catalog (catalogs.tasks.joints()).")
+Joint = _choices("Joint", "ankle knee shoulder spine thigh", "A joint of the task catalog (catalogs.tasks.joints()).")
 ImageFormat = _choices("ImageFormat", "nifti dicom", "The file format of synthesized series.")
 JoinOn = _choices("JoinOn", "accession study-uid case-id", "What a label CSV's join column holds (catalogs.dicom_archive.JOIN_ON).")
 OnError = _choices("OnError", "fail skip", "What ingestion does with a bad series.")
@@ -222,3 +222,19 @@ class BoundedGroup(TyperGroup):
     def main(self, *args, **kwargs):
         bound(self)
         return super().main(*args, **kwargs)
+OverlapLevel = _choices("OverlapLevel", "slice series", "Where Dice and IoU are computed before the subject mean (evaluation.metrics.LEVELS).")
+
+
+class IccForm(StrEnum):
+    """An intraclass correlation form, Shrout & Fleiss (1979) names; McGraw & Wong (1996)
+    call (2,*) absolute agreement A and (3,*) consistency C (evaluation.agreement.icc)."""
+
+    ICC1 = "ICC(1,1)"
+    ICC2 = "ICC(2,1)"
+    ICC3 = "ICC(3,1)"
+    ICC1k = "ICC(1,k)"
+    ICC2k = "ICC(2,k)"
+    ICC3k = "ICC(3,k)"
+PromptWindow = _choices("PromptWindow", "volume slice", "Where a promptable model's 1st-99th percentile window is taken (evaluation.promptable.WINDOWS).")
+Interpolation = _choices("Interpolation", "cubic linear", "How slices are resized for a promptable model (evaluation.promptable.INTERPOLATIONS).")
+Recipe = _choices("Recipe", "paper plain", "A promptable model's fine-tuning recipe (evaluation.promptable.RECIPES).")

@@ -116,9 +116,23 @@ def train(
     param_groups: list[dict] | None = None,
     on_step: Callable[[], None] | None = None,
     cosine: bool = True,
+    optimizer: str = "adam",
+    warm_restarts: int = 0,
+    clip_norm: float | None = None,
+    accumulate: int = 1,
+    validate: Callable[[], float] | None = None,
+    patience: int = 0,
+    min_delta: float = 0.0,
 ) -> nn.Module:
     """Adam + cosine schedule over all steps (constant rate when ``cosine`` is False);
     returns ``model``.
+
+    The MSK evaluation paper's fine-tuning recipe is a set of options that all default to
+    off: ``optimizer="adamw"`` (decoupled ``weight_decay``), ``warm_restarts`` > 0 (cosine
+    annealing restarting every that many epochs instead of one cosine), ``clip_norm``
+    (gradient-norm clipping), ``accumulate`` (an optimizer step every that many batches),
+    and early stopping: ``validate()`` (a validation loss) after every epoch, stopping when it
+    has not improved by ``min_delta`` for ``patience`` epochs and restoring the best weights.
 
     ``loss(output, y, weights)`` defaults to weighted BCE with logits. ``y`` is read in the
     same blocks as the inputs, so it may be lazy too (segmentation masks). ``param_groups``
@@ -136,11 +150,20 @@ def train(
     forward = forward or model
     size = _block_size([*inputs, y], block_rows, n)
     n_blocks = math.ceil(n / size)
-    steps = epochs * sum(math.ceil(min(size, n - b * size) / batch_size) for b in range(n_blocks))
+    per_epoch = sum(math.ceil(math.ceil(min(size, n - b * size) / batch_size) / accumulate) for b in range(n_blocks))
+    steps = epochs * per_epoch
     params = param_groups or [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=bool(params))
-    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1)) if cosine
-                else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
+    if optimizer not in ("adam", "adamw"):
+        raise OrthodiffError(f"unknown optimizer {optimizer!r}; choose adam or adamw")
+    optimizer = (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)(params, lr=lr, weight_decay=weight_decay,
+                                                                                fused=bool(params))
+    if warm_restarts:
+        schedule = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=max(warm_restarts * per_epoch, 1))
+    else:
+        schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1)) if cosine
+                    else torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0))
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    best, best_state, waited = math.inf, None, 0
     device = next(model.parameters()).device
     rng = np.random.default_rng(random_state)
     model.train()
@@ -153,16 +176,35 @@ def train(
                 # index_select copies rows ~2.5x faster than advanced indexing
                 perm = torch.from_numpy(rng.permutation(len(tensors[0])))
                 tensors = [torch.index_select(t, 0, perm).to(device) for t in tensors]
-                for i in range(0, len(perm), batch_size):
+                starts = list(range(0, len(perm), batch_size))
+                for b, i in enumerate(starts):
                     *xs, y_batch, w_batch = (t[i : i + batch_size] for t in tensors)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                         value = loss(forward(*xs), y_batch, w_batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    value.backward()
+                    if b % accumulate == 0:
+                        optimizer.zero_grad(set_to_none=True)
+                    (value / accumulate if accumulate > 1 else value).backward()
+                    if (b + 1) % accumulate and b + 1 < len(starts):
+                        continue  # gradients add up until `accumulate` batches (or the block's last)
+                    if clip_norm:
+                        torch.nn.utils.clip_grad_norm_(trainable, clip_norm)
                     optimizer.step()
                     schedule.step()
                     if on_step:
                         on_step()
+            if validate is not None:
+                model.eval()
+                current = float(validate())
+                model.train()
+                if current < best - min_delta:
+                    best, waited = current, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    waited += 1
+                    if patience and waited >= patience:
+                        break
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     return model
 

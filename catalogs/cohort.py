@@ -205,17 +205,27 @@ def _validate_ehr(df: pd.DataFrame) -> None:
 
 
 def split_catalog(
-    df: pd.DataFrame, seed: int = 0, val: float = 0.06, test: float = 0.12
+    df: pd.DataFrame, seed: int = 0, val: float = 0.06, test: float = 0.12, stratify: str | None = None
 ) -> pd.DataFrame:
-    """Assign train/val/test by patient, so no patient's exams straddle two splits."""
+    """Assign train/val/test by patient, so no patient's exams straddle two splits. With
+    `stratify` (a catalog column, e.g. `sex` as the MSK evaluation paper does), each value's
+    patients are split by the same fractions (a patient's first value counts; missing is a
+    value of its own)."""
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise OrthodiffError(f"--val {val} and --test {test} must be fractions summing below 1")
+    if stratify and stratify not in df.columns:
+        raise OrthodiffError(f"catalog has no column {stratify!r} to stratify the split by; pass --stratify '' for none")
     patients = np.sort(df["patient_id"].unique())
-    order = np.random.default_rng(seed).permutation(len(patients))
-    n_val, n_test = round(val * len(patients)), round(test * len(patients))
+    strata = (df.groupby("patient_id")[stratify].first().reindex(patients).astype(str).to_numpy() if stratify
+              else np.zeros(len(patients), str))
+    rng = np.random.default_rng(seed)
     split = np.full(len(patients), "train", dtype=object)
-    split[order[:n_test]] = "test"
-    split[order[n_test : n_test + n_val]] = "val"
+    for stratum in np.unique(strata):
+        members = np.flatnonzero(strata == stratum)
+        order = members[rng.permutation(len(members))]
+        n_val, n_test = round(val * len(members)), round(test * len(members))
+        split[order[:n_test]] = "test"
+        split[order[n_test : n_test + n_val]] = "val"
     out = df.copy()
     out["split"] = out["patient_id"].map(dict(zip(patients, split))).astype(str)
     return out

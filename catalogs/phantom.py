@@ -30,7 +30,9 @@ Cartilage degeneration (per compartment, more likely beside a torn meniscus) thi
 cartilage, raises its T2 and, when advanced, opens a focal defect.
 
 The ankle and the shoulder are built the same way in frames centred on the talar dome and
-the humeral head (same axes); their lesions are listed in `ankle` and `shoulder`.
+the humeral head (same axes); their lesions are listed in `ankle` and `shoulder`. The
+lumbar spine (`spine`) and the thigh (`thigh`) are simple solids whose biomarkers are known
+exactly (`true_biomarkers`): disc heights, and muscle, bone and fat volumes of a prism.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ TISSUES = {
     "fluid": (1.0, 2500.0, 400.0, 0.0),
     "oedema": (0.95, 1500.0, 90.0, 0.1),
     "mucoid": (0.65, 1000.0, 28.0, 0.0),  # intrasubstance degeneration of a meniscus or tendon
+    "disc": (0.85, 1200.0, 110.0, 0.0),  # intervertebral disc (nucleus-dominated: bright on T2, dark on T1)
 }
 TISSUE_NAMES = list(TISSUES)
 TISSUE_TABLE = np.asarray(list(TISSUES.values()), np.float32)  # (tissues, 4)
@@ -733,7 +736,91 @@ def _humerus(vol: Volume, a: Anatomy, labels, arm) -> None:
             t.paint(inside, "tendon")
 
 
-PHANTOMS = {"knee": knee, "ankle": ankle, "shoulder": shoulder}
+# --- lumbar spine and thigh: solids of known size, so their biomarkers have exact true values ---
+
+BODY_HEIGHT, BODY_RADII, DISC_RADII = 25.0, (22.0, 16.0), (21.0, 15.0)  # mm, vertebral bodies and discs
+DISC_HEIGHTS = (8.0, 9.0, 10.0, 11.0)  # L1-L2 ... L4-L5, mm, before each subject's factor
+
+
+def disc_heights(a: Anatomy, labels: dict[str, int]) -> list[float]:
+    """Patient-frame heights (mm) of the L1-L2 ... L4-L5 discs: each subject's own, one disc
+    (most often L4-L5) halved by degeneration (`DDD`)."""
+    rng = np.random.default_rng(a.texture)
+    heights = [h * float(rng.uniform(0.85, 1.15)) for h in DISC_HEIGHTS]
+    if labels.get("DDD"):
+        heights[int(rng.choice(4, p=[0.1, 0.2, 0.3, 0.4]))] *= 0.5
+    return heights
+
+
+def spine(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
+    """Lumbar spine along z: five vertebral bodies (elliptic cylinders, structure 1) and the
+    four discs between them (structures 2-5, L1-L2 at the top), a spinal canal of fluid
+    behind them, in a torso of skin, fat and muscle. Lesion: `DDD` (a thinned disc)."""
+    heights = disc_heights(a, labels)
+    r = vol.region((-200, -200, -250), (200, 250, 250))
+    r.limb(150.0, 2 * a.fat, centre_y=60.0, ry=115.0)
+    r.paint(np.hypot(r.x / 9.0, (r.y + 28.0) / 7.0) <= 1, "fluid")
+    z = -(5 * BODY_HEIGHT + sum(heights)) / 2  # inferior end plate of L5
+    for level in range(5):  # L5 upwards
+        box = vol.region((-30, -25, z - 2), (30, 25, z + BODY_HEIGHT + 2))
+        section = (np.hypot(box.x / BODY_RADII[0], box.y / BODY_RADII[1]) - 1) * BODY_RADII[1]
+        _bone(box, np.maximum(section, np.abs(box.z - z - BODY_HEIGHT / 2) - BODY_HEIGHT / 2), 1, a.texture + level)
+        z += BODY_HEIGHT
+        if level < 4:
+            h = heights[3 - level]
+            box = vol.region((-25, -20, z - 1), (25, 20, z + h + 1))
+            inside = (np.hypot(box.x / DISC_RADII[0], box.y / DISC_RADII[1]) <= 1) & (box.z >= z) & (box.z < z + h)
+            box.paint(inside, "disc", 5 - level)
+            z += h
+
+
+def thigh_sections(a: Anatomy, labels: dict[str, int]) -> dict[str, float]:
+    """Patient-frame radii (mm) of the thigh's circular cross-section: `outer` (skin surface),
+    `muscle` (fascia: muscle inside, subcutaneous fat outside, under 1.5 mm of skin) and
+    `femur`; atrophy (`SARC`) trades muscle for fat."""
+    rng = np.random.default_rng(a.texture)
+    outer = 75.0 * float(rng.uniform(0.9, 1.1))
+    fat = 1.5 * a.fat + (12.0 if labels.get("SARC") else 0.0)
+    return {"outer": outer, "muscle": outer - 1.5 - fat, "femur": 14.0}
+
+
+THIGH_MUSCLES = {2: (-10.0, 170.0), 4: (170.0, 250.0), 3: (250.0, 350.0)}  # label: degrees from +x (lateral), y anterior
+
+
+def thigh(vol: Volume, a: Anatomy, labels: dict[str, int]) -> None:
+    """A thigh along z with a constant circular section: femur (1) in the centre, quadriceps
+    (2, anterior and lateral), hamstrings (3, posterior), adductors (4, medial) as sectors of
+    the muscle annulus, subcutaneous fat (5). Lesion: `SARC` (muscle atrophy)."""
+    radii = thigh_sections(a, labels)
+    r = vol.region((-120, -120, -250), (120, 120, 250))
+    r.limb(radii["outer"], radii["outer"] - 1.5 - radii["muscle"])
+    radius = np.hypot(r.x, r.y)
+    r.paint((radius <= radii["outer"] - 1.5) & (radius > radii["muscle"]), "fat", 5)
+    angle = np.degrees(np.arctan2(r.y, r.x)) % 360
+    for label, (start, end) in THIGH_MUSCLES.items():
+        r.paint((radius <= radii["muscle"]) & (radius > radii["femur"]) & ((angle - start) % 360 < end - start), "muscle", label)
+    _bone(r, radius - radii["femur"], 1, a.texture, cortex=4.0)
+
+
+def true_biomarkers(joint: str, a: Anatomy, labels: dict[str, int], slab: float) -> dict[str, float]:
+    """The world-mm truth of the spine's disc heights (`disc_height_<abbr>`) and of the
+    thigh's volumes (`volume_<abbr>`, mm^3, within an axial slab `slab` mm thick), from the
+    phantom's geometry: the patient frame is the world scaled by `scale` (and `width` across)."""
+    from orthodiff.catalogs.tasks import structures
+
+    if joint not in ("spine", "thigh"):
+        return {}
+    abbr = {s.value: s.abbr for s in structures(joint).structures}
+    if joint == "spine":
+        return {f"disc_height_{abbr[5 - i]}": h * a.scale for i, h in enumerate(reversed(disc_heights(a, labels)))}
+    r = thigh_sections(a, labels)
+    muscle = r["muscle"] ** 2 - r["femur"] ** 2
+    areas = {1: np.pi * r["femur"] ** 2, 5: np.pi * ((r["outer"] - 1.5) ** 2 - r["muscle"] ** 2),
+             **{label: np.radians(end - start) / 2 * muscle for label, (start, end) in THIGH_MUSCLES.items()}}
+    return {f"volume_{abbr[v]}": float(area * a.scale**2 * a.width * slab) for v, area in sorted(areas.items())}
+
+
+PHANTOMS = {"knee": knee, "ankle": ankle, "shoulder": shoulder, "spine": spine, "thigh": thigh}
 
 
 def render(joint: str, anatomy: Anatomy, labels: dict[str, int], shape, index_to_world: np.ndarray) -> Volume:

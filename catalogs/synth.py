@@ -18,14 +18,18 @@ import numpy as np
 import pandas as pd
 
 from orthodiff.catalogs.cohort import split_catalog, write_catalog
-from orthodiff.catalogs.phantom import TISSUE_NAMES, TISSUE_TABLE, Anatomy, Volume, render, true_thickness
+from orthodiff.catalogs.phantom import TISSUE_NAMES, TISSUE_TABLE, Anatomy, Volume, render, true_biomarkers, true_thickness
 from orthodiff.catalogs.tasks import PLANES, ehr_schema, get_task, joints, structures
 from orthodiff.catalogs.writers import affine, write_dicom_series, write_nifti
 from orthodiff.errors import OrthodiffError
 from orthodiff.progress import Advance, maybe_progress
 
 SLICES = 20  # more than the 16 kept by ingestion, so the central crop matters
-FOV_MM = {"knee": 150.0, "ankle": 140.0, "shoulder": 160.0}
+FOV_MM = {"knee": 150.0, "ankle": 140.0, "shoulder": 160.0, "spine": 240.0, "thigh": 200.0}
+# Joints imaged with their own sequences instead of their center's proton-density protocol:
+# per scan, (sequence, TE ms, TR ms, flip angle); every exam has exactly these series.
+SEQUENCES = {"spine": {("sagittal", 0): ("T1", 12.0, 600.0, 90.0), ("sagittal", 1): ("T2", 100.0, 4000.0, 90.0)},
+             "thigh": {("axial", 0): ("T1", 12.0, 600.0, 90.0)}}
 # Prevalence model: a driver label with its prevalence, and for every other label its
 # probability when the driver is present / absent. Counts are drawn as exact quotas, so a
 # cohort of any size hits the marginals and the co-occurrence closely.
@@ -35,6 +39,8 @@ PRIORS = {
     "ankle": ("ATFL", 0.45, {"CFL": (0.40, 0.05), "ATR": (0.08, 0.20), "OLT": (0.20, 0.12)}),
     "shoulder": ("SSP", 0.45, {"ISP": (0.25, 0.06), "SSC": (0.30, 0.10), "LHBT": (0.40, 0.12), "AC": (0.05, 0.18),
                                "LHBT_EFFU": (0.45, 0.18), "SASD": (0.55, 0.18)}),
+    "spine": ("DDD", 0.4, {}),
+    "thigh": ("SARC", 0.3, {}),
 }
 # Vendor: contrast (gamma on the signal) and bias-field strength.
 VENDORS = {"vendor_a": (0.85, 0.10), "vendor_b": (1.0, 0.20), "vendor_c": (1.15, 0.15), "vendor_d": (1.3, 0.25)}
@@ -121,6 +127,8 @@ def plan_exams(joint: str, cases: int, seed: int) -> tuple[list[Exam], pd.DataFr
         series = [(p, 0) for p in planes]
         if rng.random() < REPEAT_RATE:
             series.append((str(rng.choice(planes)), 1))
+        if joint in SEQUENCES:  # drawn above all the same, so other joints' cohorts keep their values
+            series = list(SEQUENCES[joint])
         exams.append(Exam(i, joint, labels.iloc[i].to_dict(), center, field, tuple(series)))
     return exams, ehr
 
@@ -137,8 +145,11 @@ class Protocol:
     pixel_spacing: float
 
     @classmethod
-    def of(cls, exam: Exam, size: int) -> Protocol:
+    def of(cls, exam: Exam, size: int, series: tuple[str, int] | None = None) -> Protocol:
         _, _, thickness, te, tr, flip, fat_sat = CENTERS[exam.center]
+        if exam.joint in SEQUENCES:
+            _, te, tr, flip = SEQUENCES[exam.joint][series]
+            fat_sat = False
         return cls(te, tr, flip, fat_sat, thickness, FOV_MM[exam.joint] / size)
 
     def columns(self) -> dict:
@@ -179,7 +190,7 @@ def image_series(exam: Exam, plane: str, scan: int, size: int, seed: int) -> dic
     (uint8 structures, majority over the slice profile), `t2` (float32 ms)."""
     rng = np.random.default_rng([seed, exam.index, PLANES.index(plane), scan, 1])
     anatomy = exam_anatomy(exam, seed)
-    protocol = Protocol.of(exam, size)
+    protocol = Protocol.of(exam, size, (plane, scan))
     gamma, bias = VENDORS[CENTERS[exam.center][0]]
     shape = (SLICES, size, size)
     grid = affine(plane, shape, protocol.pixel_spacing, protocol.slice_thickness)
@@ -214,12 +225,15 @@ def _write_exam(exam: Exam, size: int, seed: int, out: Path, fmt: str) -> list[d
         masked = structures(exam.joint).mask_planes
     except KeyError:  # a joint without segmentation structures
         masked = ()
-    protocol = Protocol.of(exam, size)
+    protocol = Protocol.of(exam, size, exam.series[0])
     truth = {}
     if exam.joint == "knee":
         names = {s.value: s.abbr for s in structures("knee").structures}
         truth = {f"true_thickness_{names[v]}": t for v, t in true_thickness(exam_anatomy(exam, seed), exam.labels).items()}
+    slab = SLICES * protocol.slice_thickness
+    truth.update({f"true_{k}": v for k, v in true_biomarkers(exam.joint, exam_anatomy(exam, seed), exam.labels, slab).items()})
     for plane, scan in exam.series:
+        protocol = Protocol.of(exam, size, (plane, scan))
         series = image_series(exam, plane, scan, size, seed)
         case = f"{exam.patient_id}-1"
         series_id = f"{case}-{plane}-{scan}"
@@ -244,6 +258,7 @@ def _write_exam(exam: Exam, size: int, seed: int, out: Path, fmt: str) -> list[d
             "joint": exam.joint, "plane": plane, "scan": scan, "path": path, "mask_path": mask_path,
             "t2_path": t2_path, "center": exam.center, "vendor": CENTERS[exam.center][0],
             "field_strength": exam.field_strength, "slice_thickness": thickness, **protocol.columns(), **truth, **exam.labels,
+            **({"sequence": SEQUENCES[exam.joint][(plane, scan)][0]} if exam.joint in SEQUENCES else {}),
         })
     return rows
 

@@ -1,24 +1,33 @@
-"""Biomarkers from label masks: structure volumes, cartilage thickness two ways, mean T2,
-and their Bland-Altman agreement. Every caller measures here: `orthodiff segment predict`
-(`supervised/runs.py`) and `orthodiff evaluate seg` (`evaluation/run.py`).
+"""Biomarkers: named functions of a structure's mask, an image (a relaxation map) and the
+geometry (voxel spacing in mm), as the MSK evaluation paper's metric classes.
 
-Masks are (slices, rows, columns) arrays with voxel spacing in mm in the same order, taken
-from the series' geometry (the store's `spacing`, `catalogs.geometry`), never a default.
-Row-axis thickness (`thickness_<abbr>`) is measured along the image row axis
-(superior-inferior in sagittal and coronal knee series, close to the normal of the femoral
-and tibial cartilage plates): per (slice, column) line, the number of cartilage voxels
-times the row spacing. The map of a compartment is that (slices x columns) array; its mean
-is over lines that cross it. The skeleton thickness (`skeleton_thickness_<abbr>`) follows
-the paper: per slice, the medial axis of the compartment and its Euclidean distance
-transform (in mm, anisotropic pixels respected); the distance at each skeleton pixel is
-half the local thickness, so twice the mean distance along the skeletons of all slices is
-the compartment's thickness (the paper reports the distance itself; the factor of two makes
-both methods read in mm of cartilage, and cancels in ICC and correlations). T2 (`t2_<abbr>`)
-is the mean of the T2 map clipped to 0-100 ms inside each cartilage compartment; map voxels without a value (NaN,
-Inf) are left out of every mask's mean and noted per series and structure.
+`BIOMARKERS` lists them; each applies to the structures of its tissues and is reported as
+`<name>_<abbr>`:
+- `volume` (every structure, mm^3): voxels x voxel volume;
+- `thickness` (cartilage, mm): along the image row axis (superior-inferior in sagittal and
+  coronal knee series): per (slice, column) line, cartilage voxels times the row spacing
+  (`thickness_map`), averaged over the lines that cross the compartment;
+- `skeleton_thickness` (cartilage, mm), the paper's: per slice, the medial axis of the
+  compartment and its Euclidean distance transform (anisotropic pixels respected); the
+  distance at each skeleton pixel is half the local thickness, so twice the mean distance
+  along the skeletons of all slices reads in mm of cartilage (the paper reports the distance
+  itself; the factor cancels in ICC and correlations);
+- `t2`, `t1rho` (cartilage, ms): the mean of the map clipped to 0-100 ms inside the
+  compartment, where the catalog has the map (`t2_path`, `t1rho_path`); map voxels without a
+  value (NaN, Inf) are left out of every mask's mean alike and noted per series and structure;
+- `disc_height` (discs, mm), the paper's: on each slice the minimum-area rectangle around
+  the disc's pixels (their corners, in mm), its shorter side the height; the maximum over
+  slices.
+
+Spacing is taken from the series' geometry (the store's `spacing`, `catalogs.geometry`), never
+a default. `biomarkers`, `agreement` and the plots serve `orthodiff segment predict`; every
+caller measures here.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -27,6 +36,7 @@ from orthodiff.catalogs.geometry import spacing_of  # noqa: F401  (callers measu
 from orthodiff.catalogs.tasks import StructureSet
 
 T2_RANGE_MS = (0.0, 100.0)
+
 
 def cartilage(structure_set: StructureSet) -> list:
     return [s for s in structure_set.structures if s.name.lower().endswith("cartilage")]
@@ -160,31 +170,111 @@ def skeleton_thickness(mask: np.ndarray, spacing) -> float:
     return skeleton_thicknesses(np.asarray(mask, np.uint8), [1], spacing)[1]
 
 
-def mean_t2(t2: np.ndarray, mask: np.ndarray) -> tuple[float, int]:
-    """(mean T2 of the finite map voxels inside `mask`, clipped to `T2_RANGE_MS`; how many voxels
-    inside had no value, NaN or Inf, and were left out). A voxel without a value is left out of
-    every mask's mean alike, so reference and model are compared on the same map."""
-    values = np.asarray(t2)[np.asarray(mask, bool)]
-    finite = np.isfinite(values)
-    mean = float(np.clip(values[finite], *T2_RANGE_MS).mean()) if finite.any() else float("nan")
-    return mean, int((~finite).sum())
+def mean_relaxation(mask: np.ndarray, relaxation: np.ndarray, spacing=None) -> float:
+    """Mean of a T2 or T1rho map (ms) clipped to 0-100 ms over the finite map voxels inside
+    `mask`; NaN if none (`missing_values` counts the others, for the notes)."""
+    values = np.asarray(relaxation)[np.asarray(mask, bool)]
+    values = values[np.isfinite(values)]
+    return float(np.clip(values, *T2_RANGE_MS).mean()) if values.size else float("nan")
+
+
+def missing_values(mask: np.ndarray, relaxation: np.ndarray) -> int:
+    """Map voxels inside `mask` without a value (NaN or Inf)."""
+    return int((~np.isfinite(np.asarray(relaxation)[np.asarray(mask, bool)])).sum())
+
+
+def rectangle_height(points: np.ndarray) -> float:
+    """The shorter side of the minimum-area rectangle around 2D `points` (rotating calipers
+    over the convex hull's edge directions)."""
+    from scipy.spatial import ConvexHull
+
+    hull = points[ConvexHull(points).vertices]
+    edges = np.diff(np.vstack([hull, hull[:1]]), axis=0)
+    angles = np.arctan2(edges[:, 1], edges[:, 0])  # each edge as (row, column) = (cos, sin)
+    best = (np.inf, np.nan)
+    for a in angles:
+        c, s = np.cos(a), np.sin(a)
+        u, v = hull @ np.array([c, s]), hull @ np.array([-s, c])
+        sides = (np.ptp(u), np.ptp(v))
+        best = min(best, (sides[0] * sides[1], min(sides)))
+    return float(best[1])
+
+
+def disc_height(mask: np.ndarray, image=None, spacing=(1.0, 1.0, 1.0)) -> float:
+    """Maximum over slices of the height (mm) of the minimum-area rectangle around the
+    disc's pixels on that slice; NaN if empty."""
+    heights = []
+    corners = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], float)
+    for plane in np.asarray(mask, bool):
+        rows, cols = np.nonzero(plane)
+        if len(rows):
+            points = (np.stack([rows, cols], 1)[:, None, :] + corners[None]).reshape(-1, 2) * np.asarray(spacing[1:])
+            heights.append(rectangle_height(np.unique(points, axis=0)))
+    return max(heights) if heights else float("nan")
+
+
+def _volume(mask, image, spacing) -> float:
+    return float(np.count_nonzero(mask) * np.prod(spacing))
+
+
+def _row_thickness(mask, image, spacing) -> float:
+    m = thickness_map(mask, True, spacing)
+    return float(m[m > 0].mean()) if (m > 0).any() else float("nan")
+
+
+def _skeleton(mask, image, spacing) -> float:
+    return skeleton_thickness(mask, spacing)
+
+
+@dataclass(frozen=True)
+class Biomarker:
+    """A named function `measure(mask, image, spacing) -> float` of one structure's boolean
+    (slices, rows, columns) mask, the map named `image` (None: needs none) and the (slice,
+    row, column) spacing in mm, for the structures of `tissues` (empty: every structure)."""
+
+    name: str
+    measure: Callable[[np.ndarray, np.ndarray | None, tuple], float]
+    unit: str
+    tissues: tuple[str, ...] = ()
+    image: str | None = None
+
+    def applies(self, tissue: str) -> bool:
+        return not self.tissues or tissue in self.tissues
+
+
+BIOMARKERS = (
+    Biomarker("volume", _volume, "mm^3"),
+    Biomarker("thickness", _row_thickness, "mm", ("cartilage",)),
+    Biomarker("skeleton_thickness", _skeleton, "mm", ("cartilage",)),
+    Biomarker("t2", mean_relaxation, "ms", ("cartilage",), "t2"),
+    Biomarker("t1rho", mean_relaxation, "ms", ("cartilage",), "t1rho"),
+    Biomarker("disc_height", disc_height, "mm", ("disc",)),
+)
+MAPS = tuple(sorted({b.image for b in BIOMARKERS if b.image}))  # catalog columns `<map>_path`
+# What the paper plots per biomarker (its Fig. 5b): thickness, relaxation, disc height and
+# muscle volume; other volumes stay in the tables.
+CLINICAL = r"thickness_|^t2_|^t1rho_|^disc_height_|^volume_(?:QUAD|HAM|ADD)$"
 
 
 def series_biomarkers(mask: np.ndarray, spacing, structure_set: StructureSet,
-                      t2: np.ndarray | None = None) -> tuple[dict[str, float], list[str]]:
-    """Biomarker name -> value of one mask, and notes naming each undefined one (NaN)."""
-    out = biomarkers(mask, spacing, structure_set)
-    notes = []
-    compartments = cartilage(structure_set)
-    thickness = skeleton_thicknesses(mask, [s.value for s in compartments], spacing)
-    for s in compartments:
-        compartment = mask == s.value
-        out[f"skeleton_thickness_{s.abbr}"] = thickness[s.value]
-        if t2 is not None:
-            out[f"t2_{s.abbr}"], missing = mean_t2(t2, compartment)
-            if missing:
-                notes.append(f"{missing} of {int(compartment.sum())} {s.abbr} voxels have no T2 value (NaN or Inf in the "
-                             f"map): left out of T2 of {s.abbr}" + (" (undefined, NaN)" if missing == compartment.sum() else ""))
-        if not compartment.any():
-            notes.append(f"no {s.abbr} voxels: thickness{' and T2' if t2 is not None else ''} of {s.abbr} undefined (NaN)")
+                      maps: dict[str, np.ndarray] | None = None) -> tuple[dict[str, float], list[str]]:
+    """`<biomarker>_<abbr>` -> value of one mask (a map's biomarkers only where `maps` has
+    it), and notes naming each undefined one (NaN) but volumes (0 for an absent structure)."""
+    maps = maps or {}
+    mask = np.asarray(mask)
+    out, notes = {}, []
+    for s in structure_set.structures:
+        structure = mask == s.value
+        names = []
+        for b in BIOMARKERS:
+            if b.applies(s.tissue) and (b.image is None or b.image in maps):
+                out[f"{b.name}_{s.abbr}"] = b.measure(structure, maps.get(b.image), spacing)
+                names += [b.name] if b.name != "volume" else []
+                missing = missing_values(structure, maps[b.image]) if b.image else 0
+                if missing:
+                    label = b.image.upper() if b.image == "t2" else "T1rho"
+                    notes.append(f"{missing} of {int(structure.sum())} {s.abbr} voxels have no {label} value (NaN or Inf "
+                                 f"in the map): left out of {label} of {s.abbr}" + (" (undefined, NaN)" if missing == structure.sum() else ""))
+        if names and not structure.any():
+            notes.append(f"no {s.abbr} voxels: {', '.join(names)} of {s.abbr} undefined (NaN)")
     return out, notes

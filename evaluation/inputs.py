@@ -82,34 +82,67 @@ def load_mask(path: Path, shape, affine: np.ndarray, structure_set: StructureSet
     return mask
 
 
-def load_t2(path: Path, shape, affine: np.ndarray) -> np.ndarray:
-    """A T2 map in ms on its series' grid, (slices, rows, columns) float32."""
+def load_map(path: Path, shape, affine: np.ndarray, column: str = "t2_path") -> np.ndarray:
+    """A relaxation map (T2, T1rho) in ms on its series' grid, (slices, rows, columns) float32."""
     import nibabel as nib
 
     if not path.is_file():
-        raise OrthodiffError(f"{path}: T2 map not found (catalog column t2_path)")
+        raise OrthodiffError(f"{path}: map not found (catalog column {column})")
     image = nib.load(path)  # the header: its shape is checked before any voxel is read
     if tuple(image.shape[:3][::-1]) != tuple(shape) or int(np.prod(image.shape[3:])) != 1:
-        raise OrthodiffError(f"{path}: T2 map shape {tuple(image.shape[:3][::-1])} differs from its series {tuple(shape)}")
+        raise OrthodiffError(f"{path}: map shape {tuple(image.shape[:3][::-1])} differs from its series {tuple(shape)} "
+                             f"(catalog column {column})")
     data = np.asarray(image.dataobj, dtype=np.float32)
     data = data.reshape(data.shape[:3]).transpose(2, 1, 0)
-    _on_grid(path, affine, "the T2 map")
+    _on_grid(path, affine, f"the map of {column}")
     return data
+
+
+MIN_PIXELS, MIN_VOXELS = 100, 1000  # the paper's ground-truth cleaning thresholds
+
+
+def clean_mask(mask: np.ndarray, min_pixels: int = MIN_PIXELS, min_voxels: int = MIN_VOXELS) -> tuple[np.ndarray, int]:
+    """A (slices, rows, columns) label mask without the connected components (per label,
+    face-connected) of fewer than `min_pixels` pixels within a slice, then of fewer than
+    `min_voxels` voxels in the volume (0 turns a step off), and the number of voxels removed.
+    The paper removes them from the ground truth as annotation noise before scoring; its
+    thresholds are pixels of the stored images (no resampling), so they mean less tissue
+    on finer grids."""
+    from scipy.ndimage import generate_binary_structure, label
+
+    out = np.array(mask, copy=True)
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = generate_binary_structure(2, 1)  # no connection across slices
+    for value in np.unique(out[out > 0]):
+        for connectivity, minimum in ((in_plane, min_pixels), (None, min_voxels)):
+            if minimum > 0:
+                components, _ = label(out == value, connectivity)
+                small = np.bincount(components.ravel()) < minimum
+                small[0] = False
+                out[small[components]] = 0
+    return out, int((out != mask).sum())
 
 
 @dataclass
 class Series:
-    """One series' reference mask, geometry and optional T2 map."""
+    """One series' reference mask, geometry and relaxation maps (`t2`, `t1rho`: those the
+    catalog row has)."""
 
     shape: tuple
     affine: np.ndarray
     reference: np.ndarray
-    t2: np.ndarray | None
+    maps: dict
 
 
 def read_series(row, catalog_path, structure_set: StructureSet) -> Series:
+    from orthodiff.evaluation.biomarkers import MAPS
+
     shape, affine = series_geometry(resolve_path(catalog_path, row.path))
     reference = load_mask(resolve_path(catalog_path, row.mask_path), shape, affine, structure_set)
-    t2_value = getattr(row, "t2_path", None)
-    t2 = load_t2(resolve_path(catalog_path, t2_value), shape, affine) if isinstance(t2_value, str) and t2_value else None
-    return Series(shape, affine, reference, t2)
+    maps = {}
+    for name in MAPS:
+        value = getattr(row, f"{name}_path", None)
+        if isinstance(value, str) and value:
+            maps[name] = load_map(resolve_path(catalog_path, value), shape, affine, f"{name}_path")
+    return Series(shape, affine, reference, maps)
+

@@ -1,5 +1,19 @@
-"""Overlap and surface metrics per series and structure (MONAI), and their aggregation
-series -> subject -> dataset into tiered tables (dataset, tissue type, label)."""
+"""Overlap and surface metrics per series and structure (MONAI), Dice and IoU per slice,
+and their aggregation slice/series -> subject -> dataset into tiered tables (dataset,
+tissue type, label).
+
+Scoring conventions (nnU-Net's evaluation and MONAI with `ignore_empty=False` agree on the
+first two; the third is where we differ from MONAI, which scores it 1):
+- structure in the reference, missing from the prediction (`missed`): Dice = IoU = NSD = 0,
+  HD95 undefined (NaN: no predicted surface to measure from);
+- structure missing from the reference, present in the prediction (`false_positive`):
+  Dice = IoU = NSD = 0, HD95 undefined (NaN: no reference surface), so a hallucinated
+  structure lowers every mean it enters;
+- structure in neither (`both_empty`): every metric undefined (NaN) and left out of every
+  mean; a perfect score for an absent structure would inflate means by how often it is absent.
+Each row says which case it is (`case`; `scored` for a structure in both) and tables count
+the cases per structure (`case_counts`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +24,17 @@ import torch
 from orthodiff.catalogs.tasks import StructureSet
 
 METRICS = ("dice", "iou", "hd95", "nsd")
+OVERLAP = ("dice", "iou")
+CASES = ("scored", "missed", "false_positive", "both_empty")
+LEVELS = ("slice", "series")  # where Dice and IoU are computed (options.OverlapLevel)
+WHY = {"missed": "HD95 undefined: the prediction has no surface", "false_positive": "HD95 undefined: the reference has no surface",
+       "both_empty": "undefined: structure in neither mask", "scored": ""}
+
+
+def case_of(in_ref, in_pred) -> np.ndarray:
+    """The scoring case of each (reference present, prediction present) pair."""
+    in_ref, in_pred = np.asarray(in_ref, bool), np.asarray(in_pred, bool)
+    return np.select([in_ref & in_pred, in_ref, in_pred], ["scored", "missed", "false_positive"], "both_empty")
 
 
 def _one_hot(mask: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -20,9 +45,8 @@ def _one_hot(mask: np.ndarray, n_classes: int) -> torch.Tensor:
 def series_metrics(pred: np.ndarray, true: np.ndarray, spacing, structure_set: StructureSet,
                    nsd_tolerance: float = 1.0) -> pd.DataFrame:
     """One row per structure: Dice, IoU, HD95 (mm) and NSD at `nsd_tolerance` mm, with
-    `spacing` the (slice, row, column) voxel size in mm. A structure absent from the
-    reference gets NaN everywhere (undefined, left out of every mean); one absent from the
-    prediction only gets Dice = IoU = NSD = 0 and HD95 NaN."""
+    `spacing` the (slice, row, column) voxel size in mm, its `case` and the `reason` of any
+    NaN (the module's conventions)."""
     import warnings
 
     from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou, compute_surface_dice
@@ -30,8 +54,8 @@ def series_metrics(pred: np.ndarray, true: np.ndarray, spacing, structure_set: S
     n = max(structure_set.values) + 1
     p, t = _one_hot(pred, n), _one_hot(true, n)
     spacing = [float(s) for s in spacing]
-    dice = compute_dice(p, t, include_background=False, ignore_empty=True)[0]
-    iou = compute_iou(p, t, include_background=False, ignore_empty=True)[0]
+    dice = compute_dice(p, t, include_background=False, ignore_empty=False)[0]
+    iou = compute_iou(p, t, include_background=False, ignore_empty=False)[0]
     with warnings.catch_warnings():  # MONAI warns of every empty structure; handled below
         warnings.simplefilter("ignore")
         hd95 = compute_hausdorff_distance(p, t, include_background=False, percentile=95, spacing=spacing)[0]
@@ -39,21 +63,56 @@ def series_metrics(pred: np.ndarray, true: np.ndarray, spacing, structure_set: S
     rows = []
     for s in structure_set.structures:
         k = s.value - 1
-        in_ref, in_pred = bool(t[0, s.value].any()), bool(p[0, s.value].any())
+        case = str(case_of(t[0, s.value].any(), p[0, s.value].any()))
         row = {"structure": s.abbr, "tissue": s.tissue, "dice": float(dice[k]), "iou": float(iou[k]),
-               "hd95": float(hd95[k]), "nsd": float(nsd[k])}
-        if not in_ref:
+               "hd95": float(hd95[k]), "nsd": float(nsd[k]), "case": case, "reason": WHY[case]}
+        if case == "both_empty":
             row.update(dice=np.nan, iou=np.nan, hd95=np.nan, nsd=np.nan)
-        elif not in_pred:
+        elif case != "scored":
             row.update(dice=0.0, iou=0.0, hd95=np.nan, nsd=0.0)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def subject_scores(per_series: pd.DataFrame) -> pd.DataFrame:
-    """Per model, dataset, subject and structure: the mean over the subject's series."""
+def slice_overlap(pred: np.ndarray, true: np.ndarray, structure_set: StructureSet) -> pd.DataFrame:
+    """Dice and IoU of every (slice, structure) of a (slices, rows, columns) pair, with the
+    module's conventions per slice (a structure in neither mask on a slice is NaN there).
+    Counted with numpy rather than MONAI: one bincount serves every slice and structure,
+    where MONAI would one-hot the volume once per slice; `tests` check the two agree."""
+    pred, true = np.asarray(pred), np.asarray(true)
+    n = max(structure_set.values) + 1
+    z = np.arange(pred.shape[0])[:, None, None] * n
+    count = lambda a: np.bincount((z + a).ravel(), minlength=pred.shape[0] * n).reshape(-1, n)  # noqa: E731
+    values = np.asarray(structure_set.values)  # background (0) collects every disagreement below
+    inter, sp, st = (count(a)[:, values] for a in (np.where(pred == true, true, 0), pred, true))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice, iou = 2 * inter / (sp + st), inter / (sp + st - inter)
+    case = case_of(st > 0, sp > 0)
+    dice, iou = np.where(case == "both_empty", np.nan, dice), np.where(case == "both_empty", np.nan, iou)
+    k = len(values)
+    return pd.DataFrame({"slice": np.repeat(np.arange(pred.shape[0]), k),
+                         "structure": np.tile([s.abbr for s in structure_set.structures], pred.shape[0]),
+                         "tissue": np.tile([s.tissue for s in structure_set.structures], pred.shape[0]),
+                         "dice": dice.ravel(), "iou": iou.ravel(), "case": case.ravel()})
+
+
+def case_counts(table: pd.DataFrame, unit: str = "series") -> pd.DataFrame:
+    """Per model, dataset and structure: how many `unit`s (series or slices) fall in each
+    scoring case."""
+    keys = ["model", "dataset", "structure"]
+    counts = table.groupby(keys)["case"].value_counts().unstack(fill_value=0).reindex(columns=list(CASES), fill_value=0)
+    return counts.add_suffix(f"_{unit}").reset_index().rename_axis(columns=None)
+
+
+def subject_scores(per_series: pd.DataFrame, per_slice: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per model, dataset, subject and structure: the mean over the subject's series; with
+    `per_slice` (`slice_overlap` rows), Dice and IoU are the mean over every slice of the
+    subject's series where they are defined (the paper's slice -> subject -> dataset)."""
     keys = ["model", "dataset", "subject", "structure", "tissue"]
-    return per_series.groupby(keys, sort=True)[list(METRICS)].mean().reset_index()
+    out = per_series.groupby(keys, sort=True)[list(METRICS)].mean()
+    if per_slice is not None:
+        out[list(OVERLAP)] = per_slice.groupby(keys)[list(OVERLAP)].mean().reindex(out.index)
+    return out.reset_index()
 
 
 def subject_dice(per_subject: pd.DataFrame) -> pd.DataFrame:
@@ -72,3 +131,17 @@ def tiered_tables(per_subject: pd.DataFrame) -> dict[str, pd.DataFrame]:
         table = table.join(grouped["dice"].std().rename("dice_sd")).join(grouped["subject"].nunique().rename("subjects"))
         out[tier] = table.reset_index()
     return out
+
+
+def dice_tiers(tiers: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The paper's tiered Dice table: one row per dataset (tier `dataset`), per dataset and
+    tissue (`tissue`) and per dataset and structure (`label`), one column of mean subject
+    Dice per model."""
+    parts = []
+    for tier, table in tiers.items():
+        keys = ["dataset", *[c for c in ("tissue", "structure") if c in table.columns]]
+        wide = table.pivot(index=keys, columns="model", values="dice").reset_index()
+        parts.append(wide.assign(tier=tier))
+    out = pd.concat(parts, ignore_index=True).rename_axis(columns=None)
+    first = ["tier", "dataset", "tissue", "structure"]
+    return out.reindex(columns=first + [c for c in out.columns if c not in first])

@@ -1,8 +1,9 @@
 """Promptable foundation models (SAM, MedSAM, SAM2) segmenting each structure slice by
 slice from a box prompt, with the paper's pre- and post-processing.
 
-Preprocessing per slice: clip to its 1st-99th percentile, scale to uint8, resize to
-1024 x 1024, repeat to three channels. Post-processing: a structure's logits above 0
+Preprocessing (the paper's, each step an option): clip to the 1st-99th percentile of the
+volume's non-zero voxels, scale to uint8, resize each slice to 1024 x 1024 by cubic spline,
+repeat to three channels. Post-processing: a structure's logits above 0
 (sigmoid 0.5) are its mask, where structures overlap the larger logit wins, and connected
 components smaller than `min_size` pixels are removed. Prompts: the tight box of each
 structure on each slice of a reference mask, optionally shifted by up to N pixels per
@@ -13,7 +14,8 @@ SAM and MedSAM come from the `segment-anything` package. Its top-level module im
 torchvision (for the `SamPredictor` resizing helpers) which may be absent or built for
 another torch; only its `modeling` package (pure torch) is needed here, so when the
 top-level import fails it is loaded on its own (`sam_modeling`). SAM2 needs the `sam2`
-package (with torchvision and hydra), an optional extra.
+package and hydra, but not torchvision: only `sam2`'s image predictor imports it, and
+`Sam2BoxPredictor` does its work without it.
 """
 
 from __future__ import annotations
@@ -107,34 +109,90 @@ class SamBoxPredictor:
         return self.sam.postprocess_masks(low, (SIZE, SIZE), shape)[:, 0].float().cpu().numpy()
 
 
-class Sam2BoxPredictor:
-    """Logits of SAM2 (the `sam2` package's image predictor) for box prompts."""
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # SAM2's input normalisation
 
-    def __init__(self, config: str, checkpoint, device=None):
-        try:
-            from sam2.build_sam import build_sam2
-            from sam2.sam2_image_predictor import SAM2ImagePredictor
-        except ImportError as err:
-            raise OrthodiffError(f"SAM2 needs the sam2 package and a torchvision built for your torch ({err}): "
-                                 "pip install 'orthodiff[sam2]'") from None
-        self.predictor = SAM2ImagePredictor(build_sam2(config, str(checkpoint), device=device or "cpu"))
+
+def build_sam2_model(config: str, checkpoint=None, device=None, overrides=()):
+    """A SAM2 of the `sam2` package's `config` (e.g. configs/sam2.1/sam2.1_hiera_t.yaml) with
+    weights from `checkpoint` or random; `overrides` are hydra overrides (tests shrink it)."""
+    try:
+        from sam2.build_sam import build_sam2
+    except ImportError as err:
+        raise OrthodiffError(f"SAM2 needs the sam2 package and hydra ({err}): pip install 'orthodiff[sam2]' and then "
+                             "SAM2_BUILD_CUDA=0 pip install --no-deps --no-build-isolation sam2 (its metadata asks for "
+                             "torchvision, which SAM2's model does not use)") from None
+    try:
+        return build_sam2(config, str(checkpoint) if checkpoint else None, device=device or "cpu",
+                          hydra_overrides_extra=list(overrides))
+    except Exception as err:  # hydra's MissingConfigException, a checkpoint of another size (RuntimeError)
+        raise OrthodiffError(f"SAM2 config {config!r} with checkpoint {checkpoint}: {str(err).splitlines()[0]}") from None
+
+
+class Sam2BoxPredictor:
+    """Logits of a SAM2 model for box prompts on one preprocessed slice.
+
+    Runs the model's image encoder, prompt encoder and mask decoder directly, as the `sam2`
+    package's `SAM2ImagePredictor` does, but without it: that class imports torchvision (for
+    three tensor transforms) whose PyPI wheels need the CUDA build of torch, while the model
+    itself is pure torch. The transforms are redone here with torch: scale to [0, 1],
+    resize to the model's image size, ImageNet mean/std."""
+
+    def __init__(self, model, device=None):
+        self.model, self.device = model, device
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray, boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        self.predictor.set_image(np.ascontiguousarray(image.transpose(1, 2, 0)))
-        _, _, low = self.predictor.predict(box=boxes, multimask_output=False, return_logits=True)
-        low = torch.as_tensor(np.asarray(low, np.float32)).reshape(len(boxes), 1, *np.shape(low)[-2:])
-        return F.interpolate(low, size=shape, mode="bilinear", align_corners=False)[:, 0].numpy()
+        """(3, 1024, 1024) uint8 image, (n, 4) xyxy boxes in 1024 pixels -> (n, *shape) logits."""
+        model = self.model
+        device = self.device or next(model.parameters()).device
+        size = model.image_size
+        x = torch.as_tensor(image, dtype=torch.float32, device=device)[None] / 255
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) if size != SIZE else x
+        x = (x - torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]) / torch.tensor(IMAGENET_STD, device=device)[:, None, None]
+        _, feats, _, sizes = model._prepare_backbone_features(model.forward_image(x))
+        if model.directly_add_no_mem_embed:  # how SAM2 marks a frame without memory
+            feats[-1] = feats[-1] + model.no_mem_embed
+        maps = [f.permute(1, 2, 0).reshape(1, -1, *hw) for f, hw in zip(feats, sizes)]  # (HW, B, C) -> (B, C, H, W)
+        corners = torch.as_tensor(boxes, dtype=torch.float32, device=device).reshape(-1, 2, 2) * (size / SIZE)
+        labels = torch.tensor([[2, 3]], dtype=torch.int, device=device).repeat(len(corners), 1)  # top-left, bottom-right
+        sparse, dense = model.sam_prompt_encoder(points=(corners, labels), boxes=None, masks=None)
+        low, *_ = model.sam_mask_decoder(image_embeddings=maps[-1], image_pe=model.sam_prompt_encoder.get_dense_pe(),
+                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                         multimask_output=False, repeat_image=len(corners) > 1, high_res_features=maps[:-1])
+        return F.interpolate(low, size=shape, mode="bilinear", align_corners=False)[:, 0].float().cpu().numpy()
 
 
-def preprocess_slice(plane: np.ndarray) -> np.ndarray:
-    """(H, W) slice -> (3, 1024, 1024) uint8: 1-99 percentile clip, uint8, resize, 3 channels."""
-    low, high = np.percentile(plane, [1, 99])
+WINDOWS = ("volume", "slice")  # where the 1st-99th percentile window is taken (options.PromptWindow)
+INTERPOLATIONS = {"cubic": 3, "linear": 1}  # spline order of the resize to 1024 (options.Interpolation)
+
+
+def intensity_windows(image: np.ndarray, window: str = "volume") -> np.ndarray:
+    """(slices, 2) intensity window of each slice of a (slices, H, W) volume: the 1st and
+    99th percentiles of the volume's non-zero voxels (`volume`, the paper; all voxels if
+    none is non-zero) or of each slice's pixels (`slice`)."""
+    image = np.asarray(image, float)
+    if window == "slice":
+        return np.percentile(image.reshape(len(image), -1), [1, 99], axis=1).T
+    if window != "volume":
+        raise OrthodiffError(f"unknown intensity window {window!r}; choose one of {', '.join(WINDOWS)}")
+    values = image[image != 0] if (image != 0).any() else image.ravel()
+    return np.tile(np.percentile(values, [1, 99]), (len(image), 1))
+
+
+def preprocess_slice(plane: np.ndarray, window=None, interpolation: str = "cubic") -> np.ndarray:
+    """(H, W) slice -> (3, 1024, 1024) uint8: clip to `window` (low, high) (default: the
+    slice's 1st-99th percentiles), scale to uint8, resize (cubic spline as the paper, or
+    linear), repeat to three channels."""
+    from scipy.ndimage import zoom
+
+    if interpolation not in INTERPOLATIONS:
+        raise OrthodiffError(f"unknown interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
+    low, high = np.percentile(plane, [1, 99]) if window is None else window
     scaled = (np.clip(plane, low, high) - low) / (high - low) if high > low else np.zeros_like(plane, dtype=float)
-    image = np.round(scaled * 255).astype(np.uint8)
-    resized = F.interpolate(torch.from_numpy(image.astype(np.float32))[None, None], size=(SIZE, SIZE), mode="bilinear",
-                            align_corners=False)[0, 0]
-    return np.repeat(resized.round().clamp(0, 255).to(torch.uint8).numpy()[None], 3, axis=0)
+    image = np.round(scaled * 255)
+    resized = zoom(image, (SIZE / image.shape[0], SIZE / image.shape[1]), order=INTERPOLATIONS[interpolation], mode="nearest",
+                   grid_mode=True)  # pixel areas, not centres, span the image: as an image resize does
+    return np.repeat(np.clip(np.round(resized), 0, 255).astype(np.uint8)[None], 3, axis=0)
 
 
 def boxes_of(mask: np.ndarray, values) -> dict[tuple[int, int], np.ndarray]:
@@ -181,16 +239,20 @@ class PromptedSegmenter:
 
     predictor: object
     min_size: int = 20
+    window: str = "volume"
+    interpolation: str = "cubic"
 
     def segment(self, image: np.ndarray, boxes: dict, progress=None) -> np.ndarray:
         """(slices, H, W) image, (slice, value) -> xyxy box in pixels -> (slices, H, W) labels."""
         h, w = image.shape[1:]
         scale = np.array([SIZE / w, SIZE / h, SIZE / w, SIZE / h])
         out = np.zeros(image.shape, np.uint8)
+        windows = intensity_windows(image, self.window)
         for z in range(image.shape[0]):
             keys = sorted(k for k in boxes if k[0] == z)
             if keys:
-                logits = self.predictor(preprocess_slice(image[z]), np.stack([boxes[k] for k in keys]) * scale, (h, w))
+                x = preprocess_slice(image[z], windows[z], self.interpolation)
+                logits = self.predictor(x, np.stack([boxes[k] for k in keys]) * scale, (h, w))
                 out[z] = postprocess(logits, [k[1] for k in keys], self.min_size)
             if progress:
                 progress()
@@ -199,7 +261,8 @@ class PromptedSegmenter:
 
 def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", prompts="reference", prompt_masks=None,
                shift=0, split="test", min_size=20, sam2_config=None, seed=0, device=None, progress=None, predictor=None,
-               finetune_epochs=0, finetune_encoder=False, lr=1e-4, sam=None, plane=None) -> int:
+               finetune_epochs=0, finetune_encoder=False, lr=1e-4, sam=None, plane=None, window="volume",
+               interpolation="cubic", recipe="paper", train_shift=0, train_subjects=0, mix=()) -> int:
     """Segment every series of `split` that has a reference mask (its grid and the series
     to evaluate) with box prompts from the reference (`prompts="reference"`) or from
     `prompt_masks` (a `segment predict` run or mask folder, `prompts="masks"`); write
@@ -229,18 +292,18 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
         if model == "sam2":
             if not sam2_config:
                 raise OrthodiffError("SAM2 needs --sam2-config, the sam2 package's config of the checkpoint (e.g. configs/sam2.1/sam2.1_hiera_b+.yaml)")
-            predictor = Sam2BoxPredictor(sam2_config, checkpoint, device)
+            predictor = Sam2BoxPredictor(build_sam2_model(sam2_config, checkpoint, device))
         elif model in ("sam", "medsam"):
             if checkpoint is None and sam is None:
                 raise OrthodiffError(f"{model} needs --checkpoint, the published weights file (nothing is downloaded)")
             sam = (sam or build_sam(size, checkpoint, medsam=model == "medsam")).to(device or "cpu")
             if finetune_epochs:
                 _finetuned(sam, out / "sam_finetuned.pt", catalog_path, structure_set, finetune_epochs, finetune_encoder, lr,
-                           seed, progress)
+                           seed, progress, window, interpolation, recipe, train_shift, train_subjects, mix)
             predictor = SamBoxPredictor(sam)
         else:
             raise OrthodiffError(f"unknown promptable model {model!r}; choose sam, medsam or sam2")
-    segmenter = PromptedSegmenter(predictor, min_size)
+    segmenter = PromptedSegmenter(predictor, min_size, window, interpolation)
     written = 0
     for i, row in enumerate(rows.itertuples(index=False)):
         target = series_file(out / "masks", row.series_id)
@@ -258,11 +321,14 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
     write_run({"kind": "prompt_predict", "model": model, "size": size, "checkpoint": str(checkpoint) if checkpoint else None,
                 "prompts": prompts, "prompt_masks": str(prompt_masks) if prompt_masks else None, "shift": shift,
                 "split": split, "min_size": min_size, "series": len(rows), "finetune_epochs": finetune_epochs,
-                "finetune_encoder": finetune_encoder}, out)
+                "finetune_encoder": finetune_encoder, "window": window, "interpolation": interpolation,
+                "recipe": recipe, "train_shift": train_shift, "train_subjects": train_subjects,
+                "mix": [str(m) for m in mix]},
+               out)
     return written
 
 
-def training_pairs(sam, rows, catalog_path, structure_set, encoder: bool = False):
+def training_pairs(sam, rows, catalog_path, structure_set, encoder: bool = False, window="volume", interpolation="cubic"):
     """(inputs, boxes, targets) of every (slice, structure) of `rows`' reference masks:
     inputs are the slices' image embeddings (frozen encoder) or preprocessed images,
     boxes in 1024 pixels, targets the structure masks at the decoder's 256 x 256."""
@@ -278,8 +344,9 @@ def training_pairs(sam, rows, catalog_path, structure_set, encoder: bool = False
         h, w = image.shape[1:]
         scale = np.array([SIZE / w, SIZE / h, SIZE / w, SIZE / h])
         prompts = boxes_of(reference, structure_set.values)
+        windows = intensity_windows(image, window)
         for z in sorted({z for z, _ in prompts}):
-            x = torch.as_tensor(preprocess_slice(image[z]))[None]
+            x = torch.as_tensor(preprocess_slice(image[z], windows[z], interpolation))[None]
             if not encoder:
                 with torch.no_grad():
                     x = sam.image_encoder(sam.preprocess(x.float()))
@@ -291,14 +358,32 @@ def training_pairs(sam, rows, catalog_path, structure_set, encoder: bool = False
     return torch.cat(inputs), torch.as_tensor(np.stack(boxes), dtype=torch.float32), torch.stack(targets)
 
 
+# The MSK evaluation paper's recipe: AdamW (lr 1e-4, weight decay 0.01), cosine annealing
+# with warm restarts (its period is not given: 10 epochs here), early stopping after 10
+# epochs without a 1e-4 fall of the validation loss, gradients clipped to norm 1 and
+# accumulated over 4 batches of 2. `plain` is the earlier Adam + one cosine, batches of 4.
+RECIPES = {
+    "paper": {"optimizer": "adamw", "weight_decay": 0.01, "warm_restarts": 10, "patience": 10, "min_delta": 1e-4,
+              "clip_norm": 1.0, "accumulate": 4, "batch_size": 2},
+    "plain": {"optimizer": "adam", "weight_decay": 0.0, "warm_restarts": 0, "patience": 0, "min_delta": 0.0,
+              "clip_norm": None, "accumulate": 1, "batch_size": 4},
+}
+
+
 def finetune_sam(sam, inputs, boxes, targets, encoder: bool = False, epochs: int = 5, lr: float = 1e-4,
-                 batch_size: int = 4, random_state: int = 0, on_step=None):
-    """Fine-tune the mask decoder (and the image encoder with `encoder`) with Dice + BCE on
-    box-prompted pairs from `training_pairs`, through the shared training loop."""
+                 random_state: int = 0, on_step=None, recipe: str = "paper", shift: int = 0, val=None):
+    """Fine-tune the mask decoder (and the image encoder with `encoder`: the paper's full
+    versus partial fine-tuning) with Dice + BCE on box-prompted pairs from `training_pairs`,
+    through the shared training loop with `recipe`'s settings (`RECIPES`). `shift` moves
+    each training box corner by up to that many pixels (of 1024) per step, the paper's
+    augmentation (0 or 20); `val` (pairs of the validation split) drives early stopping."""
     from monai.losses import DiceLoss
 
     from orthodiff.training import train
 
+    if recipe not in RECIPES:
+        raise OrthodiffError(f"unknown fine-tuning recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    settings = dict(RECIPES[recipe])
     dice = DiceLoss(sigmoid=True)
     for p in sam.parameters():
         p.requires_grad_(False)
@@ -306,6 +391,8 @@ def finetune_sam(sam, inputs, boxes, targets, encoder: bool = False, epochs: int
         p.requires_grad_(True)
 
     def forward(x, b):
+        if shift and sam.training:
+            b = (b + torch.randint(-shift, shift + 1, b.shape, device=b.device)).clamp(0, SIZE)
         embedding = sam.image_encoder(sam.preprocess(x.float())) if encoder else x
         out = []
         for i in range(len(b)):  # the decoder pairs one image with its prompts
@@ -318,16 +405,54 @@ def finetune_sam(sam, inputs, boxes, targets, encoder: bool = False, epochs: int
     def loss(output, y, w):
         return dice(output, y) + F.binary_cross_entropy_with_logits(output, y)
 
-    train(sam, [inputs.numpy(), boxes.numpy()], targets.numpy(), None, epochs=epochs, lr=lr, batch_size=batch_size,
-          random_state=random_state, forward=forward, loss=loss, on_step=on_step)
+    validate = None
+    if val is not None and len(val[0]):
+        device = next(sam.parameters()).device
+        val = [t.to(device) for t in val]
+
+        @torch.no_grad()
+        def validate():
+            return float(loss(forward(val[0], val[1]), val[2], None))
+    else:
+        settings.update(patience=0)
+    train(sam, [inputs.numpy(), boxes.numpy()], targets.numpy(), None, epochs=epochs, lr=lr, random_state=random_state,
+          forward=forward, loss=loss, on_step=on_step, validate=validate, **settings)
     for p in sam.parameters():
         p.requires_grad_(True)
     return sam.eval()
 
 
-def _finetuned(sam, path, catalog_path, structure_set, epochs, encoder, lr, seed, progress) -> None:
-    """Fine-tune `sam` in place on the train split, or load the result of an earlier run."""
+def training_subjects(rows, limit: int, seed: int):
+    """`rows` of at most `limit` subjects (0: all), the first of one seeded order of its
+    patients, so smaller sets nest in larger ones (the paper's 5, 10, 20, 40, all)."""
+    if not limit:
+        return rows
+    patients = np.sort(rows["patient_id"].unique())
+    keep = patients[np.random.default_rng(seed).permutation(len(patients))[:limit]]
+    return rows[rows["patient_id"].isin(keep)]
+
+
+def _pairs_of(sam, catalogs, split, encoder, window, interpolation, limit=0, seed=0):
+    """`training_pairs` of `split` over several catalogs (dataset mixing), each limited to
+    `limit` subjects; None where no catalog has reference masks in `split`."""
     from orthodiff.evaluation.inputs import reference_rows
+
+    parts = []
+    for catalog in catalogs:
+        try:
+            rows, structure_set = reference_rows(catalog, split)
+        except OrthodiffError:  # no series with masks in this split
+            continue
+        parts.append(training_pairs(sam, training_subjects(rows, limit, seed), catalog, structure_set, encoder, window,
+                                    interpolation))
+    return [torch.cat(t) for t in zip(*parts)] if parts else None
+
+
+def _finetuned(sam, path, catalog_path, structure_set, epochs, encoder, lr, seed, progress, window="volume",
+               interpolation="cubic", recipe="paper", shift=0, subjects=0, mix=()) -> None:
+    """Fine-tune `sam` in place on the train split of `catalog_path` and of the `mix`
+    catalogs (each up to `subjects` subjects), early-stopped on their val splits where they
+    have reference masks; or load the result of an earlier run."""
     from orthodiff.files import atomic_write
 
     if path.is_file():
@@ -337,7 +462,11 @@ def _finetuned(sam, path, catalog_path, structure_set, epochs, encoder, lr, seed
         except RuntimeError as err:
             raise OrthodiffError(f"{path}: not this SAM's weights ({str(err).splitlines()[0]}); {hint}") from None
         return
-    rows, _ = reference_rows(catalog_path, "train")
-    inputs, boxes, targets = training_pairs(sam, rows, catalog_path, structure_set, encoder)
-    finetune_sam(sam, inputs, boxes, targets, encoder, epochs, lr, random_state=seed, on_step=progress)
+    catalogs = [catalog_path, *mix]
+    train_pairs = _pairs_of(sam, catalogs, "train", encoder, window, interpolation, subjects, seed)
+    if train_pairs is None:
+        raise OrthodiffError(f"{catalog_path}: no train series with a reference mask_path to fine-tune on")
+    val = _pairs_of(sam, catalogs, "val", encoder, window, interpolation)
+    finetune_sam(sam, *train_pairs, encoder, epochs, lr, random_state=seed, on_step=progress, recipe=recipe, shift=shift,
+                 val=val)
     atomic_write(path, lambda tmp: torch.save(sam.state_dict(), tmp))

@@ -54,8 +54,9 @@ def test_task_catalogs_hold_the_paper_label_sets():
     assert get_task("ankle").label_columns == ["ATFL", "CFL", "ATR", "OLT"]
     assert len(get_task("shoulder").labels) == 7
     assert get_task("mrnet").joint == "knee"
-    assert {t.joint for t in tasks().values()} == {"knee", "ankle", "shoulder"}
+    assert {t.joint for t in tasks().values()} == {"knee", "ankle", "shoulder", "spine", "thigh"}  # spine, thigh: the evaluation phantoms
     knee = structures("knee")
+    assert [s.tissue for s in structures("spine").structures] == ["bone"] + ["disc"] * 4
     assert knee.values == list(range(1, 12))
     assert knee.mask_planes == ("sagittal", "coronal")
     ehr = ehr_schema()

@@ -90,7 +90,7 @@ def test_cartilage_thickness_two_ways_and_t2():
     mask[:, 10:15, 5:25] = 4  # femoral cartilage: 5 rows of 0.5 mm
     spacing = (3.0, 0.5, 0.7)
     t2 = np.full(mask.shape, 150.0, np.float32)
-    values, notes = series_biomarkers(mask, spacing, KNEE, t2)
+    values, notes = series_biomarkers(mask, spacing, KNEE, {"t2": t2, "t1rho": t2 / 3})
     assert values["thickness_FC"] == pytest.approx(2.5)  # row axis: 5 voxels x 0.5 mm
     # skeleton: the centre row lies 3 rows (1.5 mm) from the nearest background row (EDT to
     # background pixel centres, so 2 x EDT counts one row more than the 5 of the strip);
@@ -100,28 +100,28 @@ def test_cartilage_thickness_two_ways_and_t2():
     mask[1, 20:25, 5:25] = 7
     assert skeleton_thickness(mask == 4, spacing) == pytest.approx(values["skeleton_thickness_FC"])
     assert series_biomarkers(mask, spacing, KNEE)[0]["skeleton_thickness_PC"] == pytest.approx(2.5)
-    assert values["t2_FC"] == 100.0  # clipped to 0-100 ms
+    assert values["t2_FC"] == 100.0 and values["t1rho_FC"] == 50.0  # clipped to 0-100 ms
     assert values["volume_FC"] == pytest.approx(3 * 5 * 20 * 3.0 * 0.5 * 0.7)
     assert np.isnan(values["skeleton_thickness_PC"]) and np.isnan(values["t2_PC"])
     assert "no PC voxels" in " ".join(notes) and not any("FC" in n for n in notes)
 
 
-def test_icc3_matches_pingouin_and_agreement_paths():
-    from orthodiff.evaluation.agreement import _pingouin_icc3, agree, icc3
+def test_agreement_paths():
+    from orthodiff.evaluation.agreement import agree
 
     rng = np.random.default_rng(2)  # a draw that passes Shapiro-Wilk and Levene
     b = rng.normal(10, 2, 30)
     a = b + rng.normal(0.5, 0.5, 30)
-    assert icc3(np.stack([a, b], axis=-1)) == pytest.approx(_pingouin_icc3(a, b)[0])
     parametric = agree(a, b, n_boot=200)
-    assert parametric["method"] == "parametric"
+    assert parametric["method"] == "parametric" and parametric["icc_form"] == "ICC(3,1)"
     diff = a - b
     assert parametric["bias"] == pytest.approx(diff.mean())
     assert parametric["loa_high"] - parametric["loa_low"] == pytest.approx(2 * 1.96 * diff.std(ddof=1))
     assert parametric["icc_low"] <= parametric["icc"] <= parametric["icc_high"]
+    assert parametric["icc_a1"] < parametric["icc"]  # a constant bias costs absolute agreement, not consistency
     skewed = rng.exponential(1.0, 40) ** 2
     nonparametric = agree(skewed * 1.1, skewed, n_boot=300)
-    assert nonparametric["method"] == "nonparametric"
+    assert nonparametric["method"] == "nonparametric" and "bootstrap median of 300" in nonparametric["icc_form"]
     assert nonparametric["bias"] == pytest.approx(np.median(skewed * 0.1))
     assert nonparametric["bias_ci_low"] <= nonparametric["bias"] <= nonparametric["bias_ci_high"]
     assert nonparametric["spearman_rho"] == pytest.approx(1.0)
@@ -168,7 +168,8 @@ def test_evaluate_seg_end_to_end(cohort, tmp_path):
     catalog_path, models = cohort
     out = tmp_path / "eval"
     result = CliRunner().invoke(app, ["evaluate", "seg", *map(str, models), "--catalog", str(catalog_path), "--out", str(out),
-                                      "--split", "", "--plane", "sagittal", "--bootstrap", "200"])
+                                      "--split", "", "--plane", "sagittal", "--bootstrap", "200",
+                                      "--min-pixels", "0", "--min-voxels", "0"])  # the 64-px phantom's structures are small
     assert result.exit_code == 0, result.output
     assert set(pd.read_parquet(out / "series_metrics.parquet")["dataset"]) == {"knee_sagittal"}
     tier = pd.read_parquet(out / "tier_dataset.parquet").set_index(["model", "dataset"])
@@ -190,6 +191,15 @@ def test_evaluate_seg_end_to_end(cohort, tmp_path):
     assert (wilcoxon["p_adjusted"] >= wilcoxon["p"] - 1e-12).all() and len(pd.read_parquet(out / "friedman.parquet"))
     effects = pd.read_parquet(out / "acquisition_effects.parquet").set_index("effect")
     assert effects.loc["model_shifted", "coefficient"] < effects.loc["model_no_fc", "coefficient"] < 0
+    counts = pd.read_parquet(out / "case_counts.parquet").set_index(["model", "structure"])
+    assert counts.loc[("no_fc", "FC"), "missed_series"] == counts.loc[("copy", "FC"), "scored_series"] > 0
+    assert (counts["false_positive_series"] == 0).all()
+    wide = pd.read_parquet(out / "dice_tiers.parquet")  # the paper's table: a column per model, three tiers of rows
+    assert list(wide.columns[:4]) == ["tier", "dataset", "tissue", "structure"] and {"copy", "shifted", "no_fc"} <= set(wide.columns)
+    row = wide[(wide["tier"] == "label") & (wide["structure"] == "FC")].iloc[0]
+    assert row["copy"] == 1.0 and row["no_fc"] == 0.0 and (wide["tier"] == "dataset").sum() == 1
+    label = pd.read_parquet(out / "tier_label.parquet")
+    assert {"missed_series", "false_positive_series", "both_empty_series", "both_empty_slices"} <= set(label.columns)
     page = (out / "evaluation.html").read_text()
     assert page.count("data:image/png;base64,") == 5 and "tier_label" in page
 
@@ -251,8 +261,8 @@ def test_nan_in_a_t2_map_is_noted_and_left_out_for_reference_and_model_alike():
     t2 = np.full(reference.shape, 30.0, np.float32)
     t2[0, 2, 2], t2[1, 3, 3] = np.nan, 50.0
     spacing = (1.0, 1.0, 1.0)
-    ref_values, ref_notes = series_biomarkers(reference, spacing, KNEE, t2)
-    model_values, model_notes = series_biomarkers(model, spacing, KNEE, t2)
+    ref_values, ref_notes = series_biomarkers(reference, spacing, KNEE, {"t2": t2})
+    model_values, model_notes = series_biomarkers(model, spacing, KNEE, {"t2": t2})
     assert ref_values["t2_FC"] == pytest.approx((30.0 * 30 + 50.0) / 31)  # the 31 voxels with a value
     assert model_values["t2_FC"] == ref_values["t2_FC"]  # the same voxels: the NaN one counts for neither
     assert "1 of 32 FC voxels have no T2 value (NaN or Inf in the map): left out of T2 of FC" in ref_notes

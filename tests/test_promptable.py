@@ -80,7 +80,7 @@ def test_box_oracle_end_to_end_through_evaluate(rectangles, tmp_path):
     run_prompt(rectangles, shifted, predictor=box_oracle, shift=3, min_size=1)
     chained = tmp_path / "chained"  # boxes from another model's masks: no reference needed
     run_prompt(rectangles, chained, predictor=box_oracle, prompts="masks", prompt_masks=out, min_size=1)
-    tables = run_evaluate_seg([out, shifted, chained], rectangles, tmp_path / "eval", n_boot=50)
+    tables = run_evaluate_seg([out, shifted, chained], rectangles, tmp_path / "eval", n_boot=50, min_pixels=0, min_voxels=0)
     dice = tables["tier_dataset"].set_index("model")["dice"]
     assert dice["oracle"] == 1.0 and dice["chained"] == 1.0
     assert 0.5 < dice["shifted"] < 1.0
@@ -136,3 +136,97 @@ def test_finetune_decoder_on_the_train_split(rectangles, tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(decoder, sam.mask_decoder.parameters()))
     saved = build_sam("tiny", out / "sam_finetuned.pt")
     assert all(torch.equal(a, b) for a, b in zip(sam.state_dict().values(), saved.state_dict().values()))
+
+
+def test_paper_preprocessing_windows_the_volume_and_resizes_by_cubic_spline():
+    from orthodiff.evaluation.promptable import intensity_windows
+
+    rng = np.random.default_rng(1)
+    volume = np.zeros((3, 20, 24))
+    volume[:, 4:16, 4:20] = rng.uniform(10, 20, (3, 12, 16))
+    volume[2] *= 3  # a brighter slice: the volume window keeps it brighter, a slice window would not
+    windows = intensity_windows(volume)
+    assert (windows == np.percentile(volume[volume != 0], [1, 99])).all()  # the background's zeros are left out
+    assert (intensity_windows(volume, "slice")[:, 0] == 0).all()
+    with pytest.raises(OrthodiffError, match="unknown intensity window"):
+        intensity_windows(volume, "global")
+    dark, bright = (preprocess_slice(volume[z], windows[z]) for z in (0, 2))
+    assert dark.mean() < bright.mean()
+    step = np.zeros((8, 8))
+    step[:, 4:] = 1.0
+    cubic, linear = preprocess_slice(step, (0, 1))[0], preprocess_slice(step, (0, 1), "linear")[0]
+    row = cubic[SIZE // 2].astype(int)
+    assert row[:300].max() < 10 and row[-300:].min() > 245 and abs(row[SIZE // 2] - 128) <= 4
+    assert (cubic != linear).any()  # a cubic spline rings at the edge where linear does not
+    with pytest.raises(OrthodiffError, match="unknown interpolation"):
+        preprocess_slice(step, (0, 1), "nearest")
+
+
+def test_tiny_random_sam2_runs_on_the_cpu_without_torchvision(rectangles, tmp_path):
+    """SAM2 (the `sam2` package, installed without its torchvision requirement) from its
+    tiny Hiera config shrunk by hydra overrides, random weights, box prompts end to end."""
+    pytest.importorskip("sam2", reason="sam2 not installed: SAM2_BUILD_CUDA=0 pip install --no-deps sam2")
+    from orthodiff.evaluation.promptable import Sam2BoxPredictor, build_sam2_model
+    torch.manual_seed(0)
+    shrink = ["++model.image_size=256", "++model.image_encoder.trunk.embed_dim=16", "++model.image_encoder.trunk.num_heads=1",
+              "++model.image_encoder.trunk.stages=[1,1,1,1]", "++model.image_encoder.trunk.global_att_blocks=[]",
+              "++model.image_encoder.neck.backbone_channel_list=[128,64,32,16]"]
+    model = build_sam2_model("configs/sam2.1/sam2.1_hiera_t.yaml", overrides=shrink)
+    predictor = Sam2BoxPredictor(model)
+    logits = predictor(preprocess_slice(np.random.rand(40, 48)), np.array([[100.0, 100, 600, 500], [0, 0, 50, 50]]), (40, 48))
+    assert logits.shape == (2, 40, 48) and np.isfinite(logits).all() and logits.std() > 0
+    assert not np.allclose(logits[0], logits[1])  # each box its own mask
+    assert run_prompt(rectangles, tmp_path / "sam2", predictor=predictor, min_size=1) == 2
+    with pytest.raises(OrthodiffError, match="SAM2 config 'configs/none.yaml'"):
+        build_sam2_model("configs/none.yaml")
+
+
+def test_finetune_with_the_papers_recipe_stops_early_on_the_val_split(monkeypatch):
+    import orthodiff.training as training
+    from orthodiff.evaluation.promptable import finetune_sam
+
+    torch.manual_seed(0)
+    sam = build_sam("tiny")
+    image = torch.as_tensor(preprocess_slice(np.random.rand(40, 48)))[None]
+    with torch.no_grad():
+        embedding = sam.image_encoder(sam.preprocess(image.float()))
+    inputs, boxes, targets = embedding.repeat(3, 1, 1, 1), torch.tensor([[100.0, 100, 600, 500]] * 3), torch.zeros(3, 1, 256, 256)
+    targets[:, :, 25:125, 25:150] = 1
+    seen, steps = {}, []
+    original = training.train
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train", spy)  # finetune_sam imports the loop when called
+    # a validation set it can only get worse on: the best epoch is the first, and 10 more end it
+    finetune_sam(sam, inputs, boxes, targets, epochs=30, lr=1e-3, shift=20, val=(inputs[:1], boxes[:1], 1 - targets[:1]),
+                 on_step=lambda: steps.append(1))
+    assert seen["optimizer"] == "adamw" and seen["accumulate"] == 4 and seen["clip_norm"] == 1.0 and seen["patience"] == 10
+    assert len(steps) == 11  # 3 pairs in batches of 2 accumulated: one step an epoch; stopped after epoch 11
+    with pytest.raises(OrthodiffError, match="unknown fine-tuning recipe"):
+        finetune_sam(sam, inputs, boxes, targets, recipe="fast")
+
+
+def test_training_set_size_ablation_nests_and_datasets_mix(rectangles, tmp_path):
+    import shutil
+
+    from orthodiff.catalogs.cohort import read_catalog
+    from orthodiff.evaluation.promptable import _pairs_of, training_subjects
+
+    rows = pd.DataFrame({"patient_id": [f"p{i // 2}" for i in range(80)], "series_id": range(80)})
+    sizes = {n: set(training_subjects(rows, n, seed=3)["patient_id"]) for n in (5, 10, 20, 40)}
+    assert [len(sizes[n]) for n in (5, 10, 20, 40)] == [5, 10, 20, 40]
+    assert sizes[5] < sizes[10] < sizes[20] < sizes[40]  # nested
+    assert len(training_subjects(rows, 100, seed=3)) == 80  # fewer subjects than asked: all of them
+    catalog = read_catalog(rectangles)
+    catalog["split"] = "train"
+    write_catalog(catalog, rectangles)
+    other = tmp_path / "other"
+    shutil.copytree(rectangles.parent, other, ignore=shutil.ignore_patterns("other"))
+    sam = build_sam("tiny")
+    one = _pairs_of(sam, [rectangles], "train", False, "volume", "cubic", limit=1)
+    both = _pairs_of(sam, [rectangles, other / "catalog.parquet"], "train", False, "volume", "cubic", limit=1)
+    assert len(both[0]) == 2 * len(one[0]) > 0  # each dataset contributes up to the limit
+    assert _pairs_of(sam, [rectangles], "val", False, "volume", "cubic") is None

@@ -323,7 +323,8 @@ def test_cli_segment_train_predict_and_table(cohort, tmp_path):
     assert result.exit_code == 2 and "'vnet' is not one of" in result.output  # refused by the CLI
     # `evaluate seg` takes the predict run: the same MONAI Dice per series as training scored
     result = runner.invoke(app, ["evaluate", "seg", str(tmp_path / "p"), "--catalog", str(cohort["catalog"]), "--out",
-                                 str(tmp_path / "e"), "--plane", "sagittal", "--central", "16", "--bootstrap", "100"])
+                                 str(tmp_path / "e"), "--plane", "sagittal", "--central", "16", "--bootstrap", "100",
+                                 "--min-pixels", "0", "--min-voxels", "0"])
     assert result.exit_code == 0, result.output
     evaluated = pd.read_parquet(tmp_path / "e" / "series_metrics.parquet").groupby("structure")["dice"].mean()
     trained = pd.read_csv(tmp_path / "unet" / "dice.csv").set_index("structure")["dice"]
