@@ -213,7 +213,7 @@ def test_spine_and_thigh_phantoms_biomarkers_match_their_truth(joint, tmp_path):
     from orthodiff.catalogs.readers import read_series
     from orthodiff.catalogs.synth import synthesize
     from orthodiff.evaluation.biomarkers import series_biomarkers
-    from orthodiff.supervised.biomarkers import spacing_of
+    from orthodiff.catalogs.geometry import spacing_of
 
     catalog_path = synthesize(joint, 3, 128, 1, tmp_path / joint, progress=False, workers=1)
     catalog = read_catalog(catalog_path)
