@@ -236,7 +236,7 @@ def test_spine_and_thigh_phantoms_biomarkers_match_their_truth(joint, tmp_path):
         first = catalog[catalog["patient_id"] == catalog["patient_id"].iloc[0]].set_index("sequence")
         mask = np.asarray(nib.load(resolve_path(catalog_path, first.loc["T1", "mask_path"])).dataobj).transpose(2, 1, 0)
         for sequence, brighter in (("T1", False), ("T2", True)):
-            image = read_series(resolve_path(catalog_path, first.loc[sequence, "path"]))
+            image = read_series(resolve_path(catalog_path, first.loc[sequence, "path"])).data
             assert (image[mask >= 2].mean() > image[mask == 1].mean()) == brighter, sequence
 
 
