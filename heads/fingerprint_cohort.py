@@ -41,8 +41,16 @@ def target(catalog: pd.DataFrame, task: str) -> pd.Series:
     return (catalog.groupby("case_id")[wanted].max().max(axis=1) > 0).astype(int)
 
 
-def exam_matrix(radiomics, catalog: pd.DataFrame, sources=None) -> pd.DataFrame:
-    """(exams x plane|roi|source|feature) from `open_radiomics` output, first scan per plane."""
+def exam_matrix(radiomics, catalog: pd.DataFrame, sources=None, spatial_indices: bool = True) -> pd.DataFrame:
+    """(exams x plane|roi|source|feature) from `open_radiomics` output, first scan per plane.
+
+    `spatial_indices` (the paper's sec. 5.2.2: 35 + 3 candidate features per sub-patch) adds
+    per grid cell and source the columns `index_z`, `index_y`, `index_x`: the cell's 1-based
+    position in the n^3 grid (`personas.rois.cell_index` + 1, so the first cell is not 0).
+    ROIs that are not grid cells (`--roi structures`) get none."""
+    from orthodiff.heads.fingerprint import SPATIAL_INDICES
+    from orthodiff.personas.rois import cell_index
+
     ds = radiomics if sources is None else radiomics.sel(source=list(sources))
     ds = ds.isel(series=np.flatnonzero(ds.scan.values == ds.scan.values.min()))
     parts = []
@@ -51,6 +59,10 @@ def exam_matrix(radiomics, catalog: pd.DataFrame, sources=None) -> pd.DataFrame:
         values = sub.value.values.reshape(sub.sizes["series"], -1)
         names = [f"{plane}|{r}|{s}|{f}" for r in sub.roi_name.values for s in sub.source.values for f in sub.feature.values]
         frame = pd.DataFrame(values, columns=names, index=pd.Index(sub.case_id.values, name="case_id"))
+        if spatial_indices:
+            cells = [(f"{plane}|{r}|{s}|{axis}", position + 1) for r in sub.roi_name.values if str(r).startswith("box")
+                     for s in sub.source.values for axis, position in zip(SPATIAL_INDICES, cell_index(str(r)))]
+            frame = frame.assign(**{name: float(value) for name, value in cells})
         parts.append(frame[~frame.index.duplicated()])
     out = pd.concat(parts, axis=1)
     return out.loc[out.index.isin(catalog["case_id"])]

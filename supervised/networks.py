@@ -60,6 +60,40 @@ class NoisedEncoder(nn.Module):
         return self.unet.encoder_features(self.noised(x0, keys), t, self.block)
 
 
+class UsageEncoder(nn.Module):
+    """The fingerprint's usage-predictor backbone (paper sec. 5.2.3: a pretrained 3D network,
+    classification head removed): per image channel (plane) one pretrained diffusion encoder
+    at t = 0 on its `mid_2` output, globally average-pooled, concatenated to (B, `dim`)."""
+
+    def __init__(self, unets: list[DiffusionUNet], names: list[str]):
+        super().__init__()
+        self.encoders = nn.ModuleList(NoisedEncoder(unet, 0, "mid_2") for unet in unets)
+        self.names, self.dim = names, sum(unet.config.middle_channels for unet in unets)
+
+    def check_input(self, shape: tuple[int, ...]) -> None:
+        """Refuse images (C, D, H, W) the encoders were not pretrained on."""
+        if shape[0] != len(self.encoders):
+            raise OrthodiffError(f"the usage images have {shape[0]} channels but {len(self.encoders)} encoders "
+                                 f"were given ({', '.join(self.names)}): one per channel")
+        for name, encoder in zip(self.names, self.encoders):
+            config = encoder.unet.config
+            if tuple(shape[1:]) != (config.depth, config.image_size, config.image_size):
+                raise OrthodiffError(f"{name}: pretrained on {config.depth}x{config.image_size}x{config.image_size} "
+                                     f"volumes, the usage images are {'x'.join(map(str, shape[1:]))}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keys = torch.zeros(len(x), dtype=torch.long)
+        return torch.cat([encoder(x[:, c], keys).mean((2, 3, 4)) for c, encoder in enumerate(self.encoders)], 1)
+
+
+def usage_encoder(checkpoints: list[str]) -> UsageEncoder:
+    """`UsageEncoder` from one checkpoint per channel (full or `export-encoder`, e.g. the shipped
+    `weights/demo_<plane>.pt`), on the CPU."""
+    from orthodiff.backbone.checkpoint import load_backbone
+
+    return UsageEncoder([load_backbone(path, "cpu") for path in checkpoints], [str(path) for path in checkpoints])
+
+
 class EncoderClassifier(nn.Module):
     """Noised encoder -> pooling probe head (channel standardisation, pooling, linear)."""
 
