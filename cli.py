@@ -432,6 +432,36 @@ def fingerprint(
     console.print(frame_table(shown.round(3), f"{task}: test exams ({out / 'metrics.csv'})"))
 
 
+@app.command("register")
+def register_command(
+    store: Annotated[str, typer.Option(help="Store whose volumes are aligned.")],
+    plane: Annotated[Plane, typer.Option(callback=plain, help="The plane of the series to align.")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="New store for the aligned volumes (and registration_<plane>.csv).")],
+    iterations: Annotated[int, typer.Option(help="Optimiser iterations; a series that needs more is left out, with its reason.")] = 200,
+) -> None:
+    """Affine registration of a plane's series to its mean training volume (the paper's "affine" preprocessing)."""
+    from orthodiff.personas.registration import register_store
+
+    table = register_store(store, plane, str(out), iterations)
+    failed = table[table.reason.notna()]
+    console.print(f"aligned {len(table) - len(failed)} of {len(table)} {plane} series into {out}"
+                  + "".join(f"\n[yellow]left out[/] {r.series_id}: {r.reason}" for r in failed.itertuples()))
+
+
+@app.command("registration-compare")
+def registration_compare_command(
+    none: Annotated[Path, typer.Option(metavar="DIR", help="`orthodiff fingerprint --out` on the unregistered store.")],
+    affine: Annotated[Path, typer.Option(metavar="DIR", help="The same on the `orthodiff register` store.")],
+) -> None:
+    """The paper's none-vs-affine comparison: both fingerprint runs' test metrics side by side."""
+    from orthodiff.personas.registration import registration_comparison
+    from orthodiff.tables import frame_table
+
+    table = registration_comparison({"none": none, "affine": affine})
+    console.print(frame_table(table[["model", "registration", "auc", "accuracy", "sensitivity", "specificity"]].round(3),
+                              "registration: none vs affine"))
+
+
 @store_app.command("info")
 def store_info_command(store: Annotated[str, typer.Argument(help="Store path or URL.")]) -> None:
     """Backbones, planes, series complete/total, size on disk, compression ratio."""
