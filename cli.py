@@ -436,7 +436,7 @@ def fingerprint(
 def register_command(
     store: Annotated[str, typer.Option(help="Store whose volumes are aligned.")],
     plane: Annotated[Plane, typer.Option(callback=plain, help="The plane of the series to align.")],
-    out: Annotated[Path, typer.Option(metavar="DIR", help="New store for the aligned volumes (and registration_<plane>.csv).")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder of the new store for the aligned volumes (and registration_<plane>.csv).")],
     iterations: Annotated[int, typer.Option(help="Optimiser iterations; a series that needs more is left out, with its reason.")] = 200,
 ) -> None:
     """Affine registration of a plane's series to its mean training volume (the paper's "affine" preprocessing)."""
