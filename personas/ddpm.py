@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
 from orthodiff.errors import OrthodiffError
+from orthodiff.training import is_small, one_thread
 
 TIMESTEPS, BETA_START, BETA_END = 1000, 1e-4, 2e-2  # sec. 5.2.1
 POLICY = "masked DDPM (paper sec. 5.2.1): input (x_t, image with ROI blanked, mask); linear betas 1e-4..2e-2, " \
@@ -73,9 +76,10 @@ class MaskedDDPM(nn.Module):
         sampler = scheduler(self.scheduler.num_train_timesteps)
         sampler.set_timesteps(steps)
         x = torch.randn(x0.shape, generator=generator)
-        for t in sampler.timesteps:
-            eps = self(x, torch.full((len(x0),), int(t), dtype=torch.long), context, mask)
-            x, _ = sampler.step(eps, int(t), x, generator=generator)
+        with one_thread() if is_small(self, (x0,), len(x0)) else nullcontext():
+            for t in sampler.timesteps:
+                eps = self(x, torch.full((len(x0),), int(t), dtype=torch.long), context, mask)
+                x, _ = sampler.step(eps, int(t), x, generator=generator)
         return torch.where(mask > 0, x.clamp(-1, 1), x0)
 
 
@@ -96,13 +100,14 @@ def train_masked_ddpm(volumes: torch.Tensor, mask: torch.Tensor, steps: int, bat
     m = mask.to(volumes.dtype)[None, None].expand(batch, 1, *mask.shape)
     losses = []
     model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(volumes), (batch,), generator=generator)
-        loss = model.loss(volumes[idx], m, generator)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    with one_thread() if is_small(model, (volumes,), batch) else nullcontext():  # tiny nets: 1 thread is fastest
+        for _ in range(steps):
+            idx = torch.randint(0, len(volumes), (batch,), generator=generator)
+            loss = model.loss(volumes[idx], m, generator)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
     return model.eval(), losses
 
 

@@ -17,7 +17,7 @@ from orthodiff.backbone.diffusion import GaussianDiffusion, keyed_noise
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.probe import ProbeNet
 
-CLASSIFIERS = ("finetune", "resnet18", "unet_encoder")
+CLASSIFIERS = ("finetune", "resnet18", "unet_encoder", "mrnet")
 SEGMENTERS = ("diffusion", "unet", "unetr")
 DECODERS = ("light", "skip")
 
@@ -117,6 +117,28 @@ class CleanInput(nn.Module):
         return self.net(x0.float()[:, None])
 
 
+class SliceCNN(nn.Module):
+    """MRNet-style (Bien et al., PLOS Med 2018): one 2D CNN on every slice of a plane's series,
+    global-average pooled per slice, max-pooled across slices, then linear. MRNet's CNN is an
+    ImageNet-pretrained AlexNet; no pretrained 2D weights are available here (no torchvision,
+    no downloads), so this is a small 2D CNN from scratch with the same slice-wise design.
+    `run_baseline_classify` trains one per plane and averages the planes (MRNet: a logistic
+    regression over the three planes' probabilities)."""
+
+    def __init__(self, n_labels: int, width: int = 16):
+        super().__init__()
+        layers, channels = [], 1
+        for out in (width, 2 * width, 4 * width):
+            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
+            channels = out
+        self.cnn, self.fc = nn.Sequential(*layers), nn.Linear(channels, n_labels)
+
+    def forward(self, x0: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        b, z = x0.shape[:2]
+        per_slice = self.cnn(x0.float().reshape(b * z, 1, *x0.shape[2:])).mean((2, 3)).reshape(b, z, -1)
+        return self.fc(per_slice.amax(1))
+
+
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(in_channels, out_channels, 3, padding=1), nn.GroupNorm(8, out_channels), nn.SiLU())
 
@@ -198,7 +220,7 @@ class SkipSegmenter(nn.Module):
 def classifier(name: str, n_labels: int, unet: DiffusionUNet | None = None, timestep: int = 0,
                block: str = "mid_2", pooling: str = "sap", image_size: int | None = None) -> nn.Module:
     """`finetune` (a pretrained `unet`), `unet_encoder` (the same architecture, random init,
-    clean input) or `resnet18` (MONAI, 3D, random init)."""
+    clean input), `resnet18` (MONAI, 3D, random init) or `mrnet` (`SliceCNN`, random init)."""
     if name == "finetune":
         if unet is None:
             raise OrthodiffError("fine-tuning needs a pretrained backbone")
@@ -209,6 +231,8 @@ def classifier(name: str, n_labels: int, unet: DiffusionUNet | None = None, time
         from monai.networks.nets import resnet18
 
         return CleanInput(resnet18(spatial_dims=3, n_input_channels=1, num_classes=n_labels))
+    if name == "mrnet":
+        return SliceCNN(n_labels)
     raise OrthodiffError(f"--model {name!r}: expected one of {list(CLASSIFIERS)}")
 
 
