@@ -432,6 +432,29 @@ def fingerprint(
     console.print(frame_table(shown.round(3), f"{task}: test exams ({out / 'metrics.csv'})"))
 
 
+@app.command("persona-models")
+def persona_models_command(
+    store: Annotated[str, typer.Option(help="Store with the plane's volumes.")],
+    catalog: Annotated[Path, typer.Option(help="Cohort catalog: its labels decide which exams are healthy.")],
+    plane: Annotated[Plane, typer.Option(callback=plain, help="The plane whose healthy series train and test the models.")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for persona_models(.csv/.parquet), the summary and the DDPM.")],
+    models: Annotated[str, typer.Option(help="Comma-separated: ddpm (the paper's), gan, vit_ae.")] = "ddpm,gan,vit_ae",
+    steps: Annotated[int, typer.Option(help="Training steps of each model.")] = 200,
+    sampling_steps: Annotated[int, typer.Option(help="DDPM reverse steps (of its 1000).")] = 50,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """The paper's reconstruction-model comparison: masked DDPM, GAN, ViT autoencoder and mean fill, ROI SSIM/MSE on healthy test series."""
+    from orthodiff.options import split_list
+    from orthodiff.personas.compare import PERSONA_MODELS, compare_persona_models
+    from orthodiff.tables import frame_table
+
+    table = compare_persona_models(store, catalog, plane, out, split_list(models, "--models", choices=PERSONA_MODELS),
+                                   steps, sampling_steps, seed=seed)
+    shown = table[["model", "ssim", "mse_255"]].copy()
+    shown["ssim 95% CI"] = [f"{a:.2f}-{b:.2f}" for a, b in table["ssim_ci"]]
+    console.print(frame_table(shown, f"{plane}: personas of {table.test_series.iloc[0]} healthy test series ({out})"))
+
+
 @app.command("register")
 def register_command(
     store: Annotated[str, typer.Option(help="Store whose volumes are aligned.")],

@@ -54,3 +54,37 @@ def test_masked_ddpm_trains_inpaints_deterministically_and_refuses_unhealthy(tmp
         train_masked_ddpm(volumes, torch.zeros_like(mask), steps=1)
     with pytest.raises(OrthodiffError, match="sampling steps"):
         model.inpaint(x0, mask[None, None], steps=0)
+
+
+def test_persona_models_command_compares_ddpm_gan_vit_and_mean_fill(tmp_path):
+    """The paper's Table 2 run on a tiny store: every model scored on the same healthy test series."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from orthodiff.catalogs.tasks import get_task
+    from orthodiff.cli import app
+    from orthodiff.featurestore.volumes import append_volumes
+
+    n = 7
+    rng = np.random.default_rng(0)
+    meta = pd.DataFrame({"series_id": [f"s{i}" for i in range(n)], "case_id": [f"c{i}" for i in range(n)],
+                         "patient_id": [f"p{i}" for i in range(n)], "plane": "axial", "scan": 0,
+                         "split": ["train"] * 4 + ["test"] * 3})
+    append_volumes(str(tmp_path / "s.zarr"), rng.uniform(-0.5, 0.5, (n, 16, 16, 16)), meta)
+    catalog = meta.assign(task="knee", joint="knee", **{label: 0 for label in get_task("knee").label_columns})
+    catalog.loc[6, "ACL"] = 1  # a lesion exam: not a healthy test series
+    catalog.to_parquet(tmp_path / "c.parquet")
+    args = ["persona-models", "--store", str(tmp_path / "s.zarr"), "--catalog", str(tmp_path / "c.parquet"),
+            "--plane", "axial", "--out", str(tmp_path / "pm"), "--steps", "2", "--sampling-steps", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    per_series = pd.read_csv(tmp_path / "pm" / "persona_models.csv")
+    assert set(per_series.model) == {"mean fill", "ddpm", "gan", "vit_ae"} and set(per_series.series) == {"s4", "s5"}
+    assert per_series.ssim.between(-1, 1).all() and (per_series.mse > 0).all()
+    from orthodiff.personas.ddpm import load_masked_ddpm
+
+    assert load_masked_ddpm(tmp_path / "pm" / "ddpm_axial.pt").healthy["train_series"] == 4
+    catalog.loc[:3, "MM"] = 1  # no healthy training exams left: refused, not trained on lesions
+    catalog.to_parquet(tmp_path / "c.parquet")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "no healthy axial train series" in str(result.exception)
