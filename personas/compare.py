@@ -44,7 +44,7 @@ def _healthy_volumes(store: str, catalog: str | Path, plane: str) -> tuple[dict[
 
 def compare_persona_models(store: str, catalog: str | Path, plane: str, out: str | Path, models=PERSONA_MODELS,
                            steps: int = 200, sampling_steps: int = 50, batch: int = 2, seed: int = 0,
-                           n_boot: int = 500) -> pd.DataFrame:
+                           n_boot: int = 500, progress=None) -> pd.DataFrame:
     """Train each of `models` for `steps` on the healthy training series, score the healthy
     test series; writes `persona_models` (per series) and `persona_models_summary` (mean SSIM
     and MSE with 95% CIs per model) to `out` and returns the summary."""
@@ -52,7 +52,7 @@ def compare_persona_models(store: str, catalog: str | Path, plane: str, out: str
 
     from orthodiff.outputs import write_table
     from orthodiff.personas.comparators import train_persona_comparator
-    from orthodiff.personas.ddpm import save_masked_ddpm, train_masked_ddpm
+    from orthodiff.personas.ddpm import masked_inpaint, save_masked_ddpm, train_masked_ddpm
     from orthodiff.personas.fidelity import roi_ssim_mse
     from orthodiff.personas.rois import box_grid
 
@@ -71,10 +71,12 @@ def compare_persona_models(store: str, catalog: str | Path, plane: str, out: str
         if name == "ddpm":
             model, _ = train_masked_ddpm(volumes["train"], mask, steps, batch, seed=seed, healthy=healthy)
             save_masked_ddpm(model, out / f"ddpm_{plane}.pt")
-            completions[name] = model.inpaint(x0, mask[None, None], sampling_steps, torch.Generator().manual_seed(seed))
+            completions[name] = masked_inpaint(model, x0, mask[None, None], sampling_steps, torch.Generator().manual_seed(seed))
         else:
             model, _ = train_persona_comparator(name, volumes["train"], mask, steps, batch, seed=seed)
             completions[name] = model.inpaint(x0, mask[None, None])
+        if progress:
+            progress()
     rows = []
     roi = mask.numpy()
     for name, completion in completions.items():

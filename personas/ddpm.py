@@ -27,60 +27,62 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.training import is_small, one_thread
 
 TIMESTEPS, BETA_START, BETA_END = 1000, 1e-4, 2e-2  # sec. 5.2.1
-POLICY = "masked DDPM (paper sec. 5.2.1): input (x_t, image with ROI blanked, mask); linear betas 1e-4..2e-2, " \
-         "T = 1000; DDPM ancestral sampling on `steps` evenly spaced timesteps; noise from one CPU generator"
 
 
-def scheduler(steps: int = TIMESTEPS):
-    """MONAI's DDPM scheduler with the paper's linear schedule."""
+def scheduler():
+    """MONAI's DDPM scheduler with the paper's linear schedule (a new one per loop: it holds
+    the inference timesteps)."""
     from monai.networks.schedulers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=steps, schedule="linear_beta", beta_start=BETA_START, beta_end=BETA_END)
+    return DDPMScheduler(num_train_timesteps=TIMESTEPS, schedule="linear_beta", beta_start=BETA_START, beta_end=BETA_END)
 
 
 class MaskedDDPM(nn.Module):
     """eps_theta(x_t, t | image * (1 - mask), mask) for (B, 1, D, H, W) volumes in [-1, 1];
     `mask` is 1 inside the ROI (unknown) and 0 in the context. D, H, W must be divisible by
-    2^(len(channels) - 1)."""
+    2^(len(channels) - 1). The network only: the schedule is `scheduler()`, the loops are
+    `masked_loss` and `masked_inpaint`."""
 
-    def __init__(self, channels: tuple[int, ...] = (8, 16), norm_groups: int = 4, timesteps: int = TIMESTEPS):
+    def __init__(self, channels: tuple[int, ...] = (8, 16), norm_groups: int = 4):
         super().__init__()
         from monai.networks.nets import DiffusionModelUNet
 
-        self.config = {"channels": list(channels), "norm_groups": norm_groups, "timesteps": timesteps}
+        self.config = {"channels": list(channels), "norm_groups": norm_groups}
         self.net = DiffusionModelUNet(spatial_dims=3, in_channels=3, out_channels=1, channels=tuple(channels),
                                       attention_levels=(False,) * len(channels), num_res_blocks=1,
                                       norm_num_groups=norm_groups)
-        self.scheduler = scheduler(timesteps)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([x_t, context, mask], 1), t)
 
-    def loss(self, x0: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The epsilon MSE over the whole volume at uniformly drawn timesteps (Ho et al.), the
-        input masked: the paper's training on masked inputs."""
-        noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, self.scheduler.num_train_timesteps, (len(x0),), generator=generator)
-        x_t = self.scheduler.add_noise(x0, noise, t)
-        return torch.mean((self(x_t, t, x0 * (1 - mask), mask) - noise) ** 2)
 
-    @torch.no_grad()
-    def inpaint(self, x0: torch.Tensor, mask: torch.Tensor, steps: int = 50,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """x0 with the voxels where `mask` is 1 replaced by their completion: DDPM sampling
-        conditioned on the masked context, on `steps` of the T timesteps."""
-        if not 1 <= steps <= self.scheduler.num_train_timesteps:
-            raise OrthodiffError(f"sampling steps {steps}: expected 1 to {self.scheduler.num_train_timesteps}")
-        mask = mask.to(x0.dtype).expand_as(x0)
-        context = x0 * (1 - mask)
-        sampler = scheduler(self.scheduler.num_train_timesteps)
-        sampler.set_timesteps(steps)
-        x = torch.randn(x0.shape, generator=generator)
-        with one_thread() if is_small(self, (x0,), len(x0)) else nullcontext():
-            for t in sampler.timesteps:
-                eps = self(x, torch.full((len(x0),), int(t), dtype=torch.long), context, mask)
-                x, _ = sampler.step(eps, int(t), x, generator=generator)
-        return torch.where(mask > 0, x.clamp(-1, 1), x0)
+def masked_loss(model: MaskedDDPM, schedule, x0: torch.Tensor, mask: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
+    """The epsilon MSE over the whole volume at uniformly drawn timesteps (Ho et al.), the
+    input masked: the paper's training on masked inputs."""
+    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.randint(0, schedule.num_train_timesteps, (len(x0),), generator=generator)
+    x_t = schedule.add_noise(x0, noise, t)
+    return torch.mean((model(x_t, t, x0 * (1 - mask), mask) - noise) ** 2)
+
+
+@torch.no_grad()
+def masked_inpaint(model: MaskedDDPM, x0: torch.Tensor, mask: torch.Tensor, steps: int = 50,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """x0 with the voxels where `mask` is 1 replaced by their completion: DDPM sampling
+    conditioned on the masked context, on `steps` of the T timesteps of `scheduler()`."""
+    sampler = scheduler()
+    if not 1 <= steps <= sampler.num_train_timesteps:
+        raise OrthodiffError(f"sampling steps {steps}: expected 1 to {sampler.num_train_timesteps}")
+    mask = mask.to(x0.dtype).expand_as(x0)
+    context = x0 * (1 - mask)
+    sampler.set_timesteps(steps)
+    x = torch.randn(x0.shape, generator=generator)
+    with one_thread() if is_small(model, (x0,), len(x0)) else nullcontext():
+        for t in sampler.timesteps:
+            eps = model(x, torch.full((len(x0),), int(t), dtype=torch.long), context, mask)
+            x, _ = sampler.step(eps, int(t), x, generator=generator)
+    return torch.where(mask > 0, x.clamp(-1, 1), x0)
 
 
 def train_masked_ddpm(volumes: torch.Tensor, mask: torch.Tensor, steps: int, batch: int = 2, lr: float = 2e-4,
@@ -93,7 +95,7 @@ def train_masked_ddpm(volumes: torch.Tensor, mask: torch.Tensor, steps: int, bat
     if not mask.any():
         raise OrthodiffError("the ROI mask is empty: nothing to learn to inpaint")
     torch.manual_seed(seed)
-    model = MaskedDDPM(**config)
+    model, schedule = MaskedDDPM(**config), scheduler()
     model.healthy = healthy
     generator = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -103,7 +105,7 @@ def train_masked_ddpm(volumes: torch.Tensor, mask: torch.Tensor, steps: int, bat
     with one_thread() if is_small(model, (volumes,), batch) else nullcontext():  # tiny nets: 1 thread is fastest
         for _ in range(steps):
             idx = torch.randint(0, len(volumes), (batch,), generator=generator)
-            loss = model.loss(volumes[idx], m, generator)
+            loss = masked_loss(model, schedule, volumes[idx], m, generator)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -131,7 +133,7 @@ def load_masked_ddpm(path: str | Path, require_healthy: bool = True) -> MaskedDD
     if require_healthy and not ckpt.get("healthy"):
         raise OrthodiffError(f"{path}: not trained on healthy exams only (no `healthy` cohort recorded): its "
                              "personas would not be healthy baselines; retrain on the healthy exams")
-    model = MaskedDDPM(tuple(ckpt["config"]["channels"]), ckpt["config"]["norm_groups"], ckpt["config"]["timesteps"])
+    model = MaskedDDPM(tuple(ckpt["config"]["channels"]), ckpt["config"]["norm_groups"])
     model.load_state_dict(ckpt["model"])
     model.healthy = ckpt.get("healthy")
     return model.eval()

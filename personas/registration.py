@@ -83,7 +83,7 @@ def affine_register(moving: np.ndarray, fixed: np.ndarray, iterations: int = 200
     return Registered(sitk.GetArrayFromImage(out), metric, done, stop)
 
 
-def register_store(store: str, plane: str, out: str, iterations: int = 200) -> pd.DataFrame:
+def register_store(store: str, plane: str, out: str, iterations: int = 200, progress=None) -> pd.DataFrame:
     """Every `plane` series of `store` aligned to the mean training volume, appended to `out`
     (a new store; series already there are skipped, so an interrupted run finishes on rerun);
     returns and writes `<out>/registration.csv`: one row per series with metric, iterations,
@@ -105,6 +105,8 @@ def register_store(store: str, plane: str, out: str, iterations: int = 200) -> p
         result = affine_register(ds.volume.isel(series=i).values, reference, iterations)
         rows.append({"series_id": series, "metric": result.metric, "iterations": result.iterations,
                      "stop": result.stop, "reason": result.reason if result.reason else np.nan})
+        if progress:
+            progress()
         if result.volume is None or series in done:
             continue
         meta = pd.DataFrame([{"series_id": series, **{c: ds[c].values[i] for c in COORDS}}])

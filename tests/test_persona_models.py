@@ -20,15 +20,15 @@ def _tiny():
 
 def test_linear_schedule_is_the_papers():
     """Ho et al.'s linear betas, 1e-4 to 2e-2 over T = 1000 (sec. 5.2.1), not our cosine one."""
-    from orthodiff.personas.ddpm import MaskedDDPM
+    from orthodiff.personas.ddpm import scheduler
 
-    betas = MaskedDDPM().scheduler.betas.double()
+    betas = scheduler().betas.double()
     assert len(betas) == 1000 and betas[0] == pytest.approx(1e-4) and betas[-1] == pytest.approx(2e-2)
     np.testing.assert_allclose(np.diff(betas.numpy()), (2e-2 - 1e-4) / 999, rtol=1e-3)
 
 
 def test_masked_ddpm_trains_inpaints_deterministically_and_refuses_unhealthy(tmp_path):
-    from orthodiff.personas.ddpm import load_masked_ddpm, save_masked_ddpm, train_masked_ddpm
+    from orthodiff.personas.ddpm import load_masked_ddpm, masked_inpaint, save_masked_ddpm, train_masked_ddpm
 
     volumes, mask = _tiny()
     model, losses = train_masked_ddpm(volumes, mask, steps=3, healthy={"catalog": "c.parquet", "train_series": 3})
@@ -36,15 +36,15 @@ def test_masked_ddpm_trains_inpaints_deterministically_and_refuses_unhealthy(tmp
     assert len(losses) == 3 and np.isfinite(losses).all() and losses == losses2
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     x0 = volumes[:2]
-    persona = model.inpaint(x0, mask[None, None], steps=4, generator=torch.Generator().manual_seed(1))
+    persona = masked_inpaint(model, x0, mask[None, None], steps=4, generator=torch.Generator().manual_seed(1))
     assert persona.shape == x0.shape
     assert torch.equal(persona[:, :, ~mask], x0[:, :, ~mask])  # the context is kept exactly
     assert not torch.equal(persona[:, :, mask], x0[:, :, mask]) and persona.abs().max() <= 1
-    same = model.inpaint(x0, mask[None, None], steps=4, generator=torch.Generator().manual_seed(1))
+    same = masked_inpaint(model, x0, mask[None, None], steps=4, generator=torch.Generator().manual_seed(1))
     assert torch.equal(persona, same)
     path = save_masked_ddpm(model, tmp_path / "ddpm.pt")
     loaded = load_masked_ddpm(path)
-    assert torch.equal(loaded.inpaint(x0, mask[None, None], steps=4, generator=torch.Generator().manual_seed(1)), persona)
+    assert torch.equal(masked_inpaint(loaded, x0, mask[None, None], steps=4, generator=torch.Generator().manual_seed(1)), persona)
     unhealthy, _ = train_masked_ddpm(volumes, mask, steps=1)
     save_masked_ddpm(unhealthy, tmp_path / "any.pt")
     with pytest.raises(OrthodiffError, match="not trained on healthy exams"):
@@ -53,7 +53,7 @@ def test_masked_ddpm_trains_inpaints_deterministically_and_refuses_unhealthy(tmp
     with pytest.raises(OrthodiffError, match="ROI mask is empty"):
         train_masked_ddpm(volumes, torch.zeros_like(mask), steps=1)
     with pytest.raises(OrthodiffError, match="sampling steps"):
-        model.inpaint(x0, mask[None, None], steps=0)
+        masked_inpaint(model, x0, mask[None, None], steps=0)
 
 
 def test_persona_models_command_compares_ddpm_gan_vit_and_mean_fill(tmp_path):
