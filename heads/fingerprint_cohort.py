@@ -229,5 +229,7 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
         persona_figure(store, catalog, positives[0], out / "persona_example.png", np.unique(radiomics.plane.values).tolist())
     (out / "run.json").write_text(json.dumps({"store": str(store), "catalog": str(catalog_path), "task": task,
                                               "settings": radiomics.attrs["settings_id"], "epochs": epochs, "seed": seed,
+                                              "method": {"spatial_indices": True, **{k: v for k, v in FingerprintClassifier().get_params().items()
+                                                         if k in ("beta_penalty", "youden_every", "fit_intercept", "lambda_u", "lambda_beta")}},
                                               "exams": {s: int(len(v)) for s, v in exams.items()}}, indent=1))
     return table

@@ -102,6 +102,10 @@ def test_end_to_end_healthy_persona_radiomics_fingerprint(tmp_path):
     assert table.loc["fingerprint (image+persona)", "auc"] == 1.0
     explain = pd.read_csv(tmp_path / "fp" / "explain_image_persona.csv")
     assert set(explain.exam) == {"c9", "c10", "c11"} and explain.feature.str.startswith("axial|box1_z0y0x0|").all()
+    import json
+
+    method = json.loads((tmp_path / "fp" / "run.json").read_text())["method"]
+    assert method["spatial_indices"] and method["beta_penalty"] == "norm" and method["youden_every"] == 10
     ok("report", tmp_path / "fp")  # metrics, explanations, betas and the persona figure in one HTML page
     page = (tmp_path / "fp" / "report.html").read_text()
     assert "explain_image_persona.csv" in page and "persona_example.png" in page and "data:image/png;base64" in page
