@@ -1,16 +1,19 @@
 """Affine registration to a common reference (the paper's preprocessing option, sec. 5.1).
 
 The paper compares no registration with an affine one (NiftyReg) that aligns every scan to a
-common reference space before personas and radiomics. Here SimpleITK (the optional extra
-`registration`) does the affine step: normalised correlation metric (one modality within a plane; the mean
-template has less contrast than a single scan, which correlation ignores), regular-step gradient descent, centred geometric
-initialisation, linear resampling onto the reference grid. The reference of a plane is the
-voxel-wise mean of its training series (a template of the cohort; no external atlas needed).
+common reference space before personas and radiomics. Here SimpleITK (the optional
+extra `registration`) does the affine step: normalised correlation metric (one modality
+within a plane; the mean template has less contrast than a single scan, which correlation
+ignores), gradient descent with a learning rate estimated every iteration, converged when
+the metric's change over a window of 10 iterations falls below 1e-6 (ITK's convergence
+monitor), centred geometric initialisation, linear resampling onto the reference grid. The
+reference of a plane is the voxel-wise mean of its training series (a template of the
+cohort; no external atlas needed).
 
 A registration that fails (constant volume, an exception inside ITK, the optimiser stopping
 at its iteration limit, a non-finite metric) gives no volume but a recorded reason;
 `register_store` writes the aligned series to a new store and every series' record
-(metric, iterations, stop condition, reason) to `registration.csv` beside it. The paper's
+(metric, iterations, stop condition, reason) to `registration_<plane>.csv` in it. The paper's
 none-vs-affine comparison is then the same chain (persona -> radiomics -> fingerprint) on
 both stores, and `registration_comparison` puts their metrics side by side.
 """
@@ -64,8 +67,8 @@ def affine_register(moving: np.ndarray, fixed: np.ndarray, iterations: int = 200
     reg.SetMetricAsCorrelation()
     reg.SetMetricSamplingStrategy(reg.NONE)
     reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=iterations,
-                                                 relaxationFactor=0.5)
+    reg.SetOptimizerAsGradientDescent(learningRate=1.0, numberOfIterations=iterations, convergenceMinimumValue=1e-6,
+                                      convergenceWindowSize=10, estimateLearningRate=reg.EachIteration)
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetInitialTransform(sitk.CenteredTransformInitializer(f, m, sitk.AffineTransform(3),
                                                               sitk.CenteredTransformInitializerFilter.GEOMETRY))
