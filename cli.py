@@ -419,14 +419,18 @@ def fingerprint(
     epochs: Annotated[int, typer.Option(help="Training epochs of the fingerprint heads.")] = 200,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of patients for the CIs.")] = 500,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    usage_encoders: Annotated[str | None, typer.Option(help="Comma-separated encoder checkpoints, one per plane (e.g. weights/demo_sagittal.pt): adds the paper's usage predictor on the volumes, pretrained and fine-tuned.")] = None,
 ) -> None:
     """Radiomic fingerprint head and comparators on one task: test AUC, accuracy, sensitivity, specificity."""
     from orthodiff.progress import progress_bar
     from orthodiff.heads.fingerprint_cohort import models, run_fingerprint
+    from orthodiff.supervised.networks import usage_encoder
     from orthodiff.tables import frame_table
 
-    with progress_bar(console, f"fingerprint {task}", len(models())) as advance:
-        table = run_fingerprint(store, catalog, task, out, settings, epochs, bootstrap, seed, progress=advance)
+    encoder = usage_encoder(split_list(usage_encoders, "--usage-encoders")) if usage_encoders else None
+    with progress_bar(console, f"fingerprint {task}", len(models(usage_encoder=encoder))) as advance:
+        table = run_fingerprint(store, catalog, task, out, settings, epochs, bootstrap, seed, progress=advance,
+                                usage_encoder=encoder)
     shown = table[["model", "sources", "auc", "accuracy", "sensitivity", "specificity"]].copy()
     shown["auc 95% CI"] = [f"{a:.2f}-{b:.2f}" for a, b in table["auc_ci"]]
     console.print(frame_table(shown.round(3), f"{task}: test exams ({out / 'metrics.csv'})"))

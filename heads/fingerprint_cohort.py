@@ -11,6 +11,7 @@ bootstrap CIs resampling patients.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -89,16 +90,22 @@ def binary_metrics(y, p, threshold: float, groups, n_boot: int = 500, seed: int 
     return out
 
 
-def models(random_state: int = 0, epochs: int = 200) -> dict:
+def models(random_state: int = 0, epochs: int = 200, usage_encoder=None) -> dict:
     """The fingerprint head and its comparators: name -> (estimator, sources, uses diffusion features).
 
     Fingerprints on the image alone (the paper's NoPersona ablation), on image + persona (the
     paper's model), on all three sources and on the residual; u = 1 (the paper's NoFS); L1
-    logistic regression (classical radiomics) on the image, persona, residual and all three."""
+    logistic regression (classical radiomics) on the image, persona, residual and all three.
+    With `usage_encoder` (`supervised.networks.usage_encoder`) also the paper's usage predictor
+    on the volumes: the pretrained diffusion encoder fine-tuned with the head."""
     l1 = make_pipeline(SimpleImputer(keep_empty_features=True), StandardScaler(),
                        LogisticRegression(l1_ratio=1.0, solver="saga", C=1.0, class_weight="balanced", max_iter=5000))
     fp = FingerprintClassifier(usage="mlp", epochs=epochs, random_state=random_state)
+    encoder = {} if usage_encoder is None else {"fingerprint (image+persona, pretrained encoder)": (
+        FingerprintClassifier(usage="diffusion", encoder=usage_encoder, epochs=epochs, random_state=random_state),
+        ("image", "persona"), True)}
     return {
+        **encoder,
         "fingerprint (image)": (fp, ("image",), True),
         "fingerprint (image+persona)": (fp, ("image", "persona"), True),
         "fingerprint (image+persona+residual)": (fp, ("image", "persona", "residual"), True),
@@ -131,6 +138,28 @@ def usage_features(store: str, timestep: int | None = None, block: str | None = 
     return pd.concat(parts, axis=1)
 
 
+def usage_images(store: str, exams, planes) -> np.ndarray:
+    """(exams, planes, D, H, W) float32: each exam's first-scan volume per plane as the
+    personas group holds it (0 where the exam lacks the plane), the usage predictor's input.
+    In memory: for demo-sized cohorts."""
+    from orthodiff.personas.store import open_personas
+
+    out = None
+    for c, plane in enumerate(planes):
+        ds = open_personas(store, plane)
+        ds = ds.isel(series=np.flatnonzero(ds.scan.values == ds.scan.values.min()))
+        image = ds.image.values.astype(np.float32)
+        if out is None:
+            out = np.zeros((len(exams), len(planes), *image.shape[1:]), np.float32)
+        row = {}
+        for i, case in enumerate(ds.case_id.values):
+            row.setdefault(str(case), i)
+        for j, exam in enumerate(exams):
+            if str(exam) in row:
+                out[j, c] = image[row[str(exam)]]
+    return out
+
+
 def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path, planes=None) -> Path:
     """Central slice of the exam's image, persona and residual per plane (of `planes`, default
     all), ROI outlined."""
@@ -158,8 +187,10 @@ def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path, plan
 
 
 def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | Path, settings: str | None = None,
-                    epochs: int = 200, n_boot: int = 500, seed: int = 0, top: int = 5, progress=None) -> pd.DataFrame:
-    """Fit every model on train, threshold on val, score test; write metrics, explanations, betas to `out`."""
+                    epochs: int = 200, n_boot: int = 500, seed: int = 0, top: int = 5, progress=None,
+                    usage_encoder=None) -> pd.DataFrame:
+    """Fit every model on train, threshold on val, score test; write metrics, explanations, betas to `out`.
+    `usage_encoder`: see `models` (its `planes` say which volumes it reads)."""
     from orthodiff.catalogs.cohort import read_catalog
     from orthodiff.radiomics.store import open_radiomics
 
@@ -172,7 +203,8 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
     gap = usage_features(store)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, choices = [], models(seed, epochs)
+    rows, choices = [], models(seed, epochs, usage_encoder)
+    images = None
     for name, (estimator, sources, diffusion) in choices.items():
         if not set(sources) <= have:
             raise OrthodiffError(f"{store}: model {name!r} needs radiomics of {list(sources)}, the store has {sorted(have)} "
@@ -183,7 +215,12 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
             raise OrthodiffError(f"--task {task}: train and test need positive and negative exams "
                                  f"({ {s: int(y.reindex(v).sum()) for s, v in exams.items()} } positives)")
 
+        if isinstance(estimator, FingerprintClassifier) and estimator.usage == "diffusion" and images is None:
+            images = dict(zip(X.index, usage_images(store, X.index, usage_encoder.planes)))
+
         def inputs(idx):
+            if isinstance(estimator, FingerprintClassifier) and estimator.usage == "diffusion":
+                return {"radiomics": X.loc[idx], "usage": np.stack([images[e] for e in idx])}
             if isinstance(estimator, FingerprintClassifier) and estimator.usage == "mlp" and diffusion and gap is not None:
                 return {"radiomics": X.loc[idx], "usage": gap.reindex(idx).to_numpy(np.float32)}
             return X.loc[idx] if isinstance(estimator, FingerprintClassifier) else X.loc[idx].to_numpy()
@@ -201,11 +238,12 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
             threshold = youden_threshold(y.reindex(val), model.predict_proba(inputs(val))[:, 1])
         p = model.predict_proba(inputs(exams["test"]))[:, 1]
         metrics = binary_metrics(y.reindex(exams["test"]), p, threshold, patient.reindex(exams["test"]).to_numpy(), n_boot, seed)
-        rows.append({"model": name, "sources": "+".join(sources),
-                     "usage input": ("diffusion GAP" if gap is not None else "radiomics") if diffusion else "",
+        usage_input = "volumes (pretrained encoder)" if getattr(estimator, "usage", "") == "diffusion" else \
+            ("diffusion GAP" if gap is not None else "radiomics") if diffusion else ""
+        rows.append({"model": name, "sources": "+".join(sources), "usage input": usage_input,
                      "threshold": threshold, **metrics})
         if isinstance(model, FingerprintClassifier) and model.usage != "none":
-            slug = name.split("(")[1].rstrip(")").replace("+", "_")
+            slug = re.sub(r"[^a-z0-9]+", "_", name.split("(")[1].rstrip(")")).strip("_")
             model.explain(inputs(exams["test"]), top=top, exams=exams["test"]).to_csv(out / f"explain_{slug}.csv", index=False)
             pd.DataFrame({"feature": model.feature_names_, "beta": model.beta_.detach().numpy()}).sort_values(
                 "beta", key=np.abs, ascending=False).to_csv(out / f"beta_{slug}.csv", index=False)

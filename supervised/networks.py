@@ -65,10 +65,11 @@ class UsageEncoder(nn.Module):
     classification head removed): per image channel (plane) one pretrained diffusion encoder
     at t = 0 on its `mid_2` output, globally average-pooled, concatenated to (B, `dim`)."""
 
-    def __init__(self, unets: list[DiffusionUNet], names: list[str]):
+    def __init__(self, unets: list[DiffusionUNet], names: list[str], planes: list[str | None] | None = None):
         super().__init__()
         self.encoders = nn.ModuleList(NoisedEncoder(unet, 0, "mid_2") for unet in unets)
         self.names, self.dim = names, sum(unet.config.middle_channels for unet in unets)
+        self.planes = planes or [None] * len(unets)  # the plane each channel's encoder was pretrained on
 
     def check_input(self, shape: tuple[int, ...]) -> None:
         """Refuse images (C, D, H, W) the encoders were not pretrained on."""
@@ -88,10 +89,16 @@ class UsageEncoder(nn.Module):
 
 def usage_encoder(checkpoints: list[str]) -> UsageEncoder:
     """`UsageEncoder` from one checkpoint per channel (full or `export-encoder`, e.g. the shipped
-    `weights/demo_<plane>.pt`), on the CPU."""
-    from orthodiff.backbone.checkpoint import load_backbone
+    `weights/demo_<plane>.pt`), on the CPU; `planes` from what each checkpoint records."""
+    from orthodiff.backbone.checkpoint import load_backbone, read_checkpoint
 
-    return UsageEncoder([load_backbone(path, "cpu") for path in checkpoints], [str(path) for path in checkpoints])
+    ckpts = [read_checkpoint(path) for path in checkpoints]
+    unknown = [str(path) for path, ckpt in zip(checkpoints, ckpts) if not ckpt.get("plane")]
+    if unknown:
+        raise OrthodiffError(f"{unknown[0]}: the checkpoint records no plane, so which volumes it reads is unknown "
+                             "(use a `pretrain` checkpoint or its `export-encoder` file)")
+    return UsageEncoder([load_backbone(path, "cpu", ckpt) for path, ckpt in zip(checkpoints, ckpts)],
+                        [str(path) for path in checkpoints], [ckpt.get("plane") for ckpt in ckpts])
 
 
 class EncoderClassifier(nn.Module):

@@ -94,10 +94,18 @@ def test_end_to_end_healthy_persona_radiomics_fingerprint(tmp_path):
     assert "made 12 axial personas (1 ROIs, 1 tasks)" in out and "warning" not in out
     out = ok("radiomics", "--plane", "axial", "--store", store, "--families", "first_order,histogram")
     assert "computed 123 features for 12 axial series" in out  # 1 ROI x 3 sources x (18 + 23)
+    from pathlib import Path
+
+    import orthodiff
+
+    encoder = Path(orthodiff.__file__).parent / "weights" / "demo_axial.pt"  # the shipped, pretrained axial encoder
     out = ok("fingerprint", "--store", store, "--catalog", catalog, "--task", "acl", "--out", tmp_path / "fp",
-             "--epochs", 30, "--bootstrap", 20)
+             "--epochs", 30, "--bootstrap", 20, "--usage-encoders", encoder)
     table = pd.read_csv(tmp_path / "fp" / "metrics.csv").set_index("model")
-    assert len(table) == 9 and (table["sources"].str.len() > 0).all()
+    assert len(table) == 10 and (table["sources"].str.len() > 0).all()
+    assert table.loc["fingerprint (image+persona, pretrained encoder)", "usage input"] == "volumes (pretrained encoder)"
+    assert np.isfinite(table.loc["fingerprint (image+persona, pretrained encoder)", "auc"])
+    assert (tmp_path / "fp" / "explain_image_persona_pretrained_encoder.csv").is_file()
     assert table.loc["classical radiomics (L1 logistic, image)", "auc"] == 1.0  # the planted box is found
     assert table.loc["fingerprint (image+persona)", "auc"] == 1.0
     explain = pd.read_csv(tmp_path / "fp" / "explain_image_persona.csv")
