@@ -265,7 +265,12 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
     positives = [e for e in exams["test"] if y.get(e, 0) == 1]
     if positives:
         persona_figure(store, catalog, positives[0], out / "persona_example.png", np.unique(radiomics.plane.values).tolist())
+    from orthodiff.personas.store import open_personas
+
+    personas = {plane: {k: open_personas(store, plane).attrs.get(k) for k in ("backbone_id", "healthy")}
+                for plane in np.unique(radiomics.plane.values).tolist()} if "persona" in have else {}
     (out / "run.json").write_text(json.dumps({"store": str(store), "catalog": str(catalog_path), "task": task,
+                                              "personas": personas,  # healthy None: backbone not trained on healthy exams
                                               "settings": radiomics.attrs["settings_id"], "epochs": epochs, "seed": seed,
                                               "method": {"spatial_indices": True, **{k: v for k, v in FingerprintClassifier().get_params().items()
                                                          if k in ("beta_penalty", "youden_every", "fit_intercept", "lambda_u", "lambda_beta")}},

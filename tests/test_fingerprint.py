@@ -112,7 +112,9 @@ def test_end_to_end_healthy_persona_radiomics_fingerprint(tmp_path):
     assert set(explain.exam) == {"c9", "c10", "c11"} and explain.feature.str.startswith("axial|box1_z0y0x0|").all()
     import json
 
-    method = json.loads((tmp_path / "fp" / "run.json").read_text())["method"]
+    run = json.loads((tmp_path / "fp" / "run.json").read_text())
+    assert run["personas"]["axial"]["healthy"]["train_series"] == 3  # which cohort the persona backbone saw
+    method = run["method"]
     assert method["spatial_indices"] and method["beta_penalty"] == "norm" and method["youden_every"] == 10
     ok("report", tmp_path / "fp")  # metrics, explanations, betas and the persona figure in one HTML page
     page = (tmp_path / "fp" / "report.html").read_text()
