@@ -5,8 +5,9 @@ linear -> LayerNorm -> sigmoid, sec. 5.2.3); the classifier is eq. 7,
 p = sigmoid(sum_n beta_n u_n r_n) (`fit_intercept=True` adds a bias b the paper does not
 have), trained jointly with Adam on eq. 8 (see `FingerprintClassifier._loss`). Youden's J
 threshold is re-estimated every `youden_every` epochs (default 10) from the current
-validation predictions, as sec. 5.2.4 does; `threshold_` is the last estimate and
-`threshold_history_` all of them. `hard_threshold` binarises u at inference.
+validation predictions, as sec. 5.2.4 does; `threshold_` is the last estimate (epochs after it
+still train, as in the paper's loop; `youden_every=None` estimates once after training) and
+`threshold_history_` all (epoch, threshold) pairs. `hard_threshold` binarises u at inference.
 
 `X` is either the (n, N) radiomic matrix r (the usage predictor then sees r itself), or a
 dict {"radiomics": r, "usage": U} where U is (n, D) stored diffusion features (usage "mlp":
