@@ -425,17 +425,74 @@ def fingerprint(
     epochs: Annotated[int, typer.Option(help="Training epochs of the fingerprint heads.")] = 200,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of patients for the CIs.")] = 500,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    usage_encoders: Annotated[str | None, typer.Option(help="Comma-separated encoder checkpoints, one per plane (e.g. weights/demo_sagittal.pt): adds the paper's usage predictor on the volumes, pretrained and fine-tuned.")] = None,
 ) -> None:
     """Radiomic fingerprint head and comparators on one task: test AUC, accuracy, sensitivity, specificity."""
     from orthodiff.progress import progress_bar
     from orthodiff.heads.fingerprint_cohort import models, run_fingerprint
+    from orthodiff.supervised.networks import usage_encoder
     from orthodiff.tables import frame_table
 
-    with progress_bar(console, f"fingerprint {task}", len(models())) as advance:
-        table = run_fingerprint(store, catalog, task, out, settings, epochs, bootstrap, seed, progress=advance)
+    encoder = usage_encoder(split_list(usage_encoders, "--usage-encoders")) if usage_encoders else None
+    with progress_bar(console, f"fingerprint {task}", len(models(usage_encoder=encoder))) as advance:
+        table = run_fingerprint(store, catalog, task, out, settings, epochs, bootstrap, seed, progress=advance,
+                                usage_encoder=encoder)
     shown = table[["model", "sources", "auc", "accuracy", "sensitivity", "specificity"]].copy()
     shown["auc 95% CI"] = [f"{a:.2f}-{b:.2f}" for a, b in table["auc_ci"]]
     console.print(frame_table(shown.round(3), f"{task}: test exams ({out / 'metrics.csv'})"))
+
+
+@app.command("persona-models")
+def persona_models_command(
+    store: Annotated[str, typer.Option(help="Store with the plane's volumes.")],
+    catalog: Annotated[Path, typer.Option(help="Cohort catalog: its labels decide which exams are healthy.")],
+    plane: Annotated[Plane, typer.Option(callback=plain, help="The plane whose healthy series train and test the models.")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for persona_models(.csv/.parquet), the summary and the DDPM.")],
+    models: Annotated[str, typer.Option(help="Comma-separated: ddpm (the paper's), gan, vit_ae.")] = "ddpm,gan,vit_ae",
+    steps: Annotated[int, typer.Option(help="Training steps of each model.")] = 200,
+    sampling_steps: Annotated[int, typer.Option(help="DDPM reverse steps (of its 1000).")] = 50,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """The paper's reconstruction-model comparison: masked DDPM, GAN, ViT autoencoder and mean fill, ROI SSIM/MSE on healthy test series."""
+    from orthodiff.options import split_list
+    from orthodiff.personas.compare import PERSONA_MODELS, compare_persona_models
+    from orthodiff.tables import frame_table
+
+    table = compare_persona_models(store, catalog, plane, out, split_list(models, "--models", choices=PERSONA_MODELS),
+                                   steps, sampling_steps, seed=seed)
+    shown = table[["model", "ssim", "mse_255"]].copy()
+    shown["ssim 95% CI"] = [f"{a:.2f}-{b:.2f}" for a, b in table["ssim_ci"]]
+    console.print(frame_table(shown, f"{plane}: personas of {table.test_series.iloc[0]} healthy test series ({out})"))
+
+
+@app.command("register")
+def register_command(
+    store: Annotated[str, typer.Option(help="Store whose volumes are aligned.")],
+    plane: Annotated[Plane, typer.Option(callback=plain, help="The plane of the series to align.")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder of the new store for the aligned volumes (and registration_<plane>.csv).")],
+    iterations: Annotated[int, typer.Option(help="Optimiser iterations; a series that needs more is left out, with its reason.")] = 200,
+) -> None:
+    """Affine registration of a plane's series to its mean training volume (the paper's "affine" preprocessing)."""
+    from orthodiff.personas.registration import register_store
+
+    table = register_store(store, plane, str(out), iterations)
+    failed = table[table.reason.notna()]
+    console.print(f"aligned {len(table) - len(failed)} of {len(table)} {plane} series into {out}"
+                  + "".join(f"\n[yellow]left out[/] {r.series_id}: {r.reason}" for r in failed.itertuples()))
+
+
+@app.command("registration-compare")
+def registration_compare_command(
+    none: Annotated[Path, typer.Option(metavar="DIR", help="`orthodiff fingerprint --out` on the unregistered store.")],
+    affine: Annotated[Path, typer.Option(metavar="DIR", help="The same on the `orthodiff register` store.")],
+) -> None:
+    """The paper's none-vs-affine comparison: both fingerprint runs' test metrics side by side."""
+    from orthodiff.personas.registration import registration_comparison
+    from orthodiff.tables import frame_table
+
+    table = registration_comparison({"none": none, "affine": affine})
+    console.print(frame_table(table[["model", "registration", "auc", "accuracy", "sensitivity", "specificity"]].round(3),
+                              "registration: none vs affine"))
 
 
 @store_app.command("info")

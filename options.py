@@ -143,7 +143,7 @@ Roi = _choices("Roi", "box structures", "Where personas are inpainted (personas.
 Decoder = _choices("Decoder", "light skip", "The segmentation decoder (supervised.networks.DECODERS).")
 UnetrSize = _choices("UnetrSize", "paper small", "A UNETR size (supervised.networks.UNETR_SIZES).")
 FingerprintTask = _choices("FingerprintTask", "abnormal acl meniscus", "A fingerprint target (heads.fingerprint_cohort.TARGETS).")
-ClassifierModel = _choices("ClassifierModel", "resnet18 unet_encoder", "A from-scratch classifier architecture.")
+ClassifierModel = _choices("ClassifierModel", "resnet18 unet_encoder mrnet", "A from-scratch classifier architecture.")
 SegmenterModel = _choices("SegmenterModel", "unet unetr", "A from-scratch segmentation architecture (MONAI).")
 PromptModel = _choices("PromptModel", "sam medsam sam2", "A promptable segmentation model.")
 Encoder = _choices("Encoder", "vit_b vit_l vit_h", "The SAM/MedSAM image encoder of a checkpoint.")
@@ -175,7 +175,7 @@ LIMITS: dict[str, tuple[float, float | str, bool]] = {  # name -> (min, max, min
     "permutations": (1, 1_000_000, False), "nsd_tolerance": (0, 100, False), "subset": (1, 10_000_000, False),
     "val": (0, 1, False), "test": (0, 1, False),
     "bin_width": (0, 1e9, True), "fold": (1, 2, False), "min_pixels": (0, 10**6, False), "min_voxels": (0, 10**9, False),
-    "train_shift": (0, 1024, False), "train_subjects": (0, 10_000_000, False),
+    "train_shift": (0, 1024, False), "train_subjects": (0, 10_000_000, False), "iterations": (1, 100_000, False),
 }
 
 

@@ -10,6 +10,7 @@ bootstrap CIs resampling patients.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,16 @@ def target(catalog: pd.DataFrame, task: str) -> pd.Series:
     return (catalog.groupby("case_id")[wanted].max().max(axis=1) > 0).astype(int)
 
 
-def exam_matrix(radiomics, catalog: pd.DataFrame, sources=None) -> pd.DataFrame:
-    """(exams x plane|roi|source|feature) from `open_radiomics` output, first scan per plane."""
+def exam_matrix(radiomics, catalog: pd.DataFrame, sources=None, spatial_indices: bool = True) -> pd.DataFrame:
+    """(exams x plane|roi|source|feature) from `open_radiomics` output, first scan per plane.
+
+    `spatial_indices` (the paper's sec. 5.2.2: 35 + 3 candidate features per sub-patch) adds
+    per grid cell and source the columns `index_z`, `index_y`, `index_x`: the cell's 1-based
+    position in the n^3 grid (`personas.rois.cell_index` + 1, so the first cell is not 0).
+    ROIs that are not grid cells (`--roi structures`) get none."""
+    from orthodiff.heads.fingerprint import SPATIAL_INDICES
+    from orthodiff.personas.rois import cell_index
+
     ds = radiomics if sources is None else radiomics.sel(source=list(sources))
     ds = ds.isel(series=np.flatnonzero(ds.scan.values == ds.scan.values.min()))
     parts = []
@@ -51,6 +60,10 @@ def exam_matrix(radiomics, catalog: pd.DataFrame, sources=None) -> pd.DataFrame:
         values = sub.value.values.reshape(sub.sizes["series"], -1)
         names = [f"{plane}|{r}|{s}|{f}" for r in sub.roi_name.values for s in sub.source.values for f in sub.feature.values]
         frame = pd.DataFrame(values, columns=names, index=pd.Index(sub.case_id.values, name="case_id"))
+        if spatial_indices:
+            cells = [(f"{plane}|{r}|{s}|{axis}", position + 1) for r in sub.roi_name.values if str(r).startswith("box")
+                     for s in sub.source.values for axis, position in zip(SPATIAL_INDICES, cell_index(str(r)))]
+            frame = frame.assign(**{name: float(value) for name, value in cells})
         parts.append(frame[~frame.index.duplicated()])
     out = pd.concat(parts, axis=1)
     return out.loc[out.index.isin(catalog["case_id"])]
@@ -77,16 +90,22 @@ def binary_metrics(y, p, threshold: float, groups, n_boot: int = 500, seed: int 
     return out
 
 
-def models(random_state: int = 0, epochs: int = 200) -> dict:
+def models(random_state: int = 0, epochs: int = 200, usage_encoder=None) -> dict:
     """The fingerprint head and its comparators: name -> (estimator, sources, uses diffusion features).
 
     Fingerprints on the image alone (the paper's NoPersona ablation), on image + persona (the
     paper's model), on all three sources and on the residual; u = 1 (the paper's NoFS); L1
-    logistic regression (classical radiomics) on the image, persona, residual and all three."""
+    logistic regression (classical radiomics) on the image, persona, residual and all three.
+    With `usage_encoder` (`supervised.networks.usage_encoder`) also the paper's usage predictor
+    on the volumes: the pretrained diffusion encoder fine-tuned with the head."""
     l1 = make_pipeline(SimpleImputer(keep_empty_features=True), StandardScaler(),
                        LogisticRegression(l1_ratio=1.0, solver="saga", C=1.0, class_weight="balanced", max_iter=5000))
     fp = FingerprintClassifier(usage="mlp", epochs=epochs, random_state=random_state)
+    encoder = {} if usage_encoder is None else {"fingerprint (image+persona, pretrained encoder)": (
+        FingerprintClassifier(usage="diffusion", encoder=usage_encoder, epochs=epochs, random_state=random_state),
+        ("image", "persona"), True)}
     return {
+        **encoder,
         "fingerprint (image)": (fp, ("image",), True),
         "fingerprint (image+persona)": (fp, ("image", "persona"), True),
         "fingerprint (image+persona+residual)": (fp, ("image", "persona", "residual"), True),
@@ -119,6 +138,28 @@ def usage_features(store: str, timestep: int | None = None, block: str | None = 
     return pd.concat(parts, axis=1)
 
 
+def usage_images(store: str, exams, planes) -> np.ndarray:
+    """(exams, planes, D, H, W) float32: each exam's first-scan volume per plane as the
+    personas group holds it (0 where the exam lacks the plane), the usage predictor's input.
+    In memory: for demo-sized cohorts."""
+    from orthodiff.personas.reader import open_personas
+
+    out = None
+    for c, plane in enumerate(planes):
+        ds = open_personas(store, plane)
+        ds = ds.isel(series=np.flatnonzero(ds.scan.values == ds.scan.values.min()))
+        image = ds.image.values.astype(np.float32)
+        if out is None:
+            out = np.zeros((len(exams), len(planes), *image.shape[1:]), np.float32)
+        row = {}
+        for i, case in enumerate(ds.case_id.values):
+            row.setdefault(str(case), i)
+        for j, exam in enumerate(exams):
+            if str(exam) in row:
+                out[j, c] = image[row[str(exam)]]
+    return out
+
+
 def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path, planes=None) -> Path:
     """Central slice of the exam's image, persona and residual per plane (of `planes`, default
     all), ROI outlined."""
@@ -146,8 +187,10 @@ def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path, plan
 
 
 def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | Path, settings: str | None = None,
-                    epochs: int = 200, n_boot: int = 500, seed: int = 0, top: int = 5, progress=None) -> pd.DataFrame:
-    """Fit every model on train, threshold on val, score test; write metrics, explanations, betas to `out`."""
+                    epochs: int = 200, n_boot: int = 500, seed: int = 0, top: int = 5, progress=None,
+                    usage_encoder=None) -> pd.DataFrame:
+    """Fit every model on train, threshold on val, score test; write metrics, explanations, betas to `out`.
+    `usage_encoder`: see `models` (its `planes` say which volumes it reads)."""
     from orthodiff.catalogs.cohort import read_catalog
     from orthodiff.radiomics.reader import open_radiomics
 
@@ -160,7 +203,8 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
     gap = usage_features(store)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, choices = [], models(seed, epochs)
+    rows, choices = [], models(seed, epochs, usage_encoder)
+    images = None
     for name, (estimator, sources, diffusion) in choices.items():
         if not set(sources) <= have:
             raise OrthodiffError(f"{store}: model {name!r} needs radiomics of {list(sources)}, the store has {sorted(have)} "
@@ -171,7 +215,12 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
             raise OrthodiffError(f"--task {task}: train and test need positive and negative exams "
                                  f"({ {s: int(y.reindex(v).sum()) for s, v in exams.items()} } positives)")
 
+        if isinstance(estimator, FingerprintClassifier) and estimator.usage == "diffusion" and images is None:
+            images = dict(zip(X.index, usage_images(store, X.index, usage_encoder.planes)))
+
         def inputs(idx):
+            if isinstance(estimator, FingerprintClassifier) and estimator.usage == "diffusion":
+                return {"radiomics": X.loc[idx], "usage": np.stack([images[e] for e in idx])}
             if isinstance(estimator, FingerprintClassifier) and estimator.usage == "mlp" and diffusion and gap is not None:
                 return {"radiomics": X.loc[idx], "usage": gap.reindex(idx).to_numpy(np.float32)}
             return X.loc[idx] if isinstance(estimator, FingerprintClassifier) else X.loc[idx].to_numpy()
@@ -189,11 +238,12 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
             threshold = youden_threshold(y.reindex(val), model.predict_proba(inputs(val))[:, 1])
         p = model.predict_proba(inputs(exams["test"]))[:, 1]
         metrics = binary_metrics(y.reindex(exams["test"]), p, threshold, patient.reindex(exams["test"]).to_numpy(), n_boot, seed)
-        rows.append({"model": name, "sources": "+".join(sources),
-                     "usage input": ("diffusion GAP" if gap is not None else "radiomics") if diffusion else "",
+        usage_input = "volumes (pretrained encoder)" if getattr(estimator, "usage", "") == "diffusion" else \
+            ("diffusion GAP" if gap is not None else "radiomics") if diffusion else ""
+        rows.append({"model": name, "sources": "+".join(sources), "usage input": usage_input,
                      "threshold": threshold, **metrics})
         if isinstance(model, FingerprintClassifier) and model.usage != "none":
-            slug = name.split("(")[1].rstrip(")").replace("+", "_")
+            slug = re.sub(r"[^a-z0-9]+", "_", name.split("(")[1].rstrip(")")).strip("_")
             write_table(model.explain(inputs(exams["test"]), top=top, exams=exams["test"]), out / f"explain_{slug}")
             write_table(pd.DataFrame({"feature": model.feature_names_, "beta": model.beta_.detach().numpy()}).sort_values(
                 "beta", key=np.abs, ascending=False), out / f"beta_{slug}")
@@ -215,6 +265,14 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
     positives = [e for e in exams["test"] if y.get(e, 0) == 1]
     if positives:
         persona_figure(store, catalog, positives[0], out / "persona_example.png", np.unique(radiomics.plane.values).tolist())
-    write_run({"store": str(store), "catalog": str(catalog_path), "task": task, "settings": radiomics.attrs["settings_id"],
-               "epochs": epochs, "seed": seed, "exams": {s: int(len(v)) for s, v in exams.items()}}, out)
+    from orthodiff.personas.reader import open_personas
+
+    personas = {plane: {k: open_personas(store, plane).attrs.get(k) for k in ("backbone_id", "healthy")}
+                for plane in np.unique(radiomics.plane.values).tolist()} if "persona" in have else {}
+    method = {"spatial_indices": True, **{k: v for k, v in FingerprintClassifier().get_params().items()
+                                          if k in ("beta_penalty", "youden_every", "fit_intercept", "lambda_u", "lambda_beta")}}
+    write_run({"store": str(store), "catalog": str(catalog_path), "task": task,
+               "personas": personas,  # healthy None: backbone not trained on healthy exams
+               "settings": radiomics.attrs["settings_id"], "epochs": epochs, "seed": seed, "method": method,
+               "exams": {s: int(len(v)) for s, v in exams.items()}}, out)
     return table

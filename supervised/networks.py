@@ -17,7 +17,7 @@ from orthodiff.backbone.diffusion import NoiseScheduler, keyed_noise
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.probe import ProbeNet
 
-CLASSIFIERS = ("finetune", "resnet18", "unet_encoder")
+CLASSIFIERS = ("finetune", "resnet18", "unet_encoder", "mrnet")
 SEGMENTERS = ("diffusion", "unet", "unetr")
 DECODERS = ("light", "skip")
 
@@ -60,6 +60,47 @@ class NoisedEncoder(nn.Module):
         return self.unet.encoder_features(self.noised(x0, keys), t, self.block)
 
 
+class UsageEncoder(nn.Module):
+    """The fingerprint's usage-predictor backbone (paper sec. 5.2.3: a pretrained 3D network,
+    classification head removed): per image channel (plane) one pretrained diffusion encoder
+    at t = 0 on its `mid_2` output, globally average-pooled, concatenated to (B, `dim`)."""
+
+    def __init__(self, unets: list[DiffusionUNet], names: list[str], planes: list[str | None] | None = None):
+        super().__init__()
+        self.encoders = nn.ModuleList(NoisedEncoder(unet, 0, "mid_2") for unet in unets)
+        self.names, self.dim = names, sum(unet.config.middle_channels for unet in unets)
+        self.planes = planes or [None] * len(unets)  # the plane each channel's encoder was pretrained on
+
+    def check_input(self, shape: tuple[int, ...]) -> None:
+        """Refuse images (C, D, H, W) the encoders were not pretrained on."""
+        if shape[0] != len(self.encoders):
+            raise OrthodiffError(f"the usage images have {shape[0]} channels but {len(self.encoders)} encoders "
+                                 f"were given ({', '.join(self.names)}): one per channel")
+        for name, encoder in zip(self.names, self.encoders):
+            config = encoder.unet.config
+            if tuple(shape[1:]) != (config.depth, config.image_size, config.image_size):
+                raise OrthodiffError(f"{name}: pretrained on {config.depth}x{config.image_size}x{config.image_size} "
+                                     f"volumes, the usage images are {'x'.join(map(str, shape[1:]))}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keys = torch.zeros(len(x), dtype=torch.long)
+        return torch.cat([encoder(x[:, c], keys).mean((2, 3, 4)) for c, encoder in enumerate(self.encoders)], 1)
+
+
+def usage_encoder(checkpoints: list[str]) -> UsageEncoder:
+    """`UsageEncoder` from one checkpoint per channel (full or `export-encoder`, e.g. the shipped
+    `weights/demo_<plane>.pt`), on the CPU; `planes` from what each checkpoint records."""
+    from orthodiff.backbone.checkpoint import load_backbone, read_checkpoint
+
+    ckpts = [read_checkpoint(path) for path in checkpoints]
+    unknown = [str(path) for path, ckpt in zip(checkpoints, ckpts) if not ckpt.get("plane")]
+    if unknown:
+        raise OrthodiffError(f"{unknown[0]}: the checkpoint records no plane, so which volumes it reads is unknown "
+                             "(use a `pretrain` checkpoint or its `export-encoder` file)")
+    return UsageEncoder([load_backbone(path, "cpu", ckpt) for path, ckpt in zip(checkpoints, ckpts)],
+                        [str(path) for path in checkpoints], [ckpt.get("plane") for ckpt in ckpts])
+
+
 class EncoderClassifier(nn.Module):
     """Noised encoder -> pooling probe head (channel standardisation, pooling, linear)."""
 
@@ -81,6 +122,28 @@ class CleanInput(nn.Module):
 
     def forward(self, x0: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(x0.float()[:, None])
+
+
+class SliceCNN(nn.Module):
+    """MRNet-style (Bien et al., PLOS Med 2018): one 2D CNN on every slice of a plane's series,
+    global-average pooled per slice, max-pooled across slices, then linear. MRNet's CNN is an
+    ImageNet-pretrained AlexNet; no pretrained 2D weights are available here (no torchvision,
+    no downloads), so this is a small 2D CNN from scratch with the same slice-wise design.
+    `run_baseline_classify` trains one per plane and averages the planes (MRNet: a logistic
+    regression over the three planes' probabilities)."""
+
+    def __init__(self, n_labels: int, width: int = 16):
+        super().__init__()
+        layers, channels = [], 1
+        for out in (width, 2 * width, 4 * width):
+            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
+            channels = out
+        self.cnn, self.fc = nn.Sequential(*layers), nn.Linear(channels, n_labels)
+
+    def forward(self, x0: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        b, z = x0.shape[:2]
+        per_slice = self.cnn(x0.float().reshape(b * z, 1, *x0.shape[2:])).mean((2, 3)).reshape(b, z, -1)
+        return self.fc(per_slice.amax(1))
 
 
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -164,7 +227,7 @@ class SkipSegmenter(nn.Module):
 def classifier(name: str, n_labels: int, unet: DiffusionUNet | None = None, timestep: int = 0,
                block: str = "mid_2", pooling: str = "sap", image_size: int | None = None) -> nn.Module:
     """`finetune` (a pretrained `unet`), `unet_encoder` (the same architecture, random init,
-    clean input) or `resnet18` (MONAI, 3D, random init)."""
+    clean input), `resnet18` (MONAI, 3D, random init) or `mrnet` (`SliceCNN`, random init)."""
     if name == "finetune":
         if unet is None:
             raise OrthodiffError("fine-tuning needs a pretrained backbone")
@@ -175,6 +238,8 @@ def classifier(name: str, n_labels: int, unet: DiffusionUNet | None = None, time
         from monai.networks.nets import resnet18
 
         return CleanInput(resnet18(spatial_dims=3, n_input_channels=1, num_classes=n_labels))
+    if name == "mrnet":
+        return SliceCNN(n_labels)
     raise OrthodiffError(f"--model {name!r}: expected one of {list(CLASSIFIERS)}")
 
 
