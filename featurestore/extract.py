@@ -12,6 +12,7 @@ existing one (`scheduler`).
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import time
@@ -30,6 +31,7 @@ from orthodiff.backbone.checkpoint import read_checkpoint
 from orthodiff.backbone.diffusion import NUM_TIMESTEPS, GaussianDiffusion, keyed_noise, noise_key
 from orthodiff.backbone.precision import autocast, check_precision
 from orthodiff.catalogs.tasks import PLANES
+from orthodiff.devices import worker_gpus
 from orthodiff.errors import OrthodiffError
 from orthodiff.faults import fault
 from orthodiff.featurestore.features import (
@@ -243,6 +245,24 @@ def extract(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks
             "network_share": round(network / seconds, 3) if tasks and not (workers or scheduler) else None}
 
 
+def local_cluster(workers: int):
+    """A local Dask cluster of `workers` single-threaded processes; on a GPU host each is
+    pinned to one GPU in turn (`devices.worker_gpus`: it sees only that one, as ``cuda``)
+    and declares the resource ``GPU=1``, so `--workers` = the GPU count uses every GPU."""
+    from dask.distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True)
+    for name, gpu in enumerate(worker_gpus(workers)):
+        spec = copy.deepcopy(cluster.new_spec)
+        if gpu is not None:
+            options = spec["options"]
+            options["env"] = {**(options.get("env") or {}), "CUDA_VISIBLE_DEVICES": gpu}
+            options["resources"] = {**(options.get("resources") or {}), "GPU": 1}
+        cluster.worker_spec[name] = spec
+    cluster.scale(workers)
+    return cluster
+
+
 def _with_threads(function, threads: int | None, *args, **kwargs):
     if threads:
         torch.set_num_threads(threads)
@@ -265,9 +285,9 @@ def run_tasks(function, tasks: list, args: tuple, description: str, total: int, 
             advance(result if isinstance(result, int) else result["series"])
 
         if workers or scheduler:
-            from dask.distributed import Client, LocalCluster, as_completed
+            from dask.distributed import Client, as_completed
 
-            cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+            cluster = None if scheduler else local_cluster(workers)
             # local workers share the cores instead of each starting one torch thread per core
             threads = max(1, (os.cpu_count() or 1) // workers) if workers and not scheduler else None
             with Client(scheduler or cluster) as client:
