@@ -10,6 +10,7 @@ bf16), and the plain model under bf16 autocast. Per path: milliseconds per serie
 op kind (convolution, matmul/attention, normalisation, activation, layout and dtype copies,
 elementwise, other), the share of each, and the convolutions' achieved GFLOP/s from their
 FLOPs (`bench/flops.py`'s counter, restricted to convolutions) over their measured time.
+Paths are profiled in `--rounds` interleaved rounds and each keeps its fastest round.
 """
 
 from __future__ import annotations
@@ -48,8 +49,7 @@ def conv_flops(model: DiffusionUNet, x: torch.Tensor, t: torch.Tensor) -> int:
 
 
 def profile_path(run, repeats: int) -> dict[str, float]:
-    """Seconds per op kind (self CPU time, leaf ops only) over `repeats` calls of `run`, and the wall time."""
-    run()  # warm-up
+    """Seconds per op kind (self CPU time) over `repeats` calls of `run`, and the wall time."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         for _ in range(repeats):
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", choices=list(PRESETS))
     parser.add_argument("--batch", type=int, default=8, help="series per forward")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="forwards per profile")
+    parser.add_argument("--rounds", type=int, default=2, help="profiles per path, interleaved; the fastest is kept")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
@@ -97,9 +98,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"preset {args.preset} ({config.depth}x{config.image_size}x{config.image_size}), batch {args.batch}, "
           f"{args.repeats} forwards per path, torch threads {torch.get_num_threads()}; "
           f"convolutions {flops / args.batch / 1e9:.2f} GFLOP per series-pass")
+    for run in paths.values():
+        run()  # warm-up
     results = {}
-    for name, run in paths.items():
-        results[name] = profile_path(run, args.repeats)
+    for _ in range(args.rounds):  # interleaved, so a changing load charges every path alike
+        for name, run in paths.items():
+            result = profile_path(run, args.repeats)
+            if name not in results or result["wall"] < results[name]["wall"]:
+                results[name] = result
     kinds = [*KINDS, "other"]
     print(f"{'ms per series-pass':24s}" + "".join(f"{n:>24s}" for n in paths))
     for kind in kinds:
