@@ -5,8 +5,8 @@ block): a task runs encoder + middle block once per (series, timestep), in batch
 `series_batch` of its series at one timestep, keeps all requested blocks from that one
 pass, writes its whole shards (in a background thread), then records completion. Noise
 depends only on (seed, series, timestep) and the batches only on the task's series, so
-workers, resumes and reruns do not change a byte; `series_batch`, the device and
-`precision` change float rounding. Tasks run in this process, on a local Dask cluster (`workers`), or on an
+workers, resumes and reruns do not change a byte; `series_batch`, the device,
+`precision` and `compiled` change float rounding. Tasks run in this process, on a local Dask cluster (`workers`), or on an
 existing one (`scheduler`).
 """
 
