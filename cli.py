@@ -323,9 +323,10 @@ def extract(
     workers: Annotated[int | None, typer.Option(help="Start a local Dask cluster of this many processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Use an existing Dask cluster (tcp://host:port).")] = None,
     series_batch: Annotated[int, typer.Option(help="Series per forward pass (one timestep each).")] = 8,
-    precision: Annotated[Precision, typer.Option(callback=plain, help="Network precision (bf16 and fp16 by autocast).")] = Precision.fp32,
+    precision: Annotated[Precision, typer.Option(callback=plain, help="Network precision (bf16: a bfloat16 network; fp16: autocast).")] = Precision.fp32,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     repair: Annotated[bool, typer.Option("--repair", help="Also recompute the units that fail their checksum (see `store verify`).")] = False,
+    compiled: Annotated[bool, typer.Option("--compile", help="Run the network through torch.compile (eager if that fails).")] = False,
 ) -> None:
     """Persist every timestep x block middle-block activation of a plane into the store (reruns finish what is missing)."""
     from orthodiff.featurestore.extract import extract as run_extract
@@ -334,7 +335,7 @@ def extract(
 
     summary = run_extract(store, backbone, plane, split_list(timesteps, "--timesteps", int), split_list(blocks, "--blocks"),
                           dtype=dtype, seed=seed, series_batch=series_batch, workers=workers, scheduler=scheduler,
-                          precision=precision, repair=repair)
+                          precision=precision, repair=repair, compiled=compiled)
     share = f", {summary['network_share']:.0%} inside the network" if summary["network_share"] is not None else ""
     console.print(f"extracted {summary['series']} {plane} series ({summary['tasks']} tasks) in {summary['seconds']} s "
                   f"({precision}{share}) into features/{summary['backbone']}")

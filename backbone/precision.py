@@ -1,28 +1,75 @@
-"""Reduced-precision inference: `--precision fp32|bf16|fp16` as an autocast context.
+"""Inference precision (`--precision`), and the fast inference path.
 
-Convolutions, linear layers and attention run in the reduced type; GroupNorm stays in
-float32 (`GroupNorm32`), and outputs are cast back to float32 by the caller.
+- ``fp32``: float32 weights and activations.
+- ``bf16``: the network itself in bfloat16 (weights cast once), so convolutions and
+  matmuls run natively in bfloat16 with float32 accumulation, and no per-op casts:
+  GroupNorm statistics and the attention softmax accumulate in float32 inside their kernels
+  (``GroupNorm32`` no longer round-trips through a float32 copy when input and weights
+  agree, and scaled-dot-product attention keeps float32 softmax statistics).
+- ``fp16``: float16 autocast (CUDA), as the reference code's AMP.
+
+Every precision runs in the channels-last 3D memory format (`inference_model`), which the
+convolution kernels (oneDNN, cuDNN) prefer; the caller casts outputs back to float32.
+`autocast` stays for the reference workflow's AMP in the benchmarks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
+from torch import nn
 
 from orthodiff.options import Precision, choice
 
 PRECISIONS = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 
-def check_precision(precision: str) -> None:
-    choice(Precision, precision, "--precision")
+def check_precision(precision: str) -> Precision:
+    return choice(Precision, precision, "--precision")
 
 
 def autocast(device: torch.device | str, precision: str):
     """The autocast context of `precision` on `device` (a no-op for fp32)."""
-    check_precision(precision)
-    dtype = PRECISIONS[Precision(precision)]
+    dtype = PRECISIONS[check_precision(precision)]
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def inference_model(model: nn.Module, precision: str) -> nn.Module:
+    """`model` (in place) as the fast path of `precision` runs it: channels-last 3D, and its
+    weights in bfloat16 for ``bf16``."""
+    precision = check_precision(precision)
+    model = model.to(memory_format=torch.channels_last_3d)
+    return model.to(torch.bfloat16) if precision is Precision.bf16 else model
+
+
+def inference_input(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """A (B, 1, D, H, W) input on `model`'s device, dtype and memory format."""
+    weight = next(model.parameters())
+    return x.to(weight.device, weight.dtype).contiguous(memory_format=torch.channels_last_3d)
+
+
+def inference_context(device: torch.device | str, precision: str):
+    """What `inference_model`'s forward runs under: autocast for ``fp16``, nothing else."""
+    return autocast(device, precision) if check_precision(precision) is Precision.fp16 else contextlib.nullcontext()
+
+
+class Compiled:
+    """`torch.compile(function)` that falls back to `function` (with one warning) when
+    compilation fails, e.g. without a C++ compiler or on an unsupported device."""
+
+    def __init__(self, function):
+        self.function, self.compiled = function, torch.compile(function)
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as err:  # dynamo and inductor raise many types; eager is always right
+                warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); running eagerly",
+                              stacklevel=2)
+                self.compiled = None
+        return self.function(*args, **kwargs)

@@ -81,9 +81,13 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 1000.0) ->
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 (stable under autocast)."""
+    """GroupNorm with float32 statistics: under autocast (float32 weights, reduced-precision
+    input) through a float32 copy; when input and weights share a reduced type (a bfloat16
+    model) the kernel itself accumulates in float32, so no copy is made."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype:
+            return super().forward(x)
         return super().forward(x.float()).type(x.dtype)
 
 
@@ -120,12 +124,14 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         b, c, *spatial = x.shape
+        channels_last = x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
         x = x.reshape(b, c, -1)
         qkv = self.qkv(self.norm(x))
         heads = qkv.reshape(b * self.num_heads, 3 * c // self.num_heads, -1)
         q, k, v = (part.transpose(1, 2) for part in heads.split(c // self.num_heads, dim=1))
         h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, c, -1)
-        return (x + self.proj_out(h)).reshape(b, c, *spatial)
+        out = (x + self.proj_out(h)).reshape(b, c, *spatial)
+        return out.contiguous(memory_format=torch.channels_last_3d) if channels_last else out  # as it came
 
 
 class Downsample(nn.Module):

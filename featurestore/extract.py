@@ -5,8 +5,8 @@ block): a task runs encoder + middle block once per (series, timestep), in batch
 `series_batch` of its series at one timestep, keeps all requested blocks from that one
 pass, writes its whole shards (in a background thread), then records completion. Noise
 depends only on (seed, series, timestep) and the batches only on the task's series, so
-workers, resumes and reruns do not change a byte; `series_batch`, the device and
-`precision` change float rounding. Tasks run in this process, on a local Dask cluster (`workers`), or on an
+workers, resumes and reruns do not change a byte; `series_batch`, the device,
+`precision` and `compiled` change float rounding. Tasks run in this process, on a local Dask cluster (`workers`), or on an
 existing one (`scheduler`).
 """
 
@@ -25,7 +25,7 @@ from orthodiff.backbone import MIDDLE_BLOCKS, backbone_id, load_backbone
 from orthodiff.backbone.allocator import reuse_freed_memory
 from orthodiff.backbone.checkpoint import read_checkpoint
 from orthodiff.backbone.diffusion import NUM_TIMESTEPS, NoiseScheduler, keyed_noise, noise_key
-from orthodiff.backbone.precision import autocast, check_precision
+from orthodiff.backbone.precision import Compiled, check_precision, inference_context, inference_input, inference_model
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.faults import fault
@@ -49,6 +49,14 @@ def _model(checkpoint: str, device: str | None):
     return load_backbone(checkpoint, device)
 
 
+@functools.lru_cache(maxsize=2)
+def _network(checkpoint: str, device: str | None, precision: str, compiled: bool):
+    """One backbone per worker process on the fast path of `precision` (`inference_model`),
+    and its `middle_features`, compiled when asked (falling back to eager)."""
+    model = inference_model(load_backbone(checkpoint, device), precision)
+    return model, Compiled(model.middle_features) if compiled else model.middle_features
+
+
 def task_volumes(store: str, task: Task) -> np.ndarray:
     """The task's preprocessed volumes, (series, z, y, x) float32; rows located at planning
     time, so a task reads only its own volume chunks, not the index."""
@@ -63,14 +71,15 @@ def task_volumes(store: str, task: Task) -> np.ndarray:
 
 
 def forward_timestep(model, volumes: np.ndarray, series: tuple[str, ...], timestep: int, blocks: tuple[str, ...],
-                     seed: int, series_batch: int, precision: str) -> tuple[dict[str, np.ndarray], float]:
+                     seed: int, series_batch: int, precision: str, forward=None) -> tuple[dict[str, np.ndarray], float]:
     """Middle-block outputs (float32, (series, C, z, y, x)) of all `series` at one timestep,
     and the seconds spent inside the network.
 
     The batches are fixed runs of `series_batch` series of the task at one timestep, so
     what a unit's bytes depend on (its series, timestep, batch neighbours, precision) does
     not depend on which other units are missing: a resumed task writes the same bytes as an
-    uninterrupted one.
+    uninterrupted one. `model` runs in its own dtype and channels-last (`inference_input`);
+    `forward` replaces its `middle_features` (a compiled one).
     """
     scheduler, parts, network = NoiseScheduler(), {b: [] for b in blocks}, 0.0
     for i in range(0, len(series), series_batch):
@@ -78,11 +87,12 @@ def forward_timestep(model, volumes: np.ndarray, series: tuple[str, ...], timest
         x0 = torch.from_numpy(volumes[i : i + len(ids)])[:, None]
         t = torch.full((len(ids),), timestep, dtype=torch.long)
         noise = keyed_noise([noise_key(seed, s, timestep) for s in ids], x0.shape[1:])
-        x_t = scheduler.add_noise(x0, noise, t).to(model.device)
+        x_t = inference_input(scheduler.add_noise(x0, noise, t), model)
         start = time.perf_counter()
-        with torch.no_grad(), autocast(model.device, precision):
-            feats = model.middle_features(x_t, t.to(model.device), blocks)
-            feats = {b: v.float().cpu() for b, v in feats.items()}  # waits for the device
+        with torch.no_grad(), inference_context(model.device, precision):
+            feats = (forward or model.middle_features)(x_t, t.to(model.device), blocks)
+            # float32 in the plain layout, on the CPU (waits for the device)
+            feats = {b: v.to("cpu", torch.float32, memory_format=torch.contiguous_format) for b, v in feats.items()}
         network += time.perf_counter() - start
         for b in blocks:
             parts[b].append(feats[b].numpy())
@@ -113,7 +123,7 @@ def unit_record(fp: str, n_series: int, activation: np.ndarray, gap: np.ndarray)
 
 def run_task(task: Task, store: str, checkpoint: str, plane: str, backbone: str, prov: dict,
              dtype: str, series_batch: int = 8, device: str | None = None, precision: str = "fp32",
-             volumes: np.ndarray | None = None) -> dict:
+             compiled: bool = False, volumes: np.ndarray | None = None) -> dict:
     """Compute and write one task's shards, then their completion records.
 
     The network runs in this thread while a background thread compresses and writes the
@@ -121,7 +131,7 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, backbone: str,
     and the seconds spent inside the network and in the whole task."""
     start = time.perf_counter()
     reuse_freed_memory()
-    model = _model(checkpoint, device)
+    model, forward = _network(checkpoint, device, str(precision), compiled)
     group = zarr.open_group(str(store), path=plane_path(backbone, plane), mode="r+", use_consolidated=False)
     timesteps_have = group["timestep"][:].tolist()
     block_index = {b: i for i, b in enumerate(group["block"][:].tolist())}
@@ -133,7 +143,7 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, backbone: str,
     with ThreadPoolExecutor(1, thread_name_prefix="orthodiff-writer") as writer:
         for ts in sorted({t for t, _ in task.units}):
             feats, seconds = forward_timestep(model, volumes, task.series, ts, blocks, prov["noise_seed"],
-                                              series_batch, precision)
+                                              series_batch, precision, forward)
             network += seconds
             if pending is not None:
                 pending.result()  # at most one timestep waits to be written
@@ -209,13 +219,14 @@ def plan(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MI
 def extract(store: str, checkpoint: str, plane: str, timesteps=TIMESTEPS, blocks=MIDDLE_BLOCKS,
             dtype: str = "float16", seed: int = 0, series_batch: int = 8, workers: int | None = None,
             scheduler: str | None = None, device: str | None = None, progress: bool | Advance = True,
-            precision: str = PRECISION, repair: bool = False) -> dict:
+            precision: str = PRECISION, repair: bool = False, compiled: bool = False) -> dict:
     """Extract what is missing for `plane`; returns counts of series and tasks, the time,
-    and the share of it spent inside the network (serial runs)."""
+    and the share of it spent inside the network (serial runs). `compiled` runs the network
+    through `torch.compile` (eager when that fails); it changes float rounding only."""
     store, checkpoint = str(store), str(checkpoint)
     prov, tasks = plan(store, checkpoint, plane, timesteps, blocks, dtype, seed, precision, repair)
     bid = prov["backbone_id"]
-    args = (store, checkpoint, plane, bid, prov, dtype, max(series_batch, 1), device, precision)
+    args = (store, checkpoint, plane, bid, prov, dtype, max(series_batch, 1), device, precision, compiled)
     total = sum(len(t.series) for t in tasks)
     start = time.perf_counter()
     results = run_tasks(run_task, tasks, args, f"extract {plane}", total, workers, scheduler, progress,

@@ -6,6 +6,7 @@ imported only to set a worker's threads)."""
 
 from __future__ import annotations
 
+import copy
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,26 @@ class Task:
     series: tuple[str, ...]
     units: tuple[tuple[int, str], ...]
     volume_rows: tuple[int, ...]
+
+
+def local_cluster(workers: int):
+    """A local Dask cluster of `workers` single-threaded processes; on a GPU host each is
+    pinned to one GPU in turn (`devices.worker_gpus`: it sees only that one, as ``cuda``)
+    and declares the resource ``GPU=1``, so `--workers` = the GPU count uses every GPU."""
+    from dask.distributed import LocalCluster
+
+    from orthodiff.devices import worker_gpus  # imports torch: only where a cluster starts
+
+    cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True)
+    for name, gpu in enumerate(worker_gpus(workers)):
+        spec = copy.deepcopy(cluster.new_spec)
+        if gpu is not None:
+            options = spec["options"]
+            options["env"] = {**(options.get("env") or {}), "CUDA_VISIBLE_DEVICES": gpu}
+            options["resources"] = {**(options.get("resources") or {}), "GPU": 1}
+        cluster.worker_spec[name] = spec
+    cluster.scale(workers)
+    return cluster
 
 
 def _with_threads(function, threads: int | None, *args, **kwargs):
@@ -54,9 +75,9 @@ def run_tasks(function, tasks: list, args: tuple, description: str, total: int, 
             advance(result if isinstance(result, int) else result["series"])
 
         if workers or scheduler:
-            from dask.distributed import Client, LocalCluster, as_completed
+            from dask.distributed import Client, as_completed
 
-            cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+            cluster = None if scheduler else local_cluster(workers)
             # local workers share the cores instead of each starting one torch thread per core
             threads = max(1, (os.cpu_count() or 1) // workers) if workers and not scheduler else None
             with Client(scheduler or cluster) as client:

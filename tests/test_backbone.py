@@ -133,3 +133,44 @@ def test_encoder_checkpoint_keeps_features_in_a_fifth_of_the_bytes(tmp_path):
         assert 0 < (got[block] - expected[block]).abs().max() < 2e-3 * scale
     with pytest.raises(OrthodiffError, match="encoder and middle block only"):
         encoder(x, t)
+
+
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-5), ("bf16", 3e-2)])
+def test_fast_path_reproduces_the_fixture_middle_blocks(io, precision, tolerance):
+    """The fast inference path (channels-last 3D, bfloat16 weights for bf16, GroupNorm and
+    softmax accumulated in float32) against the reference code's own mid_0/1/2: fp32 to the
+    parity tolerance; bf16 within 3% of each block's largest magnitude (bfloat16 keeps 8
+    significant bits, 0.4% per rounding; the error is measured, not assumed: see below)."""
+    from orthodiff.backbone.precision import inference_context, inference_input, inference_model
+
+    model = inference_model(load_backbone(FIXTURE, device="cpu"), precision)
+    assert next(model.parameters()).dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    with torch.no_grad(), inference_context("cpu", precision):
+        x = inference_input(io["x_t"], model)
+        assert x.is_contiguous(memory_format=torch.channels_last_3d)
+        mids = model.middle_features(x, io["t"])
+    errors = {}
+    for block in ("mid_0", "mid_1", "mid_2"):
+        assert mids[block].dtype == next(model.parameters()).dtype
+        errors[block] = ((mids[block].float() - io[block]).abs().max() / io[block].abs().max()).item()
+    assert max(errors.values()) < tolerance, errors
+    if precision == "bf16":
+        assert min(errors.values()) > 1e-4, errors  # it did run in bfloat16
+
+
+def test_compiled_falls_back_to_eager_once(monkeypatch):
+    from orthodiff.backbone.precision import Compiled
+
+    calls = []
+
+    def failing_compile(function):
+        def run(*args):
+            calls.append(args)
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    forward = Compiled(lambda x: x + 1)
+    with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler.*running eagerly"):
+        assert forward(1) == 2
+    assert forward(2) == 3 and len(calls) == 1  # not tried again

@@ -19,7 +19,7 @@ def test_gpu_bench_runs_on_cpu_and_reports_every_row(tmp_path, capsys):
     module.main(["--device", "cpu", "--preset", "demo", "--series", "2", "--timesteps", "2", "--batch", "2",
                  "--train-steps", "1", "--no-compile", "--json", str(out)])
     report = json.loads(out.read_text())
-    assert report["device"] == "cpu" and report["equal"] is True
+    assert report["device"] == "cpu" and report["fp32_error"] < 1e-4  # channels-last fp32 = the reference to rounding
     rows = {(r["what"], r["precision"]): r for r in report["rows"]}
     assert set(rows) == {("extraction, orthodiff", "fp32"), ("extraction, orthodiff", "bf16"),
                          ("extraction, reference workflow", "fp32"), ("extraction, reference workflow", "bf16 AMP"),
@@ -27,4 +27,5 @@ def test_gpu_bench_runs_on_cpu_and_reports_every_row(tmp_path, capsys):
     assert rows[("extraction, reference workflow", "fp32")]["vs reference fp32"] == 1.0
     assert all(math.isfinite(r["series/s"]) and r["series/s"] > 0 for w, r in rows.items() if w[0].startswith("extraction"))
     assert all(r["steps/s"] > 0 for w, r in rows.items() if w[0].startswith("pretraining"))
-    assert "fp32 outputs equal to the reference workflow: True" in capsys.readouterr().out
+    assert 1e-4 < rows[("extraction, orthodiff", "bf16")]["error"] < 0.05
+    assert "fp32 fast path vs reference: max rel. error" in capsys.readouterr().out

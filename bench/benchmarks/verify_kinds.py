@@ -1,7 +1,7 @@
 """Bench: `store verify` on a small store holding every stored kind.
 
-    python bench/verify_kinds.py --series 48 --build /tmp/verify.zarr   # make the store once
-    python bench/verify_kinds.py --store /tmp/verify.zarr --repeat 5      # time verify_store
+    python bench/benchmarks/verify_kinds.py --series 48 --build /tmp/verify.zarr   # make the store once
+    python bench/benchmarks/verify_kinds.py --store /tmp/verify.zarr --repeat 5      # time verify_store
 
 The store: `--series` random axial volumes of 16 x 8 x 8, the features of a micro backbone
 (random weights) at one timestep and block, its box personas (1 sampling step) and the
@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def build(path: str, series: int) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
     from helpers import make_volume_store, random_checkpoint
 
     from orthodiff.backbone.unet import UNetConfig
