@@ -15,7 +15,6 @@ import os
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 
-import typer
 from typer.core import TyperGroup
 
 from orthodiff.errors import OrthodiffError
@@ -187,8 +186,8 @@ def _in_range(name: str, previous: Callable | None) -> Callable:
         if value is not None and not isinstance(value, bool) and isinstance(value, (int, float)):
             if (value <= low if open_low else value < low) or value > top:
                 left = f"{low} <" if open_low else f"{low} <="
-                raise typer.BadParameter(f"{value} is outside {left} x <= {top}"
-                                         + (" (this machine's cores)" if high == "cores" else ""))
+                raise OrthodiffError(f"{param.opts[0]} {value}: outside {left} x <= {top}"
+                                     + (" (this machine's cores)" if high == "cores" else ""))
         return previous(ctx, param, value) if previous else value
 
     check.orthodiff_range = True

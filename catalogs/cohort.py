@@ -216,7 +216,7 @@ def split_catalog(
     if stratify and stratify not in df.columns:
         raise OrthodiffError(f"catalog has no column {stratify!r} to stratify the split by; pass --stratify '' for none")
     patients = np.sort(df["patient_id"].unique())
-    strata = (df.groupby("patient_id")[stratify].first().reindex(patients).astype(str).to_numpy() if stratify
+    strata = (df.groupby("patient_id")[stratify].first().reindex(patients).astype(object).fillna("").astype(str).to_numpy(object) if stratify
               else np.zeros(len(patients), str))
     rng = np.random.default_rng(seed)
     split = np.full(len(patients), "train", dtype=object)

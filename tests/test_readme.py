@@ -130,7 +130,7 @@ def test_report_overview_first_with_curves_and_links(readme_runs):
     assert page.count("alt='ROC curves per label'") == 1 and page.count("alt='precision-recall curves per label'") == 1
     files = [p for p in runs.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != "report.html"]
     links = re.findall(r"<a href='([^']+)'>", page.split("<h2>All files</h2>")[1])
-    assert sorted(links) == sorted(p.relative_to(runs).as_posix() for p in files)
+    assert sorted(links) == sorted(f"./{p.relative_to(runs).as_posix()}" for p in files)  # ./-relative: never a scheme
     assert "low support" in page  # the tiny cohort has labels with a handful of test positives
 
 
