@@ -53,12 +53,14 @@ def demo_inputs(demo: Path, cases: int | None, console: Console) -> tuple[Path, 
 
 
 def volumes_only(store: Path, copy: Path) -> str:
-    """A copy of `store` holding its volumes and no features."""
+    """A copy of `store` holding its volumes and no features (nor their completion records,
+    which would make `extract` skip the missing features)."""
+    from orthodiff.featurestore.features import RECORDS
     from orthodiff.featurestore.store import consolidate
 
     if copy.exists():
         shutil.rmtree(copy)
-    shutil.copytree(store, copy, ignore=lambda folder, names: ["features"] if Path(folder) == store else [])
+    shutil.copytree(store, copy, ignore=lambda folder, names: ["features", RECORDS] if Path(folder) == store else [])
     consolidate(str(copy))
     return str(copy)
 
