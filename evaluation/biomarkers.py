@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from orthodiff.catalogs.geometry import spacing_of  # noqa: F401  (callers measure with it from here)
 from orthodiff.catalogs.tasks import StructureSet
 
 T2_RANGE_MS = (0.0, 100.0)
@@ -250,7 +249,8 @@ BIOMARKERS = (
     Biomarker("t1rho", mean_relaxation, "ms", ("cartilage",), "t1rho"),
     Biomarker("disc_height", disc_height, "mm", ("disc",)),
 )
-MAPS = tuple(sorted({b.image for b in BIOMARKERS if b.image}))  # catalog columns `<map>_path`
+MAPS = tuple(sorted({b.image for b in BIOMARKERS if b.image}))
+MAP_NAMES = {"t2": "T2", "t1rho": "T1rho"}  # as notes name them  # catalog columns `<map>_path`
 # What the paper plots per biomarker (its Fig. 5b): thickness, relaxation, disc height and
 # muscle volume; other volumes stay in the tables.
 CLINICAL = r"thickness_|^t2_|^t1rho_|^disc_height_|^volume_(?:QUAD|HAM|ADD)$"
@@ -272,7 +272,7 @@ def series_biomarkers(mask: np.ndarray, spacing, structure_set: StructureSet,
                 names += [b.name] if b.name != "volume" else []
                 missing = missing_values(structure, maps[b.image]) if b.image else 0
                 if missing:
-                    label = b.image.upper() if b.image == "t2" else "T1rho"
+                    label = MAP_NAMES[b.image]
                     notes.append(f"{missing} of {int(structure.sum())} {s.abbr} voxels have no {label} value (NaN or Inf "
                                  f"in the map): left out of {label} of {s.abbr}" + (" (undefined, NaN)" if missing == structure.sum() else ""))
         if names and not structure.any():

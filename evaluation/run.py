@@ -37,7 +37,8 @@ def measure(models, catalog_path, split="test", central=0, dataset_by=("joint", 
     """(per-series metrics, per-slice Dice and IoU, per-series biomarkers incl. the
     reference's, notes, catalog rows) for `models`; the reference is cleaned first
     (`inputs.clean_mask` with `min_pixels` and `min_voxels`)."""
-    from orthodiff.evaluation.biomarkers import series_biomarkers, spacing_of
+    from orthodiff.catalogs.geometry import spacing_of
+    from orthodiff.evaluation.biomarkers import series_biomarkers
     from orthodiff.evaluation.inputs import check_complete, clean_mask, load_mask, read_series, reference_rows
     from orthodiff.evaluation.metrics import series_metrics, slice_overlap
 

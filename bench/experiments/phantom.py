@@ -208,7 +208,8 @@ def thickness(cohort: Path) -> pd.DataFrame:
     import nibabel as nib
 
     from orthodiff.catalogs.cohort import read_catalog, resolve_path
-    from orthodiff.evaluation.biomarkers import cartilage, series_biomarkers, spacing_of
+    from orthodiff.catalogs.geometry import spacing_of
+    from orthodiff.evaluation.biomarkers import cartilage, series_biomarkers
 
     catalog_path = cohort / "catalog.parquet"
     catalog = read_catalog(catalog_path)
