@@ -603,6 +603,7 @@ def fuse(
     from orthodiff.backbone import backbone_id as checkpoint_id
     from orthodiff.heads.inputs import load_inputs
     from orthodiff.heads.runs import read_config, run_fuse
+    from orthodiff.outputs import read_table
     from orthodiff.supervised.runs import finetuned_probes
     from orthodiff.progress import progress_bar
     from orthodiff.tables import frame_table
@@ -624,13 +625,13 @@ def fuse(
     backbones = split_list(backbone_id, "--backbone-id") or cfg.get("backbone")
     features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), backbones, list(cfg["planes"]))
     with progress_bar(console, f"fuse {method}{' + EHR' if ehr else ''}: train, evaluate, write", 3) as advance:
-        metrics, model = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed,
+        metrics, _ = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed,
                                   fusion_params=_heads_params(epochs, lr, weight_decay, batch), threshold=threshold,
                                   probes=probes, progress=advance, subset=subset)
     console.print(frame_table(metrics.drop(columns="note"), f"Test metrics, {method}{' + EHR' if ehr else ''} — {out}"))
     for label, note in metrics.loc[metrics["note"] != "", ["label", "note"]].drop_duplicates().itertuples(index=False):
         console.print(f"[yellow]{label}[/]: {note}", highlight=False)
-    missing = model.missing_exams(df[df["split"] == "test"])
+    missing = read_table(out / "missing_planes.parquet")
     if len(missing):
         console.print(f"{len(missing)} test exams miss a plane and were left out of fusion (exams_left_out; "
                       f"listed in {out / 'missing_planes.csv'})")

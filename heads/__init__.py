@@ -5,7 +5,7 @@
 - ``fusion``: ``FusionHead`` (concat, linear_concat, linear_add, cross_attention, mpae).
 - ``ehr``: ``EHREncoder``, the EHR head and per-label late fusion.
 - ``comparators``: ``LightGBMComparator``, ``LogisticComparator`` on pooled vectors.
-- ``protocol``: ``TwoStageFusion`` and multi-scan ``fusion_samples``.
+- ``protocol``: ``TwoStageFusion`` (``fit(X, y)`` with ``X`` a ``FusionData``) and multi-scan ``fusion_samples``.
 - ``sweep``: batched GAP and SAP sweeps (``batched_sap``), ``top_configs``, heatmaps.
 - ``fingerprint``: ``FingerprintClassifier``, the radiomic fingerprint head.
 - ``metrics``: AUROC/AP, CP/CR/CF1, OP/OR/OF1, patient bootstrap, permutation tests.
@@ -28,6 +28,7 @@ _EXPORTS = {
     "LogisticComparator": "comparators",
     "LightGBMComparator": "comparators",
     "TwoStageFusion": "protocol",
+    "FusionData": "protocol",
     "EHREncoder": "ehr",
     "EHROnlyHead": "ehr",
     "BatchedGAPProbes": "sweep",

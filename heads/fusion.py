@@ -24,6 +24,13 @@ from orthodiff.training import apply, seeded, train
 METHODS = tuple(m for m in Method if not m.comparator)
 
 
+def fusion_method(name: str) -> Method:
+    """``name`` as one of the fusion ``METHODS`` (not a comparator); anything else is an OrthodiffError."""
+    if name not in METHODS:
+        raise OrthodiffError(f"unknown fusion method {name!r}; expected one of {list(METHODS)}")
+    return Method(name)
+
+
 def _zero_linear(d_in: int, d_out: int) -> nn.Linear:
     layer = nn.Linear(d_in, d_out)
     nn.init.zeros_(layer.weight)
@@ -256,9 +263,7 @@ class FusionHead(MultiLabelClassifier):
 
     def fit(self, X: dict, y, sample_weight=None, groups=None) -> "FusionHead":
         """``groups``: patient of each row (MPAE's folds keep a patient's rows together)."""
-        if self.method not in METHODS:
-            raise OrthodiffError(f"unknown fusion method {self.method!r}; expected one of {list(METHODS)}")
-        method = Method(self.method)
+        method = fusion_method(self.method)
         self.planes_ = [p for p in PLANES if p in X]
         if len(self.planes_) < (2 if method.combines_planes else 1):
             raise OrthodiffError(f"{method} fusion needs at least two planes, got {self.planes_}")
@@ -297,7 +302,7 @@ class FusionHead(MultiLabelClassifier):
     def gating_weights(self, X: dict) -> np.ndarray:
         """MPAE only: (N, labels, planes) gate weights, planes in ``planes_`` order."""
         check_is_fitted(self)
-        if not Method(self.method).gated:
+        if not fusion_method(self.method).gated:
             raise OrthodiffError(f"gating weights exist for the mpae method only, not {self.method!r}")
         weights = apply(self.net_.fusion.gating_weights, self._inputs(X)[: len(self.planes_)])
         return weights.transpose(0, 2, 1)

@@ -1,16 +1,20 @@
 """The two-stage protocol over a catalog, with multi-scan exams.
 
-Features per plane are xarray DataArrays with a leading ``series`` dimension labelled by
-series_id (a store variable, or numpy wrapped in a DataArray). The labelled unit is the
-exam (``case_id``): every cross-plane combination of an exam's series is one fusion
-sample weighted 1/(its exam's combinations) in training, and the exam's probability is the
-mean over its combinations at inference. Exams missing a plane are left out of fusion
-(``TwoStageFusion.missing_exams`` lists them). Bootstrap CIs resample patients (``patient_id``).
+``TwoStageFusion.fit(X, y)`` takes a ``FusionData`` (per-plane features and the catalog of
+their series) and ``y``, the labels of those series. Features per plane are xarray
+DataArrays with a leading ``series`` dimension labelled by series_id (a store variable, or
+numpy wrapped in a DataArray). The labelled unit is the exam (``case_id``): every
+cross-plane combination of an exam's series is one fusion sample weighted 1/(its exam's
+combinations) in training, and the exam's probability is the mean over its combinations at
+inference. Exams missing a plane are left out of fusion (``TwoStageFusion.missing_exams``
+lists them). Bootstrap CIs resample patients (``patient_id``).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -21,14 +25,14 @@ from sklearn.utils.validation import check_is_fitted
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.comparators import LightGBMComparator, LogisticComparator
-from orthodiff.heads.defaults import METHOD, POOLING
 from orthodiff.heads.ehr import EHREncoder, EHROnlyHead
-from orthodiff.heads.fusion import FusionHead
+from orthodiff.heads.fusion import FusionHead, fusion_method
 from orthodiff.heads.probe import PlaneProbe
 from orthodiff.options import Method, Pooling, choice
 
 # heads on the fusion input other than the fusion methods; ehr_only is the paper's EHR-only baseline
 COMPARATORS = {Method.lightgbm: LightGBMComparator, Method.logistic: LogisticComparator, Method.ehr_only: EHROnlyHead}
+CATALOG_COLUMNS = ("series_id", "case_id", "patient_id", "plane")
 
 
 def fusion_samples(series: pd.DataFrame, planes=PLANES) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -75,42 +79,120 @@ def check_labels(catalog: pd.DataFrame, labels: list[str]) -> None:
         raise OrthodiffError(f"catalog lacks label columns {missing}")
 
 
+@dataclass(frozen=True, eq=False)
+class FusionData:
+    """The ``X`` of ``TwoStageFusion``: a set of series, one sample per catalog row.
+
+    ``features``: per plane, a DataArray whose leading ``series`` dimension is labelled by
+    series_id (``runs.config_features`` gives one (timestep, block) slab of the store per plane).
+    ``catalog``: one row per series, with series_id, case_id, patient_id and plane (and the EHR
+    columns for EHR fusion); its label columns give ``y`` through ``labels``. ``pooled``: Stage I
+    outputs by plane (``TwoStageFusion.stage_one_outputs``), read instead of pooling ``features``
+    again; they belong to the probes that made them, which ``fit`` then takes as ``probes``."""
+
+    features: Mapping[str, xr.DataArray]
+    catalog: pd.DataFrame
+    pooled: Mapping[str, xr.DataArray] | None = None
+
+    def __post_init__(self):
+        missing = [c for c in CATALOG_COLUMNS if c not in self.catalog.columns]
+        if missing:
+            raise OrthodiffError(f"the catalog lacks columns {missing}: a fusion input needs {list(CATALOG_COLUMNS)}")
+
+    def __len__(self) -> int:
+        return len(self.catalog)
+
+    @property
+    def series(self) -> pd.Index:
+        """The samples: the catalog's series ids, in catalog order."""
+        return pd.Index(self.catalog["series_id"], name="series_id")
+
+    def labels(self, columns) -> pd.DataFrame:
+        """The catalog's label ``columns`` as ``y``: one row per series, indexed by series_id."""
+        check_labels(self.catalog, list(columns))
+        return self.catalog.set_index("series_id")[list(columns)]
+
+
+def series_targets(X: FusionData, y) -> pd.DataFrame:
+    """``y`` as one 0/1 column per label and one row per series of ``X``, in catalog order.
+    A DataFrame or Series is matched to X's series by its index (series ids); a Series is
+    one label (named by its name); an array is matched by position, its labels named
+    ``label_<j>``."""
+    if isinstance(y, pd.Series):
+        y = y.to_frame(name="label" if y.name is None else y.name)
+    if not isinstance(y, pd.DataFrame):
+        values = np.asarray(y)
+        values = values[:, None] if values.ndim == 1 else values
+        if values.ndim != 2 or len(values) != len(X):
+            raise OrthodiffError(f"y has shape {np.shape(y)}, X has {len(X)} series: give one row per catalog row "
+                                 f"(or a DataFrame indexed by series_id, e.g. X.labels(columns))")
+        return pd.DataFrame(values, index=X.series, columns=[f"label_{j}" for j in range(values.shape[1])])
+    if y.index.has_duplicates:
+        raise OrthodiffError(f"y's index repeats series {y.index[y.index.duplicated()][0]!r}: give one row per series")
+    absent, extra = X.series.difference(y.index), y.index.difference(X.series)
+    if len(absent) or len(extra):
+        found = [f"{len(ids)} {what}, e.g. {ids[0]!r}" for ids, what in
+                 ((absent, "series of X have no row in y"), (extra, "rows of y are no series of X")) if len(ids)]
+        raise OrthodiffError(f"y's index does not match X's series ({'; '.join(found)}): index y by series_id, "
+                             f"e.g. X.labels(columns)")
+    return y.loc[X.series]
+
+
+def stage_one_probe(pooling: str, params: Mapping | None = None, random_state: int = 0) -> PlaneProbe:
+    """The Stage I probe of ``pooling`` with the probe settings ``params`` (epochs, lr, ...;
+    ``random_state`` is the argument's). A pooling without weights (GAP) has nothing to train:
+    its probe only fits the standardisation statistics (``epochs=0``)."""
+    settings = {**(params or {}), "pooling": str(pooling), "random_state": random_state}
+    if not choice(Pooling, pooling, "pooling").trained:
+        settings["epochs"] = 0
+    return PlaneProbe(**settings)
+
+
+def stage_two_head(method: str, params: Mapping | None = None, random_state: int = 0):
+    """The Stage II head of ``method``: a ``FusionHead`` with the fusion settings ``params``
+    (``random_state`` is the argument's), or a comparator with its own defaults."""
+    method = choice(Method, method, "fusion method")
+    if method.comparator:
+        return COMPARATORS[method](random_state=random_state)
+    return FusionHead(**{**(params or {}), "method": method.value, "random_state": random_state})
+
+
 class TwoStageFusion(BaseEstimator):
-    """Stage I: a pooling probe per plane on that plane's training series (for GAP, whose
-    pooling has no parameters, only the standardisation statistics). Stage II: the pooling
-    is frozen and only the fusion head (``method``: a fusion method, or ``lightgbm`` /
-    ``logistic`` on the concatenated pooled vectors) is trained on fusion samples.
+    """Stage I: ``probe`` (an unfitted ``PlaneProbe``; its ``pooling`` is the model's) fitted
+    per plane on that plane's series. Stage II: the pooling is frozen and only ``head`` is
+    trained on fusion samples: an unfitted ``FusionHead`` (its ``method`` is the fusion) or a
+    comparator on the concatenated pooled vectors (``LightGBMComparator``,
+    ``LogisticComparator``, ``EHROnlyHead``: the paper's EHR-only baseline, on the same exams
+    as fusion). ``ehr``: late-fuse an EHR head (``FusionHead`` reads it as ``X["ehr"]``).
 
-    ``probe`` (an unfitted ``PlaneProbe``) and ``head`` (an unfitted ``FusionHead``) carry the
-    training settings of each stage; they are cloned with this model's ``pooling``,
-    ``method`` and ``random_state``, so ``get_params(deep=True)`` and ``set_params`` reach
-    them (``probe__epochs``, ``head__lr``); the comparators use their own defaults.
+    Composition as in ``Pipeline``: the nested estimators are cloned and fitted with their own
+    parameters (``stage_one_probe`` and ``stage_two_head`` build them from a run's settings),
+    so ``get_params(deep=True)``, ``set_params`` (``probe__epochs``, ``head__lr``) and
+    ``clone`` reach them, and their randomness is their ``random_state``. Defaults: the
+    paper's ``PlaneProbe()`` and ``FusionHead()``.
 
-    A scikit-learn estimator (``clone``, ``get_params``) over a catalog rather than arrays:
-    ``fit(features, catalog, labels)`` and ``predict`` returns a per-exam table, so it has
-    no ``ClassifierMixin`` score; the Stage I and II models are ``probes_`` and ``head_``."""
+    ``fit(X, y)``: ``X`` a ``FusionData``, ``y`` the labels of its series (``X.labels``).
+    Predictions are per exam with every plane: ``predict_proba(X)`` is (exams, labels) in
+    case_id order, ``predict_exams(X)`` the same as a table. The Stage I and II models are
+    ``probes_`` and ``head_``."""
 
-    def __init__(self, pooling: str = POOLING, method: str = METHOD, ehr: bool = False,
-                 probe: PlaneProbe | None = None, head: FusionHead | None = None, random_state: int = 0):
-        self.pooling = pooling
-        self.method = method
-        self.ehr = ehr
+    def __init__(self, probe: PlaneProbe | None = None, head=None, ehr: bool = False):
         self.probe = probe
         self.head = head
-        self.random_state = random_state
+        self.ehr = ehr
 
-    def _pooled(self, features: dict, catalog: pd.DataFrame, outputs: dict | None = None
-                ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    def _pooled(self, X: FusionData) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+        catalog, stored = X.catalog, X.pooled or {}
         combos, missing = fusion_samples(catalog, self.planes_)
         pooled = {}
         for plane in self.planes_:
             ids = catalog.loc[catalog["plane"] == plane, "series_id"]
             ids = ids[ids.isin(combos[plane])]
-            if outputs is not None and plane in outputs:
-                selected = select_series(outputs[plane], ids, plane)
+            if plane in stored:
+                selected = select_series(stored[plane], ids, plane)
                 vectors = selected.to_numpy()
             else:
-                selected = select_series(features[plane], ids, plane)
+                selected = select_series(X.features[plane], ids, plane)
                 vectors = self.probes_[plane].transform(selected.data)
             row = pd.Series(np.arange(len(selected)), index=selected["series"].to_numpy())
             pooled[plane] = vectors[row[combos[plane]].to_numpy()]
@@ -118,75 +200,91 @@ class TwoStageFusion(BaseEstimator):
             pooled["ehr"] = self.ehr_encoder_.transform(exam_rows(catalog, combos["case_id"]))
         return pooled, combos, missing
 
-    def fit(self, features: dict, catalog: pd.DataFrame, labels: list[str], probes: dict | None = None,
-            outputs: dict | None = None) -> "TwoStageFusion":
-        """``probes``: already fitted Stage I probes by plane (reused frozen, e.g. when many
-        cross-plane combinations share a plane's configuration). ``outputs``: what those
-        probes output (``stage_one_outputs``), by plane, read instead of pooling the features again."""
-        method = choice(Method, self.method, "fusion method")
-        self.fit_stage_one(features, catalog, labels, probes)
-        # the EHR-only baseline is scored on the same exams as fusion (those with every plane)
-        self.uses_ehr_ = self.ehr or method is Method.ehr_only
+    def fit(self, X: FusionData, y, probes: dict | None = None) -> "TwoStageFusion":
+        """``y``: 0/1 labels of X's series (``series_targets``; labels are per exam: Stage II
+        reads each exam's first catalog row). ``probes``: already fitted Stage I probes by plane,
+        reused frozen (e.g. when many cross-plane combinations share a plane's configuration);
+        they are required for the planes of ``X.pooled``."""
+        head = clone(self.head if self.head is not None else FusionHead())
+        if isinstance(head, FusionHead):
+            fusion_method(head.method)  # an unknown method fails before Stage I trains
+        targets = series_targets(X, y)
+        self._fit_stage_one(X, targets, probes)
+        unbacked = [p for p in (X.pooled or {}) if p in self.planes_ and p not in (probes or {})]
+        if unbacked:
+            raise OrthodiffError(f"X.pooled holds Stage I outputs of {unbacked} but fit got no probes for them: "
+                                 "pass the probes that made them (probes=...)")
+        self.uses_ehr_ = self.ehr or isinstance(head, EHROnlyHead)
         if self.uses_ehr_:
-            self.ehr_encoder_ = EHREncoder().fit(catalog.drop_duplicates("case_id"))
-        X, combos, _ = self._pooled(features, catalog, outputs)
-        exams = exam_table(catalog).loc[combos["case_id"]]
-        y = exams[labels].to_numpy()
-        if method.comparator:
-            self.head_ = COMPARATORS[method](random_state=self.random_state).fit(X, y, combos["weight"].to_numpy())
+            self.ehr_encoder_ = EHREncoder().fit(X.catalog.drop_duplicates("case_id"))
+        pooled, combos, _ = self._pooled(X)
+        first = ~X.catalog["case_id"].duplicated().to_numpy()
+        per_exam = targets[first].set_axis(X.catalog["case_id"].to_numpy()[first])
+        y_exam, weight = per_exam.loc[combos["case_id"]].to_numpy(), combos["weight"].to_numpy()
+        if isinstance(head, FusionHead):
+            patients = exam_table(X.catalog).loc[combos["case_id"], "patient_id"].to_numpy()
+            self.head_ = head.fit(pooled, y_exam, weight, groups=patients)
         else:
-            head = clone(self.head if self.head is not None else FusionHead())
-            self.head_ = head.set_params(method=self.method, random_state=self.random_state).fit(
-                X, y, combos["weight"].to_numpy(), groups=exams["patient_id"].to_numpy())
+            self.head_ = head.fit(pooled, y_exam, weight)
         return self
 
-    def fit_stage_one(self, features: dict, catalog: pd.DataFrame, labels: list[str], probes: dict | None = None
-                      ) -> "TwoStageFusion":
-        """Stage I alone: a probe per plane of ``features`` on its training series (``probes``: as in ``fit``)."""
-        check_labels(catalog, labels)
-        self.labels_ = list(labels)
-        self.planes_ = [p for p in PLANES if p in features]
-        probe = clone(self.probe if self.probe is not None else PlaneProbe()).set_params(
-            pooling=self.pooling, random_state=self.random_state, **({} if Pooling(self.pooling).trained else {"epochs": 0}))
+    def fit_stage_one(self, X: FusionData, y, probes: dict | None = None) -> "TwoStageFusion":
+        """Stage I alone: a probe per plane of ``X.features`` on its series (``y``, ``probes``: as in ``fit``)."""
+        return self._fit_stage_one(X, series_targets(X, y), probes)
+
+    def _fit_stage_one(self, X: FusionData, targets: pd.DataFrame, probes: dict | None) -> "TwoStageFusion":
+        self.labels_ = list(targets.columns)
+        self.planes_ = [p for p in PLANES if p in X.features]
+        probe = self.probe if self.probe is not None else PlaneProbe()
         self.probes_ = dict(probes or {})
         for plane in [p for p in self.planes_ if p not in self.probes_]:
-            rows = catalog[catalog["plane"] == plane]
-            X = select_series(features[plane], rows["series_id"], plane)
-            y = rows.set_index("series_id").loc[X["series"].to_numpy(), labels].to_numpy()
-            self.probes_[plane] = clone(probe).fit(X.data, y)
+            rows = X.catalog[X.catalog["plane"] == plane]
+            selected = select_series(X.features[plane], rows["series_id"], plane)
+            self.probes_[plane] = clone(probe).fit(selected.data, targets.loc[selected["series"].to_numpy()].to_numpy())
         return self
 
-    def predict(self, features: dict, catalog: pd.DataFrame, outputs: dict | None = None) -> pd.DataFrame:
-        """One row per exam with all planes: case_id, patient_id, the labels, ``p_<label>``
-        (mean over the exam's combinations) and, for MPAE, ``gate_<label>_<plane>``.
-        Exams missing a plane are left out (``missing_exams``). ``outputs``: as in ``fit``."""
+    @property
+    def _gated(self) -> bool:
+        return isinstance(self.head_, FusionHead) and fusion_method(self.head_.method).gated
+
+    def predict_exams(self, X: FusionData) -> pd.DataFrame:
+        """One row per exam with all planes, by case_id: case_id, patient_id, the labels (those
+        the catalog has), ``p_<label>`` (mean over the exam's combinations) and, for MPAE,
+        ``gate_<label>_<plane>``. Exams missing a plane are left out (``missing_exams``)."""
         check_is_fitted(self)
-        X, combos, _ = self._pooled(features, catalog, outputs)
+        pooled, combos, _ = self._pooled(X)
         if combos.empty:
             raise OrthodiffError("no exam has series in every plane: nothing to fuse")
-        prob = pd.DataFrame(self.head_.predict_proba(X), columns=[f"p_{c}" for c in self.labels_])
-        if Method(self.method).gated:
-            gates = self.head_.gating_weights(X)
+        prob = pd.DataFrame(self.head_.predict_proba(pooled), columns=[f"p_{c}" for c in self.labels_])
+        if self._gated:
+            gates = self.head_.gating_weights(pooled)
             for j, label in enumerate(self.labels_):
                 for k, plane in enumerate(self.planes_):
                     prob[f"gate_{label}_{plane}"] = gates[:, j, k]
         prob["case_id"] = combos["case_id"].to_numpy()
         per_exam = prob.groupby("case_id", sort=True).mean()
-        exams = exam_table(catalog).loc[per_exam.index]
-        return pd.concat([exams[["patient_id", *self.labels_]], per_exam], axis=1).reset_index()
+        exams = exam_table(X.catalog).loc[per_exam.index]
+        truth = [c for c in self.labels_ if c in exams.columns]
+        return pd.concat([exams[["patient_id", *truth]], per_exam], axis=1).reset_index()
 
-    def stage_one_outputs(self, features: dict, catalog: pd.DataFrame) -> dict[str, xr.DataArray]:
-        """The Stage I output (pooled, standardised vector) of every series of ``catalog``, by plane,
-        labelled by series: computed once, it serves every fit and predict on these probes."""
+    def predict_proba(self, X: FusionData) -> np.ndarray:
+        """(exams, labels): the probability of each label for each exam with every plane,
+        exams in case_id order (the rows of ``predict_exams``)."""
+        return self.predict_exams(X)[[f"p_{c}" for c in self.labels_]].to_numpy()
+
+    def stage_one_outputs(self, X: FusionData) -> dict[str, xr.DataArray]:
+        """The Stage I output (pooled, standardised vector) of every series of ``X``, by plane,
+        labelled by series: computed once, it serves every fit and predict on these probes
+        (as ``FusionData.pooled``)."""
         check_is_fitted(self, "probes_")
-        out = {}
-        for plane in [p for p in self.planes_ if p in features]:
-            selected = select_series(features[plane], catalog.loc[catalog["plane"] == plane, "series_id"], plane)
+        out, catalog = {}, X.catalog
+        for plane in [p for p in self.planes_ if p in X.features]:
+            selected = select_series(X.features[plane], catalog.loc[catalog["plane"] == plane, "series_id"], plane)
             out[plane] = xr.DataArray(self.probes_[plane].transform(selected.data), dims=("series", "feature"),
                                       coords={"series": selected["series"].to_numpy()})
         return out
 
-    def missing_exams(self, catalog: pd.DataFrame) -> pd.DataFrame:
-        """The exams of ``catalog`` that ``predict`` leaves out: case_id, missing_planes."""
+    def missing_exams(self, X: FusionData) -> pd.DataFrame:
+        """The exams of ``X`` that the predictions leave out: case_id, missing_planes."""
         check_is_fitted(self)
-        return fusion_samples(catalog, self.planes_)[1]
+        return fusion_samples(X.catalog, self.planes_)[1]

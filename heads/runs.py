@@ -17,10 +17,9 @@ from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
 from orthodiff.files import atomic_write, read_weights
 from orthodiff.heads.defaults import FUSION, METHOD, PROBE
-from orthodiff.heads.fusion import FusionHead
 from orthodiff.heads.metrics import MIN_SUPPORT, evaluate, macro_auroc, permutation_test, subgroup_table, youden_thresholds
 from orthodiff.heads.probe import PlaneProbe
-from orthodiff.heads.protocol import TwoStageFusion
+from orthodiff.heads.protocol import FusionData, TwoStageFusion, stage_one_probe, stage_two_head
 from orthodiff.heads.sweep import plane_units, plot_heatmaps, sweep, top_configs
 from orthodiff.options import Method, Pooling
 from orthodiff.outputs import atomic_savefig, portable, pyplot, read_run, read_table, resolved, write_json, write_run, write_table
@@ -204,6 +203,7 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method=METHOD,
     top = read_table(sweep_dir / "top4.parquet")
     top = top[top["rank"] <= top_k]
     planes = [p for p in PLANES if p in set(top["plane"])]
+    seed = run["probe_params"].get("random_state", 0)  # the sweep's probes' (``run_sweep``)
     rows, stage_one = [], stage_one if stage_one is not None else {}
     for key, probe in sweep_probes(sweep_dir, run["inputs_fingerprint"]).items():
         stage_one.setdefault(key, probe)
@@ -213,17 +213,19 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method=METHOD,
     for combo in itertools.product(*per_plane):
         config = {"pooling": run["pooling"], "planes": dict(zip(planes, combo))}
         slabs = config_features(features, config, str(sweep_dir))
-        model = TwoStageFusion(run["pooling"], method, probe=PlaneProbe(**run["probe_params"]), head=FusionHead(**fusion))
-        keys = stage_one_keys(config, model.random_state)
-        model.fit_stage_one(slabs, train, labels, probes={p: stage_one[k] for p, k in keys.items() if k in stage_one})
+        model = TwoStageFusion(stage_one_probe(run["pooling"], run["probe_params"], seed), stage_two_head(method, fusion))
+        keys = stage_one_keys(config, seed)
+        X = FusionData(slabs, train)
+        model.fit_stage_one(X, X.labels(labels), probes={p: stage_one[k] for p, k in keys.items() if k in stage_one})
         stage_one.update({k: model.probes_[p] for p, k in keys.items()})  # Stage I is frozen: reuse it
         new = [p for p, k in keys.items() if k not in outputs]
         if new:  # and pool each series once per plane configuration
-            pooled = model.stage_one_outputs({p: slabs[p] for p in new}, pd.concat([train, val]))
+            pooled = model.stage_one_outputs(FusionData({p: slabs[p] for p in new}, pd.concat([train, val])))
             outputs.update({keys[p]: pooled[p] for p in new})
         shared = {p: outputs[k] for p, k in keys.items()}
-        model.fit(slabs, train, labels, probes=model.probes_, outputs=shared)
-        pred = model.predict(slabs, val, outputs=shared)
+        X = FusionData(slabs, train, pooled=shared)
+        model.fit(X, X.labels(labels), probes=model.probes_)
+        pred = model.predict_exams(FusionData(slabs, val, pooled=shared))
         row = {f"{p}_{k}": c[k] for p, c in zip(planes, combo) for k in ("timestep", "block")}
         rows.append({**row, "val_macro_auroc": macro_auroc(pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy())})
         if progress:
@@ -281,7 +283,7 @@ def decision_thresholds(threshold, model, slabs, catalog, labels) -> np.ndarray:
     val = _split(catalog, "val")
     if val.empty:
         raise OrthodiffError("--threshold youden needs a validation split ('val') in the catalog")
-    pred = model.predict(slabs, val)
+    pred = model.predict_exams(FusionData(slabs, val))
     return youden_thresholds(pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy())
 
 
@@ -343,15 +345,16 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
                                      **({} if whole else {"subset": str(subset)}))
     if reuse and not probes and completed(out, fingerprint, ("predictions", "metrics", "subgroups", "missing_planes")):
         return read_table(out / "metrics.parquet"), None
-    model = TwoStageFusion(config["pooling"], method, ehr=ehr, probe=PlaneProbe(**config.get("probe_params", {})),
-                           head=FusionHead(**fusion), random_state=seed)
+    model = TwoStageFusion(stage_one_probe(config["pooling"], config.get("probe_params"), seed),
+                           stage_two_head(method, fusion, seed), ehr=ehr)
     keys = stage_one_keys(config, seed)
     cached = {}
     if whole and not probes:
         known = {**(sweep_probes(config["sweep"], config["sweep_fingerprint"]) if "sweep" in config else {}),
                  **(stage_one or {})}
         cached = {p: known[k] for p, k in keys.items() if k in known}
-    model.fit(slabs, training_part(catalog, subset), labels, probes=probes or cached)
+    X = FusionData(slabs, training_part(catalog, subset))
+    model.fit(X, X.labels(labels), probes=probes or cached)
     if stage_one is not None and not probes and whole:
         stage_one.update({k: model.probes_[p] for p, k in keys.items()})
     progress(stage="trained")
@@ -359,7 +362,7 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     if test.empty:
         raise OrthodiffError("the catalog has no test series")
     cut = decision_thresholds(threshold, model, slabs, catalog, labels)
-    pred = model.predict(slabs, test)
+    pred = model.predict_exams(FusionData(slabs, test))
     y, p = pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy()
     metrics = flag_support(evaluate(y, p, labels, groups=pred["patient_id"].to_numpy(), n_boot=n_boot, seed=seed, threshold=cut), y, labels)
     meta = test.drop_duplicates("case_id").set_index("case_id").loc[pred["case_id"]].reset_index()
@@ -368,7 +371,7 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     write_table(pred, out / "predictions")
     write_table(metrics, out / "metrics")
     write_table(subgroups, out / "subgroups")
-    missing = model.missing_exams(test)
+    missing = model.missing_exams(FusionData(slabs, test))
     write_table(missing, out / "missing_planes")
     if Method(method).gated:
         gating = pd.DataFrame(
@@ -421,9 +424,10 @@ def run_efficiency(config, features, catalog, labels, subsets, out, method=METHO
     for size in subsets:
         part = training_part(catalog, size)
         for head in (method, comparator):
-            model = TwoStageFusion(config["pooling"], head, probe=PlaneProbe(**config.get("probe_params", {})),
-                                   head=FusionHead(**fusion), random_state=seed)
-            pred = model.fit(slabs, part, labels).predict(slabs, test)
+            model = TwoStageFusion(stage_one_probe(config["pooling"], config.get("probe_params"), seed),
+                                   stage_two_head(head, fusion, seed))
+            X = FusionData(slabs, part)
+            pred = model.fit(X, X.labels(labels)).predict_exams(FusionData(slabs, test))
             metrics = evaluate(pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy(), labels,
                                groups=pred["patient_id"].to_numpy(), n_boot=n_boot, seed=seed)
             macro = metrics[metrics["metric"] == "macro_auroc"].iloc[0]

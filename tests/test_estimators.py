@@ -6,7 +6,7 @@
   (``LogisticComparator``, ``LightGBMComparator``, ``PlaneProbe("gap")``). Checks that may
   fail are listed in ``EXPECTED_FAILED`` with the reason, and checks that scikit-learn itself
   skips are listed in ``SKIPPED_BY_SKLEARN``; the test asserts that exactly those did not pass.
-  ``FusionHead``/``EHROnlyHead`` (dicts of plane arrays), ``TwoStageFusion`` (features + catalog),
+  ``FusionHead``/``EHROnlyHead`` (dicts of plane arrays), ``TwoStageFusion`` (``FusionData``: features + catalog),
   ``EHREncoder`` (catalog rows), ``BatchedGAPProbes`` (3-D (N, K, C)), ``BatchedSAPProbes``
   (6-D activations), ``FingerprintClassifier`` (radiomic values with usage inputs) and the volume models
   (volumes keyed by series) take inputs check_estimator cannot generate.
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
@@ -38,13 +39,15 @@ from orthodiff.heads import (
     PlaneProbe,
     TwoStageFusion,
 )
+from orthodiff.errors import OrthodiffError
+from orthodiff.heads.protocol import FusionData
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
 from orthodiff.supervised import VolumeClassifier, VolumeSegmenter
 
 LABELS = ["ACL", "MM"]
 ESTIMATORS = [
     PlaneProbe("glp", epochs=3), FusionHead("mpae", folds=3), LogisticComparator(C=0.5), LightGBMComparator(n_estimators=7),
-    TwoStageFusion("gap", "linear_concat", probe=PlaneProbe(epochs=2), head=FusionHead(lr=1e-3)), EHREncoder(),
+    TwoStageFusion(PlaneProbe("gap", epochs=2), FusionHead("linear_concat", lr=1e-3)), EHREncoder(),
     EHROnlyHead(epochs=1), BatchedGAPProbes(epochs=4), BatchedSAPProbes(epochs=2), FingerprintClassifier(),
     VolumeClassifier("resnet18", epochs=1),
     VolumeSegmenter("unet", n_classes=3),
@@ -111,8 +114,8 @@ def test_unfitted_estimators_raise_not_fitted(cohort):
         lambda: PlaneProbe("gap").predict_proba(X["axial"]), lambda: PlaneProbe("gap").decision_function(X["axial"]),
         lambda: PlaneProbe("gap").transform(X["axial"]), lambda: FusionHead().predict_proba(X),
         lambda: FusionHead().decision_function(X), lambda: LogisticComparator().predict(X["axial"]),
-        lambda: LightGBMComparator().predict_proba(X), lambda: TwoStageFusion().predict(features, catalog),
-        lambda: TwoStageFusion().missing_exams(catalog), lambda: EHREncoder().transform(catalog),
+        lambda: LightGBMComparator().predict_proba(X), lambda: TwoStageFusion().predict_proba(FusionData(features, catalog)),
+        lambda: TwoStageFusion().missing_exams(FusionData(features, catalog)), lambda: EHREncoder().transform(catalog),
         lambda: EHROnlyHead().predict_proba(X), lambda: BatchedGAPProbes().predict_proba(np.zeros((2, 3, 4))),
         lambda: BatchedSAPProbes().predict_proba(np.zeros((2, 3, 4, 1, 2, 2))),
         lambda: VolumeClassifier().predict_proba(np.zeros((1, 4, 4, 4))),
@@ -160,21 +163,72 @@ def test_batched_probes_keep_the_configuration_axis_for_a_binary_target(cohort):
 def test_two_stage_predict_keeps_the_fitted_state(cohort):
     catalog, data = cohort
     features = {plane: ds.gap.sel(timestep=100, block="mid_2") for plane, ds in data.items()}
-    model = TwoStageFusion("gap", "concat", probe=PlaneProbe(batch_size=32), head=FusionHead(epochs=3, lr=1e-2))
+    model = TwoStageFusion(PlaneProbe("gap", epochs=0, batch_size=32), FusionHead("concat", epochs=3, lr=1e-2))
     assert model.get_params()["probe__batch_size"] == 32 and model.get_params()["head__epochs"] == 3
     model.set_params(head__lr=2e-2)  # the nested head's settings are reachable like any parameter
-    model.fit(features, catalog[catalog.split == "train"], LABELS)
+    X = FusionData(features, catalog[catalog.split == "train"])
+    model.fit(X, X.labels(LABELS))
     assert model.head_.lr == 2e-2 and model.head_.method == "concat" and model.probes_["axial"].batch_size == 32
-    assert model.probes_["axial"].pooling == "gap" and model.probes_["axial"].epochs == 0  # GAP: statistics only
     state = dict(vars(model))
-    test = catalog[catalog.split == "test"]
-    pred = model.predict(features, test)
+    test = FusionData(features, catalog[catalog.split == "test"])
+    pred = model.predict_exams(test)
     assert vars(model).keys() == state.keys() and all(vars(model)[k] is v for k, v in state.items())
     missing = model.missing_exams(test)
     # the exams left out are exactly those without a series in every plane
-    planes = test.groupby("case_id")["plane"].nunique()
+    planes = test.catalog.groupby("case_id")["plane"].nunique()
     assert sorted(missing["case_id"]) == sorted(planes[planes < 3].index)
     assert sorted(pred["case_id"]) == sorted(planes[planes == 3].index)
+
+
+def test_two_stage_fusion_keeps_its_nested_estimators_parameters(cohort):
+    """Composition as in Pipeline: the probe and the head are cloned and fitted with their own
+    parameters (seeds included), and fitting draws nothing from the global random generators."""
+    catalog, data = cohort
+    features = {plane: ds.gap.sel(timestep=100, block="mid_2") for plane, ds in data.items()}
+    model = TwoStageFusion(PlaneProbe("gap", epochs=2, lr=1e-2, random_state=5),
+                           FusionHead("linear_add", epochs=3, lr=1e-2, shared_dim=8, random_state=7))
+    params = model.get_params(deep=True)
+    assert _comparable(clone(model).get_params(deep=True)) == _comparable(params)
+    X = FusionData(features, catalog[catalog.split == "train"])
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
+    model.fit(X, X.labels(LABELS))
+    assert torch.equal(torch.get_rng_state(), torch_state) and np.array_equal(np.random.get_state()[1], numpy_state[1])
+    assert _comparable(model.get_params(deep=True)) == _comparable(params)  # fit changes no parameter
+    assert model.head_.get_params() == model.head.get_params() and model.head_ is not model.head
+    assert all(probe.get_params() == model.probe.get_params() for probe in model.probes_.values())
+    refit = clone(model).fit(X, X.labels(LABELS))
+    test = FusionData(features, catalog[catalog.split == "test"])
+    np.testing.assert_array_equal(refit.predict_proba(test), model.predict_proba(test))
+
+
+def test_two_stage_fusion_takes_y_aligned_with_the_series_of_x(cohort):
+    """``y``: a DataFrame or Series indexed by series_id (any order), or an array in catalog
+    order; all give the same model. A y that does not cover X's series is an OrthodiffError."""
+    catalog, data = cohort
+    features = {plane: ds.gap.sel(timestep=100, block="mid_2") for plane, ds in data.items()}
+    X, test = (FusionData(features, catalog[catalog.split == split]) for split in ("train", "test"))
+
+    def fit(y):
+        return TwoStageFusion(PlaneProbe("gap", epochs=0), FusionHead(epochs=3, lr=1e-2)).fit(X, y)
+
+    frame = fit(X.labels(["ACL"]))
+    pred = frame.predict_exams(test)
+    np.testing.assert_array_equal(frame.predict_proba(test), pred[["p_ACL"]].to_numpy())
+    assert pred["case_id"].is_monotonic_increasing and frame.labels_ == ["ACL"]
+    series = X.labels(["ACL"])["ACL"]
+    shuffled = series.sample(frac=1.0, random_state=0)
+    array = fit(X.catalog["ACL"].to_numpy())
+    assert array.labels_ == ["label_0"]
+    for other in (fit(series), fit(shuffled), array):
+        np.testing.assert_array_equal(other.predict_proba(test), frame.predict_proba(test))
+    with pytest.raises(OrthodiffError, match=r"y's index does not match X's series \(\d+ series of X have no row in y"):
+        fit(X.catalog["ACL"])  # indexed by catalog row, not by series
+    with pytest.raises(OrthodiffError, match=r"1 series of X have no row in y, e\.g\. '.+'\)"):
+        fit(series.iloc[1:])
+    with pytest.raises(OrthodiffError, match=rf"y has shape \(3,\), X has {len(X)} series"):
+        fit(np.zeros(3))
+    with pytest.raises(OrthodiffError, match=r"catalog lacks columns \['patient_id'\]"):
+        FusionData(features, catalog.drop(columns="patient_id"))
 
 
 # sklearn checks that these estimators fail, and why

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.base import clone
 from sklearn.model_selection import GroupKFold
 
 from orthodiff.errors import OrthodiffError
@@ -15,12 +14,23 @@ from orthodiff.heads.ehr import EHREncoder, LateFusion
 from orthodiff.heads.fusion import METHODS, CrossAttentionClassifier, FusionHead, MPAEGate
 from orthodiff.heads.metrics import macro_auroc
 from orthodiff.heads.probe import PlaneProbe
-from orthodiff.heads.protocol import TwoStageFusion, fusion_samples
+from orthodiff.heads.protocol import FusionData, TwoStageFusion, fusion_samples, stage_one_probe, stage_two_head
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
 
 LABELS = ["ACL", "PCL", "MM", "LM"]
-FAST = dict(probe=PlaneProbe(epochs=8, lr=5e-3, batch_size=32),
-            head=FusionHead(epochs=25, lr=3e-3, batch_size=32, plane_epochs=25, plane_lr=3e-3, gate_epochs=200))
+FAST_PROBE = dict(epochs=8, lr=5e-3, batch_size=32)
+FAST_HEAD = dict(epochs=25, lr=3e-3, batch_size=32, plane_epochs=25, plane_lr=3e-3, gate_epochs=200)
+
+
+def two_stage(pooling, method, random_state=0, ehr=False):
+    """A two-stage model at the fast settings: ``pooling``'s probe, ``method``'s head, one seed."""
+    return TwoStageFusion(stage_one_probe(pooling, FAST_PROBE, random_state),
+                          stage_two_head(method, FAST_HEAD, random_state), ehr=ehr)
+
+
+def fitted(model, features, catalog):
+    X = FusionData(features, catalog)
+    return model.fit(X, X.labels(LABELS))
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +61,11 @@ def test_fusion_samples_enumerate_combinations_weights_and_missing_planes():
 @pytest.mark.parametrize("method", [*METHODS, "lightgbm", "logistic"])
 def test_every_fusion_method_learns_and_averages_multi_scan_exams(cohort, method):
     catalog, features = cohort
-    model = TwoStageFusion("gap", method, random_state=0, **FAST).fit(features, catalog[catalog.split == "train"], LABELS)
+    model = fitted(two_stage("gap", method), features, catalog[catalog.split == "train"])
     test = catalog[catalog.split == "test"]
-    pred = model.predict(features, test)
+    pred = model.predict_exams(FusionData(features, test))
     assert _auroc(pred) > 0.8
-    missing = model.missing_exams(test)
+    missing = model.missing_exams(FusionData(features, test))
     counted = set(pred["case_id"]) | set(missing["case_id"])
     assert counted == set(test["case_id"]) and len(missing) > 0 and not set(missing["case_id"]) & set(pred["case_id"])
     # an exam with a repeat scan: its probability is the mean over its combinations
@@ -63,7 +73,7 @@ def test_every_fusion_method_learns_and_averages_multi_scan_exams(cohort, method
     multi = combos["case_id"].value_counts()
     case = multi.index[0]
     assert multi.iloc[0] > 1
-    X, c, _ = model._pooled(features, test)
+    X, c, _ = model._pooled(FusionData(features, test))
     rows = (c["case_id"] == case).to_numpy()
     expected = model.head_.predict_proba({k: v[rows] for k, v in X.items()}).mean(0)
     got = pred.set_index("case_id").loc[case, [f"p_{l}" for l in LABELS]].to_numpy(float)
@@ -76,10 +86,10 @@ def test_every_fusion_method_learns_and_averages_multi_scan_exams(cohort, method
 def test_stage_two_keeps_stage_one_pooling_frozen(cohort):
     catalog, features = cohort
     train = catalog[catalog.split == "train"]
-    model = TwoStageFusion("sap", "concat", random_state=1, **FAST).fit(features, train, LABELS)
+    model = fitted(two_stage("sap", "concat", random_state=1), features, train)
     rows = train[train.plane == "coronal"]
     X = features["coronal"].sel(series=rows["series_id"].to_numpy())
-    alone = clone(FAST["probe"]).set_params(pooling="sap", random_state=1).fit(X.data, rows[LABELS].to_numpy())
+    alone = stage_one_probe("sap", FAST_PROBE, 1).fit(X.data, rows[LABELS].to_numpy())
     for name, value in alone.net_.state_dict().items():
         torch.testing.assert_close(model.probes_["coronal"].net_.state_dict()[name], value)
 
@@ -101,11 +111,10 @@ def test_lazy_dask_features_stream_through_probes(cohort):
 def test_ehr_fusion_uses_ehr_and_reports_the_mri_weight(cohort):
     catalog, features = cohort
     assert torch.sigmoid(LateFusion(3).p).tolist() == [0.5] * 3
-    model = TwoStageFusion("gap", "linear_concat", ehr=True, random_state=0, **FAST)
-    model.fit(features, catalog[catalog.split == "train"], LABELS)
+    model = fitted(two_stage("gap", "linear_concat", ehr=True), features, catalog[catalog.split == "train"])
     weight = model.head_.mri_weight_
     assert weight.shape == (4,) and np.all((weight > 0) & (weight < 1)) and not np.allclose(weight, 0.5)
-    assert _auroc(model.predict(features, catalog[catalog.split == "test"])) > 0.8
+    assert _auroc(model.predict_exams(FusionData(features, catalog[catalog.split == "test"]))) > 0.8
 
 
 def test_ehr_encoding_layout_and_garbage_named_by_column_and_row():
@@ -141,22 +150,23 @@ def test_bad_input_is_named(cohort):
     catalog, features = cohort
     train = catalog[catalog.split == "train"]
     with pytest.raises(OrthodiffError, match="lacks label columns"):
-        TwoStageFusion().fit(features, train.drop(columns="MM"), LABELS)
+        fitted(TwoStageFusion(), features, train.drop(columns="MM"))
     short = {**features, "axial": features["axial"].isel(series=slice(1, None))}
     with pytest.raises(OrthodiffError, match="no axial features for 1 catalog series"):
-        TwoStageFusion().fit(short, catalog, LABELS)
+        fitted(TwoStageFusion(), short, catalog)
     with pytest.raises(OrthodiffError, match="unknown fusion method"):
-        TwoStageFusion(method="stack").fit(features, train, LABELS)
+        fitted(TwoStageFusion(head=FusionHead("stack")), features, train)
 
 
 def test_prefitted_stage_one_probes_are_reused_frozen(cohort):
     catalog, features = cohort
     train = catalog[catalog.split == "train"]
-    first = TwoStageFusion("glp", "concat", random_state=2, **FAST).fit(features, train, LABELS)
-    reused = TwoStageFusion("glp", "concat", random_state=2, **FAST).fit(features, train, LABELS, probes=first.probes_)
+    first = fitted(two_stage("glp", "concat", random_state=2), features, train)
+    X = FusionData(features, train)
+    reused = two_stage("glp", "concat", random_state=2).fit(X, X.labels(LABELS), probes=first.probes_)
     assert all(reused.probes_[p] is first.probes_[p] for p in first.probes_)
-    test = catalog[catalog.split == "test"]
-    np.testing.assert_allclose(reused.predict(features, test)["p_ACL"], first.predict(features, test)["p_ACL"], rtol=1e-6)
+    test = FusionData(features, catalog[catalog.split == "test"])
+    np.testing.assert_allclose(reused.predict_exams(test)["p_ACL"], first.predict_exams(test)["p_ACL"], rtol=1e-6)
 
 
 def test_ehr_garbage_in_the_catalog_names_the_catalog_row_and_case(cohort):
@@ -166,7 +176,7 @@ def test_ehr_garbage_in_the_catalog_names_the_catalog_row_and_case(cohort):
     bad.loc[bad.case_id == bad.at[row, "case_id"], "height"] = "tall"
     first = int(bad.index[bad.case_id == bad.at[row, "case_id"]][0])
     with pytest.raises(OrthodiffError, match=rf"column 'height', row {first} \(case {bad.at[row, 'case_id']}\): value 'tall'"):
-        TwoStageFusion("gap", "concat", ehr=True, **FAST).fit(features, bad[bad.split == "train"], LABELS)
+        fitted(two_stage("gap", "concat", ehr=True), features, bad[bad.split == "train"])
 
 
 DATA = Path(__file__).parent / "data"
@@ -229,12 +239,12 @@ def test_mpae_is_one_gate_over_out_of_fold_plane_logits_with_patient_folds(monke
 def test_ehr_only_baseline_sees_the_ehr_alone_on_the_fusion_exams(cohort):
     catalog, features = cohort
     train, test = catalog[catalog.split == "train"], catalog[catalog.split == "test"]
-    model = TwoStageFusion("gap", "ehr_only", random_state=0, **FAST).fit(features, train, LABELS)
-    pred = model.predict(features, test)
+    model = fitted(two_stage("gap", "ehr_only"), features, train)
+    pred = model.predict_exams(FusionData(features, test))
     shuffled = {p: f.copy(data=np.random.default_rng(1).permutation(f.values)) for p, f in features.items()}
-    np.testing.assert_allclose(model.predict(shuffled, test)["p_ACL"], pred["p_ACL"], rtol=1e-6)
-    fusion = TwoStageFusion("gap", "concat", random_state=0, **FAST).fit(features, train, LABELS)
-    assert set(pred["case_id"]) == set(fusion.predict(features, test)["case_id"])
+    np.testing.assert_allclose(model.predict_exams(FusionData(shuffled, test))["p_ACL"], pred["p_ACL"], rtol=1e-6)
+    fusion = fitted(two_stage("gap", "concat"), features, train)
+    assert set(pred["case_id"]) == set(fusion.predict_exams(FusionData(features, test))["case_id"])
     assert model.head_.epochs == 3 and pred[[f"p_{c}" for c in LABELS]].std().min() > 0
 
 

@@ -12,7 +12,7 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.heads.fusion import FusionHead
 from orthodiff.heads.metrics import macro_auroc, summary, youden_thresholds
 from orthodiff.heads.probe import PlaneProbe
-from orthodiff.heads.protocol import TwoStageFusion
+from orthodiff.heads.protocol import FusionData, TwoStageFusion
 from orthodiff.heads.report import build_report
 from orthodiff.heads.runs import compare_runs, config_features, read_config, run_efficiency, run_fuse, run_select, run_sweep
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
@@ -133,7 +133,7 @@ def test_youden_thresholds_come_from_validation_and_are_frozen_for_test(run):
     target = out / "fuse_youden"
     metrics, model = run_fuse(config, features, catalog, LABELS, "concat", target, n_boot=0, fusion_params=FAST_FUSION,
                               threshold="youden")
-    val = model.predict(config_features(features, config), catalog[catalog.split == "val"])
+    val = model.predict_exams(FusionData(config_features(features, config), catalog[catalog.split == "val"]))
     expected = youden_thresholds(val[LABELS].to_numpy(), val[[f"p_{c}" for c in LABELS]].to_numpy())
     frozen = json.loads((target / "run.json").read_text())["thresholds"]
     np.testing.assert_allclose([frozen[c] for c in LABELS], expected)
@@ -172,8 +172,9 @@ def test_selection_scores_each_combination_as_a_fusion_model_of_its_own(run):
         config = {"pooling": "gap", "planes": {p: {"timestep": getattr(row, f"{p}_timestep"), "block": getattr(row, f"{p}_block")}
                                                for p in ("sagittal", "coronal", "axial")}}
         slabs = config_features(features, config)
-        model = TwoStageFusion("gap", "concat", probe=PlaneProbe(lr=5e-3, batch_size=32), head=FusionHead(**FAST_FUSION))
-        pred = model.fit(slabs, train, LABELS).predict(slabs, val)
+        model = TwoStageFusion(PlaneProbe("gap", epochs=0, lr=5e-3, batch_size=32), FusionHead("concat", **FAST_FUSION))
+        X = FusionData(slabs, train)
+        pred = model.fit(X, X.labels(LABELS)).predict_exams(FusionData(slabs, val))
         alone = macro_auroc(pred[LABELS].to_numpy(), pred[[f"p_{c}" for c in LABELS]].to_numpy())
         assert row.val_macro_auroc == pytest.approx(alone, abs=1e-6)
 

@@ -1,9 +1,8 @@
 """Bench: test macro AUROC / CF1 / OF1 of the fusion heads on synthetic pooled features.
 
 A small synthetic cohort (``heads.synthetic``: activations whose channels carry the labels,
-EHR weakly related), GAP Stage I, then each fusion head at one shared small-cohort setting.
-Runs against whichever orthodiff is importable, so the same script measures a branch before
-and after a change (methods the installed version lacks are skipped):
+EHR weakly related), GAP Stage I, then each fusion head at one shared small-cohort setting
+(fusion settings the installed ``FusionHead`` lacks are dropped):
 
     .venv/bin/python bench/experiments/fusion_parity.py --exams 400
 """
@@ -18,8 +17,7 @@ import numpy as np
 
 from orthodiff.heads.fusion import FusionHead
 from orthodiff.heads.metrics import summary
-from orthodiff.heads.probe import PlaneProbe
-from orthodiff.heads.protocol import COMPARATORS, TwoStageFusion
+from orthodiff.heads.protocol import FusionData, TwoStageFusion, stage_one_probe, stage_two_head
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
 
 LABELS = ["ACL", "PCL", "MM", "LM", "MCL", "LCL", "PD", "EFFU"]
@@ -45,11 +43,10 @@ def main() -> None:
     probe = {"epochs": 30, "lr": 3e-3, "batch_size": 16}
     print("| method | macro AUROC | CF1 | OF1 | seconds |\n|---|---|---|---|---|")
     for method in METHODS:
-        if method == "ehr_only" and method not in COMPARATORS:
-            continue
         start = time.perf_counter()
-        model = TwoStageFusion("gap", method, probe=PlaneProbe(**probe), head=FusionHead(**fusion), random_state=args.seed)
-        pred = model.fit(features, train, LABELS).predict(features, test)
+        model = TwoStageFusion(stage_one_probe("gap", probe, args.seed), stage_two_head(method, fusion, args.seed))
+        X = FusionData(features, train)
+        pred = model.fit(X, X.labels(LABELS)).predict_exams(FusionData(features, test))
         s = summary(pred[LABELS].to_numpy(), pred[[f"p_{c}" for c in LABELS]].to_numpy())
         print(f"| {method} | {s['macro_auroc']:.3f} | {s['CF1']:.3f} | {s['OF1']:.3f} | {time.perf_counter() - start:.1f} |")
     print(f"({len(test.case_id.unique())} test exams, {np.mean(catalog.split == 'train'):.0%} of series in train)")
