@@ -400,14 +400,31 @@ def compare_runs(a, b, n_perm=1000, seed=0) -> pd.DataFrame:
     (run_a, pa), (run_b, pb) = runs
     if run_a["labels"] != run_b["labels"]:
         raise OrthodiffError(f"{a} and {b} predict different labels")
-    labels = run_a["labels"]
-    joined = pa.merge(pb[["case_id", *_prob_columns(labels)]], on="case_id", suffixes=("_a", "_b"))
-    if joined.empty:
-        raise OrthodiffError(f"{a} and {b} share no test exams")
-    cols_a = [f"{c}_a" for c in _prob_columns(labels)]
-    cols_b = [f"{c}_b" for c in _prob_columns(labels)]
-    return permutation_test(joined[labels].to_numpy(), joined[cols_a].to_numpy(), joined[cols_b].to_numpy(),
-                            labels, joined["patient_id"].to_numpy(), n_perm=n_perm, seed=seed)
+    return compare_predictions(pa, pb, run_a["labels"], n_perm=n_perm, seed=seed, names=(a, b))
+
+
+def common_exams(a: pd.DataFrame, b: pd.DataFrame, names=("A", "B")) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of two exam-prediction tables (one row per ``case_id``) for the exams both
+    have, both in ``a``'s row order: ``permutation_test`` draws one swap per patient in the
+    order patients first appear, so the row order is part of its p-values. ``names`` name the
+    tables in errors."""
+    for table, name in zip((a, b), names):
+        repeated = table["case_id"][table["case_id"].duplicated()]
+        if len(repeated):
+            raise OrthodiffError(f"{name} predicts exam {repeated.iloc[0]!r} more than once: keep one run's rows "
+                                 "(e.g. one subset and head of an efficiency run)")
+    shared = a[a["case_id"].isin(b["case_id"])]
+    if shared.empty:
+        raise OrthodiffError(f"{names[0]} and {names[1]} share no test exams")
+    return shared, b.set_index("case_id").loc[shared["case_id"]].reset_index()
+
+
+def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, labels, n_perm=1000, seed=0, names=("A", "B")) -> pd.DataFrame:
+    """Paired permutation test of two exam-prediction tables (case_id, patient_id, the labels,
+    ``p_<label>``) on their common exams (``common_exams``); truth and patients are ``a``'s."""
+    a, b = common_exams(a, b, names)
+    return permutation_test(a[labels].to_numpy(), a[_prob_columns(labels)].to_numpy(), b[_prob_columns(labels)].to_numpy(),
+                            labels, a["patient_id"].to_numpy(), n_perm=n_perm, seed=seed)
 
 
 def run_efficiency(config, features, catalog, labels, subsets, out, method=METHOD, comparator="lightgbm",

@@ -142,3 +142,31 @@ def test_bootstrap_metrics_equal_sklearns_per_label_table_and_summary():
     for (metric, label), value in fast.items():
         expected = table.loc[label, metric] if label != "all" else summary(y, p, [0.3, 0.5, 0.5, 0.7, 0.5])[metric]
         np.testing.assert_allclose(value, expected, rtol=1e-12, err_msg=f"{metric} {label}")
+
+
+def test_compare_predictions_pairs_the_common_exams_in_the_first_tables_order():
+    """`orthodiff compare` and the study's `paired` pair two exam-prediction tables on their
+    common exams in the first table's row order, whatever the second's: the permutation test
+    draws one swap per patient in the order patients first appear, so that order is part of
+    its p-values."""
+    from orthodiff.heads.runs import compare_predictions
+
+    rng = np.random.default_rng(3)
+    order = rng.permutation(60)  # rows not sorted by case
+    y = (rng.random((60, 2)) < 0.4).astype(int)
+    a = pd.DataFrame({"case_id": [f"C{i:03d}" for i in order], "patient_id": [f"P{i // 2:03d}" for i in order],
+                      "ACL": y[:, 0], "MM": y[:, 1], "p_ACL": y[:, 0] + rng.random(60), "p_MM": rng.random(60)})
+    b = a.assign(p_ACL=rng.random(60), p_MM=y[:, 1] + rng.random(60)).iloc[7:].sample(frac=1.0, random_state=1)
+    b = pd.concat([b, b.iloc[:1].assign(case_id="C999")])  # an exam only b has
+    table = compare_predictions(a, b, ["ACL", "MM"], n_perm=200)
+    kept = a[a["case_id"].isin(b["case_id"])]
+    b_scores = {case: row for case, row in zip(b["case_id"], b[["p_ACL", "p_MM"]].to_numpy())}
+    expected = permutation_test(kept[["ACL", "MM"]].to_numpy(), kept[["p_ACL", "p_MM"]].to_numpy(),
+                                np.array([b_scores[case] for case in kept["case_id"]]), ["ACL", "MM"],
+                                kept["patient_id"].to_numpy(), n_perm=200)
+    pd.testing.assert_frame_equal(table, expected)
+    pd.testing.assert_frame_equal(compare_predictions(a, b.iloc[::-1], ["ACL", "MM"], n_perm=200), table)
+    with pytest.raises(OrthodiffError, match="B predicts exam 'C999' more than once"):
+        compare_predictions(a, pd.concat([b, b.tail(1)]), ["ACL", "MM"])
+    with pytest.raises(OrthodiffError, match="A and B share no test exams"):
+        compare_predictions(a, b.tail(1), ["ACL", "MM"])

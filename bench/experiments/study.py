@@ -475,21 +475,19 @@ def segmentation_efficiency(out: Path, store: Path, catalog: Path, count: int, e
 
 
 def paired(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> dict:
-    """Macro AUROC of two exam-prediction tables on their common exams, and the paired permutation test."""
-    from orthodiff.heads.metrics import evaluate, permutation_test
+    """Macro AUROC of two exam-prediction tables on their common exams (in `a`'s order), and the
+    paired permutation test (`orthodiff compare`'s)."""
+    from orthodiff.heads.metrics import evaluate
+    from orthodiff.heads.runs import common_exams, compare_predictions
 
     labels = [c[2:] for c in a.columns if c.startswith("p_")]
-    a, b = a.set_index("case_id"), b.set_index("case_id")
-    common = a.index.intersection(b.index)
-    a, b = a.loc[common], b.loc[common]
+    a, b = common_exams(a, b, (name_a, name_b))
     row = {}
     for name, table in ((name_a, a), (name_b, b)):
         macro = evaluate(table[labels].to_numpy(), table[[f"p_{c}" for c in labels]].to_numpy(), labels,
                          groups=table["patient_id"].to_numpy(), n_boot=500).set_index(["metric", "label"]).loc[("macro_auroc", "all")]
         row.update({name: macro["value"], f"{name}_low": macro["ci_low"], f"{name}_high": macro["ci_high"]})
-    test = permutation_test(a[labels].to_numpy(), a[[f"p_{c}" for c in labels]].to_numpy(),
-                            b[[f"p_{c}" for c in labels]].to_numpy(), labels, a["patient_id"].to_numpy())
-    macro = test.set_index("label").loc["macro"]
+    macro = compare_predictions(a, b, labels).set_index("label").loc["macro"]
     return {**row, "delta": macro["delta"], "p_value": macro["p_value"], "exams": len(a)}
 
 
