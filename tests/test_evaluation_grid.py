@@ -160,3 +160,27 @@ def test_float16_loss_scaling_unscales_before_clipping(monkeypatch):
     start = torch.nn.Linear(4, 1).weight.detach()
     assert (plain - start).abs().max() > 0.05  # it trained
     assert torch.allclose(scaled, plain, atol=0.02)
+
+
+def test_grid_commands_hand_the_library_plain_settings(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from orthodiff.cli import app
+
+    seen = {}
+
+    def grid(*args, **kwargs):
+        seen.update(args=args, kwargs=kwargs)
+        raise OrthodiffError("stop")
+
+    monkeypatch.setattr("orthodiff.evaluation.grid.run_ablation", grid)
+    monkeypatch.setattr("orthodiff.evaluation.grid.run_mixing", grid)
+    result = CliRunner().invoke(app, ["evaluate", "ablation", "--catalog", "c.parquet", "--out", str(tmp_path / "a"),
+                                      "--sizes", "5,10,all", "--finetune-epochs", "2", "--no-amp"])
+    assert str(result.exception) == "stop" and seen["args"][2] == [5, 10, "all"]  # `main` prints errors as one line
+    assert seen["kwargs"]["amp"] is False and seen["kwargs"]["model"] == "sam" and type(seen["kwargs"]["model"]) is str
+    CliRunner().invoke(app, ["evaluate", "mixing", "a.parquet", "b.parquet", "--out", str(tmp_path / "m")])
+    assert seen["args"][2] == ["single", "joint", "tissue", "sequence", "all"] and seen["args"][3] == ["all"]
+    assert seen["kwargs"]["amp"] is None and seen["kwargs"]["finetune_epochs"] == 50  # amp: on for CUDA only
+    result = CliRunner().invoke(app, ["evaluate", "ablation", "--catalog", "c", "--out", str(tmp_path / "x"), "--sizes", "5,x"])
+    assert "--sizes '5,x': 'x' is not an integer or 'all'" in str(result.exception)
