@@ -4,7 +4,6 @@ and the fine-tuning loop's mixed-precision settings."""
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pandas as pd
