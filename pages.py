@@ -60,6 +60,25 @@ def fig_png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def definitions(record: dict) -> str:
+    """A record (e.g. a run's summary) as a definition list: keys as terms (underscores as
+    spaces), lists of values joined by commas, nested records as nested lists, lists of
+    records as tables."""
+    def value(v) -> str:
+        if isinstance(v, dict):
+            return definitions(v) if v else "—"
+        if isinstance(v, list | tuple) and v and all(isinstance(x, dict) for x in v):
+            return table(pd.DataFrame(v), float_format="{:.4g}")
+        if isinstance(v, list | tuple):
+            return esc(", ".join(map(str, v))) if v else "—"
+        if isinstance(v, float | np.floating):
+            return "—" if np.isnan(v) else esc(f"{v:.4g}")
+        return "—" if v is None else esc(v)
+
+    items = "".join(f"<dt>{esc(str(k).replace('_', ' '))}</dt><dd>{value(v)}</dd>" for k, v in record.items())
+    return f"<dl>{items}</dl>"
+
+
 def details(summary: str, body: str, open_: bool = False) -> str:
     return f"<details{' open' if open_ else ''}><summary>{esc(summary)}</summary>{body}</details>"
 
