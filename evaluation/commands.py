@@ -127,8 +127,28 @@ GridSeed = Annotated[int, typer.Option(help="Random seed of the subject order (n
 DatasetBy = Annotated[str, typer.Option(help="Comma-separated catalog columns whose values name a series' dataset.")]
 
 
-def _grid_settings(checkpoint, model, encoder, finetune_epochs, finetune_encoder, lr, recipe, train_shift, seed, device,
-                   window, interpolation, min_size, amp, split, plane, dataset_by, min_pixels, min_voxels):
+def _grid_options(
+    checkpoint: Checkpoint = None,
+    model: Model = PromptModel.sam,
+    encoder: ImageEncoder = Encoder.vit_b,
+    finetune_epochs: GridEpochs = 50,
+    finetune_encoder: FinetuneEncoder = False,
+    lr: Lr = 1e-4,
+    recipe: FinetuneRecipe = Recipe.paper,
+    train_shift: TrainShift = 0,
+    seed: GridSeed = 0,
+    device: Device = None,
+    amp: Amp = None,
+    window: Window = PromptWindow.volume,
+    interpolation: Resize = Interpolation.cubic,
+    min_size: MinSize = 20,
+    split: Split = "test",
+    plane: OnePlane = None,
+    dataset_by: DatasetBy = "joint,plane",
+    min_pixels: MinPixels = 100,
+    min_voxels: MinVoxels = 1000,
+):
+    """The fine-tuning and scoring settings of every grid point: (`run_prompt` keywords, `Scoring`)."""
     from orthodiff.evaluation.grid import Scoring
 
     prompt = {"checkpoint": checkpoint, "model": model, "size": encoder, "finetune_epochs": finetune_epochs,
@@ -136,6 +156,20 @@ def _grid_settings(checkpoint, model, encoder, finetune_epochs, finetune_encoder
               "device": device, "window": window, "interpolation": interpolation, "min_size": min_size, "amp": amp}
     return prompt, Scoring(split or None, plane, dataset_by=tuple(split_list(dataset_by, "--dataset-by")),
                            min_pixels=min_pixels, min_voxels=min_voxels)
+
+
+def grid_command(name: str):
+    """Register `evaluate <name>` with the command's own parameters followed by
+    `_grid_options`' (one declaration for both grids), which it receives as `**settings`."""
+    import inspect
+
+    def register(command):
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        command.__signature__ = inspect.Signature([*own, *inspect.signature(_grid_options, eval_str=True).parameters.values()])
+        command.__annotations__ = {**_grid_options.__annotations__, **command.__annotations__}
+        return evaluate_app.command(name)(command)
+
+    return register
 
 
 def _grid_done(tables, out, what: str) -> None:
@@ -147,80 +181,34 @@ def _grid_done(tables, out, what: str) -> None:
     console.print(f"wrote {out / 'scores.csv'} (per structure) and {out / 'summary.csv'}")
 
 
-@evaluate_app.command("ablation")
-def ablation(
-    catalog: Catalog,
-    out: GridOut,
-    checkpoint: Checkpoint = None,
-    sizes: Sizes = "5,10,20,40,all",
-    mix: Mix = None,
-    model: Model = PromptModel.sam,
-    encoder: ImageEncoder = Encoder.vit_b,
-    finetune_epochs: GridEpochs = 50,
-    finetune_encoder: FinetuneEncoder = False,
-    lr: Lr = 1e-4,
-    recipe: FinetuneRecipe = Recipe.paper,
-    train_shift: TrainShift = 0,
-    seed: GridSeed = 0,
-    device: Device = None,
-    amp: Amp = None,
-    window: Window = PromptWindow.volume,
-    interpolation: Resize = Interpolation.cubic,
-    min_size: MinSize = 20,
-    split: Split = "test",
-    plane: OnePlane = None,
-    dataset_by: DatasetBy = "joint,plane",
-    min_pixels: MinPixels = 100,
-    min_voxels: MinVoxels = 1000,
-) -> None:
+@grid_command("ablation")
+def ablation(catalog: Catalog, out: GridOut, sizes: Sizes = "5,10,20,40,all", mix: Mix = None, **settings) -> None:
     """Training-set-size ablation: fine-tune SAM/MedSAM on 5, 10, 20, 40 and all subjects (nested), score each."""
     from orthodiff.evaluation.grid import run_ablation
     from orthodiff.options import subset_sizes
     from orthodiff.progress import progress_bar
 
-    prompt, scoring = _grid_settings(checkpoint, model, encoder, finetune_epochs, finetune_encoder, lr, recipe, train_shift,
-                                     seed, device, window, interpolation, min_size, amp, split, plane, dataset_by,
-                                     min_pixels, min_voxels)
+    prompt, scoring = _grid_options(**settings)
     with progress_bar(console, "steps and slices", None) as advance:
         tables = run_ablation(catalog, out, subset_sizes(sizes, "--sizes"), tuple(mix or ()), scoring, advance, **prompt)
     _grid_done(tables, out, "Training-set-size ablation")
 
 
-@evaluate_app.command("mixing")
+@grid_command("mixing")
 def mixing(
     catalogs: Annotated[list[Path], typer.Argument(help="Cohort catalogs, one dataset each (named by its folder).")],
     out: GridOut,
-    checkpoint: Checkpoint = None,
     groupings: Annotated[str, typer.Option(help="Comma-separated scenarios: single, all, tissue, or a catalog column to group by "
                                                 "(joint: anatomy; sequence; plane).")] = "single,joint,tissue,sequence,all",
     sizes: Sizes = "all",
-    model: Model = PromptModel.sam,
-    encoder: ImageEncoder = Encoder.vit_b,
-    finetune_epochs: GridEpochs = 50,
-    finetune_encoder: FinetuneEncoder = False,
-    lr: Lr = 1e-4,
-    recipe: FinetuneRecipe = Recipe.paper,
-    train_shift: TrainShift = 0,
-    seed: GridSeed = 0,
-    device: Device = None,
-    amp: Amp = None,
-    window: Window = PromptWindow.volume,
-    interpolation: Resize = Interpolation.cubic,
-    min_size: MinSize = 20,
-    split: Split = "test",
-    plane: OnePlane = None,
-    dataset_by: DatasetBy = "joint,plane",
-    min_pixels: MinPixels = 100,
-    min_voxels: MinVoxels = 1000,
+    **settings,
 ) -> None:
     """Dataset mixing: fine-tune on each dataset alone, on groups sharing anatomy, tissue or sequence, and on all."""
     from orthodiff.evaluation.grid import run_mixing
     from orthodiff.options import subset_sizes
     from orthodiff.progress import progress_bar
 
-    prompt, scoring = _grid_settings(checkpoint, model, encoder, finetune_epochs, finetune_encoder, lr, recipe, train_shift,
-                                     seed, device, window, interpolation, min_size, amp, split, plane, dataset_by,
-                                     min_pixels, min_voxels)
+    prompt, scoring = _grid_options(**settings)
     with progress_bar(console, "steps and slices", None) as advance:
         tables = run_mixing(catalogs, out, split_list(groupings, "--groupings"), subset_sizes(sizes, "--sizes"), scoring,
                             advance, **prompt)

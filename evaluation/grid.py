@@ -206,13 +206,15 @@ def _run_point(folder: Path, scenario: Scenario, size: str, prompt: dict, scorin
 
 def _same_settings(out: Path, record: dict) -> None:
     """Refuse to resume a grid whose folder holds other settings (the sizes and scenarios
-    may grow; what each point means may not)."""
+    may grow, and the device may change; what each point means may not)."""
     from orthodiff.outputs import portable, read_run, resolved
 
     if not (out / "run.json").is_file():
         return
     before = read_run(out, (record["kind"],), f"a {record['kind']} folder")
     now = json.loads(json.dumps(resolved(portable(record, out), out)))
+    for record_ in (before, now):
+        record_.get("config", {}).pop("device", None)
     for key in ("catalogs", "config", "scoring"):
         if before.get(key) != now.get(key):
             raise OrthodiffError(f"{out}: holds a {record['kind']} run with other {key} ({before.get(key)}); resume it with "

@@ -183,3 +183,11 @@ def test_grid_commands_hand_the_library_plain_settings(monkeypatch, tmp_path):
     assert seen["kwargs"]["amp"] is None and seen["kwargs"]["finetune_epochs"] == 50  # amp: on for CUDA only
     result = CliRunner().invoke(app, ["evaluate", "ablation", "--catalog", "c", "--out", str(tmp_path / "x"), "--sizes", "5,x"])
     assert "--sizes '5,x': 'x' is not an integer or 'all'" in str(result.exception)
+    summary = pd.DataFrame({"scenario": ["single_knee"] * 2, "train_subjects": ["5", "all"], "train_subjects_n": [5, 12],
+                            "model": "sam", "catalog": "knee", "dice": [0.61, 0.83]})
+    monkeypatch.setattr("orthodiff.evaluation.grid.run_ablation", lambda *a, **k: {"summary": summary})
+    result = CliRunner().invoke(app, ["evaluate", "ablation", "--catalog", "c", "--out", str(tmp_path / "y")],
+                                terminal_width=200)
+    assert result.exit_code == 0 and "mean subject Dice per dataset" in result.output
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in result.output.splitlines() if line.count("│") > 2]
+    assert rows == [["single_knee", "5", "5", "0.610"], ["single_knee", "all", "12", "0.830"]]  # a column per dataset
