@@ -24,7 +24,7 @@ h1{margin-bottom:0.2em}h2{border-bottom:2px solid #888;margin-top:2em}h3{margin-
 img{max-width:100%;display:block;margin:0.5em 0}figure{margin:1em 0}figcaption{font-size:13px;color:#555}
 .warn{background:#fff3cd}.note{color:#555;font-size:13px}details{margin:0.4em 0}summary{cursor:pointer}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:13px}dt{font-weight:600}dd{margin:0}
-nav a{margin-right:1em}
+nav a{margin-right:1em;white-space:nowrap}
 """
 
 
