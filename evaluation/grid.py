@@ -197,11 +197,12 @@ def _run_point(folder: Path, scenario: Scenario, size: str, prompt: dict, scorin
         summary.append(dataset.assign(catalog=name, **point))
         notes.append(why.assign(catalog=name, **point))
     first = POINT_KEYS + ["model", "catalog"]
-    tables = [pd.concat(t, ignore_index=True) for t in (scores, summary, notes)]
-    tables = [t[first + [c for c in t.columns if c not in first]] if "model" in t else t for t in tables]
-    for name, table in zip(("scores", "notes", "summary"), (tables[0], tables[2], tables[1])):  # summary last: it marks the point done
+    scores, summary, notes = (pd.concat(t, ignore_index=True) for t in (scores, summary, notes))
+    scores, summary, notes = (t[first + [c for c in t.columns if c not in first]] if "model" in t else t
+                              for t in (scores, summary, notes))
+    for name, table in (("scores", scores), ("notes", notes), ("summary", summary)):  # summary last: it marks the point done
         write_table(table, folder / name)
-    return tuple(tables)
+    return scores, summary, notes
 
 
 def _same_settings(out: Path, record: dict) -> None:
