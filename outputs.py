@@ -35,21 +35,24 @@ def write_json(obj, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
-PATH_KEYS = ("store", "catalog", "sweep", "checkpoint", "prompt_masks")  # recorded paths of inputs
+PATH_KEYS = ("store", "catalog", "sweep", "checkpoint", "prompt_masks", "catalogs", "mix")  # recorded paths of inputs
 
 
 def _paths(record: dict, change) -> dict:
+    def one(value):
+        return (change(value) or value) if isinstance(value, str) and value and "://" not in value else value
+
     out = dict(record)
     for key, value in record.items():
-        if key in PATH_KEYS and isinstance(value, str) and value and "://" not in value:
-            out[key] = change(value) or value
+        if key in PATH_KEYS:
+            out[key] = [one(v) for v in value] if isinstance(value, list | tuple) else one(value)
         elif key == "config" and isinstance(value, dict):
             out[key] = _paths(value, change)
     return out
 
 
 def portable(record: dict, folder: str | Path) -> dict:
-    """`record` with its input paths (`PATH_KEYS`, also inside `config`) relative to `folder`,
+    """`record` with its input paths (`PATH_KEYS`, one or a list, also inside `config`) relative to `folder`,
     the folder it is written in: a shared run folder carries no home directory or user name,
     and moves with its inputs. URLs and names that are no local path stay as they are."""
     base = Path(folder).resolve()

@@ -24,7 +24,7 @@ h1{margin-bottom:0.2em}h2{border-bottom:2px solid #888;margin-top:2em}h3{margin-
 img{max-width:100%;display:block;margin:0.5em 0}figure{margin:1em 0}figcaption{font-size:13px;color:#555}
 .warn{background:#fff3cd}.note{color:#555;font-size:13px}details{margin:0.4em 0}summary{cursor:pointer}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:13px}dt{font-weight:600}dd{margin:0}
-nav a{margin-right:1em}
+nav a{margin-right:1em;white-space:nowrap}
 """
 
 
@@ -58,6 +58,25 @@ def fig_png(fig) -> bytes:
     fig.savefig(buffer, format="png", dpi=100)
     pyplot().close(fig)
     return buffer.getvalue()
+
+
+def definitions(record: dict) -> str:
+    """A record (e.g. a run's summary) as a definition list: keys as terms (underscores as
+    spaces), lists of values joined by commas, nested records as nested lists, lists of
+    records as tables."""
+    def value(v) -> str:
+        if isinstance(v, dict):
+            return definitions(v) if v else "—"
+        if isinstance(v, list | tuple) and v and all(isinstance(x, dict) for x in v):
+            return table(pd.DataFrame(v), float_format="{:.4g}")
+        if isinstance(v, list | tuple):
+            return esc(", ".join(map(str, v))) if v else "—"
+        if isinstance(v, float | np.floating):
+            return "—" if np.isnan(v) else esc(f"{v:.4g}")
+        return "—" if v is None else esc(v)
+
+    items = "".join(f"<dt>{esc(str(k).replace('_', ' '))}</dt><dd>{value(v)}</dd>" for k, v in record.items())
+    return f"<dl>{items}</dl>"
 
 
 def details(summary: str, body: str, open_: bool = False) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -99,6 +100,31 @@ def is_small(model: nn.Module, inputs: Sequence, batch_size: int) -> bool:
             and row_elements * batch_size < SMALL_BATCH_ELEMENTS)
 
 
+@dataclass(frozen=True)
+class Amp:
+    """Mixed-precision settings of a training loop: whether ``torch.autocast`` is on, its
+    dtype, and whether a ``GradScaler`` guards the float16 gradients from underflow."""
+
+    enabled: bool
+    dtype: torch.dtype | None = None
+    scaler: bool = False
+
+
+def amp_settings(device_type: str, amp: bool | None = None, bf16: bool | None = None) -> Amp:
+    """The mixed precision of training on a device of `device_type` ("cuda", "cpu", ...).
+
+    `amp` None follows the MSK evaluation paper's recipe (mixed precision on the GPU): on for
+    CUDA, off elsewhere; True asks for it, but it stays off off CUDA (CPU autocast is slower
+    than float32 for these models and the recipe never used it). On CUDA it is bfloat16
+    where the GPU supports it (`bf16`, default: ``torch.cuda.is_bf16_supported()``; no loss
+    scaling needed) and float16 with a ``GradScaler`` on older GPUs."""
+    if device_type != "cuda" or amp is False:
+        return Amp(False)
+    if bf16 is None:
+        bf16 = torch.cuda.is_bf16_supported()
+    return Amp(True, torch.bfloat16) if bf16 else Amp(True, torch.float16, scaler=True)
+
+
 def train(
     model: nn.Module,
     inputs: Sequence,
@@ -123,6 +149,7 @@ def train(
     validate: Callable[[], float] | None = None,
     patience: int = 0,
     min_delta: float = 0.0,
+    amp: bool | None = None,
 ) -> nn.Module:
     """Adam + cosine schedule over all steps (constant rate when ``cosine`` is False);
     returns ``model``.
@@ -138,8 +165,9 @@ def train(
     same blocks as the inputs, so it may be lazy too (segmentation masks). ``param_groups``
     (torch optimizer groups) overrides the trainable parameters, e.g. a smaller learning
     rate for a pretrained encoder than for its new head. Batches move to the model's device;
-    on CUDA the forward pass and loss run under bfloat16 autocast; on the CPU a small model
-    (`is_small`) trains on one thread. ``on_step()`` is called after every optimizer step
+    the forward pass and loss run under ``amp``'s mixed precision (`amp_settings`: by default
+    bfloat16 autocast on CUDA, float16 with loss scaling on GPUs without bfloat16, none on
+    the CPU); on the CPU a small model (`is_small`) trains on one thread. ``on_step()`` is called after every optimizer step
     (progress bars).
     """
     n = n_rows(inputs)
@@ -165,6 +193,8 @@ def train(
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     best, best_state, waited = math.inf, None, 0
     device = next(model.parameters()).device
+    precision = amp_settings(device.type, amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
     rng = np.random.default_rng(random_state)
     model.train()
     threads = one_thread() if device.type == "cpu" and is_small(model, inputs, batch_size) else nullcontext()
@@ -179,16 +209,18 @@ def train(
                 starts = list(range(0, len(perm), batch_size))
                 for b, i in enumerate(starts):
                     *xs, y_batch, w_batch = (t[i : i + batch_size] for t in tensors)
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.enabled):
                         value = loss(forward(*xs), y_batch, w_batch)
                     if b % accumulate == 0:
                         optimizer.zero_grad(set_to_none=True)
-                    (value / accumulate if accumulate > 1 else value).backward()
+                    scaler.scale(value / accumulate if accumulate > 1 else value).backward()
                     if (b + 1) % accumulate and b + 1 < len(starts):
                         continue  # gradients add up until `accumulate` batches (or the block's last)
                     if clip_norm:
+                        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                         torch.nn.utils.clip_grad_norm_(trainable, clip_norm)
-                    optimizer.step()
+                    scaler.step(optimizer)
+                    scaler.update()
                     schedule.step()
                     if on_step:
                         on_step()

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from orthodiff.catalogs.tasks import StructureSet
+from orthodiff.errors import OrthodiffError
 
 METRICS = ("dice", "iou", "hd95", "nsd")
 OVERLAP = ("dice", "iou")
@@ -74,22 +75,34 @@ def series_metrics(pred: np.ndarray, true: np.ndarray, spacing, structure_set: S
     return pd.DataFrame(rows)
 
 
-def slice_overlap(pred: np.ndarray, true: np.ndarray, structure_set: StructureSet) -> pd.DataFrame:
-    """Dice and IoU of every (slice, structure) of a (slices, rows, columns) pair, with the
-    module's conventions per slice (a structure in neither mask on a slice is NaN there).
-    Counted with numpy rather than MONAI: one bincount serves every slice and structure,
-    where MONAI would one-hot the volume once per slice; `tests` check the two agree."""
+def overlap(pred: np.ndarray, true: np.ndarray, structure_set: StructureSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Dice, IoU, case), each (units, structures), of every unit along the first axis of a
+    pair of label arrays (slices of a volume, series of a batch), with the module's
+    conventions (a structure in neither mask of a unit is NaN there, one only in the
+    prediction scores 0). Counted with numpy rather than MONAI: one bincount serves every
+    unit and structure, where MONAI would one-hot the arrays once per unit; `tests` check
+    the two agree."""
     pred, true = np.asarray(pred), np.asarray(true)
+    if pred.shape != true.shape:
+        raise OrthodiffError(f"prediction shape {pred.shape} differs from the reference's {true.shape}")
     n = max(structure_set.values) + 1
-    z = np.arange(pred.shape[0])[:, None, None] * n
-    count = lambda a: np.bincount((z + a).ravel(), minlength=pred.shape[0] * n).reshape(-1, n)  # noqa: E731
+    units = pred.shape[0]
+    z = np.arange(units).reshape((-1,) + (1,) * (pred.ndim - 1)) * n
+    count = lambda a: np.bincount((z + a).ravel(), minlength=units * n).reshape(-1, n)  # noqa: E731
     values = np.asarray(structure_set.values)  # background (0) collects every disagreement below
     inter, sp, st = (count(a)[:, values] for a in (np.where(pred == true, true, 0), pred, true))
     with np.errstate(invalid="ignore", divide="ignore"):
         dice, iou = 2 * inter / (sp + st), inter / (sp + st - inter)
     case = case_of(st > 0, sp > 0)
-    dice, iou = np.where(case == "both_empty", np.nan, dice), np.where(case == "both_empty", np.nan, iou)
-    k = len(values)
+    return np.where(case == "both_empty", np.nan, dice), np.where(case == "both_empty", np.nan, iou), case
+
+
+def slice_overlap(pred: np.ndarray, true: np.ndarray, structure_set: StructureSet) -> pd.DataFrame:
+    """Dice and IoU of every (slice, structure) of a (slices, rows, columns) pair (`overlap`
+    per slice)."""
+    pred = np.asarray(pred)
+    dice, iou, case = overlap(pred, true, structure_set)
+    k = len(structure_set.values)
     return pd.DataFrame({"slice": np.repeat(np.arange(pred.shape[0]), k),
                          "structure": np.tile([s.abbr for s in structure_set.structures], pred.shape[0]),
                          "tissue": np.tile([s.tissue for s in structure_set.structures], pred.shape[0]),

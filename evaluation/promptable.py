@@ -262,15 +262,18 @@ class PromptedSegmenter:
 def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", prompts="reference", prompt_masks=None,
                shift=0, split="test", min_size=20, sam2_config=None, seed=0, device=None, progress=None, predictor=None,
                finetune_epochs=0, finetune_encoder=False, lr=1e-4, sam=None, plane=None, window="volume",
-               interpolation="cubic", recipe="paper", train_shift=0, train_subjects=0, mix=()) -> int:
+               interpolation="cubic", recipe="paper", train_shift=0, train_subjects=0, mix=(), amp=None,
+               finetuned=None) -> int:
     """Segment every series of `split` that has a reference mask (its grid and the series
     to evaluate) with box prompts from the reference (`prompts="reference"`) or from
     `prompt_masks` (a `segment predict` run or mask folder, `prompts="masks"`); write
     `out/masks/<series_id>.nii.gz` (finished series are kept on a rerun) and `run.json`.
     With `finetune_epochs`, a SAM/MedSAM's mask decoder (and with `finetune_encoder` its
     image encoder) is first fine-tuned on the `train` split's reference masks and saved as
-    `out/sam_finetuned.pt` (reused on a rerun). `sam` (a built model) or `predictor`
-    replaces the checkpoint (tests). Returns the number of series written."""
+    `out/sam_finetuned.pt` (or `finetuned`, a file several runs share; reused on a rerun),
+    under mixed precision `amp` (`training.amp_settings`: None is on for CUDA, the paper's).
+    `sam` (a built model) or `predictor` replaces the checkpoint (tests). Returns the number
+    of series written."""
     from pathlib import Path
 
     from orthodiff.catalogs.cohort import resolve_path
@@ -298,8 +301,9 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
                 raise OrthodiffError(f"{model} needs --checkpoint, the published weights file (nothing is downloaded)")
             sam = (sam or build_sam(size, checkpoint, medsam=model == "medsam")).to(device or "cpu")
             if finetune_epochs:
-                _finetuned(sam, out / "sam_finetuned.pt", catalog_path, structure_set, finetune_epochs, finetune_encoder, lr,
-                           seed, progress, window, interpolation, recipe, train_shift, train_subjects, mix)
+                _finetuned(sam, Path(finetuned or out / "sam_finetuned.pt"), catalog_path, structure_set, finetune_epochs,
+                           finetune_encoder, lr, seed, progress, window, interpolation, recipe, train_shift, train_subjects,
+                           mix, amp)
             predictor = SamBoxPredictor(sam)
         else:
             raise OrthodiffError(f"unknown promptable model {model!r}; choose sam, medsam or sam2")
@@ -323,7 +327,7 @@ def run_prompt(catalog_path, out, checkpoint=None, model="sam", size="vit_b", pr
                 "split": split, "min_size": min_size, "series": len(rows), "finetune_epochs": finetune_epochs,
                 "finetune_encoder": finetune_encoder, "window": window, "interpolation": interpolation,
                 "recipe": recipe, "train_shift": train_shift, "train_subjects": train_subjects,
-                "mix": [str(m) for m in mix]},
+                "mix": [str(m) for m in mix], "amp": amp},
                out)
     return written
 
@@ -337,6 +341,7 @@ def training_pairs(sam, rows, catalog_path, structure_set, encoder: bool = False
     from orthodiff.evaluation.inputs import read_series as read_reference
 
     low = SIZE // 4
+    device = next(sam.parameters()).device
     inputs, boxes, targets = [], [], []
     for row in rows.itertuples(index=False):
         reference = read_reference(row, catalog_path, structure_set).reference
@@ -349,7 +354,7 @@ def training_pairs(sam, rows, catalog_path, structure_set, encoder: bool = False
             x = torch.as_tensor(preprocess_slice(image[z], windows[z], interpolation))[None]
             if not encoder:
                 with torch.no_grad():
-                    x = sam.image_encoder(sam.preprocess(x.float()))
+                    x = sam.image_encoder(sam.preprocess(x.float().to(device))).cpu()
             for (_, value), box in sorted((k, v) for k, v in prompts.items() if k[0] == z):
                 inputs.append(x)
                 boxes.append(box * scale)
@@ -371,12 +376,14 @@ RECIPES = {
 
 
 def finetune_sam(sam, inputs, boxes, targets, encoder: bool = False, epochs: int = 5, lr: float = 1e-4,
-                 random_state: int = 0, on_step=None, recipe: str = "paper", shift: int = 0, val=None):
+                 random_state: int = 0, on_step=None, recipe: str = "paper", shift: int = 0, val=None, amp=None):
     """Fine-tune the mask decoder (and the image encoder with `encoder`: the paper's full
     versus partial fine-tuning) with Dice + BCE on box-prompted pairs from `training_pairs`,
     through the shared training loop with `recipe`'s settings (`RECIPES`). `shift` moves
     each training box corner by up to that many pixels (of 1024) per step, the paper's
-    augmentation (0 or 20); `val` (pairs of the validation split) drives early stopping."""
+    augmentation (0 or 20); `val` (pairs of the validation split) drives early stopping;
+    `amp` is the loop's mixed precision (`training.amp_settings`; None: on for CUDA, the
+    paper's, off on the CPU)."""
     from monai.losses import DiceLoss
 
     from orthodiff.training import train
@@ -416,7 +423,7 @@ def finetune_sam(sam, inputs, boxes, targets, encoder: bool = False, epochs: int
     else:
         settings.update(patience=0)
     train(sam, [inputs.numpy(), boxes.numpy()], targets.numpy(), None, epochs=epochs, lr=lr, random_state=random_state,
-          forward=forward, loss=loss, on_step=on_step, validate=validate, **settings)
+          forward=forward, loss=loss, on_step=on_step, validate=validate, amp=amp, **settings)
     for p in sam.parameters():
         p.requires_grad_(True)
     return sam.eval()
@@ -449,7 +456,7 @@ def _pairs_of(sam, catalogs, split, encoder, window, interpolation, limit=0, see
 
 
 def _finetuned(sam, path, catalog_path, structure_set, epochs, encoder, lr, seed, progress, window="volume",
-               interpolation="cubic", recipe="paper", shift=0, subjects=0, mix=()) -> None:
+               interpolation="cubic", recipe="paper", shift=0, subjects=0, mix=(), amp=None) -> None:
     """Fine-tune `sam` in place on the train split of `catalog_path` and of the `mix`
     catalogs (each up to `subjects` subjects), early-stopped on their val splits where they
     have reference masks; or load the result of an earlier run."""
@@ -468,5 +475,5 @@ def _finetuned(sam, path, catalog_path, structure_set, epochs, encoder, lr, seed
         raise OrthodiffError(f"{catalog_path}: no train series with a reference mask_path to fine-tune on")
     val = _pairs_of(sam, catalogs, "val", encoder, window, interpolation)
     finetune_sam(sam, *train_pairs, encoder, epochs, lr, random_state=seed, on_step=progress, recipe=recipe, shift=shift,
-                 val=val)
+                 val=val, amp=amp)
     atomic_write(path, lambda tmp: torch.save(sam.state_dict(), tmp))

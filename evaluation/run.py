@@ -94,11 +94,26 @@ def model_covariates(models) -> pd.DataFrame | None:
     return pd.DataFrame.from_dict(rows, orient="index") if rows else None
 
 
+CONVENTIONS = ("empty_structures", "agreement_icc")  # summary entries that state how things are scored
+
+
 def _html(out: Path, tables: dict[str, pd.DataFrame], figures: list[str], summary: dict) -> Path:
-    """evaluation.html: every table inline, every figure as a data URI (one file to send)."""
-    parts = ["<h1>Segmentation evaluation</h1>", f"<pre>{pages.esc(summary)}</pre>"]
-    parts += [f"<h2>{pages.esc(name)}</h2>" + pages.table(table, float_format="{:.4g}") for name, table in tables.items()]
-    parts += [f"<h2>{pages.esc(name)}</h2>" + pages.png((out / name).read_bytes(), name) for name in figures]
+    """evaluation.html: the run's settings, its scoring conventions and the acquisition
+    model's fit as sections, then every table inline and every figure as a data URI (one
+    file to send), with a contents line linking them."""
+    settings = {k: v for k, v in summary.items() if k not in CONVENTIONS and k != "acquisition_model"}
+    sections = {"Run": settings, "Scoring conventions": {k: summary[k] for k in CONVENTIONS if k in summary},
+                "Acquisition model": summary.get("acquisition_model", {})}
+    def anchor(name: str) -> str:
+        return "s-" + "".join(c if c.isalnum() else "-" for c in name.lower())
+
+    names = [*sections, *tables, *figures]
+    parts = ["<h1>Segmentation evaluation</h1>",
+             "<nav>" + "".join(f"<a href='#{anchor(n)}'>{pages.esc(n)}</a>" for n in names) + "</nav>"]
+    parts += [f"<h2 id='{anchor(name)}'>{pages.esc(name)}</h2>" + pages.definitions(record) for name, record in sections.items()]
+    parts += [f"<h2 id='{anchor(name)}'>{pages.esc(name)}</h2>" + pages.table(table, float_format="{:.4g}")
+              for name, table in tables.items()]
+    parts += [f"<h2 id='{anchor(name)}'>{pages.esc(name)}</h2>" + pages.png((out / name).read_bytes(), name) for name in figures]
     return pages.write_page(out / "evaluation.html", "Segmentation evaluation", parts)
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from orthodiff.backbone import backbone_id
 from orthodiff.backbone.checkpoint import read_checkpoint, reference_state, save_atomic
@@ -141,18 +140,17 @@ def run_baseline_classify(store, catalog_path, model, planes, out, epochs=5, lr=
 
 
 def series_dice(pred: np.ndarray, true: np.ndarray, structure_set) -> np.ndarray:
-    """MONAI Dice of every (series, structure): NaN where the reference lacks the structure."""
-    from monai.metrics import DiceMetric
+    """3D Dice of every (series, structure) of (series, slices, rows, columns) label arrays,
+    scored as `evaluate seg` does (`evaluation.metrics`): a structure only in the prediction
+    scores 0, one in neither mask is undefined (NaN)."""
+    from orthodiff.evaluation.metrics import overlap
 
-    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True,
-                        num_classes=max(structure_set.values) + 1)
-    scores = metric(torch.from_numpy(pred.astype(np.int64))[:, None], torch.from_numpy(true.astype(np.int64))[:, None]).numpy()
-    return scores[:, [s.value - 1 for s in structure_set.structures]]
+    return overlap(pred, true, structure_set)[0]
 
 
 def dice_table(pred: np.ndarray, true: np.ndarray, structure_set) -> pd.DataFrame:
-    """Per-structure Dice (MONAI) over series: mean, SD and the number of series where the
-    structure is in the reference (others are undefined and left out)."""
+    """Per-structure Dice (`series_dice`) over series: mean, SD and the number of series where
+    it is defined (the structure in the reference or the prediction; others are left out)."""
     scores = series_dice(pred, true, structure_set)
     rows = []
     for s, column in zip(structure_set.structures, scores.T):

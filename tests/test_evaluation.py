@@ -202,6 +202,11 @@ def test_evaluate_seg_end_to_end(cohort, tmp_path):
     assert {"missed_series", "false_positive_series", "both_empty_series", "both_empty_slices"} <= set(label.columns)
     page = (out / "evaluation.html").read_text()
     assert page.count("data:image/png;base64,") == 5 and "tier_label" in page
+    # the summary as sections of definition lists, not a dict printed as text
+    assert "<h2 id='s-run'>Run</h2><dl><dt>models</dt><dd>copy, shifted, no_fc</dd>" in page and "<pre>" not in page
+    assert "<dt>reference cleaning</dt><dd><dl><dt>min pixels per slice</dt><dd>" in page
+    assert "<h2 id='s-scoring-conventions'>" in page and "<dt>empty structures</dt><dd>reference empty" in page
+    assert "<a href='#s-acquisition-model'>" in page and "<a href='#s-tier-label'>tier_label</a>" in page
 
     from orthodiff.heads.report import build_report
 
@@ -267,3 +272,14 @@ def test_nan_in_a_t2_map_is_noted_and_left_out_for_reference_and_model_alike():
     assert model_values["t2_FC"] == ref_values["t2_FC"]  # the same voxels: the NaN one counts for neither
     assert "1 of 32 FC voxels have no T2 value (NaN or Inf in the map): left out of T2 of FC" in ref_notes
     assert not any("T2 value" in n for n in model_notes)  # its FC holds no voxel without a value
+
+
+def test_definitions_render_a_summary_record():
+    from orthodiff.pages import definitions
+
+    html = definitions({"split_name": "test", "models": ["a", "b"], "cleaning": {"min_pixels": 100}, "none": None,
+                        "ks": [{"column": "te", "p": 0.5}], "icc": float("nan"), "note": "<b>"})
+    assert html.startswith("<dl><dt>split name</dt><dd>test</dd><dt>models</dt><dd>a, b</dd>")
+    assert "<dt>cleaning</dt><dd><dl><dt>min pixels</dt><dd>100</dd></dl></dd>" in html
+    assert "<dt>none</dt><dd>—</dd>" in html and "<dt>icc</dt><dd>—</dd>" in html and "&lt;b&gt;" in html
+    assert "<table><thead><tr><th>column</th><th>p</th></tr></thead><tbody><tr><td>te</td><td>0.5</td>" in html

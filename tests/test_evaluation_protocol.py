@@ -347,3 +347,26 @@ def test_all_empty_predictions_and_a_single_subject_are_reported_not_raised(tmp_
                            min_voxels=0)
     assert one["tier_dataset"]["subjects"].tolist() == [1] and one["friedman"].empty
     assert (tmp_path / "e1" / "evaluation.html").is_file()
+
+
+def test_segment_train_scores_a_false_positive_as_evaluate_seg_does():
+    """`segment train`'s test Dice (`supervised.runs.series_dice`) is `evaluation.metrics`'s:
+    a structure only in the prediction scores 0 (MONAI's `ignore_empty=True`, used before,
+    left it out), one in neither mask is undefined."""
+    from orthodiff.evaluation.metrics import series_metrics
+    from orthodiff.supervised.runs import dice_table, series_dice
+
+    knee = structures("knee")
+    true = np.zeros((2, 4, 8, 8), np.uint8)
+    true[:, 1:3, 2:6, 2:6] = 1  # femur in both series
+    pred = true.copy()
+    pred[0, 1, 0, 0] = 4  # a femoral-cartilage voxel the first reference lacks
+    pred[1, 1:3, 2:6, 2:4] = 0  # half the femur missed in the second series
+    scores = series_dice(pred, true, knee)
+    assert scores[0, 3] == 0.0 and np.isnan(scores[1, 3]) and np.isnan(scores[:, 4:]).all()
+    for i in range(2):  # the same numbers as `evaluate seg`'s per-series metrics (MONAI, ignore_empty=False)
+        expected = series_metrics(pred[i], true[i], (1.0, 1.0, 1.0), knee)["dice"].to_numpy()
+        np.testing.assert_allclose(scores[i], expected, equal_nan=True)
+    table = dice_table(pred, true, knee).set_index("structure")
+    assert table.loc["FC", "dice"] == 0.0 and table.loc["FC", "series"] == 1 and table.loc["Femur", "series"] == 2
+    assert table.loc["Femur", "dice"] == pytest.approx((1.0 + 2 / 3) / 2)

@@ -149,17 +149,19 @@ def test_segmentation_trains_scores_dice_and_writes_aligned_masks(cohort, tmp_pa
     model, saved = load_segmenter(run)
     assert saved["plane"] == "sagittal" and saved["params"]["model"] == "diffusion"
     assert saved["params"]["decoder"] == "light" and any(k.startswith("head.net.2.block.") for k in saved["state"])
-    # the saved model's test predictions give the Dice table again, counted by hand
+    # the saved model's test predictions give the Dice table again, counted by hand with
+    # `evaluate seg`'s conventions: a series where the structure is in either mask counts (a
+    # false positive scores 0), one where it is in neither is left out
     ds, rows = plane_volumes(cohort["store"], read_catalog(cohort["catalog"]), "sagittal", masks=True)
     test_ds, _ = split_rows(ds, rows, "test")
     pred, true = model.predict(test_ds.volume), test_ds.mask.to_numpy()
     for row in dice.itertuples():
         value = knee.values[[st.abbr for st in knee.structures].index(row.structure)]
         a, b = pred == value, true == value
-        present = b.any(axis=(1, 2, 3))
-        by_series = 2 * (a & b).sum(axis=(1, 2, 3)) / (a.sum(axis=(1, 2, 3)) + b.sum(axis=(1, 2, 3)))
-        assert row.series == present.sum() > 0
-        np.testing.assert_allclose(row.dice, by_series[present].mean(), rtol=1e-5)
+        defined = b.any(axis=(1, 2, 3)) | a.any(axis=(1, 2, 3))
+        by_series = 2 * (a & b).sum(axis=(1, 2, 3)) / np.maximum(a.sum(axis=(1, 2, 3)) + b.sum(axis=(1, 2, 3)), 1)
+        assert row.series == defined.sum() > 0
+        np.testing.assert_allclose(row.dice, by_series[defined].mean(), rtol=1e-5)
     overlay = plt.imread(run / "overlay.png")  # image, reference, prediction for the first 3 test series
     assert overlay.shape[:2] == (round(2.5 * min(3, len(true)) * 110), round(7.5 * 110))
 
@@ -321,7 +323,7 @@ def test_cli_segment_train_predict_and_table(cohort, tmp_path):
     assert result.exit_code == 0 and (tmp_path / "table.csv").is_file()
     result = runner.invoke(app, ["baseline", "segment", "--model", "vnet", "--plane", "sagittal", *common, "--out", str(tmp_path / "v")])
     assert result.exit_code == 2 and "'vnet' is not one of" in result.output  # refused by the CLI
-    # `evaluate seg` takes the predict run: the same MONAI Dice per series as training scored
+    # `evaluate seg` takes the predict run: the same Dice per series, by the same conventions, as training scored
     result = runner.invoke(app, ["evaluate", "seg", str(tmp_path / "p"), "--catalog", str(cohort["catalog"]), "--out",
                                  str(tmp_path / "e"), "--plane", "sagittal", "--central", "16", "--bootstrap", "100",
                                  "--min-pixels", "0", "--min-voxels", "0"])
