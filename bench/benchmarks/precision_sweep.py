@@ -15,11 +15,18 @@ precisions alternated (so a changing load charges them alike), at the demo's tim
 activations against fp32 (max |diff| / max |fp32| and relative L2); for each pooling, per
 precision, the largest |AUROC - fp32 AUROC| over configurations, how many exceed 0.005,
 and whether every plane's top 4 is the same; then the verdict.
+
+With `--floor`, a third copy is extracted in fp32 with the plain (contiguous) memory format:
+the same arithmetic as the reference code and as `extract` before its channels-last fast path,
+so it differs from the fp32 copy by float rounding alone. Its AUROC differences from fp32 are
+the sweep's noise floor: how far a configuration moves when nothing but the order of float
+additions changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -65,6 +72,23 @@ def volumes_only(store: Path, copy: Path) -> str:
     return str(copy)
 
 
+FLOOR = "fp32-contiguous"
+
+
+@contextlib.contextmanager
+def contiguous_fp32():
+    """`extract` running the plain fp32 model (contiguous memory format) instead of its fast path."""
+    from orthodiff.featurestore import extract as module
+
+    fast_model, fast_input = module.inference_model, module.inference_input
+    module.inference_model = lambda model, precision: model
+    module.inference_input = lambda x, model: x.to(next(model.parameters()).device)
+    try:
+        yield
+    finally:
+        module.inference_model, module.inference_input = fast_model, fast_input
+
+
 def block_errors(stores: dict[str, str], reference: str) -> pd.DataFrame:
     """Per precision and block: max |x - fp32| / max |fp32| and ||x - fp32|| / ||fp32|| over all planes."""
     from orthodiff import open_store
@@ -101,6 +125,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=None, help="make a cohort of this many exams instead of the demo")
     parser.add_argument("--precisions", default="fp32,bf16", help="the first is the reference")
     parser.add_argument("--poolings", default="gap,glp")
+    parser.add_argument("--floor", action="store_true", help=f"also extract a {FLOOR} copy: the sweep's noise floor")
     parser.add_argument("--work", type=Path, default=None, help="where the copies go (default DEMO/precision_sweep)")
     args = parser.parse_args()
     from orthodiff.catalogs.tasks import PLANES
@@ -111,7 +136,7 @@ def main() -> None:
     from orthodiff.heads.sweep import sweep, top_configs
 
     console = Console()
-    precisions = args.precisions.split(",")
+    precisions = args.precisions.split(",") + ([FLOOR] if args.floor else [])
     reference = precisions[0]
     store, catalog, backbones = demo_inputs(args.demo, args.cases, console)
     work = args.work or args.demo / "precision_sweep"
@@ -121,7 +146,9 @@ def main() -> None:
     for plane in PLANES:
         for precision in precisions:
             start = time.perf_counter()
-            extract(stores[precision], str(backbones[plane]), plane, TIMESTEPS, precision=precision, progress=False)
+            with contiguous_fp32() if precision == FLOOR else contextlib.nullcontext():
+                extract(stores[precision], str(backbones[plane]), plane, TIMESTEPS,
+                        precision="fp32" if precision == FLOOR else precision, progress=False)
             seconds[precision] += time.perf_counter() - start
     console.print("extraction seconds (3 planes, timesteps " + ",".join(map(str, TIMESTEPS)) + " x 3 blocks): "
                   + ", ".join(f"{p} {s:.1f} s ({seconds[reference] / s:.2f}x {reference})" for p, s in seconds.items()))
@@ -136,6 +163,7 @@ def main() -> None:
             results[precision] = sweep_table[sweep_table["label"] == "macro"].set_index(["plane", "timestep", "block"])["auroc"]
             tops[precision] = {plane: set(map(tuple, part[["timestep", "block"]].values))
                                for plane, part in top_configs(sweep_table).groupby("plane")}
+        pd.DataFrame(results).to_csv(work / f"auroc_{pooling}.csv")  # per configuration, for a closer look
         for precision in precisions[1:]:
             diff = (results[precision] - results[reference]).abs()
             scored = int(diff.notna().sum())  # a configuration without an AUROC on one side fails the rule
@@ -145,6 +173,7 @@ def main() -> None:
             console.print(f"{pooling.upper()} sweep, {precision} vs {reference}: {len(diff)} configurations ({scored} scored on both), max |diff| "
                           f"{diff.max():.4f}, mean {diff.mean():.4f}, {int((diff > TOLERANCE).sum())} beyond {TOLERANCE}; "
                           f"same top 4 on every plane: {same_top} -> {'keeps' if ok else 'does not keep'} the science")
+    passing.discard(FLOOR)  # fp32 arithmetic in another order: the floor, not a candidate
     fastest = min(passing, key=lambda p: seconds[p])
     console.print(f"verdict: precisions within {TOLERANCE} on every configuration with the same selection: "
                   f"{sorted(passing)}; the fastest of them: {fastest}")
