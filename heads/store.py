@@ -1,7 +1,7 @@
 """Per-plane features from the feature store, for the heads tier (reads only, lazily).
 
-``plane_features`` turns the tree that ``orthodiff.open_store`` returns into one Dataset per
-plane with ``gap(series, timestep, block, channel)`` and ``activation(series, timestep, block,
+``plane_features`` turns the ``features`` node of the tree that ``orthodiff.open_store``
+returns into one Dataset per plane with ``gap(series, timestep, block, channel)`` and ``activation(series, timestep, block,
 channel, z, y, x)``, and checks that every catalog series of that plane has features.
 """
 
@@ -18,10 +18,17 @@ from orthodiff.errors import OrthodiffError
 
 
 def plane_nodes(tree: xr.DataTree, source: str = "the store") -> dict[str, xr.Dataset]:
-    """One Dataset per plane from ``open_store``'s tree (``<backbone>/<plane>`` nodes); a plane
-    held by several of the tree's backbones is ambiguous: the error names them."""
+    """One Dataset per plane from the ``features`` node of ``open_store``'s tree
+    (``features/<backbone>/<plane>``); a plane held by several of the tree's backbones is
+    ambiguous: the error names them. A tree without features names what to run."""
+    if "features" not in tree.children:
+        pending = [p for p in tree.attrs.get("incomplete", []) if p.startswith("features/")]
+        raise OrthodiffError(f"{source}: no complete features yet ({', '.join(pending)} still being written; wait for "
+                             "`orthodiff extract` to finish, or rerun it)" if pending else
+                             f"{source}: no features in this store (run `orthodiff extract` first)")
+    features = tree["features"]
     held: dict[str, list[str]] = {}
-    for node in tree.subtree:
+    for node in features.subtree:
         if node.name in PLANES and node.has_data:
             held.setdefault(node.name, []).append(node.parent.name)
     twice = {p: b for p, b in held.items() if len(b) > 1}
@@ -29,7 +36,7 @@ def plane_nodes(tree: xr.DataTree, source: str = "the store") -> dict[str, xr.Da
         plane, ids = next(iter(twice.items()))
         raise OrthodiffError(f"{source}: {plane} features from backbones {', '.join(ids)}; choose with --backbone-id "
                              "(one id per plane)")
-    return {p: tree[f"{b[0]}/{p}"].to_dataset() for p, b in held.items()}
+    return {p: features[f"{b[0]}/{p}"].to_dataset() for p, b in held.items()}
 
 
 def plane_features(store: str | Path, catalog: pd.DataFrame, backbone: str | None = None, planes=None) -> dict[str, xr.Dataset]:
