@@ -36,8 +36,8 @@ def sorted_labels(ds: xr.Dataset) -> xr.Dataset:
 
 def with_catalog(ds: xr.Dataset, catalog: pd.DataFrame) -> xr.Dataset:
     """`ds` with the catalog's columns (split, labels, acquisition, EHR) as coordinates on
-    `series` (NaN for series the catalog lacks); a coordinate the store holds is kept, file
-    paths are left out."""
+    `series` (NaN for series the catalog lacks); a coordinate the store holds (identity,
+    geometry, the volumes' `split` as ingested) is kept, file paths are left out."""
     rows = catalog.reindex(ds.series.values)
     extra = [c for c in rows.columns if c not in ds.coords and c not in ("path", "mask_path")]
     return ds.assign_coords({c: ("series", rows[c].to_numpy()) for c in extra})

@@ -95,17 +95,17 @@ class IncompleteGroups(UserWarning):
     was interrupted): `open_store` leaves them out."""
 
 
-def open_group(store: str, path: str, fingerprint_of, chunks=None) -> xr.Dataset:
-    """The group at `path` as a lazy Dataset of the rows whose shard is recorded complete
+def open_group(store: str, path: str, fingerprint_of) -> xr.Dataset:
+    """The group at `path` as a Dask-backed Dataset (a chunk per shard of `SHARD_SERIES`
+    series) of the rows whose shard is recorded complete
     (`fingerprint_of(provenance, run)` is what the record must carry), its small coordinates
     (`SERIES_COORDS`: series ids, ROI names, reason codes) loaded and its attributes (the
     provenance) as the Dataset's. The one opener of every series-sharded kind: `open_store`'s
-    nodes and `open_personas` / `open_radiomics` are views on it. `chunks`: Dask chunks
-    (None: the stored ones)."""
+    nodes and `open_personas` / `open_radiomics` are views on it."""
     prov = dict(open_root(store)[path].attrs)
     with warnings.catch_warnings():  # coordinates are stored in larger chunks; they are loaded below
         warnings.filterwarnings("ignore", category=UserWarning)
-        ds = xr.open_zarr(str(store), group=path, consolidated=False, chunks=chunks)
+        ds = xr.open_zarr(str(store), group=path, consolidated=False, chunks={"series": SHARD_SERIES})
     keep = complete_rows(store, path, ds.series.values.tolist(), lambda run: fingerprint_of(prov, run))
     ds = ds.isel(series=np.flatnonzero(keep))
     ds = ds.assign_coords({c: ds[c].load() for c in SERIES_COORDS if c in ds.variables})
@@ -113,7 +113,7 @@ def open_group(store: str, path: str, fingerprint_of, chunks=None) -> xr.Dataset
     return ds
 
 
-def group_nodes(store: str, root: zarr.Group, kind: str, fingerprint_of, chunks=None) -> tuple[dict[str, xr.Dataset], list[str]]:
+def group_nodes(store: str, root: zarr.Group, kind: str, fingerprint_of) -> tuple[dict[str, xr.Dataset], list[str]]:
     """Every `<kind>/<id>/<plane>` group of the store opened with `open_group` (an `<kind>/<id>`
     node carries that group's attributes), and the paths of the groups whose creation is not
     finished (left out, named in an `IncompleteGroups` warning)."""
@@ -123,7 +123,7 @@ def group_nodes(store: str, root: zarr.Group, kind: str, fingerprint_of, chunks=
             continue
         if is_complete(root[path]):
             nodes.setdefault(path.rsplit("/", 1)[0], xr.Dataset(attrs=dict(root[path.rsplit("/", 1)[0]].attrs)))
-            nodes[path] = open_group(store, path, fingerprint_of, chunks)
+            nodes[path] = open_group(store, path, fingerprint_of)
         else:
             incomplete.append(path)
     if incomplete:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import xarray as xr
 
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.features import SHARD_SERIES, fingerprint
+from orthodiff.featurestore.features import fingerprint
 from orthodiff.featurestore.series_groups import group_nodes, is_complete, open_group
 from orthodiff.featurestore.store import open_root
 from orthodiff.featurestore.volumes import open_volumes
@@ -27,7 +27,7 @@ def shard_fingerprint(prov: dict, run) -> str:
 def persona_nodes(store: str, root) -> tuple[dict[str, xr.Dataset], list[str]]:
     """`open_store`'s `personas/<backbone id>/<plane>` nodes (lazy, complete shards only), and
     the groups still being created."""
-    return group_nodes(store, root, GROUP, shard_fingerprint, chunks={"series": SHARD_SERIES})
+    return group_nodes(store, root, GROUP, shard_fingerprint)
 
 
 def open_personas(store: str, plane: str, backbone: str | None = None) -> xr.Dataset:
@@ -49,7 +49,7 @@ def open_personas(store: str, plane: str, backbone: str | None = None) -> xr.Dat
     if not is_complete(root[path]):
         raise OrthodiffError(f"{store}: {path} is still being created (a job is running or was interrupted; "
                              f"rerun `orthodiff persona --plane {plane}` to finish it)")
-    ds = open_group(store, path, shard_fingerprint, chunks={"series": SHARD_SERIES})
+    ds = open_group(store, path, shard_fingerprint)
     volumes = open_volumes(store)
     ds["image"] = volumes.volume.sel(series=ds.series.values).astype("float16")
     ds["structure"] = volumes["mask"].sel(series=ds.series.values)  # stored structure labels (0: none)
