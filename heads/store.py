@@ -18,15 +18,15 @@ from orthodiff.errors import OrthodiffError
 
 
 def plane_nodes(tree: xr.DataTree, source: str = "the store") -> dict[str, xr.Dataset]:
-    """One Dataset per plane from the ``features`` node of ``open_store``'s tree
-    (``features/<backbone>/<plane>``); a plane held by several of the tree's backbones is
+    """One Dataset per plane from ``open_store``'s tree or its ``features`` node
+    (``<backbone>/<plane>`` children); a plane held by several of the tree's backbones is
     ambiguous: the error names them. A tree without features names what to run."""
-    if "features" not in tree.children:
-        pending = [p for p in tree.attrs.get("incomplete", []) if p.startswith("features/")]
+    features = tree if tree.name == "features" else tree.children.get("features")
+    if features is None:
+        pending = [p for p in tree.root.attrs.get("incomplete", []) if p.startswith("features/")]
         raise OrthodiffError(f"{source}: no complete features yet ({', '.join(pending)} still being written; wait for "
                              "`orthodiff extract` to finish, or rerun it)" if pending else
                              f"{source}: no features in this store (run `orthodiff extract` first)")
-    features = tree["features"]
     held: dict[str, list[str]] = {}
     for node in features.subtree:
         if node.name in PLANES and node.has_data:
@@ -39,15 +39,22 @@ def plane_nodes(tree: xr.DataTree, source: str = "the store") -> dict[str, xr.Da
     return {p: features[f"{b[0]}/{p}"].to_dataset() for p, b in held.items()}
 
 
-def plane_features(store: str | Path, catalog: pd.DataFrame, backbone: str | None = None, planes=None) -> dict[str, xr.Dataset]:
-    """Lazy per-plane feature Datasets of ``store`` for the catalog's series."""
+def plane_features(store: str | Path | xr.DataTree, catalog: pd.DataFrame, backbone: str | None = None,
+                   planes=None) -> dict[str, xr.Dataset]:
+    """Lazy per-plane feature Datasets of ``store`` for the catalog's series: a store path, or a
+    tree ``open_store`` returned (or its ``features`` node), whose backbones are then the ones
+    it was opened with (``backbone`` applies to a path)."""
     from orthodiff import open_store
 
     planes = list(planes or PLANES)
     unknown = [p for p in planes if p not in PLANES]
     if unknown:
         raise OrthodiffError(f"unknown plane(s) {unknown}; expected {list(PLANES)}")
-    per_plane = plane_nodes(open_store(str(store), backbone=backbone), str(store))
+    if isinstance(store, xr.DataTree):
+        tree, store = store, "the store"
+    else:
+        tree = open_store(str(store), backbone=backbone)
+    per_plane = plane_nodes(tree, str(store))
     out = {}
     for plane in planes:
         wanted = catalog.loc[catalog["plane"] == plane, "series_id"]

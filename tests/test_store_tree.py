@@ -23,7 +23,7 @@ from orthodiff.featurestore import series_groups
 from orthodiff.featurestore.extract import extract
 from orthodiff.featurestore.features import IncompleteFeatures
 from orthodiff.featurestore.series_groups import IncompleteGroups
-from orthodiff.heads.store import plane_nodes
+from orthodiff.heads.store import plane_features, plane_nodes
 
 N = 3  # series per plane
 
@@ -57,7 +57,7 @@ def store(tmp_path_factory):
 
 def catalog() -> pd.DataFrame:
     ids = [f"s{i}-{p}" for p in ("axial", "sagittal") for i in range(N)]
-    return pd.DataFrame({"series_id": ids, "ACL": np.arange(len(ids)) % 2, "age": 30.0 + np.arange(len(ids)),
+    return pd.DataFrame({"series_id": ids, "plane": [i.split("-")[1] for i in ids], "ACL": np.arange(len(ids)) % 2, "age": 30.0 + np.arange(len(ids)),
                          "split": "test", "path": "x"})
 
 
@@ -119,6 +119,9 @@ def test_a_store_without_personas_or_radiomics_gives_a_tree_without_them(store, 
     tree = orthodiff.open_store(store["features_only"])
     assert sorted(tree.children) == ["features", "volumes"]
     assert list(plane_nodes(tree)) == ["axial"]
+    axial = catalog().iloc[:N]
+    opened = plane_features(tree["features"], axial)["axial"]  # the heads take the tree's features node
+    xr.testing.assert_identical(opened, plane_features(store["features_only"], axial)["axial"])
     volumes_only = make_volume_store(tmp_path / "v.zarr", n=2, size=8)
     tree = orthodiff.open_store(volumes_only)
     assert list(tree.children) == ["volumes"]
