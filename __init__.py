@@ -14,8 +14,9 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 
 def open_store(path, backbone=None, catalog=None, series_per_chunk: int = 64):
-    """The store's features as a lazy `xarray.DataTree`, `tree["<backbone id>/<plane>"]` one
-    plane's Dataset (see `orthodiff.featurestore.features.open_store`)."""
-    from orthodiff.featurestore.features import open_store as _open_store
+    """The whole store as one lazy `xarray.DataTree`: `tree["volumes"]`,
+    `tree["features/<backbone id>/<plane>"]`, `tree["personas/<backbone id>/<plane>"]`,
+    `tree["radiomics/<settings id>/<plane>"]` (see `orthodiff.tree.open_store`)."""
+    from orthodiff.tree import open_store as _open_store
 
     return _open_store(path, backbone=backbone, catalog=catalog, series_per_chunk=series_per_chunk)

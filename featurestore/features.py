@@ -1,4 +1,5 @@
-"""Feature groups of a store: layout, templates, completion records, and `open_store`.
+"""Feature groups of a store: layout, templates, completion records, and the reader of the
+`features/...` nodes of `open_store`'s tree (`feature_nodes`).
 
 Layout (every plane group is a plain xarray dataset: `xarray.open_zarr(store,
 group="features/<backbone>/<plane>")`):
@@ -9,7 +10,7 @@ group="features/<backbone>/<plane>")`):
         gap(series, timestep, block, channel)                    float32, spatial mean
         series, case_id, patient_id, scan                         coordinates on series
         timestep (int), block (str)                               labels, in the order added
-                                                                  (`open_store` sorts timesteps)
+                                                                  (`open_store` sorts them)
     _records/<backbone id>/<plane>/<shard>-t<timestep>-<block>.json   completion records
 
 `activation` inner chunks hold one series x one timestep x one block; a shard holds
@@ -289,17 +290,14 @@ def _open_plane(store: str, backbone: str, plane: str, series_per_chunk: int) ->
     return ds.assign_coords({c: ds[c].load() for c in ("case_id", "patient_id", "scan")})
 
 
-def _volume_geometry(store: str) -> xr.Dataset | None:
-    """The stored series' geometry (`volumes.geometry_coords`) by series, None without volumes."""
-    from orthodiff.featurestore.volumes import geometry_coords, open_volumes  # volumes imports this module
+def volume_geometry(volumes: xr.Dataset) -> xr.Dataset:
+    """The stored series' geometry (`volumes.geometry_coords`) by series, loaded, from the
+    `open_volumes` Dataset."""
+    from orthodiff.featurestore.volumes import geometry_coords  # volumes imports this module
 
-    try:
-        ds = open_volumes(store)
-    except OrthodiffError:
-        return None
-    coords = geometry_coords(ds)
+    coords = geometry_coords(volumes)
     return xr.Dataset({name: (v.dims, v.values) for name, v in coords.items() if name != "axis"},
-                      coords={"series": ds.series.values, "axis": coords["axis"].values})
+                      coords={"series": volumes.series.values, "axis": coords["axis"].values})
 
 
 class IncompleteFeatures(UserWarning):
@@ -332,64 +330,36 @@ def view_is_current(store: str, backbone: str, plane: str, shape: tuple[int, ...
         return tuple(view[f"{plane_path(backbone, plane)}/activation"].shape) == tuple(shape)
 
 
-def open_store(path: str, backbone: str | list[str] | None = None, catalog=None, series_per_chunk: int = 64) -> xr.DataTree:
-    """The store's features as a lazy `xarray.DataTree` laid out like the store: one node per
-    backbone (its attributes: the provenance), one child per plane holding that plane's
-    Dataset, `tree["<backbone id>/<plane>"]`.
+def feature_nodes(path: str, root: zarr.Group, backbone: str | list[str] | None = None, series_per_chunk: int = 64,
+                  volumes: xr.Dataset | None = None) -> tuple[dict[str, xr.Dataset], list[str]]:
+    """`open_store`'s feature nodes: `features/<backbone id>` (its attributes: the provenance)
+    and `features/<backbone id>/<plane>` (lazy, timesteps sorted, the series' geometry from
+    `volumes`, the `open_volumes` Dataset, when given), and the plane groups left out.
 
-    Each plane Dataset has `activation(series, timestep, block, channel, z, y, x)` and
-    `gap(series, timestep, block, channel)`, with `plane`, `case_id`, `patient_id`, `scan`
-    on `series`, the series' geometry as the volumes hold it (`spacing` and
-    `stored_spacing` on (series, axis), `orientation`, `laterality`, `mirrored`,
-    `spacing_reason`; see `featurestore.volumes`), and with a catalog (path or DataFrame) its split, labels, acquisition and
-    EHR columns too. Planes and backbones are independent nodes: they may hold different
-    timesteps, blocks or channel widths. `backbone` (an id or a list) keeps only those.
-
-    Reading while `extract` runs is safe: every plane is read as the last finished job left
-    it; a plane whose first extraction is still running (or was interrupted) is left out,
-    listed in the root's `incomplete` attribute and in an `IncompleteFeatures` warning.
-    """
-    import pandas as pd
-
-    root = open_root(path)
+    Every plane is read as the last finished job left it (the root's consolidated metadata);
+    a plane whose first extraction is still running (or was interrupted) is left out and named
+    in an `IncompleteFeatures` warning. `backbone` (an id or a list) keeps only those."""
     on_disk = backbones(path)
     ids = on_disk if backbone is None else ([backbone] if isinstance(backbone, str) else list(backbone))
     unknown = [b for b in ids if b not in on_disk]
     if unknown:
         raise OrthodiffError(f"{path}: no features of backbone {unknown[0]!r}; the store has {on_disk}")
-    if not ids:
-        raise OrthodiffError(f"{path}: no features in this store (run `orthodiff extract` first)")
     readable = readable_planes(path)
+    geometry = None if volumes is None else volume_geometry(volumes)
     nodes: dict[str, xr.Dataset] = {}
     incomplete = []
     for b in ids:
         for plane in sorted(root[f"{GROUP}/{b}"].group_keys()):
-            if plane in readable.get(b, []):
-                nodes[f"{b}/{plane}"] = _open_plane(path, b, plane, series_per_chunk)
-            else:
+            if plane not in readable.get(b, []):
                 incomplete.append(plane_path(b, plane))
+                continue
+            ds = _open_plane(path, b, plane, series_per_chunk)
+            if geometry is not None:
+                ds = ds.assign_coords(axis=geometry.axis.values, **{
+                    name: values.variable for name, values in geometry.sel(series=ds.series.values).data_vars.items()})
+            nodes.setdefault(f"{GROUP}/{b}", xr.Dataset(attrs=dict(root[f"{GROUP}/{b}"].attrs)))
+            nodes[plane_path(b, plane)] = ds
     if incomplete:
         warnings.warn(f"{path}: {', '.join(incomplete)} not complete yet (an extraction is running or was "
-                      "interrupted; rerun `orthodiff extract` to finish it): left out", IncompleteFeatures, stacklevel=2)
-    if not nodes:
-        raise OrthodiffError(f"{path}: no complete features yet ({', '.join(incomplete)} still being written; "
-                             "wait for `orthodiff extract` to finish, or rerun it)")
-    if catalog is not None:
-        from orthodiff.catalogs.cohort import read_catalog
-
-        df = catalog if isinstance(catalog, pd.DataFrame) else read_catalog(catalog)
-        df = df.set_index("series_id")
-        for key, ds in nodes.items():
-            rows = df.reindex(ds.series.values)
-            extra = [c for c in rows.columns if c not in ds.coords and c not in ("path", "mask_path")]
-            nodes[key] = ds.assign_coords({c: ("series", rows[c].to_numpy()) for c in extra})
-    geometry = _volume_geometry(path)
-    if geometry is not None:
-        nodes = {key: ds.assign_coords(axis=geometry.axis.values, **{
-            name: values.variable for name, values in geometry.sel(series=ds.series.values).data_vars.items()})
-            for key, ds in nodes.items()}
-    tree = xr.DataTree.from_dict(nodes)
-    tree.attrs = {"incomplete": incomplete}
-    for b in {key.split("/")[0] for key in nodes}:
-        tree[b].attrs = dict(root[f"{GROUP}/{b}"].attrs)
-    return tree
+                      "interrupted; rerun `orthodiff extract` to finish it): left out", IncompleteFeatures, stacklevel=3)
+    return nodes, incomplete

@@ -13,8 +13,11 @@ names a damaged shard of any kind without knowing what the kind computes.
 
 from __future__ import annotations
 
+import warnings
+
 import fsspec
 import numpy as np
+import xarray as xr
 import zarr
 
 from orthodiff.errors import OrthodiffError
@@ -82,6 +85,51 @@ def complete_rows(store: str, path: str, ids: list, fingerprint_of) -> np.ndarra
     for shard, start, run in shard_runs(ids):
         keep[start:start + len(run)] = done.get(record_name(shard), {}).get("fingerprint") == fingerprint_of(run)
     return keep
+
+
+SERIES_COORDS = ("case_id", "patient_id", "scan", "roi_name", "reason")  # loaded when opened
+
+
+class IncompleteGroups(UserWarning):
+    """Some persona or radiomics groups of the store are still being created (or their job
+    was interrupted): `open_store` leaves them out."""
+
+
+def open_group(store: str, path: str, fingerprint_of) -> xr.Dataset:
+    """The group at `path` as a Dask-backed Dataset (a chunk per shard of `SHARD_SERIES`
+    series) of the rows whose shard is recorded complete
+    (`fingerprint_of(provenance, run)` is what the record must carry), its small coordinates
+    (`SERIES_COORDS`: series ids, ROI names, reason codes) loaded and its attributes (the
+    provenance) as the Dataset's. The one opener of every series-sharded kind: `open_store`'s
+    nodes and `open_personas` / `open_radiomics` are views on it."""
+    prov = dict(open_root(store)[path].attrs)
+    with warnings.catch_warnings():  # coordinates are stored in larger chunks; they are loaded below
+        warnings.filterwarnings("ignore", category=UserWarning)
+        ds = xr.open_zarr(str(store), group=path, consolidated=False, chunks={"series": SHARD_SERIES})
+    keep = complete_rows(store, path, ds.series.values.tolist(), lambda run: fingerprint_of(prov, run))
+    ds = ds.isel(series=np.flatnonzero(keep))
+    ds = ds.assign_coords({c: ds[c].load() for c in SERIES_COORDS if c in ds.variables})
+    ds.attrs = prov
+    return ds
+
+
+def group_nodes(store: str, root: zarr.Group, kind: str, fingerprint_of) -> tuple[dict[str, xr.Dataset], list[str]]:
+    """Every `<kind>/<id>/<plane>` group of the store opened with `open_group` (an `<kind>/<id>`
+    node carries that group's attributes), and the paths of the groups whose creation is not
+    finished (left out, named in an `IncompleteGroups` warning)."""
+    nodes, incomplete = {}, []
+    for path in kind_groups(root):
+        if not path.startswith(f"{kind}/"):
+            continue
+        if is_complete(root[path]):
+            nodes.setdefault(path.rsplit("/", 1)[0], xr.Dataset(attrs=dict(root[path.rsplit("/", 1)[0]].attrs)))
+            nodes[path] = open_group(store, path, fingerprint_of)
+        else:
+            incomplete.append(path)
+    if incomplete:
+        warnings.warn(f"{store}: {', '.join(incomplete)} not complete yet (a job is running or was interrupted; "
+                      f"rerun `{_rerun(incomplete[0])}` to finish it): left out", IncompleteGroups, stacklevel=3)
+    return nodes, incomplete
 
 
 def kind_groups(root: zarr.Group) -> list[str]:

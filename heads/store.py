@@ -1,7 +1,7 @@
 """Per-plane features from the feature store, for the heads tier (reads only, lazily).
 
-``plane_features`` turns the tree that ``orthodiff.open_store`` returns into one Dataset per
-plane with ``gap(series, timestep, block, channel)`` and ``activation(series, timestep, block,
+``plane_features`` turns the ``features`` node of the tree that ``orthodiff.open_store``
+returns into one Dataset per plane with ``gap(series, timestep, block, channel)`` and ``activation(series, timestep, block,
 channel, z, y, x)``, and checks that every catalog series of that plane has features.
 """
 
@@ -18,10 +18,17 @@ from orthodiff.errors import OrthodiffError
 
 
 def plane_nodes(tree: xr.DataTree, source: str = "the store") -> dict[str, xr.Dataset]:
-    """One Dataset per plane from ``open_store``'s tree (``<backbone>/<plane>`` nodes); a plane
-    held by several of the tree's backbones is ambiguous: the error names them."""
+    """One Dataset per plane from ``open_store``'s tree or its ``features`` node
+    (``<backbone>/<plane>`` children); a plane held by several of the tree's backbones is
+    ambiguous: the error names them. A tree without features names what to run."""
+    features = tree if tree.name == "features" else tree.children.get("features")
+    if features is None:
+        pending = [p for p in tree.root.attrs.get("incomplete", []) if p.startswith("features/")]
+        raise OrthodiffError(f"{source}: no complete features yet ({', '.join(pending)} still being written; wait for "
+                             "`orthodiff extract` to finish, or rerun it)" if pending else
+                             f"{source}: no features in this store (run `orthodiff extract` first)")
     held: dict[str, list[str]] = {}
-    for node in tree.subtree:
+    for node in features.subtree:
         if node.name in PLANES and node.has_data:
             held.setdefault(node.name, []).append(node.parent.name)
     twice = {p: b for p, b in held.items() if len(b) > 1}
@@ -29,18 +36,25 @@ def plane_nodes(tree: xr.DataTree, source: str = "the store") -> dict[str, xr.Da
         plane, ids = next(iter(twice.items()))
         raise OrthodiffError(f"{source}: {plane} features from backbones {', '.join(ids)}; choose with --backbone-id "
                              "(one id per plane)")
-    return {p: tree[f"{b[0]}/{p}"].to_dataset() for p, b in held.items()}
+    return {p: features[f"{b[0]}/{p}"].to_dataset() for p, b in held.items()}
 
 
-def plane_features(store: str | Path, catalog: pd.DataFrame, backbone: str | None = None, planes=None) -> dict[str, xr.Dataset]:
-    """Lazy per-plane feature Datasets of ``store`` for the catalog's series."""
+def plane_features(store: str | Path | xr.DataTree, catalog: pd.DataFrame, backbone: str | None = None,
+                   planes=None) -> dict[str, xr.Dataset]:
+    """Lazy per-plane feature Datasets of ``store`` for the catalog's series: a store path, or a
+    tree ``open_store`` returned (or its ``features`` node), whose backbones are then the ones
+    it was opened with (``backbone`` applies to a path)."""
     from orthodiff import open_store
 
     planes = list(planes or PLANES)
     unknown = [p for p in planes if p not in PLANES]
     if unknown:
         raise OrthodiffError(f"unknown plane(s) {unknown}; expected {list(PLANES)}")
-    per_plane = plane_nodes(open_store(str(store), backbone=backbone), str(store))
+    if isinstance(store, xr.DataTree):
+        tree, store = store, "the store"
+    else:
+        tree = open_store(str(store), backbone=backbone)
+    per_plane = plane_nodes(tree, str(store))
     out = {}
     for plane in planes:
         wanted = catalog.loc[catalog["plane"] == plane, "series_id"]

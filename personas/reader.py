@@ -3,14 +3,11 @@ imports this module, `personas.store` writes what it reads. Layout: see `persona
 
 from __future__ import annotations
 
-import warnings
-
-import numpy as np
 import xarray as xr
 
 from orthodiff.errors import OrthodiffError
-from orthodiff.featurestore.features import SHARD_SERIES, fingerprint
-from orthodiff.featurestore.series_groups import complete_rows
+from orthodiff.featurestore.features import fingerprint
+from orthodiff.featurestore.series_groups import group_nodes, is_complete, open_group
 from orthodiff.featurestore.store import open_root
 from orthodiff.featurestore.volumes import open_volumes
 
@@ -27,9 +24,15 @@ def shard_fingerprint(prov: dict, run) -> str:
     return fingerprint(prov, list(run), 0, "persona", "float16", KEYS)
 
 
+def persona_nodes(store: str, root) -> tuple[dict[str, xr.Dataset], list[str]]:
+    """`open_store`'s `personas/<backbone id>/<plane>` nodes (lazy, complete shards only), and
+    the groups still being created."""
+    return group_nodes(store, root, GROUP, shard_fingerprint)
+
+
 def open_personas(store: str, plane: str, backbone: str | None = None) -> xr.Dataset:
-    """The personas of `plane` (lazy), with the matching volume as `image` and its structure
-    mask as `structure` beside them.
+    """The personas of `plane` (lazy; `open_store`'s node), with the matching volume as `image`
+    and its structure mask as `structure` beside them.
 
     Only series whose shard is recorded complete are returned."""
     root = open_root(store)
@@ -42,16 +45,12 @@ def open_personas(store: str, plane: str, backbone: str | None = None) -> xr.Dat
         raise OrthodiffError(f"{store}: {len(ids)} persona backbones hold {plane} personas "
                              f"({sorted(root[GROUP].group_keys())}); name one with --backbone-id" if ids else
                              f"{store}: no {plane} personas (run `orthodiff persona --plane {plane}` first)")
-    bid = ids[0]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The specified chunks separate", category=UserWarning)
-        ds = xr.open_zarr(str(store), group=group_path(bid, plane), consolidated=False, chunks={"series": SHARD_SERIES})
-    prov = dict(root[group_path(bid, plane)].attrs)
-    complete = complete_rows(store, group_path(bid, plane), ds.series.values.tolist(), lambda run: shard_fingerprint(prov, run))
-    ds = ds.isel(series=np.flatnonzero(complete))
+    path = group_path(ids[0], plane)
+    if not is_complete(root[path]):
+        raise OrthodiffError(f"{store}: {path} is still being created (a job is running or was interrupted; "
+                             f"rerun `orthodiff persona --plane {plane}` to finish it)")
+    ds = open_group(store, path, shard_fingerprint)
     volumes = open_volumes(store)
     ds["image"] = volumes.volume.sel(series=ds.series.values).astype("float16")
     ds["structure"] = volumes["mask"].sel(series=ds.series.values)  # stored structure labels (0: none)
-    ds = ds.assign_coords({c: ds[c].load() for c in ("case_id", "patient_id", "scan", "roi_name")})
-    ds.attrs = prov
     return ds

@@ -4,14 +4,12 @@ tier-2 code imports this module, `radiomics.store` writes what it reads. Layout:
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import xarray as xr
 
 from orthodiff.errors import OrthodiffError
 from orthodiff.featurestore.features import fingerprint
-from orthodiff.featurestore.series_groups import complete_rows
+from orthodiff.featurestore.series_groups import group_nodes, open_group
 from orthodiff.featurestore.store import open_root
 
 GROUP = "radiomics"
@@ -26,9 +24,16 @@ def shard_fingerprint(prov: dict, run) -> str:
     return fingerprint(prov, list(run), 0, "radiomics", "float32", KEYS)
 
 
+def radiomics_nodes(store: str, root) -> tuple[dict[str, xr.Dataset], list[str]]:
+    """`open_store`'s `radiomics/<settings id>/<plane>` nodes (lazy, complete shards only), and
+    the groups still being created."""
+    return group_nodes(store, root, GROUP, shard_fingerprint)
+
+
 def open_radiomics(store: str, plane: str | None = None, settings: str | None = None) -> xr.Dataset:
-    """Complete radiomic features as one Dataset over the planes' series (`value`, `undefined`),
-    with `plane` on series; name `settings` when the store holds several."""
+    """Complete radiomic features as one loaded Dataset over the planes' series (`value`,
+    `undefined`), with `plane` on series: `open_store`'s `radiomics/<settings id>/<plane>`
+    nodes side by side. Name `settings` when the store holds several."""
     root = open_root(store)
     ids = sorted(root[GROUP].group_keys()) if GROUP in root else []
     if settings is not None:
@@ -42,14 +47,9 @@ def open_radiomics(store: str, plane: str | None = None, settings: str | None = 
     for p in planes:
         if p not in root[f"{GROUP}/{sid}"]:
             raise OrthodiffError(f"{store}: no {p} radiomic features under radiomics/{sid}")
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning)
-            ds = xr.open_zarr(str(store), group=f"{GROUP}/{sid}/{p}", consolidated=False).load()
-        prov = dict(root[f"{GROUP}/{sid}/{p}"].attrs)
-        keep = complete_rows(store, f"{GROUP}/{sid}/{p}", ds.series.values.tolist(), lambda run: shard_fingerprint(prov, run))
-        ds = ds.isel(series=np.flatnonzero(keep))
+        ds = open_group(store, f"{GROUP}/{sid}/{p}", shard_fingerprint)
         parts.append(ds.assign_coords(plane=("series", np.full(ds.sizes["series"], p, dtype=object))))
     out = xr.concat(parts, dim="series") if len(parts) > 1 else parts[0]
-    out = out.set_coords([v for v in ("reason", "roi_name") if v in out.data_vars])
+    out = out.load()
     out.attrs = {"settings_id": sid}
     return out

@@ -38,8 +38,8 @@ def random_checkpoint(path, plane: str, preset: str = "demo", seed: int = 0, wid
 
 
 def series_count(tree) -> int:
-    """Series over every plane node of an `open_store` tree."""
-    return sum(node.to_dataset().sizes["series"] for node in tree.subtree if "series" in node.dims)
+    """Series over every plane node of an `open_store` tree's features."""
+    return sum(node.to_dataset().sizes["series"] for node in tree["features"].subtree if "series" in node.dims)
 
 
 def label_catalog(path, n: int = 8, planes=("axial",), sick=(0, 1, 2)) -> str:

@@ -17,7 +17,7 @@ SUBPACKAGES = ("catalogs", "featurestore", "backbone", "heads", "supervised", "p
 SHARED = ("errors", "files", "tables", "devices", "progress", "faults", "training", "outputs", "options", "pages")
 
 # Which parts each part may import (besides itself and SHARED). "orthodiff" is the package
-# root (`orthodiff.open_store`, `orthodiff.__version__`).
+# root (`orthodiff.open_store`, `orthodiff.__version__`); "tree" the module behind `open_store`.
 ALLOWED = {
     "shared": set(),
     "catalogs": set(),
@@ -28,7 +28,8 @@ ALLOWED = {
     "personas": {"catalogs", "featurestore", "backbone", "orthodiff"},  # inpainting runs the healthy backbone (tier 1)
     "radiomics": {"catalogs", "featurestore", "personas"},  # features of images, personas and residuals
     "evaluation": {"catalogs", "featurestore", "heads"},  # measures masks, trains nothing of tier 1
-    "orthodiff": {"featurestore"},
+    "tree": {"catalogs", "featurestore", "personas", "radiomics"},  # `open_store`: every kind's reader, side by side
+    "orthodiff": {"featurestore", "tree"},
     "cli": {"catalogs", "featurestore", "backbone", "heads", "supervised", "personas", "radiomics", "evaluation", "demo"},
     "demo": {"catalogs", "featurestore", "backbone", "heads", "supervised"},
     "__main__": {"cli"},
@@ -166,7 +167,7 @@ def module_graph(root: Path = ROOT) -> dict[str, set[str]]:
 
 # the reader of each stored kind: what tier-2 code opens the store with
 READERS = ("orthodiff.featurestore.features", "orthodiff.featurestore.volumes", "orthodiff.personas.reader",
-           "orthodiff.radiomics.reader")
+           "orthodiff.radiomics.reader", "orthodiff.tree")
 
 
 def tier_breaches(root: Path = ROOT, banned=("backbone", "supervised")) -> list[str]:

@@ -75,8 +75,8 @@ def test_schema_queries_and_catalog_join(base, tmp_path):
     catalog = pd.DataFrame({"series_id": [f"s{i}-axial" for i in range(40)], "split": ["train"] * 30 + ["test"] * 10,
                             "ACL": np.arange(40) % 2, "path": "x"})
     tree = orthodiff.open_store(store, catalog=catalog)
-    assert tree[summary["backbone"]].attrs["preset"] == "demo"  # the backbone node carries the provenance
-    ds = tree[f"{summary['backbone']}/axial"].to_dataset()
+    assert tree["features"][summary["backbone"]].attrs["preset"] == "demo"  # the backbone node carries the provenance
+    ds = tree[f"features/{summary['backbone']}/axial"].to_dataset()
     assert ds.activation.chunks is not None  # lazy
     test = ds.gap.where(ds.split == "test", drop=True).sel(timestep=10, block="mid_2")
     assert test.sizes["series"] == 10 and "ACL" in ds.coords and "path" not in ds.coords
@@ -159,7 +159,7 @@ def test_backbones_of_different_widths_open_side_by_side(base, tmp_path):
     sagittal = extract(store, wide, "sagittal", (10,), ("mid_0",), progress=False)["backbone"]
     also = extract(store, random_checkpoint(tmp_path / "wide_ax.pt", "axial", seed=1, width=64), "axial", (10,), ("mid_0",),
                    progress=False)["backbone"]
-    tree = orthodiff.open_store(store)
+    tree = orthodiff.open_store(store)["features"]
     assert sorted(tree.children) == sorted([axial, sagittal, also])
     widths = {key: tree[key].sizes["channel"] for key in (f"{axial}/axial", f"{sagittal}/sagittal", f"{also}/axial")}
     assert widths == {f"{axial}/axial": 64, f"{sagittal}/sagittal": 128, f"{also}/axial": 128}

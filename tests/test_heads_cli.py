@@ -25,7 +25,7 @@ def cohort(tmp_path_factory):
     catalog["subset_30"] = catalog["patient_id"].isin(train[:30])
     catalog.to_parquet(root / "catalog.parquet", index=False)
     per_plane = synthetic_features(catalog, LABELS, channels=16, timesteps=(10, 100), blocks=("mid_2",), seed=2)
-    store = xr.DataTree.from_dict({f"synthetic/{p}": ds for p, ds in per_plane.items()})  # open_store's layout
+    store = xr.DataTree.from_dict({f"features/synthetic/{p}": ds for p, ds in per_plane.items()})  # open_store's layout
     return root, store
 
 
@@ -81,7 +81,7 @@ def test_bad_input_is_one_named_error(fake_store, cohort, monkeypatch):
     result = CliRunner().invoke(app, ["efficiency", "--config", str(root / "nope.json"), "--out", str(root / "e")])
     assert isinstance(result.exception, orthodiff.errors.OrthodiffError) and "configuration file not found" in str(result.exception)
     partial = store.copy()
-    partial["synthetic/sagittal"] = store["synthetic/sagittal"].to_dataset().isel(series=slice(1, None))
+    partial["features/synthetic/sagittal"] = store["features/synthetic/sagittal"].to_dataset().isel(series=slice(1, None))
     monkeypatch.setattr(orthodiff, "open_store", lambda path, backbone=None, catalog=None: partial)
     result = CliRunner().invoke(app, ["sweep", "--store", "S", "--catalog", str(root / "catalog.parquet"), "--out", str(root / "x")])
     assert "no sagittal features for 1 of the catalog's" in str(result.exception)

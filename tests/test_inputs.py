@@ -154,12 +154,12 @@ def test_heads_refuse_nan_features_and_record_an_absolute_store(monkeypatch, tmp
     from orthodiff.heads.synthetic import synthetic_features
 
     per_plane = synthetic_features(catalog, LABELS, channels=4, timesteps=(10,), blocks=("mid_2",), activation=False)
-    tree = xr.DataTree.from_dict({f"synthetic/{p}": ds for p, ds in per_plane.items()})
+    tree = xr.DataTree.from_dict({f"features/synthetic/{p}": ds for p, ds in per_plane.items()})
     monkeypatch.setattr(orthodiff, "open_store", lambda path, backbone=None, catalog=None: tree, raising=False)
     path = tmp_path / "c.parquet"
     catalog.to_parquet(path, index=False)
     monkeypatch.chdir(tmp_path)
     assert load_inputs("rel.zarr", path)[3]["store"] == str(tmp_path / "rel.zarr")  # fuse works from any folder
-    tree["synthetic/axial"].gap.values[2, 0, 0, 1] = np.nan
+    tree["features/synthetic/axial"].gap.values[2, 0, 0, 1] = np.nan
     with pytest.raises(OrthodiffError, match=r"axial GAP features of 1 series hold NaN or Inf, e\.g\. '.*-axial-0'"):
         load_inputs("rel.zarr", path)

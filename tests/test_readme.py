@@ -164,7 +164,7 @@ def test_readme_store_snippet_runs_as_written(demo_folder, monkeypatch, capsys):
     names: dict = {"__name__": "__readme__"}
     exec(compile(blocks[0], "README.md", "exec"), names)
     tree, axial, catalog = names["tree"], names["axial"], pd.read_parquet(demo_folder / "orthodiff-demo/cohort/catalog.parquet")
-    assert "/axial" in capsys.readouterr().out and "axial" in tree[names["bid"]].children
+    assert "/axial" in capsys.readouterr().out and "axial" in tree["features"][names["bid"]].children
     assert set(axial.series.values) == set(catalog.loc[catalog.plane == "axial", "series_id"])
     assert names["case"].sizes["series"] == len(catalog[(catalog.case_id == "P00017-1") & (catalog.plane == "axial")]) > 0
     np.testing.assert_array_equal(names["slab"].values, names["plain"].activation.sel(timestep=50, block="mid_2").values)

@@ -60,7 +60,7 @@ def run_all(store: str, catalog, checkpoint: str, out, workers: int | None) -> d
     """ingest -> extract -> open_store -> sweep (the CLI, in this process) on `store`."""
     ingested = ingest(catalog, store, size=SIZE, progress=False)
     summary = extract(store, checkpoint, "axial", (TIMESTEP,), (BLOCK,), workers=workers, progress=False)
-    ds = orthodiff.open_store(store, catalog=str(catalog))[f"{summary['backbone']}/axial"].to_dataset()
+    ds = orthodiff.open_store(store, catalog=str(catalog))[f"features/{summary['backbone']}/axial"].to_dataset()
     result = CliRunner().invoke(app, ["sweep", "--store", store, "--catalog", str(catalog), "--out", str(out),
                                       "--planes", "axial", "--epochs", "3", "--lr", "1e-2"])
     assert result.exit_code == 0, result.output + repr(result.exception)

@@ -71,7 +71,7 @@ def test_finetune_writes_a_new_backbone_whose_features_extract_into_their_own_gr
         finetuned_probes({"sagittal": cohort["backbone"]}, config)
 
     extract(cohort["store"], out, "sagittal", (10,), ("mid_1",), progress=False)
-    ds = open_store(cohort["store"], backbone=summary["backbone"])[f"{summary['backbone']}/sagittal"].to_dataset()
+    ds = open_store(cohort["store"], backbone=summary["backbone"])[f"features/{summary['backbone']}/sagittal"].to_dataset()
     catalog = pd.read_parquet(cohort["catalog"])
     assert set(ds.series.values) == set(catalog.loc[catalog.plane == "sagittal", "series_id"])
     assert np.isfinite(ds.gap.sel(timestep=10, block="mid_1").values).all()

@@ -20,7 +20,8 @@ import zarr
 from zarr.storage import LocalStore, WrapperStore
 
 from orthodiff.backbone import PRESETS
-from orthodiff.featurestore.features import SHARD_SERIES, open_store, plane_path, prepare_plane
+from orthodiff import open_store
+from orthodiff.featurestore.features import SHARD_SERIES, plane_path, prepare_plane
 from orthodiff.featurestore.store import consolidate, open_root
 
 
@@ -90,7 +91,7 @@ def main() -> None:
         consolidate(big)
         start = time.perf_counter()
         tree = open_store(big)
-        print(f"open_store on {tree['bench/axial'].sizes['series']:,} series: {time.perf_counter() - start:.2f} s")
+        print(f"open_store on {tree['features/bench/axial'].sizes['series']:,} series: {time.perf_counter() - start:.2f} s")
 
 
 if __name__ == "__main__":
