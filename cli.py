@@ -212,13 +212,14 @@ def synth(
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
     format: Annotated[ImageFormat, typer.Option("--format", callback=plain, help="File format of the series.")] = ImageFormat.nifti,
     preview: Annotated[Path | None, typer.Option(help="Also write a PNG montage of the first exam.")] = None,
+    healthy_share: Annotated[float | None, typer.Option(help="Share of exams with every label 0 (e.g. 0.5 for persona backbones); default: the label priors' own (about 9% for the knee).")] = None,
 ) -> None:
     """Generate a synthetic cohort (phantom images, masks, catalog) with realistic labels and sites."""
     from orthodiff.catalogs.cohort import cohort_summary, read_catalog
     from orthodiff.catalogs.synth import preview as write_preview, synthesize
     from orthodiff.tables import frame_table
 
-    catalog = synthesize(joint, cases, size, seed, out, fmt=format)
+    catalog = synthesize(joint, cases, size, seed, out, fmt=format, healthy_share=healthy_share)
     df = read_catalog(catalog)
     console.print(f"wrote {catalog}: {len(df)} series of {cases} {joint} exams ({format}, {size}x{size})")
     console.print(frame_table(cohort_summary(df)["labels"][["label", "positive", "prevalence"]], "Labels"))

@@ -132,13 +132,17 @@ def test_every_choice_reaches_the_command_as_a_plain_string(monkeypatch, tmp_pat
     assert enums == []
     seen = {}
 
-    def synthesize(joint, cases, size, seed, out, fmt):
+    def synthesize(joint, cases, size, seed, out, fmt, healthy_share):
         seen.update(joint=joint, fmt=fmt)
+        shares.append(healthy_share)
         raise OrthodiffError("stop")
 
+    shares = []
     monkeypatch.setattr("orthodiff.catalogs.synth.synthesize", synthesize)
     CliRunner().invoke(app, ["synth", "--out", str(tmp_path), "--joint", "ankle"])
     assert seen == {"joint": "ankle", "fmt": "nifti"} and {type(v) for v in seen.values()} == {str}
+    CliRunner().invoke(app, ["synth", "--out", str(tmp_path), "--healthy-share", "0.5"])
+    assert shares == [None, 0.5]
 
 
 def test_choices_are_listed_in_help():
