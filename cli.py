@@ -13,7 +13,7 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.evaluation.commands import register as register_evaluation
 from orthodiff.heads import defaults as PAPER
 from orthodiff.options import (
-    BoundedGroup, Discretisation, Dtype, FingerprintTask, ImageFormat, JoinOn, Joint, Method, OnError, Plane, Pooling, Precision, Preset, Roi, plain, split_list, subset_sizes,
+    BoundedGroup, Discretisation, Dtype, FingerprintTask, ImageFormat, JoinOn, Joint, Method, OnError, PersonaModel, Plane, Pooling, Precision, Preset, Roi, plain, split_list, subset_sizes,
 )
 from orthodiff.supervised.commands import register as register_supervised
 from orthodiff.tables import make_console
@@ -351,19 +351,20 @@ def persona(
     roi: Annotated[Roi, typer.Option(callback=plain, help="box (the paper's central box, split by --grid) or structures (stored masks).")] = Roi.box,
     grid: Annotated[int, typer.Option(help="Cells per axis of the central box: 1, 2 or 3.")] = 3,
     sampling_steps: Annotated[int, typer.Option(help="Reverse diffusion steps of the inpainting.")] = 50,
-    jumps: Annotated[int, typer.Option(help="RePaint resampling passes per step (1: none).")] = 2,
+    jumps: Annotated[int | None, typer.Option(help="RePaint resampling passes per step (1: none; default 2; not for --model ddpm).")] = None,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     workers: Annotated[int | None, typer.Option(help="Start a local Dask cluster of this many processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Use an existing Dask cluster (tcp://host:port).")] = None,
     series_batch: Annotated[int, typer.Option(help="Series per forward pass.")] = 8,
     repair: Annotated[bool, typer.Option("--repair", help="Also redo the shards that fail their checksum (see `store verify`).")] = False,
+    model: Annotated[PersonaModel, typer.Option(callback=plain, help="repaint: --backbone from `pretrain --healthy` with RePaint; ddpm: the paper's masked DDPM (linear schedule) from `persona-models --models ddpm`.")] = PersonaModel.repaint,
 ) -> None:
     """Inpaint each series' ROIs with a healthy backbone: its healthy persona (reruns finish what is missing)."""
     from orthodiff.personas.store import make_personas
 
     summary = make_personas(store, backbone, plane, roi, grid, sampling_steps, jumps, seed, workers, scheduler,
                             warn=lambda text: console.print(f"[yellow]warning:[/] {text}"), series_batch=series_batch,
-                            repair=repair)
+                            repair=repair, model=model)
     console.print(f"made {summary['series']} {plane} personas ({summary['rois']} ROIs, {summary['tasks']} tasks) "
                   f"in {summary['seconds']} s into personas/{summary['backbone']}/{plane}")
 

@@ -139,6 +139,7 @@ JoinOn = _choices("JoinOn", "accession study-uid case-id", "What a label CSV's j
 OnError = _choices("OnError", "fail skip", "What ingestion does with a bad series.")
 Dtype = _choices("Dtype", "float16 float32", "The stored dtype of activations.")
 Roi = _choices("Roi", "box structures", "Where personas are inpainted (personas.store.ROI_KINDS).")
+PersonaModel = _choices("PersonaModel", "repaint ddpm", "How personas are inpainted (personas.store.INPAINTERS).")
 Decoder = _choices("Decoder", "light skip", "The segmentation decoder (supervised.networks.DECODERS).")
 UnetrSize = _choices("UnetrSize", "paper small", "A UNETR size (supervised.networks.UNETR_SIZES).")
 FingerprintTask = _choices("FingerprintTask", "abnormal acl meniscus", "A fingerprint target (heads.fingerprint_cohort.TARGETS).")

@@ -66,7 +66,7 @@ def compare_persona_models(store: str, catalog: str | Path, plane: str, out: str
     x0 = volumes["test"]
     context_mean = (x0 * ~mask).sum((1, 2, 3, 4), keepdim=True) / (~mask).sum()
     completions = {"mean fill": torch.where(mask, context_mean, x0)}
-    healthy = {"catalog": str(catalog), "train_series": len(volumes["train"])}
+    healthy = {"catalog": str(catalog), "train_series": len(volumes["train"]), "plane": plane}
     for name in models:
         if name == "ddpm":
             model, _ = train_masked_ddpm(volumes["train"], mask, steps, batch, seed=seed, healthy=healthy)
