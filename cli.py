@@ -376,21 +376,24 @@ def persona_fidelity(
     catalog: Annotated[Path, typer.Option(help="Cohort catalog (labels decide healthy and lesion exams).")],
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
     backbone_id: Annotated[str | None, typer.Option(help="Backbone id in the store: the persona backbone, when several made personas.")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="DIR", help="Folder for the per-series and summary tables and fidelity.png (image / persona / residual).")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of series for the 95% CIs.")] = 500,
+    examples: Annotated[int, typer.Option(help="Healthy and lesion series drawn in fidelity.png (each).")] = 3,
 ) -> None:
-    """Persona fidelity: SSIM/MSE in the ROI on healthy exams, residual localisation on lesions."""
+    """Persona fidelity beside the mean- and blur-filled ROI: SSIM/MSE in the ROI on healthy exams, residual localisation on lesions."""
     from orthodiff.catalogs.cohort import read_catalog
-    from orthodiff.personas.fidelity import localisation, reproduction
+    from orthodiff.personas.fidelity import persona_fidelity as score
     from orthodiff.personas.reader import open_personas
     from orthodiff.tables import frame_table
 
-    ds, df = open_personas(store, plane, backbone_id), read_catalog(catalog)
-    rep = reproduction(ds, df, split)
-    console.print(frame_table(rep[["ssim", "mse", "mse_255"]].agg(["mean", "std"]).reset_index(),
-                              f"{plane} personas of {len(rep)} healthy {split} series (inside the ROI)"))
-    loc = localisation(ds, df, split)
+    tables = score(open_personas(store, plane, backbone_id), read_catalog(catalog), split, out, bootstrap, examples=examples)
+    rep, loc = tables["reproduction"], tables["localisation"]
+    if rep.series.max():
+        console.print(frame_table(rep.round(3), f"{plane}: {rep.series.iloc[0]} healthy {split} series, inside the ROI (95% CIs)"))
     if len(loc):
-        console.print(frame_table(loc.groupby("label").score.agg(["count", "mean", "median"]).reset_index(),
-                                  "localisation: residual energy share in the lesion / in a random region of its size"))
+        console.print(frame_table(loc.round(2), "localisation: residual energy share in the lesion / in a random region of its size (1: none)"))
+    if out:
+        console.print(f"wrote {out}/fidelity_*.csv and {out}/fidelity.png")
 
 
 @app.command()

@@ -173,7 +173,7 @@ LIMITS: dict[str, tuple[float, float | str, bool]] = {  # name -> (min, max, min
     "shift": (0, 1024, False), "central": (0, 10_000, False), "grid": (0, 3, False), "timestep": (0, 999, False),
     "every": (1, 100_000_000, False), "pretrain": (0, 100_000_000, False), "n": (1, 10_000, False),
     "permutations": (1, 1_000_000, False), "nsd_tolerance": (0, 100, False), "subset": (1, 10_000_000, False),
-    "val": (0, 1, False), "test": (0, 1, False), "healthy_share": (0, 1, False),
+    "val": (0, 1, False), "test": (0, 1, False), "healthy_share": (0, 1, False), "examples": (0, 1000, False),
     "bin_width": (0, 1e9, True), "fold": (1, 2, False), "min_pixels": (0, 10**6, False), "min_voxels": (0, 10**9, False),
     "train_shift": (0, 1024, False), "train_subjects": (0, 10_000_000, False), "iterations": (1, 100_000, False),
 }

@@ -164,6 +164,7 @@ def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path, plan
     """Central slice of the exam's image, persona and residual per plane (of `planes`, default
     all), ROI outlined."""
     from orthodiff.outputs import atomic_savefig, pyplot
+    from orthodiff.personas.fidelity import persona_panels
     from orthodiff.personas.reader import open_personas
 
     series = catalog[(catalog.case_id == exam) & (catalog.plane.isin(planes) if planes is not None else True)]
@@ -173,13 +174,8 @@ def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path, plan
     for row, (plane, sid) in zip(axes, zip(series.plane, series.series_id)):
         ds = open_personas(store, plane).sel(series=sid).load()
         z = ds.sizes["z"] // 2
-        image, persona = ds.image.values[z].astype(float), ds.persona.values[z].astype(float)
-        for ax, (title, data) in zip(row, (("image", image), ("persona", persona), ("residual", image - persona))):
-            scale = dict(cmap="gray", vmin=-1, vmax=1) if title != "residual" else dict(cmap="coolwarm", vmin=-2, vmax=2)
-            ax.imshow(data, **scale)
-            ax.contour(ds["mask"].values[z] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
-            ax.set_title(f"{exam} {plane}: {title}", fontsize=8)
-            ax.axis("off")
+        persona_panels(row, ds.image.values[z].astype(float), ds.persona.values[z].astype(float),
+                       ds["mask"].values[z] > 0, f"{exam} {plane}")
     fig.tight_layout()
     path = atomic_savefig(fig, png)
     plt.close(fig)

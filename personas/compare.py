@@ -48,12 +48,10 @@ def compare_persona_models(store: str, catalog: str | Path, plane: str, out: str
     """Train each of `models` for `steps` on the healthy training series, score the healthy
     test series; writes `persona_models` (per series) and `persona_models_summary` (mean SSIM
     and MSE with 95% CIs per model) to `out` and returns the summary."""
-    from scipy.stats import bootstrap
-
     from orthodiff.outputs import write_table
     from orthodiff.personas.comparators import train_persona_comparator
     from orthodiff.personas.ddpm import masked_inpaint, save_masked_ddpm, train_masked_ddpm
-    from orthodiff.personas.fidelity import roi_ssim_mse
+    from orthodiff.personas.fidelity import mean_ci, roi_ssim_mse
     from orthodiff.personas.rois import box_grid
 
     unknown = [m for m in models if m not in PERSONA_MODELS]
@@ -89,11 +87,8 @@ def compare_persona_models(store: str, catalog: str | Path, plane: str, out: str
         row = {"model": name, "plane": plane, "test_series": len(group), "train_series": len(volumes["train"]),
                "steps": 0 if name == "mean fill" else steps}
         for metric in ("ssim", "mse_255"):
-            values = group[metric].to_numpy()
-            row[metric] = float(values.mean())
-            ci = bootstrap((values,), np.mean, n_resamples=n_boot, method="percentile",
-                           random_state=seed).confidence_interval if len(values) > 1 else (np.nan, np.nan)
-            row[f"{metric}_ci"] = [float(ci[0]), float(ci[1])]
+            row[metric], *ci = mean_ci(group[metric], n_boot, seed)
+            row[f"{metric}_ci"] = ci
         summary.append(row)
     summary = pd.DataFrame(summary)
     write_table(per_series, out / "persona_models")
