@@ -183,7 +183,8 @@ def fidelity_tables(rep: pd.DataFrame, loc: pd.DataFrame, n_boot: int = 500, see
             mean, low, high = mean_ci(scores, n_boot, seed)
             local.append({"label": label, "completion": name, "series": int(scores.notna().sum()), "score": mean,
                           "score_low": low, "score_high": high, "median": float(scores.median())})
-    return {"reproduction": pd.DataFrame(rows), "localisation": pd.DataFrame(local)}
+    columns = ["label", "completion", "series", "score", "score_low", "score_high", "median"]
+    return {"reproduction": pd.DataFrame(rows), "localisation": pd.DataFrame(local, columns=columns)}
 
 
 def persona_panels(axes, image: np.ndarray, persona: np.ndarray, roi: np.ndarray, title: str,
@@ -202,7 +203,8 @@ def persona_panels(axes, image: np.ndarray, persona: np.ndarray, roi: np.ndarray
 
 def fidelity_figure(personas, healthy: list[str], lesion: list[tuple[str, str]], png) -> Path:
     """One row per series (`healthy` ids, then (`series`, label) lesion pairs): image,
-    persona and residual on the middle slice through the ROI (the lesion's structure outlined)."""
+    persona and residual on the middle slice through the ROI, for a lesion series the slice
+    with most of its lesion's structure inside the ROI (outlined in red)."""
     from orthodiff.catalogs.tasks import structures
     from orthodiff.outputs import atomic_savefig, pyplot
 
@@ -217,7 +219,11 @@ def fidelity_figure(personas, healthy: list[str], lesion: list[tuple[str, str]],
         roi = ds["mask"].values > 0
         zs = np.flatnonzero(roi.any(axis=(1, 2)))
         z = int(zs[len(zs) // 2])
-        lesion_mask = (ds["structure"].values[z] == value[LESION_STRUCTURES[label]]) if label else None
+        lesion_mask = None
+        if label:
+            lesion = (ds["structure"].values == value[LESION_STRUCTURES[label]]) & roi
+            z = int(lesion.sum(axis=(1, 2)).argmax()) if lesion.any() else z
+            lesion_mask = lesion[z]
         persona_panels(row, ds.image.values[z].astype(float), ds.persona.values[z].astype(float), roi[z],
                        f"{series} ({label or 'healthy'})", lesion_mask)
     fig.tight_layout()
