@@ -1,7 +1,7 @@
 """Bench: do healthy personas reconstruct healthy anatomy? A resumable background job.
 
     .venv/bin/python bench/experiments/personas_healthy.py --out runs/personas_healthy
-    .venv/bin/python bench/experiments/personas_healthy.py --out /tmp/ph --smoke   # seconds: the plumbing only
+    .venv/bin/python bench/experiments/personas_healthy.py --out /tmp/ph --smoke   # minutes: the plumbing only
 
 Stages (each skipped when its output is complete, so a killed run is rerun with the same
 command and goes on; the pretraining continues its own checkpoint, `pretrain --resume`):
@@ -41,27 +41,26 @@ PLANE = "sagittal"
 def arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/personas_healthy"))
-    parser.add_argument("--cases", type=int, default=200)
+    parser.add_argument("--cases", type=int, default=160)
     parser.add_argument("--healthy-share", type=float, default=0.7)
     parser.add_argument("--size", type=int, default=32, help="in-plane size (the demo preset's 32)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pretrain-steps", type=int, default=1200)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--pretrain-steps", type=int, default=150, help="in total: a rerun with more continues")
+    parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--every", type=int, default=50, help="checkpoint every this many steps (what a kill loses)")
-    parser.add_argument("--test-exams", type=int, default=12, help="healthy and lesion test exams scored (each)")
-    parser.add_argument("--sampling-steps", type=int, default=25)
+    parser.add_argument("--test-exams", type=int, default=8, help="healthy and lesion test exams scored (each)")
+    parser.add_argument("--sampling-steps", type=int, default=20)
     parser.add_argument("--jumps", type=int, default=1)
-    parser.add_argument("--ddpm-steps", type=int, default=600, help="masked-DDPM training steps (0: no DDPM)")
+    parser.add_argument("--ddpm-steps", type=int, default=400, help="masked-DDPM training steps (0: no DDPM)")
     parser.add_argument("--ddpm-sampling-steps", type=int, default=50)
     parser.add_argument("--bootstrap", type=int, default=1000)
-    parser.add_argument("--smoke", action="store_true", help="tiny everything: checks the plumbing in seconds")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.cases, args.size, args.pretrain_steps, args.every, args.test_exams = 12, 32, 2, 1, 2
-        args.sampling_steps, args.ddpm_steps, args.ddpm_sampling_steps, args.bootstrap = 2, 2, 2, 50
-        args.healthy_share = 0.5
-    return args
+    parser.add_argument("--smoke", action="store_true", help="tiny defaults: checks the plumbing in a few minutes")
+    argv = sys.argv[1:] if argv is None else argv
+    if "--smoke" in argv:
+        parser.set_defaults(cases=12, healthy_share=0.5, pretrain_steps=2, every=1, test_exams=2, sampling_steps=2,
+                            ddpm_steps=2, ddpm_sampling_steps=2, bootstrap=50)
+    return parser.parse_args(argv)
 
 
 class Runner:
@@ -173,37 +172,37 @@ def main(argv=None) -> None:
     from orthodiff.backbone import backbone_id
     from orthodiff.backbone.checkpoint import read_checkpoint
 
-    models = {"repaint": (backbone, backbone_id(backbone))}
-    if not run.done("persona-repaint"):
+    models = {"repaint": backbone_id(backbone)}  # stages below are keyed by the weights: more steps, new personas
+    if not run.done(f"persona-{models['repaint']}"):
         run("persona repaint", "persona", "--plane", PLANE, "--store", "test.zarr", "--backbone", backbone.name,
             "--roi", "box", "--grid", 1, "--sampling-steps", args.sampling_steps, "--jumps", args.jumps,
             "--seed", args.seed)
-        run.mark("persona-repaint")
+        run.mark(f"persona-{models['repaint']}")
 
     if args.ddpm_steps:
         ddpm = out / "ddpm" / f"ddpm_{PLANE}.pt"
-        if not run.done("ddpm-train"):
+        if not run.done(f"ddpm-train-{args.ddpm_steps}"):
             run("ddpm train", "persona-models", "--store", "store.zarr", "--catalog", "cohort/catalog.parquet",
                 "--plane", PLANE, "--out", "ddpm", "--models", "ddpm", "--steps", args.ddpm_steps,
                 "--sampling-steps", args.ddpm_sampling_steps, "--seed", args.seed)
-            run.mark("ddpm-train")
+            run.mark(f"ddpm-train-{args.ddpm_steps}")
         from orthodiff.personas.ddpm import ddpm_id
 
-        models["ddpm"] = (ddpm, ddpm_id(ddpm))
-        if not run.done("persona-ddpm"):
+        models["ddpm"] = ddpm_id(ddpm)
+        if not run.done(f"persona-{models['ddpm']}"):
             run("persona ddpm", "persona", "--plane", PLANE, "--store", "test.zarr", "--backbone", "ddpm/" + ddpm.name,
                 "--model", "ddpm", "--roi", "box", "--grid", 1, "--sampling-steps", args.ddpm_sampling_steps,
                 "--seed", args.seed)
-            run.mark("persona-ddpm")
+            run.mark(f"persona-{models['ddpm']}")
 
     sections = []
-    for name, (_, bid) in models.items():
+    for name, bid in models.items():
         folder = f"fidelity_{name}"
-        if not run.done(folder):
+        if not run.done(f"fidelity-{bid}"):
             run(f"fidelity {name}", "persona-fidelity", "--plane", PLANE, "--store", "test.zarr", "--catalog",
                 "cohort/catalog.parquet", "--split", "test", "--backbone-id", bid, "--out", folder,
                 "--bootstrap", args.bootstrap, "--examples", 3)
-            run.mark(folder)
+            run.mark(f"fidelity-{bid}")
         sections.append(fidelity_section(out / folder, f"{name} personas ({bid})"))
 
     healthy_train = (read_checkpoint(backbone).get("healthy") or {}).get("train_series", 0)
