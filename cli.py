@@ -389,7 +389,8 @@ def persona_fidelity(
     tables = score(open_personas(store, plane, backbone_id), read_catalog(catalog), split, out, bootstrap, examples=examples)
     rep, loc = tables["reproduction"], tables["localisation"]
     if rep.series.max():
-        console.print(frame_table(rep.round(3), f"{plane}: {rep.series.iloc[0]} healthy {split} series, inside the ROI (95% CIs)"))
+        console.print(frame_table(rep.round(3), f"{plane} personas of {rep.series.iloc[0]} healthy {split} series beside "
+                                                f"the mean- and blur-filled ROI (inside the ROI, 95% CIs)"))
     if len(loc):
         console.print(frame_table(loc.round(2), "localisation: residual energy share in the lesion / in a random region of its size (1: none)"))
     if out:

@@ -197,6 +197,8 @@ def _in_range(name: str, previous: Callable | None) -> Callable:
 
 def _locked(callback: Callable) -> Callable:
     def run(*args, **kwargs):
+        if kwargs["out"] is None:  # an optional output folder left out
+            return callback(*args, **kwargs)
         with folder_lock(kwargs["out"]):
             return callback(*args, **kwargs)
 
