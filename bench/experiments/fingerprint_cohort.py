@@ -158,23 +158,13 @@ def main() -> None:
     (out / "table.md").write_text(text)
     console.print(text)
     if args.page:
+        from personas_healthy import replace_section  # this script's folder is on the path
+
         command = "python bench/experiments/fingerprint_cohort.py " + " ".join(sys.argv[1:])
         replace_section(args.page, "fingerprint table", f"Made by `{command}` (backbone `{bid}`, personas "
                         f"{args.persona_steps} steps x {args.jumps} jumps; timings in s on the machine as loaded: "
                         f"{json.dumps(timings)}).\n\n{text}")
     console.print(f"timings (s, loaded machine): {timings}")
-
-
-def replace_section(page: Path, name: str, text: str) -> None:
-    """Put `text` between the page's `<!-- name -->` and `<!-- /name -->` markers (added at the end if missing)."""
-    content = page.read_text() if page.exists() else ""
-    start, stop = f"<!-- {name} -->", f"<!-- /{name} -->"
-    if start in content and stop in content:
-        head, rest = content.split(start, 1)
-        content = head + start + "\n" + text.rstrip() + "\n" + stop + rest.split(stop, 1)[1]
-    else:
-        content = content.rstrip() + f"\n\n{start}\n{text.rstrip()}\n{stop}\n"
-    page.write_text(content)
 
 
 def test_counts(catalog: pd.DataFrame, tasks) -> dict[str, tuple[int, int]]:

@@ -17,7 +17,8 @@ command and goes on; the pretraining continues its own checkpoint, `pretrain --r
 7. `persona-fidelity` of each persona model: SSIM / MSE inside the box on the healthy test
    exams with 95% CIs beside the mean- and blur-filled box, the localisation score on the
    lesion exams, and `fidelity.png` (image / persona / residual);
-8. `results.md`: the tables, the commands, the timings.
+8. `results.md`: the tables, the commands, the timings; with `--page`, the same into that docs
+   page (between its `<!-- healthy personas -->` markers, the pictures copied to docs/images/).
 
 Every command is printed (`$ orthodiff ...`) before it runs; timings go to `timings.json`.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -55,6 +57,7 @@ def arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--ddpm-steps", type=int, default=400, help="masked-DDPM training steps (0: no DDPM)")
     parser.add_argument("--ddpm-sampling-steps", type=int, default=50)
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--page", type=Path, help="docs page whose healthy-personas section gets the results")
     parser.add_argument("--smoke", action="store_true", help="tiny defaults: checks the plumbing in a few minutes")
     argv = sys.argv[1:] if argv is None else argv
     if "--smoke" in argv:
@@ -122,7 +125,7 @@ def checkpoint_step(path: Path) -> int:
     return int(read_checkpoint(path).get("step", 0)) if path.exists() else -1
 
 
-def fidelity_section(folder: Path, title: str) -> str:
+def fidelity_section(folder: Path, title: str, picture: str) -> str:
     rep = pd.read_csv(folder / "fidelity_reproduction.csv")
     loc = pd.read_csv(folder / "fidelity_localisation.csv")
     lines = [f"### {title}", "", "| completion of the box | healthy test series | SSIM (95% CI) | MSE 0-255 (95% CI) |",
@@ -135,8 +138,20 @@ def fidelity_section(folder: Path, title: str) -> str:
         for row in loc.itertuples():
             lines.append(f"| {row.label} | {row.completion} | {row.series} | {row.score:.2f} "
                          f"({row.score_low:.2f}-{row.score_high:.2f}) | {row.median:.2f} |")
-    lines += ["", f"![image, persona, residual]({folder.name}/fidelity.png)", ""]
+    lines += ["", f"![image, persona, residual]({picture})", ""]
     return "\n".join(lines)
+
+
+def replace_section(page: Path, name: str, text: str) -> None:
+    """Put `text` between the page's `<!-- name -->` and `<!-- /name -->` markers (added at the end if missing)."""
+    content = page.read_text() if page.exists() else ""
+    start, stop = f"<!-- {name} -->", f"<!-- /{name} -->"
+    if start in content and stop in content:
+        head, rest = content.split(start, 1)
+        content = head + start + "\n" + text.rstrip() + "\n" + stop + rest.split(stop, 1)[1]
+    else:
+        content = content.rstrip() + f"\n\n{start}\n{text.rstrip()}\n{stop}\n"
+    page.write_text(content)
 
 
 def main(argv=None) -> None:
@@ -195,7 +210,7 @@ def main(argv=None) -> None:
                 "--seed", args.seed)
             run.mark(f"persona-{models['ddpm']}")
 
-    sections = []
+    sections, page_sections = [], []
     for name, bid in models.items():
         folder = f"fidelity_{name}"
         if not run.done(f"fidelity-{bid}"):
@@ -203,7 +218,11 @@ def main(argv=None) -> None:
                 "cohort/catalog.parquet", "--split", "test", "--backbone-id", bid, "--out", folder,
                 "--bootstrap", args.bootstrap, "--examples", 3)
             run.mark(f"fidelity-{bid}")
-        sections.append(fidelity_section(out / folder, f"{name} personas ({bid})"))
+        sections.append(fidelity_section(out / folder, f"{name} personas ({bid})", f"{folder}/fidelity.png"))
+        if args.page:
+            picture = args.page.resolve().parent.parent / "images" / f"personas_healthy_{name}.png"
+            shutil.copyfile(out / folder / "fidelity.png", picture)
+            page_sections.append(fidelity_section(out / folder, f"{name} personas ({bid})", f"../images/{picture.name}"))
 
     healthy_train = (read_checkpoint(backbone).get("healthy") or {}).get("train_series", 0)
     header = [
@@ -219,6 +238,8 @@ def main(argv=None) -> None:
                 "```bash", *run.commands.values(), "```", ""]
     (out / "results.md").write_text("\n".join(header + sections + commands))
     print((out / "results.md").read_text())
+    if args.page:
+        replace_section(args.page, "healthy personas", "\n".join(header[2:] + page_sections + commands))
 
 
 if __name__ == "__main__":
