@@ -21,6 +21,12 @@ command and goes on; the pretraining continues its own checkpoint, `pretrain --r
    page (between its `<!-- healthy personas -->` markers, the pictures copied to docs/images/).
 
 Every command is printed (`$ orthodiff ...`) before it runs; timings go to `timings.json`.
+
+Cost with the defaults, from short timings on the 2-core machine shared with other jobs
+(2026-12-06): pretraining 5.9 s per step of 2 volumes (200 steps: 20 min), the masked DDPM
+0.7 s per step of 2 (800 steps: 9 min), RePaint 7.5 s per step for 8 series (16 series x 20
+steps: 5 min), DDPM sampling 0.35 s per series and step (16 x 50: 5 min), synth, ingestion
+and scoring a few minutes: about 45 minutes in all.
 """
 
 from __future__ import annotations
@@ -47,14 +53,14 @@ def arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--healthy-share", type=float, default=0.7)
     parser.add_argument("--size", type=int, default=32, help="in-plane size (the demo preset's 32)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pretrain-steps", type=int, default=150, help="in total: a rerun with more continues")
+    parser.add_argument("--pretrain-steps", type=int, default=200, help="in total: a rerun with more continues")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--every", type=int, default=50, help="checkpoint every this many steps (what a kill loses)")
     parser.add_argument("--test-exams", type=int, default=8, help="healthy and lesion test exams scored (each)")
     parser.add_argument("--sampling-steps", type=int, default=20)
     parser.add_argument("--jumps", type=int, default=1)
-    parser.add_argument("--ddpm-steps", type=int, default=400, help="masked-DDPM training steps (0: no DDPM)")
+    parser.add_argument("--ddpm-steps", type=int, default=800, help="masked-DDPM training steps (0: no DDPM)")
     parser.add_argument("--ddpm-sampling-steps", type=int, default=50)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--page", type=Path, help="docs page whose healthy-personas section gets the results")
