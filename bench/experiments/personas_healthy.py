@@ -6,7 +6,8 @@
 Stages (each skipped when its output is complete, so a killed run is rerun with the same
 command and goes on; the pretraining continues its own checkpoint, `pretrain --resume`):
 1. `synth` a knee cohort with a high share of healthy exams (`--healthy-share`);
-2. `ingest` its sagittal series (the plane the backbone is trained on) into `store.zarr`;
+2. `ingest` its sagittal series (the plane the backbone is trained on) into `store.zarr` at
+   32 px, as `orthodiff demo` does with its 64 px series, so the backbone serves the demo's chain;
 3. `pretrain --healthy` the sagittal backbone (demo preset, 16 x 32 x 32) on the healthy
    training series for `--pretrain-steps`, checkpoint every `--every` steps;
 4. `ingest` the held-out exams to score into `test.zarr`: the first `--test-exams` healthy
@@ -44,6 +45,7 @@ import pandas as pd
 
 LESIONS = ("ACL", "PCL", "MM", "LM")  # labels whose structure mask the localisation score uses
 PLANE = "sagittal"
+INGEST_SIZE = 32  # the demo preset's volumes (16 x 32 x 32), as `orthodiff demo` ingests its 64 px cohort
 
 
 def arguments(argv=None) -> argparse.Namespace:
@@ -51,7 +53,7 @@ def arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/personas_healthy"))
     parser.add_argument("--cases", type=int, default=160)
     parser.add_argument("--healthy-share", type=float, default=0.7)
-    parser.add_argument("--size", type=int, default=32, help="in-plane size (the demo preset's 32)")
+    parser.add_argument("--size", type=int, default=64, help="in-plane size of the synthetic series (the demo's 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrain-steps", type=int, default=200, help="in total: a rerun with more continues")
     parser.add_argument("--batch", type=int, default=2)
@@ -176,7 +178,7 @@ def main(argv=None) -> None:
     score_catalog = written_catalog(test_exams(catalog, args.test_exams), out / "cohort" / "scored.parquet").relative_to(out)
 
     if not run.done("ingest"):
-        run("ingest", "ingest", "--catalog", train_catalog, "--store", "store.zarr", "--size", args.size)
+        run("ingest", "ingest", "--catalog", train_catalog, "--store", "store.zarr", "--size", INGEST_SIZE)
         run.mark("ingest")
 
     backbone = out / f"healthy_{PLANE}.pt"
@@ -187,7 +189,7 @@ def main(argv=None) -> None:
             *(["--resume"] if backbone.exists() else []))
 
     if not run.done("ingest-test"):
-        run("ingest test", "ingest", "--catalog", score_catalog, "--store", "test.zarr", "--size", args.size)
+        run("ingest test", "ingest", "--catalog", score_catalog, "--store", "test.zarr", "--size", INGEST_SIZE)
         run.mark("ingest-test")
 
     from orthodiff.backbone import backbone_id
@@ -233,7 +235,8 @@ def main(argv=None) -> None:
     healthy_train = (read_checkpoint(backbone).get("healthy") or {}).get("train_series", 0)
     header = [
         "# Healthy personas on a synthetic cohort", "",
-        f"{args.cases} knee exams ({args.healthy_share:.0%} healthy), {args.size} px, seed {args.seed}; sagittal "
+        f"{args.cases} knee exams ({args.healthy_share:.0%} healthy), {args.size} px ingested at {INGEST_SIZE}, seed "
+        f"{args.seed}; sagittal "
         f"backbone (demo preset) pretrained on {healthy_train} healthy training series for {checkpoint_step(backbone)} "
         f"steps of {args.batch} (lr {args.lr}); personas of the central box with {args.sampling_steps} RePaint steps x "
         f"{args.jumps} jumps" + (f", masked DDPM {args.ddpm_steps} steps, {args.ddpm_sampling_steps} sampling steps"
