@@ -460,7 +460,7 @@ def persona_models_command(
     sampling_steps: Annotated[int, typer.Option(help="DDPM reverse steps (of its 1000).")] = 50,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """The paper's reconstruction-model comparison: masked DDPM, GAN, ViT autoencoder and mean fill, ROI SSIM/MSE on healthy test series."""
+    """The paper's reconstruction-model comparison: masked DDPM, GAN, ViT autoencoder, mean and blur fills, ROI SSIM/MSE on healthy test series."""
     from orthodiff.options import split_list
     from orthodiff.personas.compare import PERSONA_MODELS, compare_persona_models
     from orthodiff.tables import frame_table

@@ -79,7 +79,7 @@ def test_persona_models_command_compares_ddpm_gan_vit_and_mean_fill(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     per_series = pd.read_csv(tmp_path / "pm" / "persona_models.csv")
-    assert set(per_series.model) == {"mean fill", "ddpm", "gan", "vit_ae"} and set(per_series.series) == {"s4", "s5"}
+    assert set(per_series.model) == {"mean fill", "blur fill", "ddpm", "gan", "vit_ae"} and set(per_series.series) == {"s4", "s5"}
     assert per_series.ssim.between(-1, 1).all() and (per_series.mse > 0).all()
     from orthodiff.personas.ddpm import load_masked_ddpm
 
