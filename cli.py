@@ -13,7 +13,7 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.evaluation.commands import register as register_evaluation
 from orthodiff.heads import defaults as PAPER
 from orthodiff.options import (
-    BoundedGroup, Discretisation, Dtype, FingerprintTask, ImageFormat, JoinOn, Joint, Method, OnError, Plane, Pooling, Precision, Preset, Roi, plain, split_list, subset_sizes,
+    BoundedGroup, Discretisation, Dtype, FingerprintTask, ImageFormat, JoinOn, Joint, Method, OnError, PersonaModel, Plane, Pooling, Precision, Preset, Roi, plain, split_list, subset_sizes,
 )
 from orthodiff.supervised.commands import register as register_supervised
 from orthodiff.tables import make_console
@@ -212,13 +212,14 @@ def synth(
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
     format: Annotated[ImageFormat, typer.Option("--format", callback=plain, help="File format of the series.")] = ImageFormat.nifti,
     preview: Annotated[Path | None, typer.Option(help="Also write a PNG montage of the first exam.")] = None,
+    healthy_share: Annotated[float | None, typer.Option(help="Share of exams with every label 0 (e.g. 0.5 for persona backbones); default: the label priors' own (about 9% for the knee).")] = None,
 ) -> None:
     """Generate a synthetic cohort (phantom images, masks, catalog) with realistic labels and sites."""
     from orthodiff.catalogs.cohort import cohort_summary, read_catalog
     from orthodiff.catalogs.synth import preview as write_preview, synthesize
     from orthodiff.tables import frame_table
 
-    catalog = synthesize(joint, cases, size, seed, out, fmt=format)
+    catalog = synthesize(joint, cases, size, seed, out, fmt=format, healthy_share=healthy_share)
     df = read_catalog(catalog)
     console.print(f"wrote {catalog}: {len(df)} series of {cases} {joint} exams ({format}, {size}x{size})")
     console.print(frame_table(cohort_summary(df)["labels"][["label", "positive", "prevalence"]], "Labels"))
@@ -350,19 +351,20 @@ def persona(
     roi: Annotated[Roi, typer.Option(callback=plain, help="box (the paper's central box, split by --grid) or structures (stored masks).")] = Roi.box,
     grid: Annotated[int, typer.Option(help="Cells per axis of the central box: 1, 2 or 3.")] = 3,
     sampling_steps: Annotated[int, typer.Option(help="Reverse diffusion steps of the inpainting.")] = 50,
-    jumps: Annotated[int, typer.Option(help="RePaint resampling passes per step (1: none).")] = 2,
+    jumps: Annotated[int | None, typer.Option(help="RePaint resampling passes per step (1: none; default 2; not for --model ddpm).")] = None,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     workers: Annotated[int | None, typer.Option(help="Start a local Dask cluster of this many processes.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Use an existing Dask cluster (tcp://host:port).")] = None,
     series_batch: Annotated[int, typer.Option(help="Series per forward pass.")] = 8,
     repair: Annotated[bool, typer.Option("--repair", help="Also redo the shards that fail their checksum (see `store verify`).")] = False,
+    model: Annotated[PersonaModel, typer.Option(callback=plain, help="repaint: --backbone from `pretrain --healthy` with RePaint; ddpm: the paper's masked DDPM (linear schedule) from `persona-models --models ddpm`.")] = PersonaModel.repaint,
 ) -> None:
     """Inpaint each series' ROIs with a healthy backbone: its healthy persona (reruns finish what is missing)."""
     from orthodiff.personas.store import make_personas
 
     summary = make_personas(store, backbone, plane, roi, grid, sampling_steps, jumps, seed, workers, scheduler,
                             warn=lambda text: console.print(f"[yellow]warning:[/] {text}"), series_batch=series_batch,
-                            repair=repair)
+                            repair=repair, model=model)
     console.print(f"made {summary['series']} {plane} personas ({summary['rois']} ROIs, {summary['tasks']} tasks) "
                   f"in {summary['seconds']} s into personas/{summary['backbone']}/{plane}")
 
@@ -374,21 +376,25 @@ def persona_fidelity(
     catalog: Annotated[Path, typer.Option(help="Cohort catalog (labels decide healthy and lesion exams).")],
     split: Annotated[str, typer.Option(help="Split to score.")] = "test",
     backbone_id: Annotated[str | None, typer.Option(help="Backbone id in the store: the persona backbone, when several made personas.")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="DIR", help="Folder for the per-series and summary tables and fidelity.png (image / persona / residual).")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of series for the 95% CIs.")] = 500,
+    examples: Annotated[int, typer.Option(help="Healthy and lesion series drawn in fidelity.png (each).")] = 3,
 ) -> None:
-    """Persona fidelity: SSIM/MSE in the ROI on healthy exams, residual localisation on lesions."""
+    """Persona fidelity beside the mean- and blur-filled ROI: SSIM/MSE in the ROI on healthy exams, residual localisation on lesions."""
     from orthodiff.catalogs.cohort import read_catalog
-    from orthodiff.personas.fidelity import localisation, reproduction
+    from orthodiff.personas.fidelity import persona_fidelity as score
     from orthodiff.personas.reader import open_personas
     from orthodiff.tables import frame_table
 
-    ds, df = open_personas(store, plane, backbone_id), read_catalog(catalog)
-    rep = reproduction(ds, df, split)
-    console.print(frame_table(rep[["ssim", "mse", "mse_255"]].agg(["mean", "std"]).reset_index(),
-                              f"{plane} personas of {len(rep)} healthy {split} series (inside the ROI)"))
-    loc = localisation(ds, df, split)
+    tables = score(open_personas(store, plane, backbone_id), read_catalog(catalog), split, out, bootstrap, examples=examples)
+    rep, loc = tables["reproduction"], tables["localisation"]
+    if rep.series.max():
+        console.print(frame_table(rep.round(3), f"{plane} personas of {rep.series.iloc[0]} healthy {split} series beside "
+                                                f"the mean- and blur-filled ROI (inside the ROI, 95% CIs)"))
     if len(loc):
-        console.print(frame_table(loc.groupby("label").score.agg(["count", "mean", "median"]).reset_index(),
-                                  "localisation: residual energy share in the lesion / in a random region of its size"))
+        console.print(frame_table(loc.round(2), "localisation: residual energy share in the lesion / in a random region of its size (1: none)"))
+    if out:
+        console.print(f"wrote {out}/fidelity_*.csv and {out}/fidelity.png")
 
 
 @app.command()
@@ -454,7 +460,7 @@ def persona_models_command(
     sampling_steps: Annotated[int, typer.Option(help="DDPM reverse steps (of its 1000).")] = 50,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """The paper's reconstruction-model comparison: masked DDPM, GAN, ViT autoencoder and mean fill, ROI SSIM/MSE on healthy test series."""
+    """The paper's reconstruction-model comparison: masked DDPM, GAN, ViT autoencoder, mean and blur fills, ROI SSIM/MSE on healthy test series."""
     from orthodiff.options import split_list
     from orthodiff.personas.compare import PERSONA_MODELS, compare_persona_models
     from orthodiff.tables import frame_table

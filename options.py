@@ -139,6 +139,7 @@ JoinOn = _choices("JoinOn", "accession study-uid case-id", "What a label CSV's j
 OnError = _choices("OnError", "fail skip", "What ingestion does with a bad series.")
 Dtype = _choices("Dtype", "float16 float32", "The stored dtype of activations.")
 Roi = _choices("Roi", "box structures", "Where personas are inpainted (personas.store.ROI_KINDS).")
+PersonaModel = _choices("PersonaModel", "repaint ddpm", "How personas are inpainted (personas.store.INPAINTERS).")
 Decoder = _choices("Decoder", "light skip", "The segmentation decoder (supervised.networks.DECODERS).")
 UnetrSize = _choices("UnetrSize", "paper small", "A UNETR size (supervised.networks.UNETR_SIZES).")
 FingerprintTask = _choices("FingerprintTask", "abnormal acl meniscus", "A fingerprint target (heads.fingerprint_cohort.TARGETS).")
@@ -172,7 +173,7 @@ LIMITS: dict[str, tuple[float, float | str, bool]] = {  # name -> (min, max, min
     "shift": (0, 1024, False), "central": (0, 10_000, False), "grid": (0, 3, False), "timestep": (0, 999, False),
     "every": (1, 100_000_000, False), "pretrain": (0, 100_000_000, False), "n": (1, 10_000, False),
     "permutations": (1, 1_000_000, False), "nsd_tolerance": (0, 100, False), "subset": (1, 10_000_000, False),
-    "val": (0, 1, False), "test": (0, 1, False),
+    "val": (0, 1, False), "test": (0, 1, False), "healthy_share": (0, 1, False), "examples": (0, 1000, False),
     "bin_width": (0, 1e9, True), "fold": (1, 2, False), "min_pixels": (0, 10**6, False), "min_voxels": (0, 10**9, False),
     "train_shift": (0, 1024, False), "train_subjects": (0, 10_000_000, False), "iterations": (1, 100_000, False),
 }
@@ -196,6 +197,8 @@ def _in_range(name: str, previous: Callable | None) -> Callable:
 
 def _locked(callback: Callable) -> Callable:
     def run(*args, **kwargs):
+        if kwargs["out"] is None:  # an optional output folder left out
+            return callback(*args, **kwargs)
         with folder_lock(kwargs["out"]):
             return callback(*args, **kwargs)
 

@@ -126,7 +126,11 @@ def load_backbone(path: str | Path, device: str | torch.device | None = None, ck
 
 def backbone_id(path: str | Path, ckpt: dict | None = None) -> str:
     """A stable content hash of the U-Net weights (prefix and container independent)."""
-    state = unet_state(ckpt if ckpt is not None else read_checkpoint(path))
+    return state_id(unet_state(ckpt if ckpt is not None else read_checkpoint(path)))
+
+
+def state_id(state: dict[str, torch.Tensor]) -> str:
+    """A stable content hash of a state dict (names, dtypes, shapes and bytes)."""
     digest = hashlib.sha256()
     for key in sorted(state):
         tensor = state[key].detach().cpu().contiguous()

@@ -60,8 +60,28 @@ FAT_SUPPRESSION = 0.9  # share of the fat signal a fat-suppressed protocol remov
 REPEAT_RATE, MISSING_RATE, EHR_MISSING_RATE = 0.05, 0.02, 0.10
 
 
-def draw_labels(joint: str, n: int, rng: np.random.Generator) -> pd.DataFrame:
-    """0/1 labels of `n` exams with exact quotas per driver stratum (see PRIORS)."""
+def draw_labels(joint: str, n: int, rng: np.random.Generator, healthy_share: float | None = None) -> pd.DataFrame:
+    """0/1 labels of `n` exams with exact quotas per driver stratum (see PRIORS).
+
+    With `healthy_share`, exactly round(share * n) exams have every label 0 (at random
+    positions) and the others are drawn from the same priors conditioned on at least one
+    positive label, so their co-occurrence is the default cohort's; None keeps the priors'
+    own share (about 9% for the knee) and the default cohort's bytes."""
+    if healthy_share is None:
+        return _prior_labels(joint, n, rng)
+    if not 0 <= healthy_share <= 1:
+        raise OrthodiffError(f"--healthy-share {healthy_share}: expected a share between 0 and 1")
+    healthy = int(round(healthy_share * n))
+    lesion = np.zeros((0, len(get_task(joint).label_columns)), int)
+    while len(lesion) < n - healthy:  # rejection: keep the exams with a lesion
+        batch = _prior_labels(joint, max(2 * (n - healthy), 16), rng).to_numpy()
+        lesion = np.concatenate([lesion, batch[batch.any(axis=1)]])
+    labels = pd.DataFrame(0, index=range(n), columns=get_task(joint).label_columns)
+    labels.iloc[np.flatnonzero(rng.permutation(n) >= healthy)] = lesion[: n - healthy]
+    return labels
+
+
+def _prior_labels(joint: str, n: int, rng: np.random.Generator) -> pd.DataFrame:
     driver, p_driver, others = PRIORS[joint]
     labels = pd.DataFrame(0, index=range(n), columns=get_task(joint).label_columns)
     positive = rng.permutation(n) < round(p_driver * n)
@@ -113,9 +133,9 @@ class Exam:
         return f"P{self.index:05d}"
 
 
-def plan_exams(joint: str, cases: int, seed: int) -> tuple[list[Exam], pd.DataFrame]:
+def plan_exams(joint: str, cases: int, seed: int, healthy_share: float | None = None) -> tuple[list[Exam], pd.DataFrame]:
     rng = np.random.default_rng([seed, 0])
-    labels = draw_labels(joint, cases, rng)
+    labels = draw_labels(joint, cases, rng, healthy_share)
     ehr = draw_ehr(labels, rng)
     exams = []
     for i in range(cases):
@@ -275,19 +295,23 @@ def dicom_acquisition(protocol: Protocol, field_strength: float) -> dict:
 def synthesize(
     joint: str, cases: int, size: int, seed: int, out: str | Path, fmt: str = "nifti",
     progress: bool | Advance = True, workers: int | None = None, val: float = 0.15, test: float = 0.2,
+    healthy_share: float | None = None,
 ) -> Path:
     """Write a synthetic cohort to `out` (images/, masks/, catalog.parquet); returns the
-    catalog path. The catalog is written last, so its presence means the cohort is complete."""
+    catalog path. The catalog is written last, so its presence means the cohort is complete.
+    `healthy_share`: the share of exams with every label 0 (see `draw_labels`)."""
     if joint not in joints():
         raise OrthodiffError(f"--joint {joint!r}: expected one of {joints()}")
     if fmt not in ("nifti", "dicom"):
         raise OrthodiffError(f"--format {fmt!r}: expected 'nifti' or 'dicom'")
     if cases < 1 or size < 16:
         raise OrthodiffError(f"need at least 1 case and --size 16 (got {cases} cases, size {size})")
+    if healthy_share is not None and not 0 <= healthy_share <= 1:
+        raise OrthodiffError(f"--healthy-share {healthy_share}: expected a share between 0 and 1")
     out = Path(out)
     for sub in ("images", "masks", "t2"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    exams, ehr = plan_exams(joint, cases, seed)
+    exams, ehr = plan_exams(joint, cases, seed, healthy_share)
     workers = workers or (min(os.cpu_count() or 1, 4) if cases >= 8 else 1)
     rows: list[dict] = []
     with maybe_progress(progress, f"synth {joint}", cases, "exams") as advance:

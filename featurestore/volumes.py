@@ -206,15 +206,15 @@ def geometry_coords(ds: xr.Dataset) -> dict[str, xr.DataArray]:
     return out
 
 
-def plane_volumes(store: str, plane: str, image_size: int, checkpoint) -> tuple[xr.Dataset, dict[str, int]]:
-    """The lazy volumes of one plane that a backbone of `image_size` px (from `checkpoint`)
-    will read, and every stored series' row (tasks read their own rows by index)."""
+def plane_volumes(store: str, plane: str, image_size: int | None, checkpoint) -> tuple[xr.Dataset, dict[str, int]]:
+    """The lazy volumes of one plane that a backbone of `image_size` px (from `checkpoint`;
+    None: any size) will read, and every stored series' row (tasks read their own rows by index)."""
     ds = open_volumes(store)
     row_of = {s: i for i, s in enumerate(ds.series.values.tolist())}
     ds = ds.isel(series=np.flatnonzero(ds.plane.values == plane))
     if not ds.sizes["series"]:
         raise OrthodiffError(f"{store}: no {plane} volumes (ingest them first)")
-    if ds.sizes["x"] != image_size:
+    if image_size is not None and ds.sizes["x"] != image_size:
         raise OrthodiffError(f"{checkpoint}: backbone expects {image_size} px volumes, the store holds {ds.sizes['x']} px")
     return ds, row_of
 

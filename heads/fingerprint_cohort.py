@@ -138,15 +138,16 @@ def usage_features(store: str, timestep: int | None = None, block: str | None = 
     return pd.concat(parts, axis=1)
 
 
-def usage_images(store: str, exams, planes) -> np.ndarray:
+def usage_images(store: str, exams, planes, backbones: dict | None = None) -> np.ndarray:
     """(exams, planes, D, H, W) float32: each exam's first-scan volume per plane as the
     personas group holds it (0 where the exam lacks the plane), the usage predictor's input.
-    In memory: for demo-sized cohorts."""
+    In memory: for demo-sized cohorts. `backbones`: plane -> persona backbone id, where the
+    store holds personas of several."""
     from orthodiff.personas.reader import open_personas
 
     out = None
     for c, plane in enumerate(planes):
-        ds = open_personas(store, plane)
+        ds = open_personas(store, plane, (backbones or {}).get(plane))
         ds = ds.isel(series=np.flatnonzero(ds.scan.values == ds.scan.values.min()))
         image = ds.image.values.astype(np.float32)
         if out is None:
@@ -160,10 +161,12 @@ def usage_images(store: str, exams, planes) -> np.ndarray:
     return out
 
 
-def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path, planes=None) -> Path:
+def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path, planes=None,
+                   backbones: dict | None = None) -> Path:
     """Central slice of the exam's image, persona and residual per plane (of `planes`, default
-    all), ROI outlined."""
+    all; `backbones`: plane -> persona backbone id), ROI outlined."""
     from orthodiff.outputs import atomic_savefig, pyplot
+    from orthodiff.personas.fidelity import persona_panels
     from orthodiff.personas.reader import open_personas
 
     series = catalog[(catalog.case_id == exam) & (catalog.plane.isin(planes) if planes is not None else True)]
@@ -171,15 +174,10 @@ def persona_figure(store: str, catalog: pd.DataFrame, exam: str, png: Path, plan
     plt = pyplot()
     fig, axes = plt.subplots(len(series), 3, figsize=(9, 3 * len(series)), squeeze=False)
     for row, (plane, sid) in zip(axes, zip(series.plane, series.series_id)):
-        ds = open_personas(store, plane).sel(series=sid).load()
+        ds = open_personas(store, plane, (backbones or {}).get(plane)).sel(series=sid).load()
         z = ds.sizes["z"] // 2
-        image, persona = ds.image.values[z].astype(float), ds.persona.values[z].astype(float)
-        for ax, (title, data) in zip(row, (("image", image), ("persona", persona), ("residual", image - persona))):
-            scale = dict(cmap="gray", vmin=-1, vmax=1) if title != "residual" else dict(cmap="coolwarm", vmin=-2, vmax=2)
-            ax.imshow(data, **scale)
-            ax.contour(ds["mask"].values[z] > 0, levels=[0.5], colors="yellow", linewidths=0.8)
-            ax.set_title(f"{exam} {plane}: {title}", fontsize=8)
-            ax.axis("off")
+        persona_panels(row, ds.image.values[z].astype(float), ds.persona.values[z].astype(float),
+                       ds["mask"].values[z] > 0, f"{exam} {plane}")
     fig.tight_layout()
     path = atomic_savefig(fig, png)
     plt.close(fig)
@@ -197,6 +195,7 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
     catalog = read_catalog(catalog_path)
     y = target(catalog, task)
     radiomics = open_radiomics(store, settings=settings)
+    backbones = radiomics.attrs.get("persona_backbones", {})  # the personas these features were computed on
     have = set(radiomics.source.values.tolist())
     split = catalog.groupby("case_id")["split"].first()
     patient = catalog.groupby("case_id")["patient_id"].first()
@@ -216,7 +215,7 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
                                  f"({ {s: int(y.reindex(v).sum()) for s, v in exams.items()} } positives)")
 
         if isinstance(estimator, FingerprintClassifier) and estimator.usage == "diffusion" and images is None:
-            images = dict(zip(X.index, usage_images(store, X.index, usage_encoder.planes)))
+            images = dict(zip(X.index, usage_images(store, X.index, usage_encoder.planes, backbones)))
 
         def inputs(idx):
             if isinstance(estimator, FingerprintClassifier) and estimator.usage == "diffusion":
@@ -264,10 +263,11 @@ def run_fingerprint(store: str, catalog_path: str | Path, task: str, out: str | 
     write_table(table, out / "metrics")
     positives = [e for e in exams["test"] if y.get(e, 0) == 1]
     if positives:
-        persona_figure(store, catalog, positives[0], out / "persona_example.png", np.unique(radiomics.plane.values).tolist())
+        persona_figure(store, catalog, positives[0], out / "persona_example.png", np.unique(radiomics.plane.values).tolist(),
+                       backbones)
     from orthodiff.personas.reader import open_personas
 
-    personas = {plane: {k: open_personas(store, plane).attrs.get(k) for k in ("backbone_id", "healthy")}
+    personas = {plane: {k: open_personas(store, plane, backbones.get(plane)).attrs.get(k) for k in ("backbone_id", "healthy")}
                 for plane in np.unique(radiomics.plane.values).tolist()} if "persona" in have else {}
     method = {"spatial_indices": True, **{k: v for k, v in FingerprintClassifier().get_params().items()
                                           if k in ("beta_penalty", "youden_every", "fit_intercept", "lambda_u", "lambda_beta")}}

@@ -4,7 +4,8 @@ The masked-input DDPM (`personas.ddpm`), the GAN and the ViT autoencoder
 (`personas.comparators`) are trained on the healthy training series of one plane with the
 paper's central box masked, then complete the box of the healthy test series; each is scored
 with the same ROI SSIM and MSE as `orthodiff persona-fidelity` (`fidelity.roi_ssim_mse`),
-beside the simplest baseline, the box filled with the mean of its context. RePaint personas
+beside its two model-free baselines (`fidelity.fill_baselines`: the box filled with the
+mean of its surroundings, and with a blurred copy of them). RePaint personas
 made by `orthodiff persona` are scored by `persona-fidelity` on the same series and box.
 CIs are percentile bootstraps over test series (scipy).
 """
@@ -48,12 +49,10 @@ def compare_persona_models(store: str, catalog: str | Path, plane: str, out: str
     """Train each of `models` for `steps` on the healthy training series, score the healthy
     test series; writes `persona_models` (per series) and `persona_models_summary` (mean SSIM
     and MSE with 95% CIs per model) to `out` and returns the summary."""
-    from scipy.stats import bootstrap
-
     from orthodiff.outputs import write_table
     from orthodiff.personas.comparators import train_persona_comparator
     from orthodiff.personas.ddpm import masked_inpaint, save_masked_ddpm, train_masked_ddpm
-    from orthodiff.personas.fidelity import roi_ssim_mse
+    from orthodiff.personas.fidelity import BASELINES, fill_baselines, mean_ci, roi_ssim_mse
     from orthodiff.personas.rois import box_grid
 
     unknown = [m for m in models if m not in PERSONA_MODELS]
@@ -64,9 +63,10 @@ def compare_persona_models(store: str, catalog: str | Path, plane: str, out: str
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     x0 = volumes["test"]
-    context_mean = (x0 * ~mask).sum((1, 2, 3, 4), keepdim=True) / (~mask).sum()
-    completions = {"mean fill": torch.where(mask, context_mean, x0)}
-    healthy = {"catalog": str(catalog), "train_series": len(volumes["train"])}
+    fills = [fill_baselines(v[0].numpy(), mask.numpy()) for v in x0]  # the two model-free completions
+    completions = {name.replace("_", " "): torch.from_numpy(np.stack([f[name] for f in fills])[:, None]).to(x0.dtype)
+                   for name in BASELINES}
+    healthy = {"catalog": str(catalog), "train_series": len(volumes["train"]), "plane": plane}
     for name in models:
         if name == "ddpm":
             model, _ = train_masked_ddpm(volumes["train"], mask, steps, batch, seed=seed, healthy=healthy)
@@ -87,13 +87,10 @@ def compare_persona_models(store: str, catalog: str | Path, plane: str, out: str
     summary = []
     for name, group in per_series.groupby("model", sort=False):
         row = {"model": name, "plane": plane, "test_series": len(group), "train_series": len(volumes["train"]),
-               "steps": 0 if name == "mean fill" else steps}
+               "steps": 0 if name in ("mean fill", "blur fill") else steps}
         for metric in ("ssim", "mse_255"):
-            values = group[metric].to_numpy()
-            row[metric] = float(values.mean())
-            ci = bootstrap((values,), np.mean, n_resamples=n_boot, method="percentile",
-                           random_state=seed).confidence_interval if len(values) > 1 else (np.nan, np.nan)
-            row[f"{metric}_ci"] = [float(ci[0]), float(ci[1])]
+            row[metric], *ci = mean_ci(group[metric], n_boot, seed)
+            row[f"{metric}_ci"] = ci
         summary.append(row)
     summary = pd.DataFrame(summary)
     write_table(per_series, out / "persona_models")

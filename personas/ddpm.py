@@ -27,6 +27,8 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.training import is_small, one_thread
 
 TIMESTEPS, BETA_START, BETA_END = 1000, 1e-4, 2e-2  # sec. 5.2.1
+POLICY = "masked DDPM (linear betas 1e-4..2e-2, T=1000): DDPM reverse steps conditioned on the masked context, " \
+         "known voxels kept; noise from torch.Generator(sha256(seed, series, -1)), CPU, one series at a time"
 
 
 def scheduler():
@@ -96,7 +98,7 @@ def train_masked_ddpm(volumes: torch.Tensor, mask: torch.Tensor, steps: int, bat
         raise OrthodiffError("the ROI mask is empty: nothing to learn to inpaint")
     torch.manual_seed(seed)
     model, schedule = MaskedDDPM(**config), scheduler()
-    model.healthy = healthy
+    model.healthy, model.shape = healthy, list(volumes.shape[2:])
     generator = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     m = mask.to(volumes.dtype)[None, None].expand(batch, 1, *mask.shape)
@@ -118,7 +120,7 @@ def save_masked_ddpm(model: MaskedDDPM, path: str | Path) -> Path:
 
     return save_atomic({"model": model.state_dict(), "config": model.config, "kind": "masked_ddpm",
                         "schedule": {"kind": "linear", "beta_start": BETA_START, "beta_end": BETA_END},
-                        "healthy": getattr(model, "healthy", None)}, path)
+                        "healthy": getattr(model, "healthy", None), "shape": getattr(model, "shape", None)}, path)
 
 
 def load_masked_ddpm(path: str | Path, require_healthy: bool = True) -> MaskedDDPM:
@@ -135,5 +137,12 @@ def load_masked_ddpm(path: str | Path, require_healthy: bool = True) -> MaskedDD
                              "personas would not be healthy baselines; retrain on the healthy exams")
     model = MaskedDDPM(tuple(ckpt["config"]["channels"]), ckpt["config"]["norm_groups"])
     model.load_state_dict(ckpt["model"])
-    model.healthy = ckpt.get("healthy")
+    model.healthy, model.shape = ckpt.get("healthy"), ckpt.get("shape")
     return model.eval()
+
+
+def ddpm_id(path: str | Path) -> str:
+    """The persona-group id of a masked-DDPM checkpoint: `ddpm-` and its weights' hash."""
+    from orthodiff.backbone.checkpoint import read_checkpoint, state_id
+
+    return f"ddpm-{state_id(read_checkpoint(path)['model'])}"

@@ -10,7 +10,12 @@ Layout (`xarray.open_zarr(store, group="personas/<backbone id>/<plane>")`):
         series, case_id, patient_id, scan   as in the feature groups
     _records/personas/<backbone id>/<plane>/<shard>.json   completion records
 
-The union of the ROIs is inpainted in one pass (as the paper masks the union, sec. 5.2.1).
+The union of the ROIs is inpainted in one pass (as the paper masks the union, sec. 5.2.1),
+by one of `INPAINTERS`: `repaint` (our healthy backbone with RePaint, `personas.inpaint`;
+the default) or `ddpm` (the paper's masked-input DDPM with its linear schedule,
+`personas.ddpm`, trained by `orthodiff persona-models --models ddpm`, box ROIs only). The
+model is in the attributes (`model`), its sampling policy in every completion record's
+fingerprint and the DDPM's group id starts with `ddpm-`, so the two never mix.
 Work is planned and run (here or on Dask) as `extract` does, with its `Task` and `run_tasks`,
 and created, recorded and verified through `featurestore.series_groups`: one task owns one
 shard of `SHARD_SERIES` series.
@@ -36,17 +41,29 @@ from orthodiff.featurestore.jobs import Task, run_tasks
 from orthodiff.featurestore.series_groups import complete_rows, prepare_group, repair_group, series_specs, shard_runs, write_shard
 from orthodiff.featurestore.store import consolidate, open_root
 from orthodiff.featurestore.volumes import GROUP as VOLUMES, plane_volumes
+from orthodiff.personas import ddpm
 from orthodiff.personas.inpaint import POLICY, repaint, series_generator
 from orthodiff.personas.reader import KEYS, group_path, shard_fingerprint
 from orthodiff.personas.rois import box_grid
 
 ROI_KINDS = ("box", "structures")
+INPAINTERS = ("repaint", "ddpm")
 SERIES_BATCH = 8  # series per forward pass; like extract's, it changes only float rounding
 
 
 @functools.lru_cache(maxsize=2)
-def _model(checkpoint: str, device: str | None):
-    return load_backbone(checkpoint, device)
+def _model(checkpoint: str, device: str | None, kind: str = "repaint"):
+    return ddpm.load_masked_ddpm(checkpoint) if kind == "ddpm" else load_backbone(checkpoint, device)
+
+
+def inpaint_run(model, prov: dict, x0: torch.Tensor, known: torch.Tensor, series: list[str]) -> torch.Tensor:
+    """The personas of one batch of series (B, 1, D, H, W) by the provenance's model; each
+    series' noise from its own generator."""
+    if prov.get("model", "repaint") == "ddpm":  # MONAI's step takes one generator: one series at a time
+        return torch.cat([ddpm.masked_inpaint(model, x0[j:j + 1], (~known[j:j + 1]).to(x0.dtype), prov["steps"],
+                                              series_generator(prov["noise_seed"], s)) for j, s in enumerate(series)])
+    return repaint(model, NoiseScheduler(), x0, known, prov["steps"], prov["jumps"],
+                   [series_generator(prov["noise_seed"], s) for s in series])
 
 
 def roi_labels(roi: str, grid: int, volume_shape, structure_mask: np.ndarray | None) -> np.ndarray:
@@ -60,8 +77,7 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, prov: dict, de
              series_batch: int = SERIES_BATCH) -> int:
     """Inpaint one shard's series (`series_batch` per forward pass), write persona and mask
     as whole shards, then the record."""
-    model = _model(checkpoint, device)
-    scheduler = NoiseScheduler()
+    model = _model(checkpoint, device, prov.get("model", "repaint"))
     group = zarr.open_group(str(store), path=group_path(prov["backbone_id"], plane), mode="r+", use_consolidated=False)
     vol_group = zarr.open_group(str(store), path=VOLUMES, mode="r")
     rows = (list(task.volume_rows),)
@@ -73,8 +89,7 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, prov: dict, de
         ids = task.series[i:i + series_batch]
         x0 = torch.from_numpy(volumes[i:i + len(ids)])[:, None]
         known = torch.from_numpy(masks[i:i + len(ids)] == 0)[:, None]
-        out = repaint(model, scheduler, x0, known, prov["steps"], prov["jumps"],
-                      [series_generator(prov["noise_seed"], s) for s in ids])
+        out = inpaint_run(model, prov, x0, known, list(ids))
         personas.extend(out[:, 0].numpy())
     path = group_path(prov["backbone_id"], plane)
     write_shard(store, group, path, task.shard, task.start, {"persona": np.stack(personas), "mask": masks},
@@ -83,13 +98,13 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, prov: dict, de
 
 
 def _provenance(bid: str, ckpt: dict, checkpoint: str, roi: str, grid: int, steps: int, jumps: int, seed: int,
-                names: list[str]) -> dict:
+                names: list[str], model: str = "repaint") -> dict:
     from orthodiff import __version__
     from orthodiff.featurestore.store import SCHEMA_VERSION
 
     return {"backbone_id": bid, "checkpoint": str(checkpoint), "healthy": ckpt.get("healthy"), "roi": roi,
             "grid": grid if roi == "box" else 0, "roi_names": names, "steps": steps, "jumps": jumps,
-            "noise_seed": seed, "noise_policy": POLICY, "schema": SCHEMA_VERSION, "orthodiff_version": __version__,
+            "noise_seed": seed, "noise_policy": ddpm.POLICY if model == "ddpm" else POLICY, "model": model, "schema": SCHEMA_VERSION, "orthodiff_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -109,26 +124,40 @@ def _prepare(store: str, prov: dict, plane: str, series: list[dict], shape: tupl
                          (*KEYS, "roi_names"), "persona")
 
 
-def plan(store: str, checkpoint: str, plane: str, roi: str = "box", grid: int = 3, steps: int = 50, jumps: int = 2,
-         seed: int = 0, repair: bool = False) -> tuple[dict, list[Task], list[str]]:
+def plan(store: str, checkpoint: str, plane: str, roi: str = "box", grid: int = 3, steps: int = 50,
+         jumps: int | None = None, seed: int = 0, repair: bool = False,
+         model: str = "repaint") -> tuple[dict, list[Task], list[str]]:
     """Check the request, create or grow the persona group, list the shards still missing
-    (with `repair`, also those whose content fails its checksum).
+    (with `repair`, also those whose content fails its checksum). `jumps`: RePaint's
+    resampling passes (default 2); the DDPM takes none.
 
     Returns (provenance, tasks, warnings)."""
     if plane not in PLANES:
         raise OrthodiffError(f"--plane {plane!r}: expected one of {list(PLANES)}")
     if roi not in ROI_KINDS:
         raise OrthodiffError(f"--roi {roi!r}: expected one of {list(ROI_KINDS)}")
+    if model not in INPAINTERS:
+        raise OrthodiffError(f"--model {model!r}: expected one of {list(INPAINTERS)}")
+    if model == "ddpm" and (roi != "box" or (jumps or 1) != 1):
+        raise OrthodiffError("--model ddpm completes the central box it was trained on, with no RePaint jumps: "
+                             "use --roi box and leave --jumps out")
+    jumps = jumps if jumps is not None else (2 if model == "repaint" else 1)
     if steps < 1 or jumps < 1:
         raise OrthodiffError(f"--sampling-steps and --jumps must be at least 1 (got {steps}, {jumps})")
     open_root(store)
     ckpt = read_checkpoint(checkpoint)
-    if ckpt.get("plane") and ckpt["plane"] != plane:
-        raise OrthodiffError(f"{checkpoint}: backbone trained on {ckpt['plane']} series cannot make {plane} personas")
-    notes = [] if ckpt.get("healthy") else [
-        f"{checkpoint} was not trained with `pretrain --healthy`: its personas are not healthy baselines"]
-    model = load_backbone(checkpoint, "cpu", ckpt)
-    ds, row_of = plane_volumes(store, plane, model.config.image_size, checkpoint)
+    if model == "ddpm":
+        ddpm.load_masked_ddpm(checkpoint)  # a masked-DDPM checkpoint trained on healthy exams, or a clear error
+        trained_plane, shape, notes = (ckpt.get("healthy") or {}).get("plane"), ckpt.get("shape"), []
+        bid = ddpm.ddpm_id(checkpoint)
+    else:
+        trained_plane, shape = ckpt.get("plane"), [None, None, load_backbone(checkpoint, "cpu", ckpt).config.image_size]
+        notes = [] if ckpt.get("healthy") else [
+            f"{checkpoint} was not trained with `pretrain --healthy`: its personas are not healthy baselines"]
+        bid = backbone_id(checkpoint, ckpt)
+    if trained_plane and trained_plane != plane:
+        raise OrthodiffError(f"{checkpoint}: {model} model trained on {trained_plane} series cannot make {plane} personas")
+    ds, row_of = plane_volumes(store, plane, shape[-1] if shape else None, checkpoint)
     shape = (ds.sizes["z"], ds.sizes["y"], ds.sizes["x"])
     if roi == "structures":
         without = ds.series.values[~ds.has_mask.values]
@@ -140,8 +169,7 @@ def plan(store: str, checkpoint: str, plane: str, roi: str = "box", grid: int = 
         names = [s.abbr for s in structures("knee").structures]
     else:
         labels, names = box_grid(shape, grid)
-    bid = backbone_id(checkpoint, ckpt)
-    prov = _provenance(bid, ckpt, checkpoint, roi, grid, steps, jumps, seed, names)
+    prov = _provenance(bid, ckpt, checkpoint, roi, grid, steps, jumps, seed, names, model)
     series = [{"series_id": s, "case_id": c, "patient_id": p, "scan": int(k)} for s, c, p, k in
               zip(ds.series.values, ds.case_id.values, ds.patient_id.values, ds.scan.values)]
     path = group_path(bid, plane)
@@ -158,12 +186,13 @@ def plan(store: str, checkpoint: str, plane: str, roi: str = "box", grid: int = 
 
 
 def make_personas(store: str, checkpoint: str, plane: str, roi: str = "box", grid: int = 3, steps: int = 50,
-                  jumps: int = 2, seed: int = 0, workers: int | None = None, scheduler: str | None = None,
+                  jumps: int | None = None, seed: int = 0, workers: int | None = None, scheduler: str | None = None,
                   device: str | None = None, progress: bool = True, warn=print, series_batch: int = SERIES_BATCH,
-                  repair: bool = False) -> dict:
-    """Make the personas still missing for `plane`; returns counts, ids and the time."""
+                  repair: bool = False, model: str = "repaint") -> dict:
+    """Make the personas still missing for `plane` with `model` (see `INPAINTERS`); returns
+    counts, ids and the time."""
     store, checkpoint = str(store), str(checkpoint)
-    prov, tasks, notes = plan(store, checkpoint, plane, roi, grid, steps, jumps, seed, repair)
+    prov, tasks, notes = plan(store, checkpoint, plane, roi, grid, steps, jumps, seed, repair, model)
     for note in notes:
         warn(note)
     total = sum(len(t.series) for t in tasks)

@@ -33,7 +33,8 @@ def radiomics_nodes(store: str, root) -> tuple[dict[str, xr.Dataset], list[str]]
 def open_radiomics(store: str, plane: str | None = None, settings: str | None = None) -> xr.Dataset:
     """Complete radiomic features as one loaded Dataset over the planes' series (`value`,
     `undefined`), with `plane` on series: `open_store`'s `radiomics/<settings id>/<plane>`
-    nodes side by side. Name `settings` when the store holds several."""
+    nodes side by side. Name `settings` when the store holds several. `attrs`: the settings
+    id and, per plane with persona sources, the personas' backbone id."""
     root = open_root(store)
     ids = sorted(root[GROUP].group_keys()) if GROUP in root else []
     if settings is not None:
@@ -43,13 +44,15 @@ def open_radiomics(store: str, plane: str | None = None, settings: str | None = 
                              f"{store}: radiomic features of several settings {ids}; choose one with --settings")
     sid = ids[0]
     planes = [plane] if plane else sorted(root[f"{GROUP}/{sid}"].group_keys())
-    parts = []
+    parts, backbones = [], {}
     for p in planes:
         if p not in root[f"{GROUP}/{sid}"]:
             raise OrthodiffError(f"{store}: no {p} radiomic features under radiomics/{sid}")
         ds = open_group(store, f"{GROUP}/{sid}/{p}", shard_fingerprint)
+        if ds.attrs["settings"].get("persona_backbone"):
+            backbones[p] = ds.attrs["settings"]["persona_backbone"]
         parts.append(ds.assign_coords(plane=("series", np.full(ds.sizes["series"], p, dtype=object))))
     out = xr.concat(parts, dim="series") if len(parts) > 1 else parts[0]
     out = out.load()
-    out.attrs = {"settings_id": sid}
+    out.attrs = {"settings_id": sid, "persona_backbones": backbones}  # plane -> the personas' backbone id
     return out

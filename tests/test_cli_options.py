@@ -89,7 +89,7 @@ def test_choices_are_the_librarys_own():
     from orthodiff.heads.fusion import METHODS
     from orthodiff.heads.pooling import POOLINGS
     from orthodiff.heads.protocol import COMPARATORS
-    from orthodiff.personas.store import ROI_KINDS
+    from orthodiff.personas.store import INPAINTERS, ROI_KINDS
     from orthodiff.radiomics.ibsi import DISCRETISATIONS
     from orthodiff.supervised.networks import CLASSIFIERS, DECODERS, UNETR_SIZES
 
@@ -104,6 +104,7 @@ def test_choices_are_the_librarys_own():
     assert values(options.JoinOn) == list(JOIN_ON)
     assert values(options.Precision) == list(PRECISIONS)
     assert values(options.Roi) == list(ROI_KINDS)
+    assert values(options.PersonaModel) == list(INPAINTERS)
     assert values(options.Discretisation) == list(DISCRETISATIONS)
     assert values(options.Decoder) == list(DECODERS)
     assert values(options.UnetrSize) == list(UNETR_SIZES)
@@ -132,13 +133,17 @@ def test_every_choice_reaches_the_command_as_a_plain_string(monkeypatch, tmp_pat
     assert enums == []
     seen = {}
 
-    def synthesize(joint, cases, size, seed, out, fmt):
+    def synthesize(joint, cases, size, seed, out, fmt, healthy_share):
         seen.update(joint=joint, fmt=fmt)
+        shares.append(healthy_share)
         raise OrthodiffError("stop")
 
+    shares = []
     monkeypatch.setattr("orthodiff.catalogs.synth.synthesize", synthesize)
     CliRunner().invoke(app, ["synth", "--out", str(tmp_path), "--joint", "ankle"])
     assert seen == {"joint": "ankle", "fmt": "nifti"} and {type(v) for v in seen.values()} == {str}
+    CliRunner().invoke(app, ["synth", "--out", str(tmp_path), "--healthy-share", "0.5"])
+    assert shares == [None, 0.5]
 
 
 def test_choices_are_listed_in_help():

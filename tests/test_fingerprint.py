@@ -110,6 +110,10 @@ def test_end_to_end_healthy_persona_radiomics_fingerprint(tmp_path):
     assert "made 12 axial personas (1 ROIs, 1 tasks)" in out and "warning" not in out
     out = ok("radiomics", "--plane", "axial", "--store", store, "--families", "first_order,histogram")
     assert "computed 123 features for 12 axial series" in out  # 1 ROI x 3 sources x (18 + 23)
+    from orthodiff.backbone import backbone_id
+    from orthodiff.radiomics.reader import open_radiomics
+
+    assert open_radiomics(store).attrs["persona_backbones"] == {"axial": backbone_id(tmp_path / "h.pt")}
     from pathlib import Path
 
     import orthodiff

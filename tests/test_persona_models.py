@@ -79,7 +79,7 @@ def test_persona_models_command_compares_ddpm_gan_vit_and_mean_fill(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     per_series = pd.read_csv(tmp_path / "pm" / "persona_models.csv")
-    assert set(per_series.model) == {"mean fill", "ddpm", "gan", "vit_ae"} and set(per_series.series) == {"s4", "s5"}
+    assert set(per_series.model) == {"mean fill", "blur fill", "ddpm", "gan", "vit_ae"} and set(per_series.series) == {"s4", "s5"}
     assert per_series.ssim.between(-1, 1).all() and (per_series.mse > 0).all()
     from orthodiff.personas.ddpm import load_masked_ddpm
 
@@ -88,3 +88,45 @@ def test_persona_models_command_compares_ddpm_gan_vit_and_mean_fill(tmp_path):
     catalog.to_parquet(tmp_path / "c.parquet")
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1 and "no healthy axial train series" in str(result.exception)
+
+
+def test_persona_command_makes_ddpm_personas_beside_repaint_ones(tmp_path):
+    """`persona --model ddpm`: same writer and layout as RePaint's, its own group (id `ddpm-...`),
+    the model in the attributes and in every record's fingerprint (its policy)."""
+    from helpers import make_volume_store, random_checkpoint
+    from orthodiff.backbone.unet import UNetConfig
+    from orthodiff.featurestore.volumes import open_volumes
+    from orthodiff.personas.ddpm import save_masked_ddpm, train_masked_ddpm
+    from orthodiff.personas.reader import open_personas
+    from orthodiff.personas.rois import box_grid
+    from orthodiff.personas.store import make_personas
+
+    store = make_volume_store(tmp_path / "s.zarr", n=3, size=8)
+    volumes = torch.from_numpy(open_volumes(store).volume.values.astype(np.float32))[:, None]
+    mask = torch.from_numpy(box_grid((16, 8, 8), 1)[0] > 0)
+    model, _ = train_masked_ddpm(volumes, mask, steps=2, healthy={"catalog": "c.parquet", "train_series": 3, "plane": "axial"})
+    ckpt = save_masked_ddpm(model, tmp_path / "ddpm.pt")
+    summary = make_personas(store, ckpt, "axial", grid=2, steps=3, progress=False, model="ddpm")
+    assert summary["series"] == 3 and summary["backbone"].startswith("ddpm-")
+    ds = open_personas(store, "axial", summary["backbone"]).load()
+    assert ds.attrs["model"] == "ddpm" and ds.attrs["jumps"] == 1 and "masked DDPM" in ds.attrs["noise_policy"]
+    roi = ds["mask"].values > 0
+    np.testing.assert_array_equal(ds.persona.values[~roi], ds.image.values[~roi])
+    assert np.abs(ds.persona.values[roi].astype(float) - ds.image.values[roi]).mean() > 0.05
+    first = ds.persona.values.copy()
+    assert make_personas(store, ckpt, "axial", grid=2, steps=3, progress=False, model="ddpm")["tasks"] == 0
+    micro = random_checkpoint(tmp_path / "b.pt", "axial", config=UNetConfig(8, 16, 32, (1, 1)))
+    other = make_personas(store, micro, "axial", grid=2, steps=1, jumps=1, progress=False, warn=lambda _: None)
+    assert other["backbone"] != summary["backbone"]
+    assert open_personas(store, "axial", other["backbone"]).attrs["model"] == "repaint"
+    np.testing.assert_array_equal(open_personas(store, "axial", summary["backbone"]).persona.values, first)
+    with pytest.raises(OrthodiffError, match="--model ddpm completes the central box"):
+        make_personas(store, ckpt, "axial", grid=2, steps=3, jumps=2, progress=False, model="ddpm")
+    with pytest.raises(OrthodiffError, match="not a masked-DDPM persona checkpoint"):
+        make_personas(store, micro, "axial", steps=1, progress=False, model="ddpm")
+    with pytest.raises(OrthodiffError, match="trained on axial"):
+        make_personas(make_volume_store(tmp_path / "sag.zarr", n=1, size=8, planes=("sagittal",)), ckpt, "sagittal",
+                      steps=1, progress=False, model="ddpm")
+    unhealthy, _ = train_masked_ddpm(volumes, mask, steps=1)
+    with pytest.raises(OrthodiffError, match="not trained on healthy exams"):
+        make_personas(store, save_masked_ddpm(unhealthy, tmp_path / "any.pt"), "axial", steps=1, progress=False, model="ddpm")

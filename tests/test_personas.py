@@ -207,3 +207,99 @@ def test_persona_figure_shows_only_planes_with_personas(tmp_path):
     png = persona_figure(store, catalog, "c0", tmp_path / "axial.png", planes=["axial"])
     height, width, _ = matplotlib.image.imread(png).shape
     assert width / height == pytest.approx(3, rel=0.05)  # one row: image, persona, residual
+
+
+def _smooth_volumes(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Smooth random volumes in [-1, 1] (anatomy-like: neighbours predict a voxel)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    out = np.stack([gaussian_filter(rng.normal(size=(16, size, size)), 2.0) for _ in range(n)])
+    return (out / np.abs(out).max()).astype(np.float32)
+
+
+def test_fill_baselines_complete_the_roi_from_its_surroundings_only():
+    from orthodiff.personas.fidelity import fill_baselines, roi_ssim_mse
+
+    image = _smooth_volumes(1, 32)[0].astype(np.float64)
+    roi = box_grid(image.shape, 1)[0] > 0
+    fills = fill_baselines(image, roi)
+    for filled in fills.values():
+        np.testing.assert_array_equal(filled[~roi], image[~roi])  # the context is the image's
+    assert np.ptp(fills["mean_fill"][roi]) == 0 and np.ptp(fills["blur_fill"][roi]) > 0
+    inside = image.copy()
+    inside[roi] = 5.0  # what the ROI holds does not enter either fill
+    for name, filled in fill_baselines(inside, roi).items():
+        np.testing.assert_allclose(filled[roi], fills[name][roi])
+    flat = np.full(image.shape, 0.3)  # a constant context: both fills give it back
+    assert all(np.allclose(f, 0.3) for f in fill_baselines(flat, roi).values())
+    ramp = np.broadcast_to(np.linspace(-1, 1, 32), image.shape)  # a gradient across the ROI: the blur follows it in
+    mse = {name: roi_ssim_mse(ramp, filled, roi)[1] for name, filled in fill_baselines(ramp, roi).items()}
+    assert mse["blur_fill"] < mse["mean_fill"] / 2
+    with pytest.raises(OrthodiffError, match="empty ROI"):
+        fill_baselines(image, np.zeros_like(roi))
+
+
+def test_persona_fidelity_scores_personas_beside_baselines_with_cis_and_a_figure(tmp_path):
+    """A perfect persona on healthy exams scores SSIM 1 above both baselines; a persona that
+    misses only the lesion localises it, the baselines (which miss the whole ROI) less so."""
+    import matplotlib.image
+    import pandas as pd
+    import xarray as xr
+
+    from orthodiff.catalogs.tasks import get_task, structures
+    from orthodiff.personas.fidelity import persona_fidelity
+
+    n, acl = 6, {s.abbr: s.value for s in structures("knee").structures}["ACL"]
+    image = _smooth_volumes(n, 32)
+    roi = box_grid(image.shape[1:], 1)[0]
+    structure = np.zeros(image.shape, np.uint8)
+    structure[:, 7:9, 14:17, 14:18] = acl
+    persona = image.copy()
+    sick = [4, 5]
+    for i in sick:
+        persona[i][structure[i] == acl] = -image[i][structure[i] == acl]  # the lesion is what the persona lacks
+    ids = [f"s{i}" for i in range(n)]
+    ds = xr.Dataset({"persona": (("series", "z", "y", "x"), persona), "image": (("series", "z", "y", "x"), image),
+                     "mask": (("series", "z", "y", "x"), np.broadcast_to(roi, image.shape)),
+                     "structure": (("series", "z", "y", "x"), structure)}, coords={"series": ids})
+    catalog = pd.DataFrame({"series_id": ids, "case_id": [f"c{i}" for i in range(n)], "split": "test", "task": "knee",
+                            **{label: 0 for label in get_task("knee").label_columns}})
+    catalog.loc[sick, "ACL"] = 1
+    tables = persona_fidelity(ds, catalog, "test", tmp_path / "out", n_boot=200, examples=2)
+    rep = tables["reproduction"].set_index("completion")
+    assert rep.loc["persona", "series"] == 4 and rep.loc["persona", "ssim"] == pytest.approx(1)
+    assert rep.loc["persona", "ssim"] > rep.loc["blur_fill", "ssim_high"] and rep.loc["blur_fill", "ssim"] < 1
+    assert rep.loc["mean_fill", "ssim_low"] <= rep.loc["mean_fill", "ssim"] <= rep.loc["mean_fill", "ssim_high"]
+    loc = tables["localisation"].set_index("completion")
+    assert (loc.label == "ACL").all() and loc.loc["persona", "series"] == 2
+    assert loc.loc["persona", "score"] > 3 * loc.loc["mean_fill", "score"] and loc.loc["persona", "score"] > 5
+    for name in ("per_series", "lesions", "reproduction", "localisation"):
+        assert (tmp_path / "out" / f"fidelity_{name}.csv").is_file()
+    height, width, _ = matplotlib.image.imread(tmp_path / "out" / "fidelity.png").shape
+    assert height / width == pytest.approx(4 * 2.6 / 7.5, rel=0.05)  # 2 healthy + 2 lesion rows of 3 panels
+    with pytest.raises(OrthodiffError, match="no personas of healthy or lesion val-split"):
+        persona_fidelity(ds, catalog, "val")
+
+
+def test_persona_fidelity_command_writes_its_tables(tmp_path):
+    from typer.testing import CliRunner
+
+    from helpers import label_catalog
+    from orthodiff.backbone.unet import UNetConfig
+    from orthodiff.cli import app
+    from orthodiff.personas.store import make_personas
+
+    store = make_volume_store(tmp_path / "s.zarr", n=4, size=16)
+    ckpt = random_checkpoint(tmp_path / "m.pt", "axial", config=UNetConfig(16, 16, 32, (1, 1)))
+    make_personas(store, ckpt, "axial", grid=1, steps=1, jumps=1, progress=False, warn=lambda _: None)
+    catalog = label_catalog(tmp_path / "c.parquet", n=4, sick=(0,))
+    result = CliRunner().invoke(app, ["persona-fidelity", "--plane", "axial", "--store", store, "--catalog", catalog,
+                                      "--split", "train", "--out", str(tmp_path / "f"), "--bootstrap", "50"],
+                                terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "mean_fill" in result.output and "blur_fill" in result.output
+    assert (tmp_path / "f" / "fidelity.png").is_file()
+    import pandas as pd
+
+    assert len(pd.read_csv(tmp_path / "f" / "fidelity_per_series.csv")) == 1  # c1 is the healthy train exam

@@ -300,3 +300,24 @@ def test_bad_arguments_are_named(tmp_path):
         synthesize("hip", 2, 32, 0, tmp_path)
     with pytest.raises(OrthodiffError, match="--format 'png'"):
         synthesize("knee", 2, 32, 0, tmp_path, fmt="png")
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 0.9, 1.0])
+def test_healthy_share_sets_exactly_that_many_all_negative_exams(share):
+    labels = draw_labels("knee", 50, np.random.default_rng(0), healthy_share=share)
+    healthy = (labels == 0).all(axis=1)
+    assert int(healthy.sum()) == round(share * 50)
+    if share < 1:  # the others keep the priors' co-occurrence: ACL tears mostly with effusion
+        lesion = labels[~healthy]
+        assert lesion.any(axis=1).all()
+        assert lesion.loc[lesion.ACL == 1, "EFFU"].mean() > lesion.loc[lesion.ACL == 0, "EFFU"].mean()
+
+
+def test_healthy_share_default_keeps_the_cohort_and_bad_shares_are_named(tmp_path):
+    default = draw_labels("knee", 200, np.random.default_rng(1))
+    assert default.equals(draw_labels("knee", 200, np.random.default_rng(1), healthy_share=None))
+    assert 0.04 < (default == 0).all(axis=1).mean() < 0.14  # the priors' own share
+    exams, _ = plan_exams("knee", 40, seed=0, healthy_share=0.75)
+    assert sum(not any(e.labels.values()) for e in exams) == 30
+    with pytest.raises(OrthodiffError, match="--healthy-share 1.5"):
+        synthesize("knee", 2, 32, 0, tmp_path, healthy_share=1.5)
