@@ -79,6 +79,25 @@ def check_labels(catalog: pd.DataFrame, labels: list[str]) -> None:
         raise OrthodiffError(f"catalog lacks label columns {missing}")
 
 
+def config_features(features: dict[str, xr.Dataset], config: dict, source: str = "configuration") -> dict[str, xr.DataArray]:
+    """Per plane, the configured (timestep, block) slab: the GAP vectors for GAP pooling,
+    the activation otherwise. A plane, timestep or block absent from the store is an error."""
+    out = {}
+    for plane, chosen in config["planes"].items():
+        if plane not in features:
+            raise OrthodiffError(f"{source}: plane {plane!r} is not in the store (it has {sorted(features)})")
+        ds = features[plane]
+        var = Pooling(config["pooling"]).variable
+        if var not in ds:
+            raise OrthodiffError(f"{source}: the store has no {var!r} variable for plane {plane}")
+        for dim in ("timestep", "block"):
+            known = ds[dim].to_numpy().tolist()
+            if chosen[dim] not in known:
+                raise OrthodiffError(f"{source}: {plane} {dim} {chosen[dim]!r} is not in the store (it has {known})")
+        out[plane] = ds[var].sel(timestep=chosen["timestep"], block=chosen["block"])
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class FusionData:
     """The inputs of the heads: a set of series, one sample per catalog row. The ``X`` of
@@ -88,7 +107,7 @@ class FusionData:
     ``features``: per plane, the features of its series with a leading ``series`` dimension
     labelled by series_id: a plane node of the tree (a Dataset with ``gap`` and ``activation``
     over every timestep and block: what a sweep reads), or one (timestep, block) slab of it per
-    plane (a DataArray, or numpy wrapped in one: what fusion reads; ``runs.configured``).
+    plane (a DataArray, or numpy wrapped in one: what fusion reads; ``configured``).
     ``catalog``: one row per series, with series_id, case_id, patient_id and plane (and the EHR
     columns for EHR fusion); its label columns give ``y`` through ``labels``. ``pooled``: Stage I
     outputs by plane (``TwoStageFusion.stage_one_outputs``), read instead of pooling ``features``
@@ -124,6 +143,11 @@ class FusionData:
         features = plane_features(tree, catalog, planes=planes, source=source)
         return cls(features, catalog[catalog["plane"].isin(list(features))].copy(),
                    split_fingerprint=split_fingerprint(catalog))
+
+    def configured(self, config: Mapping, source: str = "configuration") -> "FusionData":
+        """The configured (timestep, block) slab of each plane as the features
+        (``config_features``; ``config``: a configuration ``select`` froze, or one like it)."""
+        return replace(self, features=config_features(self.features, config, source))
 
     def rows(self, catalog: pd.DataFrame) -> "FusionData":
         """The same features (and Stage I outputs) for other catalog rows: a split, a subset."""

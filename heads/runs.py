@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import xarray as xr
 
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
@@ -23,7 +22,7 @@ from orthodiff.heads.metrics import MIN_SUPPORT, evaluate, macro_auroc, permutat
 from orthodiff.heads.probe import PlaneProbe
 from orthodiff.heads.protocol import FusionData, TwoStageFusion, stage_one_probe, stage_two_head
 from orthodiff.heads.sweep import plane_units, plot_heatmaps, sweep, top_configs
-from orthodiff.options import Method, Pooling
+from orthodiff.options import Method
 from orthodiff.outputs import atomic_savefig, portable, pyplot, read_run, read_table, resolved, write_json, write_run, write_table
 from orthodiff.progress import no_progress
 
@@ -90,30 +89,6 @@ def completed(out, fingerprint: str, tables=(), run_file="run.json") -> dict | N
         return None
     run = json.loads(record.read_text())
     return run if run.get("inputs_fingerprint") == fingerprint else None
-
-
-def config_features(features: dict[str, xr.Dataset], config: dict, source: str = "configuration") -> dict[str, xr.DataArray]:
-    """Per plane, the configured (timestep, block) slab: the GAP vectors for GAP pooling,
-    the activation otherwise. A plane, timestep or block absent from the store is an error."""
-    out = {}
-    for plane, choice in config["planes"].items():
-        if plane not in features:
-            raise OrthodiffError(f"{source}: plane {plane!r} is not in the store (it has {sorted(features)})")
-        ds = features[plane]
-        var = Pooling(config["pooling"]).variable
-        if var not in ds:
-            raise OrthodiffError(f"{source}: the store has no {var!r} variable for plane {plane}")
-        for dim in ("timestep", "block"):
-            known = ds[dim].to_numpy().tolist()
-            if choice[dim] not in known:
-                raise OrthodiffError(f"{source}: {plane} {dim} {choice[dim]!r} is not in the store (it has {known})")
-        out[plane] = ds[var].sel(timestep=choice["timestep"], block=choice["block"])
-    return out
-
-
-def configured(data: FusionData, config: dict, source: str = "configuration") -> FusionData:
-    """``data`` with the configured slab of each plane as its features (``config_features``)."""
-    return replace(data, features=config_features(data.features, config, source))
 
 
 def run_sweep(data: FusionData, labels, pooling, out, probe_params=None, provenance=None, progress=None,
@@ -217,7 +192,7 @@ def run_select(sweep_dir, data: FusionData, labels, config_path, method=METHOD, 
     per_plane = [top[top["plane"] == p][["timestep", "block"]].to_dict("records") for p in planes]
     for combo in itertools.product(*per_plane):
         config = {"pooling": run["pooling"], "planes": dict(zip(planes, combo))}
-        slabs = configured(data, config, str(sweep_dir))
+        slabs = data.configured(config, str(sweep_dir))
         model = TwoStageFusion(stage_one_probe(run["pooling"], run["probe_params"], seed), stage_two_head(method, fusion))
         keys = stage_one_keys(config, seed)
         X = slabs.rows(train)
@@ -342,7 +317,7 @@ def run_fuse(config, data: FusionData, labels, method, out, ehr=False, n_boot=50
     progress = progress or no_progress
     out = Path(out)
     check_split(config, data, "the configuration")
-    slabs = configured(data, config)
+    slabs = data.configured(config)
     fusion = {**FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
     whole = subset in (None, "all")  # the Stage I caches hold probes trained on the whole training split
     fingerprint = inputs_fingerprint(data, labels, kind="fuse", config=config.get("planes"),
@@ -441,7 +416,7 @@ def run_efficiency(config, data: FusionData, labels, subsets, out, method=METHOD
     out = Path(out)
     check_split(config, data, "the configuration")
     fusion = {**FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
-    slabs = configured(data, config)
+    slabs = data.configured(config)
     test = slabs.split("test")
     rows, predictions = [], []
     for size in subsets:

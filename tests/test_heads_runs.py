@@ -13,9 +13,9 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.heads.fusion import FusionHead
 from orthodiff.heads.metrics import macro_auroc, summary, youden_thresholds
 from orthodiff.heads.probe import PlaneProbe
-from orthodiff.heads.protocol import FusionData, TwoStageFusion
+from orthodiff.heads.protocol import FusionData, TwoStageFusion, config_features
 from orthodiff.heads.report import build_report
-from orthodiff.heads.runs import compare_runs, config_features, read_config, run_efficiency, run_fuse, run_select, run_sweep
+from orthodiff.heads.runs import compare_runs, read_config, run_efficiency, run_fuse, run_select, run_sweep
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
 from orthodiff.outputs import read_table
 
