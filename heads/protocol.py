@@ -134,7 +134,9 @@ class FusionData:
         errors name ``source``), and rows of planes without features are left out. ``catalog``
         default: the one ``open_store(..., catalog=...)`` joined, read back from the nodes'
         ``series`` coordinates (the series with a split, in stored order; pass the DataFrame to
-        keep its row order, row labels and column types)."""
+        keep its row order, row labels and column types). The split fingerprint is that of
+        ``catalog`` whole: of a catalog read back, that of the series the tree holds, so pass
+        the catalog file's DataFrame to match the runs and configurations of the command line."""
         from orthodiff.catalogs.cohort import split_fingerprint
         from orthodiff.heads.store import joined_catalog, plane_features
 
