@@ -549,11 +549,11 @@ def sweep(
     from orthodiff.progress import progress_bar
     from orthodiff.tables import frame_table
 
-    features, df, labels, provenance = load_inputs(store, catalog, split_list(backbone_id, "--backbone-id") or None,
-                                                   split_list(planes, "--planes", choices=Plane))
-    workers = workers or default_workers(len(features), pooling)
-    with progress_bar(console, f"{pooling} sweep", sweep_steps(features, pooling)) as advance:
-        _, top = run_sweep(features, df, labels, pooling, out, _heads_params(epochs, lr, weight_decay, batch), provenance, advance,
+    data, labels, provenance = load_inputs(store, catalog, split_list(backbone_id, "--backbone-id") or None,
+                                           split_list(planes, "--planes", choices=Plane))
+    workers = workers or default_workers(len(data.features), pooling)
+    with progress_bar(console, f"{pooling} sweep", sweep_steps(data, pooling)) as advance:
+        _, top = run_sweep(data, labels, pooling, out, _heads_params(epochs, lr, weight_decay, batch), provenance, advance,
                            workers=workers)
     console.print(frame_table(top, f"Top 4 (timestep, block) per plane, validation macro AUROC — {out}"))
 
@@ -578,10 +578,10 @@ def select(
     from orthodiff.progress import progress_bar
     from orthodiff.tables import frame_table
 
-    features, df, labels, _ = sweep_inputs(sweep_dir)
+    data, labels, _ = sweep_inputs(sweep_dir)
     with progress_bar(console, "cross-plane combinations", selection_size(sweep_dir)) as advance:
         mpae = {k: v for k, v in (("plane_epochs", plane_epochs), ("plane_lr", plane_lr), ("gate_epochs", gate_epochs)) if v is not None}
-        scored, config = run_select(sweep_dir, features, df, labels, out, method,
+        scored, config = run_select(sweep_dir, data, labels, out, method,
                                     {**_heads_params(epochs, lr, weight_decay, batch), **mpae}, progress=advance)
     console.print(frame_table(scored.head(10), f"Best of {len(scored)} combinations (validation) — frozen in {out}"))
 
@@ -629,9 +629,9 @@ def fuse(
                                      "give --backbone-id with one id per plane")
             backbone_id = ",".join(checkpoint_id(checkpoints[p]) for p in cfg["planes"])
     backbones = split_list(backbone_id, "--backbone-id") or cfg.get("backbone")
-    features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), backbones, list(cfg["planes"]))
+    data, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), backbones, list(cfg["planes"]))
     with progress_bar(console, f"fuse {method}{' + EHR' if ehr else ''}: train, evaluate, write", 3) as advance:
-        metrics, _ = run_fuse(cfg, features, df, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed,
+        metrics, _ = run_fuse(cfg, data, labels, method, out, ehr=ehr, n_boot=bootstrap, seed=seed,
                                   fusion_params=_heads_params(epochs, lr, weight_decay, batch), threshold=threshold,
                                   probes=probes, progress=advance, subset=subset)
     console.print(frame_table(metrics.drop(columns="note"), f"Test metrics, {method}{' + EHR' if ehr else ''} — {out}"))
@@ -682,9 +682,9 @@ def efficiency(
 
     sizes = subset_sizes(subsets)
     cfg = read_config(config)
-    features, df, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), cfg.get("backbone"), list(cfg["planes"]))
+    data, labels, _ = load_inputs(store or cfg.get("store"), catalog or cfg.get("catalog"), cfg.get("backbone"), list(cfg["planes"]))
     with progress_bar(console, "subsets x heads", 2 * len(sizes)) as advance:
-        curves = run_efficiency(cfg, features, df, labels, sizes, out, method=method, progress=advance,
+        curves = run_efficiency(cfg, data, labels, sizes, out, method=method, progress=advance,
                                 fusion_params=_heads_params(epochs, lr, weight_decay, batch))
     console.print(frame_table(curves, f"Test macro AUROC by training patients — {out}"))
 

@@ -10,7 +10,7 @@
 - ``fingerprint``: ``FingerprintClassifier``, the radiomic fingerprint head.
 - ``metrics``: AUROC/AP, CP/CR/CF1, OP/OR/OF1, patient bootstrap, permutation tests.
 - ``runs``: the CLI's sweep / select / fuse / compare / efficiency runs; ``report``: HTML;
-  ``inputs``: catalog + store loading for a run.
+  ``inputs``: a run's ``FusionData`` (the store's tree opened with the catalog) and provenance.
 - ``store``: per-plane features from the tree ``orthodiff.open_store`` returns.
 - ``estimator``: ``MultiLabelClassifier``, the scikit-learn contract the classifiers share.
 

@@ -1,35 +1,32 @@
-"""The inputs of every heads run: catalog + store loading and provenance."""
+"""The inputs of every heads run: the store opened with its catalog, and the provenance."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from orthodiff.errors import OrthodiffError
 
 
-def load_inputs(store, catalog_path, backbone=None, planes=None) -> tuple[dict, pd.DataFrame, list[str], dict]:
-    """(per-plane features, catalog, label columns, provenance for run.json)."""
-    from orthodiff.catalogs.cohort import HEADS_COLUMNS, label_columns, read_catalog, split_fingerprint, validate_catalog
-    from orthodiff.heads.store import plane_features
+def load_inputs(store, catalog_path, backbone=None, planes=None):
+    """(``FusionData`` of the catalog's series of ``planes`` with their features from
+    ``open_store(store, backbone, catalog)``, label columns, provenance for run.json)."""
+    from orthodiff import open_store
+    from orthodiff.catalogs.cohort import HEADS_COLUMNS, label_columns, read_catalog, validate_catalog
+    from orthodiff.heads.protocol import FusionData
 
     if store is None or catalog_path is None:
         raise OrthodiffError("--store and --catalog are required (or a configuration/sweep that records them)")
     catalog = read_catalog(catalog_path)
     validate_catalog(catalog, catalog_path, check_files=False, columns=HEADS_COLUMNS)
-    labels = label_columns(catalog)
-    features = plane_features(store, catalog, backbone=backbone, planes=planes)
-    split = split_fingerprint(catalog)
-    catalog = catalog[catalog["plane"].isin(list(features))].copy()
-    catalog.attrs["split_fingerprint"] = split
+    tree = open_store(str(store), backbone=backbone, catalog=catalog)
+    data = FusionData.from_tree(tree, catalog, planes, source=str(store))
     local = "://" not in str(store)  # recorded absolute, so later commands work from any folder
     provenance = {"store": str(Path(store).resolve()) if local else str(store),
                   "catalog": str(Path(catalog_path).resolve()), "backbone": backbone}
-    return features, catalog, labels, provenance
+    return data, label_columns(catalog), provenance
 
 
-def sweep_inputs(sweep_dir) -> tuple[dict, pd.DataFrame, list[str], dict]:
+def sweep_inputs(sweep_dir):
     """The inputs a sweep was made from (its run.json records store, catalog, backbones and
     planes), as ``load_inputs`` gives them: what ``select`` scores its combinations on."""
     from orthodiff.outputs import read_run

@@ -66,15 +66,15 @@ def run_heads(store, catalog_path, out, console: Console, backbone=None, pooling
     out = Path(out)
     probe = {**PROBE, **(probe_params or {})}
     fusion = {**FUSION, **(fusion_params or {})}
-    features, catalog, labels, provenance = load_inputs(store, catalog_path, backbone)
+    data, labels, provenance = load_inputs(store, catalog_path, backbone)
 
     stage_one = {}  # Stage I probes: the sweep's, shared by the selection and every fusion run
-    with progress_bar(console, f"{pooling} sweep", sweep_steps(features, pooling)) as advance:
-        _, top = run_sweep(features, catalog, labels, pooling, out / "sweep", probe, provenance, advance, reuse=True,
-                           stage_one=stage_one, workers=workers or default_workers(len(features), pooling))
+    with progress_bar(console, f"{pooling} sweep", sweep_steps(data, pooling)) as advance:
+        _, top = run_sweep(data, labels, pooling, out / "sweep", probe, provenance, advance, reuse=True,
+                           stage_one=stage_one, workers=workers or default_workers(len(data.features), pooling))
     console.print(frame_table(top, f"{pooling.upper()} sweep: top 4 (timestep, block) per plane, validation macro AUROC"))
     with progress_bar(console, "cross-plane combinations", selection_size(out / "sweep")) as advance:
-        scored, config = run_select(out / "sweep", features, catalog, labels, out / "config.json", "concat", fusion,
+        scored, config = run_select(out / "sweep", data, labels, out / "config.json", "concat", fusion,
                                     progress=advance, reuse=True, stage_one=stage_one)
     console.print(frame_table(scored.head(5), f"Cross-plane selection: best of {len(scored)} combinations (validation)"))
 
@@ -82,7 +82,7 @@ def run_heads(store, catalog_path, out, console: Console, backbone=None, pooling
     with progress_bar(console, "fusion runs", len(FUSIONS), unit="runs") as advance:
         for method, ehr in FUSIONS:
             name = _run_name(method, ehr)
-            metrics, model = run_fuse(config, features, catalog, labels, method, out / name, ehr=ehr, n_boot=n_boot,
+            metrics, model = run_fuse(config, data, labels, method, out / name, ehr=ehr, n_boot=n_boot,
                                       seed=seed, reuse=True, stage_one=stage_one)
             if model is None:
                 reused.append(name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -79,25 +79,85 @@ def check_labels(catalog: pd.DataFrame, labels: list[str]) -> None:
         raise OrthodiffError(f"catalog lacks label columns {missing}")
 
 
+def config_features(features: dict[str, xr.Dataset], config: dict, source: str = "configuration") -> dict[str, xr.DataArray]:
+    """Per plane, the configured (timestep, block) slab: the GAP vectors for GAP pooling,
+    the activation otherwise. A plane, timestep or block absent from the store is an error."""
+    out = {}
+    for plane, chosen in config["planes"].items():
+        if plane not in features:
+            raise OrthodiffError(f"{source}: plane {plane!r} is not in the store (it has {sorted(features)})")
+        ds = features[plane]
+        var = Pooling(config["pooling"]).variable
+        if var not in ds:
+            raise OrthodiffError(f"{source}: the store has no {var!r} variable for plane {plane}")
+        for dim in ("timestep", "block"):
+            known = ds[dim].to_numpy().tolist()
+            if chosen[dim] not in known:
+                raise OrthodiffError(f"{source}: {plane} {dim} {chosen[dim]!r} is not in the store (it has {known})")
+        out[plane] = ds[var].sel(timestep=chosen["timestep"], block=chosen["block"])
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class FusionData:
-    """The ``X`` of ``TwoStageFusion``: a set of series, one sample per catalog row.
+    """The inputs of the heads: a set of series, one sample per catalog row. The ``X`` of
+    ``TwoStageFusion`` and what every run takes (``runs.run_sweep``, ``run_select``, ``run_fuse``,
+    ``run_efficiency``); ``from_tree`` makes it from the tree ``orthodiff.open_store`` returns.
 
-    ``features``: per plane, a DataArray whose leading ``series`` dimension is labelled by
-    series_id (``runs.config_features`` gives one (timestep, block) slab of the store per plane).
+    ``features``: per plane, the features of its series with a leading ``series`` dimension
+    labelled by series_id: a plane node of the tree (a Dataset with ``gap`` and ``activation``
+    over every timestep and block: what a sweep reads), or one (timestep, block) slab of it per
+    plane (a DataArray, or numpy wrapped in one: what fusion reads; ``configured``).
     ``catalog``: one row per series, with series_id, case_id, patient_id and plane (and the EHR
     columns for EHR fusion); its label columns give ``y`` through ``labels``. ``pooled``: Stage I
     outputs by plane (``TwoStageFusion.stage_one_outputs``), read instead of pooling ``features``
-    again; they belong to the probes that made them, which ``fit`` then takes as ``probes``."""
+    again; they belong to the probes that made them, which ``fit`` then takes as ``probes``.
+    ``split_fingerprint``: that of the catalog the series were chosen from (``from_tree`` records
+    it before leaving out planes without features; ``rows`` keeps it); None: this catalog's."""
 
-    features: Mapping[str, xr.DataArray]
+    features: Mapping[str, xr.DataArray | xr.Dataset]
     catalog: pd.DataFrame
     pooled: Mapping[str, xr.DataArray] | None = None
+    split_fingerprint: str | None = None
 
     def __post_init__(self):
         missing = [c for c in CATALOG_COLUMNS if c not in self.catalog.columns]
         if missing:
             raise OrthodiffError(f"the catalog lacks columns {missing}: a fusion input needs {list(CATALOG_COLUMNS)}")
+
+    @classmethod
+    def from_tree(cls, tree: xr.DataTree, catalog: pd.DataFrame | None = None, planes=None,
+                  source: str = "the store") -> "FusionData":
+        """The series of ``catalog`` with their features from ``tree`` (``open_store``'s tree or its
+        ``features`` node; one backbone per plane, ``heads.store.plane_nodes``): every catalog
+        series of ``planes`` (default: all) must have finite GAP features (``plane_features``;
+        errors name ``source``), and rows of planes without features are left out. ``catalog``
+        default: the one ``open_store(..., catalog=...)`` joined, read back from the nodes'
+        ``series`` coordinates (the series with a split, in stored order; pass the DataFrame to
+        keep its row order, row labels and column types). The split fingerprint is that of
+        ``catalog`` whole: of a catalog read back, that of the series the tree holds, so pass
+        the catalog file's DataFrame to match the runs and configurations of the command line."""
+        from orthodiff.catalogs.cohort import split_fingerprint
+        from orthodiff.heads.store import joined_catalog, plane_features
+
+        if catalog is None:
+            catalog = joined_catalog(tree, source)
+        features = plane_features(tree, catalog, planes=planes, source=source)
+        return cls(features, catalog[catalog["plane"].isin(list(features))].copy(),
+                   split_fingerprint=split_fingerprint(catalog))
+
+    def configured(self, config: Mapping, source: str = "configuration") -> "FusionData":
+        """The configured (timestep, block) slab of each plane as the features
+        (``config_features``; ``config``: a configuration ``select`` froze, or one like it)."""
+        return replace(self, features=config_features(self.features, config, source))
+
+    def rows(self, catalog: pd.DataFrame) -> "FusionData":
+        """The same features (and Stage I outputs) for other catalog rows: a split, a subset."""
+        return replace(self, catalog=catalog)
+
+    def split(self, name: str) -> "FusionData":
+        """The rows of the catalog's ``split`` ``name`` (train, val, test)."""
+        return self.rows(self.catalog[self.catalog["split"] == name])
 
     def __len__(self) -> int:
         return len(self.catalog)

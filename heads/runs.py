@@ -1,17 +1,18 @@
-"""Whole runs behind the CLI: sweep, select, fuse, compare, efficiency. Each takes the
-per-plane feature Datasets (``gap`` and/or ``activation`` with a ``series`` dimension)
-and the catalog, and writes tidy tables (Parquet + CSV), PNGs and a ``run.json``."""
+"""Whole runs behind the CLI: sweep, select, fuse, compare, efficiency. Each takes a
+``FusionData`` (the catalog's series with their plane nodes of the store's tree, ``gap`` and/or
+``activation`` with a ``series`` dimension: ``heads.inputs.load_inputs``) and writes tidy tables
+(Parquet + CSV), PNGs and a ``run.json``."""
 
 from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import xarray as xr
 
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
@@ -21,7 +22,7 @@ from orthodiff.heads.metrics import MIN_SUPPORT, evaluate, macro_auroc, permutat
 from orthodiff.heads.probe import PlaneProbe
 from orthodiff.heads.protocol import FusionData, TwoStageFusion, stage_one_probe, stage_two_head
 from orthodiff.heads.sweep import plane_units, plot_heatmaps, sweep, top_configs
-from orthodiff.options import Method, Pooling
+from orthodiff.options import Method
 from orthodiff.outputs import atomic_savefig, portable, pyplot, read_run, read_table, resolved, write_json, write_run, write_table
 from orthodiff.progress import no_progress
 
@@ -46,17 +47,18 @@ def read_config(path: str | Path) -> dict:
     return resolved(config, path.parent)
 
 
-def split_of(catalog: pd.DataFrame) -> str:
-    """The catalog's split fingerprint (``load_inputs`` records it before filtering planes)."""
+def split_of(data: FusionData) -> str:
+    """The split fingerprint of ``data``'s catalog (``FusionData.from_tree`` records it before
+    leaving out planes without features)."""
     from orthodiff.catalogs.cohort import split_fingerprint
 
-    return catalog.attrs.get("split_fingerprint") or split_fingerprint(catalog)
+    return data.split_fingerprint or split_fingerprint(data.catalog)
 
 
-def check_split(recorded: dict, catalog: pd.DataFrame, source) -> None:
+def check_split(recorded: dict, data: FusionData, source) -> None:
     """Refuse to go on when ``recorded`` (a run.json or configuration) was made under another
-    split of the patients than ``catalog`` has now."""
-    then, now = recorded.get("split_fingerprint"), split_of(catalog)
+    split of the patients than ``data``'s catalog has now."""
+    then, now = recorded.get("split_fingerprint"), split_of(data)
     if then and then != now:
         raise OrthodiffError(
             f"{source} was made under another train/val/test split (fingerprint {then}) than the catalog "
@@ -65,15 +67,15 @@ def check_split(recorded: dict, catalog: pd.DataFrame, source) -> None:
         )
 
 
-def inputs_fingerprint(features: dict, catalog: pd.DataFrame, labels, **settings) -> str:
+def inputs_fingerprint(data: FusionData, labels, **settings) -> str:
     """A hash of everything a run's outputs depend on: which features (backbones, timesteps,
     blocks, series per plane), the split, the labels and the run's settings."""
     import hashlib
 
     stored = {p: {"attrs": dict(ds.attrs), "series": ds.sizes["series"],
                   "timestep": ds["timestep"].to_numpy().tolist(), "block": ds["block"].to_numpy().tolist()}
-              for p, ds in sorted(features.items())}
-    text = json.dumps({"features": stored, "split": split_of(catalog), "labels": list(labels), **settings},
+              for p, ds in sorted(data.features.items())}
+    text = json.dumps({"features": stored, "split": split_of(data), "labels": list(labels), **settings},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -89,26 +91,7 @@ def completed(out, fingerprint: str, tables=(), run_file="run.json") -> dict | N
     return run if run.get("inputs_fingerprint") == fingerprint else None
 
 
-def config_features(features: dict[str, xr.Dataset], config: dict, source: str = "configuration") -> dict[str, xr.DataArray]:
-    """Per plane, the configured (timestep, block) slab: the GAP vectors for GAP pooling,
-    the activation otherwise. A plane, timestep or block absent from the store is an error."""
-    out = {}
-    for plane, choice in config["planes"].items():
-        if plane not in features:
-            raise OrthodiffError(f"{source}: plane {plane!r} is not in the store (it has {sorted(features)})")
-        ds = features[plane]
-        var = Pooling(config["pooling"]).variable
-        if var not in ds:
-            raise OrthodiffError(f"{source}: the store has no {var!r} variable for plane {plane}")
-        for dim in ("timestep", "block"):
-            known = ds[dim].to_numpy().tolist()
-            if choice[dim] not in known:
-                raise OrthodiffError(f"{source}: {plane} {dim} {choice[dim]!r} is not in the store (it has {known})")
-        out[plane] = ds[var].sel(timestep=choice["timestep"], block=choice["block"])
-    return out
-
-
-def run_sweep(features, catalog, labels, pooling, out, probe_params=None, provenance=None, progress=None,
+def run_sweep(data: FusionData, labels, pooling, out, probe_params=None, provenance=None, progress=None,
               reuse=False, stage_one=None, workers=1):
     """Sweep every (plane, timestep, block); write sweep/top4 tables, heatmaps, run.json.
     ``reuse``: return the tables of a complete sweep from the same inputs instead.
@@ -117,11 +100,11 @@ def run_sweep(features, catalog, labels, pooling, out, probe_params=None, proven
     ``workers``: processes sweeping planes at once (:func:`sweep`); the results do not depend on it."""
     out = Path(out)
     params = {**PROBE, **(probe_params or {})}
-    fingerprint = inputs_fingerprint(features, catalog, labels, kind="sweep", pooling=pooling, probe=params)
+    fingerprint = inputs_fingerprint(data, labels, kind="sweep", pooling=pooling, probe=params)
     if reuse and completed(out, fingerprint, ("sweep", "top4")):
         return read_table(out / "sweep.parquet"), read_table(out / "top4.parquet")
     probes = {}
-    results = sweep(features, catalog, labels, pooling, probe_params=params, progress=progress, probes=probes,
+    results = sweep(data.features, data.catalog, labels, pooling, probe_params=params, progress=progress, probes=probes,
                     workers=workers)
     if probes:
         state = {"inputs_fingerprint": fingerprint,
@@ -135,7 +118,8 @@ def run_sweep(features, catalog, labels, pooling, out, probe_params=None, proven
     write_table(top, out / "top4")
     plot_heatmaps(results, out)
     write_run({"kind": "sweep", "pooling": pooling, "labels": labels, "probe_params": params, **(provenance or {}),
-                "planes": [p for p in PLANES if p in features], "split_fingerprint": split_of(catalog), "inputs_fingerprint": fingerprint}, out)
+                "planes": [p for p in PLANES if p in data.features], "split_fingerprint": split_of(data),
+                "inputs_fingerprint": fingerprint}, out)
     return results, top
 
 
@@ -162,9 +146,9 @@ def sweep_probes(sweep_dir, fingerprint: str) -> dict:
     return probes
 
 
-def sweep_steps(features: dict, pooling: str) -> int:
+def sweep_steps(data: FusionData, pooling: str) -> int:
     """Progress units of a sweep: one per plane for the batched GAP and SAP sweeps, one per configuration otherwise."""
-    return sum(plane_units(ds, pooling, batched=True) for ds in features.values())
+    return sum(plane_units(ds, pooling, batched=True) for ds in data.features.values())
 
 
 def selection_size(sweep_dir, top_k: int = 4) -> int:
@@ -173,17 +157,13 @@ def selection_size(sweep_dir, top_k: int = 4) -> int:
     return int(np.prod(top[top["rank"] <= top_k].groupby("plane").size().to_numpy()))
 
 
-def _split(catalog, name):
-    return catalog[catalog["split"] == name]
-
-
 def stage_one_keys(config: dict, seed: int) -> dict:
     """The key of each plane's Stage I probe in a ``stage_one`` cache: what it was trained on,
     within one set of features, catalog and probe settings."""
     return {p: (p, int(c["timestep"]), str(c["block"]), seed) for p, c in config["planes"].items()}
 
 
-def run_select(sweep_dir, features, catalog, labels, config_path, method=METHOD, fusion_params=None, top_k=4,
+def run_select(sweep_dir, data: FusionData, labels, config_path, method=METHOD, fusion_params=None, top_k=4,
                progress=None, reuse=False, stage_one=None):
     """Score every cross-plane combination of the per-plane top ``top_k`` on validation with the
     fusion head; freeze the best as the configuration file. Returns the scored table and the
@@ -193,10 +173,10 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method=METHOD,
     GLP or SAP sweep's own probes are Stage I wherever they apply (``sweep_probes``)."""
     sweep_dir, config_path = Path(sweep_dir), Path(config_path)
     run = read_run(sweep_dir, ("sweep",), "a sweep directory")
-    check_split(run, catalog, f"the sweep {sweep_dir}")
+    check_split(run, data, f"the sweep {sweep_dir}")
     fusion = {**FUSION, **(fusion_params or {})}
     selection = config_path.with_name(config_path.stem + "_selection")
-    fingerprint = inputs_fingerprint(features, catalog, labels, kind="select", sweep=run.get("inputs_fingerprint"),
+    fingerprint = inputs_fingerprint(data, labels, kind="select", sweep=run.get("inputs_fingerprint"),
                                      method=method, fusion=fusion, top_k=top_k)
     if reuse and completed(config_path.parent, fingerprint, (selection.name,), config_path.name):
         return read_table(selection.with_suffix(".parquet")), read_config(config_path)
@@ -208,24 +188,25 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method=METHOD,
     for key, probe in sweep_probes(sweep_dir, run["inputs_fingerprint"]).items():
         stage_one.setdefault(key, probe)
     outputs = {}  # Stage I outputs on train and validation per plane configuration, shared by its combinations
-    train, val = _split(catalog, "train"), _split(catalog, "val")
+    train, val = data.split("train").catalog, data.split("val").catalog
     per_plane = [top[top["plane"] == p][["timestep", "block"]].to_dict("records") for p in planes]
     for combo in itertools.product(*per_plane):
         config = {"pooling": run["pooling"], "planes": dict(zip(planes, combo))}
-        slabs = config_features(features, config, str(sweep_dir))
+        slabs = data.configured(config, str(sweep_dir))
         model = TwoStageFusion(stage_one_probe(run["pooling"], run["probe_params"], seed), stage_two_head(method, fusion))
         keys = stage_one_keys(config, seed)
-        X = FusionData(slabs, train)
+        X = slabs.rows(train)
         model.fit_stage_one(X, X.labels(labels), probes={p: stage_one[k] for p, k in keys.items() if k in stage_one})
         stage_one.update({k: model.probes_[p] for p, k in keys.items()})  # Stage I is frozen: reuse it
         new = [p for p, k in keys.items() if k not in outputs]
         if new:  # and pool each series once per plane configuration
-            pooled = model.stage_one_outputs(FusionData({p: slabs[p] for p in new}, pd.concat([train, val])))
+            both = FusionData({p: slabs.features[p] for p in new}, pd.concat([train, val]), split_fingerprint=split_of(data))
+            pooled = model.stage_one_outputs(both)
             outputs.update({keys[p]: pooled[p] for p in new})
-        shared = {p: outputs[k] for p, k in keys.items()}
-        X = FusionData(slabs, train, pooled=shared)
+        shared = replace(slabs, pooled={p: outputs[k] for p, k in keys.items()})
+        X = shared.rows(train)
         model.fit(X, X.labels(labels), probes=model.probes_)
-        pred = model.predict_exams(FusionData(slabs, val, pooled=shared))
+        pred = model.predict_exams(shared.rows(val))
         row = {f"{p}_{k}": c[k] for p, c in zip(planes, combo) for k in ("timestep", "block")}
         rows.append({**row, "val_macro_auroc": macro_auroc(pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy())})
         if progress:
@@ -242,7 +223,7 @@ def run_select(sweep_dir, features, catalog, labels, config_path, method=METHOD,
         "fusion_params": fusion,
         **{k: run[k] for k in ("store", "backbone", "catalog") if k in run},
         "sweep": str(sweep_dir.resolve()), "sweep_fingerprint": run["inputs_fingerprint"],
-        "split_fingerprint": split_of(catalog),
+        "split_fingerprint": split_of(data),
         "inputs_fingerprint": fingerprint,
     }
     write_table(scored, selection)
@@ -269,7 +250,7 @@ def plot_gating(gating: pd.DataFrame, path, title: str = "MPAE gating weights") 
     return path
 
 
-def decision_thresholds(threshold, model, slabs, catalog, labels) -> np.ndarray:
+def decision_thresholds(threshold, model, slabs: FusionData, labels) -> np.ndarray:
     """Per-label thresholds: a number for every label, or ``"youden"``: Youden's J on the
     validation split's predictions, then frozen for test."""
     if threshold != "youden":
@@ -280,10 +261,10 @@ def decision_thresholds(threshold, model, slabs, catalog, labels) -> np.ndarray:
         if not 0 < value < 1:
             raise OrthodiffError(f"threshold {value}: expected a number in (0, 1) or 'youden'")
         return np.full(len(labels), value)
-    val = _split(catalog, "val")
-    if val.empty:
+    val = slabs.split("val")
+    if not len(val):
         raise OrthodiffError("--threshold youden needs a validation split ('val') in the catalog")
-    pred = model.predict_exams(FusionData(slabs, val))
+    pred = model.predict_exams(val)
     return youden_thresholds(pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy())
 
 
@@ -307,7 +288,7 @@ def training_part(catalog: pd.DataFrame, subset: int | str | None = None) -> pd.
     subset of ``subset`` patients (the catalog's ``subset_<N>`` column)."""
     from orthodiff.catalogs.cohort import SUBSET_PREFIX, subset_sizes
 
-    train = _split(catalog, "train")
+    train = catalog[catalog["split"] == "train"]
     if subset is None or subset == "all":
         return train
     column = f"{SUBSET_PREFIX}{subset}"
@@ -320,7 +301,7 @@ def training_part(catalog: pd.DataFrame, subset: int | str | None = None) -> pd.
     return train[train[column].fillna(False).astype(bool)]
 
 
-def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=500, seed=0, fusion_params=None,
+def run_fuse(config, data: FusionData, labels, method, out, ehr=False, n_boot=500, seed=0, fusion_params=None,
              threshold="0.5", probes=None, reuse=False, progress=None, stage_one=None, subset=None):
     """Train on train (two stages), evaluate on test: metrics with patient bootstrap CIs
     (thresholded metrics at ``threshold``, see ``decision_thresholds``), subgroups, exam
@@ -335,11 +316,11 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
     applies). ``progress(stage=...)`` after training, evaluation and writing."""
     progress = progress or no_progress
     out = Path(out)
-    check_split(config, catalog, "the configuration")
-    slabs = config_features(features, config)
+    check_split(config, data, "the configuration")
+    slabs = data.configured(config)
     fusion = {**FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
     whole = subset in (None, "all")  # the Stage I caches hold probes trained on the whole training split
-    fingerprint = inputs_fingerprint(features, catalog, labels, kind="fuse", config=config.get("planes"),
+    fingerprint = inputs_fingerprint(data, labels, kind="fuse", config=config.get("planes"),
                                      pooling=config["pooling"], probe=config.get("probe_params"), fusion=fusion,
                                      method=method, ehr=ehr, n_boot=n_boot, seed=seed, threshold=threshold,
                                      **({} if whole else {"subset": str(subset)}))
@@ -353,25 +334,25 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
         known = {**(sweep_probes(config["sweep"], config["sweep_fingerprint"]) if "sweep" in config else {}),
                  **(stage_one or {})}
         cached = {p: known[k] for p, k in keys.items() if k in known}
-    X = FusionData(slabs, training_part(catalog, subset))
+    X = slabs.rows(training_part(data.catalog, subset))
     model.fit(X, X.labels(labels), probes=probes or cached)
     if stage_one is not None and not probes and whole:
         stage_one.update({k: model.probes_[p] for p, k in keys.items()})
     progress(stage="trained")
-    test = _split(catalog, "test")
-    if test.empty:
+    test = slabs.split("test")
+    if not len(test):
         raise OrthodiffError("the catalog has no test series")
-    cut = decision_thresholds(threshold, model, slabs, catalog, labels)
-    pred = model.predict_exams(FusionData(slabs, test))
+    cut = decision_thresholds(threshold, model, slabs, labels)
+    pred = model.predict_exams(test)
     y, p = pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy()
     metrics = flag_support(evaluate(y, p, labels, groups=pred["patient_id"].to_numpy(), n_boot=n_boot, seed=seed, threshold=cut), y, labels)
-    meta = test.drop_duplicates("case_id").set_index("case_id").loc[pred["case_id"]].reset_index()
+    meta = test.catalog.drop_duplicates("case_id").set_index("case_id").loc[pred["case_id"]].reset_index()
     subgroups = subgroup_table(y, p, labels, meta)
     progress(stage="evaluated")
     write_table(pred, out / "predictions")
     write_table(metrics, out / "metrics")
     write_table(subgroups, out / "subgroups")
-    missing = model.missing_exams(FusionData(slabs, test))
+    missing = model.missing_exams(test)
     write_table(missing, out / "missing_planes")
     if Method(method).gated:
         gating = pd.DataFrame(
@@ -385,7 +366,7 @@ def run_fuse(config, features, catalog, labels, method, out, ehr=False, n_boot=5
                 "threshold": threshold, "thresholds": dict(zip(labels, cut.tolist())),
                 "stage_one": sorted(probes) if probes else [], "fusion_params": fusion, "test_exams": len(pred),
                 "subset": None if whole else str(subset),
-                "exams_missing_a_plane": len(missing), "split_fingerprint": split_of(catalog),
+                "exams_missing_a_plane": len(missing), "split_fingerprint": split_of(data),
                 "inputs_fingerprint": fingerprint}, out)
     progress(stage="written")
     return metrics, model
@@ -427,24 +408,24 @@ def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, labels, n_perm=1000, s
                             labels, a["patient_id"].to_numpy(), n_perm=n_perm, seed=seed)
 
 
-def run_efficiency(config, features, catalog, labels, subsets, out, method=METHOD, comparator="lightgbm",
+def run_efficiency(config, data: FusionData, labels, subsets, out, method=METHOD, comparator="lightgbm",
                    seed=0, progress=None, fusion_params=None, n_boot=500):
     """Test macro AUROC (patient bootstrap CI) of the fusion head and the comparator trained on
     nested patient subsets (catalog columns ``subset_<N>``; "all" = the whole training split);
     their exam predictions are kept (``predictions``, with ``subset`` and ``head``) for paired tests."""
     out = Path(out)
-    check_split(config, catalog, "the configuration")
+    check_split(config, data, "the configuration")
     fusion = {**FUSION, **config.get("fusion_params", {}), **(fusion_params or {})}
-    slabs = config_features(features, config)
-    test = _split(catalog, "test")
+    slabs = data.configured(config)
+    test = slabs.split("test")
     rows, predictions = [], []
     for size in subsets:
-        part = training_part(catalog, size)
+        part = training_part(data.catalog, size)
         for head in (method, comparator):
             model = TwoStageFusion(stage_one_probe(config["pooling"], config.get("probe_params"), seed),
                                    stage_two_head(head, fusion, seed))
-            X = FusionData(slabs, part)
-            pred = model.fit(X, X.labels(labels)).predict_exams(FusionData(slabs, test))
+            X = slabs.rows(part)
+            pred = model.fit(X, X.labels(labels)).predict_exams(test)
             metrics = evaluate(pred[labels].to_numpy(), pred[_prob_columns(labels)].to_numpy(), labels,
                                groups=pred["patient_id"].to_numpy(), n_boot=n_boot, seed=seed)
             macro = metrics[metrics["metric"] == "macro_auroc"].iloc[0]
@@ -473,5 +454,5 @@ def run_efficiency(config, features, catalog, labels, subsets, out, method=METHO
     plt.close(fig)
     write_run({"kind": "efficiency", "config": config, "method": method, "comparator": comparator,
                "fusion_params": fusion, "subsets": [str(s) for s in subsets], "n_boot": n_boot, "seed": seed,
-               "split_fingerprint": split_of(catalog)}, out)
+               "split_fingerprint": split_of(data)}, out)
     return curves

@@ -39,11 +39,27 @@ def plane_nodes(tree: xr.DataTree, source: str = "the store") -> dict[str, xr.Da
     return {p: features[f"{b[0]}/{p}"].to_dataset() for p, b in held.items()}
 
 
+def joined_catalog(tree: xr.DataTree, source: str = "the store") -> pd.DataFrame:
+    """The catalog ``open_store(..., catalog=...)`` joined to the plane nodes of ``tree``, read
+    back from their ``series`` coordinates: one row per series with a ``split`` (the catalog's
+    series), planes in ``PLANES`` order, series in stored order."""
+    frames = []
+    for plane, ds in sorted(plane_nodes(tree, source).items(), key=lambda item: PLANES.index(item[0])):
+        columns = {name: coord.to_numpy() for name, coord in ds.coords.items() if coord.dims == ("series",)}
+        frames.append(pd.DataFrame(columns).rename(columns={"series": "series_id"}))
+    catalog = pd.concat(frames, ignore_index=True)
+    if "split" not in catalog.columns:
+        raise OrthodiffError(f"{source}: no catalog joined to the features; open the store with one "
+                             "(open_store(path, catalog=...)) or pass the catalog")
+    return catalog[catalog["split"].notna()].reset_index(drop=True)
+
+
 def plane_features(store: str | Path | xr.DataTree, catalog: pd.DataFrame, backbone: str | None = None,
-                   planes=None) -> dict[str, xr.Dataset]:
+                   planes=None, source: str | None = None) -> dict[str, xr.Dataset]:
     """Lazy per-plane feature Datasets of ``store`` for the catalog's series: a store path, or a
     tree ``open_store`` returned (or its ``features`` node), whose backbones are then the ones
-    it was opened with (``backbone`` applies to a path)."""
+    it was opened with (``backbone`` applies to a path). Errors name ``source`` (default: the
+    path, or "the store")."""
     from orthodiff import open_store
 
     planes = list(planes or PLANES)
@@ -51,9 +67,9 @@ def plane_features(store: str | Path | xr.DataTree, catalog: pd.DataFrame, backb
     if unknown:
         raise OrthodiffError(f"unknown plane(s) {unknown}; expected {list(PLANES)}")
     if isinstance(store, xr.DataTree):
-        tree, store = store, "the store"
+        tree, store = store, source or "the store"
     else:
-        tree = open_store(str(store), backbone=backbone)
+        tree, store = open_store(str(store), backbone=backbone), source or store
     per_plane = plane_nodes(tree, str(store))
     out = {}
     for plane in planes:

@@ -7,14 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import xarray as xr
 
 from orthodiff.errors import OrthodiffError
 from orthodiff.heads.fusion import FusionHead
 from orthodiff.heads.metrics import macro_auroc, summary, youden_thresholds
 from orthodiff.heads.probe import PlaneProbe
-from orthodiff.heads.protocol import FusionData, TwoStageFusion
+from orthodiff.heads.protocol import FusionData, TwoStageFusion, config_features
 from orthodiff.heads.report import build_report
-from orthodiff.heads.runs import compare_runs, config_features, read_config, run_efficiency, run_fuse, run_select, run_sweep
+from orthodiff.heads.runs import compare_runs, read_config, run_efficiency, run_fuse, run_select, run_sweep
 from orthodiff.heads.synthetic import synthetic_catalog, synthetic_features
 from orthodiff.outputs import read_table
 
@@ -32,8 +33,9 @@ def run(tmp_path_factory):
     train_patients = sorted(catalog.loc[catalog.split == "train", "patient_id"].unique())
     catalog["subset_40"] = catalog["patient_id"].isin(train_patients[:40])
     features = synthetic_features(catalog, LABELS, channels=16, timesteps=(10, 100), blocks=("mid_0", "mid_2"), seed=1)
-    run_sweep(features, catalog, LABELS, "gap", out / "sweep", probe_params=dict(lr=5e-3, batch_size=32), provenance={"store": "synthetic"})
-    scored, config = run_select(out / "sweep", features, catalog, LABELS, out / "config.json", fusion_params=FAST_FUSION, top_k=2)
+    data = FusionData.from_tree(xr.DataTree.from_dict({f"features/synthetic/{p}": ds for p, ds in features.items()}), catalog)
+    run_sweep(data, LABELS, "gap", out / "sweep", probe_params=dict(lr=5e-3, batch_size=32), provenance={"store": "synthetic"})
+    scored, config = run_select(out / "sweep", data, LABELS, out / "config.json", fusion_params=FAST_FUSION, top_k=2)
     return out, catalog, features, scored, config
 
 
@@ -50,7 +52,7 @@ def test_select_scores_every_cross_plane_combination_and_freezes_the_best(run):
 def test_fuse_writes_metrics_predictions_and_plots(run, method, ehr):
     out, catalog, features, _, config = run
     target = out / f"fuse_{method}_{ehr}"
-    metrics, model = run_fuse(config, features, catalog, LABELS, method, target, ehr=ehr, n_boot=50)
+    metrics, model = run_fuse(config, FusionData(features, catalog), LABELS, method, target, ehr=ehr, n_boot=50)
     macro = metrics[(metrics.metric == "macro_auroc")].iloc[0]
     assert macro.ci_low <= macro.value <= macro.ci_high and macro.value > 0.6  # well above chance
     pred = read_table(target / "predictions.parquet")
@@ -67,7 +69,7 @@ def test_fuse_writes_metrics_predictions_and_plots(run, method, ehr):
 def test_compare_efficiency_and_report(run):
     out, catalog, features, _, config = run
     for method in ("concat", "linear_add"):
-        run_fuse(config, features, catalog, LABELS, method, out / f"cmp_{method}", n_boot=0, fusion_params=FAST_FUSION)
+        run_fuse(config, FusionData(features, catalog), LABELS, method, out / f"cmp_{method}", n_boot=0, fusion_params=FAST_FUSION)
     table = compare_runs(out / "cmp_concat", out / "cmp_linear_add", n_perm=100).set_index("label")
     assert list(table.index) == [*LABELS, "macro"]
     counts = table["p_value"] * 101  # (1 + permutations at least as extreme) / (1 + 100)
@@ -77,7 +79,7 @@ def test_compare_efficiency_and_report(run):
     assert scored.sum() >= 2 and same.loc[~scored, "p_value"].isna().all()
     assert (same.loc[scored, "delta"] == 0).all() and (same.loc[scored, "p_value"] == 1).all()  # nothing to find
     assert table.loc["macro", "delta"] == pytest.approx(table.loc["macro", "auroc_a"] - table.loc["macro", "auroc_b"])
-    curves = run_efficiency(config, features, catalog, LABELS, [40, "all"], out / "efficiency")
+    curves = run_efficiency(config, FusionData(features, catalog), LABELS, [40, "all"], out / "efficiency")
     assert set(curves["head"]) == {"concat", "lightgbm"} and list(curves["patients"].unique())[0] == 40
     assert (out / "efficiency" / "efficiency.png").is_file()
     assert ((curves["ci_low"] <= curves["test_macro_auroc"]) & (curves["test_macro_auroc"] <= curves["ci_high"])).all()
@@ -86,7 +88,7 @@ def test_compare_efficiency_and_report(run):
         pred = kept[(kept["subset"] == row.subset) & (kept["head"] == row.head)]
         assert macro_auroc(pred[LABELS].to_numpy(), pred[[f"p_{c}" for c in LABELS]].to_numpy()) == pytest.approx(row.test_macro_auroc)
     # `fuse --subset 40` trains what the curve's concat point trained: the same test predictions
-    run_fuse(config, features, catalog, LABELS, "concat", out / "subset_40", n_boot=0, subset=40)
+    run_fuse(config, FusionData(features, catalog), LABELS, "concat", out / "subset_40", n_boot=0, subset=40)
     alone = read_table(out / "subset_40" / "predictions.parquet").set_index("case_id")
     point = kept[(kept["subset"] == "40") & (kept["head"] == "concat")].set_index("case_id").loc[alone.index]
     np.testing.assert_allclose(alone[[f"p_{c}" for c in LABELS]], point[[f"p_{c}" for c in LABELS]], rtol=1e-6)
@@ -97,7 +99,7 @@ def test_compare_efficiency_and_report(run):
     with pytest.raises(OrthodiffError, match="not a fuse or baseline classification run"):
         compare_runs(out / "sweep", out / "cmp_concat")
     with pytest.raises(OrthodiffError, match="no subset column 'subset_500'"):
-        run_efficiency(config, features, catalog, LABELS, [500], out / "efficiency2")
+        run_efficiency(config, FusionData(features, catalog), LABELS, [500], out / "efficiency2")
 
 
 def test_configuration_naming_what_the_store_lacks(run, tmp_path):
@@ -121,7 +123,7 @@ def test_a_label_with_one_class_in_the_test_split_is_undefined_not_a_crash(run, 
     _, catalog, features, _, config = run
     one_class = catalog.copy()
     one_class.loc[one_class.split == "test", "LM"] = 0
-    metrics, _ = run_fuse(config, features, one_class, LABELS, "concat", tmp_path / "fuse", n_boot=20)
+    metrics, _ = run_fuse(config, FusionData(features, one_class), LABELS, "concat", tmp_path / "fuse", n_boot=20)
     lm = metrics[(metrics.metric == "auroc") & (metrics.label == "LM")].iloc[0]
     assert np.isnan(lm.value) and "only class [0]" in lm.note
     macro = metrics[metrics.metric == "macro_auroc"].iloc[0]
@@ -131,7 +133,7 @@ def test_a_label_with_one_class_in_the_test_split_is_undefined_not_a_crash(run, 
 def test_youden_thresholds_come_from_validation_and_are_frozen_for_test(run):
     out, catalog, features, _, config = run
     target = out / "fuse_youden"
-    metrics, model = run_fuse(config, features, catalog, LABELS, "concat", target, n_boot=0, fusion_params=FAST_FUSION,
+    metrics, model = run_fuse(config, FusionData(features, catalog), LABELS, "concat", target, n_boot=0, fusion_params=FAST_FUSION,
                               threshold="youden")
     val = model.predict_exams(FusionData(config_features(features, config), catalog[catalog.split == "val"]))
     expected = youden_thresholds(val[LABELS].to_numpy(), val[[f"p_{c}" for c in LABELS]].to_numpy())
@@ -141,7 +143,7 @@ def test_youden_thresholds_come_from_validation_and_are_frozen_for_test(run):
     cf1 = metrics.set_index(["metric", "label"]).loc[("CF1", "all"), "value"]
     assert cf1 == pytest.approx(summary(pred[LABELS].to_numpy(), pred[[f"p_{c}" for c in LABELS]].to_numpy(), expected)["CF1"])
     with pytest.raises(OrthodiffError, match="expected a number in \\(0, 1\\) or 'youden'"):
-        run_fuse(config, features, catalog, LABELS, "concat", out / "bad", threshold="otsu")
+        run_fuse(config, FusionData(features, catalog), LABELS, "concat", out / "bad", threshold="otsu")
 
 
 def test_fusion_runs_share_the_stage_one_probes_of_the_selection(run, tmp_path):
@@ -150,13 +152,13 @@ def test_fusion_runs_share_the_stage_one_probes_of_the_selection(run, tmp_path):
     out, catalog, features, _, config = run
     sap = {**config, "pooling": "sap", "probe_params": {"epochs": 1, "lr": 1e-3, "batch_size": 32}}
     cache = {}
-    _, first = run_fuse(sap, features, catalog, LABELS, "concat", tmp_path / "a", n_boot=0, fusion_params=FAST_FUSION,
+    _, first = run_fuse(sap, FusionData(features, catalog), LABELS, "concat", tmp_path / "a", n_boot=0, fusion_params=FAST_FUSION,
                         stage_one=cache)
     assert len(cache) == 3
-    _, shared = run_fuse(sap, features, catalog, LABELS, "mpae", tmp_path / "b", n_boot=0, fusion_params=FAST_FUSION,
+    _, shared = run_fuse(sap, FusionData(features, catalog), LABELS, "mpae", tmp_path / "b", n_boot=0, fusion_params=FAST_FUSION,
                          stage_one=cache)
     assert all(shared.probes_[p] is first.probes_[p] for p in first.probes_)
-    _, alone = run_fuse(sap, features, catalog, LABELS, "mpae", tmp_path / "c", n_boot=0, fusion_params=FAST_FUSION)
+    _, alone = run_fuse(sap, FusionData(features, catalog), LABELS, "mpae", tmp_path / "c", n_boot=0, fusion_params=FAST_FUSION)
     assert all(alone.probes_[p] is not first.probes_[p] for p in first.probes_)
     pd.testing.assert_frame_equal(read_table(tmp_path / "b" / "predictions.parquet"), read_table(tmp_path / "c" / "predictions.parquet"))
     assert json.loads((tmp_path / "b" / "run.json").read_text())["stage_one"] == []  # not external probes
@@ -187,23 +189,23 @@ def test_the_sap_sweep_hands_its_probes_to_the_selection_and_the_fusion_runs(run
     _, catalog, features, _, _ = run
     params = {"epochs": 2, "lr": 1e-3, "batch_size": 32}
     cache = {}
-    run_sweep(features, catalog, LABELS, "sap", tmp_path / "sweep", probe_params=params, stage_one=cache)
+    run_sweep(FusionData(features, catalog), LABELS, "sap", tmp_path / "sweep", probe_params=params, stage_one=cache)
     assert sorted(cache) == sorted((p, t, b, 0) for p in ("sagittal", "coronal", "axial") for t in (10, 100)
                                    for b in ("mid_0", "mid_2"))
     kept = dict(cache)
-    shared, config = run_select(tmp_path / "sweep", features, catalog, LABELS, tmp_path / "a.json", fusion_params=FAST_FUSION,
+    shared, config = run_select(tmp_path / "sweep", FusionData(features, catalog), LABELS, tmp_path / "a.json", fusion_params=FAST_FUSION,
                                 top_k=2, stage_one=cache)
     assert cache.keys() == kept.keys() and all(cache[k] is kept[k] for k in kept)
-    from_folder, _ = run_select(tmp_path / "sweep", features, catalog, LABELS, tmp_path / "b.json", fusion_params=FAST_FUSION, top_k=2)
+    from_folder, _ = run_select(tmp_path / "sweep", FusionData(features, catalog), LABELS, tmp_path / "b.json", fusion_params=FAST_FUSION, top_k=2)
     pd.testing.assert_frame_equal(shared, from_folder)
-    _, in_memory = run_fuse(config, features, catalog, LABELS, "concat", tmp_path / "f1", n_boot=0, stage_one=cache)
-    _, from_sweep = run_fuse(config, features, catalog, LABELS, "concat", tmp_path / "f2", n_boot=0)
+    _, in_memory = run_fuse(config, FusionData(features, catalog), LABELS, "concat", tmp_path / "f1", n_boot=0, stage_one=cache)
+    _, from_sweep = run_fuse(config, FusionData(features, catalog), LABELS, "concat", tmp_path / "f2", n_boot=0)
     pd.testing.assert_frame_equal(read_table(tmp_path / "f1" / "predictions.parquet"), read_table(tmp_path / "f2" / "predictions.parquet"))
     for plane, probe in from_sweep.probes_.items():
         trained = in_memory.probes_[plane].net_.state_dict()
         assert all(torch.equal(t, trained[name]) for name, t in probe.net_.state_dict().items())
     (tmp_path / "sweep" / "probes.pt").unlink()
-    alone, _ = run_select(tmp_path / "sweep", features, catalog, LABELS, tmp_path / "c.json", fusion_params=FAST_FUSION, top_k=2)
+    alone, _ = run_select(tmp_path / "sweep", FusionData(features, catalog), LABELS, tmp_path / "c.json", fusion_params=FAST_FUSION, top_k=2)
     columns = [c for c in alone.columns if c != "val_macro_auroc"]
     both = shared.merge(alone, on=columns, suffixes=("_shared", "_alone"))
     assert len(both) == 8

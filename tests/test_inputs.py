@@ -159,7 +159,7 @@ def test_heads_refuse_nan_features_and_record_an_absolute_store(monkeypatch, tmp
     path = tmp_path / "c.parquet"
     catalog.to_parquet(path, index=False)
     monkeypatch.chdir(tmp_path)
-    assert load_inputs("rel.zarr", path)[3]["store"] == str(tmp_path / "rel.zarr")  # fuse works from any folder
+    assert load_inputs("rel.zarr", path)[2]["store"] == str(tmp_path / "rel.zarr")  # fuse works from any folder
     tree["features/synthetic/axial"].gap.values[2, 0, 0, 1] = np.nan
     with pytest.raises(OrthodiffError, match=r"axial GAP features of 1 series hold NaN or Inf, e\.g\. '.*-axial-0'"):
         load_inputs("rel.zarr", path)

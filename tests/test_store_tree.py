@@ -129,6 +129,32 @@ def test_a_store_without_personas_or_radiomics_gives_a_tree_without_them(store, 
         plane_nodes(tree)
 
 
+def test_the_heads_inputs_come_from_the_tree_and_its_catalog(store):
+    """`FusionData.from_tree`: the catalog `open_store` joined is read back from the series
+    coordinates (the store's identity, the catalog's labels and split); a given catalog keeps
+    its rows, planes without features are left out, and the split fingerprint is the whole
+    catalog's."""
+    from orthodiff.catalogs.cohort import split_fingerprint
+    from orthodiff.heads.protocol import FusionData
+
+    joined = orthodiff.open_store(store["features_only"], catalog=catalog())
+    data = FusionData.from_tree(joined)
+    axial = catalog().iloc[:N]
+    stored = joined[f"features/{store['backbone']}/axial"]
+    assert list(data.features) == ["axial"] and data.series.tolist() == stored.series.values.tolist()
+    assert data.catalog["case_id"].tolist() == stored.case_id.values.tolist()  # the store's identity
+    np.testing.assert_array_equal(data.labels(["ACL"])["ACL"].to_numpy(), axial.set_index("series_id").loc[data.series, "ACL"])
+    assert "path" not in data.catalog.columns and set(data.catalog["split"]) == {"test"}
+    given = catalog().assign(case_id=lambda df: df.series_id, patient_id=lambda df: df.series_id)
+    with pytest.raises(OrthodiffError, match="no sagittal features in the store, but the catalog has 3 sagittal series"):
+        FusionData.from_tree(joined, given, source="s.zarr")
+    data = FusionData.from_tree(joined, given, planes=["axial"])
+    pd.testing.assert_frame_equal(data.catalog, given.iloc[:N])  # the catalog's rows, as given
+    assert data.split_fingerprint == split_fingerprint(given) != split_fingerprint(given.iloc[:N])
+    with pytest.raises(OrthodiffError, match="no catalog joined to the features"):
+        FusionData.from_tree(orthodiff.open_store(store["features_only"]))
+
+
 def test_parts_whose_creation_was_cut_short_are_named_and_left_out(store, tmp_path, monkeypatch):
     """A sagittal feature plane and a radiomics group, each killed after its group and before
     its arrays: the rest of the tree opens, the root's `incomplete` names both, each in a warning."""

@@ -158,8 +158,8 @@ def main() -> None:
     for pooling in args.poolings.split(","):
         results, tops = {}, {}
         for precision in precisions:
-            features, cat, labels, _ = load_inputs(stores[precision], catalog)
-            sweep_table = sweep(features, cat, labels, pooling, probe_params=SMALL_COHORT_PROBE)
+            data, labels, _ = load_inputs(stores[precision], catalog)
+            sweep_table = sweep(data.features, data.catalog, labels, pooling, probe_params=SMALL_COHORT_PROBE)
             results[precision] = sweep_table[sweep_table["label"] == "macro"].set_index(["plane", "timestep", "block"])["auroc"]
             tops[precision] = {plane: set(map(tuple, part[["timestep", "block"]].values))
                                for plane, part in top_configs(sweep_table).groupby("plane")}

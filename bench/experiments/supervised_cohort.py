@@ -76,8 +76,8 @@ def classification(demo: Path, out: Path, args, console, timings: dict) -> None:
         timings[f"finetune + extract {plane}"] = time.perf_counter() - start
         checkpoints[plane] = ckpt
     if not (out / "finetuned_concat" / "run.json").exists():
-        features, df, labels, _ = load_inputs(store, catalog, [backbone_id(c) for c in checkpoints.values()], planes)
-        run_fuse(config, features, df, labels, "concat", out / "finetuned_concat",
+        data, labels, _ = load_inputs(store, catalog, [backbone_id(c) for c in checkpoints.values()], planes)
+        run_fuse(config, data, labels, "concat", out / "finetuned_concat",
                  probes=finetuned_probes(checkpoints, config))
     for model in ("resnet18", "unet_encoder"):
         start = time.perf_counter()
