@@ -11,7 +11,7 @@ Layout (`xarray.open_zarr(store, group="personas/<backbone id>/<plane>")`):
     _records/personas/<backbone id>/<plane>/<shard>.json   completion records
 
 The union of the ROIs is inpainted in one pass (as the paper masks the union, sec. 5.2.1),
-by one of `INPAINTERS`: `repaint` (our healthy backbone with RePaint, `personas.inpaint`;
+by one of `options.PersonaModel`: `repaint` (our healthy backbone with RePaint, `personas.inpaint`;
 the default) or `ddpm` (the paper's masked-input DDPM with its linear schedule,
 `personas.ddpm`, trained by `orthodiff persona-models --models ddpm`, box ROIs only). The
 model is in the attributes (`model`), its sampling policy in every completion record's
@@ -36,6 +36,7 @@ from orthodiff.backbone.checkpoint import read_checkpoint
 from orthodiff.backbone.diffusion import NoiseScheduler
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
+from orthodiff.options import PersonaModel, Roi, choice
 from orthodiff.featurestore.features import COMPRESSOR, SHARD_SERIES
 from orthodiff.featurestore.jobs import Task, run_tasks
 from orthodiff.featurestore.series_groups import complete_rows, prepare_group, repair_group, series_specs, shard_runs, write_shard
@@ -46,20 +47,18 @@ from orthodiff.personas.inpaint import POLICY, repaint, series_generator
 from orthodiff.personas.reader import KEYS, group_path, shard_fingerprint
 from orthodiff.personas.rois import box_grid
 
-ROI_KINDS = ("box", "structures")
-INPAINTERS = ("repaint", "ddpm")
 SERIES_BATCH = 8  # series per forward pass; like extract's, it changes only float rounding
 
 
 @functools.lru_cache(maxsize=2)
-def _model(checkpoint: str, device: str | None, kind: str = "repaint"):
-    return ddpm.load_masked_ddpm(checkpoint) if kind == "ddpm" else load_backbone(checkpoint, device)
+def _model(checkpoint: str, device: str | None, kind: str = PersonaModel.repaint):
+    return ddpm.load_masked_ddpm(checkpoint) if PersonaModel(kind) is PersonaModel.ddpm else load_backbone(checkpoint, device)
 
 
 def inpaint_run(model, prov: dict, x0: torch.Tensor, known: torch.Tensor, series: list[str]) -> torch.Tensor:
     """The personas of one batch of series (B, 1, D, H, W) by the provenance's model; each
     series' noise from its own generator."""
-    if prov.get("model", "repaint") == "ddpm":  # MONAI's step takes one generator: one series at a time
+    if PersonaModel(prov.get("model", PersonaModel.repaint)) is PersonaModel.ddpm:  # MONAI's step takes one generator: one series at a time
         return torch.cat([ddpm.masked_inpaint(model, x0[j:j + 1], (~known[j:j + 1]).to(x0.dtype), prov["steps"],
                                               series_generator(prov["noise_seed"], s)) for j, s in enumerate(series)])
     return repaint(model, NoiseScheduler(), x0, known, prov["steps"], prov["jumps"],
@@ -68,7 +67,7 @@ def inpaint_run(model, prov: dict, x0: torch.Tensor, known: torch.Tensor, series
 
 def roi_labels(roi: str, grid: int, volume_shape, structure_mask: np.ndarray | None) -> np.ndarray:
     """The ROI label volume of one series (box grid, or its structure mask)."""
-    if roi == "box":
+    if Roi(roi) is Roi.box:
         return box_grid(tuple(volume_shape), grid)[0]
     return np.asarray(structure_mask, np.uint8)
 
@@ -77,12 +76,12 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, prov: dict, de
              series_batch: int = SERIES_BATCH) -> int:
     """Inpaint one shard's series (`series_batch` per forward pass), write persona and mask
     as whole shards, then the record."""
-    model = _model(checkpoint, device, prov.get("model", "repaint"))
+    model = _model(checkpoint, device, prov.get("model", PersonaModel.repaint))
     group = zarr.open_group(str(store), path=group_path(prov["backbone_id"], plane), mode="r+", use_consolidated=False)
     vol_group = zarr.open_group(str(store), path=VOLUMES, mode="r")
     rows = (list(task.volume_rows),)
     volumes = vol_group["volume"].get_orthogonal_selection(rows).astype(np.float32)
-    structure = vol_group["mask"].get_orthogonal_selection(rows) if prov["roi"] == "structures" else [None] * len(rows[0])
+    structure = vol_group["mask"].get_orthogonal_selection(rows) if Roi(prov["roi"]) is Roi.structures else [None] * len(rows[0])
     masks = np.stack([roi_labels(prov["roi"], prov["grid"], volumes.shape[1:], structure[i]) for i in range(len(task.series))])
     personas = []
     for i in range(0, len(task.series), series_batch):  # fixed runs of the shard's series: reruns batch alike
@@ -98,13 +97,13 @@ def run_task(task: Task, store: str, checkpoint: str, plane: str, prov: dict, de
 
 
 def _provenance(bid: str, ckpt: dict, checkpoint: str, roi: str, grid: int, steps: int, jumps: int, seed: int,
-                names: list[str], model: str = "repaint") -> dict:
+                names: list[str], model: PersonaModel = PersonaModel.repaint) -> dict:
     from orthodiff import __version__
     from orthodiff.featurestore.store import SCHEMA_VERSION
 
-    return {"backbone_id": bid, "checkpoint": str(checkpoint), "healthy": ckpt.get("healthy"), "roi": roi,
-            "grid": grid if roi == "box" else 0, "roi_names": names, "steps": steps, "jumps": jumps,
-            "noise_seed": seed, "noise_policy": ddpm.POLICY if model == "ddpm" else POLICY, "model": model, "schema": SCHEMA_VERSION, "orthodiff_version": __version__,
+    return {"backbone_id": bid, "checkpoint": str(checkpoint), "healthy": ckpt.get("healthy"), "roi": str(roi),
+            "grid": grid if roi is Roi.box else 0, "roi_names": names, "steps": steps, "jumps": jumps,
+            "noise_seed": seed, "noise_policy": ddpm.POLICY if model is PersonaModel.ddpm else POLICY, "model": str(model), "schema": SCHEMA_VERSION, "orthodiff_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -134,19 +133,16 @@ def plan(store: str, checkpoint: str, plane: str, roi: str = "box", grid: int = 
     Returns (provenance, tasks, warnings)."""
     if plane not in PLANES:
         raise OrthodiffError(f"--plane {plane!r}: expected one of {list(PLANES)}")
-    if roi not in ROI_KINDS:
-        raise OrthodiffError(f"--roi {roi!r}: expected one of {list(ROI_KINDS)}")
-    if model not in INPAINTERS:
-        raise OrthodiffError(f"--model {model!r}: expected one of {list(INPAINTERS)}")
-    if model == "ddpm" and (roi != "box" or (jumps or 1) != 1):
+    roi, model = choice(Roi, roi, "--roi"), choice(PersonaModel, model, "--model")
+    if model is PersonaModel.ddpm and (roi is not Roi.box or (jumps or 1) != 1):
         raise OrthodiffError("--model ddpm completes the central box it was trained on, with no RePaint jumps: "
                              "use --roi box and leave --jumps out")
-    jumps = jumps if jumps is not None else (2 if model == "repaint" else 1)
+    jumps = jumps if jumps is not None else (2 if model is PersonaModel.repaint else 1)
     if steps < 1 or jumps < 1:
         raise OrthodiffError(f"--sampling-steps and --jumps must be at least 1 (got {steps}, {jumps})")
     open_root(store)
     ckpt = read_checkpoint(checkpoint)
-    if model == "ddpm":
+    if model is PersonaModel.ddpm:
         ddpm.load_masked_ddpm(checkpoint)  # a masked-DDPM checkpoint trained on healthy exams, or a clear error
         trained_plane, shape, notes = (ckpt.get("healthy") or {}).get("plane"), ckpt.get("shape"), []
         bid = ddpm.ddpm_id(checkpoint)
@@ -159,7 +155,7 @@ def plan(store: str, checkpoint: str, plane: str, roi: str = "box", grid: int = 
         raise OrthodiffError(f"{checkpoint}: {model} model trained on {trained_plane} series cannot make {plane} personas")
     ds, row_of = plane_volumes(store, plane, shape[-1] if shape else None, checkpoint)
     shape = (ds.sizes["z"], ds.sizes["y"], ds.sizes["x"])
-    if roi == "structures":
+    if roi is Roi.structures:
         without = ds.series.values[~ds.has_mask.values]
         if len(without):
             raise OrthodiffError(f"{store}: --roi structures but series {without[0]!r} has no structure mask "
@@ -189,7 +185,7 @@ def make_personas(store: str, checkpoint: str, plane: str, roi: str = "box", gri
                   jumps: int | None = None, seed: int = 0, workers: int | None = None, scheduler: str | None = None,
                   device: str | None = None, progress: bool = True, warn=print, series_batch: int = SERIES_BATCH,
                   repair: bool = False, model: str = "repaint") -> dict:
-    """Make the personas still missing for `plane` with `model` (see `INPAINTERS`); returns
+    """Make the personas still missing for `plane` with `model` (`options.PersonaModel`); returns
     counts, ids and the time."""
     store, checkpoint = str(store), str(checkpoint)
     prov, tasks, notes = plan(store, checkpoint, plane, roi, grid, steps, jumps, seed, repair, model)

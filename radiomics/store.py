@@ -32,6 +32,7 @@ import zarr
 from orthodiff.catalogs.geometry import AXES
 from orthodiff.catalogs.tasks import PLANES
 from orthodiff.errors import OrthodiffError
+from orthodiff.options import Roi
 from orthodiff.featurestore.features import SHARD_SERIES
 from orthodiff.featurestore.jobs import Task, run_tasks
 from orthodiff.featurestore.series_groups import complete_rows, prepare_group, repair_group, series_specs, shard_runs, write_shard
@@ -91,7 +92,7 @@ def _inputs(store: str, plane: str, sources, grid: int | None, persona_backbone:
     if grid and grid != ds.attrs["grid"]:
         # Every grid splits the same central box, and the persona inpaints the box as a whole,
         # so one set of box personas serves all grids: only the cell labels change.
-        if ds.attrs["roi"] != "box":
+        if Roi(ds.attrs["roi"]) is not Roi.box:
             raise OrthodiffError(f"{store}: --grid {grid} needs box personas; the {plane} personas are of "
                                  f"{ds.attrs['roi']} ROIs (leave --grid out to use their ROIs)")
         bid, labels, names = ds.attrs["backbone_id"], *box_grid((ds.sizes["z"], ds.sizes["y"], ds.sizes["x"]), grid)

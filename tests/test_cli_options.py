@@ -89,7 +89,6 @@ def test_choices_are_the_librarys_own():
     from orthodiff.heads.fusion import METHODS
     from orthodiff.heads.pooling import POOLINGS
     from orthodiff.heads.protocol import COMPARATORS
-    from orthodiff.personas.store import INPAINTERS, ROI_KINDS
     from orthodiff.radiomics.ibsi import DISCRETISATIONS
     from orthodiff.supervised.networks import CLASSIFIERS, DECODERS, UNETR_SIZES
 
@@ -103,8 +102,6 @@ def test_choices_are_the_librarys_own():
     assert values(options.Joint) == joints()
     assert values(options.JoinOn) == list(JOIN_ON)
     assert values(options.Precision) == list(PRECISIONS)
-    assert values(options.Roi) == list(ROI_KINDS)
-    assert values(options.PersonaModel) == list(INPAINTERS)
     assert values(options.Discretisation) == list(DISCRETISATIONS)
     assert values(options.Decoder) == list(DECODERS)
     assert values(options.UnetrSize) == list(UNETR_SIZES)
