@@ -16,7 +16,10 @@ queries of the attention output, and every softmax row sums to one, so per head 
 
 the value projection is applied to H attention-weighted token means instead of to every
 token, and the attention output P V is never formed. ``attention_mean`` computes ``abar``
-in chunks that stay in cache and recomputes P in the backward pass instead of storing it.
+with the fused kernel of ``heads.attention_kernel`` (one row of scores at a time; the
+backward pass recomputes P from the rows' saved log-sum-exp), or, where that kernel is not
+available, eagerly in chunks that stay in cache, recomputing P in the backward pass
+instead of storing it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from scipy.special import expit
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from orthodiff.heads import attention_kernel
 from orthodiff.heads.defaults import PROBE
 from orthodiff.heads.estimator import MultiLabelClassifier
 from orthodiff.heads.probe import PlaneProbe, ProbeNet
@@ -46,6 +50,11 @@ class _AttentionMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qt: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
+        ctx.kernel = attention_kernel.usable(qt, kt)
+        if ctx.kernel is not None:
+            out, lse = attention_kernel.forward(ctx.kernel, qt, kt)
+            ctx.save_for_backward(qt, kt, lse)
+            return out
         out = qt.new_empty(qt.shape[0], kt.shape[2])
         with one_thread():
             for s in range(0, len(qt), CHUNK):
@@ -56,6 +65,8 @@ class _AttentionMean(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        if ctx.kernel is not None:
+            return attention_kernel.backward(ctx.kernel, *ctx.saved_tensors, grad)
         qt, kt = ctx.saved_tensors
         dqt, dkt = torch.empty_like(qt), torch.empty_like(kt)
         grad = (grad / qt.shape[2])[:, None, :]  # d abar_j / d P_ij = 1 / L
