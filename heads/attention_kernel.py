@@ -30,19 +30,21 @@ SOURCE = r"""
 #include <stdint.h>
 #include <float.h>
 
-/* q, k: (B, DIM, LEN); abar, lse: (B, LEN).
-   abar[b, j] = mean_i softmax_j(s[b, i, :]), lse[b, i] = logsumexp_j s[b, i, j],
-   s[b, i, j] = sum_e q[b, e, i] k[b, e, j]. */
-void forward(const float *q, const float *k, float *abar, float *lse, int64_t B) {
+/* q, k: (B, DIM, N, LEN); abar, lse: (B, N, LEN); one softmax problem per (b, n).
+   abar[b, n, j] = mean_i softmax_j(s[i, :]), lse[b, n, i] = logsumexp_j s[i, j],
+   s[i, j] = sum_e q[b, e, n, i] k[b, e, n, j]. */
+#define ROW (N * LEN) /* stride of e */
+void forward(const float *q, const float *k, float *abar, float *lse, int64_t B, int64_t N) {
     float s[LEN];
-    for (int64_t b = 0; b < B; b++) {
-        const float *qb = q + b * DIM * LEN, *kb = k + b * DIM * LEN;
+    for (int64_t b = 0; b < B * N; b++) {
+        const int64_t start = (b / N) * DIM * ROW + (b % N) * LEN;
+        const float *qb = q + start, *kb = k + start;
         float *ab = abar + b * LEN;
         for (int j = 0; j < LEN; j++) ab[j] = 0.f;
         for (int i = 0; i < LEN; i++) {
             for (int j = 0; j < LEN; j++) s[j] = 0.f;
             for (int e = 0; e < DIM; e++) {
-                const float qi = qb[e * LEN + i], *ke = kb + e * LEN;
+                const float qi = qb[e * ROW + i], *ke = kb + e * ROW;
                 for (int j = 0; j < LEN; j++) s[j] += qi * ke[j];
             }
             float m = -FLT_MAX, z = 0.f;
@@ -55,32 +57,54 @@ void forward(const float *q, const float *k, float *abar, float *lse, int64_t B)
     }
 }
 
-/* g: (B, LEN) gradient of the loss with respect to abar, divided by LEN (d abar_j / d P_ij);
-   dq, dk: (B, DIM, LEN). With p_ij = exp(s_ij - lse_i) and c_i = sum_j p_ij g_j,
-   d s_ij = p_ij (g_j - c_i), dq_i = sum_j ds_ij k_j, dk_j = sum_i ds_ij q_i. */
-void backward(const float *q, const float *k, const float *g, const float *lse, float *dq, float *dk, int64_t B) {
-    float s[LEN];
-    for (int64_t b = 0; b < B; b++) {
-        const float *qb = q + b * DIM * LEN, *kb = k + b * DIM * LEN, *gb = g + b * LEN;
-        float *dqb = dq + b * DIM * LEN, *dkb = dk + b * DIM * LEN;
-        for (int j = 0; j < DIM * LEN; j++) dkb[j] = 0.f;
-        for (int i = 0; i < LEN; i++) {
-            for (int j = 0; j < LEN; j++) s[j] = 0.f;
-            for (int e = 0; e < DIM; e++) {
-                const float qi = qb[e * LEN + i], *ke = kb + e * LEN;
-                for (int j = 0; j < LEN; j++) s[j] += qi * ke[j];
+/* g: (B, N, LEN) gradient of the loss with respect to abar, divided by LEN (d abar_j / d P_ij);
+   dq, dk: (B, DIM, N, LEN). With p_ij = exp(s_ij - lse_i) and c_i = sum_j p_ij g_j,
+   d s_ij = p_ij (g_j - c_i), dq_i = sum_j ds_ij k_j, dk_j = sum_i ds_ij q_i; dk is
+   accumulated over TILE queries at a time (one load and store of it per TILE rows). */
+#define TILE 4
+void backward(const float *q, const float *k, const float *g, const float *lse, float *dq, float *dk,
+              int64_t B, int64_t N) {
+    float s[TILE][LEN], dkl[DIM][LEN];
+    for (int64_t b = 0; b < B * N; b++) {
+        const int64_t start = (b / N) * DIM * ROW + (b % N) * LEN;
+        const float *qb = q + start, *kb = k + start, *gb = g + b * LEN;
+        float *dqb = dq + start, *dkb = dk + start;
+        for (int e = 0; e < DIM; e++)
+            for (int j = 0; j < LEN; j++) dkl[e][j] = 0.f;
+        for (int i0 = 0; i0 < LEN; i0 += TILE) {
+            const int rows = LEN - i0 < TILE ? LEN - i0 : TILE;
+            for (int t = 0; t < TILE; t++) {
+                float *st = s[t];
+                for (int j = 0; j < LEN; j++) st[j] = 0.f;
+                if (t >= rows) continue; /* past the last query: zeros add nothing to dk */
+                const int i = i0 + t;
+                for (int e = 0; e < DIM; e++) {
+                    const float qi = qb[e * ROW + i], *ke = kb + e * ROW;
+                    for (int j = 0; j < LEN; j++) st[j] += qi * ke[j];
+                }
+                const float l = lse[b * LEN + i];
+                float c = 0.f;
+                for (int j = 0; j < LEN; j++) { st[j] = expf(st[j] - l); c += st[j] * gb[j]; }
+                for (int j = 0; j < LEN; j++) st[j] *= gb[j] - c;
+                for (int e = 0; e < DIM; e++) {
+                    const float *ke = kb + e * ROW;
+                    float acc = 0.f;
+                    for (int j = 0; j < LEN; j++) acc += st[j] * ke[j];
+                    dqb[e * ROW + i] = acc;
+                }
             }
-            const float l = lse[b * LEN + i];
-            float c = 0.f;
-            for (int j = 0; j < LEN; j++) { s[j] = expf(s[j] - l); c += s[j] * gb[j]; }
-            for (int j = 0; j < LEN; j++) s[j] *= gb[j] - c;
             for (int e = 0; e < DIM; e++) {
-                const float *ke = kb + e * LEN, qi = qb[e * LEN + i];
-                float *dke = dkb + e * LEN, acc = 0.f;
-                for (int j = 0; j < LEN; j++) { acc += s[j] * ke[j]; dke[j] += s[j] * qi; }
-                dqb[e * LEN + i] = acc;
+                float qe[TILE];
+                for (int t = 0; t < TILE; t++) qe[t] = t < rows ? qb[e * ROW + i0 + t] : 0.f;
+                for (int j = 0; j < LEN; j++) {
+                    float acc = dkl[e][j];
+                    for (int t = 0; t < TILE; t++) acc += s[t][j] * qe[t];
+                    dkl[e][j] = acc;
+                }
             }
         }
+        for (int e = 0; e < DIM; e++)
+            for (int j = 0; j < LEN; j++) dkb[e * ROW + j] = dkl[e][j];
     }
 }
 """
@@ -125,11 +149,11 @@ def _unavailable(why: str) -> None:
 
 
 def usable(qt: torch.Tensor, kt: torch.Tensor) -> ctypes.CDLL | None:
-    """The kernel for these (B, d, L) queries and keys if they are contiguous float32 CPU
+    """The kernel for these (B, d, N, L) queries and keys if they are contiguous float32 CPU
     tensors and it compiles; None otherwise."""
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in (qt, kt)):
         return None
-    return load(qt.shape[1], qt.shape[2])
+    return load(qt.shape[1], qt.shape[3])
 
 
 def _pointer(t: torch.Tensor) -> ctypes.c_void_p:
@@ -137,16 +161,18 @@ def _pointer(t: torch.Tensor) -> ctypes.c_void_p:
 
 
 def forward(kernel: ctypes.CDLL, qt: torch.Tensor, kt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, d, L) queries and keys -> abar (B, L) and the rows' log-sum-exp (B, L)."""
-    abar, lse = qt.new_empty(qt.shape[0], qt.shape[2]), qt.new_empty(qt.shape[0], qt.shape[2])
-    kernel.forward(_pointer(qt), _pointer(kt), _pointer(abar), _pointer(lse), ctypes.c_int64(len(qt)))
+    """(B, d, N, L) queries and keys -> abar (B, N, L) and the rows' log-sum-exp (B, N, L)."""
+    b, _, n, length = qt.shape
+    abar, lse = qt.new_empty(b, n, length), qt.new_empty(b, n, length)
+    kernel.forward(_pointer(qt), _pointer(kt), _pointer(abar), _pointer(lse), ctypes.c_int64(b), ctypes.c_int64(n))
     return abar, lse
 
 
 def backward(kernel: ctypes.CDLL, qt: torch.Tensor, kt: torch.Tensor, lse: torch.Tensor,
              grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of queries and keys given d loss / d abar (B, L)."""
-    grad = (grad.float() / qt.shape[2]).contiguous()
+    """Gradients of queries and keys given d loss / d abar (B, N, L)."""
+    b, _, n, length = qt.shape
+    grad = (grad.float() / length).contiguous()
     dqt, dkt = torch.empty_like(qt), torch.empty_like(kt)
-    kernel.backward(*map(_pointer, (qt, kt, grad, lse, dqt, dkt)), ctypes.c_int64(len(qt)))
+    kernel.backward(*map(_pointer, (qt, kt, grad, lse, dqt, dkt)), ctypes.c_int64(b), ctypes.c_int64(n))
     return dqt, dkt

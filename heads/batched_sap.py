@@ -50,11 +50,6 @@ class _AttentionMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qt: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
-        ctx.kernel = attention_kernel.usable(qt, kt)
-        if ctx.kernel is not None:
-            out, lse = attention_kernel.forward(ctx.kernel, qt, kt)
-            ctx.save_for_backward(qt, kt, lse)
-            return out
         out = qt.new_empty(qt.shape[0], kt.shape[2])
         with one_thread():
             for s in range(0, len(qt), CHUNK):
@@ -65,8 +60,6 @@ class _AttentionMean(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        if ctx.kernel is not None:
-            return attention_kernel.backward(ctx.kernel, *ctx.saved_tensors, grad)
         qt, kt = ctx.saved_tensors
         dqt, dkt = torch.empty_like(qt), torch.empty_like(kt)
         grad = (grad / qt.shape[2])[:, None, :]  # d abar_j / d P_ij = 1 / L
@@ -80,9 +73,36 @@ class _AttentionMean(torch.autograd.Function):
         return dqt, dkt
 
 
+class _FusedAttentionMean(torch.autograd.Function):
+    """``_AttentionMean`` by the fused kernel of ``heads.attention_kernel``, on (B, d, N, L)."""
+
+    @staticmethod
+    def forward(ctx, qt: torch.Tensor, kt: torch.Tensor, kernel) -> torch.Tensor:
+        out, lse = attention_kernel.forward(kernel, qt, kt)
+        ctx.kernel = kernel
+        ctx.save_for_backward(qt, kt, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return *attention_kernel.backward(ctx.kernel, *ctx.saved_tensors, grad), None
+
+
 def attention_mean(qt: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
-    """(B, d, L) queries and keys -> (B, L): softmax(q^T k) averaged over the queries."""
-    return _AttentionMean.apply(qt.contiguous(), kt.contiguous())
+    """(B, d, L) or (B, d, N, L) queries and keys -> (B, L) or (B, N, L): softmax(q^T k)
+    averaged over the queries, for each b (and n). The (B, d, N, L) layout is the one in
+    which the projections come out of one matmul per configuration without a copy."""
+    q4, k4 = ((t if t.dim() == 4 else t.unsqueeze(2)).contiguous() for t in (qt, kt))
+    b, d, n, length = q4.shape
+    kernel = attention_kernel.usable(q4, k4)
+    if kernel is not None:
+        out = _FusedAttentionMean.apply(q4, k4, kernel)
+    else:
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t.transpose(1, 2).reshape(b * n, d, length)
+
+        out = _AttentionMean.apply(rows(q4).contiguous(), rows(k4).contiguous()).view(b, n, length)
+    return out if qt.dim() == 4 else out.squeeze(1)
 
 
 class BatchedSAPNet(nn.Module):
@@ -114,19 +134,24 @@ class BatchedSAPNet(nn.Module):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """(N, K, C, *spatial) -> (K, N, 2C): [GAP, SAP] per configuration, in float32."""
         n, k, c = x.shape[:3]
-        t = x.float().reshape(n, k, c, -1).permute(1, 0, 3, 2).contiguous()  # (K, N, tokens, C)
-        length, h = t.shape[2], self.heads
+        h = self.heads
         d = c // h
+        x = x.reshape(n, k, c, -1)
+        length = x.shape[3]
+        t = x.transpose(0, 1).float().contiguous()  # (K, N, C, tokens)
+        tc = x.permute(1, 2, 0, 3).float().contiguous().view(k, c, n * length)  # (K, C, N tokens)
 
-        def per_head(a: torch.Tensor) -> torch.Tensor:  # (K, N, L, C) -> (K N H, d, L)
-            return a.view(k * n, length, h, d).permute(0, 2, 3, 1).reshape(k * n * h, d, length)
+        def projected(name: str, scale: float = 1.0) -> torch.Tensor:  # (K H, d, N, L), a view
+            weight, bias = getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias")
+            out = torch.baddbmm(bias[:, :, None], weight.transpose(1, 2), tc, beta=scale, alpha=scale)
+            return out.view(k * h, d, n, length)
 
-        q = per_head(self._linear(t, "q_proj")) * (1 / math.sqrt(d))  # SDPA's default scale
-        abar = attention_mean(q, per_head(self._linear(t, "k_proj"))).view(k * n, h, length)
-        means = torch.bmm(abar, t.view(k * n, length, c)).view(k, n, h, c)  # per-head weighted token means
+        q = projected("q_proj", 1 / math.sqrt(d))  # SDPA's default scale
+        abar = attention_mean(q, projected("k_proj")).view(k, h, n, length).transpose(1, 2)
+        means = torch.matmul(abar, t.transpose(2, 3))  # (K, N, H, C) per-head weighted token means
         values = torch.einsum("knhc,kchd->knhd", means, self.v_proj_weight.view(k, c, h, d)).reshape(k, n, c)
         pooled = self._linear(values + self.v_proj_bias[:, None], "out_proj")
-        return torch.cat([t.mean(2), pooled], dim=-1)
+        return torch.cat([t.mean(3), pooled], dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         standardised = (self.pooled(x) - self.mean[:, None]) / self.scale[:, None]
