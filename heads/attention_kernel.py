@@ -34,6 +34,17 @@ SOURCE = r"""
    abar[b, n, j] = mean_i softmax_j(s[i, :]), lse[b, n, i] = logsumexp_j s[i, j],
    s[i, j] = sum_e q[b, e, n, i] k[b, e, n, j]. */
 #define ROW (N * LEN) /* stride of e */
+
+/* s[j] = sum_e q[e, i] k[e, j] for one query i, each s[j] summed in a register */
+static inline void scores(const float *q, const float *k, int i, int64_t N, float *s) {
+    float qi[DIM];
+    for (int e = 0; e < DIM; e++) qi[e] = q[e * ROW + i];
+    for (int j = 0; j < LEN; j++) {
+        float acc = 0.f;
+        for (int e = 0; e < DIM; e++) acc += qi[e] * k[e * ROW + j];
+        s[j] = acc;
+    }
+}
 void forward(const float *q, const float *k, float *abar, float *lse, int64_t B, int64_t N) {
     float s[LEN];
     for (int64_t b = 0; b < B * N; b++) {
@@ -42,11 +53,7 @@ void forward(const float *q, const float *k, float *abar, float *lse, int64_t B,
         float *ab = abar + b * LEN;
         for (int j = 0; j < LEN; j++) ab[j] = 0.f;
         for (int i = 0; i < LEN; i++) {
-            for (int j = 0; j < LEN; j++) s[j] = 0.f;
-            for (int e = 0; e < DIM; e++) {
-                const float qi = qb[e * ROW + i], *ke = kb + e * ROW;
-                for (int j = 0; j < LEN; j++) s[j] += qi * ke[j];
-            }
+            scores(qb, kb, i, N, s);
             float m = -FLT_MAX, z = 0.f;
             for (int j = 0; j < LEN; j++) m = s[j] > m ? s[j] : m;
             for (int j = 0; j < LEN; j++) { s[j] = expf(s[j] - m); z += s[j]; }
@@ -75,13 +82,12 @@ void backward(const float *q, const float *k, const float *g, const float *lse, 
             const int rows = LEN - i0 < TILE ? LEN - i0 : TILE;
             for (int t = 0; t < TILE; t++) {
                 float *st = s[t];
-                for (int j = 0; j < LEN; j++) st[j] = 0.f;
-                if (t >= rows) continue; /* past the last query: zeros add nothing to dk */
-                const int i = i0 + t;
-                for (int e = 0; e < DIM; e++) {
-                    const float qi = qb[e * ROW + i], *ke = kb + e * ROW;
-                    for (int j = 0; j < LEN; j++) st[j] += qi * ke[j];
+                if (t >= rows) { /* past the last query: zeros add nothing to dk */
+                    for (int j = 0; j < LEN; j++) st[j] = 0.f;
+                    continue;
                 }
+                const int i = i0 + t;
+                scores(qb, kb, i, N, st);
                 const float l = lse[b * LEN + i];
                 float c = 0.f;
                 for (int j = 0; j < LEN; j++) { st[j] = expf(st[j] - l); c += st[j] * gb[j]; }
