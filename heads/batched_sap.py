@@ -38,7 +38,8 @@ from orthodiff.heads.estimator import MultiLabelClassifier
 from orthodiff.heads.probe import PlaneProbe, ProbeNet
 from orthodiff.training import apply, one_thread, seeded, train
 
-# (batch x heads) rows per chunk of attention_mean: 64 x 128 x 128 floats (4 MiB) of scores.
+# (batch x heads) rows per chunk of attention_mean's eager path (where the fused kernel of
+# heads.attention_kernel is unavailable): 64 x 128 x 128 floats (4 MiB) of scores.
 # The chunks' ops are small enough that a pool of intra-op threads costs more in fork/join
 # than it saves (on the loaded 2-core machine a step took 3x longer on 2 threads than on 1),
 # so the chunk loops run on one thread; the projections around them keep torch's threads.
@@ -138,8 +139,12 @@ class BatchedSAPNet(nn.Module):
         d = c // h
         x = x.reshape(n, k, c, -1)
         length = x.shape[3]
-        t = x.transpose(0, 1).float().contiguous()  # (K, N, C, tokens)
-        tc = x.permute(1, 2, 0, 3).float().contiguous().view(k, c, n * length)  # (K, C, N tokens)
+
+        def dense(a: torch.Tensor) -> torch.Tensor:  # cast and laid out in one copy
+            return torch.empty(a.shape, dtype=torch.float32, device=a.device).copy_(a)
+
+        t = dense(x.transpose(0, 1))  # (K, N, C, tokens)
+        tc = dense(x.permute(1, 2, 0, 3)).view(k, c, n * length)  # (K, C, N tokens)
 
         def projected(name: str, scale: float = 1.0) -> torch.Tensor:  # (K H, d, N, L), a view
             weight, bias = getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias")
