@@ -16,7 +16,10 @@ queries of the attention output, and every softmax row sums to one, so per head 
 
 the value projection is applied to H attention-weighted token means instead of to every
 token, and the attention output P V is never formed. ``attention_mean`` computes ``abar``
-in chunks that stay in cache and recomputes P in the backward pass instead of storing it.
+with the fused kernel of ``heads.attention_kernel`` (one row of scores at a time; the
+backward pass recomputes P from the rows' saved log-sum-exp), or, where that kernel is not
+available, eagerly in chunks that stay in cache, recomputing P in the backward pass
+instead of storing it.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from scipy.special import expit
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from orthodiff.heads import attention_kernel
 from orthodiff.heads.defaults import PROBE
 from orthodiff.heads.estimator import MultiLabelClassifier
 from orthodiff.heads.probe import PlaneProbe, ProbeNet
 from orthodiff.training import apply, one_thread, seeded, train
 
-# (batch x heads) rows per chunk of attention_mean: 64 x 128 x 128 floats (4 MiB) of scores.
+# (batch x heads) rows per chunk of attention_mean's eager path (where the fused kernel of
+# heads.attention_kernel is unavailable): 64 x 128 x 128 floats (4 MiB) of scores.
 # The chunks' ops are small enough that a pool of intra-op threads costs more in fork/join
 # than it saves (on the loaded 2-core machine a step took 3x longer on 2 threads than on 1),
 # so the chunk loops run on one thread; the projections around them keep torch's threads.
@@ -69,9 +74,36 @@ class _AttentionMean(torch.autograd.Function):
         return dqt, dkt
 
 
+class _FusedAttentionMean(torch.autograd.Function):
+    """``_AttentionMean`` by the fused kernel of ``heads.attention_kernel``, on (B, d, N, L)."""
+
+    @staticmethod
+    def forward(ctx, qt: torch.Tensor, kt: torch.Tensor, kernel) -> torch.Tensor:
+        out, lse = attention_kernel.forward(kernel, qt, kt)
+        ctx.kernel = kernel
+        ctx.save_for_backward(qt, kt, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return *attention_kernel.backward(ctx.kernel, *ctx.saved_tensors, grad), None
+
+
 def attention_mean(qt: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
-    """(B, d, L) queries and keys -> (B, L): softmax(q^T k) averaged over the queries."""
-    return _AttentionMean.apply(qt.contiguous(), kt.contiguous())
+    """(B, d, L) or (B, d, N, L) queries and keys -> (B, L) or (B, N, L): softmax(q^T k)
+    averaged over the queries, for each b (and n). The (B, d, N, L) layout is the one in
+    which the projections come out of one matmul per configuration without a copy."""
+    q4, k4 = ((t if t.dim() == 4 else t.unsqueeze(2)).contiguous() for t in (qt, kt))
+    b, d, n, length = q4.shape
+    kernel = attention_kernel.usable(q4, k4)
+    if kernel is not None:
+        out = _FusedAttentionMean.apply(q4, k4, kernel)
+    else:
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t.transpose(1, 2).reshape(b * n, d, length)
+
+        out = _AttentionMean.apply(rows(q4).contiguous(), rows(k4).contiguous()).view(b, n, length)
+    return out if qt.dim() == 4 else out.squeeze(1)
 
 
 class BatchedSAPNet(nn.Module):
@@ -103,19 +135,28 @@ class BatchedSAPNet(nn.Module):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """(N, K, C, *spatial) -> (K, N, 2C): [GAP, SAP] per configuration, in float32."""
         n, k, c = x.shape[:3]
-        t = x.float().reshape(n, k, c, -1).permute(1, 0, 3, 2).contiguous()  # (K, N, tokens, C)
-        length, h = t.shape[2], self.heads
+        h = self.heads
         d = c // h
+        x = x.reshape(n, k, c, -1)
+        length = x.shape[3]
 
-        def per_head(a: torch.Tensor) -> torch.Tensor:  # (K, N, L, C) -> (K N H, d, L)
-            return a.view(k * n, length, h, d).permute(0, 2, 3, 1).reshape(k * n * h, d, length)
+        def dense(a: torch.Tensor) -> torch.Tensor:  # cast and laid out in one copy
+            return torch.empty(a.shape, dtype=torch.float32, device=a.device).copy_(a)
 
-        q = per_head(self._linear(t, "q_proj")) * (1 / math.sqrt(d))  # SDPA's default scale
-        abar = attention_mean(q, per_head(self._linear(t, "k_proj"))).view(k * n, h, length)
-        means = torch.bmm(abar, t.view(k * n, length, c)).view(k, n, h, c)  # per-head weighted token means
+        t = dense(x.transpose(0, 1))  # (K, N, C, tokens)
+        tc = dense(x.permute(1, 2, 0, 3)).view(k, c, n * length)  # (K, C, N tokens)
+
+        def projected(name: str, scale: float = 1.0) -> torch.Tensor:  # (K H, d, N, L), a view
+            weight, bias = getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias")
+            out = torch.baddbmm(bias[:, :, None], weight.transpose(1, 2), tc, beta=scale, alpha=scale)
+            return out.view(k * h, d, n, length)
+
+        q = projected("q_proj", 1 / math.sqrt(d))  # SDPA's default scale
+        abar = attention_mean(q, projected("k_proj")).view(k, h, n, length).transpose(1, 2)
+        means = torch.matmul(abar, t.transpose(2, 3))  # (K, N, H, C) per-head weighted token means
         values = torch.einsum("knhc,kchd->knhd", means, self.v_proj_weight.view(k, c, h, d)).reshape(k, n, c)
         pooled = self._linear(values + self.v_proj_bias[:, None], "out_proj")
-        return torch.cat([t.mean(2), pooled], dim=-1)
+        return torch.cat([t.mean(3), pooled], dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         standardised = (self.pooled(x) - self.mean[:, None]) / self.scale[:, None]

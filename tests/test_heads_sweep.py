@@ -104,6 +104,34 @@ def test_attention_mean_is_the_mean_attention_and_its_gradient():
     torch.testing.assert_close(fast, (qt.grad, kt.grad))
 
 
+def test_attention_mean_kernel_matches_the_eager_mean_attention(monkeypatch):
+    """In float32 ``attention_mean`` runs the fused C kernel (compiled for these sizes) on
+    (B, d, N, L) queries and keys and gives the float64 mean attention of every (b, n) and
+    its gradients up to float32 rounding; without a C compiler the kernel is reported
+    unavailable (and ``attention_mean`` runs eagerly)."""
+    from orthodiff.heads import attention_kernel, batched_sap
+
+    torch.manual_seed(1)
+    qt = torch.randn(7, 3, 2, 21, dtype=torch.float64, requires_grad=True)
+    kt = torch.randn(7, 3, 2, 21, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(7, 2, 21, dtype=torch.float64)
+    plain = torch.einsum("bdni,bdnj->bnij", qt, kt).softmax(-1).mean(2)
+    (plain * weights).sum().backward()
+    q32, k32 = (t.detach().float().requires_grad_() for t in (qt, kt))
+    assert attention_kernel.load(3, 21) is not None
+    fused = batched_sap.attention_mean(q32, k32)
+    (fused * weights.float()).sum().backward()
+    torch.testing.assert_close(fused.double(), plain.detach(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(q32.grad.double(), qt.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(k32.grad.double(), kt.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(batched_sap.attention_mean(qt, kt), plain)  # float64: the eager path
+
+    monkeypatch.setenv("CC", "no-such-compiler")
+    monkeypatch.setattr(attention_kernel, "_warned", False)
+    with pytest.warns(UserWarning, match="no C compiler"):
+        assert attention_kernel.load.__wrapped__(3, 21) is None
+
+
 @pytest.mark.slow
 def test_batched_sap_sweep_finds_the_signal():
     catalog = synthetic_catalog(120, LABELS, seed=5)
