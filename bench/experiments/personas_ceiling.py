@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a personas_healthy.py output folder")
     args = parser.parse_args()
-    from orthodiff.catalogs.cohort import read_catalog, write_catalog
+    from orthodiff.catalogs.cohort import label_columns, read_catalog, write_catalog
     from orthodiff.featurestore.ingest import ingest
     from orthodiff.featurestore.volumes import open_volumes
     from orthodiff.personas.fidelity import mean_ci
@@ -61,8 +61,7 @@ def main() -> None:
 
     run = args.run.resolve()
     scored = read_catalog(run / "cohort" / "scored.parquet")
-    labels = [c for c in ("ACL", "PCL", "MM", "LM", "MCL", "LCL", "PD", "EFFU") if c in scored]
-    healthy = scored[(scored[labels] == 0).all(axis=1)].series_id.tolist()
+    healthy = scored[(scored[label_columns(scored)] == 0).all(axis=1)].series_id.tolist()
     clean_dir = run / "clean_cohort"
     catalog = read_catalog(clean_cohort(run, clean_dir))
     subset = clean_dir / "healthy_scored.parquet"
