@@ -79,7 +79,9 @@ def forward_timestep(model, volumes: np.ndarray, series: tuple[str, ...], timest
     what a unit's bytes depend on (its series, timestep, batch neighbours, precision) does
     not depend on which other units are missing: a resumed task writes the same bytes as an
     uninterrupted one. `model` runs in its own dtype and channels-last (`inference_input`);
-    `forward` replaces its `middle_features` (a compiled one).
+    `forward` replaces its `middle_features` (a compiled one): it gets every batch padded
+    with zero volumes to `series_batch` rows, so it compiles for one input shape only (a
+    short batch's padding costs a fraction of a forward, a second compilation ~10 s).
     """
     scheduler, parts, network = NoiseScheduler(), {b: [] for b in blocks}, 0.0
     for i in range(0, len(series), series_batch):
@@ -87,12 +89,17 @@ def forward_timestep(model, volumes: np.ndarray, series: tuple[str, ...], timest
         x0 = torch.from_numpy(volumes[i : i + len(ids)])[:, None]
         t = torch.full((len(ids),), timestep, dtype=torch.long)
         noise = keyed_noise([noise_key(seed, s, timestep) for s in ids], x0.shape[1:])
-        x_t = inference_input(scheduler.add_noise(x0, noise, t), model)
+        x_t = scheduler.add_noise(x0, noise, t)
+        if forward is not None and len(ids) < series_batch:
+            x_t = torch.cat([x_t, x_t.new_zeros((series_batch - len(ids), *x_t.shape[1:]))])
+            t = torch.full((series_batch,), timestep, dtype=torch.long)
+        x_t = inference_input(x_t, model)
         start = time.perf_counter()
         with torch.no_grad(), inference_context(model.device, precision):
             feats = (forward or model.middle_features)(x_t, t.to(model.device), blocks)
-            # float32 in the plain layout, on the CPU (waits for the device)
-            feats = {b: v.to("cpu", torch.float32, memory_format=torch.contiguous_format) for b, v in feats.items()}
+            # float32 in the plain layout, on the CPU (waits for the device), the padding dropped
+            feats = {b: v[: len(ids)].to("cpu", torch.float32, memory_format=torch.contiguous_format)
+                     for b, v in feats.items()}
         network += time.perf_counter() - start
         for b in blocks:
             parts[b].append(feats[b].numpy())

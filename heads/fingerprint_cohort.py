@@ -63,7 +63,8 @@ def exam_matrix(radiomics, catalog: pd.DataFrame, sources=None, spatial_indices:
         if spatial_indices:
             cells = [(f"{plane}|{r}|{s}|{axis}", position + 1) for r in sub.roi_name.values if str(r).startswith("box")
                      for s in sub.source.values for axis, position in zip(SPATIAL_INDICES, cell_index(str(r)))]
-            frame = frame.assign(**{name: float(value) for name, value in cells})
+            constant = pd.DataFrame({name: np.full(len(frame), float(value)) for name, value in cells}, index=frame.index)
+            frame = pd.concat([frame, constant], axis=1)  # one block: assigning 81+ columns one by one fragments the frame
         parts.append(frame[~frame.index.duplicated()])
     out = pd.concat(parts, axis=1)
     return out.loc[out.index.isin(catalog["case_id"])]

@@ -163,7 +163,7 @@ def test_compiled_falls_back_to_eager_once(monkeypatch):
 
     calls = []
 
-    def failing_compile(function):
+    def failing_compile(function, **options):
         def run(*args):
             calls.append(args)
             raise RuntimeError("no C++ compiler")

@@ -287,3 +287,26 @@ def test_precision_is_recorded_fingerprinted_and_close_to_fp32(base, tmp_path):
     assert extract(store, ckpt, "axial", (10,), precision="bf16", progress=False)["series"] == 0
     with pytest.raises(OrthodiffError, match=r"unknown --precision 'int8': expected one of \['fp32', 'bf16', 'fp16'\]"):
         extract(store, ckpt, "axial", (10,), precision="int8", progress=False)
+
+
+def test_a_compiled_forward_gets_full_batches_and_returns_only_the_series(tmp_path):
+    """`forward_timestep` pads a short batch to `series_batch` rows for a replacement forward
+    (a compiled network then compiles once) and drops the padding from what it returns."""
+    from orthodiff.backbone import MIDDLE_BLOCKS, load_backbone
+    from orthodiff.backbone.precision import inference_model
+    from orthodiff.featurestore.extract import forward_timestep
+
+    model = inference_model(load_backbone(random_checkpoint(tmp_path / "b.pt", "axial"), "cpu"), "fp32")
+    volumes = np.random.default_rng(0).uniform(-1, 1, (5, 16, 32, 32)).astype(np.float32)
+    series, shapes = tuple(f"s{i}" for i in range(5)), []
+
+    def forward(x, t, blocks):
+        shapes.append((x.shape[0], t.shape[0]))
+        return model.middle_features(x, t, blocks)
+
+    eager, _ = forward_timestep(model, volumes, series, 50, MIDDLE_BLOCKS, 0, 4, "fp32")
+    padded, _ = forward_timestep(model, volumes, series, 50, MIDDLE_BLOCKS, 0, 4, "fp32", forward=forward)
+    assert shapes == [(4, 4), (4, 4)]  # the last batch of one series went in with three zero volumes
+    for block in MIDDLE_BLOCKS:
+        assert padded[block].shape == eager[block].shape and eager[block].shape[0] == 5
+        np.testing.assert_allclose(padded[block], eager[block], rtol=1e-4, atol=1e-5)
