@@ -58,23 +58,58 @@ def inference_context(device: torch.device | str, precision: str):
 
 
 class Compiled:
-    """`torch.compile(function)` for inference, falling back to `function` (with one warning)
-    when compilation fails, e.g. without a C++ compiler or on an unsupported device.
+    """`torch.compile(function)` for inference that falls back to `function` (with one
+    warning) when compilation fails, e.g. without a C++ compiler or on an unsupported device,
+    or when its first output is not eager's: the first call also runs `function` and
+    compares (a largest error above `TOLERANCE` of the output's magnitude, or a non-finite
+    value eager does not have, means a miscompiled network). torch 2.13 on this project's
+    CPU compiles the bf16 backbone to NaN (tests/test_backbone.py), so the check is not
+    hypothetical.
 
-    Compiled with inductor's freezing: the weights become constants of the graph, so
+    In fp32 with inductor's freezing: the weights become constants of the graph, so
     convolution weights are prepacked once and normalisation and activations fuse around
-    them (on this project's 2-core CPU, fp32 `tiny`: 1.25x eager per forward, see the
-    benchmarks page). Weights changed after the first call are therefore not seen."""
+    them (this project's 2-core CPU, `tiny`: 1.25x eager per forward, see the benchmarks
+    page); weights changed after the first call are therefore not seen."""
 
-    def __init__(self, function):
-        self.function, self.compiled = function, torch.compile(function, options={"freezing": True})
+    TOLERANCE = 0.05  # far above bf16's rounding (about 1.6e-2 of a block's magnitude), far below a miscompile
+
+    def __init__(self, function, precision: str = "fp32"):
+        options = {"freezing": True} if check_precision(precision) is Precision.fp32 else None
+        self.function, self.compiled = function, torch.compile(function, options=options)
+        self.checked = False
 
     def __call__(self, *args, **kwargs):
-        if self.compiled is not None:
-            try:
-                return self.compiled(*args, **kwargs)
-            except Exception as err:  # dynamo and inductor raise many types; eager is always right
-                warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); running eagerly",
-                              stacklevel=2)
+        if self.compiled is None:
+            return self.function(*args, **kwargs)
+        try:
+            out = self.compiled(*args, **kwargs)
+        except Exception as err:  # dynamo and inductor raise many types; eager is always right
+            return self._eager(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]})", *args, **kwargs)
+        if not self.checked:
+            self.checked = True
+            expected = self.function(*args, **kwargs)
+            error = largest_error(out, expected)
+            if not error <= self.TOLERANCE:
                 self.compiled = None
+                warnings.warn(f"torch.compile's output is not eager's (largest error {error:.3g} of its magnitude); "
+                              "running eagerly", stacklevel=2)
+                return expected
+        return out
+
+    def _eager(self, why: str, *args, **kwargs):
+        warnings.warn(f"{why}; running eagerly", stacklevel=3)
+        self.compiled = None
         return self.function(*args, **kwargs)
+
+
+def largest_error(out, expected) -> float:
+    """The largest |out - expected| over a tensor or a dict of tensors, relative to each
+    tensor's largest |expected|; inf where `out` is non-finite and `expected` is not."""
+    pairs = [(out[k], expected[k]) for k in expected] if isinstance(expected, dict) else [(out, expected)]
+    errors = []
+    for got, want in pairs:
+        got, want = got.float(), want.float()
+        if not torch.isfinite(got).all() and torch.isfinite(want).all():
+            return float("inf")
+        errors.append(((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item())
+    return max(errors)

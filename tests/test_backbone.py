@@ -158,6 +158,22 @@ def test_fast_path_reproduces_the_fixture_middle_blocks(io, precision, tolerance
         assert min(errors.values()) > 1e-4, errors  # it did run in bfloat16
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-5), ("bf16", 3e-2)])
+def test_compiled_fast_path_reproduces_the_fixture_middle_blocks(io, precision, tolerance, recwarn):
+    """`extract --compile`'s network (fp32 frozen, bf16 not) against the reference code's
+    mid_0/1/2, at the eager fast path's tolerances: freezing once made bf16's attention NaN."""
+    from orthodiff.backbone.precision import Compiled, inference_input, inference_model
+
+    model = inference_model(load_backbone(FIXTURE, device="cpu"), precision)
+    with torch.no_grad():
+        mids = Compiled(model.middle_features, precision)(inference_input(io["x_t"], model), io["t"])
+    if precision == "fp32":  # it compiled and was kept (bf16 compiles to NaN on torch 2.13's CPU, and falls back)
+        assert not [w for w in recwarn if "running eagerly" in str(w.message)]
+    errors = {b: ((mids[b].float() - io[b]).abs().max() / io[b].abs().max()).item() for b in ("mid_0", "mid_1", "mid_2")}
+    assert max(errors.values()) < tolerance, errors
+
+
 def test_compiled_falls_back_to_eager_once(monkeypatch):
     from orthodiff.backbone.precision import Compiled
 
@@ -174,3 +190,16 @@ def test_compiled_falls_back_to_eager_once(monkeypatch):
     with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler.*running eagerly"):
         assert forward(1) == 2
     assert forward(2) == 3 and len(calls) == 1  # not tried again
+
+
+def test_compiled_output_unlike_eager_falls_back_to_eager(monkeypatch):
+    from orthodiff.backbone.precision import Compiled
+
+    monkeypatch.setattr(torch, "compile", lambda function, **options: lambda x: {"mid_0": x * float("nan")})
+    forward = Compiled(lambda x: {"mid_0": x + 1})
+    with pytest.warns(UserWarning, match="not eager's \\(largest error inf .*running eagerly"):
+        assert forward(torch.ones(2))["mid_0"].tolist() == [2, 2]
+    assert forward(torch.ones(2))["mid_0"].tolist() == [2, 2]  # eager from now on
+    monkeypatch.setattr(torch, "compile", lambda function, **options: lambda x: {"mid_0": x + 1.01})
+    kept = Compiled(lambda x: {"mid_0": x + 1})
+    assert kept(torch.ones(2))["mid_0"].tolist() == pytest.approx([2.01, 2.01])  # within TOLERANCE: the compiled one

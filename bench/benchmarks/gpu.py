@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     def ours(precision, compiled=False):
         net = inference_model(copy.deepcopy(model), precision)
-        forward = Compiled(net.middle_features) if compiled else net.middle_features
+        forward = Compiled(net.middle_features, precision) if compiled else net.middle_features
 
         def run(x_t, t):
             with torch.no_grad(), inference_context(device, precision):
