@@ -13,7 +13,7 @@ from orthodiff.errors import OrthodiffError
 from orthodiff.evaluation.commands import register as register_evaluation
 from orthodiff.heads import defaults as PAPER
 from orthodiff.options import (
-    BoundedGroup, Discretisation, Dtype, FingerprintTask, ImageFormat, JoinOn, Joint, Method, OnError, PersonaModel, Plane, Pooling, Precision, Preset, Roi, plain, split_list, subset_sizes,
+    BoundedGroup, Discretisation, Dtype, FingerprintTask, ImageFormat, JoinOn, Joint, Method, OnError, PersonaModel, Plane, Pooling, Precision, Preset, Roi, Similarity, plain, split_list, subset_sizes,
 )
 from orthodiff.supervised.commands import register as register_supervised
 from orthodiff.tables import make_console
@@ -478,11 +478,12 @@ def register_command(
     plane: Annotated[Plane, typer.Option(callback=plain, help="The plane of the series to align.")],
     out: Annotated[Path, typer.Option(metavar="DIR", help="Folder of the new store for the aligned volumes (and registration_<plane>.csv).")],
     iterations: Annotated[int, typer.Option(help="Optimiser iterations; a series that needs more is left out, with its reason.")] = 200,
+    similarity: Annotated[Similarity, typer.Option(callback=plain, help="Metric: normalised correlation (one contrast) or Mattes mutual information (a plane mixing contrasts, e.g. fat-suppressed and not).")] = Similarity.correlation,
 ) -> None:
     """Affine registration of a plane's series to its mean training volume (the paper's "affine" preprocessing)."""
     from orthodiff.personas.registration import register_store
 
-    table = register_store(store, plane, str(out), iterations)
+    table = register_store(store, plane, str(out), iterations, similarity=similarity)
     failed = table[table.reason.notna()]
     console.print(f"aligned {len(table) - len(failed)} of {len(table)} {plane} series into {out}"
                   + "".join(f"\n[yellow]left out[/] {r.series_id}: {r.reason}" for r in failed.itertuples()))

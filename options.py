@@ -140,6 +140,7 @@ OnError = _choices("OnError", "fail skip", "What ingestion does with a bad serie
 Dtype = _choices("Dtype", "float16 float32", "The stored dtype of activations.")
 Roi = _choices("Roi", "box structures", "Where personas are inpainted (personas.store.plan).")
 PersonaModel = _choices("PersonaModel", "repaint ddpm", "How personas are inpainted (personas.store.plan).")
+Similarity = _choices("Similarity", "correlation mattes", "The affine registration's metric (personas.registration.SIMILARITIES).")
 Decoder = _choices("Decoder", "light skip", "The segmentation decoder (supervised.networks.DECODERS).")
 UnetrSize = _choices("UnetrSize", "paper small", "A UNETR size (supervised.networks.UNETR_SIZES).")
 FingerprintTask = _choices("FingerprintTask", "abnormal acl meniscus", "A fingerprint target (heads.fingerprint_cohort.TARGETS).")

@@ -89,6 +89,7 @@ def test_choices_are_the_librarys_own():
     from orthodiff.heads.fusion import METHODS
     from orthodiff.heads.pooling import POOLINGS
     from orthodiff.heads.protocol import COMPARATORS
+    from orthodiff.personas.registration import SIMILARITIES
     from orthodiff.radiomics.ibsi import DISCRETISATIONS
     from orthodiff.supervised.networks import CLASSIFIERS, DECODERS, UNETR_SIZES
 
@@ -106,6 +107,7 @@ def test_choices_are_the_librarys_own():
     assert values(options.Decoder) == list(DECODERS)
     assert values(options.UnetrSize) == list(UNETR_SIZES)
     assert values(options.FingerprintTask) == list(TARGETS)
+    assert values(options.Similarity) == list(SIMILARITIES)
     assert set(values(options.ClassifierModel)) == set(CLASSIFIERS) - {"finetune"}
 
 

@@ -40,6 +40,26 @@ def test_affine_registration_recovers_a_known_affine_and_records_failures():
     assert "not a 3D volume" in affine_register(fixed[0], fixed[0]).reason
 
 
+def test_mutual_information_aligns_a_series_of_another_contrast():
+    """A fat-suppressed-like remapping (both intensity extremes bright: no linear relation to
+    the template) is aligned by Mattes mutual information, and not by correlation (the default)."""
+    from orthodiff.personas.registration import affine_register
+
+    fixed = _smooth(0)
+    contrast = lambda v: 2 * v**2 - 1  # noqa: E731
+    moving = contrast(_moved(fixed))
+    inner = (slice(3, 13), slice(4, 28), slice(4, 28))
+
+    def misfit(volume):
+        return np.mean((volume - contrast(fixed))[inner] ** 2)
+
+    mattes, correlation = affine_register(moving, fixed, similarity="mattes"), affine_register(moving, fixed)
+    assert mattes.reason is None and misfit(mattes.volume) < misfit(moving) / 5, (misfit(moving), misfit(mattes.volume))
+    assert correlation.volume is None or misfit(correlation.volume) > 2 * misfit(mattes.volume)
+    with pytest.raises(Exception, match="similarity 'ncc'"):
+        affine_register(moving, fixed, similarity="ncc")
+
+
 def test_register_store_writes_aligned_series_and_their_records(tmp_path):
     from orthodiff.featurestore.volumes import append_volumes, open_volumes
     from orthodiff.personas.registration import register_store, registration_comparison
@@ -60,6 +80,9 @@ def test_register_store_writes_aligned_series_and_their_records(tmp_path):
     assert pd.read_csv(tmp_path / "r.zarr" / "registration_axial.csv").reason.notna().sum() == 1
     again = register_store(str(tmp_path / "s.zarr"), "axial", str(tmp_path / "r.zarr"))  # a rerun finishes, no clash
     assert len(again) == 4 and open_volumes(str(tmp_path / "r.zarr")).sizes["series"] == 3
+    assert set(again.similarity) == {"correlation"}
+    with pytest.raises(Exception, match="registered with similarity \\['correlation'\\], not 'mattes'"):
+        register_store(str(tmp_path / "s.zarr"), "axial", str(tmp_path / "r.zarr"), similarity="mattes")
     for name in ("none", "affine"):
         (tmp_path / name).mkdir()
         pd.DataFrame({"model": ["fingerprint (image)"], "auc": [0.5 if name == "none" else 0.7]}).to_csv(

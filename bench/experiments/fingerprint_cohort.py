@@ -8,7 +8,8 @@ and with affine registration: the paper's results table.
         --backbone runs/personas_healthy/healthy_sagittal.pt --page docs/results/personas.md
 
 Steps (each resumable; a rerun reuses what is complete), per registration (`none`: the
-demo's store; `affine`: `orthodiff register` of the plane into `DEMO/fingerprint/affine.zarr`):
+demo's store; `affine`: `orthodiff register --similarity S` of the plane into
+`DEMO/fingerprint/affine_<S>.zarr`, once per `--similarity`, named `affine (<S>)` in the tables):
 1. the healthy backbone: `--backbone` (e.g. the one `personas_healthy.py` trains on a cohort
    with many healthy exams), else `pretrain --healthy` of the plane (demo preset) on the
    training series of exams whose labels are all 0 -> `DEMO/fingerprint/healthy_<plane>.pt`;
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--persona-steps", type=int, default=10)
     parser.add_argument("--jumps", type=int, default=1)
     parser.add_argument("--registrations", default="none,affine")
+    parser.add_argument("--similarity", default="correlation,mattes",
+                        help="the affine registrations' metrics (`orthodiff register --similarity`), comma-separated")
     parser.add_argument("--grids", default="1,2,3")
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--epochs", type=int, default=200)
@@ -120,20 +123,24 @@ def main() -> None:
               lr=args.pretrain_lr, seed=0, healthy_catalog=catalog_path)
     bid = backbone_id(healthy)
     rows, fidelities = [], []
-    for registration in args.registrations.split(","):
+    registrations = [(r, None) for r in args.registrations.split(",") if r != "affine"]
+    if "affine" in args.registrations.split(","):
+        registrations += [(f"affine ({s})", s) for s in args.similarity.split(",")]
+    for registration, similarity in registrations:
         store = base
-        if registration == "affine":
-            store = str(out / "affine.zarr")
+        if similarity:
+            store = str(out / f"affine_{similarity}.zarr")
             if not (Path(store) / f"registration_{args.plane}.csv").exists():
-                console.rule(f"affine registration of the {args.plane} series to their mean training volume")
-                timed("register", register_store, base, args.plane, store)
+                console.rule(f"affine registration ({similarity}) of the {args.plane} series to their mean training volume")
+                timed(f"register {similarity}", register_store, base, args.plane, store, similarity=similarity)
         console.rule(f"2. ({registration}) personas of every {args.plane} series: central box, "
                      f"{args.persona_steps} steps x {args.jumps} jumps, backbone {bid}")
         made = timed(f"persona {registration}", make_personas, store, healthy, args.plane, "box", 3, args.persona_steps,
                      args.jumps)
         console.print(made)
         console.rule(f"3. ({registration}) persona fidelity")
-        rep = fidelity(store, catalog, args.plane, bid, out / f"fidelity_{registration}")
+        slug = registration.replace(" (", "_").rstrip(")")
+        rep = fidelity(store, catalog, args.plane, bid, out / f"fidelity_{slug}")
         if len(rep):
             fidelities.append(rep.assign(registration=registration))
             console.print(frame_table(rep.round(3), f"{args.plane} personas of healthy exams (inside the box)"))
@@ -142,7 +149,7 @@ def main() -> None:
             summary = timed(f"radiomics {registration} grid {grid}", extract_radiomics, store, args.plane, grid=grid,
                             persona_backbone=bid)
             for task in args.tasks.split(","):
-                run = out / "runs" / registration / f"grid{grid}_{task}"
+                run = out / "runs" / slug / f"grid{grid}_{task}"
                 if not (run / "metrics.csv").exists() or json.loads((run / "run.json").read_text())["settings"] != summary["settings"]:
                     console.rule(f"5. ({registration}) fingerprint, {task}, {grid}x{grid}x{grid}")
                     timed(f"fingerprint {registration} grid {grid} {task}", run_fingerprint, store, catalog_path, task,
