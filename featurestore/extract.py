@@ -52,9 +52,9 @@ def _model(checkpoint: str, device: str | None):
 @functools.lru_cache(maxsize=2)
 def _network(checkpoint: str, device: str | None, precision: str, compiled: bool):
     """One backbone per worker process on the fast path of `precision` (`inference_model`),
-    and its `middle_features`, compiled when asked (falling back to eager)."""
+    and its compiled `middle_features` when asked (falling back to eager), else None."""
     model = inference_model(load_backbone(checkpoint, device), precision)
-    return model, Compiled(model.middle_features, precision) if compiled else model.middle_features
+    return model, Compiled(model.middle_features, precision) if compiled else None
 
 
 def task_volumes(store: str, task: Task) -> np.ndarray:
