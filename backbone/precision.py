@@ -84,7 +84,9 @@ class Compiled:
         try:
             out = self.compiled(*args, **kwargs)
         except Exception as err:  # dynamo and inductor raise many types; eager is always right
-            return self._eager(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]})", *args, **kwargs)
+            warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); running eagerly", stacklevel=2)
+            self.compiled = None
+            return self.function(*args, **kwargs)
         if not self.checked:
             self.checked = True
             expected = self.function(*args, **kwargs)
@@ -95,11 +97,6 @@ class Compiled:
                               "running eagerly", stacklevel=2)
                 return expected
         return out
-
-    def _eager(self, why: str, *args, **kwargs):
-        warnings.warn(f"{why}; running eagerly", stacklevel=3)
-        self.compiled = None
-        return self.function(*args, **kwargs)
 
 
 def largest_error(out, expected) -> float:
